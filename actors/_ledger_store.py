@@ -1,0 +1,178 @@
+"""Persistence behind the LedgerActor: settled charges and the spend of each day, in SQLite.
+
+The store is synchronous and every call is one short transaction, so the actor may call it directly
+or from a worker thread (``anyio.to_thread.run_sync``). Calls are serialized by a lock: the
+connection is shared by whichever worker thread runs the call, never used by two at once.
+
+WAL mode lets a reader (a ``/health`` page, a second process reporting spend) read while the ledger
+writes, and ``synchronous=NORMAL`` keeps a commit to one ``write()`` of the log: a power loss may
+lose the last commits but never corrupts the file. Because the running total of a day lives in the
+database, a restarted ledger continues the day where it stopped instead of starting from zero.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = ["LedgerStore", "day_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    day TEXT NOT NULL,
+    at REAL NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    cost REAL NOT NULL,
+    request_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charges_day ON charges (day);
+CREATE TABLE IF NOT EXISTS day_totals (
+    day TEXT PRIMARY KEY,
+    total REAL NOT NULL
+);
+"""
+
+
+def day_key(now: datetime, tz: str) -> str:
+    """Return the ledger day (``YYYY-MM-DD``) that the instant ``now`` falls on in zone ``tz``.
+
+    Raises ``ValueError`` if ``now`` is naive (its instant would be ambiguous) or ``tz`` is not a
+    known IANA zone name.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("day_key() needs a timezone-aware datetime, got a naive one")
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {tz!r}") from exc
+    return now.astimezone(zone).date().isoformat()
+
+
+class LedgerStore:
+    """Settled charges and per-day spend in one SQLite file (WAL mode).
+
+    Opening creates the parent directories and the schema; reopening an existing file continues
+    its totals. Use as a context manager or call ``close()``. Thread-safe: calls are serialized.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a charge and its day total
+        # are one transaction and nothing is left half-open between calls.
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    @property
+    def journal_mode(self) -> str:
+        """The journal mode SQLite reports (``"wal"`` for a file database)."""
+        with self._lock:
+            row = self._connection().execute("PRAGMA journal_mode").fetchone()
+        return str(row[0])
+
+    def add_charge(
+        self,
+        day: str,
+        cost: float,
+        provider: str,
+        model: str,
+        request_id: str,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Record a settled charge of ``cost`` USD on ``day`` and add it to the day's total.
+
+        ``at`` is the wall-clock time of settlement (seconds since the epoch, default now); it is
+        recorded for audit only. One transaction: either both the charge and the new total are
+        stored or neither. Raises ``ValueError`` for a negative or non-finite cost.
+        """
+        if not math.isfinite(cost) or cost < 0:
+            raise ValueError(f"a charge must be a finite, non-negative cost, got {cost!r}")
+        stamp = time.time() if at is None else at
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (day, stamp, provider, model, cost, request_id),
+                )
+                conn.execute(
+                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                    (day, cost),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def day_total(self, day: str) -> float:
+        """Return the USD settled on ``day`` so far (``0.0`` for a day without charges)."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT total FROM day_totals WHERE day = ?", (day,))
+                .fetchone()
+            )
+        return 0.0 if row is None else float(row[0])
+
+    def charge_count(self, day: str) -> int:
+        """Return how many charges were settled on ``day``."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT COUNT(*) FROM charges WHERE day = ?", (day,))
+                .fetchone()
+            )
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the database. Idempotent; any later call raises ``sqlite3.ProgrammingError``."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed ledger store.")
+        return self._conn
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"<LedgerStore {self._path!r} [{state}]>"
