@@ -347,9 +347,11 @@ def test_raw_httpx2_errors_outside_a_stream(exc: Exception, expected: type[LLMCl
 
 
 def test_raw_httpx2_error_inside_a_stream_carries_partial_text() -> None:
-    with pytest.raises(LLMStreamingError) as info:
-        with map_sdk_errors("openai", None, partial_text=lambda: "abc"):
-            raise httpx2.RemoteProtocolError("peer closed")
+    with (
+        pytest.raises(LLMStreamingError) as info,
+        map_sdk_errors("openai", None, partial_text=lambda: "abc"),
+    ):
+        raise httpx2.RemoteProtocolError("peer closed")
     assert info.value.partial_text == "abc"
     assert str(info.value) == "stream from openai failed: peer closed (openai)"
 
@@ -404,9 +406,7 @@ class TestParseRetryAfter:
 
     def test_http_date(self) -> None:
         now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
-        header = format_datetime(
-            datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC), usegmt=True
-        )
+        header = format_datetime(datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC), usegmt=True)
         assert parse_retry_after({"retry-after": header}, now=now.timestamp()) == 30.0
 
     def test_date_in_the_past_is_zero(self) -> None:
