@@ -15,7 +15,6 @@ arguments are an approximation of the same cookbook (see :func:`count_tools_toke
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -166,14 +165,19 @@ def _read_encoding(name: str) -> _Encoder:
     return encoding
 
 
-@functools.cache
+_warned_missing = False
+
+
 def _warn_missing_once(name: str) -> None:
-    # Cached on the name so each missing file is reported once, not on every count.
-    logger.warning(
-        "tiktoken encoding file %s.tiktoken is missing from the package; "
-        "token counts are estimated as characters / 4",
-        name,
-    )
+    # One warning per process, not one per count (nor per encoding): the cause is the same.
+    global _warned_missing
+    if not _warned_missing:
+        _warned_missing = True
+        logger.warning(
+            "tiktoken encoding file %s.tiktoken is missing from the package; "
+            "token counts are estimated as characters / 4",
+            name,
+        )
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding | None:
