@@ -179,7 +179,7 @@ class ModelCatalog:
             what = f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens}"
         raise LLMTokenLimitError(
             f"{what} exceeds the context window of {model} ({window} tokens) "
-            f"by {needed - window} tokens",
+            f"by {needed - window} token{'s' if needed - window != 1 else ''}",
             model=model,
         )
 
