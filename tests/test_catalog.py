@@ -78,7 +78,7 @@ def test_preflight_passes_when_everything_fits_exactly() -> None:
 
 
 def test_preflight_message_counts_tokens_in_plural() -> None:
-    with pytest.raises(LLMTokenLimitError, match=r" by 808 tokens \(gpt-4\)$"):
+    with pytest.raises(LLMTokenLimitError, match=r" by 809 tokens \(gpt-4\)$"):
         ModelCatalog().preflight_check(9_000, None, "gpt-4")
 
 
