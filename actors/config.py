@@ -233,6 +233,7 @@ class HedgingConfig(BaseModel):
 
 
 def _builtin_providers() -> dict[str, ProviderConfig]:
+    # Keep in step with config.yaml (tests/test_config.py compares them).
     return {
         "openrouter": ProviderConfig(
             kind="openrouter",
@@ -241,6 +242,7 @@ def _builtin_providers() -> dict[str, ProviderConfig]:
             model="openai/gpt-4o-mini",
             fallback_models=["openai/gpt-4.1-mini"],
             app_name="mcp-backend",
+            rate_limits=RateLimitConfig(requests_per_minute=600, tokens_per_minute=1_000_000),
         ),
         "openai": ProviderConfig(
             kind="openai",
@@ -248,6 +250,7 @@ def _builtin_providers() -> dict[str, ProviderConfig]:
             api_key_env="OPENAI_API_KEY",
             model="gpt-4o-mini",
             fallback_models=["gpt-4.1-mini"],
+            rate_limits=RateLimitConfig(requests_per_minute=500, tokens_per_minute=200_000),
         ),
     }
 
@@ -256,7 +259,8 @@ class LLMConfig(BaseModel):
     """The ``llm:`` section: the providers, which is active, and the order to fall back in.
 
     ``active`` defaults to the first provider; ``fallback_order`` defaults to ``active`` then the
-    other providers in the order they are written.
+    other providers in the order they are written. Without a ``cost`` section spend is capped
+    (0.50 USD per request, 10 USD per day): an unconfigured service must not run up a bill.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -265,7 +269,9 @@ class LLMConfig(BaseModel):
     active: str = "openrouter"
     fallback_order: list[str] = Field(default_factory=lambda: ["openrouter", "openai"])
     fallback_on_refusal: bool = False
-    cost: CostConfig = Field(default_factory=CostConfig)
+    cost: CostConfig = Field(
+        default_factory=lambda: CostConfig(max_cost_per_request=0.5, daily_cost_limit=10.0)
+    )
     hedging: HedgingConfig = Field(default_factory=HedgingConfig)
     request_timeout: float = Field(
         default=120.0, gt=0, description="seconds for a whole request, fallbacks included"

@@ -1,0 +1,363 @@
+"""The whole ``config.yaml``: its models, and ``load_config`` which reads, merges and validates it.
+
+Loading order: ``.env`` next to the config file, then ``.env`` in the working directory (neither
+overrides a variable already set), then the YAML, then the ``mcpServers`` JSON file it names.
+Relative paths written in the file (``api_key_file``, ``mcp_servers_file``, ``cost.db_path``,
+``chat.history_db``) are relative to the file's directory, so the service behaves the same
+whatever directory it is started from.
+
+Every problem is one ``ConfigError`` naming the file and the path of each failing key, e.g.
+``config.yaml: llm.providers.openai.temperature: Input should be less than or equal to 2``. Input
+values are never copied into the message: a misplaced API key must not end up in a log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from dotenv import load_dotenv
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+
+from actors.config import LLMConfig
+from actors.errors import redact
+from actors.mcp_config import McpServerConfig
+
+__all__ = [
+    "AppConfig",
+    "ChatConfig",
+    "ConfigError",
+    "MetricsConfig",
+    "ServerConfig",
+    "SimulatorDefaults",
+    "load_config",
+]
+
+MASK = "**********"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file and each failing key."""
+
+
+class ServerConfig(BaseModel):
+    """The ``server:`` section: where to listen, who may connect, how much they may send."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    auth_token_env: str | None = Field(
+        default="MCP_BACKEND_TOKEN", description="environment variable holding the bearer token"
+    )
+    auth_token: SecretStr | None = Field(
+        default=None, description="the token itself; prefer auth_token_env"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="WebSocket origins allowed besides same-origin and loopback; '*' allows all",
+    )
+    max_message_bytes: int = Field(default=65536, ge=1)
+    max_messages_per_minute: int = Field(default=120, ge=1)
+    max_concurrent_turns: int = Field(default=4, ge=1)
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+
+    def read_auth_token(self) -> SecretStr | None:
+        """The token clients must present: ``auth_token``, else ``auth_token_env`` read now.
+
+        ``None`` means no authentication is configured.
+        """
+        if self.auth_token is not None and self.auth_token.get_secret_value():
+            return self.auth_token
+        if self.auth_token_env is not None:
+            value = os.environ.get(self.auth_token_env, "").strip()
+            if value:
+                return SecretStr(value)
+        return None
+
+
+class ChatConfig(BaseModel):
+    """The ``chat:`` section: conversation behaviour and history."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_prompt: str = (
+        "You are a helpful assistant. Use the available tools when they help answer the user."
+    )
+    max_tool_hops: int = Field(default=8, ge=0)
+    tool_timeout: float = Field(default=30.0, gt=0)
+    history_db: str = "data/history.sqlite3"
+    context_budget_tokens: int | None = Field(
+        default=None, gt=0, description="history budget; default: the model's context window"
+    )
+    max_history_messages: int = Field(default=200, ge=1)
+
+
+class MetricsConfig(BaseModel):
+    """The ``metrics:`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mailbox_size: int = Field(default=10000, ge=1)
+
+
+class SimulatorDefaults(BaseModel):
+    """The ``simulator:`` section: when to serve the built-in simulator instead of real APIs.
+
+    ``auto`` uses it when no provider has its API key available.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: Literal["auto", "always", "never"] = "auto"
+    port: int = Field(default=0, ge=0, le=65535, description="0: any free port")
+
+
+def _builtin_mcp_servers() -> dict[str, McpServerConfig]:
+    # The running interpreter rather than "python": without a file the demo server must start
+    # from whatever environment the service was installed in.
+    return {
+        "demo": McpServerConfig(command=sys.executable, args=["-m", "server.demo_mcp_server"]),
+        "time": McpServerConfig(command="mcp-server-time", enabled=False),
+    }
+
+
+class AppConfig(BaseModel):
+    """The whole configuration. ``AppConfig()`` is the built-in default (needs no API key)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mcp_servers: dict[str, McpServerConfig] = Field(
+        default_factory=_builtin_mcp_servers, alias="mcpServers"
+    )
+    mcp_servers_file: str | None = Field(
+        default=None, description='a JSON file {"mcpServers": {...}} merged under mcpServers'
+    )
+    simulator: SimulatorDefaults = Field(default_factory=SimulatorDefaults)
+
+    def model_dump_safe(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data for display, with every secret masked."""
+        data = self.model_dump(mode="json", by_alias=True, fallback=_describe)
+        masked: dict[str, Any] = _mask(data)
+        return masked
+
+
+def _describe(value: Any) -> Any:
+    # Only exception classes (the breaker's ignored_exceptions) are not JSON-serializable.
+    return value.__name__ if isinstance(value, type) else repr(value)
+
+
+_SECRET_MAPS = frozenset({"env", "headers", "extra_headers"})
+_SECRET_NAME = re.compile(r"auth|key|token|secret|passw|cookie|credential", re.IGNORECASE)
+
+
+def _mask(value: Any, parent: str = "") -> Any:
+    if isinstance(value, dict):
+        return {
+            k: MASK
+            if parent in _SECRET_MAPS and isinstance(v, str) and _SECRET_NAME.search(k)
+            else _mask(v, k)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(v, parent) for v in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value
+
+
+def load_config(path: str | Path | None) -> AppConfig:
+    """Read, merge and validate the configuration file; ``None`` gives the built-in defaults.
+
+    Loads ``.env`` files into ``os.environ`` first (never overriding). Raises ``ConfigError``.
+    """
+    if path is None:
+        _load_env_files([Path.cwd() / ".env"])
+        return AppConfig()
+    label = str(path)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read the file ({_reason(exc)})") from None
+    base = file.resolve().parent
+    _load_env_files([base / ".env", Path.cwd() / ".env"])
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{label}: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: invalid YAML ({exc})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{label}: the top level must be a mapping of sections, not {type(raw).__name__}"
+        )
+    raw = _resolve_paths(raw, base)
+    if isinstance(raw.get("mcp_servers_file"), str):
+        raw = _merge_mcp_servers_file(raw, label)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(label, exc)) from None
+
+
+def _load_env_files(files: Sequence[Path]) -> None:
+    for env_file in dict.fromkeys(f.resolve() for f in files):
+        if env_file.is_file():
+            load_dotenv(env_file, override=False)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = exc.problem or exc.context or "syntax error"
+    return f"{where}invalid YAML: {problem}"
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the relative paths the file names relative to ``base`` (malformed input untouched)."""
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str(base / value)
+        return value
+
+    raw = dict(raw)
+    if "mcp_servers_file" in raw:
+        raw["mcp_servers_file"] = resolved(raw["mcp_servers_file"])
+    chat = raw.get("chat")
+    if isinstance(chat, dict) and "history_db" in chat:
+        raw["chat"] = {**chat, "history_db": resolved(chat["history_db"])}
+    llm = raw.get("llm")
+    if isinstance(llm, dict):
+        llm = dict(llm)
+        cost = llm.get("cost")
+        if isinstance(cost, dict) and "db_path" in cost:
+            llm["cost"] = {**cost, "db_path": resolved(cost["db_path"])}
+        providers = llm.get("providers")
+        if isinstance(providers, dict):
+            llm["providers"] = {
+                name: {**p, "api_key_file": resolved(p["api_key_file"])}
+                if isinstance(p, dict) and "api_key_file" in p
+                else p
+                for name, p in providers.items()
+            }
+        raw["llm"] = llm
+    return raw
+
+
+def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
+    """Merge the JSON file's ``mcpServers`` under the YAML's; the YAML wins on a shared name."""
+    json_path = Path(raw["mcp_servers_file"])
+    json_label = str(json_path)
+    try:
+        text = json_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{label}: mcp_servers_file: cannot read {json_label} ({_reason(exc)})"
+        ) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{json_label}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
+        raise ConfigError(f'{json_label}: expected an object with an "mcpServers" object')
+    try:
+        servers = TypeAdapter(dict[str, McpServerConfig]).validate_python(document["mcpServers"])
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(json_label, exc, prefix=("mcpServers",))) from None
+
+    key = "mcp_servers" if "mcp_servers" in raw and "mcpServers" not in raw else "mcpServers"
+    own = raw.get(key)
+    if own is None:
+        merged: Any = servers
+    elif isinstance(own, dict):
+        merged = {**servers, **own}
+    else:
+        merged = own  # not a mapping: let validation report it against the YAML file
+    return {**raw, key: merged}
+
+
+def _format_errors(label: str, exc: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = (*prefix, *error["loc"])
+        if error["type"] == "extra_forbidden":
+            where = _path(loc[:-1]) or "the top level"
+            message = f"unknown key {str(loc[-1])!r} is not allowed in {where}"
+            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{label}: {_path(loc) or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _keys_at(loc: Sequence[int | str]) -> list[str]:
+    """The keys allowed by the model at ``loc`` in ``AppConfig`` ([] if not a model there)."""
+    annotation: Any = AppConfig
+    for part in loc:
+        annotation = _container(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            fields.update(annotation.model_fields)
+            field = fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        elif get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
+        else:
+            return []
+    annotation = _container(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f.alias or name for name, f in annotation.model_fields.items()]
+    return []
+
+
+def _container(annotation: Any) -> Any:
+    """``X`` for ``X | None``; other annotations unchanged."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
