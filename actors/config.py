@@ -10,6 +10,8 @@ supervisor picks up a rotated key.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,7 +29,7 @@ from pydantic import (
 
 from .breaker import BreakerConfig
 from .catalog import ModelPrice
-from .errors import LLMAuthError
+from .errors import LLMAuthError, redact
 from .limits import RateLimitConfig
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "LLMConfig",
     "ProviderConfig",
     "ProviderKind",
+    "mask_secrets",
 ]
 
 ProviderKind = Literal["openai", "openrouter", "openai-compatible"]
@@ -52,6 +55,21 @@ _DEFAULT_KEY_ENV: dict[str, str] = {
     "openai": "OPENAI_API_KEY",
     "openrouter": "OPENROUTER_API_KEY",
 }
+
+
+MASK = "**********"
+_SECRET_NAME = re.compile(r"auth|key|token|secret|passw|cookie|credential", re.IGNORECASE)
+
+
+def mask_secrets(values: Mapping[str, str]) -> dict[str, str]:
+    """A copy of headers or environment variables fit for display.
+
+    Values whose name suggests a credential (``Authorization``, ``*_TOKEN``, ``X-Api-Key``...) are
+    replaced by ``**********``; the others go through :func:`actors.errors.redact`.
+    """
+    return {
+        name: MASK if _SECRET_NAME.search(name) else redact(value) for name, value in values.items()
+    }
 
 
 class LLMClientConfig(BaseModel):
@@ -79,6 +97,11 @@ class LLMClientConfig(BaseModel):
     extra_params: dict[str, Any] = Field(
         default_factory=dict, description="extra JSON body fields sent with every request"
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Headers may carry credentials (an Authorization header for a proxy): never show them.
+        for name, value in super().__repr_args__():
+            yield name, mask_secrets(value) if name == "extra_headers" else value
 
     @model_validator(mode="after")
     def _keepalive_within_pool(self) -> LLMClientConfig:
@@ -129,9 +152,10 @@ class ProviderConfig(LLMClientConfig):
         kind = data["kind"]
         data = dict(data)
         if data.get("base_url") is None:
-            if kind not in DEFAULT_BASE_URLS:
+            if kind == "openai-compatible":
                 raise ValueError(f"base_url is required for kind {kind!r}")
-            data["base_url"] = DEFAULT_BASE_URLS[kind]
+            if kind in DEFAULT_BASE_URLS:
+                data["base_url"] = DEFAULT_BASE_URLS[kind]
         if (
             data.get("api_key_env") is None
             and data.get("api_key_file") is None

@@ -16,10 +16,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -27,7 +26,7 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
-from actors.config import LLMConfig
+from actors.config import LLMConfig, mask_secrets
 from actors.errors import redact
 from actors.mcp_config import McpServerConfig
 
@@ -40,8 +39,6 @@ __all__ = [
     "SimulatorDefaults",
     "load_config",
 ]
-
-MASK = "**********"
 
 
 class ConfigError(ValueError):
@@ -149,6 +146,21 @@ class AppConfig(BaseModel):
     )
     simulator: SimulatorDefaults = Field(default_factory=SimulatorDefaults)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # MCP server entries may carry tokens in ``env`` or ``headers``: show them masked.
+        for name, value in super().__repr_args__():
+            if name == "mcp_servers":
+                value = {
+                    server: entry.model_copy(
+                        update={
+                            "env": mask_secrets(entry.env),
+                            "headers": mask_secrets(entry.headers),
+                        }
+                    )
+                    for server, entry in value.items()
+                }
+            yield name, value
+
     def model_dump_safe(self) -> dict[str, Any]:
         """The configuration as JSON-ready data for display, with every secret masked."""
         data = self.model_dump(mode="json", by_alias=True, fallback=_describe)
@@ -162,17 +174,13 @@ def _describe(value: Any) -> Any:
 
 
 _SECRET_MAPS = frozenset({"env", "headers", "extra_headers"})
-_SECRET_NAME = re.compile(r"auth|key|token|secret|passw|cookie|credential", re.IGNORECASE)
 
 
 def _mask(value: Any, parent: str = "") -> Any:
     if isinstance(value, dict):
-        return {
-            k: MASK
-            if parent in _SECRET_MAPS and isinstance(v, str) and _SECRET_NAME.search(k)
-            else _mask(v, k)
-            for k, v in value.items()
-        }
+        if parent in _SECRET_MAPS:
+            return mask_secrets({k: str(v) for k, v in value.items()})
+        return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v, parent) for v in value]
     if isinstance(value, str):
