@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 #: Inputs longer than this (in characters) are counted in a worker thread by the async API.
 OFFLOAD_THRESHOLD_CHARS = 50_000
 
-_DATA_PACKAGE = "actors.data.tiktoken"
+# Relative to the ``actors`` package (``data/`` is not a package itself: no ``__init__.py``).
+_DATA_DIR = ("data", "tiktoken")
 
 _CL100K_PAT = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
@@ -145,8 +146,8 @@ def _load_encoding(name: str) -> _Encoder:
 def _read_encoding(name: str) -> _Encoder:
     expected_hash, pat_str, special_tokens = _ENCODINGS[name]
     try:
-        data = resources.files(_DATA_PACKAGE).joinpath(f"{name}.tiktoken").read_bytes()
-    except (FileNotFoundError, ModuleNotFoundError):
+        data = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken").read_bytes()
+    except FileNotFoundError:
         _warn_missing_once(name)
         return _EstimateEncoder()
     actual_hash = hashlib.sha256(data).hexdigest()

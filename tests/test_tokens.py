@@ -250,7 +250,7 @@ def test_loads_offline_with_an_empty_tiktoken_cache_dir(
 def test_missing_files_fall_back_to_an_estimate_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(tokens, "_DATA_PACKAGE", "actors.data.not_there")
+    monkeypatch.setattr(tokens, "_DATA_DIR", ("data", "not_there"))
     with caplog.at_level(logging.WARNING, logger="actors.tokens"):
         assert count_text_tokens("12345678", "gpt-4o") == 2
         assert count_text_tokens("123456789", "gpt-4") == 3
