@@ -159,6 +159,11 @@ def test_yaml_syntax_error_gives_the_line() -> None:
     )
 
 
+def test_duplicate_key_is_an_error_with_its_line() -> None:
+    message = load_error("server:\n  port: 1\nchat: {}\nserver:\n  port: 2\n")
+    assert message == "config.yaml: line 4, column 1: invalid YAML: found duplicate key 'server'"
+
+
 def test_missing_file_and_non_mapping_top_level_are_reported() -> None:
     with pytest.raises(ConfigError, match=r"^nope\.yaml: file not found$"):
         load_config("nope.yaml")
