@@ -9,6 +9,7 @@ Everything that talks to a provider wraps its SDK calls (and the iteration of a 
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,7 +58,7 @@ def map_sdk_errors(
     """
     try:
         yield
-    except (openai.OpenAIError, httpx2.HTTPError) as exc:
+    except (openai.OpenAIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
         text = partial_text() if partial_text is not None else None
         raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
 
@@ -77,10 +78,21 @@ def error_from_sdk(
     where: dict[str, Any] = {"provider": provider, "model": model}
     if isinstance(exc, LLMClientError):
         return exc
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return ContentRefused(f"{provider} stopped the answer: content filter", **where)
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return LLMTokenLimitError(f"{provider} stopped the answer at max_tokens", **where)
     if partial_text is not None and not isinstance(exc, openai.APIStatusError):
         return _streaming_error(exc, partial_text, secrets, where)
     if isinstance(exc, openai.APIStatusError):
         return _from_status(exc, secrets, where)
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        # Upstream garbage: the provider is misbehaving, another one may not be.
+        return LLMServerError(
+            f"invalid response from {provider}: {_describe(exc, secrets)}",
+            status_code=getattr(exc, "status_code", None),
+            **where,
+        )
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return LLMTimeoutError(f"request to {provider} timed out", **where)
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):

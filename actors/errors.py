@@ -59,8 +59,8 @@ REDACTED = "[REDACTED]"
 # Shapes of credentials that must never leave the process even when we were not told the exact
 # value: OpenAI/OpenRouter keys (`sk-...`, `sk-or-v1-...`, `sk-proj-...`) and bearer tokens.
 _SECRET_PATTERNS = re.compile(
-    r"sk-[A-Za-z0-9_\-]{6,}"
-    r"|(?i:bearer)\s+[A-Za-z0-9_\-.=~+/]+"
+    r"\bsk-[A-Za-z0-9_\-]{6,}"
+    r"|\b(?i:bearer)\s+[A-Za-z0-9_\-.=~+/]{8,}"
 )
 
 
@@ -95,6 +95,8 @@ class LLMClientError(Exception):
         status_code: int | None = None,
         retryable: bool | None = None,
     ) -> None:
+        # Key-shaped text is scrubbed even from messages built by our own code.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.provider = provider

@@ -425,3 +425,36 @@ class TestParseRetryAfter:
 def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     yield
+
+
+async def test_garbage_data_mid_stream_is_a_streaming_error() -> None:
+    error, text = await stream(sse([_delta("Hi"), b"data: {not json\n\n"]))
+    assert text == "Hi"
+    assert type(error) is LLMStreamingError
+    assert error.partial_text == "Hi"
+    assert error.retryable is False
+
+
+def test_invalid_json_outside_a_stream_is_a_server_error() -> None:
+    with (
+        pytest.raises(LLMServerError, match=r"^invalid response from openai: Expecting"),
+        map_sdk_errors("openai", None),
+    ):
+        json.loads("{oops")
+
+
+def test_response_validation_error_is_a_retryable_server_error() -> None:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(200, request=request, text="<html>")
+    exc = openai.APIResponseValidationError(response, "<html>")
+    error = error_from_sdk(exc, "openai", "m")
+    assert type(error) is LLMServerError
+    assert error.retryable is True
+    assert error.status_code == 200
+    assert str(error) == "invalid response from openai: <html> (openai:m)"
+
+
+def test_content_filter_finish_reason_is_content_refused() -> None:
+    error = error_from_sdk(openai.ContentFilterFinishReasonError(), "openai", "m")
+    assert type(error) is ContentRefused
+    assert str(error) == "openai stopped the answer: content filter (openai:m)"

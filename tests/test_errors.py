@@ -140,3 +140,15 @@ def test_redact_ignores_tiny_secrets() -> None:
 
 def test_redact_prefers_the_longest_secret() -> None:
     assert redact("xyz-secret-long", ["secret", "xyz-secret-long"]) == "[REDACTED]"
+
+
+def test_redact_leaves_ordinary_words_alone() -> None:
+    text = "task-manager on disk-cleanup; the bearer of bad news"
+    assert redact(text) == text
+
+
+def test_error_messages_are_scrubbed_even_when_built_by_hand() -> None:
+    error = LLMAuthError(f"bad key {KEY}", provider="openai")
+    assert KEY not in str(error)
+    assert KEY not in repr(error)
+    assert error.message == "bad key [REDACTED]"
