@@ -54,7 +54,9 @@ def map_sdk_errors(
 
     Pass ``partial_text`` (a callable returning the text delivered so far) around the iteration
     of a stream: failures there become :class:`LLMStreamingError` carrying that text. Errors that
-    are already ours, cancellation and unrelated exceptions pass through unchanged.
+    are already ours, cancellation and unrelated exceptions pass through unchanged. Keep only the
+    SDK call (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError` there
+    is taken for upstream garbage.
     """
     try:
         yield
