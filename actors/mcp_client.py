@@ -195,6 +195,11 @@ class McpSession:
         self._stderr = stderr
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """True once the ``open_mcp_session`` block has exited."""
+        return self._closed
+
     def __repr__(self) -> str:
         where = f"stdio pid={self.pid}" if self._config.transport == "stdio" else "http"
         state = "closed" if self._closed else "open"
@@ -306,7 +311,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
         raise sole from sole.__cause__
     finally:
         if stderr is not None:
-            stderr.close_writer()
+            stderr.close()
 
 
 _STARTUP_FAILURES: Final = (
@@ -427,6 +432,13 @@ class _StderrTail:
         if not self.writer.closed:
             self.writer.close()
 
+    def close(self) -> None:
+        """Close both ends; idempotent (a pump cancelled before it ran never closed its end)."""
+        self.close_writer()
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+
     async def pump(self) -> None:
         """Read until end-of-file (every writer closed) or cancellation, then close the pipe."""
         try:
@@ -440,7 +452,7 @@ class _StderrTail:
                     return
                 self._record(data)
         finally:
-            os.close(self._read_fd)
+            self.close()
             self.eof.set()
 
     def _record(self, data: bytes) -> None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -58,9 +59,10 @@ def process_gone(pid: int) -> bool:
 
 
 async def wait_gone(pid: int, within: float = 5.0) -> bool:
-    with anyio.move_on_after(within):
-        while not process_gone(pid):
-            await anyio.sleep(0.02)
+    for _ in range(int(within / 0.02)):
+        if process_gone(pid):
+            return True
+        await anyio.sleep(0.02)
     return process_gone(pid)
 
 
@@ -164,6 +166,7 @@ async def test_closing_the_session_terminates_the_server_process() -> None:
         pid = session.pid
         assert pid is not None and not process_gone(pid)
     assert await wait_gone(pid)
+    assert session.closed
     assert repr(session).endswith("| closed]>")
     with pytest.raises(McpServerError, match=r"^MCP server 'demo' session is closed$"):
         await session.call_tool("add", {"a": 1, "b": 2})
@@ -213,6 +216,30 @@ async def test_missing_command_is_a_clear_server_error() -> None:
         match=r"^MCP server 'ghost' could not start: command not found: '/nonexistent/mcp-server'$",
     ):
         async with open_mcp_session("ghost", config):
+            pytest.fail("the session must not open")
+
+
+async def test_sessions_leak_no_file_descriptors() -> None:
+    async with open_mcp_session("demo", DEMO):
+        pass  # warm up: the first session imports modules and may open lasting descriptors
+    before = set(os.listdir("/proc/self/fd"))
+    async with open_mcp_session("demo", DEMO) as session:
+        await session.call_tool("echo", {"text": "x"})
+    for _ in range(3):
+        with pytest.raises(McpServerError):
+            async with open_mcp_session("ghost", McpServerConfig(command="/nonexistent/x")):
+                pass
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_env_is_merged_over_the_process_environment() -> None:
+    code = (
+        "import os, sys; "
+        "print(os.environ['MCP_TEST_FLAG'], 'PATH' in os.environ, file=sys.stderr); sys.exit(1)"
+    )
+    config = McpServerConfig(command=sys.executable, args=["-c", code], env={"MCP_TEST_FLAG": "on"})
+    with pytest.raises(McpServerError, match=r"stderr tail: on True$"):
+        async with open_mcp_session("env", config):
             pytest.fail("the session must not open")
 
 
@@ -294,7 +321,7 @@ def demo_http_url() -> Iterator[str]:
             except OSError:
                 if process.poll() is not None:
                     pytest.fail("the demo HTTP server exited at start-up")
-                subprocess.run(["sleep", "0.05"], check=True)
+                time.sleep(0.05)
         yield url
     finally:
         process.terminate()
@@ -422,7 +449,8 @@ def test_invalid_json_is_explained_to_the_model() -> None:
 
 def test_non_object_arguments_are_rejected() -> None:
     with pytest.raises(
-        McpToolError, match=r"^Invalid arguments for tool 'add': expected a JSON object, got array\.$"
+        McpToolError,
+        match=r"^Invalid arguments for tool 'add': expected a JSON object, got array\.$",
     ):
         validate_arguments(ADD, "[1, 2]")
 
