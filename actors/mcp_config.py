@@ -1,0 +1,39 @@
+"""Configuration of one MCP server, in the de-facto ``mcpServers`` format.
+
+The format Claude Desktop and most MCP hosts read: a stdio server has ``command``, ``args``,
+``env`` (merged over the process environment) and ``cwd``; a streamable-HTTP server has ``url`` and
+``headers``. ``enabled: false`` keeps an entry in the file without starting it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["McpServerConfig"]
+
+
+class McpServerConfig(BaseModel):
+    """One entry of ``mcpServers``: exactly one of ``command`` (stdio) or ``url`` (HTTP)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
+    enabled: bool = True
+    call_timeout: float = Field(default=30.0, gt=0, description="seconds allowed per tool call")
+    startup_timeout: float = Field(default=20.0, gt=0, description="seconds allowed to initialize")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+        return self
+
+    @property
+    def transport(self) -> str:
+        """``"stdio"`` or ``"http"``."""
+        return "stdio" if self.command is not None else "http"

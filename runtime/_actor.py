@@ -1,0 +1,485 @@
+"""Actors, their references and the cell that runs them.
+
+An :class:`ActorCell` outlives the actor instances it runs: it owns the mailbox (so queued messages
+survive a restart) and the durable state, and runs one instance at a time. The instance handles one
+message at a time; long work runs as a child task started with :meth:`ActorContext.pipe`, whose
+outcome comes back through the actor's own mailbox, so the instance's state has a single writer
+while hundreds of requests are in flight.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from runtime._clock import Clock
+from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
+from runtime._request import Outcome, Request, RequestKind, Then
+
+if TYPE_CHECKING:
+    from runtime._supervisor import ChildSpec
+
+__all__ = ["Actor", "ActorContext", "ActorRef", "ActorState", "ActorStatus"]
+
+logger = logging.getLogger("runtime")
+
+_STOP = object()
+
+
+class ActorState(Enum):
+    """Lifecycle of an actor as the system sees it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ActorStatus:
+    """A snapshot of one actor for health checks and metrics."""
+
+    name: str
+    state: ActorState
+    restart_count: int
+    mailbox_depth: int
+    mailbox_capacity: int
+    in_flight: int
+    dropped: int
+
+
+class Actor:
+    """Base class of actors.
+
+    Override :meth:`receive`; its return value answers an ``ask``, an exception it raises is
+    re-raised in the caller (and crashes the instance if it matches the child's ``crash_on``).
+    ``self.context`` is set before :meth:`on_start` runs.
+    """
+
+    context: ActorContext
+
+    async def on_start(self) -> None:
+        """Called once per instance before its first message; raising here is a crash."""
+
+    async def on_stop(self) -> None:
+        """Called once per instance when it ends for any reason (shielded, with a timeout)."""
+
+    async def receive(self, message: Any) -> Any:
+        """Handle one message."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")
+
+
+class _ChildDone:
+    __slots__ = ("generation", "outcome", "request", "then")
+
+    def __init__(
+        self, request: Request | None, outcome: Outcome, then: Then | None, generation: int
+    ) -> None:
+        self.request = request
+        self.outcome = outcome
+        self.then = then
+        self.generation = generation
+
+
+class ActorContext:
+    """What an actor instance knows about its place in the system."""
+
+    def __init__(self, cell: ActorCell, task_group: TaskGroup, generation: int) -> None:
+        self._cell = cell
+        self._task_group = task_group
+        self._generation = generation
+        self.request: Request | None = None
+        """The request being handled right now (``None`` outside :meth:`Actor.receive`)."""
+
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    @property
+    def self_ref(self) -> ActorRef:
+        return self._cell.ref
+
+    @property
+    def clock(self) -> Clock:
+        return self._cell.clock
+
+    @property
+    def durable(self) -> Any:
+        """State declared durable by the child spec: created once, survives restarts."""
+        return self._cell.durable
+
+    @property
+    def restart_count(self) -> int:
+        return self._cell.restart_count
+
+    def pipe(
+        self, work: Callable[..., Awaitable[Any]], *args: Any, then: Then | None = None
+    ) -> None:
+        """Run ``work(*args)`` as a child task; its outcome comes back through the mailbox.
+
+        The current request (if any) is answered later: by ``then(outcome)`` run in the actor's
+        own loop (its return value is the reply, an exception it raises the error), or by the
+        outcome itself when ``then`` is ``None``. If the caller abandons the request, the child
+        task is cancelled and ``then`` still runs with a cancelled outcome, so the actor can
+        release what it reserved.
+        """
+        request = self.request
+        scope = anyio.CancelScope()
+        if request is not None:
+            request._bind(scope)
+            self._cell._in_flight.add(request)
+        self._task_group.start_soon(self._cell._run_child, scope, request, work, args, then,
+                                    self._generation)
+
+
+class ActorRef:
+    """The address of an actor: the only way to talk to it. Valid across restarts."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    def tell(self, message: Any) -> None:
+        """Send without waiting for an answer.
+
+        Raises :class:`Overloaded` if the mailbox is full, :class:`ActorStopped` if it is closed.
+        """
+        self._cell.enqueue(Request(message))
+
+    def try_tell(self, message: Any) -> bool:
+        """Like :meth:`tell`, but a full or closed mailbox drops the message (counted) instead."""
+        try:
+            self._cell.enqueue(Request(message))
+        except (Overloaded, ActorStopped):
+            self._cell.dropped += 1
+            return False
+        return True
+
+    async def ask(
+        self, message: Any, timeout: float | None = None, *, deadline: float | None = None
+    ) -> Any:
+        """Send ``message`` and wait for the one answer.
+
+        ``timeout`` (seconds) or ``deadline`` (on anyio's clock) bound the wait and travel with
+        the message, so the actor skips it if it expires in the queue. Raises the actor's error,
+        :class:`Overloaded`, :class:`ActorStopped`, :class:`ActorCrashed` or
+        :class:`DeadlineExceeded`. Cancelling the caller cancels the work done for it.
+        """
+        limit = _deadline(timeout, deadline)
+        request = Request(message, RequestKind.ASK, limit)
+        self._cell.enqueue(request)
+        try:
+            if limit == math.inf:
+                return await request.wait()
+            with anyio.fail_after(max(0.0, limit - anyio.current_time())):
+                return await request.wait()
+        except TimeoutError:
+            if request.done and not request.abandoned:
+                return request.result()
+            request.abandon()
+            raise DeadlineExceeded(self._cell.name) from None
+        except BaseException:
+            request.abandon()
+            raise
+
+    @asynccontextmanager
+    async def ask_stream(
+        self,
+        message: Any,
+        timeout: float | None = None,
+        *,
+        deadline: float | None = None,
+        buffer: int = 16,
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """Send ``message`` and iterate over a bounded stream of answers.
+
+        ``async with ref.ask_stream(msg) as items: async for item in items: ...``. A slow
+        consumer slows the producer (the buffer holds ``buffer`` items). Leaving the block early
+        abandons the request and cancels the work producing it. Errors are raised from the
+        iteration, after the items sent before them.
+        """
+        limit = _deadline(timeout, deadline)
+        request = Request(message, RequestKind.STREAM, limit, stream_buffer=buffer)
+        try:
+            self._cell.enqueue(request)
+            yield _iterate(request, self._cell.name)
+        finally:
+            request.abandon()
+            assert request._stream_recv is not None
+            request._stream_recv.close()
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
+
+
+async def _iterate(request: Request, actor: str) -> AsyncIterator[Any]:
+    receive = request._stream_recv
+    assert receive is not None
+    while True:
+        try:
+            if request.deadline == math.inf:
+                item = await receive.receive()
+            else:
+                with anyio.fail_after(max(0.0, request.deadline - anyio.current_time())):
+                    item = await receive.receive()
+        except anyio.EndOfStream:
+            if request._error is not None:
+                raise request._error from None
+            return
+        except TimeoutError:
+            request.abandon()
+            raise DeadlineExceeded(actor) from None
+        yield item
+
+
+def unwrap_group(error: Exception) -> Exception:
+    """The single error inside (nested) exception groups, or the group itself."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _deadline(timeout: float | None, deadline: float | None) -> float:
+    limit = math.inf if deadline is None else deadline
+    if timeout is not None:
+        limit = min(limit, anyio.current_time() + timeout)
+    return limit
+
+
+class ActorCell:
+    """Runs the instances of one actor over a mailbox that outlives them."""
+
+    def __init__(self, spec: ChildSpec, clock: Clock) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.clock = clock
+        self.ref = ActorRef(self)
+        self.durable: Any = spec.durable() if spec.durable is not None else None
+        self.state = ActorState.STARTING
+        self.restart_count = 0
+        self.dropped = 0
+        self._capacity = spec.mailbox_size
+        self._depth = 0
+        self._accepting = True
+        # Unbounded underneath: the bound is enforced for outside senders in enqueue(), so that
+        # child outcomes and the stop marker can always be delivered.
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._in_flight: set[Request] = set()
+        self._current: Request | None = None
+        self._generation = 0
+        self._stopping = False
+        self._instance_scope: anyio.CancelScope | None = None
+
+    # -- senders ------------------------------------------------------------------------------
+
+    def enqueue(self, request: Request) -> None:
+        if not self._accepting:
+            raise ActorStopped(self.name)
+        if self._depth >= self._capacity:
+            raise Overloaded(self.name, self._capacity)
+        self._depth += 1
+        self._send.send_nowait(request)
+
+    def status(self) -> ActorStatus:
+        return ActorStatus(
+            name=self.name,
+            state=self.state,
+            restart_count=self.restart_count,
+            mailbox_depth=self._depth,
+            mailbox_capacity=self._capacity,
+            in_flight=len(self._in_flight),
+            dropped=self.dropped,
+        )
+
+    # -- lifecycle (called by the supervisor) ---------------------------------------------------
+
+    async def run_instance(self, on_ready: Callable[[], None]) -> None:
+        """Run one instance until it stops (return) or crashes (raise its error)."""
+        self._generation += 1
+        generation = self._generation
+        self._stopping = False
+        instance = self.spec.factory()
+        crashed: BaseException | None = None
+        try:
+            with anyio.CancelScope() as self._instance_scope:
+                async with anyio.create_task_group() as task_group:
+                    instance.context = ActorContext(self, task_group, generation)
+                    await instance.on_start()
+                    self.state = ActorState.RUNNING
+                    on_ready()
+                    await self._serve(instance, generation)
+                    task_group.cancel_scope.cancel()
+        except Exception as exc:
+            crashed = unwrap_group(exc)
+            raise crashed from None
+        finally:
+            self._instance_scope = None
+            self.state = ActorState.STOPPED if self._stopping else ActorState.RESTARTING
+            ended: BaseException = (
+                ActorStopped(self.name, "stopped before replying")
+                if crashed is None and not self._accepting
+                else ActorCrashed(self.name, crashed)
+            )
+            if self._current is not None:
+                self._current.fail(ended)
+                self._current = None
+            for request in list(self._in_flight):
+                request.fail(ended)
+            self._in_flight.clear()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.spec.shutdown_timeout):
+                try:
+                    await instance.on_stop()
+                except Exception:
+                    logger.exception("actor %s: on_stop failed", self.name)
+
+    def terminate(self) -> None:
+        """Cancel the running instance now (its queued messages stay for the next one)."""
+        if self._instance_scope is not None:
+            self._instance_scope.cancel()
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting messages; the instance drains the queue, then stops."""
+        self._accepting = False
+        self.state = ActorState.STOPPING
+        self._send.send_nowait(_STOP)
+
+    def close(self, reason: str = "actor is stopped") -> None:
+        """Stop for good: fail everything still queued with :class:`ActorStopped`."""
+        self._accepting = False
+        self.state = ActorState.STOPPED
+        while True:
+            try:
+                item = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if isinstance(item, Request):
+                self._depth -= 1
+                item.fail(ActorStopped(self.name, reason))
+        self._send.close()
+        self._receive.close()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _serve(self, instance: Actor, generation: int) -> None:
+        receive = self._receive.receive
+        context = instance.context
+        crash_on = self.spec.crash_on
+        while True:
+            item = await receive()
+            if type(item) is _ChildDone:
+                if item.generation == generation:
+                    await self._complete(instance, item, crash_on)
+                if self._stopping and not self._in_flight:
+                    return
+                continue
+            if item is _STOP:
+                self._stopping = True
+                if not self._in_flight:
+                    return
+                continue
+            request: Request = item
+            self._depth -= 1
+            if request.done:
+                continue
+            if request.expired:
+                request.fail(DeadlineExceeded(self.name, "deadline passed while queued"))
+                continue
+            context.request = self._current = request
+            try:
+                result = await instance.receive(request.message)
+            except Exception as exc:
+                self._answer_error(request, exc, crash_on)
+            else:
+                if not request.delegations:
+                    request.reply(result)
+            finally:
+                context.request = None
+                if request.done or request.delegations:
+                    self._current = None  # else cancelled mid-handler: answered when the instance ends
+
+    async def _complete(
+        self, instance: Actor, done: _ChildDone, crash_on: tuple[type[BaseException], ...]
+    ) -> None:
+        request = done.request
+        if request is not None:
+            self._in_flight.discard(request)
+        if done.then is None:
+            if done.outcome.error is not None:
+                self._answer_error(request, done.outcome.error, crash_on)
+            elif request is not None:
+                request.reply(done.outcome.value)
+            return
+        context = instance.context
+        context.request = request
+        delegations = request.delegations if request is not None else 0
+        try:
+            result = done.then(done.outcome)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            self._answer_error(request, exc, crash_on)
+        else:
+            if request is not None and request.delegations == delegations:
+                request.reply(result)
+        finally:
+            context.request = None
+
+    def _answer_error(
+        self,
+        request: Request | None,
+        error: Exception,
+        crash_on: tuple[type[BaseException], ...],
+    ) -> None:
+        if request is not None:
+            request.fail(error)
+        if isinstance(error, crash_on):
+            raise error
+        if request is None or request.kind is RequestKind.TELL:
+            logger.warning("actor %s: %s while handling a message", self.name,
+                           type(error).__name__)
+
+    async def _run_child(
+        self,
+        scope: anyio.CancelScope,
+        request: Request | None,
+        work: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        then: Then | None,
+        generation: int,
+    ) -> None:
+        outcome: Outcome | None = None
+        with scope:
+            try:
+                outcome = Outcome(await work(*args))
+            except Exception as exc:
+                outcome = Outcome(error=exc)
+        if outcome is None:
+            outcome = Outcome(cancelled=True)
+        self._send.send_nowait(_ChildDone(request, outcome, then, generation))
+
+    def __repr__(self) -> str:
+        return (
+            f"<ActorCell {self.name} [{self.state.value} | mailbox {self._depth}/"
+            f"{self._capacity} | {len(self._in_flight)} in flight | restarts {self.restart_count}]>"
+        )

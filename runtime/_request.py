@@ -1,0 +1,183 @@
+"""Requests: one message in a mailbox, and the way its answer travels back.
+
+A :class:`Request` is answered at most once, by whoever comes first: the actor (a reply or an
+error), or the caller giving up (deadline, cancellation). Everything after the first ending is
+ignored, which is what makes "every request ends exactly once" a local property.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["Outcome", "Request", "RequestKind"]
+
+
+class RequestKind(Enum):
+    """How the sender waits for the answer."""
+
+    TELL = "tell"
+    ASK = "ask"
+    STREAM = "stream"
+
+
+class Outcome:
+    """The result of a piece of work: a value, an error, or cancellation."""
+
+    __slots__ = ("cancelled", "error", "value")
+
+    def __init__(
+        self, value: Any = None, error: Exception | None = None, cancelled: bool = False
+    ) -> None:
+        self.value = value
+        self.error = error
+        self.cancelled = cancelled
+
+    def unwrap(self) -> Any:
+        """Return the value or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def __repr__(self) -> str:
+        if self.cancelled:
+            return "<Outcome cancelled>"
+        if self.error is not None:
+            return f"<Outcome error={type(self.error).__name__}>"
+        return "<Outcome value>"
+
+
+class Request:
+    """One message on its way through an actor, with its reply channel and deadline.
+
+    ``deadline`` is on anyio's clock (:func:`anyio.current_time`), ``math.inf`` when there is none.
+    Not thread-safe: used from the event loop only.
+    """
+
+    __slots__ = (
+        "_error",
+        "_event",
+        "_on_end",
+        "_scope",
+        "_stream_recv",
+        "_stream_send",
+        "_value",
+        "abandoned",
+        "deadline",
+        "delegations",
+        "done",
+        "kind",
+        "message",
+    )
+
+    def __init__(
+        self,
+        message: Any,
+        kind: RequestKind = RequestKind.TELL,
+        deadline: float = math.inf,
+        stream_buffer: int = 0,
+    ) -> None:
+        self.message = message
+        self.kind = kind
+        self.deadline = deadline
+        self.done = False
+        self.abandoned = False
+        self.delegations = 0
+        self._scope: anyio.CancelScope | None = None
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._on_end: Callable[[Request], None] | None = None
+        self._event: anyio.Event | None = None
+        self._stream_send: MemoryObjectSendStream[Any] | None = None
+        self._stream_recv: MemoryObjectReceiveStream[Any] | None = None
+        if kind is RequestKind.ASK:
+            self._event = anyio.Event()
+        elif kind is RequestKind.STREAM:
+            self._stream_send, self._stream_recv = anyio.create_memory_object_stream[Any](
+                stream_buffer
+            )
+
+    # -- the actor's side ---------------------------------------------------------------------
+
+    def reply(self, value: Any = None) -> None:
+        """Answer with ``value`` (for a stream: end it normally). Ignored if already ended."""
+        if self.done:
+            return
+        self.done = True
+        self._value = value
+        self._finish()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with ``error``, re-raised in the caller. Ignored if already ended."""
+        if self.done:
+            return
+        self.done = True
+        self._error = error
+        self._finish()
+
+    async def send(self, item: Any) -> None:
+        """Send one item of a streamed answer; waits while the consumer's buffer is full.
+
+        Raises :class:`anyio.BrokenResourceError` if the consumer went away.
+        """
+        if self._stream_send is None:
+            raise TypeError("send() is only for requests made with ask_stream()")
+        if self.done:
+            raise anyio.BrokenResourceError
+        await self._stream_send.send(item)
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self.deadline != math.inf and anyio.current_time() >= self.deadline
+
+    def _finish(self) -> None:
+        if self._event is not None:
+            self._event.set()
+        elif self._stream_send is not None:
+            self._stream_send.close()
+        if self._on_end is not None:
+            self._on_end(self)
+
+    # -- the caller's side --------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        """The caller gives up: no answer will be delivered, the work on it is cancelled."""
+        if self._scope is not None:
+            self._scope.cancel()
+        if self.done:
+            return
+        self.done = True
+        self.abandoned = True
+        if self._stream_send is not None:
+            self._stream_send.close()
+        if self._on_end is not None:
+            self._on_end(self)
+
+    async def wait(self) -> Any:
+        """Wait for the single answer of an ask; return it or raise its error."""
+        assert self._event is not None
+        await self._event.wait()
+        return self.result()
+
+    def result(self) -> Any:
+        """The answer of an ended ask: the value, or its error raised."""
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def _bind(self, scope: anyio.CancelScope) -> None:
+        self.delegations += 1
+        self._scope = scope
+
+    def __repr__(self) -> str:
+        state = "abandoned" if self.abandoned else "done" if self.done else "pending"
+        return f"<Request {self.kind.value} {type(self.message).__name__} {state}>"
+
+
+Then = Callable[[Outcome], Any | Awaitable[Any]]
