@@ -238,7 +238,9 @@ class McpSession:
             raise McpServerError(self.name, f"HTTP request failed: {exc!r}") from exc
         except RuntimeError as exc:
             # The SDK raises RuntimeError for a result that breaks the tool's output schema.
-            raise McpToolError(f"Tool {name!r} returned an invalid result: {exc}") from exc
+            raise McpToolError(
+                f"Tool {name!r} returned an invalid result: {exc}", server=self.name, tool=name
+            ) from exc
         return ToolResult.from_call_result(result)
 
     def _died_reason(self) -> str:
