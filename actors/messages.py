@@ -1,0 +1,235 @@
+"""The messages and results that travel between the domain actors.
+
+Chat messages and tools stay in OpenAI's JSON shape (``{"role": ..., "content": ...}``,
+``{"type": "function", "function": {...}}``): that is what the SDK takes and what every
+OpenAI-compatible endpoint speaks, so nothing is translated twice.
+
+Who talks to whom::
+
+    caller ──ChatRequest──► RouterActor ──ProviderCall──► ProviderActor
+                              │  ──Reserve / Settle / Release──► LedgerActor
+    everyone ──(metrics events, actors._metrics_store)──► MetricsActor
+
+A non-streaming ask answers an :class:`LLMResponse`. A streaming ask (``ask_stream``) yields
+:class:`TextDelta` items as they arrive and ends with one :class:`StreamEnd` carrying the assembled
+:class:`LLMResponse` (text, tool calls, usage, cost).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Attempt",
+    "ChatRequest",
+    "GetSpend",
+    "LLMResponse",
+    "ProviderCall",
+    "Release",
+    "Reservation",
+    "Reserve",
+    "Settle",
+    "SpendSnapshot",
+    "StreamEnd",
+    "TextDelta",
+    "ToolCall",
+    "Usage",
+    "new_request_id",
+]
+
+Message = dict[str, Any]
+"""One chat message in OpenAI's shape."""
+
+
+def new_request_id() -> str:
+    """A fresh, unique request id."""
+    return uuid.uuid4().hex
+
+
+class Usage(BaseModel):
+    """Tokens used by one call and what they cost (USD; ``None`` when the price is unknown)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    total_cost: float | None = None
+
+
+class ToolCall(BaseModel):
+    """A tool call the model asked for; ``arguments`` is the model's JSON text, unparsed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def to_message(self) -> Message:
+        """This call in the ``tool_calls`` list of an assistant message."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+class Attempt(BaseModel):
+    """One try of a request on one provider and model, successful or not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: str
+    model: str
+    error_type: str | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    hedge: bool = False
+
+
+class LLMResponse(BaseModel):
+    """A complete answer: the assistant message and how it was produced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""
+    provider: str = ""
+    response_time_ms: float = 0.0
+    time_to_first_token_ms: float | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    request_id: str = ""
+
+    @property
+    def message(self) -> Message:
+        """The assistant message in OpenAI's shape, ready to append to the history."""
+        message: Message = {"role": "assistant", "content": self.content or None}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_message() for call in self.tool_calls]
+        return message
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A request to the router: these messages, these tools, optionally a model and parameters.
+
+    ``model`` ``None`` means each provider's configured model (and its fallbacks). ``params``
+    override generation parameters (``temperature``, ``max_tokens``, ...). ``timeout`` is the
+    whole request's budget in seconds across every attempt (``None``: the configured default).
+    """
+
+    messages: tuple[Message, ...]
+    tools: tuple[Message, ...] = ()
+    model: str | None = None
+    provider: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    request_id: str = field(default_factory=new_request_id)
+
+    @classmethod
+    def of(cls, messages: list[Message], tools: list[Message] | None = None,
+           **kwargs: Any) -> ChatRequest:
+        """Build from lists (copied, so later changes by the caller do not leak in)."""
+        return cls(messages=tuple(json.loads(json.dumps(messages))),
+                   tools=tuple(tools or ()), **kwargs)
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    """What the router asks of one provider actor: one attempt with one model.
+
+    ``prompt_tokens`` is the router's estimate (already checked against the context window), the
+    amount the provider's token limiter acquires.
+    """
+
+    request: ChatRequest
+    model: str
+    prompt_tokens: int
+    stream: bool = False
+    fallback_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer's text, as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a stream: the assembled answer."""
+
+    response: LLMResponse
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Ask the ledger to set aside the worst-case cost of one attempt.
+
+    Answers a :class:`Reservation`, or raises ``LLMCostLimitError``.
+    """
+
+    request_id: str
+    provider: str
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Money set aside for one attempt until it is settled or released."""
+
+    id: int
+    request_id: str
+    provider: str
+    model: str
+    amount: float
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The attempt ended with this usage: charge the actual cost, release the rest.
+
+    ``cost`` is the provider-reported cost when there is one (OpenRouter's ``usage.cost``);
+    otherwise the ledger prices the usage with the model's price table.
+    """
+
+    reservation_id: int
+    usage: Usage
+    cost: float | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """The attempt failed before costing anything: release the whole reservation."""
+
+    reservation_id: int
+
+
+@dataclass(frozen=True)
+class GetSpend:
+    """Ask the ledger for a :class:`SpendSnapshot`."""
+
+
+@dataclass(frozen=True)
+class SpendSnapshot:
+    """Today's money: settled, currently reserved, and the limits."""
+
+    day: str
+    settled: float
+    reserved: float
+    open_reservations: int
+    daily_limit: float | None
+    per_request_limit: float | None
