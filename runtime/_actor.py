@@ -415,8 +415,9 @@ class ActorCell:
                     request.reply(result)
             finally:
                 context.request = None
+                # Cancelled mid-handler, it stays current: answered when the instance ends.
                 if request.done or request.delegations:
-                    self._current = None  # else cancelled mid-handler: answered when the instance ends
+                    self._current = None
 
     async def _complete(
         self, instance: Actor, done: _ChildDone, crash_on: tuple[type[BaseException], ...]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from types import TracebackType
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -49,6 +50,10 @@ class ActorSystem:
     def ref(self, name: str) -> ActorRef:
         """The ref of the actor called ``name``. Raises :class:`KeyError`."""
         return self._registry.cells[name].ref
+
+    def durable(self, name: str) -> Any:
+        """The durable state of actor ``name``, for reading (health, metrics); never mutate it."""
+        return self._registry.cells[name].durable
 
     def status(self) -> dict[str, ActorStatus]:
         """State, restart count and mailbox depth of every actor, by name."""

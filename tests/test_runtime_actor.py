@@ -48,7 +48,8 @@ async def test_full_mailbox_raises_overloaded_and_counts_drops() -> None:
             await anyio.wait_all_tasks_blocked()
             ref.tell(1)
             ref.tell(2)
-            with pytest.raises(Overloaded, match=r"^actor 'a' is overloaded: mailbox full \(2 messages\)$"):
+            full = r"^actor 'a' is overloaded: mailbox full \(2 messages\)$"
+            with pytest.raises(Overloaded, match=full):
                 ref.tell(3)
             assert ref.try_tell(4) is False
             assert system.status()["a"].dropped == 1
@@ -60,7 +61,7 @@ async def test_full_mailbox_raises_overloaded_and_counts_drops() -> None:
 async def test_handler_error_is_raised_in_caller_and_actor_keeps_serving() -> None:
     async with ActorSystem(one(crash_on=(Boom,))) as system:
         ref = system.ref("a")
-        with pytest.raises(Refused, match="^no$"):
+        with pytest.raises(Refused, match=r"^no$"):
             await ref.ask(Refuse())
         assert await ref.ask("still here") == "still here"
         assert system.status()["a"].restart_count == 0
@@ -124,8 +125,10 @@ async def test_many_concurrent_asks_are_served_by_child_tasks() -> None:
 
 
 async def test_ask_stream_yields_every_item_then_ends() -> None:
-    async with ActorSystem(one()) as system, system.ref("a").ask_stream(Count(50), buffer=2) as items:
-        assert [item async for item in items] == list(range(50))
+    async with ActorSystem(one()) as system:
+        stream = system.ref("a").ask_stream(Count(50), buffer=2)
+        async with stream as items:
+            assert [item async for item in items] == list(range(50))
 
 
 async def test_ask_stream_backpressure_holds_the_producer() -> None:
