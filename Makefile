@@ -1,0 +1,44 @@
+# Two commands on a fresh machine (Python 3.11 + make):
+#   make run    install into .venv and start the server on the built-in defaults
+#   make test   install into .venv (and Chromium for the browser test) and run ruff, mypy, pytest
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit system-deps bench soak clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mcp-backend serve
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: $(STAMP) system-deps lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.kernel
+	$(BIN)/python -m benchmarks.simulator
+	$(BIN)/python -m benchmarks.provider
+	$(BIN)/python -m benchmarks.runtime
+	$(BIN)/python -m benchmarks.server
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.chaos.soak
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
