@@ -1,0 +1,7 @@
+"""``python -m simulator``."""
+
+import sys
+
+from simulator import main
+
+sys.exit(main())

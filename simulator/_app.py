@@ -1,0 +1,416 @@
+"""The simulator's request handler: routes, authentication, limits and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from ._config import FAULT_KINDS, Flavor, ModelSpec, SimulatorConfig, merge_patch
+from ._http import ClientDisconnected, Exchange, Request
+from ._replies import Reply, estimate_prompt_tokens, plan_reply
+from ._stats import SlidingWindow, Stats, format_reset
+from ._wire import StreamEvents, completion_body, dumps, error_body, usage_of
+
+__all__ = ["Simulator"]
+
+UNLIMITED_REQUESTS = 10_000_000
+UNLIMITED_TOKENS = 1_000_000_000
+_BATCH = 32
+_JSON = ("content-type", "application/json")
+_SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
+_PROCESSING = b": OPENROUTER PROCESSING\n\n"
+_DONE = b"data: [DONE]\n\n"
+_MIDSTREAM = ("midstream_drop", "midstream_error")
+_STATUS_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
+    "429": (429, "Rate limit reached for requests. Please try again later.", "requests",
+            "rate_limit_exceeded"),
+    "401": (401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    "402": (402, "Insufficient credits. Add more using https://openrouter.ai/credits",
+            "insufficient_quota", "insufficient_quota"),
+    "500": (500, "The server had an error while processing your request. Sorry about that!",
+            "server_error", None),
+    "502": (502, "Bad gateway.", "server_error", None),
+    "503": (503, "The engine is currently overloaded, please try again later.", "server_error",
+            None),
+}
+
+
+class Simulator:
+    """Answers chat completions like OpenAI or OpenRouter, with the configured faults.
+
+    Not thread-safe: one event loop serves it. Faults draw from one ``random.Random(seed)``,
+    two numbers per chat completion in arrival order, whatever the outcome.
+    """
+
+    def __init__(
+        self, config: SimulatorConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._rng = random.Random(config.seed)
+        self._admitted = SlidingWindow()
+        self.stats = Stats(clock)
+        self._next_call = 1
+        self._next_completion = 1
+
+    def __repr__(self) -> str:
+        return f"<Simulator [{self._config.flavor}, seed {self._config.seed} | {self.stats!r}]>"
+
+    @property
+    def config(self) -> SimulatorConfig:
+        return self._config
+
+    def reconfigure(self, patch: dict[str, Any]) -> SimulatorConfig:
+        """Merge ``patch`` into the configuration; a new ``seed`` re-seeds the fault draws."""
+        self._config = merge_patch(self._config, patch)
+        if "seed" in patch:
+            self._rng = random.Random(self._config.seed)
+        return self._config
+
+    def reset(self) -> None:
+        """Clear the statistics and limit windows, re-seed the fault draws, renumber ids."""
+        self._rng = random.Random(self._config.seed)
+        self._admitted = SlidingWindow()
+        self.stats = Stats(self._clock)
+        self._next_call = 1
+        self._next_completion = 1
+
+    async def handle(self, request: Request, exchange: Exchange) -> None:
+        path = request.path.removeprefix("/api")
+        route = (request.method, path.removeprefix("/v1"))
+        if route == ("POST", "/chat/completions"):
+            await self._chat(request, exchange)
+        elif route == ("GET", "/models"):
+            self._models(request, exchange)
+        elif route == ("GET", "/_sim/stats"):
+            self._send_json(exchange, 200, self.stats.as_json())
+        elif route in (("POST", "/_sim/config"), ("GET", "/_sim/config")):
+            self._configure(request, exchange)
+        elif route == ("POST", "/_sim/reset"):
+            self.reset()
+            self._send_json(exchange, 200, {"ok": True})
+        elif route == ("GET", "/_sim/health"):
+            self._send_json(exchange, 200, {"status": "ok"})
+        else:
+            self._send_json(exchange, 404, {"error": {
+                "message": f"Unknown request URL: {request.method} {request.path}.",
+                "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _headers(self) -> list[tuple[str, str]]:
+        now = self._clock()
+        window = self._admitted
+        window.prune(now)
+        rpm = self._config.requests_per_minute or UNLIMITED_REQUESTS
+        tpm = self._config.tokens_per_minute or UNLIMITED_TOKENS
+        reset = format_reset(window.seconds_until_oldest_expires(now))
+        return [
+            ("x-ratelimit-limit-requests", str(rpm)),
+            ("x-ratelimit-remaining-requests", str(max(0, rpm - window.requests))),
+            ("x-ratelimit-reset-requests", reset),
+            ("x-ratelimit-limit-tokens", str(tpm)),
+            ("x-ratelimit-remaining-tokens", str(max(0, tpm - window.tokens))),
+            ("x-ratelimit-reset-tokens", reset),
+        ]
+
+    def _send_json(self, exchange: Exchange, status: int, value: Any) -> None:
+        headers = self._headers()
+        headers.append(_JSON)
+        exchange.send(status, headers, dumps(value))
+
+    def _send_error(
+        self,
+        exchange: Exchange,
+        flavor: Flavor,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        headers = self._headers()
+        headers.append(_JSON)
+        if retry_after is not None:
+            headers.append(("retry-after", str(math.ceil(retry_after))))
+            headers.append(("retry-after-ms", str(round(retry_after * 1000))))
+        exchange.send(status, headers, error_body(flavor, status, message, type_, code, param))
+
+    def _models(self, request: Request, exchange: Exchange) -> None:
+        data = [
+            {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "simulator",
+             "context_length": spec.context_window}
+            for name, spec in self._config.models.items()
+        ]
+        self._send_json(exchange, 200, {"object": "list", "data": data})
+
+    def _configure(self, request: Request, exchange: Exchange) -> None:
+        if request.method == "POST":
+            try:
+                patch = json.loads(request.body or b"{}")
+                if not isinstance(patch, dict):
+                    raise ValueError("the configuration patch must be a JSON object")
+                self.reconfigure(patch)
+            except (ValueError, ValidationError) as exc:
+                self._send_error(exchange, "openai", 400, str(exc), "invalid_request_error", None)
+                return
+        shown = self._config.model_dump()
+        if shown["api_keys"]:
+            shown["api_keys"] = ["***"] * len(shown["api_keys"])
+        self._send_json(exchange, 200, shown)
+
+    def _key_ok(self, authorization: str) -> bool:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        accepted = self._config.api_keys
+        return not accepted or key.strip() in accepted
+
+    def _draw_fault(self, draw: float) -> str | None:
+        cumulative = 0.0
+        for kind, rate in zip(FAULT_KINDS, self._config.faults.rates(), strict=True):
+            cumulative += rate
+            if draw < cumulative:
+                return kind
+        return None
+
+    # -- chat completions -------------------------------------------------------------------
+
+    async def _chat(self, request: Request, exchange: Exchange) -> None:
+        fault_draw, position_draw = self._rng.random(), self._rng.random()
+        config = self._config
+        now = self._clock()
+        flavor: Flavor = config.flavor
+        if request.headers.get("x-sim-flavor") in ("openai", "openrouter"):
+            flavor = "openrouter" if request.headers["x-sim-flavor"] == "openrouter" else "openai"
+        key_ok = self._key_ok(request.headers.get("authorization", ""))
+
+        body: Any = None
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = None
+        messages = body.get("messages") if isinstance(body, dict) else None
+        valid = isinstance(messages, list) and bool(messages)
+        prompt_tokens = estimate_prompt_tokens(messages) if valid and messages else 0
+        spec: ModelSpec | None = None
+        reply: Reply | None = None
+        max_tokens: int | None = None
+        if valid and isinstance(body, dict) and messages:
+            spec = config.models.get(str(body.get("model"))) if config.models else ModelSpec()
+            limit = body.get("max_completion_tokens", body.get("max_tokens"))
+            max_tokens = limit if isinstance(limit, int) and limit > 0 else None
+            if spec is not None:
+                tools = [
+                    t["function"]["name"] for t in body.get("tools") or ()
+                    if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                    and "name" in t["function"]
+                ]
+                reply = plan_reply(messages, tools, spec.reply_words, max_tokens, self._next_call)
+        planned = reply.completion_tokens if reply else 0
+        self.stats.arrivals.add(now, prompt_tokens + planned)
+
+        forced = request.headers.get("x-sim-fault")
+        if forced is not None:
+            fault: str | None = forced.removeprefix("rate_")
+            if fault not in FAULT_KINDS:
+                self.stats.record(400, prompt_tokens, 0, key_ok)
+                self._send_error(exchange, flavor, 400, f"Unknown X-Sim-Fault {forced!r}; "
+                                 f"expected one of {', '.join(FAULT_KINDS)}.",
+                                 "invalid_request_error", None)
+                return
+        else:
+            fault = self._draw_fault(fault_draw)
+
+        if config.faults.latency:
+            await asyncio.sleep(config.faults.latency)
+        if not key_ok:
+            self.stats.record(401, prompt_tokens, 0, key_ok)
+            self._send_error(exchange, flavor, 401, "Incorrect API key provided.",
+                             "invalid_request_error", "invalid_api_key")
+            return
+        if not isinstance(body, dict):
+            self.stats.record(400, 0, 0, key_ok)
+            self._send_error(exchange, flavor, 400,
+                             "We could not parse the JSON body of your request.",
+                             "invalid_request_error", None)
+            return
+        if not valid:
+            self.stats.record(400, 0, 0, key_ok)
+            self._send_error(exchange, flavor, 400, "'messages' must be a non-empty array.",
+                             "invalid_request_error", None, "messages")
+            return
+        if fault is not None and fault not in _MIDSTREAM:
+            self.stats.count_fault(fault)
+            await self._fault(exchange, flavor, fault, prompt_tokens, key_ok)
+            return
+        if spec is None or reply is None:
+            self.stats.record(404, prompt_tokens, 0, key_ok)
+            self._send_error(exchange, flavor, 404, f"The model `{body.get('model')}` does not "
+                             "exist or you do not have access to it.",
+                             "invalid_request_error", "model_not_found")
+            return
+        requested = prompt_tokens + (max_tokens or 0)
+        if requested > spec.context_window:
+            self.stats.record(400, prompt_tokens, 0, key_ok)
+            self._send_error(
+                exchange, flavor, 400,
+                f"This model's maximum context length is {spec.context_window} tokens. However, "
+                f"you requested {requested} tokens ({prompt_tokens} in the messages, "
+                f"{max_tokens or 0} in the completion). Please reduce the length of the messages "
+                "or completion.", "invalid_request_error", "context_length_exceeded", "messages")
+            return
+        if self._over_limit(exchange, flavor, now, prompt_tokens + planned, prompt_tokens, key_ok):
+            return
+        self._admitted.add(now, prompt_tokens + planned)
+        self._next_call += len(reply.tool_calls)
+        completion_id = f"chatcmpl-sim{self._next_completion}"
+        self._next_completion += 1
+        cost = (prompt_tokens * spec.price_in + reply.completion_tokens * spec.price_out) / 1e6
+        usage = usage_of(flavor, prompt_tokens, reply.completion_tokens, cost)
+        self.stats.record(200, prompt_tokens, reply.completion_tokens, key_ok)
+        self.stats.cost += cost
+        model = str(body.get("model"))
+        if fault is not None:
+            self.stats.count_fault(fault)
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            include_usage = flavor == "openrouter" or (
+                isinstance(options, dict) and options.get("include_usage") is True
+            )
+            events = StreamEvents(flavor, completion_id, int(time.time()), model, include_usage)
+            await self._stream(exchange, flavor, events, reply, usage if include_usage else None,
+                               fault, position_draw)
+            return
+        payload = completion_body(flavor, completion_id, int(time.time()), model, reply, usage)
+        headers = self._headers()
+        headers.append(_JSON)
+        if fault == "midstream_drop":
+            await exchange.send_partial(200, headers, payload)
+        elif fault == "midstream_error":
+            self._send_error(exchange, flavor, 502, "Upstream error mid generation.",
+                             "server_error", None)
+        else:
+            exchange.send(200, headers, payload)
+
+    def _over_limit(
+        self, exchange: Exchange, flavor: Flavor, now: float, tokens: int, prompt: int,
+        key_ok: bool,
+    ) -> bool:
+        config = self._config
+        window = self._admitted
+        window.prune(now)
+        wait = 0.0
+        kind = ""
+        if config.requests_per_minute and window.requests >= config.requests_per_minute:
+            wait, kind = window.seconds_until_oldest_expires(now), "requests"
+        elif config.tokens_per_minute and window.tokens + tokens > config.tokens_per_minute:
+            wait = window.seconds_until_tokens_fit(now, config.tokens_per_minute, tokens)
+            kind = "tokens"
+        if not kind:
+            return False
+        self.stats.record(429, prompt, 0, key_ok)
+        limit = config.requests_per_minute if kind == "requests" else config.tokens_per_minute
+        self._send_error(exchange, flavor, 429,
+                         f"Rate limit reached for {kind} per min (RPM/TPM): Limit {limit}. "
+                         f"Please try again in {format_reset(wait)}.",
+                         kind, "rate_limit_exceeded", retry_after=max(wait, 0.001))
+        return True
+
+    async def _fault(
+        self, exchange: Exchange, flavor: Flavor, fault: str, prompt: int, key_ok: bool
+    ) -> None:
+        if fault == "timeout":
+            self.stats.record(0, prompt, 0, key_ok)
+            await exchange.wait_client_gone(self._config.faults.hang_seconds)
+            exchange.reset()
+        elif fault == "reset":
+            self.stats.record(0, prompt, 0, key_ok)
+            exchange.reset()
+        else:
+            status, message, type_, code = _STATUS_FAULTS[fault]
+            self.stats.record(status, prompt, 0, key_ok)
+            retry = self._config.faults.retry_after if fault == "429" else None
+            self._send_error(exchange, flavor, status, message, type_, code, retry_after=retry)
+
+    async def _stream(
+        self,
+        exchange: Exchange,
+        flavor: Flavor,
+        events: StreamEvents,
+        reply: Reply,
+        usage: dict[str, Any] | None,
+        fault: str | None,
+        position_draw: float,
+    ) -> None:
+        faults = self._config.faults
+        stats = self.stats
+        body = events.reply(reply)
+        # The fault strikes after the role chunk and at least one content chunk, before the
+        # finishing chunk: a client has then already relayed output and may not fall back.
+        before_finish = len(body) - 1
+        cut = min(before_finish, 2 + int(position_draw * max(0, before_finish - 1)))
+        if usage is not None:
+            body.append(events.usage(usage))
+        headers = self._headers()
+        headers.extend(_SSE)
+        stats.streams_started += 1
+        stats.streams_open += 1
+        try:
+            await exchange.start_stream(200, headers)
+            await self._first_byte_delay(exchange, flavor, faults.first_byte_delay)
+            delay = faults.chunk_delay
+            pending: list[bytes] = []
+            for index, event in enumerate(body):
+                if fault is not None and index == cut:
+                    if pending:
+                        exchange.write_chunk(b"".join(pending))
+                    await self._strike(exchange, events, fault)
+                    return
+                if delay and index:
+                    await asyncio.sleep(delay)
+                pending.append(event)
+                if delay or len(pending) >= _BATCH:
+                    exchange.write_chunk(b"".join(pending))
+                    pending.clear()
+                    await exchange.flush()
+            pending.append(_DONE)
+            exchange.write_chunk(b"".join(pending))
+            await exchange.end_stream()
+            stats.streams_completed += 1
+        except ClientDisconnected:
+            stats.streams_aborted_by_client += 1
+        finally:
+            stats.streams_open -= 1
+
+    async def _strike(self, exchange: Exchange, events: StreamEvents, fault: str) -> None:
+        if fault == "midstream_drop":
+            self.stats.streams_dropped += 1
+            await exchange.drop()
+            return
+        exchange.write_chunk(events.error("Upstream error mid generation."))
+        await exchange.end_stream()
+        self.stats.streams_errored += 1
+
+    async def _first_byte_delay(self, exchange: Exchange, flavor: Flavor, seconds: float) -> None:
+        if flavor != "openrouter":
+            if seconds:
+                await asyncio.sleep(seconds)
+            return
+        exchange.write_chunk(_PROCESSING)
+        await exchange.flush()
+        interval = self._config.faults.keepalive_interval
+        deadline = self._clock() + seconds
+        while (left := deadline - self._clock()) > 0:
+            await asyncio.sleep(min(interval, left))
+            if self._clock() < deadline:
+                exchange.write_chunk(_PROCESSING)
+                await exchange.flush()
