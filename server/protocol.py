@@ -1,0 +1,287 @@
+"""The ``/ws/chat`` wire protocol: incoming frames as pydantic models, outgoing envelopes.
+
+Compatible with the MCP Backend frontend protocol; everything beyond it is additive.
+
+Client to server::
+
+    {"action": "chat", "request_id": "r1",
+     "payload": {"text": "...", "streaming": true, "metadata": {}, "conversation_id": "..."}}
+    {"action": "cancel", "request_id": "r1"}
+    {"action": "clear_history", "request_id": "c1", "conversation_id": "..."}
+
+``conversation_id`` is optional in both (default: the socket's current conversation), and so is
+the ``request_id`` of ``clear_history``. Server to client, envelopes
+``{"request_id", "status", "chunk"}``::
+
+    processing  {"metadata": {"user_message": "...", "conversation_id": "..."}}
+    chunk       {"type": "text", "data": "delta"}
+    chunk       {"type": "tool_call_started", "data": {"server", "tool", "arguments", "call_id"}}
+    chunk       {"type": "tool_call_finished", "data": {"server", "tool", "call_id", "is_error",
+                                                         "result_preview", "duration_ms"}}
+    error       {"error": "message", "error_type": "rate_limited"}
+    complete    {"usage", "cost", "provider", "model", "hops", "finish_reason", "conversation_id"}
+    complete    {"type": "history_cleared", "conversation_id": "..."}   (answers clear_history)
+
+Every chat request ends with exactly one ``complete`` or one ``error`` envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+__all__ = [
+    "CONVERSATION_ID_PATTERN",
+    "CancelFrame",
+    "ChatFrame",
+    "ChatPayload",
+    "ClearHistoryFrame",
+    "Envelope",
+    "Frame",
+    "ProtocolError",
+    "complete",
+    "error",
+    "history_cleared",
+    "parse_frame",
+    "processing",
+    "text_chunk",
+    "tool_call_finished",
+    "tool_call_started",
+]
+
+Envelope = dict[str, Any]
+"""One outgoing message: ``{"request_id", "status", "chunk"}``."""
+
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+"""Conversation ids are names of actors and database keys: keep them plain."""
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ConversationId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
+
+
+class _Frame(BaseModel):
+    # Unknown keys are ignored rather than rejected: a frontend may send more than we read.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ChatPayload(_Frame):
+    """What the user said, and how the answer should come back."""
+
+    text: Annotated[str, StringConstraints(min_length=1)]
+    streaming: bool = True
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    conversation_id: ConversationId | None = None
+
+
+class ChatFrame(_Frame):
+    """Start a turn: ``{"action": "chat", "request_id", "payload": {...}}``."""
+
+    action: Literal["chat"]
+    request_id: RequestId
+    payload: ChatPayload
+
+
+class CancelFrame(_Frame):
+    """Stop the turn ``request_id``; a turn that already ended is left alone."""
+
+    action: Literal["cancel"]
+    request_id: RequestId
+
+
+class ClearHistoryFrame(_Frame):
+    """Forget a conversation's history (default: the conversation of this socket)."""
+
+    action: Literal["clear_history"]
+    request_id: RequestId | None = None
+    conversation_id: ConversationId | None = None
+
+
+Frame = Annotated[ChatFrame | CancelFrame | ClearHistoryFrame, Field(discriminator="action")]
+_FRAME: TypeAdapter[ChatFrame | CancelFrame | ClearHistoryFrame] = TypeAdapter(Frame)
+_ACTIONS = ("chat", "cancel", "clear_history")
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be served; ``request_id`` is set when the frame carried one."""
+
+    def __init__(self, message: str, *, error_type: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.request_id = request_id
+
+
+def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
+    """Parse one text frame. Raises :class:`ProtocolError` saying what is wrong with it.
+
+    ``error_type`` is ``invalid_json``, ``unknown_action`` or ``invalid_request``.
+    """
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            error_type="invalid_json",
+        ) from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(
+            f"a frame must be a JSON object, not {_json_type(raw)}", error_type="invalid_request"
+        )
+    request_id = raw.get("request_id")
+    known_id = request_id if isinstance(request_id, str) and request_id else None
+    action = raw.get("action")
+    if action not in _ACTIONS:
+        described = "missing" if action is None else repr(action)[:60]
+        raise ProtocolError(
+            f"unknown action {described}; expected one of {', '.join(_ACTIONS)}",
+            error_type="unknown_action",
+            request_id=known_id,
+        )
+    try:
+        return _FRAME.validate_python(raw)
+    except ValidationError as exc:
+        raise ProtocolError(
+            _describe(exc), error_type="invalid_request", request_id=known_id
+        ) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    # Input values are never echoed: a frame may carry anything, including a pasted secret.
+    problems = []
+    for item in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in item["loc"][1:]) or "(frame)"
+        message = "required" if item["type"] == "missing" else item["msg"]
+        problems.append(f"{where}: {message}")
+    return "invalid frame: " + "; ".join(problems)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null"
+
+
+# -- outgoing envelopes -------------------------------------------------------------------------
+
+
+def processing(request_id: str, user_message: str, conversation_id: str) -> Envelope:
+    """The first envelope of a turn."""
+    return {
+        "request_id": request_id,
+        "status": "processing",
+        "chunk": {"metadata": {"user_message": user_message, "conversation_id": conversation_id}},
+    }
+
+
+def text_chunk(request_id: str, data: str) -> Envelope:
+    """A piece of the answer (the whole answer when the client asked for no streaming)."""
+    return {"request_id": request_id, "status": "chunk", "chunk": {"type": "text", "data": data}}
+
+
+def tool_call_started(
+    request_id: str, *, call_id: str, server: str, tool: str, arguments: Any
+) -> Envelope:
+    """The model asked for a tool and it is running."""
+    return {
+        "request_id": request_id,
+        "status": "chunk",
+        "chunk": {
+            "type": "tool_call_started",
+            "data": {"server": server, "tool": tool, "arguments": arguments, "call_id": call_id},
+        },
+    }
+
+
+def tool_call_finished(
+    request_id: str,
+    *,
+    call_id: str,
+    server: str,
+    tool: str,
+    is_error: bool,
+    result_preview: str,
+    duration_ms: float,
+) -> Envelope:
+    """A tool call ended (``is_error``: its result was an error, which the model also sees)."""
+    return {
+        "request_id": request_id,
+        "status": "chunk",
+        "chunk": {
+            "type": "tool_call_finished",
+            "data": {
+                "server": server,
+                "tool": tool,
+                "call_id": call_id,
+                "is_error": is_error,
+                "result_preview": result_preview,
+                "duration_ms": round(duration_ms, 1),
+            },
+        },
+    }
+
+
+def error(request_id: str | None, message: str, error_type: str) -> Envelope:
+    """A failed request (or a rejected frame, ``request_id`` ``None`` when it had none)."""
+    return {
+        "request_id": request_id,
+        "status": "error",
+        "chunk": {"error": message, "error_type": error_type},
+    }
+
+
+def complete(
+    request_id: str,
+    *,
+    usage: dict[str, Any],
+    cost: float | None,
+    provider: str,
+    model: str,
+    conversation_id: str,
+    hops: int = 0,
+    finish_reason: str | None = None,
+) -> Envelope:
+    """The last envelope of a successful turn."""
+    return {
+        "request_id": request_id,
+        "status": "complete",
+        "chunk": {
+            "usage": usage,
+            "cost": cost,
+            "provider": provider,
+            "model": model,
+            "hops": hops,
+            "finish_reason": finish_reason,
+            "conversation_id": conversation_id,
+        },
+    }
+
+
+def history_cleared(request_id: str | None, conversation_id: str | None) -> Envelope:
+    """The answer to ``clear_history`` (``conversation_id`` ``None``: there was none yet)."""
+    return {
+        "request_id": request_id,
+        "status": "complete",
+        "chunk": {"type": "history_cleared", "conversation_id": conversation_id},
+    }
+
+
+def is_conversation_id(value: str) -> bool:
+    """Whether ``value`` is acceptable as a conversation id."""
+    return re.match(CONVERSATION_ID_PATTERN, value) is not None

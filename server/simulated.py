@@ -1,0 +1,155 @@
+"""Demo mode: the built-in simulator stands in for the LLM when no provider has an API key.
+
+With ``simulator.enabled: always``, or ``auto`` and no provider key available, the server starts
+``python -m simulator`` as a child process on 127.0.0.1 and replaces the ``llm:`` providers with
+one ``openai-compatible`` provider pointing at it. The switch is loud: a WARNING in the log,
+``"simulated": true`` in ``/health`` and a banner on the chat page. Demo spend goes to its own
+ledger file, so simulated calls never count against the real daily limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from actors.config import LLMConfig, ProviderConfig
+from actors.limits import RateLimitConfig
+from server.config import AppConfig
+
+__all__ = [
+    "SIMULATED_MODEL",
+    "SIMULATOR_PROVIDER",
+    "SimulatorStartError",
+    "run_simulator",
+    "simulated_llm_config",
+    "wants_simulator",
+]
+
+logger = logging.getLogger("server.simulated")
+
+SIMULATOR_PROVIDER = "simulator"
+SIMULATED_MODEL = "gpt-4o-mini"
+"""A model the catalog knows, so the demo shows realistic token counts and prices."""
+
+_BANNER = re.compile(rb"simulator listening on (http://\S+)")
+_STARTUP_TIMEOUT = 20.0
+_STOP_TIMEOUT = 5.0
+
+
+class SimulatorStartError(RuntimeError):
+    """The simulator child process did not start (the message says why)."""
+
+
+def wants_simulator(config: AppConfig) -> bool:
+    """Whether to serve the simulator: ``always``, or ``auto`` with no provider key available."""
+    mode = config.simulator.enabled
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return not config.llm.providers_with_credentials()
+
+
+def simulated_llm_config(llm: LLMConfig, base_url: str) -> LLMConfig:
+    """``llm`` with its providers replaced by one keyless provider at ``base_url``.
+
+    Cost limits, hedging and timeouts are kept; the ledger moves to a ``.simulated`` file next to
+    the configured one.
+    """
+    provider = ProviderConfig(
+        kind="openai-compatible",
+        base_url=base_url.rstrip("/") + "/v1",
+        requires_api_key=False,
+        model=SIMULATED_MODEL,
+        max_connections=1000,
+        max_keepalive_connections=200,
+        rate_limits=RateLimitConfig(),
+    )
+    db_path = Path(llm.cost.db_path)
+    cost = llm.cost.model_copy(
+        update={"db_path": str(db_path.with_name(f"{db_path.stem}.simulated{db_path.suffix}"))}
+    )
+    return LLMConfig(
+        providers={SIMULATOR_PROVIDER: provider},
+        active=SIMULATOR_PROVIDER,
+        fallback_order=[SIMULATOR_PROVIDER],
+        cost=cost,
+        hedging=llm.hedging,
+        request_timeout=llm.request_timeout,
+    )
+
+
+@asynccontextmanager
+async def run_simulator(port: int = 0) -> AsyncIterator[str]:
+    """Run ``python -m simulator`` on 127.0.0.1 as a child process; yield its base URL.
+
+    The process is terminated on exit (killed if it does not stop within 5 s). Raises
+    :class:`SimulatorStartError` if it exits or stays silent during start-up.
+    """
+    command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
+    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=None)
+    try:
+        assert process.stdout is not None
+        stdout = BufferedByteReceiveStream(process.stdout)
+        url = await _read_banner(stdout, process)
+        logger.info("simulator child process %d listening on %s", process.pid, url)
+        async with anyio.create_task_group() as task_group:
+            # Keep reading its stdout so that a chatty simulator never blocks on a full pipe.
+            task_group.start_soon(_discard, stdout)
+            try:
+                yield url
+            finally:
+                task_group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _stop(process)
+
+
+async def _read_banner(stdout: BufferedByteReceiveStream, process: Process) -> str:
+    lines: list[bytes] = []
+    try:
+        with anyio.fail_after(_STARTUP_TIMEOUT):
+            while True:
+                line = await stdout.receive_until(b"\n", 65536)
+                match = _BANNER.search(line)
+                if match is not None:
+                    return match.group(1).decode()
+                lines = [*lines[-4:], line]
+    except TimeoutError:
+        reason = f"no banner within {_STARTUP_TIMEOUT:.0f} s"
+    except (anyio.EndOfStream, anyio.IncompleteRead):
+        await process.wait()
+        reason = f"it exited with code {process.returncode}"
+    output = b" | ".join(lines).decode(errors="replace")
+    raise SimulatorStartError(
+        f"the simulator did not start: {reason}" + (f" (output: {output})" if output else "")
+    )
+
+
+async def _discard(stream: ByteReceiveStream) -> None:
+    try:
+        async for _ in stream:
+            pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+
+
+async def _stop(process: Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        with anyio.move_on_after(_STOP_TIMEOUT):
+            await process.wait()
+        if process.returncode is None:
+            logger.warning("simulator child process %d ignored SIGTERM; killing it", process.pid)
+            process.kill()
+            await process.wait()
+    await process.aclose()
