@@ -22,7 +22,7 @@ from actors.errors import LLMCostLimitError
 from actors.ledger import LedgerActor, LedgerBook, ledger_child_spec
 from actors.messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot, Usage
 from actors.metrics import GetSummary, metrics_child_spec
-from runtime import ActorRef, ActorSystem, ChildSpec, FakeClock, SupervisorSpec
+from runtime import ActorRef, ActorState, ActorSystem, ChildSpec, FakeClock, SupervisorSpec
 
 # 1 USD per million input tokens, 2 per million output: 1000 + 1000 tokens cost $0.003.
 CATALOG = ModelCatalog(prices={"m": ModelPrice(input=1.0, output=2.0)}, builtin=False)
@@ -258,7 +258,7 @@ async def test_settle_above_the_reservation_is_charged_and_counted(tmp_path: Pat
         assert (book.overages, book.settled_usd, book.reserved_usd) == (1, 0.005, 0.0)
 
 
-async def test_a_failed_write_crashes_the_ledger_and_keeps_the_reservation_counted(
+async def test_a_failed_write_crashes_the_ledger_and_the_charge_is_written_after_restart(
     tmp_path: Path,
 ) -> None:
     cost = config(tmp_path, daily_cost_limit=0.005)
@@ -267,16 +267,20 @@ async def test_a_failed_write_crashes_the_ledger_and_keeps_the_reservation_count
         reservation: Reservation = await ledger.ask(reserve(), timeout=5)
         with closing(sqlite3.connect(cost.db_path)) as conn:
             conn.execute("DROP TABLE charges")
-        with pytest.raises(sqlite3.OperationalError, match=r"^no such table: charges$"):
-            await ledger.ask(Settle(reservation.id, Usage(), 0.001), timeout=5)
-        # The restarted instance (schema recreated) still counts the reservation and settles it.
-        snapshot = await spend(ledger)
-        assert system.status()["ledger"].restart_count == 1
-        assert (snapshot.settled, snapshot.reserved, snapshot.open_reservations) == (0, WORST, 1)
-        with pytest.raises(LLMCostLimitError):
-            await ledger.ask(reserve("second"), timeout=5)
+        # Counted at once; the write behind it fails and crashes the instance.
         assert await ledger.ask(Settle(reservation.id, Usage(), 0.001), timeout=5) == 0.001
+        for _ in range(100):
+            status = system.status()["ledger"]
+            if status.restart_count == 1 and status.state is ActorState.RUNNING:
+                break
+            await anyio.sleep(0.01)
+        assert system.status()["ledger"].restart_count == 1
+        # The restarted instance (schema recreated) still counts the unwritten charge.
         assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.001, 0.0, 0, 0.005, None)
+        await ledger.ask(reserve("second"), timeout=5)
+        with pytest.raises(LLMCostLimitError):
+            await ledger.ask(reserve("third"), timeout=5)
+    assert persisted(cost.db_path, "2026-11-25") == (0.001, 0.001, 1)
 
 
 # -- warnings, days, expiry ----------------------------------------------------------------------
