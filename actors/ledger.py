@@ -37,7 +37,9 @@ Decisions, and why:
   charges stay in the book, still counted, and the next instance writes them. A graceful stop
   writes what is left before closing the database.
 - **Lost settles cannot block the budget.** Reservations older than ``reservation_ttl`` are swept
-  on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged.
+  on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged (the
+  money was spent); like an overage it is outside invariant 2, which is why the TTL (10 min by
+  default) is far longer than any request's deadline.
 - **Days** are ``day_key(now(), config.day_timezone)``; a charge belongs to the day it is settled
   on, and open reservations carry into the new day (they will be settled there).
 - ``track_costs: false`` keeps the accounting and the limits in memory only (no database).
@@ -234,6 +236,8 @@ class LedgerActor(Actor):
     # -- messages -------------------------------------------------------------------------------
 
     def _reserve(self, message: Reserve) -> Reservation:
+        if message.prompt_tokens < 0 or message.max_tokens < 0:
+            raise ValueError(f"token counts must not be negative: {message!r}")
         book = self._book
         config = self._config
         limited = config.max_cost_per_request is not None or self._daily_limit is not None
@@ -288,8 +292,7 @@ class LedgerActor(Actor):
         if entry is None:
             logger.debug("ledger: settle of unknown reservation %s ignored", message.reservation_id)
             return None
-        cost = self._actual_cost(entry, message)
-        charge = _nanos(cost)
+        charge = max(0, _nanos(self._actual_cost(entry, message)))  # negative usage is garbage
         if self._store is not None:
             book.unwritten.append(
                 _Charge(book.day, _usd(charge), entry.provider, entry.model, entry.request_id)

@@ -14,7 +14,8 @@ Decisions, and why:
   ``GetSummary`` / ``GetPrometheus``; a direct read of the store may lag by one sample interval.
   Without a ``status_source`` drops are only visible in ``system.status()``.
 - **The sampler** runs every ``sample_interval`` seconds of the cell's clock: a ``mailbox_depth``
-  gauge per actor, and ``ActorRestarted`` for restarts not yet recorded. The store itself
+  gauge per actor (those ``sampled`` accepts), and ``ActorRestarted`` for restarts not yet
+  recorded. The store itself
   remembers what it recorded, so a restarted MetricsActor neither loses nor repeats counts.
 - **Nothing a sender does crashes it**: a malformed event is logged and dropped (``ValueError``
   from the store), so ``crash_on`` is empty.
@@ -68,12 +69,14 @@ class MetricsActor(Actor):
         *,
         status_source: StatusSource | None = None,
         sample_interval: float = 5.0,
+        sampled: Callable[[str], bool] | None = None,
     ) -> None:
         if sample_interval <= 0:
             raise ValueError("sample_interval must be positive")
         self._store = store if store is not None else MetricsStore()
         self._status_source = status_source
         self._sample_interval = sample_interval
+        self._sampled = sampled
 
     @property
     def store(self) -> MetricsStore:
@@ -113,7 +116,8 @@ class MetricsActor(Actor):
         statuses = self._status_source()
         recorded = self._store.summary()["restarts"]
         for name, status in statuses.items():
-            self._store.apply(GaugeSet(MAILBOX_DEPTH, {"actor": name}, status.mailbox_depth))
+            if self._sampled is None or self._sampled(name):
+                self._store.apply(GaugeSet(MAILBOX_DEPTH, {"actor": name}, status.mailbox_depth))
             missing = status.restart_count - recorded.get(name, 0)
             if missing > 0:
                 self._store.apply(ActorRestarted(name, missing))
@@ -141,11 +145,14 @@ def metrics_child_spec(
     store: MetricsStore | None = None,
     status_source: StatusSource | None = None,
     sample_interval: float = 5.0,
+    sampled: Callable[[str], bool] | None = None,
 ) -> ChildSpec:
     """The ``"metrics"`` child: a :class:`MetricsActor` whose store is durable state.
 
     Pass ``store`` to keep a handle on it (the durable state is that very object);
-    ``status_source`` (normally ``system.status``) enables the gauge sampler and drop counting.
+    ``status_source`` (normally ``system.status``) enables the gauge sampler and drop counting;
+    ``sampled`` picks the actors that get a ``mailbox_depth`` gauge (default: all; leave out
+    per-conversation actors, each would add a series that is never removed).
     """
 
     def durable() -> MetricsStore:
@@ -154,7 +161,7 @@ def metrics_child_spec(
     return ChildSpec(
         name="metrics",
         factory=lambda: MetricsActor(status_source=status_source,
-                                     sample_interval=sample_interval),
+                                     sample_interval=sample_interval, sampled=sampled),
         crash_on=(),
         mailbox_size=mailbox_size,
         durable=durable,

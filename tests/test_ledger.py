@@ -193,6 +193,15 @@ async def test_daily_limit_refusal_counts_settled_and_open_reservations(tmp_path
         assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.002, 0.003, 1, 0.007, None)
 
 
+async def test_negative_token_counts_are_refused_without_reserving(tmp_path: Path) -> None:
+    async with ledger_system(config(tmp_path)) as system:
+        ledger = system.ref("ledger")
+        with pytest.raises(ValueError, match=r"^token counts must not be negative: "):
+            await ledger.ask(reserve(max_tokens=-1000), timeout=5)
+        assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.0, 0.0, 0, None, None)
+        assert system.status()["ledger"].restart_count == 0
+
+
 async def test_unpriced_model_is_refused_under_limits(tmp_path: Path) -> None:
     async with ledger_system(config(tmp_path, daily_cost_limit=1.0)) as system:
         with pytest.raises(

@@ -145,3 +145,13 @@ async def test_counters_survive_a_restart_of_the_metrics_actor() -> None:
         summary = await metrics.ask(GetSummary(), timeout=5)
         assert summary["total_requests"] == 4
         assert summary["restarts"] == {"bomb": 1, "metrics": 1}
+
+
+async def test_the_sampler_gauges_only_the_actors_it_is_told_to() -> None:
+    clock = FakeClock()
+    session = ChildSpec("session:1", Recorder)
+    async with metrics_system(session, clock=clock, sample_interval=5.0,
+                              sampled=lambda name: not name.startswith("session:")) as system:
+        await clock.advance(5.0)
+        summary = await system.ref("metrics").ask(GetSummary(), timeout=5)
+        assert summary["gauges"]["mailbox_depth"] == {"actor=metrics": 0.0}
