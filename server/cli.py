@@ -1,3 +1,228 @@
-"""Command line entry point (placeholder until the server lands)."""
-def main() -> None:
-    print("mcp-backend")
+"""The ``mcp-backend`` command: ``serve``, ``check-config``, ``simulator``.
+
+``serve`` runs the app on uvicorn and owns the shutdown sequence. On SIGINT/SIGTERM it stops
+accepting connections, lets running turns finish within ``server.shutdown_timeout`` (then cancels
+them, each with its ``error`` envelope), closes the sockets with 1001, and only then lets uvicorn
+run the lifespan shutdown (history persisted, MCP servers and the simulator stopped). Exit code 0
+after a clean shutdown; 1 when the configuration or the start-up fails. A second signal skips the
+drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from actors.errors import redact
+from server.app import StartupRefused, check_bind, create_app
+from server.config import AppConfig, ConfigError, load_config
+from server.simulated import wants_simulator
+from server.websocket import ChatHub
+
+__all__ = ["main"]
+
+logger = logging.getLogger("server")
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["simulator"]:
+        # Everything after the word belongs to the simulator's own parser (its --help included).
+        import simulator
+
+        return simulator.main(args[1:])
+    parser = _parser()
+    options = parser.parse_args(args)
+    if options.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(getattr(options, "log_level", "info"))
+    if options.command == "check-config":
+        return _check_config(options.path)
+    return _serve(options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-backend",
+        description="Chat with tool-using LLMs over WebSocket: MCP tools, a supervised actor"
+        " runtime, an OpenAI-compatible simulator for demos without an API key.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the server (WebSocket /ws/chat, /health, /)")
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"configuration file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults)",
+    )
+    serve.add_argument("--host", help="address to bind (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to bind, 0 for any (overrides server.port)")
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file without serving; exit 1 if invalid"
+    )
+    check.add_argument(
+        "path", nargs="?", metavar="PATH", help=f"default: ./{DEFAULT_CONFIG} if present"
+    )
+    commands.add_parser(
+        "simulator",
+        help="run the OpenAI-compatible simulator (see: mcp-backend simulator --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def _config_path(given: str | None) -> str | None:
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
+
+
+def _load(path: str | None, host: str | None = None, port: int | None = None) -> AppConfig:
+    config = load_config(_config_path(path))
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        server = config.server.model_validate({**config.server.model_dump(), **overrides})
+        config = config.model_copy(update={"server": server})
+    return config
+
+
+def _check_config(path: str | None) -> int:
+    label = _config_path(path) or "(built-in defaults)"
+    try:
+        config = _load(path)
+        check_bind(config)
+    except (ConfigError, StartupRefused) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"OK: {label}")
+    print(_summary(config))
+    return 0
+
+
+def _summary(config: AppConfig) -> str:
+    """What the configuration will do, with no secret in it."""
+    llm = config.llm
+    lines = [f"llm: active {llm.active}, fallback order {' -> '.join(llm.candidate_order())}"]
+    for name, provider in llm.providers.items():
+        key = "key available" if provider.has_api_key() else "NO KEY"
+        if not provider.requires_api_key:
+            key = "no key needed"
+        lines.append(f"  provider {name}: {provider.kind} {provider.base_url} model"
+                     f" {provider.model} ({key})")
+    if wants_simulator(config):
+        lines.append(f"  simulator: will be used (simulator.enabled: {config.simulator.enabled})")
+    server = config.server
+    token = "bearer token configured" if server.read_auth_token() else "no auth token"
+    lines.append(f"server: {server.host}:{server.port}, {token}")
+    for name, entry in config.mcp_servers.items():
+        where = " ".join([entry.command or "", *entry.args]) if entry.url is None else entry.url
+        state = "" if entry.enabled else " (disabled)"
+        lines.append(f"mcp server {name}: {entry.transport} {redact(where)}{state}")
+    lines.append(f"chat: history {config.chat.history_db}, max_tool_hops"
+                 f" {config.chat.max_tool_hops}")
+    return "\n".join(lines)
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn, with our drain between the signal and uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, *, app: Starlette, app_config: AppConfig) -> None:
+        super().__init__(config)
+        self._app = app
+        self._app_config = app_config
+        self._draining: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            for server in self.servers:
+                for bound in server.sockets:
+                    host, port = bound.getsockname()[:2]
+                    logger.info("mcp-backend listening on http://%s:%d", host, port)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn's own handler records the signal and raises it again after shutdown, which
+        # would end the process by SIGTERM rather than with exit code 0.
+        if self.should_exit or self._draining is not None or not self.started:
+            self.force_exit = self.should_exit or self._draining is not None
+            self.should_exit = True
+            return
+        logger.info("shutting down: draining connections (at most %.0f s)",
+                    self._app_config.server.shutdown_timeout)
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(self._start_drain, loop)
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._draining = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting; uvicorn closes them again harmlessly
+        hub = getattr(self._app.state, "hub", None)
+        try:
+            if isinstance(hub, ChatHub):
+                await hub.drain(self._app_config.server.shutdown_timeout)
+        finally:
+            self.should_exit = True
+
+
+def _serve(options: argparse.Namespace) -> int:
+    try:
+        config = _load(options.config, options.host, options.port)
+        check_bind(config)
+    except (ConfigError, StartupRefused) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    app = create_app(config)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_config=None,
+        log_level=options.log_level,
+        ws_max_size=config.server.max_message_bytes,
+        timeout_graceful_shutdown=config.server.shutdown_timeout,
+        lifespan="on",
+        server_header=False,
+    )
+    server = _GracefulServer(uvicorn_config, app=app, app_config=config)
+    server.run()
+    if not server.started:
+        return 1
+    return 0
+
+
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Scrubs key-shaped text and ``?token=`` values from every line (access logs included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _QUERY_TOKEN.sub(r"\1[REDACTED]", redact(super().format(record)))
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,393 @@
+"""The Starlette application: ``create_app(config)`` and the lifespan that runs the backend.
+
+The lifespan starts, in order: the simulator child process (demo mode only), then one actor
+system holding the LLM runtime (metrics, ledger, providers, router), the MCP servers
+(``mcp``) and the conversations (``sessions``, one temporary SessionActor per conversation). It
+stops them in reverse order. Routes:
+
+- ``GET /``: the chat page; ``GET /health``: overall, per provider and per MCP server state;
+  ``GET /metrics``: Prometheus text; ``WS /ws/chat``: the chat protocol (server/protocol.py).
+
+Authentication: when a token is configured (``server.auth_token`` or the variable named by
+``server.auth_token_env``), a WebSocket must present it as ``Authorization: Bearer`` or
+``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` needs it too, and
+``/health`` then shows details only to authorized callers. Binding a non-loopback address without
+a token is refused (:func:`check_bind`). Browsers may connect only from the same origin, loopback
+pages or ``server.allowed_origins``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from actors.history import HistoryStore
+from actors.mcp_server import mcp_status, mcp_supervisor_spec
+from actors.session import session_child_spec
+from actors.tools import ToolCatalog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from actors.config import LLMConfig
+from actors.llm_runtime import LLMRuntime, open_runtime
+from runtime import ActorRef, SupervisorSpec
+from server.config import AppConfig
+from server.simulated import run_simulator, simulated_llm_config, wants_simulator
+from server.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    ChatConnection,
+    ChatHub,
+    ConnectionLimits,
+)
+
+__all__ = ["Backend", "SessionDirectory", "StartupRefused", "check_bind", "create_app"]
+
+logger = logging.getLogger("server")
+
+STATIC = Path(__file__).parent / "static"
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+_SESSION_IDLE_SECONDS = 600.0
+_SWEEP_INTERVAL = 30.0
+
+
+class StartupRefused(RuntimeError):
+    """The configuration is valid but unsafe or impossible to serve (the message says why)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(config: AppConfig) -> None:
+    """Raise :class:`StartupRefused` for a non-loopback bind without an auth token."""
+    server = config.server
+    if not is_loopback(server.host) and server.read_auth_token() is None:
+        variable = server.auth_token_env or "the variable named by server.auth_token_env"
+        raise StartupRefused(
+            f"refusing to listen on {server.host}, which is not a loopback address, without an"
+            f" auth token: set {variable} (or server.auth_token) or bind to 127.0.0.1"
+        )
+
+
+# -- conversations ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    users: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class SessionDirectory:
+    """Finds or starts the SessionActor of a conversation; stops those left idle.
+
+    A conversation used by no socket for ``idle_seconds`` has its actor stopped; its history is
+    in the store, so the next turn starts a fresh actor that reads it back.
+    """
+
+    def __init__(
+        self,
+        runtime: LLMRuntime,
+        spec_for: Callable[[str], Any],
+        *,
+        idle_seconds: float = _SESSION_IDLE_SECONDS,
+    ) -> None:
+        self._runtime = runtime
+        self._spec_for = spec_for
+        self._idle_seconds = idle_seconds
+        self._entries: dict[str, _Entry] = {}
+        self._lock = anyio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def acquire(self, conversation_id: str) -> None:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            entry = self._entries[conversation_id] = _Entry()
+        entry.users += 1
+
+    async def session(self, conversation_id: str) -> ActorRef:
+        system = self._runtime.system
+        name = f"session:{conversation_id}"
+        try:
+            return system.ref(name)
+        except KeyError:
+            pass
+        async with self._lock:  # two sockets resuming one conversation must not both spawn it
+            try:
+                return system.ref(name)
+            except KeyError:
+                return await system.spawn(self._spec_for(conversation_id), under="sessions")
+
+    def release(self, conversation_id: str) -> None:
+        entry = self._entries.get(conversation_id)
+        if entry is not None:
+            entry.users = max(0, entry.users - 1)
+            entry.idle_since = time.monotonic()
+
+    async def sweep(self) -> None:
+        """Stop the actors of conversations idle for too long (runs until cancelled)."""
+        while True:
+            await anyio.sleep(_SWEEP_INTERVAL)
+            now = time.monotonic()
+            idle = [
+                conversation_id
+                for conversation_id, entry in self._entries.items()
+                if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
+            ]
+            for conversation_id in idle:
+                del self._entries[conversation_id]
+                with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
+                    await self._runtime.system.stop_actor(
+                        f"session:{conversation_id}", under="sessions"
+                    )
+
+
+# -- the running backend ------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """What the lifespan started, for the routes to read."""
+
+    runtime: LLMRuntime
+    llm: LLMConfig
+    simulated: bool
+    conversations: SessionDirectory
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            llm = config.llm
+            simulated = wants_simulator(config)
+            if simulated:
+                url = await stack.enter_async_context(run_simulator(config.simulator.port))
+                llm = simulated_llm_config(config.llm, url)
+                logger.warning(
+                    "DEMO MODE: no provider has an API key (or simulator.enabled is 'always'):"
+                    " answers come from the built-in simulator at %s, NOT a real model", url
+                )
+            elif not config.llm.providers_with_credentials():
+                logger.warning("no provider has an API key and simulator.enabled is 'never':"
+                               " every chat request will fail")
+            servers = {name: s for name, s in config.mcp_servers.items() if s.enabled}
+            history = HistoryStore(config.chat.history_db)
+            sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
+            runtime = await stack.enter_async_context(
+                open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions])
+            )
+            tools = ToolCatalog(runtime.system, list(servers))
+
+            def spec_for(conversation_id: str) -> Any:
+                return session_child_spec(
+                    conversation_id,
+                    router=runtime.router,
+                    tools=tools,
+                    history=history,
+                    chat=config.chat,
+                )
+
+            conversations = SessionDirectory(runtime, spec_for)
+            app.state.backend = Backend(runtime, llm, simulated, conversations)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(conversations.sweep)
+                try:
+                    yield
+                finally:
+                    task_group.cancel_scope.cancel()
+                    # Normally the signal handler has drained already; a lifespan ended some
+                    # other way still ends every turn properly before the actors stop.
+                    with anyio.CancelScope(shield=True):
+                        await hub.drain(config.server.shutdown_timeout)
+
+    return lifespan
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def _presented_token(connection: HTTPConnection) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return connection.query_params.get("token") or None
+
+
+def _authorized(connection: HTTPConnection, token: SecretStr | None) -> bool:
+    if token is None:
+        return True
+    presented = _presented_token(connection)
+    if presented is None:
+        return False
+    return hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
+
+
+def _origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True  # not a browser: nothing cross-site to defend against, the token decides
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    if parts.hostname is not None and is_loopback(parts.hostname):
+        return True
+    return parts.netloc != "" and parts.netloc == connection.headers.get("host")
+
+
+class _ServerCollector(Collector):
+    """Server-side metrics: sockets, turns by outcome, rejected frames."""
+
+    def __init__(self, hub: ChatHub, app: Starlette) -> None:
+        self._hub = hub
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._hub
+        yield GaugeMetricFamily(
+            "mcp_backend_websockets_open", "Open chat WebSocket connections",
+            value=len(hub.connections),
+        )
+        yield CounterMetricFamily(
+            "mcp_backend_websockets", "Chat WebSocket connections accepted",
+            value=hub.connections_total,
+        )
+        yield GaugeMetricFamily(
+            "mcp_backend_turns_in_flight", "Chat turns running", value=hub.turns_in_flight
+        )
+        turns = CounterMetricFamily(
+            "mcp_backend_turns", "Chat turns ended, by outcome", labels=["outcome"]
+        )
+        for outcome, count in sorted(hub.turns_total.items()):
+            turns.add_metric([outcome], count)
+        yield turns
+        rejected = CounterMetricFamily(
+            "mcp_backend_frames_rejected", "WebSocket frames rejected, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(hub.frames_rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        backend: Backend | None = getattr(self._app.state, "backend", None)
+        yield GaugeMetricFamily(
+            "mcp_backend_conversations", "Conversations with a live session actor",
+            value=len(backend.conversations) if backend is not None else 0,
+        )
+
+
+def create_app(config: AppConfig) -> Starlette:
+    """The application for ``config``; the backend starts in its lifespan."""
+    hub = ChatHub()
+    limits = ConnectionLimits(
+        max_message_bytes=config.server.max_message_bytes,
+        max_messages_per_minute=config.server.max_messages_per_minute,
+        max_concurrent_turns=config.server.max_concurrent_turns,
+    )
+    token = config.server.read_auth_token()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def health(request: Request) -> Response:
+        backend: Backend = request.app.state.backend
+        body = _health(backend, hub, token is not None)
+        if not _authorized(request, token):
+            body = {k: body[k] for k in ("status", "simulated", "auth_required")}
+        return JSONResponse(body, status_code=503 if body["status"] == "failing" else 200)
+
+    async def metrics(request: Request) -> Response:
+        if not _authorized(request, token):
+            return Response("unauthorized\n", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        backend: Backend = request.app.state.backend
+        text = backend.runtime.prometheus_text() + generate_latest(registry)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def chat(websocket: WebSocket) -> None:
+        if not _origin_allowed(websocket, config.server.allowed_origins):
+            await _refuse(websocket, CLOSE_POLICY_VIOLATION, "origin not allowed")
+            return
+        if not _authorized(websocket, token):
+            await _refuse(websocket, CLOSE_POLICY_VIOLATION, "unauthorized")
+            return
+        if hub.draining:
+            await _refuse(websocket, CLOSE_GOING_AWAY, "server shutting down")
+            return
+        backend: Backend = websocket.app.state.backend
+        await websocket.accept()
+        connection = ChatConnection(
+            websocket, hub=hub, conversations=backend.conversations, limits=limits
+        )
+        await connection.run()
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/health", health),
+            Route("/metrics", metrics),
+            WebSocketRoute("/ws/chat", chat),
+        ],
+        lifespan=_lifespan(config, hub),
+    )
+    app.state.hub = hub
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_ServerCollector(hub, app))
+    return app
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    # Accept first: a close before the handshake becomes a bare HTTP 403, and the client could
+    # not tell a bad token (1008: ask the user) from a server going away (1001: retry).
+    await websocket.accept()
+    await websocket.close(code, reason)
+
+
+def _health(backend: Backend, hub: ChatHub, auth_required: bool) -> dict[str, Any]:
+    runtime_health = backend.runtime.health()
+    mcp = mcp_status(backend.runtime.system)
+    status = runtime_health["status"]
+    if status == "ok" and any(server.get("state") != "running" for server in mcp.values()):
+        status = "degraded"
+    if hub.draining:
+        status = "degraded" if status == "ok" else status
+    return {
+        "status": status,
+        "simulated": backend.simulated,
+        "auth_required": auth_required,
+        "draining": hub.draining,
+        "uptime_seconds": round(time.monotonic() - backend.started_at, 1),
+        "providers": runtime_health["providers"],
+        "mcp_servers": mcp,
+        "connections": {
+            "websockets": len(hub.connections),
+            "turns_in_flight": hub.turns_in_flight,
+            "conversations": len(backend.conversations),
+        },
+    }

@@ -1,0 +1,490 @@
+"""The ``/ws/chat`` endpoint: one :class:`ChatConnection` per socket, kept in a :class:`ChatHub`.
+
+A connection runs three kinds of task in one task group: the reader (parses frames, enforces the
+rate limit, starts and cancels turns), one task per turn (asks the conversation's SessionActor with
+``ask_stream`` and turns its events into envelopes) and the writer, the only task that touches the
+socket's send side. Envelopes reach the writer through a small bounded stream, so a client that
+reads slowly slows its turns down, and their upstream streams with them, instead of growing a
+buffer. When the socket closes the task group is cancelled: every turn leaves its ``ask_stream``
+block, which abandons the request and cancels the upstream call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from actors.session import (
+    ClearHistory,
+    RunTurn,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnComplete,
+    TurnText,
+)
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors.errors import LLMClientError
+from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
+from server import protocol
+from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
+
+__all__ = ["ChatConnection", "ChatHub", "Conversations", "error_type_of"]
+
+logger = logging.getLogger("server.websocket")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
+
+_OUTBOX_SIZE = 32
+_CLEAR_TIMEOUT = 10.0
+_CLOSE_GRACE = 2.0
+
+
+class Conversations(Protocol):
+    """Where a connection finds the SessionActor of a conversation."""
+
+    def acquire(self, conversation_id: str) -> None:
+        """This socket uses the conversation (its actor is kept alive meanwhile)."""
+        ...
+
+    async def session(self, conversation_id: str) -> ActorRef:
+        """The conversation's actor, started if it is not running."""
+        ...
+
+    def release(self, conversation_id: str) -> None:
+        """This socket no longer uses the conversation."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-connection limits, from ``server:`` in the configuration."""
+
+    max_message_bytes: int
+    max_messages_per_minute: int
+    max_concurrent_turns: int
+
+
+class ChatHub:
+    """All open chat sockets: counts for /health and /metrics, and the graceful drain."""
+
+    def __init__(self) -> None:
+        self.connections: set[ChatConnection] = set()
+        self.draining = False
+        self.turns_in_flight = 0
+        self.turns_total: dict[str, int] = {}
+        self.frames_rejected: dict[str, int] = {}
+        self.connections_total = 0
+        self._changed = anyio.Event()
+
+    def turn_started(self) -> None:
+        self.turns_in_flight += 1
+
+    def turn_ended(self, outcome: str) -> None:
+        self.turns_in_flight -= 1
+        self.turns_total[outcome] = self.turns_total.get(outcome, 0) + 1
+        self._changed.set()
+
+    def connection_opened(self, connection: ChatConnection) -> None:
+        self.connections.add(connection)
+        self.connections_total += 1
+
+    def connection_closed(self, connection: ChatConnection) -> None:
+        self.connections.discard(connection)
+        self._changed.set()
+
+    async def _until(self, done: Callable[[], bool], timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            while not done():
+                self._changed = anyio.Event()
+                await self._changed.wait()
+
+    def frame_rejected(self, reason: str) -> None:
+        self.frames_rejected[reason] = self.frames_rejected.get(reason, 0) + 1
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new turns, let running ones finish within ``timeout``, then cancel the rest.
+
+        Every socket is closed with 1001 (going away) afterwards, each turn having got its last
+        envelope first.
+        """
+        self.draining = True
+        await self._until(lambda: not self.turns_in_flight, timeout)
+        if self.turns_in_flight:
+            logger.warning("cancelling %d turns still running at shutdown", self.turns_in_flight)
+        for connection in list(self.connections):
+            connection.cancel_turns("shutting_down")
+        await self._until(lambda: not self.turns_in_flight, _CLOSE_GRACE)
+        for connection in list(self.connections):
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._until(lambda: not self.connections, _CLOSE_GRACE)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChatHub [{len(self.connections)} sockets, {self.turns_in_flight} turns"
+            f"{' | draining' if self.draining else ''}]>"
+        )
+
+
+@dataclass(frozen=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class _Turn:
+    __slots__ = ("reason", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.reason = "cancelled"
+
+    def cancel(self, reason: str) -> None:
+        self.reason = reason
+        self.scope.cancel()
+
+
+_CANCEL_MESSAGES = {
+    "cancelled": "the request was cancelled",
+    "shutting_down": "the server is shutting down",
+}
+
+
+class ChatConnection:
+    """One accepted chat socket: reader, writer and its turns (see the module docstring)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        hub: ChatHub,
+        conversations: Conversations,
+        limits: ConnectionLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._websocket = websocket
+        self._hub = hub
+        self._conversations = conversations
+        self._limits = limits
+        self._clock = clock
+        self._turns: dict[str, _Turn] = {}
+        self._used: set[str] = set()
+        self._recent: deque[float] = deque()
+        self.conversation_id: str | None = None
+        send, receive = anyio.create_memory_object_stream[Envelope | _Close](_OUTBOX_SIZE)
+        self._outbox: MemoryObjectSendStream[Envelope | _Close] = send
+        self._outbox_receive: MemoryObjectReceiveStream[Envelope | _Close] = receive
+        self._task_group: TaskGroup | None = None
+        self._closing = False
+
+    async def run(self) -> None:
+        """Serve the socket until either side closes it. Cancels its turns on the way out."""
+        self._hub.connection_opened(self)
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(self._write)
+                await self._read()
+                task_group.cancel_scope.cancel()
+        finally:
+            self._hub.connection_closed(self)
+            self._outbox.close()
+            self._outbox_receive.close()
+            for conversation_id in self._used:
+                self._conversations.release(conversation_id)
+
+    def cancel_turns(self, reason: str) -> None:
+        """End every running turn with an ``error`` envelope of type ``reason``."""
+        for turn in list(self._turns.values()):
+            turn.cancel(reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket after the envelopes already queued."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._outbox.send_nowait(_Close(code, reason))
+        except anyio.WouldBlock:
+            if self._task_group is not None:  # a client not reading: no flush owed
+                self._task_group.cancel_scope.cancel()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while not self._closing:
+            try:
+                message = await self._websocket.receive()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > self._limits.max_message_bytes:
+                    return self._oversized()
+                await self._reject(None, "binary frames are not supported", "invalid_request")
+                continue
+            if len(text) > self._limits.max_message_bytes // 4 and (
+                len(text.encode()) > self._limits.max_message_bytes
+            ):
+                return self._oversized()
+            await self._on_text(text)
+
+    def _oversized(self) -> None:
+        self._hub.frame_rejected("too_big")
+        self.close(
+            CLOSE_MESSAGE_TOO_BIG, f"message larger than {self._limits.max_message_bytes} bytes"
+        )
+
+    async def _on_text(self, text: str) -> None:
+        if self._over_rate():
+            await self._reject(
+                _request_id_of(text),
+                f"more than {self._limits.max_messages_per_minute} messages in a minute",
+                "rate_limited",
+            )
+            return
+        try:
+            frame = protocol.parse_frame(text)
+        except ProtocolError as exc:
+            await self._reject(exc.request_id, exc.message, exc.error_type)
+            return
+        if isinstance(frame, ChatFrame):
+            await self._start_turn(frame)
+        elif isinstance(frame, CancelFrame):
+            turn = self._turns.get(frame.request_id)
+            if turn is not None:
+                turn.cancel("cancelled")
+            # A cancel that crosses the turn's last envelope is not an error: the turn has
+            # already ended exactly once and must not get a second ending.
+        elif isinstance(frame, ClearHistoryFrame):
+            await self._clear_history(frame)
+
+    def _over_rate(self) -> bool:
+        now = self._clock()
+        while self._recent and now - self._recent[0] >= 60.0:
+            self._recent.popleft()
+        if len(self._recent) >= self._limits.max_messages_per_minute:
+            return True
+        self._recent.append(now)
+        return False
+
+    async def _reject(self, request_id: str | None, message: str, error_type: str) -> None:
+        self._hub.frame_rejected(error_type)
+        await self._send(protocol.error(request_id, message, error_type))
+
+    async def _start_turn(self, frame: ChatFrame) -> None:
+        request_id = frame.request_id
+        if self._hub.draining:
+            await self._reject(request_id, _CANCEL_MESSAGES["shutting_down"], "shutting_down")
+            return
+        if request_id in self._turns:
+            await self._reject(
+                request_id, "a request with this request_id is still running", "duplicate_request"
+            )
+            return
+        if len(self._turns) >= self._limits.max_concurrent_turns:
+            await self._reject(
+                request_id,
+                f"at most {self._limits.max_concurrent_turns} requests may run at once on one"
+                " connection",
+                "too_many_requests",
+            )
+            return
+        conversation_id = (
+            frame.payload.conversation_id or self.conversation_id or uuid.uuid4().hex
+        )
+        self.conversation_id = conversation_id
+        turn = self._turns[request_id] = _Turn()
+        self._hub.turn_started()
+        assert self._task_group is not None
+        self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
+
+    async def _clear_history(self, frame: ClearHistoryFrame) -> None:
+        conversation_id = frame.conversation_id or self.conversation_id
+        if conversation_id is not None:
+            session = await self._session(conversation_id)
+            try:
+                await session.ask(ClearHistory(), timeout=_CLEAR_TIMEOUT)
+            except (ActorError, LLMClientError) as exc:
+                await self._reject(frame.request_id, _describe(exc), error_type_of(exc))
+                return
+        await self._send(protocol.history_cleared(frame.request_id, conversation_id))
+
+    async def _session(self, conversation_id: str) -> ActorRef:
+        if conversation_id not in self._used:
+            self._used.add(conversation_id)
+            self._conversations.acquire(conversation_id)
+        return await self._conversations.session(conversation_id)
+
+    # -- turns --------------------------------------------------------------------------------
+
+    async def _run_turn(self, frame: ChatFrame, conversation_id: str, turn: _Turn) -> None:
+        request_id = frame.request_id
+        outcome = "error"
+        try:
+            await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
+            last: Envelope | None = None
+            with turn.scope:
+                last = await self._converse(frame, conversation_id)
+            if last is None:
+                last = protocol.error(request_id, _CANCEL_MESSAGES[turn.reason], turn.reason)
+            outcome = last["status"] if last["status"] == "complete" else last["chunk"][
+                "error_type"
+            ]
+            await self._send(last)
+        finally:
+            del self._turns[request_id]
+            self._hub.turn_ended(outcome)
+
+    async def _converse(self, frame: ChatFrame, conversation_id: str) -> Envelope:
+        """Run one turn; the returned envelope ends it (``complete`` or ``error``)."""
+        request_id = frame.request_id
+        payload = frame.payload
+        texts: list[str] = []
+        try:
+            session = await self._session(conversation_id)
+            message = RunTurn(text=payload.text, request_id=request_id, metadata=payload.metadata)
+            async with session.ask_stream(message) as events:
+                async for event in events:
+                    if isinstance(event, TurnText):
+                        if payload.streaming:
+                            await self._send(protocol.text_chunk(request_id, event.text))
+                        else:
+                            texts.append(event.text)
+                    elif isinstance(event, ToolCallStarted):
+                        await self._send(_started(request_id, event))
+                    elif isinstance(event, ToolCallFinished):
+                        await self._send(_finished(request_id, event))
+                    elif isinstance(event, TurnComplete):
+                        if texts:
+                            await self._send(protocol.text_chunk(request_id, "".join(texts)))
+                        return _complete(request_id, conversation_id, event)
+        except (LLMClientError, ActorError) as exc:
+            return protocol.error(request_id, _describe(exc), error_type_of(exc))
+        except Exception:
+            # The one place an unexpected error may land: the client still gets its single
+            # ending, and the bug is logged with its traceback rather than lost.
+            logger.exception("turn %s of conversation %s failed", request_id, conversation_id)
+            return protocol.error(request_id, "internal error", "internal_error")
+        return protocol.error(request_id, "the turn ended without an answer", "internal_error")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _send(self, envelope: Envelope) -> None:
+        # A closed outbox means the socket is gone and the turn is being cancelled with it.
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._outbox.send(envelope)
+
+    async def _write(self) -> None:
+        websocket = self._websocket
+        try:
+            async for item in self._outbox_receive:
+                if isinstance(item, _Close):
+                    await websocket.close(item.code, item.reason)
+                    break
+                await websocket.send_text(json.dumps(item, separators=(",", ":")))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # the peer went away; the reader sees the disconnect
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+
+
+def _started(request_id: str, event: ToolCallStarted) -> Envelope:
+    return protocol.tool_call_started(
+        request_id,
+        call_id=event.call_id,
+        server=event.server,
+        tool=event.tool,
+        arguments=event.arguments,
+    )
+
+
+def _finished(request_id: str, event: ToolCallFinished) -> Envelope:
+    return protocol.tool_call_finished(
+        request_id,
+        call_id=event.call_id,
+        server=event.server,
+        tool=event.tool,
+        is_error=event.is_error,
+        result_preview=event.result_preview,
+        duration_ms=event.duration_ms,
+    )
+
+
+def _complete(request_id: str, conversation_id: str, event: TurnComplete) -> Envelope:
+    usage = event.usage
+    usage_data: dict[str, Any] = (
+        usage.model_dump(exclude={"total_cost"}) if hasattr(usage, "model_dump") else dict(usage)
+    )
+    cost = event.cost
+    return protocol.complete(
+        request_id,
+        usage=usage_data,
+        cost=None if cost is None or math.isnan(cost) else cost,
+        provider=event.provider,
+        model=event.model,
+        conversation_id=conversation_id,
+        hops=event.hops,
+        finish_reason=event.finish_reason,
+    )
+
+
+_RUNTIME_ERROR_TYPES: tuple[tuple[type[ActorError], str], ...] = (
+    (Overloaded, "overloaded"),
+    (DeadlineExceeded, "timeout"),
+    (ActorStopped, "unavailable"),
+    (ActorCrashed, "internal_error"),
+)
+
+
+def error_type_of(exc: BaseException) -> str:
+    """The ``error_type`` a client sees for ``exc``: ``LLMRateLimitError`` → ``rate_limit``."""
+    if isinstance(exc, LLMClientError):
+        name = type(exc).__name__.removeprefix("LLM").removesuffix("Error") or "llm"
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    for cls, error_type in _RUNTIME_ERROR_TYPES:
+        if isinstance(exc, cls):
+            return error_type
+    return "internal_error"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LLMClientError):
+        return str(exc)
+    if isinstance(exc, Overloaded):
+        return "the service is overloaded; try again shortly"
+    if isinstance(exc, DeadlineExceeded):
+        return "the request took too long"
+    if isinstance(exc, ActorStopped):
+        return "the conversation is not available (the server may be shutting down)"
+    return "the conversation failed; try again"
+
+
+def _request_id_of(text: str) -> str | None:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    request_id = raw.get("request_id") if isinstance(raw, dict) else None
+    return request_id if isinstance(request_id, str) and request_id else None
+
