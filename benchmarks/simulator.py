@@ -1,0 +1,171 @@
+"""Simulator throughput: chat completions per second and streamed chunks per second.
+
+The simulator runs as a child process (``simulator.testing.SimulatorProcess``); 64 concurrent
+workers drive it through one raw ``httpx2.AsyncClient`` pool (cheaper per request than the SDK)
+for ``SECONDS`` each: non-streaming completions, then streamed ones of ``sim-long`` (200 words,
+204 SSE events each). The table shows the CPU used by the server and by the client: on this
+2-core machine a server well below one core means the client, not the simulator, is the limit.
+
+For scale, the same non-streaming load runs against a minimal Starlette endpoint on uvicorn
+(``h11``, the parser uvicorn uses when ``httptools`` is absent) answering a fixed JSON body: the
+ceiling a Starlette simulator could not exceed.
+
+Run: ``.venv/bin/python -m benchmarks.simulator``
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import httpx2
+
+from benchmarks._report import percentile, table
+from simulator.testing import SimulatorProcess
+
+CONCURRENCY = 64
+SECONDS = 3.0
+KEY = "sk-bench"
+REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+STREAM_REQUEST = {**REQUEST, "model": "sim-long", "stream": True}
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+_STARLETTE_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+BODY = sys.argv[2].encode()
+async def chat(request):
+    await request.json()
+    return Response(BODY, media_type="application/json")
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", http="h11",
+            loop="asyncio")
+"""
+
+Call = Callable[[httpx2.AsyncClient], Awaitable[int]]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def _completion(http: httpx2.AsyncClient) -> int:
+    response = await http.post("/chat/completions", json=REQUEST)
+    response.raise_for_status()
+    return 0
+
+
+async def _stream(http: httpx2.AsyncClient) -> int:
+    async with http.stream("POST", "/chat/completions", json=STREAM_REQUEST) as response:
+        response.raise_for_status()
+        data = await response.aread()
+    return data.count(b"data: ")
+
+
+async def _load(base_url: str, server_pid: int, call: Call) -> dict[str, float]:
+    latencies: list[float] = []
+    chunks = 0
+    limits = httpx2.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx2.AsyncClient(
+        base_url=base_url, limits=limits, timeout=30,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as http:
+        await call(http)
+        deadline = time.perf_counter() + SECONDS
+
+        async def worker() -> None:
+            nonlocal chunks
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                received = await call(http)
+                chunks += received
+                latencies.append(time.perf_counter() - start)
+
+        server_cpu, client_cpu = _cpu_seconds(server_pid), time.process_time()
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(CONCURRENCY):
+                tg.start_soon(worker)
+        elapsed = time.perf_counter() - start
+        server_cpu = _cpu_seconds(server_pid) - server_cpu
+        client_cpu = time.process_time() - client_cpu
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "chunks_per_s": chunks / elapsed,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "server_cpu": 100 * server_cpu / elapsed,
+        "server_us_per_request": 1e6 * server_cpu / max(1, len(latencies)),
+        "client_cpu": 100 * client_cpu / elapsed,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _starlette_reference(body: bytes) -> dict[str, float]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = await anyio.open_process(
+        [sys.executable, "-c", _STARLETTE_APP, str(port), body.decode()],
+        stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+    )
+    try:
+        async with httpx2.AsyncClient() as probe:
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await probe.get(url)
+                        break
+                    except httpx2.ConnectError:
+                        await anyio.sleep(0.1)
+        return await _load(f"{url}/v1", process.pid, _completion)
+    finally:
+        with anyio.CancelScope(shield=True):
+            process.terminate()
+            await process.wait()
+            await process.aclose()
+
+
+async def run() -> tuple[float, float]:
+    async with SimulatorProcess() as sim:
+        assert sim.pid is not None
+        plain = await _load(sim.base_url, sim.pid, _completion)
+        streamed = await _load(sim.base_url, sim.pid, _stream)
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http:
+            sample = (await http.post(f"{sim.base_url}/chat/completions", json=REQUEST)).content
+    reference = await _starlette_reference(sample)
+    rows = [
+        [name, int(r["requests"]), r["rps"], r["chunks_per_s"], r["p50_ms"], r["p99_ms"],
+         f"{r['server_cpu']:.0f}%", r["server_us_per_request"], f"{r['client_cpu']:.0f}%"]
+        for name, r in (("simulator, non-streaming", plain),
+                        ("simulator, streaming 200 words", streamed),
+                        ("reference: Starlette+uvicorn(h11), fixed JSON", reference))
+    ]
+    print(f"concurrency {CONCURRENCY}, {SECONDS:g} s per workload, raw httpx2 client")
+    print(table(["workload", "requests", "req/s", "chunks/s", "p50 ms", "p99 ms",
+                 "server CPU", "server us/request", "client CPU"], rows))
+    return plain["rps"], streamed["chunks_per_s"]
+
+
+def main() -> None:
+    rps, chunks = anyio.run(run)
+    print(f"simulator: {rps:,.0f} req/s non-streaming, {chunks:,.0f} chunks/s streaming")
+
+
+if __name__ == "__main__":
+    main()
