@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -47,6 +48,7 @@ from starlette.websockets import WebSocket
 
 from actors.config import LLMConfig
 from actors.llm_runtime import LLMRuntime, open_runtime
+from actors.mcp_config import McpServerConfig
 from runtime import ActorRef, SupervisorSpec
 from server.config import AppConfig
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
@@ -198,7 +200,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
             elif not config.llm.providers_with_credentials():
                 logger.warning("no provider has an API key and simulator.enabled is 'never':"
                                " every chat request will fail")
-            servers = {name: s for name, s in config.mcp_servers.items() if s.enabled}
+            servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
             sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
             runtime = await stack.enter_async_context(
@@ -229,6 +231,23 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                         await hub.drain(config.server.shutdown_timeout)
 
     return lifespan
+
+
+def _mcp_servers(config: AppConfig) -> dict[str, McpServerConfig]:
+    """The enabled MCP servers; a bare ``python`` or ``python3`` command means this interpreter.
+
+    MCP host configurations say ``python`` by convention, but ``make run`` starts
+    ``.venv/bin/mcp-backend`` without activating the virtualenv, where ``python`` on PATH is some
+    other interpreter without our packages: the demo server would not start out of the box.
+    """
+    servers = {}
+    for name, entry in config.mcp_servers.items():
+        if not entry.enabled:
+            continue
+        if entry.command in ("python", "python3"):
+            entry = entry.model_copy(update={"command": sys.executable})
+        servers[name] = entry
+    return servers
 
 
 # -- routes -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import re
 import socket
 import sys
@@ -197,7 +198,7 @@ def _serve(options: argparse.Namespace) -> int:
         log_config=None,
         log_level=options.log_level,
         ws_max_size=config.server.max_message_bytes,
-        timeout_graceful_shutdown=config.server.shutdown_timeout,
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_timeout),
         lifespan="on",
         server_header=False,
     )

@@ -98,13 +98,19 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise RuntimeError(f"did not exit within {timeout} s:\n{self.output}") from None
-        self._reader.join(5)
+        self._release()
         return self.process.returncode
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        self._release()
+
+    def _release(self) -> None:
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class SimulatorChild(_Child):
@@ -323,6 +329,19 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(entry.name))
     return children
+
+
+def children_running(pid: int, needle: str) -> list[int]:
+    """Direct children of ``pid`` whose command line contains ``needle``."""
+    found = []
+    for child in child_pids(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle.encode() in cmdline:
+            found.append(child)
+    return found
 
 
 def pid_alive(pid: int) -> bool:
