@@ -29,16 +29,16 @@ async def serve(
     Port 0 picks a free port (``on_ready`` receives it). Cancellation closes the listening socket
     and every open connection.
     """
-    connections: set[asyncio.Task[None]] = set()
+    connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)
+        connections[task] = writer
         try:
             await serve_connection(simulator.handle, reader, writer)
         finally:
-            connections.discard(task)
+            del connections[task]
 
     server = await asyncio.start_server(connected, host, port, backlog=1024)
     try:
@@ -48,10 +48,15 @@ async def serve(
         await asyncio.Future()
     finally:
         server.close()
-        for task in list(connections):
-            task.cancel()
+        # Closing the transports ends each connection's reads and writes with the errors its
+        # handler already expects; cancelling the tasks instead makes asyncio log every one.
+        # Only a handler asleep in a configured delay is still there after the grace period.
+        for writer in connections.values():
+            writer.transport.abort()
         if connections:
-            await asyncio.wait(connections, timeout=5.0)
+            _, pending = await asyncio.wait(connections, timeout=1.0)
+            for task in pending:
+                task.cancel()
 
 
 def _parser() -> argparse.ArgumentParser:

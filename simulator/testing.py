@@ -59,6 +59,8 @@ class _Base:
         self.startup_timeout = startup_timeout
         self._patches: list[dict[str, Any]] = []
         self._config_path: Path | None = None
+        self.returncode: int | None = None
+        """The exit code of the last child that ended (0 after a clean SIGTERM shutdown)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} [{self.url if self.port else 'not started'}]>"
@@ -186,6 +188,7 @@ class SimulatorProcess(_Base):
         if process.returncode is None:
             process.kill()
             await process.wait()
+        self.returncode = process.returncode
         await process.aclose()
 
     def kill(self) -> None:
@@ -303,6 +306,7 @@ class SyncSimulatorProcess(_Base):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.returncode = process.returncode
         if process.stdout is not None:
             process.stdout.close()
 

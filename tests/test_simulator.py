@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from simulator import SimulatorConfig, main
+from simulator import SimulatorConfig, load_config, main
 from simulator.testing import SimulatorProcess, SyncSimulatorProcess
 
 KEY = "sk-sim-test"
@@ -404,19 +404,42 @@ async def test_own_requests_per_minute_limit_answers_429_with_retry_after() -> N
         assert stats["by_status"] == {"200": 2, "429": 1}
 
 
-async def test_killed_simulator_restarts_on_the_same_port() -> None:
+async def test_killed_simulator_restarts_on_the_same_port_and_exits_0_on_sigterm() -> None:
     async with SimulatorProcess() as sim:
         port = sim.port
         sim.kill()
         with pytest.raises(httpx2.ConnectError):
             await _statuses(sim.base_url, 1)
         await sim.restart()
+        assert sim.returncode == -9
         assert sim.port == port
         assert await _statuses(sim.base_url, 1) == [200]
+    assert sim.returncode == 0
+
+
+async def test_unknown_forced_fault_is_a_400(http: httpx2.AsyncClient) -> None:
+    response = await http.post("/chat/completions", json=body(), headers={"X-Sim-Fault": "boom"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("Unknown X-Sim-Fault 'boom'")
+
+
+def test_yaml_configuration_file_is_loaded(tmp_path: Any) -> None:
+    path = tmp_path / "faults.yaml"
+    path.write_text(
+        "seed: 3\nflavor: openrouter\napi_keys: [a]\nmodels:\n  m: {reply_words: 9}\n"
+        "faults: {rate_503: 0.5, chunk_delay: 0.01}\n"
+    )
+    config = load_config(path)
+    assert (config.seed, config.flavor, config.api_keys) == (3, "openrouter", ["a"])
+    assert config.models["m"].reply_words == 9
+    assert (config.faults.rate_503, config.faults.chunk_delay) == (0.5, 0.01)
 
 
 def test_bad_configuration_file_exits_2(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "faults.yaml"
-    path.write_text("faults:\n  rate_500: 2\n")
+    path.write_text("faults:\n  rate_5OO: 0.1\n")
     assert main(["--config", str(path)]) == 2
-    assert "rate_500" in capsys.readouterr().err
+    assert "faults.rate_5OO" in capsys.readouterr().err
+    path.write_text("faults: {rate_500: 0.7, rate_503: 0.7}\n")
+    assert main(["--config", str(path)]) == 2
+    assert "add up to more than 1" in capsys.readouterr().err
