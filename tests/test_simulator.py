@@ -404,6 +404,19 @@ async def test_own_requests_per_minute_limit_answers_429_with_retry_after() -> N
         assert stats["by_status"] == {"200": 2, "429": 1}
 
 
+async def test_own_tokens_per_minute_limit_counts_prompt_and_completion() -> None:
+    # Each request is 6 prompt + 3 completion tokens: two fit in 20, the third does not.
+    async with (
+        SimulatorProcess({"tokens_per_minute": 20}) as sim,
+        httpx2.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=5) as http,
+    ):
+        responses = [await http.post("/chat/completions", json=body()) for _ in range(3)]
+        assert [r.status_code for r in responses] == [200, 200, 429]
+        assert [r.headers["x-ratelimit-remaining-tokens"] for r in responses] == ["11", "2", "2"]
+        assert responses[2].json()["error"]["type"] == "tokens"
+        assert "retry-after" in responses[2].headers
+
+
 async def test_killed_simulator_restarts_on_the_same_port_and_exits_0_on_sigterm() -> None:
     async with SimulatorProcess() as sim:
         port = sim.port
