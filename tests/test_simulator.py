@@ -11,13 +11,14 @@ import httpx2
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from simulator import SimulatorConfig, load_config, main
 from simulator.testing import SimulatorProcess, SyncSimulatorProcess
 
 KEY = "sk-sim-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-USER_HELLO = [{"role": "user", "content": "hello there"}]
+USER_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 TOOLS: list[Any] = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
     for name in ("add", "mul")
@@ -149,12 +150,15 @@ async def test_streamed_tool_call_deltas_assemble_into_parallel_calls(
 
 
 async def test_tool_call_without_stream_and_the_answer_to_its_result(client: AsyncOpenAI) -> None:
-    ask = [{"role": "user", "content": 'call add {"a": 1} and call missing_tool'}]
+    ask: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": 'call add {"a": 1} and call missing_tool'}
+    ]
     first = await client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=TOOLS)
     message = first.choices[0].message
     assert first.choices[0].finish_reason == "tool_calls"
     assert message.tool_calls is not None and len(message.tool_calls) == 1
     call = message.tool_calls[0]
+    assert call.type == "function"
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "add", '{"a": 1}')
     history: list[Any] = [
         *ask,
