@@ -38,6 +38,7 @@ import anyio
 import httpx2
 import openai
 from openai.resources.chat.completions import AsyncCompletions
+from pydantic import SecretStr
 
 from runtime import Actor, ActorRef, ChildSpec, Clock, Outcome, Request
 
@@ -179,9 +180,11 @@ class ProviderActor(Actor):
         *,
         metrics: ActorRef | None = None,
         catalog: ModelCatalog | None = None,
+        api_key: SecretStr | None = None,
     ) -> None:
         self.name = name
         self.config = config
+        self._api_key = api_key
         self._metrics = metrics
         self._catalog = catalog or ModelCatalog(config.context_windows, config.prices)
         self._key: str = _PLACEHOLDER_KEY
@@ -218,6 +221,8 @@ class ProviderActor(Actor):
 
     def _read_key(self) -> str | None:
         """The key now, or ``None`` when a required key is missing (calls then fail fast)."""
+        if self._api_key is not None:
+            return self._api_key.get_secret_value()
         try:
             secret = self.config.read_api_key(provider=self.name)
         except LLMAuthError:
@@ -565,13 +570,17 @@ def provider_child_spec(
     config: ProviderConfig,
     metrics: ActorRef | None = None,
     catalog: ModelCatalog | None = None,
+    *,
+    api_key: SecretStr | None = None,
 ) -> ChildSpec:
     """How to run provider ``name``: it crashes on a rejected key or repeated connection failures
     (so it is restarted with a new key and pool); its limiter, breaker and health are durable.
+
+    ``api_key`` given explicitly replaces the configured environment variable or key file.
     """
     return ChildSpec(
         name,
-        lambda: ProviderActor(name, config, metrics=metrics, catalog=catalog),
+        lambda: ProviderActor(name, config, metrics=metrics, catalog=catalog, api_key=api_key),
         crash_on=(_AuthRejected, _ConnectionFailuresExceeded),
         mailbox_size=config.mailbox_size,
         durable=ProviderState,

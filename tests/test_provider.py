@@ -14,6 +14,7 @@ from actors._metrics_store import BreakerTransition, RequestFinished
 from actors.config import ProviderConfig
 from actors.errors import (
     LLMAuthError,
+    LLMClientError,
     LLMConnectionError,
     LLMModelNotFoundError,
     LLMQuotaExceededError,
@@ -228,7 +229,7 @@ async def test_request_params_override_config_and_reach_the_wire(sim: SimulatorP
     ],
 )
 async def test_forced_fault_becomes_its_typed_error(
-    sim: SimulatorProcess, fault: str, stream: bool, error: type[Exception], retryable: bool
+    sim: SimulatorProcess, fault: str, stream: bool, error: type[LLMClientError], retryable: bool
 ) -> None:
     await sim.configure(faults={"hang_seconds": 5, "retry_after": 2})
     config = provider_config(sim, extra_headers={"X-Sim-Fault": fault}, timeout=0.5)
