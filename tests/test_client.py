@@ -49,7 +49,8 @@ def test_unknown_provider_is_a_clear_error() -> None:
     ],
 )
 def test_invalid_value_names_its_field(config: dict[str, Any], field: str) -> None:
-    with pytest.raises(ValueError, match=rf"^invalid configuration for provider 'openai': {field}: "):
+    expected = rf"^invalid configuration for provider 'openai': {field}: "
+    with pytest.raises(ValueError, match=expected):
         create_llm_client("openai", config)
 
 
