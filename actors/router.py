@@ -106,6 +106,7 @@ class RouterActor(Actor):
         ledger: ActorRef | None,
         metrics: ActorRef | None = None,
         status: Callable[[], Mapping[str, ActorStatus]] | None = None,
+        durable: Callable[[str], Any] | None = None,
     ) -> None:
         self._config = config
         self._catalog = catalog
@@ -113,6 +114,7 @@ class RouterActor(Actor):
         self._ledger = ledger
         self._metrics = metrics
         self._status = status
+        self._durable = durable
         self._paused_until: dict[str, float] = {}
         self._latencies: dict[str, deque[float]] = {}
         self._requests = 0
@@ -373,13 +375,20 @@ class RouterActor(Actor):
     def _check_available(self, provider: str) -> None:
         if provider not in self._providers:
             raise ProviderUnavailable(f"provider {provider!r} has no actor", provider=provider)
-        if self._status is None:
-            return
-        status = self._status().get(provider_actor_name(provider))
-        if status is not None and status.state in (ActorState.RESTARTING, ActorState.STOPPED,
-                                                   ActorState.STOPPING):
-            raise ProviderUnavailable(f"provider {provider!r} is {status.state.value}",
-                                      provider=provider)
+        actor = provider_actor_name(provider)
+        if self._status is not None:
+            status = self._status().get(actor)
+            if status is not None and status.state in (
+                ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING
+            ):
+                raise ProviderUnavailable(f"provider {provider!r} is {status.state.value}",
+                                          provider=provider)
+        # The provider's own health (written only by it): skip an open breaker without asking.
+        health = getattr(self._durable(actor), "health", None) if self._durable else None
+        if health is not None and not health.available():
+            raise ProviderUnavailable(
+                f"provider {provider!r} is unavailable (circuit breaker {health.breaker})",
+                provider=provider, retry_after=health.retry_after() or None)
 
     def _should_fall_back(self, error: Exception) -> bool:
         if isinstance(error, ContentRefused):
