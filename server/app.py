@@ -32,10 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from actors.history import HistoryStore
-from actors.mcp_server import mcp_status, mcp_supervisor_spec
 from actors.session import session_child_spec
-from actors.tools import ToolCatalog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -47,8 +44,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from actors.config import LLMConfig
+from actors.history import HistoryStore
 from actors.llm_runtime import LLMRuntime, open_runtime
 from actors.mcp_config import McpServerConfig
+from actors.mcp_server import mcp_status, mcp_supervisor_spec
+from actors.tools import ToolCatalog
 from runtime import ActorRef, SupervisorSpec
 from server.config import AppConfig
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
@@ -202,6 +202,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                                " every chat request will fail")
             servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
+            stack.callback(history.close)  # after the sessions stopped: they write to it
             sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
             runtime = await stack.enter_async_context(
                 open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions])

@@ -315,7 +315,7 @@ async def _until_aborted(simulator: SimulatorChild, at_least: int) -> None:
     """Until the simulator has seen ``at_least`` streams closed by their client (at most 5 s)."""
     with anyio.fail_after(5):
         # Polling another process's counter: there is no event to wait on.
-        while simulator.stats()["streams"]["aborted_by_client"] < at_least:  # noqa: ASYNC110
+        while simulator.stats()["streams"]["aborted_by_client"] < at_least:
             await anyio.sleep(0.05)
 
 
