@@ -300,17 +300,23 @@ class ProviderRateLimiter:
                 + (f" of {self.name}" if self.name else ""),
                 provider=self.name,
             )
-        async with self._turn:
-            # Check everything, then take everything with no await in between: a cancellation
-            # can only happen while nothing is taken.
-            while (wait := self._wait_time(tokens)) > 0:
-                await self._sleep_or_freed(wait)
-            for bucket, amount in ((self._requests, 1.0), (self._tokens, float(tokens))):
-                if bucket is not None and amount > 0:
-                    bucket.take(amount)
-            for window, amount in self._windows(tokens):
-                window.take(amount)
+        # Check everything, then take everything with no await in between: a cancellation can
+        # only happen while nothing is taken. Nobody waiting and room now: no lock needed.
+        if self._turn.locked() or self._wait_time(tokens) > 0:
+            async with self._turn:
+                while (wait := self._wait_time(tokens)) > 0:
+                    await self._sleep_or_freed(wait)
+                self._take(tokens)
+        else:
+            self._take(tokens)
         return RatePermit(self, tokens)
+
+    def _take(self, tokens: int) -> None:
+        for bucket, amount in ((self._requests, 1.0), (self._tokens, float(tokens))):
+            if bucket is not None and amount > 0:
+                bucket.take(amount)
+        for window, amount in self._windows(tokens):
+            window.take(amount)
 
     def _wait_time(self, tokens: int) -> float:
         wait = self.pause_remaining()
@@ -330,10 +336,12 @@ class ProviderRateLimiter:
         return pairs
 
     def _stamp(self, permit: RatePermit) -> None:
-        for window, amount in self._windows(permit.tokens):
+        windows = self._windows(permit.tokens)
+        for window, amount in windows:
             window.stamp(amount)
-        self._freed.set()
-        self._freed = anyio.Event()
+        if windows and self._turn.locked():  # someone waits, perhaps for this capacity
+            self._freed.set()
+            self._freed = anyio.Event()
 
     async def _sleep_or_freed(self, seconds: float) -> None:
         """Sleep ``seconds`` on the clock, or less if a stamp frees window capacity meanwhile."""

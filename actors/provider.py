@@ -9,8 +9,8 @@ it with ``max_retries=0`` (the runtime is the only retry loop). It answers
 Per call, in the actor's loop: the pre-flight context-window check, then the breaker's permit (an
 open breaker refuses at once with :class:`ProviderUnavailable`). In a child task: the rate
 limiter (one request, and the prompt's estimated tokens plus ``max_tokens``: what OpenAI counts
-against a tokens-per-minute limit when the request arrives), the SDK call, headers fed back to the
-limiter. Back in the actor's loop (the ``then`` callback, the single writer of breaker and
+against a tokens-per-minute limit when the request arrives), the SDK call; every response's
+``x-ratelimit-*`` headers reach the limiter through an ``httpx2`` response hook. Back in the actor's loop (the ``then`` callback, the single writer of breaker and
 counters): the breaker's outcome, metrics events, and the deliberate crashes:
 
 * an upstream 401 crashes the instance (the caller still gets its :class:`LLMAuthError`); the
@@ -245,6 +245,9 @@ class ProviderActor(Actor):
                 keepalive_expiry=config.keepalive_expiry,
             ),
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
+            # Every response (errors and streams included) tightens the limiter from its
+            # headers, in one place and without the SDK's raw-response wrapper per call.
+            event_hooks={"response": [self._on_response]},
         )
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url,
@@ -256,6 +259,11 @@ class ProviderActor(Actor):
         self._state.health.auth_rejected = (
             key is not None and _fingerprint(key) == self._state.rejected_key
         )
+
+    async def _on_response(self, response: httpx2.Response) -> None:
+        limiter = self._state.limiter
+        if limiter is not None:
+            limiter.update_from_headers(response.headers)
 
     async def _close_client(self) -> None:
         client, http = self._client, self._http
@@ -422,12 +430,9 @@ class ProviderActor(Actor):
         return (self._key,) if self._key != _PLACEHOLDER_KEY else ()
 
     def _note_failure(self, error: LLMClientError, progress: _Progress) -> None:
-        """Feed what a failed call tells about our limits back to the limiter."""
+        """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
         limiter = self._state.limiter
         assert limiter is not None
-        cause = error.__cause__
-        if isinstance(cause, openai.APIStatusError):
-            limiter.update_from_headers(cause.response.headers)
         if isinstance(error, LLMRateLimitError) and error.status_code == 429:
             progress.rate_limited = True
             if error.retry_after:
@@ -440,11 +445,8 @@ class ProviderActor(Actor):
         try:
             async with limiter.admit(tokens) as permit:
                 with map_sdk_errors(self.name, call.model, self._secrets()):
-                    raw = await client.chat.completions.with_raw_response.create(**kwargs)
+                    completion = await client.chat.completions.create(**kwargs)
                 permit.sent()
-                limiter.update_from_headers(raw.headers)
-                with map_sdk_errors(self.name, call.model, self._secrets()):
-                    completion = raw.parse()
         except LLMClientError as exc:
             self._note_failure(exc, progress)
             raise
@@ -486,7 +488,6 @@ class ProviderActor(Actor):
                         **kwargs, stream=True, stream_options={"include_usage": True})
                 permit.sent()
             try:
-                limiter.update_from_headers(stream.response.headers)
                 with map_sdk_errors(self.name, call.model, secrets,
                                     partial_text=lambda: "".join(parts)):
                     async for chunk in stream:
