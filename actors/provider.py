@@ -10,8 +10,9 @@ Per call, in the actor's loop: the pre-flight context-window check, then the bre
 open breaker refuses at once with :class:`ProviderUnavailable`). In a child task: the rate
 limiter (one request, and the prompt's estimated tokens plus ``max_tokens``: what OpenAI counts
 against a tokens-per-minute limit when the request arrives), the SDK call; every response's
-``x-ratelimit-*`` headers reach the limiter through an ``httpx2`` response hook. Back in the actor's loop (the ``then`` callback, the single writer of breaker and
-counters): the breaker's outcome, metrics events, and the deliberate crashes:
+``x-ratelimit-*`` headers reach the limiter through an ``httpx2`` response hook. Back in the
+actor's loop (the ``then`` callback, the single writer of breaker and counters): the breaker's
+outcome, metrics events, and the deliberate crashes:
 
 * an upstream 401 crashes the instance (the caller still gets its :class:`LLMAuthError`); the
   supervisor restarts it and the new instance re-reads the key and rebuilds the pool. A key that
