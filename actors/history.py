@@ -1,0 +1,164 @@
+"""Conversation history in SQLite: one ordered list of OpenAI-shaped messages per conversation.
+
+The database runs in WAL mode, so readers never wait for the writer and a crash loses at most the
+transaction being written. Every method is one short transaction on one connection shared by all
+threads behind a lock: the SessionActor calls them through ``anyio.to_thread.run_sync``, so they
+must not block the event loop, and they are quick enough (milliseconds) that a single connection
+is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["HistoryStore", "HistoryStoreClosed"]
+
+Message = dict[str, Any]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id  TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    seq              INTEGER NOT NULL,
+    message          TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+"""
+
+
+class HistoryStoreClosed(RuntimeError):
+    """The store was used after :meth:`HistoryStore.close`."""
+
+
+class HistoryStore:
+    """Persistent conversations: ``load``, ``append``, ``clear``, ``exists``.
+
+    Thread-safe (one connection behind a lock). ``path`` ``":memory:"`` keeps everything in
+    memory; any other path has its parent directory created. Close it (or use it as a context
+    manager) when done.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def load(self, conversation_id: str, limit: int | None = None) -> list[Message]:
+        """The messages of a conversation, oldest first (only the newest ``limit`` if given).
+
+        An unknown conversation has no messages.
+        """
+        with self._lock:
+            db = self._connection()
+            if limit is None:
+                rows = db.execute(
+                    "SELECT message FROM messages WHERE conversation_id = ? ORDER BY seq",
+                    (conversation_id,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT message FROM (SELECT seq, message FROM messages"
+                    " WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                    (conversation_id, max(0, limit)),
+                ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def append(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        """Append ``messages`` to the conversation (created if new), all or none."""
+        encoded = [json.dumps(message, ensure_ascii=False) for message in messages]
+        now = time.time()
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+                    (conversation_id, now, now),
+                )
+                (last,) = db.execute(
+                    "SELECT COALESCE(MAX(seq), -1) FROM messages WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchone()
+                db.executemany(
+                    "INSERT INTO messages (conversation_id, seq, message) VALUES (?, ?, ?)",
+                    [(conversation_id, last + 1 + i, text) for i, text in enumerate(encoded)],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def clear(self, conversation_id: str) -> None:
+        """Forget the conversation and its messages (nothing happens if it is unknown)."""
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+                db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def exists(self, conversation_id: str) -> bool:
+        """Whether the conversation has been stored (and not cleared)."""
+        with self._lock:
+            row = self._connection().execute(
+                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+        return row is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Later calls raise :class:`HistoryStoreClosed`."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise HistoryStoreClosed(f"history store {self.path!r} is closed")
+        return self._db
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<HistoryStore {self.path!r} [{'closed' if self._db is None else 'open'}]>"
