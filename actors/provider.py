@@ -482,45 +482,47 @@ class ProviderActor(Actor):
         usage: Any = None
         finish_reason: str | None = None
         model = call.model
+        relay = _Relay(request)
         try:
             async with limiter.admit(tokens) as permit:
                 with map_sdk_errors(self.name, call.model, secrets):
                     stream = await client.chat.completions.create(
                         **kwargs, stream=True, stream_options={"include_usage": True})
                 permit.sent()
+            failure: LLMClientError | None = None
             try:
-                with map_sdk_errors(self.name, call.model, secrets,
-                                    partial_text=lambda: "".join(parts)):
-                    async for chunk in stream:
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        if chunk.model:
-                            model = chunk.model
-                        for choice in chunk.choices:
-                            delta = choice.delta
-                            if choice.finish_reason:
-                                finish_reason = choice.finish_reason
-                            if delta.tool_calls:
-                                if progress.ttft is None:
-                                    progress.ttft = time.perf_counter() - progress.started
-                                for piece in delta.tool_calls:
-                                    builder = tools.setdefault(piece.index, _ToolCallBuilder())
-                                    if piece.id:
-                                        builder.id = piece.id
-                                    if piece.function is not None:
-                                        if piece.function.name:
-                                            builder.name += piece.function.name
-                                        if piece.function.arguments:
-                                            builder.arguments.append(piece.function.arguments)
-                            if delta.content:
-                                if progress.ttft is None:
-                                    progress.ttft = time.perf_counter() - progress.started
-                                parts.append(delta.content)
-                                await request.send(TextDelta(delta.content))
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(relay.run)
+                    try:
+                        with map_sdk_errors(self.name, call.model, secrets,
+                                            partial_text=lambda: "".join(parts)):
+                            async for chunk in stream:
+                                if chunk.usage is not None:
+                                    usage = chunk.usage
+                                if chunk.model:
+                                    model = chunk.model
+                                for choice in chunk.choices:
+                                    delta = choice.delta
+                                    if choice.finish_reason:
+                                        finish_reason = choice.finish_reason
+                                    if delta.tool_calls:
+                                        if progress.ttft is None:
+                                            progress.ttft = time.perf_counter() - progress.started
+                                        _add_tool_deltas(tools, delta.tool_calls)
+                                    if delta.content:
+                                        if progress.ttft is None:
+                                            progress.ttft = time.perf_counter() - progress.started
+                                        parts.append(delta.content)
+                                        await relay.push(delta.content)
+                    except LLMClientError as exc:
+                        failure = exc  # the text read so far still reaches the caller first
+                    relay.finish()
             finally:
                 # At once, also when cancelled: an unread answer must not keep costing tokens.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await stream.close()
+            if failure is not None:
+                raise failure
         except LLMClientError as exc:
             self._note_failure(exc, progress)
             raise
@@ -565,6 +567,62 @@ class ProviderActor(Actor):
         return Usage(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion, cached_tokens=cached,
                      total_cost=reported_cost)
+
+
+def _add_tool_deltas(tools: dict[int, _ToolCallBuilder], pieces: Sequence[Any]) -> None:
+    for piece in pieces:
+        builder = tools.setdefault(piece.index, _ToolCallBuilder())
+        if piece.id:
+            builder.id = piece.id
+        if piece.function is not None:
+            if piece.function.name:
+                builder.name += piece.function.name
+            if piece.function.arguments:
+                builder.arguments.append(piece.function.arguments)
+
+
+class _Relay:
+    """Forwards a stream's text to the caller, one :class:`TextDelta` per network read.
+
+    The SDK yields the events of one network read without suspending, so the relay task runs only
+    when the reader waits for the network (or the consumer): the deltas read meanwhile go out
+    joined. A reader with ``_MAX_PENDING`` deltas unsent waits for the consumer (backpressure).
+    Why: each item through the caller's bounded stream costs a few task switches, as much as the
+    SDK's parsing of a chunk; a real provider sends one chunk per read, and nothing is delayed.
+    """
+
+    _MAX_PENDING = 256
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._pending: list[str] = []
+        self._ready = anyio.Event()
+        self._drained = anyio.Event()
+        self._finished = False
+
+    async def push(self, text: str) -> None:
+        self._pending.append(text)
+        self._ready.set()
+        if len(self._pending) >= self._MAX_PENDING:
+            await self._drained.wait()
+
+    def finish(self) -> None:
+        """No more text: send what is pending, then end :meth:`run`."""
+        self._finished = True
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                await self._request.send(TextDelta(text))
+                self._drained.set()
+                self._drained = anyio.Event()
+            if self._finished and not self._pending:
+                return
 
 
 def provider_child_spec(
