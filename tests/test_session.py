@@ -21,8 +21,10 @@ from typing import Any
 import anyio
 import pytest
 
+from actors.config import CostConfig, LLMConfig
 from actors.errors import LLMServerError
 from actors.history import HistoryStore
+from actors.llm_runtime import open_runtime
 from actors.mcp_config import McpServerConfig
 from actors.mcp_server import McpServerHealth, mcp_supervisor_spec
 from actors.messages import ChatRequest, LLMResponse, StreamEnd, TextDelta, ToolCall, Usage
@@ -40,6 +42,8 @@ from actors.session import (
 from actors.tools import ToolCatalog
 from runtime import Actor, ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from server.config import ChatConfig
+from server.simulated import simulated_llm_config
+from simulator.testing import SimulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = McpServerConfig(
@@ -458,3 +462,39 @@ async def test_cancelling_during_tool_calls_stores_no_unanswered_call(tmp_path: 
         stored = await session.ask(GetHistory(), timeout=5)
     assert stored == [{"role": "user", "content": 'call sleep {"seconds": 30}'}]
 
+
+
+# ---------------------------------------------------------------- through the real router
+
+
+async def test_tool_loop_through_the_router_and_the_simulator(tmp_path: Path) -> None:
+    cost = CostConfig(db_path=str(tmp_path / "ledger.sqlite3"))
+    async with SimulatorProcess() as sim:
+        llm = simulated_llm_config(LLMConfig(cost=cost), sim.url)
+        sessions = SupervisorSpec("sessions", [], max_restarts=100, max_seconds=1.0)
+        extra = [mcp_supervisor_spec({"demo": DEMO}), sessions]
+        with HistoryStore(tmp_path / "history.sqlite3") as history:
+            async with open_runtime(llm, extra_children=extra) as runtime:
+                with anyio.fail_after(15):
+                    while _health(runtime.system, "demo").state != "ready":
+                        await anyio.sleep(0.02)
+                session = await runtime.system.spawn(
+                    session_child_spec(
+                        "e2e",
+                        router=runtime.router,
+                        tools=ToolCatalog(runtime.system, ["demo"]),
+                        history=history,
+                        chat=ChatConfig(),
+                    ),
+                    under="sessions",
+                )
+                events = await turn(session, 'call add {"a": 2, "b": 3}')
+                plain = await turn(session, "thanks")
+    assert of_type(events, ToolCallStarted)[0].arguments == {"a": 2, "b": 3}
+    assert of_type(events, ToolCallFinished)[0].result_preview == "5.0"
+    assert text_of(events).startswith("Tool add returned: 5.0")
+    complete = events[-1]
+    assert isinstance(complete, TurnComplete)
+    assert (complete.hops, complete.finish_reason) == (1, "stop")
+    assert complete.usage.total_tokens > 0
+    assert text_of(plain).startswith("Echo: thanks")
