@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,7 +33,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from actors.session import session_child_spec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -45,9 +45,10 @@ from starlette.websockets import WebSocket
 
 from actors.config import LLMConfig
 from actors.history import HistoryStore
-from actors.llm_runtime import LLMRuntime, open_runtime
+from actors.llm_runtime import LLMRuntime, build_catalog, open_runtime
 from actors.mcp_config import McpServerConfig
 from actors.mcp_server import mcp_status, mcp_supervisor_spec
+from actors.session import session_child_spec
 from actors.tools import ToolCatalog
 from runtime import ActorRef, SupervisorSpec
 from server.config import AppConfig
@@ -68,6 +69,7 @@ STATIC = Path(__file__).parent / "static"
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 _SESSION_IDLE_SECONDS = 600.0
 _SWEEP_INTERVAL = 30.0
+_STARTUP_POLL = 0.05
 
 
 class StartupRefused(RuntimeError):
@@ -207,7 +209,9 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
             runtime = await stack.enter_async_context(
                 open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions])
             )
+            await _mcp_started(runtime, servers)
             tools = ToolCatalog(runtime.system, list(servers))
+            catalog = build_catalog(llm)
 
             def spec_for(conversation_id: str) -> Any:
                 return session_child_spec(
@@ -216,6 +220,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                     tools=tools,
                     history=history,
                     chat=config.chat,
+                    catalog=catalog,
                 )
 
             conversations = SessionDirectory(runtime, spec_for)
@@ -249,6 +254,24 @@ def _mcp_servers(config: AppConfig) -> dict[str, McpServerConfig]:
             entry = entry.model_copy(update={"command": sys.executable})
         servers[name] = entry
     return servers
+
+
+async def _mcp_started(runtime: LLMRuntime, servers: dict[str, McpServerConfig]) -> None:
+    """Wait until no MCP server is still starting (each within its ``startup_timeout``).
+
+    Serving before would offer the first conversations no tools. A server that fails does not
+    hold the start-up: it is reported in ``/health`` and keeps being retried.
+    """
+    if not servers:
+        return
+    limit = max(server.startup_timeout for server in servers.values())
+    with anyio.move_on_after(limit):
+        for _ in range(math.ceil(limit / _STARTUP_POLL)):
+            states = {s.get("state") for s in mcp_status(runtime.system).values()}
+            if "starting" not in states:
+                return
+            await anyio.sleep(_STARTUP_POLL)
+    logger.warning("MCP servers still starting after %.0f s; serving without their tools", limit)
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -393,7 +416,7 @@ def _health(backend: Backend, hub: ChatHub, auth_required: bool) -> dict[str, An
     runtime_health = backend.runtime.health()
     mcp = mcp_status(backend.runtime.system)
     status = runtime_health["status"]
-    if status == "ok" and any(server.get("state") != "running" for server in mcp.values()):
+    if status == "ok" and any(server.get("state") != "ready" for server in mcp.values()):
         status = "degraded"
     if hub.draining:
         status = "degraded" if status == "ok" else status

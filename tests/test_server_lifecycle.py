@@ -126,7 +126,7 @@ async def test_mcp_server_killed_mid_session_is_restarted(
             with anyio.fail_after(15):
                 while True:
                     health = server.health()["mcp_servers"]["demo"]
-                    if health["state"] == "running" and health["restarts"] >= 1:
+                    if health["state"] == "ready" and health["restarts"] >= 1:
                         break
                     await anyio.sleep(0.1)
             after = await chat(ws, 'call add {"a": 3, "b": 4}')
@@ -147,7 +147,7 @@ async def test_an_mcp_server_that_cannot_start_degrades_health_but_chat_works(
     try:
         health = server.health()
         assert health["status"] == "degraded"
-        assert health["mcp_servers"]["broken"]["state"] != "running"
+        assert health["mcp_servers"]["broken"]["state"] != "ready"
         assert health["mcp_servers"]["broken"]["error"]
         async with await connect(server.ws_url) as ws:
             assert (await chat(ws, "hello"))[-1]["status"] == "complete"
