@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import openai
 from openai.resources.chat.completions import AsyncCompletions
@@ -582,29 +583,37 @@ def _add_tool_deltas(tools: dict[int, _ToolCallBuilder], pieces: Sequence[Any]) 
 
 
 class _Relay:
-    """Forwards a stream's text to the caller, one :class:`TextDelta` per network read.
+    """Forwards a stream's text to the caller, joining the deltas read close together.
 
-    The SDK yields the events of one network read without suspending, so the relay task runs only
-    when the reader waits for the network (or the consumer): the deltas read meanwhile go out
-    joined. A reader with ``_MAX_PENDING`` deltas unsent waits for the consumer (backpressure).
-    Why: each item through the caller's bounded stream costs a few task switches, as much as the
-    SDK's parsing of a chunk; a real provider sends one chunk per read, and nothing is delayed.
+    The SDK yields the events of one network read without suspending; the relay task runs when
+    the reader waits for the network, sends the first delta at once, and otherwise at least every
+    ``_MAX_DELAY`` seconds: deltas read meanwhile go out as one :class:`TextDelta`. Why: each item
+    through the caller's bounded stream costs a few task switches, as much as the SDK's parsing of
+    a chunk. A reader with ``_MAX_PENDING`` deltas unsent waits for the consumer (backpressure).
     """
 
     _MAX_PENDING = 256
+    _MAX_DELAY = 0.002
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self._pending: list[str] = []
         self._ready = anyio.Event()
         self._drained = anyio.Event()
+        self._oldest = 0.0
+        self._sent_any = False
         self._finished = False
 
     async def push(self, text: str) -> None:
-        self._pending.append(text)
+        pending = self._pending
+        pending.append(text)
         self._ready.set()
-        if len(self._pending) >= self._MAX_PENDING:
+        if len(pending) == 1:
+            self._oldest = time.perf_counter()
+        if len(pending) >= self._MAX_PENDING:
             await self._drained.wait()
+        elif not self._sent_any or time.perf_counter() - self._oldest >= self._MAX_DELAY:
+            await anyio.lowlevel.checkpoint()  # the relay runs now
 
     def finish(self) -> None:
         """No more text: send what is pending, then end :meth:`run`."""
@@ -618,6 +627,7 @@ class _Relay:
             if self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()
+                self._sent_any = True
                 await self._request.send(TextDelta(text))
                 self._drained.set()
                 self._drained = anyio.Event()
