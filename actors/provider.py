@@ -130,9 +130,10 @@ class ProviderState:
     health: ProviderHealth = field(default_factory=ProviderHealth)
     limiter: ProviderRateLimiter | None = None
     breaker: CircuitBreaker | None = None
-    rejected_key: str | None = None
+    rejected_key: str | None = field(default=None, repr=False)
     """Fingerprint (sha256) of the last key the provider rejected; never the key itself."""
-    on_transition: Callable[[BreakerState, BreakerState], None] | None = None
+    on_transition: Callable[[BreakerState, BreakerState], None] | None = field(
+        default=None, repr=False)
 
     def ensure(self, name: str, config: ProviderConfig, clock: Clock) -> None:
         if self.limiter is None:
@@ -173,7 +174,13 @@ class _ToolCallBuilder:
 
 
 class ProviderActor(Actor):
-    """Calls one provider through the official SDK (see the module docstring)."""
+    """Calls one provider through the official SDK (see the module docstring).
+
+    ``metrics`` receives the events of :mod:`actors._metrics_store` (dropped when its mailbox is
+    full); ``catalog`` prices and sizes models (default: built-in tables plus the config's);
+    ``api_key`` replaces the configured environment variable or key file. Run it with the spec of
+    :func:`provider_child_spec`: it needs its ``crash_on`` and ``durable``.
+    """
 
     def __init__(
         self,
