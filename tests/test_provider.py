@@ -226,6 +226,7 @@ async def test_request_params_override_config_and_reach_the_wire(sim: SimulatorP
         ("reset", False, LLMConnectionError, True),
         ("reset", True, LLMConnectionError, True),
         ("midstream_drop", True, LLMStreamingError, False),
+        ("midstream_drop", False, LLMConnectionError, True),
         ("midstream_error", True, LLMStreamingError, False),
         ("midstream_error", False, LLMServerError, True),
     ],
