@@ -19,11 +19,17 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors.errors import LLMClientError
 from actors.session import (
     ClearHistory,
     RunTurn,
@@ -32,11 +38,6 @@ from actors.session import (
     TurnComplete,
     TurnText,
 )
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
-from actors.errors import LLMClientError
 from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
@@ -191,6 +192,7 @@ class ChatConnection:
         self._outbox_receive: MemoryObjectReceiveStream[Envelope | _Close] = receive
         self._task_group: TaskGroup | None = None
         self._closing = False
+        self._order = anyio.Lock()
 
     async def run(self) -> None:
         """Serve the socket until either side closes it. Cancels its turns on the way out."""
@@ -277,7 +279,12 @@ class ChatConnection:
             # A cancel that crosses the turn's last envelope is not an error: the turn has
             # already ended exactly once and must not get a second ending.
         elif isinstance(frame, ClearHistoryFrame):
-            await self._clear_history(frame)
+            # In a task of its own: it waits behind the conversation's running turns, and the
+            # reader must stay free for a cancel meanwhile.
+            assert self._task_group is not None
+            self._task_group.start_soon(
+                self._clear_history, frame.request_id, frame.conversation_id or self.conversation_id
+            )
 
     def _over_rate(self) -> bool:
         now = self._clock()
@@ -314,21 +321,44 @@ class ChatConnection:
             frame.payload.conversation_id or self.conversation_id or uuid.uuid4().hex
         )
         self.conversation_id = conversation_id
+        await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
         turn = self._turns[request_id] = _Turn()
         self._hub.turn_started()
         assert self._task_group is not None
         self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
 
-    async def _clear_history(self, frame: ClearHistoryFrame) -> None:
-        conversation_id = frame.conversation_id or self.conversation_id
-        if conversation_id is not None:
+    async def _clear_history(self, request_id: str | None, conversation_id: str | None) -> None:
+        try:
+            if conversation_id is not None:
+                async with self._ordered(conversation_id, ClearHistory(), _CLEAR_TIMEOUT) as done:
+                    async for _ in done:
+                        pass  # no items: the stream ends once the history is cleared
+        except (ActorError, LLMClientError) as exc:
+            await self._reject(request_id, _describe(exc), error_type_of(exc))
+            return
+        await self._send(protocol.history_cleared(request_id, conversation_id))
+
+    @asynccontextmanager
+    async def _ordered(
+        self, conversation_id: str, message: Any, timeout: float | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """``ask_stream`` the conversation's actor, enqueued in the order the frames arrived.
+
+        Turn and clear tasks call this before anything else that waits: the tasks start in frame
+        order and ``anyio.Lock`` is fair, so the session's mailbox gets the frames in the order
+        the client sent them although each runs in a task of its own.
+        """
+        await self._order.acquire()
+        held = True
+        try:
             session = await self._session(conversation_id)
-            try:
-                await session.ask(ClearHistory(), timeout=_CLEAR_TIMEOUT)
-            except (ActorError, LLMClientError) as exc:
-                await self._reject(frame.request_id, _describe(exc), error_type_of(exc))
-                return
-        await self._send(protocol.history_cleared(frame.request_id, conversation_id))
+            async with session.ask_stream(message, timeout) as items:
+                self._order.release()
+                held = False
+                yield items
+        finally:
+            if held:
+                self._order.release()
 
     async def _session(self, conversation_id: str) -> ActorRef:
         if conversation_id not in self._used:
@@ -342,7 +372,6 @@ class ChatConnection:
         request_id = frame.request_id
         outcome = "error"
         try:
-            await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
             last: Envelope | None = None
             with turn.scope:
                 last = await self._converse(frame, conversation_id)
@@ -361,10 +390,9 @@ class ChatConnection:
         request_id = frame.request_id
         payload = frame.payload
         texts: list[str] = []
+        message = RunTurn(text=payload.text, request_id=request_id, metadata=payload.metadata)
         try:
-            session = await self._session(conversation_id)
-            message = RunTurn(text=payload.text, request_id=request_id, metadata=payload.metadata)
-            async with session.ask_stream(message) as events:
+            async with self._ordered(conversation_id, message) as events:
                 async for event in events:
                     if isinstance(event, TurnText):
                         if payload.streaming:

@@ -224,6 +224,32 @@ async def test_conversation_resumes_on_a_new_socket_and_clear_history_forgets_it
     assert other[0]["chunk"]["metadata"]["conversation_id"] != conversation
 
 
+async def test_pipelined_turns_and_clear_of_one_conversation_run_in_the_order_sent(
+    server: ServerChild,
+) -> None:
+    async with await connect(server.ws_url) as ws:
+        first = chat_frame("first " * 50)
+        await send(ws, first)
+        conversation = (await receive(ws))["chunk"]["metadata"]["conversation_id"]
+        second = chat_frame("second", conversation_id=conversation)
+        await send(ws, second)
+        await send(ws, {"action": "clear_history", "request_id": "clear-2"})
+        endings: list[dict[str, Any]] = []
+        with anyio.fail_after(20):
+            while len(endings) < 3:
+                envelope = await receive(ws)
+                if envelope["status"] in ("complete", "error"):
+                    endings.append(envelope)
+        third = await chat(ws, "second", conversation_id=conversation)
+    assert [e["request_id"] for e in endings] == [
+        first["request_id"], second["request_id"], "clear-2"
+    ]
+    assert endings[2]["chunk"]["type"] == "history_cleared"
+    prompts = [e["chunk"]["usage"]["prompt_tokens"] for e in (*endings[:2], third[-1])]
+    # The second turn saw the long first one; the third came after the clear and saw neither.
+    assert prompts[1] > prompts[0] > prompts[2]
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 
