@@ -177,7 +177,8 @@ def runtime_children(
         providers={name: ref(provider_actor_name(name)) for name in config.providers},
         ledger=ref("ledger"), metrics=ref("metrics"), status=status,
         durable=lambda name: system_ref["system"].durable(name)),
-        mailbox_size=100_000)
+        # Every error the router meets is an answer to its caller, never a reason to restart.
+        crash_on=(), mailbox_size=100_000)
     return [
         metrics,
         ledger,
