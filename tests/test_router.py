@@ -63,6 +63,8 @@ async def test_chat_is_served_by_the_active_provider(tmp_path: Path) -> None:
         assert [(a.provider, a.error_type) for a in answer.attempts] == [("primary", None)]
         assert (await primary.stats())["total_requests"] == 1
         assert (await backup.stats())["total_requests"] == 0
+        # An error is an answer: the router did not crash (which would fail every other ask).
+        assert rt.system.status()["router"].restart_count == 0
         spend = await rt.spend()
         assert spend.reserved == 0 and spend.open_reservations == 0
 
@@ -89,6 +91,8 @@ async def test_upstream_context_length_error_is_returned_at_once(tmp_path: Path)
             await rt.chat([{"role": "user", "content": "word " * 400}], model="sim-tiny")
         assert (await primary.stats())["total_requests"] == 1
         assert (await backup.stats())["total_requests"] == 0
+        # An error is an answer: the router did not crash (which would fail every other ask).
+        assert rt.system.status()["router"].restart_count == 0
 
 
 async def test_preflight_token_limit_refuses_before_any_call(tmp_path: Path) -> None:
