@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -27,7 +29,14 @@ from actors.mcp_server import (
     mcp_supervisor_spec,
 )
 from actors.tools import ToolCatalog
-from runtime import ActorCrashed, ActorSystem, Backoff, DeadlineExceeded, SupervisorSpec
+from runtime import (
+    ActorCrashed,
+    ActorSystem,
+    Backoff,
+    DeadlineExceeded,
+    FakeClock,
+    SupervisorSpec,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"
@@ -186,6 +195,31 @@ async def test_broken_server_is_failed_with_its_reason_and_the_others_keep_servi
         assert result.text == "2.0"
         assert mcp_status(system)["broken"]["state"] == "failed"
         assert system.failure is None
+
+
+async def test_broken_server_retries_with_growing_backoff_and_never_escalates() -> None:
+    clock = FakeClock()
+    root = SupervisorSpec("root", [mcp_supervisor_spec({"broken": BROKEN, "demo": DEMO})])
+    async with ActorSystem(root, clock=clock) as system:
+        delays: list[float] = []
+        for attempt in range(1, 13):
+            with anyio.fail_after(10):
+                while not (health(system, "broken").state == "failed" and clock.sleepers):
+                    await anyio.sleep(0.005)
+            error = health(system, "broken").error
+            assert error is not None
+            match = re.search(r"; retrying in ([0-9.]+) s$", error)
+            assert match is not None
+            delays.append(float(match.group(1)))
+            assert health(system, "broken").restarts == attempt - 1
+            await clock.advance(delays[-1] + 0.1)
+        assert system.failure is None
+        assert system.status()["mcp:broken"].restart_count == 0  # no crash, no supervisor restart
+        assert 0.8 <= delays[0] <= 1.2
+        assert all(later >= earlier * 0.6 for earlier, later in itertools.pairwise(delays))
+        assert 24.0 <= delays[-1] <= 36.0  # capped at 30 s (with jitter)
+        status = await wait_state(system, "demo", "ready")
+        assert status.state == "ready"
 
 
 async def test_start_up_failure_is_retried_with_backoff_until_it_works(tmp_path: Path) -> None:
