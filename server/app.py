@@ -48,9 +48,9 @@ from actors.history import HistoryStore
 from actors.llm_runtime import LLMRuntime, build_catalog, open_runtime
 from actors.mcp_config import McpServerConfig
 from actors.mcp_server import mcp_status, mcp_supervisor_spec
-from actors.session import session_child_spec
+from actors.session import session_actor_name, session_child_spec
 from actors.tools import ToolCatalog
-from runtime import ActorRef, SupervisorSpec
+from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from server.config import AppConfig
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
@@ -102,27 +102,30 @@ def check_bind(config: AppConfig) -> None:
 
 @dataclass
 class _Entry:
+    idle_since: float
     users: int = 0
-    idle_since: float = field(default_factory=time.monotonic)
 
 
 class SessionDirectory:
     """Finds or starts the SessionActor of a conversation; stops those left idle.
 
-    A conversation used by no socket for ``idle_seconds`` has its actor stopped; its history is
-    in the store, so the next turn starts a fresh actor that reads it back.
+    A conversation no socket has used for ``idle_seconds`` has its actor stopped (by
+    :meth:`sweep`); its history is in the store, so its next turn starts a fresh actor that reads
+    it back.
     """
 
     def __init__(
         self,
-        runtime: LLMRuntime,
-        spec_for: Callable[[str], Any],
+        system: ActorSystem,
+        spec_for: Callable[[str], ChildSpec],
         *,
         idle_seconds: float = _SESSION_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._runtime = runtime
+        self._system = system
         self._spec_for = spec_for
         self._idle_seconds = idle_seconds
+        self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._lock = anyio.Lock()
 
@@ -132,44 +135,46 @@ class SessionDirectory:
     def acquire(self, conversation_id: str) -> None:
         entry = self._entries.get(conversation_id)
         if entry is None:
-            entry = self._entries[conversation_id] = _Entry()
+            entry = self._entries[conversation_id] = _Entry(self._clock())
         entry.users += 1
-
-    async def session(self, conversation_id: str) -> ActorRef:
-        system = self._runtime.system
-        name = f"session:{conversation_id}"
-        try:
-            return system.ref(name)
-        except KeyError:
-            pass
-        async with self._lock:  # two sockets resuming one conversation must not both spawn it
-            try:
-                return system.ref(name)
-            except KeyError:
-                return await system.spawn(self._spec_for(conversation_id), under="sessions")
 
     def release(self, conversation_id: str) -> None:
         entry = self._entries.get(conversation_id)
         if entry is not None:
             entry.users = max(0, entry.users - 1)
-            entry.idle_since = time.monotonic()
+            entry.idle_since = self._clock()
 
-    async def sweep(self) -> None:
-        """Stop the actors of conversations idle for too long (runs until cancelled)."""
+    async def session(self, conversation_id: str) -> ActorRef:
+        name = session_actor_name(conversation_id)
+        try:
+            return self._system.ref(name)
+        except KeyError:
+            pass
+        async with self._lock:  # two sockets resuming one conversation must not both spawn it
+            try:
+                return self._system.ref(name)
+            except KeyError:
+                return await self._system.spawn(self._spec_for(conversation_id), under="sessions")
+
+    async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
+        """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
         while True:
-            await anyio.sleep(_SWEEP_INTERVAL)
-            now = time.monotonic()
-            idle = [
-                conversation_id
-                for conversation_id, entry in self._entries.items()
-                if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
-            ]
-            for conversation_id in idle:
-                del self._entries[conversation_id]
-                with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
-                    await self._runtime.system.stop_actor(
-                        f"session:{conversation_id}", under="sessions"
-                    )
+            await anyio.sleep(interval)
+            await self.sweep_once()
+
+    async def sweep_once(self) -> list[str]:
+        """Stop the actors of conversations idle too long; returns their ids."""
+        now = self._clock()
+        idle = [
+            conversation_id
+            for conversation_id, entry in self._entries.items()
+            if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
+        ]
+        for conversation_id in idle:
+            del self._entries[conversation_id]
+            with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
+                await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
+        return idle
 
 
 # -- the running backend ------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
             tools = ToolCatalog(runtime.system, list(servers))
             catalog = build_catalog(llm)
 
-            def spec_for(conversation_id: str) -> Any:
+            def spec_for(conversation_id: str) -> ChildSpec:
                 return session_child_spec(
                     conversation_id,
                     router=runtime.router,
@@ -223,7 +228,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                     catalog=catalog,
                 )
 
-            conversations = SessionDirectory(runtime, spec_for)
+            conversations = SessionDirectory(runtime.system, spec_for)
             app.state.backend = Backend(runtime, llm, simulated, conversations)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)

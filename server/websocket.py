@@ -193,6 +193,7 @@ class ChatConnection:
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._order = anyio.Lock()
+        self._written = anyio.Event()
 
     async def run(self) -> None:
         """Serve the socket until either side closes it. Cancels its turns on the way out."""
@@ -202,6 +203,9 @@ class ChatConnection:
                 self._task_group = task_group
                 task_group.start_soon(self._write)
                 await self._read()
+                if self._closing:  # we close: let the writer flush and send the close frame
+                    with anyio.move_on_after(_CLOSE_GRACE):
+                        await self._written.wait()
                 task_group.cancel_scope.cancel()
         finally:
             self._hub.connection_closed(self)
@@ -433,6 +437,8 @@ class ChatConnection:
                 await websocket.send_text(json.dumps(item, separators=(",", ":")))
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the peer went away; the reader sees the disconnect
+        finally:
+            self._written.set()
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
 

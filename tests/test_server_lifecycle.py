@@ -46,7 +46,7 @@ async def test_history_survives_a_server_restart(tmp_path: Path, simulator: Simu
             fresh = await chat(ws, "remember this")
             earlier = await chat(ws, "and this")
     finally:
-        assert first.stop() == 0, first.output
+        assert first.stop(signal.SIGINT) == 0, first.output  # Ctrl+C is as graceful as SIGTERM
     conversation = fresh[0]["chunk"]["metadata"]["conversation_id"]
 
     second = ServerChild(config)

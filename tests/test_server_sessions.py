@@ -1,0 +1,59 @@
+"""server.app.SessionDirectory: one actor per conversation, started on demand, stopped when idle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from runtime import Actor, ActorSystem, ChildSpec, Restart, SupervisorSpec
+from server.app import SessionDirectory
+
+
+class _Echo(Actor):
+    async def receive(self, message: Any) -> Any:
+        return message
+
+
+def _spec(conversation_id: str) -> ChildSpec:
+    return ChildSpec(f"session:{conversation_id}", _Echo, restart=Restart.TEMPORARY)
+
+
+def _system() -> ActorSystem:
+    return ActorSystem(SupervisorSpec("root", [SupervisorSpec("sessions", [])]))
+
+
+async def test_session_is_started_once_and_shared() -> None:
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec)
+        refs = []
+
+        async def get() -> None:
+            refs.append(await directory.session("c1"))
+
+        async with anyio.create_task_group() as task_group:
+            for _ in range(5):
+                task_group.start_soon(get)
+        assert len(set(refs)) == 1
+        assert refs[0].name == "session:c1"
+        assert await refs[0].ask("ping", timeout=5) == "ping"
+
+
+async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
+    now = [0.0]
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec, idle_seconds=60, clock=lambda: now[0])
+        for conversation in ("kept", "idle"):
+            directory.acquire(conversation)
+            await directory.session(conversation)
+        directory.release("idle")
+        now[0] = 59.0
+        assert await directory.sweep_once() == []
+        now[0] = 60.0
+        assert await directory.sweep_once() == ["idle"]
+        assert len(directory) == 1
+        assert "session:idle" not in system.status()
+        assert "session:kept" in system.status()
+        # The next turn of the stopped conversation starts a new actor.
+        directory.acquire("idle")
+        assert await (await directory.session("idle")).ask("back", timeout=5) == "back"
