@@ -12,7 +12,8 @@ between consecutive seconds, and alternating spreads the drift over both):
   that is not kept around costs.
 
 Non-streaming requests get the short ``Echo`` answer; streaming ones ``sim-long`` (200 words, one
-SSE event each). Reported: requests/s, latency p50/p99, chunks/s and time to first chunk (p50).
+SSE event each). Reported: requests/s, latency p50/p99, chunks/s, time to first chunk (p50) and
+the client's CPU per request (robust to a machine shared with other work, unlike throughput).
 Chunks are counted as upstream chunks on both sides (one word each): the actor joins the deltas
 that arrive in one network read into one ``TextDelta``.
 The last line is the worst actor/sdk throughput ratio over the table.
@@ -56,6 +57,7 @@ class Sample:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     chunks: int = 0
+    cpu: float = 0.0  # seconds of this process's CPU (the simulator runs in another process)
 
 
 # A call does one request and returns (chunks, time to first chunk or None).
@@ -146,10 +148,11 @@ async def load(call: Call, concurrency: int, seconds: float, sample: Sample) -> 
             if first is not None:
                 sample.ttfts.append(first)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(worker)
+    sample.cpu += time.process_time() - cpu
     return time.perf_counter() - started
 
 
@@ -179,12 +182,14 @@ def row(name: str, stream: bool, concurrency: int, sample: Sample, elapsed: floa
         percentile(sample.latencies, 0.99) * 1000,
         sample.chunks / elapsed if stream else "",
         percentile(sample.ttfts, 0.5) * 1000 if stream else "",
+        sample.cpu / max(1, len(sample.latencies)) * 1e6,
     ]
 
 
 async def main(seconds: float = SECONDS) -> None:
     rows: list[list[object]] = []
     ratios: list[tuple[float, str]] = []
+    cpu_ratios: list[tuple[float, str]] = []
     async with SimulatorProcess() as sim:
         config = ProviderConfig(kind="openai-compatible", base_url=sim.base_url, model=SHORT,
                                 requires_api_key=False, max_connections=POOL,
@@ -206,12 +211,15 @@ async def main(seconds: float = SECONDS) -> None:
                     rps = {name: len(s.latencies) / e for name, (s, e) in results.items()}
                     label = f"{'stream' if stream else 'plain'} c={concurrency}"
                     ratios.append((rps["actor"] / rps["sdk"], label))
+                    cpu = {name: s.cpu / max(1, len(s.latencies))
+                           for name, (s, _) in results.items()}
+                    cpu_ratios.append((cpu["sdk"] / cpu["actor"], label))
         await sdk.close()
     print(table(["client", "stream", "concurrency", "req/s", "p50 ms", "p99 ms", "chunks/s",
-                 "ttfc p50 ms"], rows))
+                 "ttfc p50 ms", "client CPU us/req"], rows))
     print()
-    for ratio, label in ratios:
-        print(f"{label}: actor/sdk {ratio:.2f}")
+    for (ratio, label), (cpu_ratio, _) in zip(ratios, cpu_ratios, strict=True):
+        print(f"{label}: actor/sdk throughput {ratio:.2f}, sdk/actor client CPU {cpu_ratio:.2f}")
     worst, where = min(ratios)
     print(f"provider/sdk throughput ratio: {worst:.2f}  (worst: {where})")
 
