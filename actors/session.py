@@ -280,6 +280,7 @@ class SessionActor(Actor):
         self._messages: list[Message] = []
         self._queue: deque[_Slot] = deque()
         self._active: _Slot | None = None
+        self._unfinished: set[_Turn] = set()
 
     async def on_start(self) -> None:
         stored = await anyio.to_thread.run_sync(
@@ -292,6 +293,7 @@ class SessionActor(Actor):
             request = self.context.request
             assert request is not None
             turn = _Turn(message, request)
+            self._unfinished.add(turn)
             self._enqueue(turn.slot)
             self.context.pipe(self._run_turn, turn, then=functools.partial(self._turn_ended, turn))
             return None
@@ -323,18 +325,28 @@ class SessionActor(Actor):
             self._queue.remove(slot)
         self._grant_next()
 
+    async def on_stop(self) -> None:
+        # Stopped or cancelled while a turn ran: its ``then`` will never run, so the steps it
+        # completed are saved here (the kernel runs this shielded, within the shutdown timeout).
+        for turn in list(self._unfinished):
+            await self._commit(turn)
+
     async def _turn_ended(self, turn: _Turn, outcome: Outcome) -> Any:
         try:
-            if turn.completed:
-                self._messages = _newest(
-                    [*self._messages, *turn.completed], self._chat.max_history_messages
-                )
-                await anyio.to_thread.run_sync(
-                    self._history.append, self.conversation_id, turn.completed
-                )
+            await self._commit(turn)
         finally:
             self._release(turn.slot)
         return None if outcome.cancelled else outcome.unwrap()
+
+    async def _commit(self, turn: _Turn) -> None:
+        self._unfinished.discard(turn)
+        if turn.completed:
+            self._messages = _newest(
+                [*self._messages, *turn.completed], self._chat.max_history_messages
+            )
+            await anyio.to_thread.run_sync(
+                self._history.append, self.conversation_id, turn.completed
+            )
 
     async def _clear(self, slot: _Slot, outcome: Outcome) -> None:
         try:

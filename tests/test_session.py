@@ -9,12 +9,13 @@ once more, to drive the hop limit). ``slowly`` streams one word per 0.2 s; ``exp
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from actors.session import (
     trim_history,
 )
 from actors.tools import ToolCatalog
-from runtime import Actor, ActorRef, ActorSystem, ChildSpec, SupervisorSpec
+from runtime import Actor, ActorRef, ActorStopped, ActorSystem, ChildSpec, SupervisorSpec
 from server.config import ChatConfig
 from server.simulated import simulated_llm_config
 from simulator.testing import SimulatorProcess
@@ -498,3 +499,28 @@ async def test_tool_loop_through_the_router_and_the_simulator(tmp_path: Path) ->
     assert (complete.hops, complete.finish_reason) == (1, "stop")
     assert complete.usage.total_tokens > 0
     assert text_of(plain).startswith("Echo: thanks")
+
+
+async def test_stopping_the_actor_mid_turn_persists_the_completed_steps(tmp_path: Path) -> None:
+    async with backend(tmp_path) as b:
+        spec = session_child_spec(
+            "c1", router=b.system.ref("router"), tools=b.tools, history=b.history,
+            chat=ChatConfig(),
+        )
+        session = await b.system.spawn(replace(spec, shutdown_timeout=0.3), under="sessions")
+        text = 'call add {"a": 1, "b": 2} and answer slowly'
+        stop = functools.partial(b.system.stop_actor, "session:c1", under="sessions")
+        ended: list[BaseException] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                try:
+                    async with session.ask_stream(RunTurn(text, "r1")) as items:
+                        async for event in items:
+                            if isinstance(event, ToolCallFinished):
+                                tg.start_soon(stop)
+                except ActorStopped as exc:
+                    ended.append(exc)
+        assert len(ended) == 1  # the caller learns that the turn was cut short
+        stored = b.history.load("c1")
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool"]
+    assert stored[2] == {"role": "tool", "tool_call_id": "call_1", "content": "3.0"}
