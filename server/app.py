@@ -12,15 +12,14 @@ Authentication: when a token is configured (``server.auth_token`` or the variabl
 ``server.auth_token_env``), a WebSocket must present it as ``Authorization: Bearer`` or
 ``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` needs it too, and
 ``/health`` then shows details only to authorized callers. Binding a non-loopback address without
-a token is refused (:func:`check_bind`). Browsers may connect only from the same origin, loopback
-pages or ``server.allowed_origins``.
+a token is refused before the app is built (``server.cli.check_bind``). Browsers may connect only
+from the same origin, loopback pages or ``server.allowed_origins``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
 import math
 import sys
@@ -51,6 +50,7 @@ from actors.mcp_server import mcp_status, mcp_supervisor_spec
 from actors.session import session_actor_name, session_child_spec
 from actors.tools import ToolCatalog
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
+from server.cli import is_loopback
 from server.config import AppConfig
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
@@ -61,40 +61,14 @@ from server.websocket import (
     ConnectionLimits,
 )
 
-__all__ = ["Backend", "SessionDirectory", "StartupRefused", "check_bind", "create_app"]
+__all__ = ["Backend", "SessionDirectory", "create_app"]
 
 logger = logging.getLogger("server")
 
 STATIC = Path(__file__).parent / "static"
-_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 _SESSION_IDLE_SECONDS = 600.0
 _SWEEP_INTERVAL = 30.0
 _STARTUP_POLL = 0.05
-
-
-class StartupRefused(RuntimeError):
-    """The configuration is valid but unsafe or impossible to serve (the message says why)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(config: AppConfig) -> None:
-    """Raise :class:`StartupRefused` for a non-loopback bind without an auth token."""
-    server = config.server
-    if not is_loopback(server.host) and server.read_auth_token() is None:
-        variable = server.auth_token_env or "the variable named by server.auth_token_env"
-        raise StartupRefused(
-            f"refusing to listen on {server.host}, which is not a loopback address, without an"
-            f" auth token: set {variable} (or server.auth_token) or bind to 127.0.0.1"
-        )
 
 
 # -- conversations ------------------------------------------------------------------------------

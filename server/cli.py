@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import math
 import re
@@ -20,21 +21,48 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
-from starlette.applications import Starlette
 
 from actors.errors import redact
-from server.app import StartupRefused, check_bind, create_app
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
-from server.websocket import ChatHub
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+__all__ = ["StartupRefused", "check_bind", "is_loopback", "main"]
 
 logger = logging.getLogger("server")
 
 DEFAULT_CONFIG = "config.yaml"
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+
+
+class StartupRefused(RuntimeError):
+    """The configuration is valid but unsafe or impossible to serve (the message says why)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(config: AppConfig) -> None:
+    """Raise :class:`StartupRefused` for a non-loopback bind without an auth token."""
+    server = config.server
+    if not is_loopback(server.host) and server.read_auth_token() is None:
+        variable = server.auth_token_env or "the variable named by server.auth_token_env"
+        raise StartupRefused(
+            f"refusing to listen on {server.host}, which is not a loopback address, without an"
+            f" auth token: set {variable} (or server.auth_token) or bind to 127.0.0.1"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,10 +203,9 @@ class _GracefulServer(uvicorn.Server):
     async def _drain(self) -> None:
         for server in self.servers:
             server.close()  # stop accepting; uvicorn closes them again harmlessly
-        hub = getattr(self._app.state, "hub", None)
+        hub = self._app.state.hub
         try:
-            if isinstance(hub, ChatHub):
-                await hub.drain(self._app_config.server.shutdown_timeout)
+            await hub.drain(self._app_config.server.shutdown_timeout)
         finally:
             self.should_exit = True
 
@@ -190,6 +217,9 @@ def _serve(options: argparse.Namespace) -> int:
     except (ConfigError, StartupRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
+    # Imported here: the app pulls in the whole runtime, which --help and check-config need not.
+    from server.app import create_app
+
     app = create_app(config)
     uvicorn_config = uvicorn.Config(
         app,
