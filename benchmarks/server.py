@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import anyio
+from websockets.asyncio.client import ClientConnection
 
 from benchmarks._report import percentile, table
 from tests.server_harness import (
@@ -64,13 +65,13 @@ class _Run:
         self.failures: dict[str, int] = {}
 
 
-async def _turn(ws: object, run: _Run) -> None:
+async def _turn(ws: ClientConnection, run: _Run) -> None:
     frame = chat_frame(QUESTION)
     started = time.perf_counter()
-    await send(ws, frame)  # type: ignore[arg-type]
+    await send(ws, frame)
     first: float | None = None
     while True:
-        envelope = await receive(ws, timeout=120)  # type: ignore[arg-type]
+        envelope = await receive(ws, timeout=120)
         status = envelope["status"]
         if status == "chunk" and first is None:
             first = time.perf_counter() - started
@@ -128,7 +129,7 @@ async def _measure(sessions: int, directory: Path) -> list[object]:
         cpu_client = time.process_time()
         started = time.perf_counter()
 
-        async def session(ws: object) -> None:
+        async def session(ws: ClientConnection) -> None:
             for _ in range(turns):
                 await _turn(ws, run)
 

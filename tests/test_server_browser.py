@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Page, async_playwright, expect
 
 from tests.server_harness import ServerChild, write_config
 
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="/usr/bin/chromium is not installed (apt-get install -y chromium; .ci/run does it)",
 )
-
-if CHROMIUM.exists():
-    from playwright.async_api import Page, async_playwright, expect
-else:  # pragma: no cover - the module is skipped
-    Page = object
 
 
 @pytest.fixture(scope="module")
