@@ -88,7 +88,8 @@ class LLMClientConfig(BaseModel):
     max_retries: int = Field(
         default=3,
         ge=0,
-        description="the runtime's retry budget across attempts; the SDK itself never retries",
+        description="attempts on this provider beyond the first (over model and fallback_models)"
+        " before the router moves on; the SDK itself never retries",
     )
     max_connections: int = Field(default=100, ge=1)
     max_keepalive_connections: int = Field(default=20, ge=0)

@@ -360,6 +360,8 @@ class RouterActor(Actor):
         for name in order:
             provider = self._config.providers[name]
             models = [chat.model] if chat.model is not None else provider.models
+            # max_retries bounds the attempts on one provider beyond the first.
+            models = models[: 1 + provider.max_retries]
             if provider.kind == "openrouter" and provider.use_native_fallbacks:
                 candidates.append(_Candidate(name, models[0], tuple(models[1:])))
             else:
