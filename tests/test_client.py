@@ -140,6 +140,6 @@ async def test_leaving_a_stream_early_closes_the_upstream_stream(sim: SimulatorP
         assert first == "Echo:"
         assert repr(stream) == "<ResponseStream openai [closed]>"
         with anyio.fail_after(2):
-            while (stats := await sim.stats())["streams"]["open"]:  # noqa: ASYNC110
+            while (stats := await sim.stats())["streams"]["open"]:
                 await anyio.sleep(0.01)
     assert stats["streams"]["aborted_by_client"] == 1

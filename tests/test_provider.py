@@ -130,7 +130,7 @@ async def restarted(system: ActorSystem, count: int) -> None:
     """Wait (bounded) until actor ``sim`` has been restarted ``count`` times and runs again."""
     with anyio.fail_after(5):
         # Polled: the supervisor has no event to wait on from outside.
-        while (status := system.status()["sim"]).restart_count < count or (  # noqa: ASYNC110
+        while (status := system.status()["sim"]).restart_count < count or (
             status.state is not ActorState.RUNNING
         ):
             await anyio.sleep(0.01)
@@ -504,7 +504,7 @@ async def test_leaving_a_stream_closes_the_upstream_response_at_once(
                 if len(received) == 2:
                     break
         with anyio.fail_after(2):
-            while (stats := await sim.stats())["streams"]["open"]:  # noqa: ASYNC110
+            while (stats := await sim.stats())["streams"]["open"]:
                 await anyio.sleep(0.01)
     assert received == ["Echo:", " hello"]
     assert stats["streams"]["aborted_by_client"] == 1
