@@ -70,6 +70,11 @@ logger = logging.getLogger("actors.router")
 _LATENCY_SAMPLES = 200
 
 
+def _error_name(error: BaseException) -> str:
+    """The first public class name of ``error`` (private subclasses stay inside their module)."""
+    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))
+
+
 def provider_actor_name(provider: str) -> str:
     """The actor name of the provider called ``provider``."""
     return f"provider:{provider}"
@@ -249,7 +254,7 @@ class RouterActor(Actor):
         except (LLMClientError, ActorError) as exc:
             elapsed = (time.perf_counter() - started) * 1000
             trace.attempts.append(Attempt(provider=provider, model=model,
-                                          error_type=type(exc).__name__,
+                                          error_type=_error_name(exc),
                                           error=str(exc)[:300], duration_ms=elapsed, hedge=hedge))
             retry_after = getattr(exc, "retry_after", None)
             if retry_after:
@@ -408,12 +413,12 @@ class RouterActor(Actor):
         self, previous: _Candidate, candidate: _Candidate, error: Exception
     ) -> None:
         logger.info("request falls back from %s:%s to %s:%s after %s", previous.provider,
-                    previous.model, candidate.provider, candidate.model, type(error).__name__)
+                    previous.model, candidate.provider, candidate.model, _error_name(error))
         if self._metrics is not None:
             self._metrics.try_tell(FallbackTaken(
                 from_provider=previous.provider, from_model=previous.model,
                 to_provider=candidate.provider, to_model=candidate.model,
-                reason=type(error).__name__))
+                reason=_error_name(error)))
 
     def _timeout(self, chat: ChatRequest) -> float:
         return chat.timeout if chat.timeout is not None else self._config.request_timeout
