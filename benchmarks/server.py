@@ -6,7 +6,7 @@ turns one after the other (a 24-word question, echoed back in 25 chunks). Report
 turns per second over the whole run, p50/p99 time to the first text chunk and to ``complete``,
 and the server's resident memory per open session (RSS growth from before the sockets opened to
 after every session had run a turn, divided by ``N``: the socket, its connection tasks and one
-SessionActor with its history; measured after a warm-up of 100 turns on other sockets, so that
+SessionActor with its history; measured after a warm-up of 20 turns on other sockets, so that
 the upstream pool and the allocator's arenas are not counted against the sessions).
 
 On a small machine the client shares the CPU with the server and the simulator: the table also
@@ -42,7 +42,7 @@ SESSIONS = (100, 1000)
 TURNS = {100: 20, 1000: 5}
 QUESTION = " ".join(f"w{i}" for i in range(24))
 CONNECT_BATCH = 100
-WARMUP_SOCKETS = 100
+WARMUP_SOCKETS = 20
 
 
 def _rss_kib(pid: int) -> int:

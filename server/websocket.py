@@ -374,7 +374,7 @@ class ChatConnection:
 
     async def _run_turn(self, frame: ChatFrame, conversation_id: str, turn: _Turn) -> None:
         request_id = frame.request_id
-        outcome = "error"
+        outcome = "abandoned"  # the socket closed before the turn could end
         try:
             last: Envelope | None = None
             with turn.scope:
