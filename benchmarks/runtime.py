@@ -1,0 +1,121 @@
+"""Whole-runtime throughput (router, ledger, provider, metrics) against the bare SDK.
+
+Both paths talk to the same simulator subprocess in the same run, with the same pool limits:
+the bare path is one ``AsyncOpenAI`` client on an ``httpx2`` pool; the runtime path is
+``open_runtime`` with one provider (cost limits on, so every request reserves and settles in the
+ledger, and every attempt is a metrics event). Each cell is the best of ``ROUNDS`` runs, the two
+paths alternating, so both see the same machine.
+
+Run: ``.venv/bin/python -m benchmarks.runtime``
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import openai
+
+from actors.config import LLMConfig
+from actors.llm_runtime import open_runtime
+from benchmarks._report import percentile, table
+from simulator.testing import SimulatorProcess
+
+MODEL = "gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "benchmark the whole runtime please"}]
+DURATION = 3.0
+ROUNDS = 2
+POOL = 256
+
+Call = Callable[[], Awaitable[Any]]
+
+
+async def _drive(call: Call, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + DURATION
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+def _config(base_url: str, db: Path) -> LLMConfig:
+    return LLMConfig.model_validate({
+        "providers": {"sim": {
+            "kind": "openai-compatible", "base_url": base_url, "model": MODEL,
+            "requires_api_key": False, "max_tokens": 64, "max_connections": POOL,
+            "max_keepalive_connections": POOL, "mailbox_size": 10_000,
+        }},
+        "cost": {"db_path": str(db), "daily_cost_limit": 1e9, "max_cost_per_request": 10.0},
+    })
+
+
+async def main() -> None:
+    rows: list[list[object]] = []
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        async with SimulatorProcess() as sim:
+            limits = httpx2.Limits(max_connections=POOL, max_keepalive_connections=POOL)
+            async with openai.AsyncOpenAI(
+                base_url=sim.base_url, api_key="bench", max_retries=0,
+                http_client=httpx2.AsyncClient(limits=limits, timeout=60),
+            ) as sdk, open_runtime(_config(sim.base_url, Path(tmp) / "ledger.sqlite3")) as rt:
+
+                async def sdk_call() -> None:
+                    await sdk.chat.completions.create(model=MODEL, messages=MESSAGES,  # type: ignore[arg-type]
+                                                      max_tokens=64)
+
+                async def sdk_stream() -> None:
+                    stream = await sdk.chat.completions.create(
+                        model=MODEL, messages=MESSAGES, max_tokens=64, stream=True,  # type: ignore[arg-type]
+                        stream_options={"include_usage": True})
+                    async with stream:
+                        async for _ in stream:
+                            pass
+
+                async def rt_call() -> None:
+                    await rt.chat(MESSAGES, max_tokens=64)
+
+                async def rt_stream() -> None:
+                    async with rt.stream(MESSAGES, max_tokens=64) as events:
+                        async for _ in events:
+                            pass
+
+                for mode, bare, ours in (("non-streaming", sdk_call, rt_call),
+                                         ("streaming", sdk_stream, rt_stream)):
+                    for concurrency in (16, 256):
+                        best: dict[str, tuple[float, list[float]]] = {}
+                        for _ in range(ROUNDS):
+                            for name, call in (("bare SDK", bare), ("runtime", ours)):
+                                result = await _drive(call, concurrency)
+                                if name not in best or result[0] > best[name][0]:
+                                    best[name] = result
+                        floor = best["bare SDK"][0]
+                        for name in ("bare SDK", "runtime"):
+                            rate, lat = best[name]
+                            rows.append([mode, concurrency, name, rate,
+                                         percentile(lat, 0.5) * 1000,
+                                         percentile(lat, 0.99) * 1000, rate / floor])
+                        ratios.append(best["runtime"][0] / floor)
+                summary = rt.metrics_summary()
+    print(f"simulator subprocess, {DURATION:g}s per cell, best of {ROUNDS}; "
+          f"runtime recorded {summary['total_requests']} requests")
+    print(table(["mode", "concurrency", "path", "req/s", "p50 ms", "p99 ms", "vs SDK"], rows))
+    print(f"runtime/sdk throughput ratio: {min(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
