@@ -42,7 +42,7 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions
 from pydantic import SecretStr
 
-from runtime import Actor, ActorRef, ChildSpec, Clock, Outcome, Request
+from runtime import Actor, ActorRef, ChildSpec, Clock, Outcome, Request, unwrap_group
 
 from ._error_mapping import map_sdk_errors
 from ._metrics_store import POOL_CONNECTIONS_IN_USE, BreakerTransition, GaugeSet, RequestFinished
@@ -54,6 +54,8 @@ from .errors import (
     LLMClientError,
     LLMConnectionError,
     LLMRateLimitError,
+    LLMServerError,
+    LLMStreamingError,
     ProviderUnavailable,
 )
 from .limits import ProviderRateLimiter
@@ -155,6 +157,22 @@ class ProviderState:
 
 def _fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+# What reading a response of the wrong shape raises: the SDK builds its models without validating
+# (`construct`), so a list where an object belongs surfaces as AttributeError/TypeError when read;
+# ValueError covers bad JSON, bad UTF-8 and pydantic's ValidationError.
+_MALFORMED = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def _malformed(
+    provider: str, model: str, error: Exception, partial_text: str = ""
+) -> LLMClientError:
+    detail = f"{provider} sent a malformed response ({type(error).__name__})"
+    if partial_text:
+        return LLMStreamingError(detail, provider=provider, model=model,
+                                 partial_text=partial_text, retryable=False)
+    return LLMServerError(detail, provider=provider, model=model)
 
 
 @dataclass
@@ -314,8 +332,20 @@ class ProviderActor(Actor):
             args = (call, kwargs, tokens, progress)
         self._in_flight += 1
         self._state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
-        self.context.pipe(work, *args, then=lambda outcome: self._finished(call, progress, outcome))
+        self.context.pipe(self._guarded, work, *args,
+                          then=lambda outcome: self._finished(call, progress, outcome))
         return None
+
+    async def _guarded(self, work: Callable[..., Awaitable[Any]], call: ProviderCall,
+                       *args: Any) -> Any:
+        """Run one call; upstream data of the wrong shape becomes a typed error, not a bug."""
+        try:
+            return await work(call, *args)
+        except Exception as exc:
+            error = unwrap_group(exc)
+            if isinstance(error, _MALFORMED) and not isinstance(error, LLMClientError):
+                raise _malformed(self.name, call.model, error) from error
+            raise error from None
 
     async def _check_key(self, model: str) -> None:
         """Fail fast while the key is missing or is one the provider already rejected."""
@@ -524,6 +554,8 @@ class ProviderActor(Actor):
                                         await relay.push(delta.content)
                     except LLMClientError as exc:
                         failure = exc  # the text read so far still reaches the caller first
+                    except _MALFORMED as exc:
+                        failure = _malformed(self.name, call.model, exc, "".join(parts))
                     relay.finish()
             finally:
                 # At once, also when cancelled: an unread answer must not keep costing tokens.

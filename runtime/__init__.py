@@ -5,7 +5,14 @@ and restart one; a :class:`SupervisorSpec` groups children under a :class:`Strat
 :class:`ActorSystem` runs the tree.
 """
 
-from runtime._actor import Actor, ActorContext, ActorRef, ActorState, ActorStatus
+from runtime._actor import (
+    Actor,
+    ActorContext,
+    ActorRef,
+    ActorState,
+    ActorStatus,
+    unwrap_group,
+)
 from runtime._clock import Clock, FakeClock, MonotonicClock
 from runtime._errors import (
     ActorCrashed,
@@ -44,4 +51,5 @@ __all__ = [
     "Strategy",
     "SupervisorSpec",
     "SystemFailure",
+    "unwrap_group",
 ]
