@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["child_pids", "descendant_pids", "fd_count", "open_sockets", "rss_kib"]
+__all__ = ["alive", "child_pids", "descendant_pids", "fd_count", "open_sockets", "rss_kib"]
 
 
 def fd_count(pid: int | None = None) -> int:
@@ -39,7 +39,7 @@ def child_pids(pid: int | None = None) -> set[int]:
         except OSError:
             continue
         found.update(int(part) for part in text.split())
-    return {child for child in found if _alive(child)}
+    return {child for child in found if alive(child)}
 
 
 def descendant_pids(pid: int | None = None) -> set[int]:
@@ -66,7 +66,7 @@ def rss_kib(pid: int | None = None) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
