@@ -128,6 +128,11 @@ class SessionDirectory:
             try:
                 return self._system.ref(name)
             except KeyError:
+                pass
+            # Shielded: a turn cancelled while its conversation's actor starts must not cancel
+            # the start, which would leave a registered actor that never serves its mailbox.
+            # Starting is quick: the actor reads the conversation's history from SQLite.
+            with anyio.CancelScope(shield=True):
                 return await self._system.spawn(self._spec_for(conversation_id), under="sessions")
 
     async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:

@@ -163,6 +163,23 @@ async def test_cancel_ends_the_turn_with_a_cancelled_error_and_stops_upstream(
     await _until_aborted(simulator, aborted + 1)
 
 
+async def test_a_turn_cancelled_while_its_conversation_starts_does_not_block_the_next(
+    server: ServerChild,
+) -> None:
+    """Regression: the cancel used to cancel the session actor's start, leaving an actor that
+    never served its mailbox, so every later turn of the conversation hung (about 4 in 10)."""
+    for _ in range(10):
+        async with await connect(server.ws_url) as ws:
+            cancelled = chat_frame("cancelled at once")
+            await send(ws, cancelled)
+            assert (await receive(ws))["status"] == "processing"
+            await send(ws, {"action": "cancel", "request_id": cancelled["request_id"]})
+            assert (await until_end(ws, cancelled["request_id"]))[-1]["status"] in (
+                "error", "complete")
+            following = await chat(ws, "the next turn")
+            assert following[-1]["status"] == "complete"
+
+
 async def test_client_disconnect_stops_the_upstream_stream(
     server: ServerChild, simulator: SimulatorChild, slow_stream: None
 ) -> None:
