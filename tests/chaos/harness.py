@@ -183,7 +183,7 @@ class _Capture(logging.Handler):
         text = self.format(record)
         if any(key in text for key in self.keys):
             self.leaks.append(text[:300])
-        if record.msg in CRASH_LOG_MESSAGES and record.args:
+        if record.msg in CRASH_LOG_MESSAGES and isinstance(record.args, tuple) and record.args:
             self.crashes[str(record.args[0])] += 1
 
 
@@ -314,6 +314,9 @@ class ChaosRun:
             self.books.end(op, "watchdog")
         return op
 
+    async def _chat_with(self, rng: random.Random, kind: str, provider: str | None) -> None:
+        await self.chat(rng, kind=kind, provider=provider)
+
     async def stream(self, rng: random.Random, *, abandon: bool) -> Operation:
         assert self.rt is not None
         timeout = self.profile.request_timeout_s
@@ -392,8 +395,7 @@ class ChaosRun:
 
     def _directed(self, group: TaskGroup, provider: str, count: int, kind: str) -> None:
         for _ in range(count):
-            rng = random.Random(self.rng.random())
-            group.start_soon(lambda r=rng: self.chat(r, kind=kind, provider=provider))
+            group.start_soon(self._chat_with, random.Random(self.rng.random()), kind, provider)
 
     async def inject(self, event: FaultEvent, group: TaskGroup) -> None:
         self.report.faults[event.kind] += 1
@@ -464,7 +466,7 @@ class ChaosRun:
                 return
             async with anyio.create_task_group() as group:
                 for name in waiting:
-                    group.start_soon(lambda n=name: self.chat(rng, kind="probe", provider=n))
+                    group.start_soon(self._chat_with, rng, "probe", name)
             await anyio.sleep(0.3)
 
     async def exhaust_budget(self) -> None:

@@ -376,7 +376,7 @@ async def test_cancelling_the_first_turn_of_a_connection_leaves_the_next_turns_s
             assert (ended["request_id"], ended["status"]) == (first, "error")
             second = uuid.uuid4().hex
             await ws.send(json.dumps(chat_frame("again", request_id=second)))
-            statuses = []
+            statuses: list[str] = []
             with anyio.move_on_after(15):
                 while not statuses or statuses[-1] not in ("complete", "error"):
                     statuses.append((await receive(ws, 15))["status"])

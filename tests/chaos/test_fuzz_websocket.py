@@ -150,8 +150,9 @@ async def test_any_frame_gets_an_answer_and_the_socket_keeps_serving(
 async def test_a_socket_survives_a_hundred_bad_frames_in_a_row(server: ServerChild) -> None:
     ws = await connect(server.ws_url)
     try:
+        bad: list[str | bytes] = ["{", "[1]", '{"action": 5}', b"\x00\xff", "null"]
         for index in range(100):
-            await ws.send(["{", "[1]", '{"action": 5}', b"\x00\xff", "null"][index % 5])
+            await ws.send(bad[index % 5])
         errors = 0
         with anyio.fail_after(20):
             while errors < 100:
