@@ -133,7 +133,8 @@ class SessionDirectory:
             # the start, which would leave a registered actor that never serves its mailbox.
             # Starting is quick: the actor reads the conversation's history from SQLite.
             with anyio.CancelScope(shield=True):
-                return await self._system.spawn(self._spec_for(conversation_id), under="sessions")
+                ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
+            return ref
 
     async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
         """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
