@@ -161,8 +161,9 @@ def runtime_children(
         return system_ref["system"].status()
 
     metrics = metrics_child_spec()
+    # Per-conversation actors come and go: a gauge series each would grow without bound.
     metrics = dataclasses.replace(metrics, factory=lambda: MetricsActor(
-        store=None, status_source=status))
+        store=None, status_source=status, sampled=lambda name: not name.startswith("session:")))
     ledger = ledger_child_spec(config.cost, catalog)
     ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
         config.cost, catalog, metrics=ref("metrics")))
@@ -175,7 +176,8 @@ def runtime_children(
     router = ChildSpec("router", lambda: RouterActor(
         config, catalog,
         providers={name: ref(provider_actor_name(name)) for name in config.providers},
-        ledger=ref("ledger"), metrics=ref("metrics"), status=status,
+        ledger=ref("ledger"), metrics=ref("metrics"),
+        status=lambda name: system_ref["system"].actor_status(name),
         durable=lambda name: system_ref["system"].durable(name)),
         # Every error the router meets is an answer to its caller, never a reason to restart.
         crash_on=(), mailbox_size=100_000)

@@ -110,7 +110,7 @@ class RouterActor(Actor):
         providers: Mapping[str, ActorRef],
         ledger: ActorRef | None,
         metrics: ActorRef | None = None,
-        status: Callable[[], Mapping[str, ActorStatus]] | None = None,
+        status: Callable[[str], ActorStatus | None] | None = None,
         durable: Callable[[str], Any] | None = None,
     ) -> None:
         self._config = config
@@ -384,7 +384,7 @@ class RouterActor(Actor):
             raise ProviderUnavailable(f"provider {provider!r} has no actor", provider=provider)
         actor = provider_actor_name(provider)
         if self._status is not None:
-            status = self._status().get(actor)
+            status = self._status(actor)
             if status is not None and status.state in (
                 ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING
             ):

@@ -261,15 +261,18 @@ class Supervisor:
                 except Exception as exc:
                     error = unwrap_group(exc)
         finally:
+            # Also when this task is cancelled from outside (say, the caller of start_child gave
+            # up while the child was starting): the supervisor must hear of every exit, or it
+            # keeps a cell that no instance serves and asks to it wait forever.
             child.running = False
             child.exited.set()
             if not started:
                 task_status.started()
-        if error is not None and not child.expected_exit:
-            logger.warning("%s %r ended with %s: %s", "supervisor" if child.cell is None
-                           else "actor", child.name, type(error).__name__, error)
-        with contextlib.suppress(anyio.ClosedResourceError):  # the supervisor itself has ended
-            self._events_send.send_nowait((child, generation, error))
+            if error is not None and not child.expected_exit:
+                logger.warning("%s %r ended with %s: %s", "supervisor" if child.cell is None
+                               else "actor", child.name, type(error).__name__, error)
+            with contextlib.suppress(anyio.ClosedResourceError):  # the supervisor has ended
+                self._events_send.send_nowait((child, generation, error))
 
     async def _on_exit(self, child: _Child, error: Exception | None) -> None:
         if self._stopping:

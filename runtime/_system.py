@@ -55,6 +55,11 @@ class ActorSystem:
         """The durable state of actor ``name``, for reading (health, metrics); never mutate it."""
         return self._registry.cells[name].durable
 
+    def actor_status(self, name: str) -> ActorStatus | None:
+        """State, restarts and mailbox of one actor (``None`` if there is none by that name)."""
+        cell = self._registry.cells.get(name)
+        return cell.status() if cell is not None else None
+
     def status(self) -> dict[str, ActorStatus]:
         """State, restart count and mailbox depth of every actor, by name."""
         return {name: cell.status() for name, cell in self._registry.cells.items()}

@@ -255,3 +255,29 @@ async def test_spawned_actor_is_supervised_and_stopped_with_the_system() -> None
         ref = await system.spawn(child("dyn", events))
         assert await ref.ask("hi") == "hi"
     assert events == ["start dyn", "stop dyn"]
+
+
+async def test_spawn_cancelled_while_starting_leaves_no_unserved_actor() -> None:
+    started = anyio.Event()
+
+    class SlowStart(Recorder):
+        async def on_start(self) -> None:
+            started.set()
+            await anyio.sleep(30)
+
+    spec = ChildSpec("slow", SlowStart, restart=Restart.TEMPORARY)
+    async with ActorSystem(SupervisorSpec("root")) as system:
+        async with anyio.create_task_group() as tg:
+
+            async def spawn() -> None:
+                await system.spawn(spec)
+
+            tg.start_soon(spawn)
+            await started.wait()
+            tg.cancel_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert "slow" not in system.status()
+        # The name is free again, and a new actor under it is served.
+        ref = await system.spawn(child("slow", restart=Restart.TEMPORARY))
+        with anyio.fail_after(2):
+            assert await ref.ask("hi") == "hi"
