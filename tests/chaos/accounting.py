@@ -29,6 +29,7 @@ class Operation:
     ended: float | None = None
     untyped: str | None = None
     after_end: int = 0
+    detail: str = ""
 
     @property
     def elapsed(self) -> float:
@@ -49,9 +50,11 @@ class Books:
         self.operations[op.id] = op
         return op
 
-    def end(self, op: Operation, outcome: str, *, untyped: BaseException | None = None) -> None:
+    def end(self, op: Operation, outcome: str, *, untyped: BaseException | None = None,
+            detail: str = "") -> None:
         """Record how ``op`` ended; a second call is recorded too (it is what we look for)."""
         op.outcomes.append(outcome)
+        op.detail = op.detail or detail[:300]
         if op.ended is None:
             op.ended = time.monotonic()
         if untyped is not None:
@@ -91,7 +94,7 @@ class Books:
         def show(ops: list[Operation]) -> list[dict[str, Any]]:
             return [{"id": op.id, "outcomes": op.outcomes, "elapsed": round(op.elapsed, 2),
                      "deadline": op.deadline_s, "untyped": op.untyped,
-                     "after_end": op.after_end} for op in ops[:5]]
+                     "after_end": op.after_end, "detail": op.detail} for op in ops[:5]]
         return {name: show(ops) for name, ops in (
             ("lost", self.lost()), ("hung", self.hung()),
             ("duplicated", self.duplicated()), ("untyped", self.untyped())) if ops}

@@ -121,6 +121,8 @@ class ChaosReport:
     window_max: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     """Per provider: (max requests, max tokens in a 60 s window at the simulator, rpm, tpm)."""
     rss_start_kib: int = 0
+    rss_warm_kib: int = 0
+    """RSS once the load has run a quarter of its time (encoders, pools and caches warm)."""
     rss_peak_kib: int = 0
     rss_end_kib: int = 0
     log_records: int = 0
@@ -155,7 +157,9 @@ class ChaosReport:
                                  f" limit {self.daily_limit:.2f})"),
             ("max per 60 s at simulators", windows),
             ("peak RSS", f"{self.rss_peak_kib / 1024:.1f} MiB"),
-            ("RSS growth", f"{(self.rss_end_kib - self.rss_start_kib) / 1024:+.1f} MiB"),
+            ("RSS growth", f"{(self.rss_end_kib - self.rss_start_kib) / 1024:+.1f} MiB from"
+                           f" start, {(self.rss_end_kib - self.rss_warm_kib) / 1024:+.1f} MiB"
+                           " after the first quarter of the load"),
             ("problems", str(len(self.problems))),
         ]
 
@@ -288,7 +292,9 @@ class ChaosRun:
         if isinstance(exc, LLMCostLimitError):
             self.cost_refusals += 1
         if isinstance(exc, LLMClientError | ActorError):
-            self.books.end(op, type(exc).__name__)
+            attempts = [f"{a.provider}:{a.error_type}:{a.duration_ms:.0f}ms"
+                        for a in getattr(exc, "attempts", None) or ()]
+            self.books.end(op, type(exc).__name__, detail=f"{exc} {attempts or ''}")
         else:
             self.books.end(op, "untyped", untyped=exc)
 
@@ -558,8 +564,12 @@ class ChaosRun:
             group.start_soon(self._sample_rss, stop_at)
 
     async def _sample_rss(self, stop_at: float) -> None:
+        warm_at = stop_at - 0.75 * self.profile.load_s
         while anyio.current_time() < stop_at:
-            self.report.rss_peak_kib = max(self.report.rss_peak_kib, rss_kib())
+            rss = rss_kib()
+            self.report.rss_peak_kib = max(self.report.rss_peak_kib, rss)
+            if not self.report.rss_warm_kib and anyio.current_time() >= warm_at:
+                self.report.rss_warm_kib = rss
             await anyio.sleep(1.0)
 
     async def _quiet_phase(self) -> None:

@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos soak: seed {seed}, {args.minutes:g} minutes of load", flush=True)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # Warnings and errors on stderr; the run itself watches every record from INFO up.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
     with tempfile.TemporaryDirectory(prefix="chaos-soak-") as directory:
         report: ChaosReport = anyio.run(run_chaos, seed, soak_profile(args.minutes),
                                         Path(directory))

@@ -272,7 +272,7 @@ class ServerChaos:
                 async with anyio.create_task_group() as group:
                     for index in range(CLIENTS):
                         group.start_soon(self.client, index, stop_at)
-                    group.start_soon(self.faults_loop, 2.0, 3.5)
+                    group.start_soon(self.faults_loop, 2.0, 1.0)
                 await self.wait_healthy()
                 mcp_pids = [int(s["pid"]) for s in server.health()["mcp_servers"].values()
                             if s.get("pid")]
