@@ -45,6 +45,7 @@ from pydantic import SecretStr
 from runtime import Actor, ActorRef, ChildSpec, Clock, Outcome, Request, unwrap_group
 
 from ._error_mapping import map_sdk_errors
+from ._http_pool import provider_http_client
 from ._metrics_store import POOL_CONNECTIONS_IN_USE, BreakerTransition, GaugeSet, RequestFinished
 from .breaker import BreakerState, CircuitBreaker
 from .catalog import ModelCatalog
@@ -265,7 +266,7 @@ class ProviderActor(Actor):
                 headers.setdefault("HTTP-Referer", config.site_url)
             if config.app_name:
                 headers.setdefault("X-Title", config.app_name)
-        self._http = httpx2.AsyncClient(
+        self._http = provider_http_client(
             limits=httpx2.Limits(
                 max_connections=config.max_connections,
                 max_keepalive_connections=config.max_keepalive_connections,

@@ -125,6 +125,12 @@ class RouterActor(Actor):
         self._requests = 0
         self._hedges = 0
 
+    async def on_start(self) -> None:
+        # Load the token encodings now, off the event loop, rather than in the first requests.
+        models = {model for provider in self._config.providers.values()
+                  for model in provider.models}
+        await anyio.to_thread.run_sync(lambda: [count_text_tokens("", m) for m in models])
+
     async def receive(self, message: Any) -> Any:
         if not isinstance(message, ChatRequest):
             raise TypeError(f"the router takes ChatRequest, not {type(message).__name__}")

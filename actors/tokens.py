@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -136,10 +137,18 @@ def encoding_name_for_model(model: str) -> str:
 _encoders: dict[str, _Encoder] = {}
 
 
+_loading = threading.Lock()
+
+
 def _load_encoding(name: str) -> _Encoder:
     encoder = _encoders.get(name)
     if encoder is None:
-        encoder = _encoders[name] = _read_encoding(name)
+        # One load per encoding: concurrent first requests (each in a worker thread) wait for
+        # it instead of each spending a second of CPU on the same file.
+        with _loading:
+            encoder = _encoders.get(name)
+            if encoder is None:
+                encoder = _encoders[name] = _read_encoding(name)
     return encoder
 
 
