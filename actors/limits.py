@@ -318,6 +318,10 @@ class ProviderRateLimiter:
         for window, amount in self._windows(tokens):
             window.take(amount)
 
+    def wait_time(self, tokens: int = 0) -> float:
+        """Seconds a request with ``tokens`` would wait now before it could be admitted."""
+        return self._wait_time(tokens)
+
     def _wait_time(self, tokens: int) -> float:
         wait = self.pause_remaining()
         for bucket, amount in ((self._requests, 1.0), (self._tokens, float(tokens))):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -320,8 +321,9 @@ class ProviderActor(Actor):
                 f" (retry after {retry_after:.3g} s)",
                 provider=self.name, model=call.model, retry_after=retry_after,
             )
-        progress = _Progress(started=time.perf_counter())
         tokens = call.prompt_tokens + max_tokens
+        self._refuse_if_wait_exceeds_budget(call, tokens)
+        progress = _Progress(started=time.perf_counter())
         work: Callable[..., Awaitable[Any]]
         if call.stream:
             request = self.context.request
@@ -336,6 +338,20 @@ class ProviderActor(Actor):
         self.context.pipe(self._guarded, work, *args,
                           then=lambda outcome: self._finished(call, progress, outcome))
         return None
+
+    def _refuse_if_wait_exceeds_budget(self, call: ProviderCall, tokens: int) -> None:
+        """Refuse at once (retryable, so the router falls back) when our own rate limits would
+        hold the request past its deadline: waiting here would only end in a timeout."""
+        request, limiter = self.context.request, self._state.limiter
+        if request is None or limiter is None:
+            return
+        wait = limiter.wait_time(tokens)
+        # An infinite wait means "until requests in flight are answered": that may be soon.
+        if 0 < wait < math.inf and anyio.current_time() + wait >= request.deadline:
+            raise LLMRateLimitError(
+                f"{self.name} is at its configured rate limit: the next slot is in {wait:.3g} s, "
+                "after this request's deadline",
+                provider=self.name, model=call.model, retry_after=wait)
 
     async def _guarded(self, work: Callable[..., Awaitable[Any]], call: ProviderCall,
                        *args: Any) -> Any:

@@ -176,3 +176,20 @@ async def test_health_reports_each_provider(tmp_path: Path) -> None:
         assert set(health["providers"]) == {"primary", "backup"}
         assert health["providers"]["primary"]["state"] == "running"
         assert health["providers"]["primary"]["breaker"] == "closed"
+
+
+async def test_a_provider_at_its_own_rate_limit_hands_the_request_to_the_next(
+        tmp_path: Path) -> None:
+    async with SimulatorProcess() as primary, SimulatorProcess() as backup:
+        config = llm_config(primary, backup, tmp_path)
+        limited = config.providers["primary"].model_copy(
+            update={"rate_limits": config.providers["primary"].rate_limits.model_copy(
+                update={"requests_per_minute": 1})})
+        config = config.model_copy(update={"providers": {**config.providers, "primary": limited}})
+        async with open_runtime(config) as rt:
+            assert (await rt.chat(HELLO)).provider == "primary"
+            with anyio.fail_after(5):  # waiting for primary's next slot would take a minute
+                answer = await rt.chat(HELLO, timeout=10)
+            assert answer.provider == "backup"
+            assert answer.attempts[0].error_type == "LLMRateLimitError"
+        assert (await primary.stats())["total_requests"] == 1
