@@ -337,6 +337,10 @@ def create_app(config: AppConfig) -> Starlette:
         max_message_bytes=config.server.max_message_bytes,
         max_messages_per_minute=config.server.max_messages_per_minute,
         max_concurrent_turns=config.server.max_concurrent_turns,
+        # Every hop may use the whole LLM budget and every tool round its timeout; beyond that
+        # a turn is stuck, and the client gets a typed timeout instead of silence.
+        turn_timeout=(config.chat.max_tool_hops + 1) * config.llm.request_timeout
+        + config.chat.max_tool_hops * config.chat.tool_timeout + 30.0,
     )
     token = config.server.read_auth_token()
 

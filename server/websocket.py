@@ -79,6 +79,8 @@ class ConnectionLimits:
     max_message_bytes: int
     max_messages_per_minute: int
     max_concurrent_turns: int
+    turn_timeout: float | None = None
+    """Seconds a turn may take from its frame to its end (queueing included); then ``timeout``."""
 
 
 class ChatHub:
@@ -396,7 +398,8 @@ class ChatConnection:
         texts: list[str] = []
         message = RunTurn(text=payload.text, request_id=request_id, metadata=payload.metadata)
         try:
-            async with self._ordered(conversation_id, message) as events:
+            async with self._ordered(conversation_id, message,
+                                     self._limits.turn_timeout) as events:
                 async for event in events:
                     if isinstance(event, TurnText):
                         if payload.streaming:
