@@ -51,6 +51,7 @@ __all__ = [
     "LLMTimeoutError",
     "LLMTokenLimitError",
     "ProviderUnavailable",
+    "public_name",
     "redact",
 ]
 
@@ -253,3 +254,8 @@ class ProviderUnavailable(LLMClientError):
 
     def _extra(self) -> dict[str, Any]:
         return {"retry_after": self.retry_after}
+
+
+def public_name(error: BaseException) -> str:
+    """The first public class name of ``error``: private subclasses stay inside their module."""
+    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))

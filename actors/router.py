@@ -36,6 +36,7 @@ from actors.errors import (
     LLMStreamingError,
     LLMTimeoutError,
     ProviderUnavailable,
+    public_name,
 )
 from actors.messages import (
     Attempt,
@@ -68,11 +69,6 @@ __all__ = ["RouterActor", "provider_actor_name"]
 logger = logging.getLogger("actors.router")
 
 _LATENCY_SAMPLES = 200
-
-
-def _error_name(error: BaseException) -> str:
-    """The first public class name of ``error`` (private subclasses stay inside their module)."""
-    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))
 
 
 def provider_actor_name(provider: str) -> str:
@@ -260,7 +256,7 @@ class RouterActor(Actor):
         except (LLMClientError, ActorError) as exc:
             elapsed = (time.perf_counter() - started) * 1000
             trace.attempts.append(Attempt(provider=provider, model=model,
-                                          error_type=_error_name(exc),
+                                          error_type=public_name(exc),
                                           error=str(exc)[:300], duration_ms=elapsed, hedge=hedge))
             retry_after = getattr(exc, "retry_after", None)
             if retry_after:
@@ -419,12 +415,12 @@ class RouterActor(Actor):
         self, previous: _Candidate, candidate: _Candidate, error: Exception
     ) -> None:
         logger.info("request falls back from %s:%s to %s:%s after %s", previous.provider,
-                    previous.model, candidate.provider, candidate.model, _error_name(error))
+                    previous.model, candidate.provider, candidate.model, public_name(error))
         if self._metrics is not None:
             self._metrics.try_tell(FallbackTaken(
                 from_provider=previous.provider, from_model=previous.model,
                 to_provider=candidate.provider, to_model=candidate.model,
-                reason=_error_name(error)))
+                reason=public_name(error)))
 
     def _timeout(self, chat: ChatRequest) -> float:
         return chat.timeout if chat.timeout is not None else self._config.request_timeout

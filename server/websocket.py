@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors.errors import LLMClientError
+from actors.errors import LLMClientError, public_name
 from actors.session import (
     ClearHistory,
     RunTurn,
@@ -497,7 +497,7 @@ _RUNTIME_ERROR_TYPES: tuple[tuple[type[ActorError], str], ...] = (
 def error_type_of(exc: BaseException) -> str:
     """The ``error_type`` a client sees for ``exc``: ``LLMRateLimitError`` → ``rate_limit``."""
     if isinstance(exc, LLMClientError):
-        name = type(exc).__name__.removeprefix("LLM").removesuffix("Error") or "llm"
+        name = public_name(exc).removeprefix("LLM").removesuffix("Error") or "llm"
         return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
     for cls, error_type in _RUNTIME_ERROR_TYPES:
         if isinstance(exc, cls):
