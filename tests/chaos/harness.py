@@ -461,8 +461,13 @@ class ChaosRun:
 
     # -- phases -------------------------------------------------------------------------------
 
-    async def settle_breakers(self, within: float = 15.0) -> None:
-        """With faults off, probe each provider until its breaker is closed (bounded)."""
+    async def settle_breakers(self, within: float = 75.0) -> None:
+        """With faults off, probe each provider until its breaker is closed (bounded).
+
+        A half-open breaker closes only when trial calls get through, and a provider whose rate
+        window the load filled admits none for up to a minute (the probes are refused at once,
+        retryable, meanwhile): hence the bound just above one window.
+        """
         assert self.rt is not None
         deadline = anyio.current_time() + within
         rng = random.Random(self.rng.random())
