@@ -140,8 +140,8 @@ def _rebuild(cls: type[LLMClientError], message: str, kwargs: dict[str, Any]) ->
     return cls(message, **kwargs)
 
 
-class LLMRateLimitError(LLMClientError):
-    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here."""
+class _RetryAfter(LLMClientError):
+    """An error that says when trying this provider again makes sense (``retry_after`` s)."""
 
     retryable = True
     provider_specific = True
@@ -152,6 +152,10 @@ class LLMRateLimitError(LLMClientError):
 
     def _extra(self) -> dict[str, Any]:
         return {"retry_after": self.retry_after}
+
+
+class LLMRateLimitError(_RetryAfter):
+    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here."""
 
 
 class LLMQuotaExceededError(LLMRateLimitError):
@@ -240,20 +244,10 @@ class ContentRefused(LLMClientError):
     """The provider refused the content (moderation, ``content_filter``)."""
 
 
-class ProviderUnavailable(LLMClientError):
+class ProviderUnavailable(_RetryAfter):
     """The provider cannot take calls now (breaker open, actor restarting); ``retry_after`` hints
     when it may.
     """
-
-    retryable = True
-    provider_specific = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
-    def _extra(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
 
 
 def public_name(error: BaseException) -> str:
