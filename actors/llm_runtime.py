@@ -24,16 +24,16 @@ The supervision tree::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from actors._metrics_store import MetricsStore
 from actors.catalog import ModelCatalog
-from actors.config import LLMConfig
+from actors.config import LLMConfig, ProviderConfig
 from actors.ledger import LedgerActor, ledger_child_spec
 from actors.messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
-from actors.metrics import MetricsActor, metrics_child_spec
+from actors.metrics import metrics_child_spec
 from actors.provider import ProviderActor, provider_child_spec
 from actors.router import RouterActor, provider_actor_name
 from runtime import (
@@ -160,10 +160,9 @@ def runtime_children(
     def status() -> Mapping[str, Any]:
         return system_ref["system"].status()
 
-    metrics = metrics_child_spec()
     # Per-conversation actors come and go: a gauge series each would grow without bound.
-    metrics = dataclasses.replace(metrics, factory=lambda: MetricsActor(
-        store=None, status_source=status, sampled=lambda name: not name.startswith("session:")))
+    metrics = metrics_child_spec(
+        status_source=status, sampled=lambda name: not name.startswith("session:"))
     ledger = ledger_child_spec(config.cost, catalog)
     ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
         config.cost, catalog, metrics=ref("metrics")))
@@ -190,8 +189,9 @@ def runtime_children(
     ]
 
 
-def _provider_factory(name: str, config: Any, catalog: ModelCatalog,
-                      ref: Any) -> Any:
+def _provider_factory(
+    name: str, config: ProviderConfig, catalog: ModelCatalog, ref: Callable[[str], ActorRef]
+) -> Callable[[], ProviderActor]:
     return lambda: ProviderActor(name, config, metrics=ref("metrics"), catalog=catalog)
 
 

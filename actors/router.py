@@ -61,8 +61,8 @@ from runtime import (
     DeadlineExceeded,
     Outcome,
     Request,
+    RequestKind,
 )
-from runtime._request import RequestKind
 
 __all__ = ["RouterActor", "provider_actor_name"]
 

@@ -23,7 +23,7 @@ from runtime._errors import (
     RestartIntensityExceeded,
     SystemFailure,
 )
-from runtime._request import Outcome, Request
+from runtime._request import Outcome, Request, RequestKind
 from runtime._supervisor import Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime._system import ActorSystem
 
@@ -46,6 +46,7 @@ __all__ = [
     "Outcome",
     "Overloaded",
     "Request",
+    "RequestKind",
     "Restart",
     "RestartIntensityExceeded",
     "Strategy",

@@ -331,7 +331,7 @@ class Supervisor:
         child.expected_exit = True
         if child.scope is not None:
             child.scope.cancel()
-        with anyio.move_on_after(_shutdown_timeout(child.spec)):
+        with anyio.move_on_after(child.spec.shutdown_timeout):
             await child.exited.wait()
 
     async def _shutdown(self, child: _Child) -> None:
@@ -343,9 +343,9 @@ class Supervisor:
             if child.cell is not None:
                 child.cell.begin_shutdown()
             elif child.supervisor is not None:
-                with anyio.move_on_after(_shutdown_timeout(child.spec)):
+                with anyio.move_on_after(child.spec.shutdown_timeout):
                     await child.supervisor.stop()
-            with anyio.move_on_after(_shutdown_timeout(child.spec)):
+            with anyio.move_on_after(child.spec.shutdown_timeout):
                 await child.exited.wait()
             if child.running and child.scope is not None:
                 child.scope.cancel()
@@ -366,7 +366,3 @@ class Supervisor:
             f"<Supervisor {self.name} [{self.spec.strategy.value} | {running}/"
             f"{len(self._children)} running | {len(self._restarts)} recent restarts]>"
         )
-
-
-def _shutdown_timeout(spec: ChildSpec | SupervisorSpec) -> float:
-    return spec.shutdown_timeout
