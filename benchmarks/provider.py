@@ -4,7 +4,7 @@ For concurrency 1, 16 and 128, streaming and not, ``SECONDS`` of closed-loop loa
 (the actor and the SDK alternate in ``ROUNDS`` short rounds: this 2-core machine drifts by 30%
 between consecutive seconds, and alternating spreads the drift over both):
 
-* **actor**: ``ask`` / ``ask_stream`` of a :class:`~actors.provider.ProviderActor` (its pool,
+* **actor**: ``ask`` / ``ask_stream`` of a :class:`~actors.llm._provider.ProviderActor` (its pool,
   limiter without limits, breaker, error mapping, metrics events off);
 * **sdk**: one ``AsyncOpenAI`` (``max_retries=0``) on an ``httpx2.AsyncClient`` with the same pool
   limits, called directly;
@@ -33,9 +33,14 @@ import anyio
 import httpx2
 import openai
 
-from actors.config import ProviderConfig
-from actors.messages import ChatRequest, ProviderCall, StreamEnd, TextDelta
-from actors.provider import provider_child_spec
+from actors.llm import (
+    ChatRequest,
+    ProviderCall,
+    ProviderConfig,
+    StreamEnd,
+    TextDelta,
+    provider_child_spec,
+)
 from benchmarks._report import percentile, table
 from runtime import ActorRef, ActorSystem, SupervisorSpec
 from simulator.testing import SimulatorProcess

@@ -21,8 +21,7 @@ import anyio
 import httpx2
 import openai
 
-from actors.config import LLMConfig
-from actors.llm_runtime import open_runtime
+from actors.llm import LLMConfig, open_runtime
 from benchmarks._report import percentile, table
 from simulator.testing import SimulatorProcess
 

@@ -42,13 +42,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from actors.config import LLMConfig
-from actors.history import HistoryStore
-from actors.llm_runtime import LLMRuntime, build_catalog, open_runtime
-from actors.mcp_config import McpServerConfig
-from actors.mcp_server import mcp_status, mcp_supervisor_spec
-from actors.session import session_actor_name, session_child_spec
-from actors.tools import ToolCatalog
+from actors.chat import HistoryStore, session_actor_name, session_child_spec
+from actors.llm import LLMConfig, LLMRuntime, build_catalog, open_runtime
+from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from server.cli import is_loopback
 from server.config import AppConfig

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from actors.errors import redact
+from actors.llm import redact
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
 

@@ -26,9 +26,8 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
-from actors.config import LLMConfig, mask_secrets
-from actors.errors import redact
-from actors.mcp_config import McpServerConfig
+from actors.llm import LLMConfig, mask_secrets, redact
+from actors.mcp import McpServerConfig
 
 __all__ = [
     "AppConfig",

@@ -21,8 +21,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from actors.config import LLMConfig, ProviderConfig
-from actors.limits import RateLimitConfig
+from actors.llm import LLMConfig, ProviderConfig, RateLimitConfig
 from server.config import AppConfig
 
 __all__ = [

@@ -29,8 +29,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors.errors import LLMClientError, public_name
-from actors.session import (
+from actors.chat import (
     ClearHistory,
     RunTurn,
     ToolCallFinished,
@@ -38,6 +37,7 @@ from actors.session import (
     TurnComplete,
     TurnText,
 )
+from actors.llm import LLMClientError, public_name
 from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError

@@ -3,7 +3,7 @@
 :func:`run_chaos` starts three simulator processes (their own seeds and fault settings) as
 ``openai-compatible`` providers whose keys the harness owns (two environment variables and a key
 file, distinctive ``sk-chaos-...`` values), the demo MCP server and ``mcp-server-time`` over stdio,
-and the runtime (:func:`actors.llm_runtime.open_runtime`) with both MCP servers as extra children.
+and the runtime (:func:`actors.llm._runtime.open_runtime`) with both MCP servers as extra children.
 Concurrent callers send chats, full streams, streams abandoned after their first chunk and tool
 calls while :mod:`tests.chaos.faults` injects one fault at a time. Then the faults stop, breakers
 are given the time to close, a burst of expensive requests drives the day to its cost limit, the
@@ -42,15 +42,18 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from actors._ledger_store import LedgerStore
-from actors.config import LLMConfig
-from actors.errors import LLMClientError, LLMCostLimitError
-from actors.ledger import LedgerBook
-from actors.llm_runtime import LLMRuntime, open_runtime
-from actors.mcp_config import McpServerConfig
-from actors.mcp_server import McpServerHealth, mcp_supervisor_spec
-from actors.messages import StreamEnd, TextDelta
-from actors.tools import ToolCatalog
+from actors.llm import (
+    LLMClientError,
+    LLMConfig,
+    LLMCostLimitError,
+    LLMRuntime,
+    StreamEnd,
+    TextDelta,
+    open_runtime,
+)
+from actors.llm._ledger import LedgerBook
+from actors.llm._ledger_store import LedgerStore
+from actors.mcp import McpServerConfig, McpServerHealth, ToolCatalog, mcp_supervisor_spec
 from runtime import ActorError
 from simulator.testing import SimulatorProcess
 

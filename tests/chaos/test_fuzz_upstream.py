@@ -18,10 +18,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from actors.config import ProviderConfig
-from actors.errors import LLMClientError
-from actors.messages import ChatRequest, ProviderCall, StreamEnd, TextDelta
-from actors.provider import provider_child_spec
+from actors.llm import (
+    ChatRequest,
+    LLMClientError,
+    ProviderCall,
+    ProviderConfig,
+    StreamEnd,
+    TextDelta,
+    provider_child_spec,
+)
 from runtime import ActorRef, ActorSystem, SupervisorSpec
 
 from .upstream import GOOD_STREAM, GarbageUpstream, Reply, good_completion, sse

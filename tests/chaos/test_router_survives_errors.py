@@ -1,6 +1,6 @@
 """A failed request is an answer, not a crash: other requests in flight in the router go on.
 
-Found by the chaos suite (seed 1): ``actors/llm_runtime.py`` builds the router's ``ChildSpec``
+Found by the chaos suite (seed 1): ``actors/llm/_runtime.py`` builds the router's ``ChildSpec``
 without ``crash_on``, whose default ``(Exception,)`` makes every error the router answers with
 (a timeout, a cost-limit refusal, a token limit) crash it. Every other request in flight then ends
 with ``ActorCrashed``, the settles of answers already paid for are lost (their reservations stay
@@ -14,10 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.config import LLMConfig
-from actors.errors import LLMTokenLimitError
-from actors.ledger import LedgerBook
-from actors.llm_runtime import open_runtime
+from actors.llm import LLMConfig, LLMTokenLimitError, open_runtime
+from actors.llm._ledger import LedgerBook
 from simulator.testing import SimulatorProcess
 
 HELLO = [{"role": "user", "content": "hello"}]

@@ -1,0 +1,551 @@
+"""One actor per conversation: its history, and the tool loop of each turn.
+
+A turn (:class:`RunTurn`, asked with ``ask_stream``) streams :class:`TurnText` deltas, tool
+events, and ends with one :class:`TurnComplete`; an error ends it instead (``LLMClientError`` or
+``runtime.ActorError`` from the router, raised from the iteration). The tool loop::
+
+    system prompt + history trimmed to the budget + user message
+      └─► router (stream) ──text──► TurnText
+            └─ tool calls? ── run them in parallel (each with chat.tool_timeout) ──► tool messages
+                  └─► router again ... at most chat.max_tool_hops rounds of tools, then a notice
+
+Rules a caller can rely on:
+
+- **Serialised turns.** Turns of one conversation run one at a time, in the order they arrived; a
+  second ``RunTurn`` (from any socket) waits for the first to end, then sees its messages.
+  ``ClearHistory`` takes its place in the same queue.
+- **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
+  and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
+- **What is persisted**: when a turn ends, however it ends, the user message and every *completed*
+  step: an assistant message that asked for tools together with all its tool results, and the
+  final assistant message. A turn cancelled or failed midway keeps the user message and the
+  completed steps, and drops the partial answer being streamed and tool calls still running; an
+  assistant ``tool_calls`` message is never stored without its results.
+- **Cancellation**: leaving the ``ask_stream`` block cancels the turn's task, which leaves the
+  router's stream (so the upstream call stops) and cancels running tool calls.
+- ``hops`` in :class:`TurnComplete` counts rounds of tool calls that ran (0: a plain answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import anyio
+import anyio.to_thread
+
+from actors.llm import (
+    ChatRequest,
+    LLMResponse,
+    LLMStreamingError,
+    ModelCatalog,
+    StreamEnd,
+    TextDelta,
+    ToolCall,
+    Usage,
+    count_message_tokens,
+)
+from actors.mcp import ToolCatalog
+from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
+
+from ._history import HistoryStore
+
+__all__ = [
+    "ChatSettings",
+    "ClearHistory",
+    "GetHistory",
+    "RunTurn",
+    "SessionActor",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "TurnComplete",
+    "TurnText",
+    "session_actor_name",
+    "session_child_spec",
+    "trim_history",
+]
+
+Message = dict[str, Any]
+
+#: Without ``context_budget_tokens``: this share of the model's context window goes to the prompt
+#: (system, history, user message); the rest is left for tool definitions and the answer.
+DEFAULT_BUDGET_SHARE: Final = 0.75
+_PREVIEW_CHARS: Final = 200
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTurn:
+    """Run one turn with the user's ``text``; ask it with ``ask_stream`` (see the module doc)."""
+
+    text: str
+    request_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClearHistory:
+    """Forget the conversation (after the turns queued before it); answers ``None``."""
+
+
+@dataclass(frozen=True)
+class GetHistory:
+    """Answers the stored messages of the conversation (``list[dict]``, oldest first)."""
+
+
+@dataclass(frozen=True)
+class TurnText:
+    """A piece of the assistant's answer, as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    """The model asked for a tool and it is running.
+
+    ``server`` is ``""`` for a tool nobody offers; ``arguments`` is the parsed JSON object, or the
+    model's text when it is not one.
+    """
+
+    call_id: str
+    server: str
+    tool: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ToolCallFinished:
+    """A tool call ended; ``is_error``: the model got an error as the tool's result."""
+
+    call_id: str
+    server: str
+    tool: str
+    is_error: bool
+    result_preview: str
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class TurnComplete:
+    """The last event of a turn: usage summed over every model call of the turn.
+
+    ``cost`` is the turn's cost in USD (``None`` when a call's cost is unknown);
+    ``finish_reason`` is the last answer's (``"stop"``, ``"length"``, ...) or
+    ``"max_tool_hops"`` when the tool loop hit its limit.
+    """
+
+    usage: Usage
+    cost: float | None
+    provider: str
+    model: str
+    hops: int
+    finish_reason: str
+
+
+class ChatSettings(Protocol):
+    """What a session reads from the ``chat:`` configuration (``server.config.ChatConfig``)."""
+
+    @property
+    def system_prompt(self) -> str: ...
+    @property
+    def max_tool_hops(self) -> int: ...
+    @property
+    def tool_timeout(self) -> float: ...
+    @property
+    def context_budget_tokens(self) -> int | None: ...
+    @property
+    def max_history_messages(self) -> int: ...
+
+
+# -- history trimming ---------------------------------------------------------------------------
+
+
+def _exchanges(history: Sequence[Message]) -> list[list[Message]]:
+    """Split history into units never to be separated: an assistant message with tool calls and
+    its tool results form one; any other message is one alone. Incomplete units and orphan tool
+    results are dropped (they would make the request invalid)."""
+    units: list[list[Message]] = []
+    index = 0
+    while index < len(history):
+        message = history[index]
+        index += 1
+        if message.get("role") == "tool":
+            continue
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if not calls:
+            units.append([message])
+            continue
+        wanted = {call.get("id") for call in calls}
+        unit = [message]
+        while index < len(history) and history[index].get("role") == "tool":
+            unit.append(history[index])
+            index += 1
+        if {result.get("tool_call_id") for result in unit[1:]} >= wanted:
+            units.append(unit)
+    return units
+
+
+def _newest(history: Sequence[Message], max_messages: int) -> list[Message]:
+    kept: list[list[Message]] = []
+    count = 0
+    for unit in reversed(_exchanges(history)):
+        if count + len(unit) > max_messages:
+            break
+        kept.append(unit)
+        count += len(unit)
+    return [message for unit in reversed(kept) for message in unit]
+
+
+def trim_history(
+    history: Sequence[Message],
+    *,
+    model: str,
+    budget_tokens: int,
+    max_messages: int,
+    reserved_tokens: int = 0,
+) -> list[Message]:
+    """The newest part of ``history`` that fits: whole units, oldest dropped first.
+
+    At most ``max_messages`` messages whose token estimate (OpenAI's recipe for ``model``) plus
+    ``reserved_tokens`` (the system prompt and the new message) stays within ``budget_tokens``.
+    An assistant message with tool calls is kept or dropped together with its tool results.
+    Blocks while counting; call it in a worker thread for long histories.
+    """
+    kept: list[list[Message]] = []
+    count = 0
+    tokens = reserved_tokens
+    priming = count_message_tokens([], model)  # counted once for the whole request, not per unit
+    for unit in reversed(_exchanges(history)):
+        size = count_message_tokens(unit, model) - priming
+        if count + len(unit) > max_messages or tokens + size > budget_tokens:
+            break
+        kept.append(unit)
+        count += len(unit)
+        tokens += size
+    return [message for unit in reversed(kept) for message in unit]
+
+
+# -- the actor ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A place in the conversation's queue: granted when every earlier job has ended."""
+
+    granted: anyio.Event = field(default_factory=anyio.Event)
+    history: tuple[Message, ...] = ()
+
+
+@dataclass(eq=False)
+class _Turn:
+    message: RunTurn
+    request: Request
+    slot: _Slot = field(default_factory=_Slot)
+    completed: list[Message] = field(default_factory=list)
+    """Messages of finished steps only, appended a whole step at a time (persisted at the end)."""
+
+
+class SessionActor(Actor):
+    """The conversation ``conversation_id``: history, trimming, the tool loop (module doc).
+
+    ``model`` ``None`` lets the router use each provider's configured model. ``catalog`` gives
+    the context window for the default budget; ``llm_timeout`` is each model call's budget.
+    """
+
+    def __init__(
+        self,
+        conversation_id: str,
+        *,
+        router: ActorRef,
+        tools: ToolCatalog,
+        history: HistoryStore,
+        chat: ChatSettings,
+        model: str | None = None,
+        catalog: ModelCatalog | None = None,
+        llm_timeout: float | None = None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self._router = router
+        self._tools = tools
+        self._history = history
+        self._chat = chat
+        self._model = model
+        self._llm_timeout = llm_timeout
+        self._count_model = model or ""
+        if chat.context_budget_tokens is not None:
+            self._budget = chat.context_budget_tokens
+        else:
+            window = (catalog or ModelCatalog()).context_window(self._count_model)
+            self._budget = int(window * DEFAULT_BUDGET_SHARE)
+        self._messages: list[Message] = []
+        self._queue: deque[_Slot] = deque()
+        self._active: _Slot | None = None
+        self._unfinished: set[_Turn] = set()
+
+    async def on_start(self) -> None:
+        stored = await anyio.to_thread.run_sync(
+            self._history.load, self.conversation_id, self._chat.max_history_messages
+        )
+        self._messages = _newest(stored, self._chat.max_history_messages)
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, RunTurn):
+            request = self.context.request
+            assert request is not None
+            turn = _Turn(message, request)
+            self._unfinished.add(turn)
+            self._enqueue(turn.slot)
+            self.context.pipe(self._run_turn, turn, then=functools.partial(self._turn_ended, turn))
+            return None
+        if isinstance(message, ClearHistory):
+            slot = _Slot()
+            self._enqueue(slot)
+            self.context.pipe(slot.granted.wait, then=functools.partial(self._clear, slot))
+            return None
+        if isinstance(message, GetHistory):
+            return await anyio.to_thread.run_sync(self._history.load, self.conversation_id)
+        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+    # -- the queue (actor loop only) ------------------------------------------------------------
+
+    def _enqueue(self, slot: _Slot) -> None:
+        self._queue.append(slot)
+        self._grant_next()
+
+    def _grant_next(self) -> None:
+        if self._active is None and self._queue:
+            slot = self._active = self._queue.popleft()
+            slot.history = tuple(self._messages)
+            slot.granted.set()
+
+    def _release(self, slot: _Slot) -> None:
+        if self._active is slot:
+            self._active = None
+        elif slot in self._queue:
+            self._queue.remove(slot)
+        self._grant_next()
+
+    async def on_stop(self) -> None:
+        # Stopped or cancelled while a turn ran: its ``then`` will never run, so the steps it
+        # completed are saved here (the kernel runs this shielded, within the shutdown timeout).
+        for turn in list(self._unfinished):
+            await self._commit(turn)
+
+    async def _turn_ended(self, turn: _Turn, outcome: Outcome) -> Any:
+        try:
+            await self._commit(turn)
+        finally:
+            self._release(turn.slot)
+        return None if outcome.cancelled else outcome.unwrap()
+
+    async def _commit(self, turn: _Turn) -> None:
+        self._unfinished.discard(turn)
+        if turn.completed:
+            self._messages = _newest(
+                [*self._messages, *turn.completed], self._chat.max_history_messages
+            )
+            await anyio.to_thread.run_sync(
+                self._history.append, self.conversation_id, turn.completed
+            )
+
+    async def _clear(self, slot: _Slot, outcome: Outcome) -> None:
+        try:
+            if not outcome.cancelled:
+                await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
+                self._messages = []
+        finally:
+            self._release(slot)
+
+    # -- a turn (child task) --------------------------------------------------------------------
+
+    async def _run_turn(self, turn: _Turn) -> None:
+        await turn.slot.granted.wait()
+        chat = self._chat
+        request = turn.request
+        user: Message = {"role": "user", "content": turn.message.text}
+        turn.completed.append(user)
+        await self._tools.refresh()
+        tools = self._tools.openai_tools() if chat.max_tool_hops > 0 else []
+        head: list[Message] = (
+            [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
+        )
+        reserved = count_message_tokens([*head, user], self._count_model)
+        history = await anyio.to_thread.run_sync(
+            functools.partial(
+                trim_history,
+                turn.slot.history,
+                model=self._count_model,
+                budget_tokens=self._budget,
+                max_messages=chat.max_history_messages,
+                reserved_tokens=reserved,
+            )
+        )
+        conversation = [*head, *history, user]
+        usages: list[Usage] = []
+        hops = 0
+        while True:
+            response = await self._ask_model(conversation, tools, request)
+            usages.append(response.usage)
+            if not response.tool_calls:
+                turn.completed.append(response.message)
+                finish = response.finish_reason or "stop"
+                await request.send(_complete(usages, response, hops, finish))
+                return
+            if hops >= chat.max_tool_hops:
+                notice = (
+                    f"I stopped after {hops} rounds of tool calls, the limit for one message,"
+                    " before reaching an answer. Ask me to continue, or narrow the request."
+                )
+                lead = "\n\n" if response.content else ""
+                await request.send(TurnText(lead + notice))
+                turn.completed.append(
+                    {"role": "assistant", "content": response.content + lead + notice}
+                )
+                await request.send(_complete(usages, response, hops, "max_tool_hops"))
+                return
+            hops += 1
+            results = await self._run_tools(response.tool_calls, request)
+            step = [response.message, *results]
+            turn.completed.extend(step)  # one step at a time: never a call without its result
+            conversation.extend(step)
+
+    async def _ask_model(
+        self, conversation: list[Message], tools: list[Message], request: Request
+    ) -> LLMResponse:
+        chat_request = ChatRequest.of(
+            conversation, tools or None, model=self._model, timeout=self._llm_timeout
+        )
+        response: LLMResponse | None = None
+        async with self._router.ask_stream(chat_request) as items:
+            async for item in items:
+                if isinstance(item, TextDelta):
+                    if item.text:
+                        await request.send(TurnText(item.text))
+                elif isinstance(item, StreamEnd):
+                    response = item.response
+        if response is None:
+            raise LLMStreamingError("the model's stream ended without a final answer")
+        return response
+
+    async def _run_tools(self, calls: list[ToolCall], request: Request) -> list[Message]:
+        """Run the calls in parallel; their tool messages, in the order of ``calls``."""
+        results: list[Message] = [{} for _ in calls]
+        started: list[ToolCallStarted] = []
+        for call in calls:
+            spec = self._tools.lookup(call.name)
+            event = ToolCallStarted(
+                call_id=call.id,
+                server=spec.server if spec is not None else "",
+                tool=spec.name if spec is not None else call.name,
+                arguments=_arguments_of(call.arguments),
+            )
+            started.append(event)
+            await request.send(event)
+
+        async def run(index: int, call: ToolCall) -> None:
+            begun = anyio.current_time()
+            _, result = await self._tools.call(call.name, call.arguments, self._chat.tool_timeout)
+            content = result.as_tool_message_content()
+            if result.is_error and not content.startswith("Error"):
+                content = f"Error: {content}"
+            results[index] = {"role": "tool", "tool_call_id": call.id, "content": content}
+            event = started[index]
+            await request.send(
+                ToolCallFinished(
+                    call_id=call.id,
+                    server=event.server,
+                    tool=event.tool,
+                    is_error=result.is_error,
+                    result_preview=result.preview(_PREVIEW_CHARS),
+                    duration_ms=round((anyio.current_time() - begun) * 1000.0, 1),
+                )
+            )
+
+        async with anyio.create_task_group() as task_group:
+            for index, call in enumerate(calls):
+                task_group.start_soon(run, index, call)
+        return results
+
+    def __repr__(self) -> str:
+        running = "1 turn running" if self._active is not None else "idle"
+        return (
+            f"<SessionActor {self.conversation_id!r} [{len(self._messages)} messages | "
+            f"{running} | {len(self._queue)} queued]>"
+        )
+
+
+def _arguments_of(arguments: str) -> Any:
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return arguments
+    return parsed if isinstance(parsed, dict) else arguments
+
+
+def _complete(
+    usages: list[Usage], last: LLMResponse, hops: int, finish_reason: str
+) -> TurnComplete:
+    costs = [usage.total_cost for usage in usages]
+    cost = None if any(c is None or math.isnan(c) for c in costs) else sum(
+        c for c in costs if c is not None
+    )
+    total = Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        total_tokens=sum(u.total_tokens for u in usages),
+        cached_tokens=sum(u.cached_tokens for u in usages),
+        total_cost=cost,
+    )
+    return TurnComplete(
+        usage=total,
+        cost=cost,
+        provider=last.provider,
+        model=last.model,
+        hops=hops,
+        finish_reason=finish_reason,
+    )
+
+
+def session_actor_name(conversation_id: str) -> str:
+    """The actor name of a conversation: ``"session:<conversation_id>"``."""
+    return f"session:{conversation_id}"
+
+
+def session_child_spec(
+    conversation_id: str,
+    *,
+    router: ActorRef,
+    tools: ToolCatalog,
+    history: HistoryStore,
+    chat: ChatSettings,
+    model: str | None = None,
+    catalog: ModelCatalog | None = None,
+    llm_timeout: float | None = None,
+) -> ChildSpec:
+    """The spec of a conversation's actor: ``temporary`` (never restarted; the history is in the
+    store, so the next turn simply starts a new one) and never crashed by an error answer."""
+    return ChildSpec(
+        name=session_actor_name(conversation_id),
+        factory=lambda: SessionActor(
+            conversation_id,
+            router=router,
+            tools=tools,
+            history=history,
+            chat=chat,
+            model=model,
+            catalog=catalog,
+            llm_timeout=llm_timeout,
+        ),
+        restart=Restart.TEMPORARY,
+        crash_on=(),
+        mailbox_size=100,
+        shutdown_timeout=10.0,
+    )

@@ -1,0 +1,82 @@
+"""Calling models: provider actors, the router, the ledger, tokens, and the runtime facade.
+
+The embedding API is :func:`open_runtime`; the specification's client API is
+:func:`create_llm_client`. Both raise only :class:`LLMClientError` subclasses.
+"""
+
+from ._breaker import BreakerConfig
+from ._catalog import ModelCatalog, ModelPrice
+from ._client import create_llm_client
+from ._config import CostConfig, LLMClientConfig, LLMConfig, ProviderConfig, mask_secrets
+from ._errors import (
+    ContentRefused,
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMClientError,
+    LLMConnectionError,
+    LLMCostLimitError,
+    LLMModelNotFoundError,
+    LLMQuotaExceededError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMStreamingError,
+    LLMTimeoutError,
+    LLMTokenLimitError,
+    ProviderUnavailable,
+    public_name,
+    redact,
+)
+from ._limits import RateLimitConfig
+from ._messages import (
+    ChatRequest,
+    LLMResponse,
+    ProviderCall,
+    StreamEnd,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from ._provider import provider_child_spec
+from ._runtime import LLMRuntime, build_catalog, open_runtime
+from ._tokens import count_message_tokens
+
+__all__ = [
+    "BreakerConfig",
+    "ChatRequest",
+    "ContentRefused",
+    "CostConfig",
+    "LLMAuthError",
+    "LLMBadRequestError",
+    "LLMClientConfig",
+    "LLMClientError",
+    "LLMConfig",
+    "LLMConnectionError",
+    "LLMCostLimitError",
+    "LLMModelNotFoundError",
+    "LLMQuotaExceededError",
+    "LLMRateLimitError",
+    "LLMResponse",
+    "LLMRuntime",
+    "LLMServerError",
+    "LLMStreamingError",
+    "LLMTimeoutError",
+    "LLMTokenLimitError",
+    "ModelCatalog",
+    "ModelPrice",
+    "ProviderCall",
+    "ProviderConfig",
+    "ProviderUnavailable",
+    "RateLimitConfig",
+    "StreamEnd",
+    "TextDelta",
+    "ToolCall",
+    "Usage",
+    "build_catalog",
+    "count_message_tokens",
+    "create_llm_client",
+    "mask_secrets",
+    "open_runtime",
+    "provider_child_spec",
+    "public_name",
+    "redact",
+]

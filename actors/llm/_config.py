@@ -1,0 +1,341 @@
+"""The ``llm:`` section of the configuration: providers, fallbacks, cost limits, hedging.
+
+Every model is frozen and forbids unknown keys, so a typo in ``config.yaml`` is an error with its
+path rather than a silently ignored setting. API keys are never part of the configuration: a
+provider names an environment variable (``api_key_env``) or a file (``api_key_file``), and
+:meth:`ProviderConfig.read_api_key` reads it again on every call, so a provider restarted by its
+supervisor picks up a rotated key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ._breaker import BreakerConfig
+from ._catalog import ModelPrice
+from ._errors import LLMAuthError, redact
+from ._limits import RateLimitConfig
+
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "CostConfig",
+    "HedgingConfig",
+    "LLMClientConfig",
+    "LLMConfig",
+    "ProviderConfig",
+    "ProviderKind",
+    "mask_secrets",
+]
+
+ProviderKind = Literal["openai", "openrouter", "openai-compatible"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+}
+"""``base_url`` of each provider kind that has a well-known one."""
+
+_DEFAULT_KEY_ENV: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+
+
+MASK = "**********"
+_SECRET_NAME = re.compile(r"auth|key|token|secret|passw|cookie|credential", re.IGNORECASE)
+
+
+def mask_secrets(values: Mapping[str, str]) -> dict[str, str]:
+    """A copy of headers or environment variables fit for display.
+
+    Values whose name suggests a credential (``Authorization``, ``*_TOKEN``, ``X-Api-Key``...) are
+    replaced by ``**********``; the others go through :func:`actors.llm._errors.redact`.
+    """
+    return {
+        name: MASK if _SECRET_NAME.search(name) else redact(value) for name, value in values.items()
+    }
+
+
+class LLMClientConfig(BaseModel):
+    """Validated settings of one OpenAI-style client: sampling, timeouts, HTTP pool."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=1.0, ge=0, le=1)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    max_tokens: int = Field(default=4096, gt=0)
+    timeout: float = Field(default=60.0, gt=0, description="seconds for a whole call")
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect")
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="attempts on this provider beyond the first (over model and fallback_models)"
+        " before the router moves on; the SDK itself never retries",
+    )
+    max_connections: int = Field(default=100, ge=1)
+    max_keepalive_connections: int = Field(default=20, ge=0)
+    keepalive_expiry: float = Field(default=30.0, ge=0)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    extra_params: dict[str, Any] = Field(
+        default_factory=dict, description="extra JSON body fields sent with every request"
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Headers may carry credentials (an Authorization header for a proxy): never show them.
+        for name, value in super().__repr_args__():
+            yield name, mask_secrets(value) if name == "extra_headers" else value
+
+    @model_validator(mode="after")
+    def _keepalive_within_pool(self) -> LLMClientConfig:
+        if self.max_keepalive_connections > self.max_connections:
+            raise ValueError(
+                f"max_keepalive_connections ({self.max_keepalive_connections}) must not exceed"
+                f" max_connections ({self.max_connections})"
+            )
+        return self
+
+
+class ProviderConfig(LLMClientConfig):
+    """One configured provider: where it is, how to authenticate, its limits and breaker.
+
+    ``base_url`` defaults per ``kind`` and is required for ``openai-compatible``. Without
+    ``api_key_env`` and ``api_key_file``, ``openai`` reads ``OPENAI_API_KEY`` and ``openrouter``
+    reads ``OPENROUTER_API_KEY``.
+    """
+
+    kind: ProviderKind
+    base_url: str
+    api_key_env: str | None = Field(default=None, min_length=1, description="variable NAME")
+    api_key_file: str | None = Field(default=None, min_length=1)
+    requires_api_key: bool = True
+    fallback_models: list[str] = Field(default_factory=list)
+    use_native_fallbacks: bool = Field(
+        default=False, description="send fallback_models as OpenRouter's `models` list"
+    )
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    site_url: str | None = Field(default=None, description="OpenRouter HTTP-Referer")
+    app_name: str | None = Field(default=None, description="OpenRouter X-Title")
+    mailbox_size: int = Field(default=1024, ge=1)
+    max_connection_failures: int = Field(
+        default=5,
+        ge=1,
+        description="consecutive connection failures before the actor crashes to rebuild its pool",
+    )
+    context_windows: dict[str, PositiveInt] = Field(default_factory=dict)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        # Filled in before validation so the frozen model carries the effective values.
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            return data
+        kind = data["kind"]
+        data = dict(data)
+        if data.get("base_url") is None:
+            if kind == "openai-compatible":
+                raise ValueError(f"base_url is required for kind {kind!r}")
+            if kind in DEFAULT_BASE_URLS:
+                data["base_url"] = DEFAULT_BASE_URLS[kind]
+        if (
+            data.get("api_key_env") is None
+            and data.get("api_key_file") is None
+            and kind in _DEFAULT_KEY_ENV
+        ):
+            data["api_key_env"] = _DEFAULT_KEY_ENV[kind]
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        if self.requires_api_key and self.api_key_env is None and self.api_key_file is None:
+            raise ValueError(
+                "requires_api_key is true but neither api_key_env nor api_key_file is set"
+            )
+        if self.use_native_fallbacks and self.kind != "openrouter":
+            raise ValueError("use_native_fallbacks is only supported by kind 'openrouter'")
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        """``model`` then ``fallback_models``, without duplicates: the order to try them in."""
+        return list(dict.fromkeys([self.model, *self.fallback_models]))
+
+    def read_api_key(self, *, provider: str | None = None) -> SecretStr | None:
+        """Read the API key now: ``api_key_env`` first, then ``api_key_file``.
+
+        Returns ``None`` when no key is found and ``requires_api_key`` is false. Raises
+        ``LLMAuthError`` (naming the variable and file, never a key) when a required key is
+        missing; ``provider`` is put on that error.
+        """
+        tried: list[str] = []
+        if self.api_key_env is not None:
+            value = os.environ.get(self.api_key_env, "").strip()
+            if value:
+                return SecretStr(value)
+            tried.append(f"environment variable {self.api_key_env} is not set or empty")
+        if self.api_key_file is not None:
+            path = Path(self.api_key_file).expanduser()
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                tried.append(f"key file {str(path)!r} cannot be read ({exc.strerror})")
+            else:
+                if value:
+                    return SecretStr(value)
+                tried.append(f"key file {str(path)!r} is empty")
+        if not self.requires_api_key:
+            return None
+        raise LLMAuthError("no API key: " + "; ".join(tried), provider=provider)
+
+    def has_api_key(self) -> bool:
+        """Whether :meth:`read_api_key` would succeed now (a key found or none required)."""
+        try:
+            self.read_api_key()
+        except LLMAuthError:
+            return False
+        return True
+
+
+class CostConfig(BaseModel):
+    """Spending limits in USD and where spend is persisted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_cost_per_request: float | None = Field(default=None, gt=0)
+    daily_cost_limit: float | None = Field(default=None, gt=0)
+    cost_warning_threshold: float = Field(
+        default=0.8, gt=0, le=1, description="fraction of daily_cost_limit that warns"
+    )
+    day_timezone: str = Field(default="UTC", description="IANA zone in which a day starts")
+    db_path: str = "data/ledger.sqlite3"
+    track_costs: bool = True
+
+    @field_validator("day_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class HedgingConfig(BaseModel):
+    """Hedged requests: a duplicate sent to the next candidate when the first is slow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    max_share: float = Field(default=0.1, ge=0, le=1, description="at most this share of calls")
+    min_delay: float = Field(default=0.2, ge=0, description="seconds before a hedge may be sent")
+
+
+def _builtin_providers() -> dict[str, ProviderConfig]:
+    # Keep in step with config.yaml (tests/llm/test_config.py compares them).
+    return {
+        "openrouter": ProviderConfig(
+            kind="openrouter",
+            base_url=DEFAULT_BASE_URLS["openrouter"],
+            api_key_env="OPENROUTER_API_KEY",
+            model="openai/gpt-4o-mini",
+            fallback_models=["openai/gpt-4.1-mini"],
+            app_name="mcp-backend",
+            rate_limits=RateLimitConfig(requests_per_minute=600, tokens_per_minute=1_000_000),
+        ),
+        "openai": ProviderConfig(
+            kind="openai",
+            base_url=DEFAULT_BASE_URLS["openai"],
+            api_key_env="OPENAI_API_KEY",
+            model="gpt-4o-mini",
+            fallback_models=["gpt-4.1-mini"],
+            rate_limits=RateLimitConfig(requests_per_minute=500, tokens_per_minute=200_000),
+        ),
+    }
+
+
+class LLMConfig(BaseModel):
+    """The ``llm:`` section: the providers, which is active, and the order to fall back in.
+
+    ``active`` defaults to the first provider; ``fallback_order`` defaults to ``active`` then the
+    other providers in the order they are written. Without a ``cost`` section spend is capped
+    (0.50 USD per request, 10 USD per day): an unconfigured service must not run up a bill.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    providers: dict[str, ProviderConfig] = Field(default_factory=_builtin_providers, min_length=1)
+    active: str = "openrouter"
+    fallback_order: list[str] = Field(default_factory=lambda: ["openrouter", "openai"])
+    fallback_on_refusal: bool = False
+    cost: CostConfig = Field(
+        default_factory=lambda: CostConfig(max_cost_per_request=0.5, daily_cost_limit=10.0)
+    )
+    hedging: HedgingConfig = Field(default_factory=HedgingConfig)
+    request_timeout: float = Field(
+        default=120.0, gt=0, description="seconds for a whole request, fallbacks included"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_order(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("providers"), dict):
+            return data
+        names = [str(name) for name in data["providers"]]
+        data = dict(data)
+        if "active" not in data and names:
+            data["active"] = names[0]
+        if "fallback_order" not in data and isinstance(data.get("active"), str):
+            data["fallback_order"] = list(dict.fromkeys([data["active"], *names]))
+        return data
+
+    @field_validator("active")
+    @classmethod
+    def _active_exists(cls, value: str, info: ValidationInfo) -> str:
+        providers = info.data.get("providers")
+        if providers is not None and value not in providers:
+            raise ValueError(f"unknown provider {value!r} (known: {', '.join(providers)})")
+        return value
+
+    @field_validator("fallback_order")
+    @classmethod
+    def _order_exists(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        providers = info.data.get("providers")
+        unknown = [name for name in value if providers is not None and name not in providers]
+        if unknown:
+            raise ValueError(f"unknown providers {unknown!r} (known: {', '.join(providers or {})})")
+        return value
+
+    def candidate_order(self) -> list[str]:
+        """Provider names to try: ``active`` first, then ``fallback_order``, no duplicates."""
+        return list(dict.fromkeys([self.active, *self.fallback_order]))
+
+    def providers_with_credentials(self) -> list[str]:
+        """Providers, in candidate order, whose API key is available now (or not required)."""
+        return [name for name in self.candidate_order() if self.providers[name].has_api_key()]

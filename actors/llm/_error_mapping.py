@@ -1,0 +1,241 @@
+"""The one place where the openai SDK's and httpx2's exceptions become our typed errors.
+
+Everything that talks to a provider wraps its SDK calls (and the iteration of a stream) in
+:func:`map_sdk_errors`; nothing else catches SDK exceptions. Upstream messages are copied through
+:func:`~actors.llm._errors.redact`, and the SDK exception stays reachable as ``__cause__`` for logs
+(it is not pickled, and its request carries the Authorization header, so it never travels).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import openai
+
+from ._errors import (
+    ContentRefused,
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMClientError,
+    LLMConnectionError,
+    LLMModelNotFoundError,
+    LLMQuotaExceededError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMStreamingError,
+    LLMTimeoutError,
+    LLMTokenLimitError,
+    redact,
+)
+
+__all__ = ["error_from_sdk", "map_sdk_errors", "parse_retry_after"]
+
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+_TOKEN_LIMIT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_REFUSAL_CODES = frozenset({"content_filter", "content_policy_violation", "moderation"})
+_MODEL_CODES = frozenset({"model_not_found"})
+
+
+@contextmanager
+def map_sdk_errors(
+    provider: str,
+    model: str | None,
+    secrets: Sequence[str] = (),
+    *,
+    partial_text: Callable[[], str] | None = None,
+) -> Iterator[None]:
+    """Translate SDK and transport exceptions raised inside the block into :class:`LLMClientError`.
+
+    Pass ``partial_text`` (a callable returning the text delivered so far) around the iteration
+    of a stream: failures there become :class:`LLMStreamingError` carrying that text. Errors that
+    are already ours, cancellation and unrelated exceptions pass through unchanged. Keep only the
+    SDK call (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError` there
+    is taken for upstream garbage.
+    """
+    try:
+        yield
+    except (openai.OpenAIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
+        text = partial_text() if partial_text is not None else None
+        raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
+
+
+def error_from_sdk(
+    exc: BaseException,
+    provider: str,
+    model: str | None,
+    secrets: Sequence[str] = (),
+    *,
+    partial_text: str | None = None,
+) -> LLMClientError:
+    """Return the typed error for an openai or httpx2 exception (``partial_text`` set: mid-stream).
+
+    An exception we do not recognise becomes a non-retryable :class:`LLMClientError`.
+    """
+    where: dict[str, Any] = {"provider": provider, "model": model}
+    if isinstance(exc, LLMClientError):
+        return exc
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return ContentRefused(f"{provider} stopped the answer: content filter", **where)
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return LLMTokenLimitError(f"{provider} stopped the answer at max_tokens", **where)
+    if partial_text is not None and not isinstance(exc, openai.APIStatusError):
+        return _streaming_error(exc, partial_text, secrets, where)
+    if isinstance(exc, openai.APIStatusError):
+        return _from_status(exc, secrets, where)
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        # Upstream garbage: the provider is misbehaving, another one may not be.
+        return LLMServerError(
+            f"invalid response from {provider}: {_describe(exc, secrets)}",
+            status_code=getattr(exc, "status_code", None),
+            **where,
+        )
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return LLMTimeoutError(f"request to {provider} timed out", **where)
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+        return LLMConnectionError(
+            f"connection to {provider} failed: {_describe(exc, secrets)}", **where
+        )
+    if isinstance(exc, openai.APIError):
+        # A plain APIError is what the SDK raises for an SSE data event carrying "error".
+        return _streaming_error(exc, "", secrets, where)
+    return LLMClientError(f"unexpected error from {provider}: {_describe(exc, secrets)}", **where)
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
+
+    ``now`` is the wall-clock time used for an HTTP date (defaults to :func:`time.time`).
+    Returns ``None`` when absent or unparseable; never a negative number.
+    """
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _from_status(
+    exc: openai.APIStatusError, secrets: Sequence[str], where: dict[str, Any]
+) -> LLMClientError:
+    status = exc.status_code
+    code = (exc.code or "").lower()
+    err_type = (exc.type or "").lower() if isinstance(exc.type, str) else ""
+    message = _upstream_message(exc, secrets)
+    where = {**where, "status_code": status}
+    provider = where["provider"]
+
+    if status == 429:
+        if code in _QUOTA_CODES or err_type in _QUOTA_CODES:
+            return LLMQuotaExceededError(f"{provider} quota exhausted: {message}", **where)
+        retry_after = parse_retry_after(exc.response.headers)
+        return LLMRateLimitError(
+            f"rate limited by {provider}: {message}", retry_after=retry_after, **where
+        )
+    if status == 402:
+        return LLMQuotaExceededError(f"{provider} has no credits left: {message}", **where)
+    if status == 401:
+        return LLMAuthError(f"{provider} rejected the API key: {message}", **where)
+    if status == 403:
+        if _is_refusal(exc, code, err_type):
+            return ContentRefused(f"{provider} refused the content: {message}", **where)
+        return LLMAuthError(f"{provider} denied access: {message}", **where)
+    if status == 404:
+        return LLMModelNotFoundError(
+            f"model {where['model']!r} not found at {provider}: {message}", **where
+        )
+    if status in (400, 413, 422):
+        if code in _TOKEN_LIMIT_CODES:
+            return LLMTokenLimitError(f"context window exceeded: {message}", **where)
+        if code in _REFUSAL_CODES:
+            return ContentRefused(f"{provider} refused the content: {message}", **where)
+        if code in _MODEL_CODES:
+            return LLMModelNotFoundError(
+                f"model {where['model']!r} not found at {provider}: {message}", **where
+            )
+        return LLMBadRequestError(f"{provider} rejected the request: {message}", **where)
+    if status == 408:
+        return LLMTimeoutError(f"{provider} timed out: {message}", **where)
+    if status >= 500:
+        retry_after = parse_retry_after(exc.response.headers)
+        suffix = f" (retry after {retry_after:g} s)" if retry_after is not None else ""
+        return LLMServerError(f"{provider} failed: {message}{suffix}", **where)
+    if 400 <= status < 500:
+        return LLMBadRequestError(f"{provider} rejected the request: {message}", **where)
+    return LLMClientError(f"unexpected HTTP {status} from {provider}: {message}", **where)
+
+
+def _is_refusal(exc: openai.APIStatusError, code: str, err_type: str) -> bool:
+    # OpenRouter's moderation 403 carries `metadata.reasons` / `flagged_input`; OpenAI uses codes.
+    if code in _REFUSAL_CODES or err_type in _REFUSAL_CODES:
+        return True
+    body = exc.body
+    if isinstance(body, Mapping):
+        metadata = body.get("metadata")
+        if isinstance(metadata, Mapping) and ("reasons" in metadata or "flagged_input" in metadata):
+            return True
+    return False
+
+
+def _streaming_error(
+    exc: BaseException, partial_text: str, secrets: Sequence[str], where: dict[str, Any]
+) -> LLMStreamingError:
+    status: int | None = None
+    retryable = not partial_text
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        raw = body.get("code")
+        if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+            status = int(raw)
+            # An error event with a client-side code would be repeated by any retry.
+            retryable = retryable and (status == 429 or status >= 500)
+        elif isinstance(raw, str) and raw.lower() in _TOKEN_LIMIT_CODES | _REFUSAL_CODES:
+            retryable = False
+    return LLMStreamingError(
+        f"stream from {where['provider']} failed: {_describe(exc, secrets)}",
+        partial_text=partial_text,
+        retryable=retryable,
+        status_code=status,
+        **where,
+    )
+
+
+def _upstream_message(exc: openai.APIError, secrets: Sequence[str]) -> str:
+    body = exc.body
+    message: object = None
+    if isinstance(body, Mapping):
+        message = body.get("message")
+    elif isinstance(body, str) and body:
+        message = body[:500]
+    if not isinstance(message, str) or not message:
+        message = exc.message
+    return redact(message, secrets)
+
+
+def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+        return _upstream_message(exc, secrets)
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if isinstance(exc, openai.APIConnectionError) and cause is not None:
+        text = f"{text} ({type(cause).__name__}: {cause})" if str(cause) else text
+    return redact(text, secrets)

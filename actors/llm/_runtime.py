@@ -1,0 +1,217 @@
+"""The LLM runtime in one call: metrics, ledger, providers and router under one supervisor.
+
+::
+
+    async with open_runtime(config.llm) as rt:
+        answer = await rt.chat([{"role": "user", "content": "Hello"}])
+        async with rt.stream([{"role": "user", "content": "Hello"}]) as events:
+            async for event in events:
+                ...  # TextDelta..., then StreamEnd(response)
+        print(rt.metrics_summary(), rt.health())
+
+The supervision tree::
+
+    root (one_for_one)
+    ├── metrics            MetricsActor
+    ├── ledger             LedgerActor (SQLite, WAL)
+    ├── providers          one_for_one, one ProviderActor per configured provider
+    │   ├── provider:openrouter
+    │   └── provider:openai ...
+    ├── router             RouterActor
+    └── extra children     (the server adds the MCP servers and the sessions)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from actors.metrics import MetricsStore, metrics_child_spec
+from runtime import (
+    ActorRef,
+    ActorState,
+    ActorSystem,
+    Backoff,
+    ChildSpec,
+    Clock,
+    SupervisorSpec,
+)
+
+from ._catalog import ModelCatalog
+from ._config import LLMConfig, ProviderConfig
+from ._ledger import LedgerActor, ledger_child_spec
+from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
+from ._provider import ProviderActor, provider_child_spec
+from ._router import RouterActor, provider_actor_name
+
+__all__ = ["LLMRuntime", "build_catalog", "open_runtime"]
+
+Message = dict[str, Any]
+
+
+def build_catalog(config: LLMConfig) -> ModelCatalog:
+    """The built-in model catalog extended by every provider's ``context_windows``/``prices``."""
+    windows: dict[str, int] = {}
+    prices: dict[str, Any] = {}
+    for provider in config.providers.values():
+        windows.update(provider.context_windows)
+        prices.update(provider.prices)
+    return ModelCatalog(context_windows=windows, prices=prices)
+
+
+class LLMRuntime:
+    """A running runtime: chat, stream, metrics, health. Made by :func:`open_runtime`."""
+
+    def __init__(self, system: ActorSystem, config: LLMConfig) -> None:
+        self.system = system
+        self.config = config
+        self.router: ActorRef = system.ref("router")
+        self.ledger: ActorRef = system.ref("ledger")
+        self.metrics: ActorRef = system.ref("metrics")
+
+    def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Message] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> ChatRequest:
+        """Build the :class:`ChatRequest` that :meth:`chat` and :meth:`stream` send."""
+        return ChatRequest.of(list(messages), list(tools or ()), model=model, provider=provider,
+                              timeout=timeout, params=params)
+
+    async def chat(self, messages: Sequence[Message], **kwargs: Any) -> LLMResponse:
+        """One complete answer. Raises ``LLMClientError`` subclasses (or ``ActorError``)."""
+        request = self.request(messages, **kwargs)
+        response: LLMResponse = await self.router.ask(request, timeout=self._timeout(request))
+        return response
+
+    @asynccontextmanager
+    async def stream(self, messages: Sequence[Message], **kwargs: Any) -> AsyncIterator[
+            AsyncIterator[Any]]:
+        """Stream an answer: ``TextDelta`` items, then one ``StreamEnd``.
+
+        Leaving the block early cancels the request and closes the upstream stream.
+        """
+        request = self.request(messages, **kwargs)
+        async with self.router.ask_stream(request, timeout=self._timeout(request)) as events:
+            yield events
+
+    async def spend(self) -> SpendSnapshot:
+        """Today's spend as the ledger sees it."""
+        snapshot: SpendSnapshot = await self.ledger.ask(GetSpend(), timeout=5)
+        return snapshot
+
+    def metrics_summary(self) -> dict[str, Any]:
+        """Counters, percentiles, tokens and cost by ``provider:model`` (see MetricsStore)."""
+        return self._metrics_actor_store().summary()
+
+    def prometheus_text(self) -> bytes:
+        """Every metric in Prometheus text exposition format."""
+        return self._metrics_actor_store().prometheus_text()
+
+    def health(self) -> dict[str, Any]:
+        """Per provider: actor state, restarts, breaker, last error; and the overall status."""
+        statuses = self.system.status()
+        providers: dict[str, Any] = {}
+        for name in self.config.providers:
+            actor = provider_actor_name(name)
+            status = statuses.get(actor)
+            entry: dict[str, Any] = {
+                "state": status.state.value if status else "absent",
+                "restarts": status.restart_count if status else 0,
+                "mailbox": status.mailbox_depth if status else 0,
+            }
+            health = getattr(self.system.durable(actor), "health", None) if status else None
+            if health is not None and hasattr(health, "snapshot"):
+                entry.update(health.snapshot())
+            providers[name] = entry
+        usable = [p for p in providers.values()
+                  if p["state"] == ActorState.RUNNING.value and p.get("breaker") != "open"]
+        overall = "ok" if len(usable) == len(providers) else "degraded" if usable else "failing"
+        return {"status": overall, "providers": providers}
+
+    def _metrics_actor_store(self) -> MetricsStore:
+        store: MetricsStore = self.system.durable("metrics")
+        return store
+
+    def _timeout(self, request: ChatRequest) -> float:
+        # A little beyond the router's own budget, so the router's typed timeout wins the race.
+        budget = request.timeout if request.timeout is not None else self.config.request_timeout
+        return budget + 5.0
+
+
+def runtime_children(
+    config: LLMConfig, catalog: ModelCatalog, system_ref: Mapping[str, ActorSystem]
+) -> list[ChildSpec | SupervisorSpec]:
+    """The runtime's children; refs are resolved when each actor starts (after the tree exists).
+
+    ``system_ref`` holds the system under key ``"system"`` once it is constructed.
+    """
+
+    def ref(name: str) -> ActorRef:
+        return system_ref["system"].ref(name)
+
+    def status() -> Mapping[str, Any]:
+        return system_ref["system"].status()
+
+    # Per-conversation actors come and go: a gauge series each would grow without bound.
+    metrics = metrics_child_spec(
+        status_source=status, sampled=lambda name: not name.startswith("session:"))
+    ledger = ledger_child_spec(config.cost, catalog)
+    ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
+        config.cost, catalog, metrics=ref("metrics")))
+    providers = []
+    for name, provider_config in config.providers.items():
+        spec = provider_child_spec(name, provider_config, catalog=catalog)
+        providers.append(dataclasses.replace(
+            spec, name=provider_actor_name(name),
+            factory=_provider_factory(name, provider_config, catalog, ref)))
+    router = ChildSpec("router", lambda: RouterActor(
+        config, catalog,
+        providers={name: ref(provider_actor_name(name)) for name in config.providers},
+        ledger=ref("ledger"), metrics=ref("metrics"),
+        status=lambda name: system_ref["system"].actor_status(name),
+        durable=lambda name: system_ref["system"].durable(name)),
+        # Every error the router meets is an answer to its caller, never a reason to restart.
+        crash_on=(), mailbox_size=100_000)
+    return [
+        metrics,
+        ledger,
+        SupervisorSpec("providers", providers, max_restarts=20, max_seconds=60.0,
+                       backoff=Backoff(initial=0.2, maximum=30.0)),
+        router,
+    ]
+
+
+def _provider_factory(
+    name: str, config: ProviderConfig, catalog: ModelCatalog, ref: Callable[[str], ActorRef]
+) -> Callable[[], ProviderActor]:
+    return lambda: ProviderActor(name, config, metrics=ref("metrics"), catalog=catalog)
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: LLMConfig,
+    *,
+    clock: Clock | None = None,
+    extra_children: Sequence[ChildSpec | SupervisorSpec] = (),
+) -> AsyncIterator[LLMRuntime]:
+    """Start the runtime (returns once every actor is ready); stop it gracefully on exit."""
+    catalog = build_catalog(config)
+    holder: dict[str, ActorSystem] = {}
+    root = SupervisorSpec(
+        "root",
+        [*runtime_children(config, catalog, holder), *extra_children],
+        max_restarts=10,
+        max_seconds=60.0,
+    )
+    system = ActorSystem(root, clock=clock)
+    holder["system"] = system
+    async with system:
+        yield LLMRuntime(system, config)

@@ -1,0 +1,344 @@
+"""Token counting with tiktoken, offline.
+
+tiktoken downloads its BPE files on first use; our machines have no network. The files ship inside
+this package (``actors/llm/data/tiktoken/*.tiktoken``) and are loaded from there through
+:mod:`importlib.resources`, checked against the sha256 that tiktoken itself expects, and turned into
+:class:`tiktoken.Encoding` objects directly (tiktoken's cache and downloader are never involved).
+If the files are absent (a broken install), counting falls back to a ``chars / 4`` estimate and
+logs one warning.
+
+Message counting follows OpenAI's published recipe ("How to count tokens with tiktoken"): 3 tokens
+per message, +1 when it has a ``name``, +3 to prime the reply. Tool definitions and tool-call
+arguments are an approximation of the same cookbook (see :func:`count_tools_tokens`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any, Protocol
+
+import anyio.to_thread
+import tiktoken
+
+__all__ = [
+    "OFFLOAD_THRESHOLD_CHARS",
+    "EncodingDataError",
+    "acount_message_tokens",
+    "count_message_tokens",
+    "count_text_tokens",
+    "count_tools_tokens",
+    "encoding_for_model",
+    "encoding_name_for_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Inputs longer than this (in characters) are counted in a worker thread by the async API.
+OFFLOAD_THRESHOLD_CHARS = 50_000
+
+# Relative to the ``actors`` package (``data/`` is not a package itself: no ``__init__.py``).
+_DATA_DIR = ("data", "tiktoken")
+
+_CL100K_PAT = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_O200K_PAT = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+# name -> (sha256 of the file, pat_str, special tokens); copied from tiktoken_ext/openai_public.py.
+_ENCODINGS: dict[str, tuple[str, str, dict[str, int]]] = {
+    "cl100k_base": (
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        _CL100K_PAT,
+        {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+    "o200k_base": (
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        _O200K_PAT,
+        {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    ),
+}
+
+# Checked in order: the first matching prefix wins, so the newer families come before "gpt-4".
+_FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("gpt-oss", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+    ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada-002", "cl100k_base"),
+)
+_DEFAULT_ENCODING = "o200k_base"
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+# Images are billed by size and detail, which a message does not tell us; 85 is the low-detail
+# price, so a request with images is under-estimated rather than refused.
+IMAGE_TOKENS = 85
+
+
+class EncodingDataError(RuntimeError):
+    """A shipped encoding file is present but corrupt (its sha256 does not match)."""
+
+
+class _Encoder(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+class _EstimateEncoder:
+    """Stands in for tiktoken when the encoding files are missing: about 4 characters a token."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [0] * ((len(text) + 3) // 4)
+
+
+def encoding_name_for_model(model: str) -> str:
+    """Name of the tiktoken encoding for ``model`` (provider prefixes like ``openai/`` ignored)."""
+    name = model.rsplit("/", 1)[-1].split(":", 1)[0].lower()
+    for prefix, encoding in _FAMILY_PREFIXES:
+        if name.startswith(prefix):
+            return encoding
+    return _DEFAULT_ENCODING
+
+
+# Loaded encoders by name. Filled once per name; a race between two threads loading the same file
+# only wastes the work of one of them.
+_encoders: dict[str, _Encoder] = {}
+
+
+_loading = threading.Lock()
+
+
+def _load_encoding(name: str) -> _Encoder:
+    encoder = _encoders.get(name)
+    if encoder is None:
+        # One load per encoding: concurrent first requests (each in a worker thread) wait for
+        # it instead of each spending a second of CPU on the same file.
+        with _loading:
+            encoder = _encoders.get(name)
+            if encoder is None:
+                encoder = _encoders[name] = _read_encoding(name)
+    return encoder
+
+
+def _read_encoding(name: str) -> _Encoder:
+    expected_hash, pat_str, special_tokens = _ENCODINGS[name]
+    try:
+        data = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken").read_bytes()
+    except FileNotFoundError:
+        _warn_missing_once(name)
+        return _EstimateEncoder()
+    actual_hash = hashlib.sha256(data).hexdigest()
+    if actual_hash != expected_hash:
+        raise EncodingDataError(
+            f"{name}.tiktoken is corrupt: sha256 {actual_hash}, expected {expected_hash}"
+        )
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    encoding: _Encoder = tiktoken.Encoding(
+        name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens
+    )
+    return encoding
+
+
+_warned_missing = False
+
+
+def _warn_missing_once(name: str) -> None:
+    # One warning per process, not one per count (nor per encoding): the cause is the same.
+    global _warned_missing
+    if not _warned_missing:
+        _warned_missing = True
+        logger.warning(
+            "tiktoken encoding file %s.tiktoken is missing from the package; "
+            "token counts are estimated as characters / 4",
+            name,
+        )
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding | None:
+    """The cached :class:`tiktoken.Encoding` for ``model``, or ``None`` if its file is missing.
+
+    Raises :class:`EncodingDataError` if the shipped file is corrupt.
+    """
+    encoder = _load_encoding(encoding_name_for_model(model))
+    return encoder if isinstance(encoder, tiktoken.Encoding) else None
+
+
+def _encoder(model: str) -> _Encoder:
+    return _load_encoding(encoding_name_for_model(model))
+
+
+def count_text_tokens(text: str, model: str) -> int:
+    """Number of tokens of ``text`` for ``model`` (special-token strings count as plain text)."""
+    return len(_encoder(model).encode_ordinary(text))
+
+
+def _content_tokens(encoder: _Encoder, content: object) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(encoder.encode_ordinary(content))
+    if isinstance(content, Sequence):
+        total = 0
+        for part in content:
+            if isinstance(part, Mapping):
+                if part.get("type") == "text":
+                    total += len(encoder.encode_ordinary(str(part.get("text", ""))))
+                elif part.get("type") in ("image_url", "input_image", "image"):
+                    total += IMAGE_TOKENS
+                else:
+                    total += len(encoder.encode_ordinary(json.dumps(part, default=str)))
+            else:
+                total += len(encoder.encode_ordinary(str(part)))
+        return total
+    return len(encoder.encode_ordinary(json.dumps(content, default=str)))
+
+
+def _tool_calls_tokens(encoder: _Encoder, tool_calls: object) -> int:
+    # Approximation: the function name and its JSON arguments, plus 3 tokens of framing per call
+    # (OpenAI does not publish the exact rendering of an assistant's tool calls).
+    if not isinstance(tool_calls, Sequence):
+        return 0
+    total = 0
+    for call in tool_calls:
+        function = call.get("function", {}) if isinstance(call, Mapping) else {}
+        total += 3
+        total += len(encoder.encode_ordinary(str(function.get("name", ""))))
+        total += len(encoder.encode_ordinary(str(function.get("arguments", ""))))
+    return total
+
+
+def _message_tokens(encoder: _Encoder, messages: Sequence[Mapping[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "tool_calls":
+                total += _tool_calls_tokens(encoder, value)
+            elif key == "content":
+                total += _content_tokens(encoder, value)
+            elif isinstance(value, str):
+                total += len(encoder.encode_ordinary(value))
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    return total + REPLY_PRIMING_TOKENS
+
+
+def _tools_tokens(encoder: _Encoder, tools: Sequence[Mapping[str, Any]], model: str) -> int:
+    # OpenAI's cookbook approximation for function definitions: constants per function, per
+    # property and per enum item on top of the encoded names, types and descriptions.
+    cl100k = encoding_name_for_model(model) == "cl100k_base"
+    func_init, prop_init, prop_key, enum_init, enum_item, func_end = (
+        (10, 3, 3, -3, 3, 12) if cl100k else (7, 3, 3, -3, 3, 12)
+    )
+    if not tools:
+        return 0
+    total = 0
+    for tool in tools:
+        function = tool.get("function", tool)
+        total += func_init
+        name = str(function.get("name", ""))
+        description = str(function.get("description", "")).rstrip(".")
+        total += len(encoder.encode_ordinary(f"{name}:{description}"))
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        if properties:
+            total += prop_init
+            for key, spec in properties.items():
+                total += prop_key
+                spec = spec if isinstance(spec, Mapping) else {}
+                prop_type = str(spec.get("type", ""))
+                prop_desc = str(spec.get("description", "")).rstrip(".")
+                enum = spec.get("enum")
+                if isinstance(enum, Sequence) and not isinstance(enum, str):
+                    total += enum_init
+                    for item in enum:
+                        total += enum_item
+                        total += len(encoder.encode_ordinary(str(item)))
+                total += len(encoder.encode_ordinary(f"{key}:{prop_type}:{prop_desc}"))
+    return total + func_end
+
+
+def count_tools_tokens(tools: Sequence[Mapping[str, Any]], model: str) -> int:
+    """Approximate prompt tokens taken by the ``tools`` (function definitions) of a request.
+
+    Uses the constants of OpenAI's cookbook (per function, property and enum item); exact for
+    simple schemas, an estimate for nested ones (nested objects count only their top level).
+    """
+    return _tools_tokens(_encoder(model), tools, model)
+
+
+def count_message_tokens(
+    messages: Sequence[Mapping[str, Any]],
+    model: str,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """Prompt tokens of a chat request: the messages (OpenAI's recipe) plus the tool definitions.
+
+    Blocks for as long as encoding takes (about a millisecond per 10k characters); in async code
+    use :func:`acount_message_tokens` for large inputs.
+    """
+    encoder = _encoder(model)
+    total = _message_tokens(encoder, messages)
+    if tools:
+        total += _tools_tokens(encoder, tools, model)
+    return total
+
+
+def _size_in_chars(messages: Sequence[Mapping[str, Any]]) -> int:
+    size = 0
+    for message in messages:
+        for value in message.values():
+            size += len(value) if isinstance(value, str) else len(json.dumps(value, default=str))
+    return size
+
+
+async def acount_message_tokens(
+    messages: Sequence[Mapping[str, Any]],
+    model: str,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """Like :func:`count_message_tokens`, counted in a worker thread when the input is large.
+
+    Inputs over :data:`OFFLOAD_THRESHOLD_CHARS` characters (or the first load of an encoding,
+    which parses a few MB) run in a worker thread so the event loop is not blocked. Cancelling
+    abandons the result; the thread itself finishes its (bounded) work.
+    """
+    loaded = encoding_name_for_model(model) in _encoders
+    if loaded and _size_in_chars(messages) <= OFFLOAD_THRESHOLD_CHARS:
+        return count_message_tokens(messages, model, tools)
+    return await anyio.to_thread.run_sync(count_message_tokens, messages, model, tools)

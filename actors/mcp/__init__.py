@@ -1,0 +1,17 @@
+"""MCP servers and their tools: one supervised actor per server, one catalog the model sees."""
+
+from ._actor import McpServerHealth, McpStatus, mcp_status, mcp_supervisor_spec
+from ._client import ToolResult, ToolSpec
+from ._config import McpServerConfig
+from ._tools import ToolCatalog
+
+__all__ = [
+    "McpServerConfig",
+    "McpServerHealth",
+    "McpStatus",
+    "ToolCatalog",
+    "ToolResult",
+    "ToolSpec",
+    "mcp_status",
+    "mcp_supervisor_spec",
+]

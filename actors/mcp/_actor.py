@@ -1,0 +1,490 @@
+"""One actor per configured MCP server: it owns the server's session and serves its tools.
+
+The ``mcp`` SDK session lives in one child task of the actor (an anyio cancel-scope rule: it must
+be opened and closed in the same task). Tool calls are forwarded to that task through a memory
+stream, run there concurrently, and answered through ``pipe``, so the actor's loop never waits on
+a tool. If the caller abandons a call, the call is cancelled in the session task too.
+
+Lifecycle, as :class:`McpStatus` reports it::
+
+    starting ──► ready ──(process died / connection lost)──► restarting ──► ready ...
+        │                                                        │
+        └──(start-up failed)──► failed ──(retry after backoff)───┘
+
+- A **lost session** (the process died, the connection closed) crashes the instance with
+  :class:`McpSessionLost`: its supervisor restarts it with backoff, calls in flight end with
+  ``ActorCrashed`` (cause ``McpSessionLost``) or ``McpServerError``, queued messages are served by
+  the next instance.
+- A **start-up failure** does not crash anything: the instance stays up, reports ``failed`` with
+  the reason, answers ``ListTools`` with no tools and ``CallTool`` with ``McpServerError`` at once,
+  and retries with its own backoff. A permanently broken server therefore costs one process spawn
+  every ``_START_BACKOFF.maximum`` seconds and can never reach the supervisor's restart intensity.
+- Crashes can only follow a successful start, and the ``mcp`` supervisor's intensity is derived
+  from its backoff (:func:`mcp_supervisor_spec`) so that servers crashing as fast as the backoff
+  allows still never make it escalate: a flaky MCP server degrades the service, never stops it.
+
+The health of each server is durable state of its actor (:class:`McpServerHealth`), readable
+without an ask through ``system.durable("mcp:<name>")`` or :func:`mcp_status`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from runtime import (
+    Actor,
+    ActorSystem,
+    Backoff,
+    ChildSpec,
+    Outcome,
+    Overloaded,
+    Restart,
+    Strategy,
+    SupervisorSpec,
+)
+
+from ._client import (
+    McpServerError,
+    McpSession,
+    McpToolError,
+    ToolResult,
+    ToolSpec,
+    open_mcp_session,
+)
+from ._config import McpServerConfig
+
+__all__ = [
+    "CallTool",
+    "GetMcpStatus",
+    "ListTools",
+    "McpServerActor",
+    "McpServerHealth",
+    "McpSessionLost",
+    "McpState",
+    "McpStatus",
+    "mcp_actor_name",
+    "mcp_child_spec",
+    "mcp_status",
+    "mcp_supervisor_spec",
+]
+
+McpState = Literal["starting", "ready", "failed", "restarting"]
+
+#: Backoff of the ``mcp`` supervisor between restarts after a lost session.
+SUPERVISOR_BACKOFF: Final = Backoff(
+    initial=0.5, maximum=30.0, multiplier=2.0, jitter=0.2, reset_after=60.0
+)
+#: The window of the ``mcp`` supervisor's restart intensity (seconds).
+INTENSITY_WINDOW: Final = 60.0
+# Between start-up attempts of a server that fails to start (inside one instance).
+_START_BACKOFF: Final = Backoff(
+    initial=1.0, maximum=30.0, multiplier=2.0, jitter=0.2, reset_after=math.inf
+)
+# How often the session task checks that a stdio server's process is still alive. The SDK only
+# notices a dead process when a request fails; polling makes /health right between calls.
+_LIVENESS_INTERVAL: Final = 0.5
+_MAX_QUEUED_CALLS: Final = 256
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListTools:
+    """Ask for the server's tools: answers ``list[ToolSpec]`` (empty unless ready)."""
+
+
+@dataclass(frozen=True)
+class CallTool:
+    """Call ``tool`` with ``arguments``: answers a :class:`ToolResult` (``is_error`` included).
+
+    ``timeout`` (seconds; ``None``: the server's ``call_timeout``) bounds the call. Raises
+    ``McpToolTimeout``, ``McpToolError`` (rejected by the server), ``McpServerError`` (not ready,
+    or the session ended during the call) or ``ActorCrashed`` (the session was lost).
+    """
+
+    tool: str
+    arguments: dict[str, Any]
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class GetMcpStatus:
+    """Ask for the server's :class:`McpStatus`."""
+
+
+@dataclass(frozen=True)
+class McpStatus:
+    """A snapshot of one MCP server for health checks."""
+
+    name: str
+    state: McpState
+    error: str | None
+    tools: int
+    restarts: int
+    pid: int | None
+    transport: str = "stdio"
+    tool_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for ``/health`` (``tools`` there is the list of tool names)."""
+        return {
+            "state": self.state,
+            "error": self.error,
+            "tools": list(self.tool_names),
+            "tool_count": self.tools,
+            "restarts": self.restarts,
+            "pid": self.pid,
+            "transport": self.transport,
+        }
+
+
+class McpSessionLost(McpServerError):
+    """The server's session ended while in use (process died, connection lost).
+
+    The only error that crashes an :class:`McpServerActor` (its supervisor restarts it).
+    """
+
+
+# -- durable state ------------------------------------------------------------------------------
+
+
+class McpServerHealth:
+    """What survives restarts of one server's actor: its state for ``/health``.
+
+    Written only by the actor (its session task, or its loop once that task has ended); read it,
+    never write it, from elsewhere.
+    """
+
+    def __init__(self, name: str, transport: str = "stdio") -> None:
+        self.name = name
+        self.transport = transport
+        self.state: McpState = "starting"
+        self.error: str | None = None
+        self.tools: tuple[ToolSpec, ...] = ()
+        self.restarts = 0
+        self.pid: int | None = None
+        self.was_ready = False
+
+    def snapshot(self) -> McpStatus:
+        return McpStatus(
+            name=self.name,
+            state=self.state,
+            error=self.error,
+            tools=len(self.tools),
+            restarts=self.restarts,
+            pid=self.pid,
+            transport=self.transport,
+            tool_names=tuple(spec.name for spec in self.tools),
+        )
+
+    def _starting(self) -> None:
+        self.state = "restarting" if self.was_ready else "starting"
+
+    def _ready(self, session: McpSession) -> None:
+        self.state = "ready"
+        self.error = None
+        self.tools = tuple(session.tools)
+        self.pid = session.pid
+        self.was_ready = True
+
+    def _down(self, state: McpState, reason: str) -> None:
+        self.state = state
+        self.error = reason
+        self.tools = ()
+        self.pid = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<McpServerHealth {self.name!r} [{self.state} | {len(self.tools)} tools | "
+            f"restarts {self.restarts}]>"
+        )
+
+
+# -- the actor ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _PendingCall:
+    """A call on its way from the actor to the session task, and its answer back."""
+
+    tool: str
+    arguments: dict[str, Any]
+    timeout: float | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: ToolResult | None = None
+    error: Exception | None = None
+    abandoned: bool = False
+    scope: anyio.CancelScope | None = None
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class McpServerActor(Actor):
+    """Owns the session with one MCP server; see the module docstring for its lifecycle."""
+
+    def __init__(
+        self,
+        name: str,
+        config: McpServerConfig,
+        *,
+        start_backoff: Backoff = _START_BACKOFF,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._name = name
+        self._config = config
+        self._start_backoff = start_backoff
+        self._rng = rng or random.Random()
+        self._calls_send: MemoryObjectSendStream[_PendingCall] | None = None
+        self._calls_receive: MemoryObjectReceiveStream[_PendingCall] | None = None
+
+    @property
+    def _health(self) -> McpServerHealth:
+        health: McpServerHealth = self.context.durable
+        return health
+
+    async def on_start(self) -> None:
+        self._calls_send, self._calls_receive = anyio.create_memory_object_stream[_PendingCall](
+            _MAX_QUEUED_CALLS
+        )
+        self._health._starting()
+        self.context.pipe(self._own_session, then=self._session_ended)
+
+    async def on_stop(self) -> None:
+        if self._calls_send is not None and self._calls_receive is not None:
+            self._calls_send.close()
+            self._fail_queued(McpServerError(self._name, "is stopping"))
+            self._calls_receive.close()
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, CallTool):
+            return self._forward(message)
+        if isinstance(message, ListTools):
+            return list(self._health.tools) if self._health.state == "ready" else []
+        if isinstance(message, GetMcpStatus):
+            return self._health.snapshot()
+        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+    def _forward(self, message: CallTool) -> None:
+        health = self._health
+        if health.state == "failed":
+            raise McpServerError(self._name, f"is unavailable: {health.error}")
+        call = _PendingCall(message.tool, dict(message.arguments), message.timeout)
+        assert self._calls_send is not None
+        try:
+            self._calls_send.send_nowait(call)
+        except anyio.WouldBlock:
+            raise Overloaded(self.context.name, _MAX_QUEUED_CALLS) from None
+        self.context.pipe(_await_answer, call)
+
+    # -- the session task -----------------------------------------------------------------------
+
+    async def _own_session(self) -> None:
+        """Open the session (retrying start-up failures with backoff) and serve it until lost."""
+        health = self._health
+        attempt = 0
+        while True:
+            try:
+                async with open_mcp_session(self._name, self._config) as session:
+                    health._ready(session)
+                    await self._serve(session)
+            except McpSessionLost:
+                raise
+            except McpServerError as exc:
+                attempt += 1
+                delay = self._start_backoff.delay(attempt, self._rng)
+                health._down("failed", f"{exc}; retrying in {delay:.1f} s")
+                self._fail_queued(exc)
+                await self.context.clock.sleep(delay)
+                health.restarts += 1
+                health._starting()
+
+    async def _serve(self, session: McpSession) -> None:
+        """Run forwarded calls until the session is lost; raises :class:`McpSessionLost`."""
+        assert self._calls_receive is not None
+        health = self._health
+        lost: list[McpSessionLost] = []
+        async with anyio.create_task_group() as task_group:
+
+            def on_lost(error: McpSessionLost) -> None:
+                if not lost:
+                    lost.append(error)
+                    # Say so now: closing the dead session takes a moment.
+                    health._down("restarting", error.reason)
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(_watch_process, self._name, session.pid, on_lost)
+            async for call in self._calls_receive:
+                task_group.start_soon(self._execute, session, call, on_lost)
+        raise lost[0] if lost else McpSessionLost(self._name, "call queue closed")
+
+    async def _execute(
+        self, session: McpSession, call: _PendingCall, on_lost: Callable[[McpSessionLost], None]
+    ) -> None:
+        if call.abandoned:
+            return
+        try:
+            with anyio.CancelScope() as call.scope:
+                try:
+                    call.result = await session.call_tool(call.tool, call.arguments, call.timeout)
+                except McpServerError as exc:
+                    call.error = exc
+                    on_lost(McpSessionLost(self._name, exc.reason))
+                except McpToolError as exc:
+                    call.error = exc
+        finally:
+            if call.result is None and call.error is None:
+                call.error = McpServerError(self._name, "session ended before the call finished")
+            call.done.set()
+
+    def _session_ended(self, outcome: Outcome) -> None:
+        if outcome.cancelled:
+            return  # the instance is stopping
+        error = outcome.error
+        if isinstance(error, McpServerError):
+            reason = error.reason
+        else:
+            reason = f"session task ended unexpectedly: {error!r}"
+        self._health._down("restarting", reason)
+        self._health.restarts += 1
+        if isinstance(error, McpSessionLost):
+            raise error
+        raise McpSessionLost(self._name, reason) from error
+
+    def _fail_queued(self, error: Exception) -> None:
+        if self._calls_receive is None:
+            return
+        while True:
+            try:
+                call = self._calls_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            call.error = error
+            call.done.set()
+
+    def __repr__(self) -> str:
+        return f"<McpServerActor {self._name!r} [{self._config.transport}]>"
+
+
+async def _await_answer(call: _PendingCall) -> ToolResult:
+    try:
+        await call.done.wait()
+    finally:
+        if not call.done.is_set():
+            call.abandon()
+    if call.error is not None:
+        raise call.error
+    assert call.result is not None
+    return call.result
+
+
+async def _watch_process(
+    server: str, pid: int | None, on_lost: Callable[[McpSessionLost], None]
+) -> None:
+    if pid is None:
+        return  # streamable HTTP: a lost connection surfaces on the next call
+    while True:
+        # Polling, not the injected clock: this watches the operating system, not our logic.
+        await anyio.sleep(_LIVENESS_INTERVAL)
+        if not _process_alive(pid):
+            on_lost(McpSessionLost(server, f"process {pid} exited"))
+            return
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in (b"Z", b"X")
+
+
+# -- specs and health ---------------------------------------------------------------------------
+
+
+def mcp_actor_name(server: str) -> str:
+    """The actor name of MCP server ``server``: ``"mcp:<server>"``."""
+    return f"mcp:{server}"
+
+
+def mcp_child_spec(name: str, config: McpServerConfig) -> ChildSpec:
+    """The child spec of one server's actor: permanent, crashes only on :class:`McpSessionLost`."""
+    return ChildSpec(
+        name=mcp_actor_name(name),
+        factory=lambda: McpServerActor(name, config),
+        restart=Restart.PERMANENT,
+        crash_on=(McpSessionLost,),
+        # The SDK's shutdown of a stdio server: close stdin, wait 2 s, SIGTERM, wait, SIGKILL.
+        shutdown_timeout=10.0,
+        durable=lambda: McpServerHealth(name, config.transport),
+    )
+
+
+def max_restarts_per_child(backoff: Backoff, window: float) -> int:
+    """The most restarts one child can need within ``window`` seconds under ``backoff``.
+
+    The fastest sequence: every instance crashes at once and every delay gets the smallest
+    jitter. A backoff reset needs ``reset_after`` seconds of uptime, which (when it is at least
+    ``window``) puts the crashes before and after it in different windows.
+    """
+    if backoff.reset_after < window:
+        raise ValueError("reset_after must be at least the intensity window")
+    restarts, elapsed = 1, 0.0
+    while True:
+        base = min(backoff.maximum, backoff.initial * backoff.multiplier ** (restarts - 1))
+        elapsed += base * (1.0 - backoff.jitter)
+        if elapsed >= window:
+            return restarts
+        restarts += 1
+
+
+def mcp_supervisor_spec(servers: Mapping[str, McpServerConfig]) -> SupervisorSpec:
+    """The ``mcp`` supervisor: one :class:`McpServerActor` per enabled server, in order.
+
+    ``one_for_one``; its intensity allows every server to crash as fast as its backoff permits
+    at the same time (see :func:`max_restarts_per_child`), so it never escalates on their
+    account.
+    """
+    children = [
+        mcp_child_spec(name, config) for name, config in servers.items() if config.enabled
+    ]
+    per_child = max_restarts_per_child(SUPERVISOR_BACKOFF, INTENSITY_WINDOW)
+    return SupervisorSpec(
+        name="mcp",
+        children=children,
+        strategy=Strategy.ONE_FOR_ONE,
+        max_restarts=per_child * max(1, len(children)),
+        max_seconds=INTENSITY_WINDOW,
+        backoff=SUPERVISOR_BACKOFF,
+    )
+
+
+def mcp_status(system: ActorSystem) -> dict[str, dict[str, Any]]:
+    """The health of every MCP server actor in ``system``, by server name (no ask involved)."""
+    statuses: dict[str, dict[str, Any]] = {}
+    for actor in system.status():
+        if actor.startswith("mcp:"):
+            health = system.durable(actor)
+            if isinstance(health, McpServerHealth):
+                statuses[health.name] = health.snapshot().as_dict()
+    return statuses

@@ -1,0 +1,27 @@
+"""Metrics: the one actor that records every event, and the store behind it (Prometheus text)."""
+
+from ._actor import GetPrometheus, GetSummary, metrics_child_spec
+from ._store import (
+    ActorRestarted,
+    BreakerTransition,
+    CostWarning,
+    FallbackTaken,
+    GaugeSet,
+    HedgeSent,
+    MetricsStore,
+    RequestFinished,
+)
+
+__all__ = [
+    "ActorRestarted",
+    "BreakerTransition",
+    "CostWarning",
+    "FallbackTaken",
+    "GaugeSet",
+    "GetPrometheus",
+    "GetSummary",
+    "HedgeSent",
+    "MetricsStore",
+    "RequestFinished",
+    "metrics_child_spec",
+]

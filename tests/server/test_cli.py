@@ -1,0 +1,90 @@
+"""The ``mcp-backend`` command line, run as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.server_harness import server_env
+
+SECRET = "sk-test-abcdefghijklmnop0123"
+
+
+def _run(*args: str, cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=30,
+        cwd=cwd, env=server_env(env),
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "check-config", "simulator"):
+        assert command in result.stdout
+
+
+def test_simulator_help_is_the_simulators_own() -> None:
+    result = _run("simulator", "--help")
+    assert result.returncode == 0
+    assert "--flavor" in result.stdout
+
+
+def test_check_config_of_the_repository_file_prints_ok_and_a_masked_summary() -> None:
+    result = _run("check-config", "config.yaml", cwd=Path(__file__).parents[2],
+                  env={"OPENAI_API_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "OK: config.yaml"
+    assert "provider openai: openai https://api.openai.com/v1 model gpt-4o-mini (key available)" \
+        in result.stdout
+    assert "provider openrouter: openrouter https://openrouter.ai/api/v1 model" \
+        " openai/gpt-4o-mini (NO KEY)" in result.stdout
+    assert "mcp server demo: stdio" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_check_config_without_a_path_uses_the_built_in_defaults(tmp_path: Path) -> None:
+    result = _run("check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "OK: (built-in defaults)"
+    assert "simulator: will be used (simulator.enabled: auto)" in result.stdout
+
+
+def test_check_config_names_the_file_and_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("server:\n  port: 70000\nchat:\n  max_tool_hopz: 3\n")
+    result = _run("check-config", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{config}: server.port: Input should be less than or equal to 65535",
+        f"{config}: chat.max_tool_hopz: unknown key 'max_tool_hopz' is not allowed in chat"
+        " (did you mean 'max_tool_hops'?)",
+    ]
+
+
+def test_check_config_of_a_missing_file_fails(tmp_path: Path) -> None:
+    result = _run("check-config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+def test_check_config_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
+    config = tmp_path / "public.yaml"
+    config.write_text("server:\n  host: 0.0.0.0\n")
+    result = _run("check-config", str(config))
+    assert result.returncode == 1
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert _run("check-config", str(config), env={"MCP_BACKEND_TOKEN": "t0ken-value"}
+                ).returncode == 0
+
+
+def test_serve_with_an_invalid_config_exits_1_with_the_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("llm:\n  active: nobody\n")
+    result = _run("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert f"{config}: llm.active: unknown provider 'nobody'" in result.stderr
