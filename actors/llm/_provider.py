@@ -189,6 +189,7 @@ class _Progress:
     started: float
     ttft: float | None = None
     rate_limited: bool = False
+    streamed: LLMResponse | None = None  # a stream's final response (its outcome carries none)
 
 
 @dataclass
@@ -432,6 +433,7 @@ class ProviderActor(Actor):
         metrics = self._metrics
         if metrics is None:
             return
+        response = response if response is not None else progress.streamed
         usage = response.usage if response is not None else Usage()
         error_type = (
             "cancelled" if outcome.cancelled
@@ -604,6 +606,7 @@ class ProviderActor(Actor):
             response_time_ms=elapsed * 1000,
             time_to_first_token_ms=progress.ttft * 1000 if progress.ttft is not None else None,
         )
+        progress.streamed = response
         await request.send(StreamEnd(response))
 
     def _usage(self, call: ProviderCall, usage: Any, content: str, tool_calls: list[ToolCall],

@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "CANCELLED",
     "LATENCY_BOUNDS",
     "MAILBOX_DEPTH",
     "POOL_CONNECTIONS_IN_USE",
@@ -59,6 +60,9 @@ POOL_CONNECTIONS_IN_USE = "pool_connections_in_use"
 """Gauge name: HTTP connections in use, labelled ``provider``."""
 MAILBOX_DEPTH = "mailbox_depth"
 """Gauge name: messages waiting in an actor's mailbox, labelled ``actor``."""
+
+CANCELLED = "cancelled"
+"""The ``error_type`` of a call its caller abandoned (a closed socket, a lost hedge)."""
 
 _PREFIX = "mcp_backend_"
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -469,8 +473,12 @@ class MetricsStore(Collector):
         hedges = CounterMetricFamily(_PREFIX + "llm_hedges", "Hedged requests sent.", labels=pm)
         for s in models:
             lv = [s.provider, s.model]
+            # A call its caller abandoned is no failure of the provider: counted apart, so the
+            # error rate (and the alert on it) does not move with closed sockets or lost hedges.
+            cancelled = s.errors[CANCELLED]
             requests.add_metric([*lv, "success"], s.successes)
-            requests.add_metric([*lv, "error"], s.requests - s.successes)
+            requests.add_metric([*lv, "error"], s.requests - s.successes - cancelled)
+            requests.add_metric([*lv, CANCELLED], cancelled)
             duration.add_metric(lv, _prom_buckets(s.latency), s.latency.sum)
             if s.ttft.count:
                 ttft.add_metric(lv, _prom_buckets(s.ttft), s.ttft.sum)
