@@ -62,6 +62,10 @@ def _number(value: Any) -> str:
     return json.dumps(value)
 
 
+def _quoted(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else _number(value)
+
+
 def _unsupported_parameter(name: str, hint: str = "") -> Rejection:
     return Rejection(
         f"Unsupported parameter: '{name}' is not supported with this model.{hint}",
@@ -91,7 +95,7 @@ def _effort_tokens(effort: Any, allowed: tuple[str, ...], param: str) -> int | R
     if effort not in allowed:
         quoted = ", ".join(f"'{e}'" for e in allowed[:-1]) + f", and '{allowed[-1]}'"
         return Rejection(
-            f"Invalid value: {_number(effort)}. Supported values are: {quoted}.",
+            f"Invalid value: {_quoted(effort)}. Supported values are: {quoted}.",
             param, "invalid_value",
         )
     return EFFORT_WORDS[str(effort)]
@@ -141,7 +145,7 @@ def _json_format(body: dict[str, Any], messages: list[Any]) -> JsonFormat | Reje
                              "response_format.json_schema.name", "missing_required_parameter")
         return JsonFormat(schema if isinstance(schema, dict) else {})
     return Rejection(
-        f"Invalid value: {_number(kind)}. Supported values are: 'json_object', 'json_schema', "
+        f"Invalid value: {_quoted(kind)}. Supported values are: 'json_object', 'json_schema', "
         "and 'text'.", "response_format.type", "invalid_value")
 
 
