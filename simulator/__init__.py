@@ -24,6 +24,39 @@ What the model answers (deterministic, a function of the request)
       model's ``reply_words``. Chunks are words (with their leading whitespace); ``max_tokens``
       (or ``max_completion_tokens``) keeps that many words and ends with ``length``.
 
+Reasoning models (``ModelSpec.reasoning``; served by default: ``o4-mini`` and ``gpt-5-mini``
+in OpenAI's style, ``deepseek-reasoner`` in DeepSeek's, ``deepseek/deepseek-r1`` in OpenRouter's)
+    They reason before they answer: ``Thinking about the request: <last user text>`` padded with
+    filler thoughts, one token a word, 16 tokens (``reasoning_effort`` ``minimal`` 2, ``low`` 8,
+    ``medium`` 16, ``high`` 32). Reasoning spends ``max_completion_tokens`` / ``max_tokens``
+    first, is counted in ``completion_tokens`` and reported as
+    ``usage.completion_tokens_details.reasoning_tokens``.
+
+    * ``openai``: the text is never sent. ``max_tokens``, ``logprobs`` and a non-default
+      ``temperature`` / ``top_p`` / ``presence_penalty`` / ``frequency_penalty`` are refused
+      with OpenAI's exact 400 bodies (``unsupported_parameter``, ``unsupported_value``);
+      ``reasoning_effort`` outside the four efforts is an ``invalid_value``. Models that do not
+      reason refuse ``reasoning_effort`` (OpenAI flavour).
+    * ``openrouter``: streamed as deltas ``{"role": "assistant", "content": "", "reasoning": w,
+      "reasoning_details": [{"type": "reasoning.text", "text": w, "format": "unknown",
+      "index": 0}]}`` before the answer; ``message.reasoning`` and ``reasoning_details`` when not
+      streaming. Takes the ``reasoning`` object (``effort``, ``max_tokens``: that many tokens,
+      ``exclude: true``: counted but not sent, ``enabled: false``) or ``reasoning_effort``.
+    * ``deepseek``: ``{"content": null, "reasoning_content": w}`` deltas before the content
+      deltas (which carry ``"reasoning_content": null``); ``message.reasoning_content``.
+
+JSON mode and logprobs
+    ``response_format`` ``json_object`` answers ``{"answer": <the text>}`` (the OpenAI flavour
+    refuses it, as OpenAI does, unless the messages contain the word ``json``); ``json_schema``
+    answers an object with the schema's required keys (all properties when none is required),
+    typed values (strings ``"<key>: <the text>"``, numbers 0.5, integers 42, booleans true, the
+    first ``enum`` value, one-item arrays), clamped to ``minimum`` / ``maximum``. The JSON text
+    is chunked like any answer, at whitespace. ``faults.invalid_json`` (or ``X-Sim-Fault:
+    invalid_json`` for one request) cuts its last character. ``logprobs: true`` with
+    ``top_logprobs`` N (0 to 20) adds ``choices[0].logprobs.content`` as OpenAI sends it, one
+    entry per token with ``token``, ``logprob``, ``bytes`` and N ``top_logprobs`` (the token
+    first), per chunk when streaming; the values are a function of the token alone.
+
 Token counts
     prompt tokens = (characters of all message contents, tool-call names and arguments) // 4
     + 4 per message; completion tokens = words emitted, or for tool calls
@@ -76,6 +109,7 @@ from ._config import (
     FaultConfig,
     Flavor,
     ModelSpec,
+    ReasoningStyle,
     SimulatorConfig,
     load_config,
     merge_patch,
@@ -87,6 +121,7 @@ __all__ = [
     "FaultConfig",
     "Flavor",
     "ModelSpec",
+    "ReasoningStyle",
     "Simulator",
     "SimulatorConfig",
     "load_config",

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ._config import FAULT_KINDS, Flavor, ModelSpec, SimulatorConfig, merge_patch
 from ._http import ClientDisconnected, Exchange, Request
+from ._options import Options, Rejection, read_options
 from ._replies import Reply, estimate_prompt_tokens, plan_reply
 from ._stats import SlidingWindow, Stats, format_reset
 from ._wire import StreamEvents, completion_body, dumps, error_body, usage_of
@@ -28,6 +29,7 @@ _SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", 
 _PROCESSING = b": OPENROUTER PROCESSING\n\n"
 _DONE = b"data: [DONE]\n\n"
 _MIDSTREAM = ("midstream_drop", "midstream_error")
+_INVALID_JSON = "invalid_json"
 _STATUS_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
     "429": (429, "Rate limit reached for requests. Please try again later.", "requests",
             "rate_limit_exceeded"),
@@ -201,30 +203,36 @@ class Simulator:
         messages = body.get("messages") if isinstance(body, dict) else None
         valid = isinstance(messages, list) and bool(messages)
         prompt_tokens = estimate_prompt_tokens(messages) if valid and messages else 0
+        forced = request.headers.get("x-sim-fault")
+        broken_json = config.faults.invalid_json or forced == _INVALID_JSON
         spec: ModelSpec | None = None
         reply: Reply | None = None
-        max_tokens: int | None = None
+        options: Options | Rejection | None = None
         if valid and isinstance(body, dict) and messages:
             spec = config.models.get(str(body.get("model"))) if config.models else ModelSpec()
-            limit = body.get("max_completion_tokens", body.get("max_tokens"))
-            max_tokens = limit if isinstance(limit, int) and limit > 0 else None
             if spec is not None:
+                options = read_options(body, messages, spec, flavor == "openai")
+            if isinstance(options, Options):
                 tools = [
                     t["function"]["name"] for t in body.get("tools") or ()
                     if isinstance(t, dict) and isinstance(t.get("function"), dict)
                     and "name" in t["function"]
                 ]
-                reply = plan_reply(messages, tools, spec.reply_words, max_tokens, self._next_call)
+                reply = plan_reply(
+                    messages, tools, spec.reply_words if spec else 0, options.max_tokens,
+                    self._next_call, reasoning_tokens=options.reasoning_tokens,
+                    show_reasoning=options.show_reasoning, json_format=options.json_format,
+                    broken_json=broken_json,
+                )
         planned = reply.completion_tokens if reply else 0
         self.stats.arrivals.add(now, prompt_tokens + planned)
 
-        forced = request.headers.get("x-sim-fault")
-        if forced is not None:
+        if forced is not None and forced != _INVALID_JSON:
             fault: str | None = forced.removeprefix("rate_")
             if fault not in FAULT_KINDS:
                 self.stats.record(400, prompt_tokens, 0, key_ok)
                 self._send_error(exchange, flavor, 400, f"Unknown X-Sim-Fault {forced!r}; "
-                                 f"expected one of {', '.join(FAULT_KINDS)}.",
+                                 f"expected one of {', '.join(FAULT_KINDS)} or {_INVALID_JSON}.",
                                  "invalid_request_error", None)
                 return
         else:
@@ -252,12 +260,19 @@ class Simulator:
             self.stats.count_fault(fault)
             await self._fault(exchange, flavor, fault, prompt_tokens, key_ok)
             return
-        if spec is None or reply is None:
+        if spec is None:
             self.stats.record(404, prompt_tokens, 0, key_ok)
             self._send_error(exchange, flavor, 404, f"The model `{body.get('model')}` does not "
                              "exist or you do not have access to it.",
                              "invalid_request_error", "model_not_found")
             return
+        if isinstance(options, Rejection):
+            self.stats.record(400, prompt_tokens, 0, key_ok)
+            self._send_error(exchange, flavor, 400, options.message, "invalid_request_error",
+                             options.code, options.param)
+            return
+        assert options is not None and reply is not None  # a known model always plans a reply
+        max_tokens = options.max_tokens
         requested = prompt_tokens + (max_tokens or 0)
         if requested > spec.context_window:
             self.stats.record(400, prompt_tokens, 0, key_ok)
@@ -275,22 +290,25 @@ class Simulator:
         completion_id = f"chatcmpl-sim{self._next_completion}"
         self._next_completion += 1
         cost = (prompt_tokens * spec.price_in + reply.completion_tokens * spec.price_out) / 1e6
-        usage = usage_of(flavor, prompt_tokens, reply.completion_tokens, cost)
+        usage = usage_of(flavor, prompt_tokens, reply.completion_tokens, cost, spec.reasoning,
+                         reply.reasoning_tokens)
         self.stats.record(200, prompt_tokens, reply.completion_tokens, key_ok)
         self.stats.cost += cost
         model = str(body.get("model"))
         if fault is not None:
             self.stats.count_fault(fault)
         if body.get("stream") is True:
-            options = body.get("stream_options")
+            stream_options = body.get("stream_options")
             include_usage = flavor == "openrouter" or (
-                isinstance(options, dict) and options.get("include_usage") is True
+                isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             )
-            events = StreamEvents(flavor, completion_id, int(time.time()), model, include_usage)
+            events = StreamEvents(flavor, completion_id, int(time.time()), model, include_usage,
+                                  spec.reasoning, options.top_logprobs)
             await self._stream(exchange, flavor, events, reply, usage if include_usage else None,
                                fault, position_draw)
             return
-        payload = completion_body(flavor, completion_id, int(time.time()), model, reply, usage)
+        payload = completion_body(flavor, completion_id, int(time.time()), model, reply, usage,
+                                  spec.reasoning, options.top_logprobs)
         headers = self._headers()
         headers.append(_JSON)
         if fault == "midstream_drop":
@@ -354,8 +372,9 @@ class Simulator:
         faults = self._config.faults
         stats = self.stats
         body = events.reply(reply)
-        # The fault strikes after the role chunk and at least one content chunk, before the
-        # finishing chunk: a client has then already relayed output and may not fall back.
+        # The fault strikes after the role chunk and at least one reasoning or content chunk,
+        # before the finishing chunk: a client has then already relayed output and may not
+        # fall back.
         before_finish = len(body) - 1
         cut = min(before_finish, 2 + int(position_draw * max(0, before_finish - 1)))
         if usage is not None:

@@ -19,12 +19,17 @@ __all__ = [
     "FaultConfig",
     "Flavor",
     "ModelSpec",
+    "ReasoningStyle",
     "SimulatorConfig",
     "load_config",
     "merge_patch",
 ]
 
 Flavor = Literal["openai", "openrouter"]
+ReasoningStyle = Literal["openai", "openrouter", "deepseek"]
+"""How a model reasons: ``openai`` hides it (counts only ``reasoning_tokens``) and refuses
+``max_tokens`` and non-default sampling; ``openrouter`` streams ``reasoning`` and
+``reasoning_details``; ``deepseek`` streams ``reasoning_content``."""
 
 FAULT_KINDS: tuple[str, ...] = (
     "429",
@@ -44,7 +49,8 @@ Rate = float
 
 
 class ModelSpec(BaseModel):
-    """One served model: its context window, reply length and prices (USD per million tokens)."""
+    """One served model: its context window, reply length, prices (USD per million tokens) and
+    whether (and how) it reasons."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +58,7 @@ class ModelSpec(BaseModel):
     reply_words: int = Field(default=0, ge=0)
     price_in: NonNegativeFloat = 0.0
     price_out: NonNegativeFloat = 0.0
+    reasoning: ReasoningStyle | None = None
 
 
 class FaultConfig(BaseModel):
@@ -75,6 +82,9 @@ class FaultConfig(BaseModel):
     first_byte_delay: NonNegativeFloat = 0.0
     chunk_delay: NonNegativeFloat = 0.0
     keepalive_interval: float = Field(default=0.5, gt=0.0)
+    invalid_json: bool = False
+    """JSON-mode answers are cut short by one character (``X-Sim-Fault: invalid_json`` does it
+    for one request); they draw nothing, so the other faults stay where the seed puts them."""
 
     @model_validator(mode="after")
     def _rates_fit_in_one(self) -> FaultConfig:
@@ -106,6 +116,14 @@ def _default_models() -> dict[str, ModelSpec]:
         "openai/gpt-4o-mini": ModelSpec(context_window=128_000, price_in=0.15, price_out=0.6),
         "sim-long": ModelSpec(context_window=128_000, reply_words=200),
         "sim-tiny": ModelSpec(context_window=256),
+        "o4-mini": ModelSpec(context_window=200_000, price_in=1.1, price_out=4.4,
+                             reasoning="openai"),
+        "gpt-5-mini": ModelSpec(context_window=400_000, price_in=0.25, price_out=2.0,
+                                reasoning="openai"),
+        "deepseek-reasoner": ModelSpec(context_window=128_000, price_in=0.56, price_out=1.68,
+                                       reasoning="deepseek"),
+        "deepseek/deepseek-r1": ModelSpec(context_window=163_840, price_in=0.4, price_out=2.0,
+                                          reasoning="openrouter"),
     }
 
 

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._options import JsonFormat
+from ._structured import json_answer
+
 __all__ = ["Reply", "ToolCall", "estimate_prompt_tokens", "plan_reply", "tool_call_tokens"]
 
 _DIRECTIVE = re.compile(r"\bcall\s+([A-Za-z0-9_.\-]+)")
@@ -16,6 +19,7 @@ _FILLER = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
 )
+_THOUGHTS = ("weighing", "the", "options", "then", "checking", "each", "step", "again")
 _TOOL_RESULT_CHARS = 200
 
 
@@ -36,10 +40,18 @@ class Reply:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str
     completion_tokens: int
+    """Reasoning tokens included."""
+    reasoning: tuple[str, ...] = ()
+    """The reasoning words sent before the answer (empty when the model keeps them hidden)."""
+    reasoning_tokens: int = 0
 
     @property
     def text(self) -> str:
         return "".join(self.words)
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.reasoning)
 
 
 def text_of(content: Any) -> str:
@@ -80,25 +92,50 @@ def plan_reply(
     reply_words: int,
     max_tokens: int | None,
     first_call_number: int,
+    *,
+    reasoning_tokens: int = 0,
+    show_reasoning: bool = False,
+    json_format: JsonFormat | None = None,
+    broken_json: bool = False,
 ) -> Reply:
-    """The answer to ``messages``; tool calls are numbered from ``first_call_number``."""
+    """The answer to ``messages``; tool calls are numbered from ``first_call_number``.
+
+    Reasoning comes first and spends ``max_tokens`` before the answer does; a JSON answer
+    (``json_format``) wraps the text that would otherwise be sent.
+    """
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     role = last.get("role")
+    if max_tokens is not None:
+        reasoning_tokens = min(reasoning_tokens, max_tokens)
+    reasoning = _reasoning(messages, reasoning_tokens) if show_reasoning else ()
     if offered_tools and role == "user":
         calls = _tool_calls(text_of(last.get("content")), offered_tools, first_call_number)
         if calls:
-            return Reply((), calls, "tool_calls", tool_call_tokens(calls))
+            return Reply((), calls, "tool_calls", tool_call_tokens(calls) + reasoning_tokens,
+                         reasoning, reasoning_tokens)
     text = _tool_results(messages) if role == "tool" else "Echo: " + _last_user_text(messages)
     words = _WORD.findall(text)
     index = 0
     while len(words) < reply_words:
         words.append(" " + _FILLER[index % len(_FILLER)])
         index += 1
+    if json_format is not None:
+        words = _WORD.findall(json_answer("".join(words), json_format.schema, broken_json))
     finish = "stop"
-    if max_tokens is not None and len(words) > max_tokens:
-        words = words[:max_tokens]
+    if max_tokens is not None and len(words) > max_tokens - reasoning_tokens:
+        words = words[: max_tokens - reasoning_tokens]
         finish = "length"
-    return Reply(tuple(words), (), finish, len(words))
+    return Reply(tuple(words), (), finish, len(words) + reasoning_tokens, reasoning,
+                 reasoning_tokens)
+
+
+def _reasoning(messages: Sequence[Any], tokens: int) -> tuple[str, ...]:
+    words = _WORD.findall("Thinking about the request: " + _last_user_text(messages))
+    index = 0
+    while len(words) < tokens:
+        words.append(" " + _THOUGHTS[index % len(_THOUGHTS)])
+        index += 1
+    return tuple(words[:tokens])
 
 
 def _last_user_text(messages: Sequence[Any]) -> str:
