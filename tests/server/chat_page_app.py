@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-STATIC = Path(__file__).resolve().parent.parent / "server" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "server" / "static"
 MODELS = {
     "models": [
         {"provider": "openai", "model": "gpt-4o-mini"},

@@ -1,6 +1,6 @@
 """The chat page's Markdown, reasoning and model picker in headless Chromium (Playwright).
 
-The page is served by ``tests.chat_page_app``, a real child process speaking the server's chat
+The page is served by ``tests.server.chat_page_app``, a real child process speaking the chat
 contract with scripted answers, so each test controls exactly what the page receives. Skipped,
 saying why, when ``/usr/bin/chromium`` is absent.
 """
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[_Child]:
-    child = _Child([sys.executable, "-m", "tests.chat_page_app"],
+    child = _Child([sys.executable, "-m", "tests.server.chat_page_app"],
                    banner=re.compile(r"chat page app listening on (http://\S+)"))
     child.wait_banner()
     yield child

@@ -19,7 +19,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors._metrics_store import LATENCY_BOUNDS
+from actors.metrics._store import LATENCY_BOUNDS
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
