@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 import uuid
 from collections import deque
@@ -37,7 +36,7 @@ from actors.chat import (
     TurnComplete,
     TurnText,
 )
-from actors.llm import LLMClientError, public_name
+from actors.llm import LLMClientError
 from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
@@ -495,10 +494,9 @@ _RUNTIME_ERROR_TYPES: tuple[tuple[type[ActorError], str], ...] = (
 
 
 def error_type_of(exc: BaseException) -> str:
-    """The ``error_type`` a client sees for ``exc``: ``LLMRateLimitError`` → ``rate_limit``."""
+    """The ``error_type`` a client sees for ``exc`` (an LLM error declares its own)."""
     if isinstance(exc, LLMClientError):
-        name = public_name(exc).removeprefix("LLM").removesuffix("Error") or "llm"
-        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        return exc.error_type
     for cls, error_type in _RUNTIME_ERROR_TYPES:
         if isinstance(exc, cls):
             return error_type

@@ -16,6 +16,7 @@ from ._errors import (
     LLMConnectionError,
     LLMCostLimitError,
     LLMModelNotFoundError,
+    LLMOverloadedError,
     LLMQuotaExceededError,
     LLMRateLimitError,
     LLMServerError,
@@ -23,7 +24,7 @@ from ._errors import (
     LLMTimeoutError,
     LLMTokenLimitError,
     ProviderUnavailable,
-    public_name,
+    as_llm_error,
     redact,
 )
 from ._limits import RateLimitConfig
@@ -53,6 +54,7 @@ __all__ = [
     "LLMConnectionError",
     "LLMCostLimitError",
     "LLMModelNotFoundError",
+    "LLMOverloadedError",
     "LLMQuotaExceededError",
     "LLMRateLimitError",
     "LLMResponse",
@@ -71,12 +73,12 @@ __all__ = [
     "TextDelta",
     "ToolCall",
     "Usage",
+    "as_llm_error",
     "build_catalog",
     "count_message_tokens",
     "create_llm_client",
     "mask_secrets",
     "open_runtime",
     "provider_child_spec",
-    "public_name",
     "redact",
 ]

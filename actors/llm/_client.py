@@ -1,19 +1,25 @@
-"""The seed's client API, for those who embed the LLM client directly (no router, no ledger).
+"""The specification's client API, for those who embed one provider directly (no router).
 
 ::
 
     client = create_llm_client("openai", {"model": "gpt-4o-mini"}, api_key="sk-...")
-    async with client:
-        answer = await client.get_response([{"role": "user", "content": "Hello"}])
-        async with client.stream_response([{"role": "user", "content": "Hello"}]) as stream:
-            async for item in stream:
-                ...  # str deltas, then one LLMResponse
+    await client.initialize()
+    tokens = await client.estimate_tokens(messages)
+    response = await client.get_response(messages)             # an LLMResponse
+    tracked = await client.get_response_with_cost_tracking(messages=messages)
+    tracked["cost_info"]                                       # total, prompt, completion cost
+    client.metrics.get_summary()                               # LLMMetrics, the actor's counts
+    async with client.stream_response(messages) as stream:     # str deltas, then an LLMResponse
+        ...
+    await client.aclose()                                      # or: async with client: ...
 
-Underneath, :meth:`LLMClient.initialize` starts a private actor system with one
-:class:`~actors.llm._provider.ProviderActor` under a supervisor, so the client has the same pool,
-limits, breaker, error mapping and restarts as the service. Fallbacks across providers are the
-router's job (:mod:`actors.llm._runtime`); OpenRouter's native ``models`` list is used when
-configured.
+``create_llm_client`` gives an :class:`OpenAIClient` (``openai``, ``openai-compatible``) or an
+:class:`OpenRouterClient`; both are :class:`BaseLLMClient`. Underneath, :meth:`initialize` starts a
+private actor system: a MetricsActor and one :class:`~actors.llm._provider.ProviderActor` under a
+supervisor, so the client has the same pool, limits, breaker, error mapping and restarts as the
+service. Fallbacks across providers are the router's job (:mod:`actors.llm._runtime`); a provider's
+``fallback_models`` are used here only as OpenRouter's native ``models`` list, when configured.
+Every error raised is an :class:`~actors.llm._errors.LLMClientError` subclass.
 """
 
 from __future__ import annotations
@@ -21,22 +27,32 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, get_args
+from typing import Any, Self, TypedDict, get_args
 
 from pydantic import SecretStr, ValidationError
 
+from actors.metrics import metrics_child_spec
 from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
 
 from ._catalog import ModelCatalog
-from ._config import LLMClientConfig, ProviderConfig, ProviderKind
+from ._config import ClientSettings, LLMClientConfig, ProviderConfig, ProviderKind
+from ._errors import translate_actor_errors
 from ._messages import ChatRequest, LLMResponse, ProviderCall, StreamEnd, TextDelta
 from ._provider import provider_child_spec
-from ._tokens import acount_message_tokens, count_message_tokens
+from ._spec_metrics import CostInfo, LLMMetrics, cost_info
+from ._tokens import acount_message_tokens
 
-__all__ = ["LLMClient", "ResponseStream", "create_llm_client"]
+__all__ = [
+    "BaseLLMClient",
+    "CostTrackedResponse",
+    "OpenAIClient",
+    "OpenRouterClient",
+    "ResponseStream",
+    "create_llm_client",
+]
 
 Message = dict[str, Any]
-_PROVIDERS: tuple[str, ...] = get_args(ProviderKind)
+_KINDS: tuple[str, ...] = get_args(ProviderKind)
 # The whole call's deadline is the configured timeout plus this margin, so that the provider's
 # own typed timeout (httpx2's) wins the race when the provider is the slow part.
 _DEADLINE_MARGIN = 5.0
@@ -46,32 +62,36 @@ def create_llm_client(
     provider: str,
     config: LLMClientConfig | ProviderConfig | Mapping[str, Any],
     api_key: str | None = None,
-) -> LLMClient:
-    """A client for ``provider`` (``openai``, ``openrouter`` or ``openai-compatible``).
+) -> BaseLLMClient:
+    """A client for ``provider``: ``openai``, ``openrouter`` or ``openai-compatible``, or any name
+    when ``config`` gives its ``kind``.
 
-    ``config`` is validated here: an unknown provider or an invalid value raises ``ValueError``
-    naming the field. ``api_key`` given explicitly is used instead of the environment (never
-    shown in a repr, a log or an error). Call :meth:`LLMClient.initialize` (or ``async with``)
-    before use.
+    ``config`` is a provider's block of ``config.yaml`` (either form), a :class:`ProviderConfig`
+    or an :class:`LLMClientConfig`; it is validated here. ``ValueError`` names an unsupported
+    provider or each invalid field. ``api_key`` given explicitly is used instead of the
+    environment (never shown in a repr, a log or an error). Call :meth:`~BaseLLMClient.initialize`
+    (or ``async with``) before use.
     """
-    if provider not in _PROVIDERS:
-        raise ValueError(
-            f"provider: unknown provider {provider!r} (expected one of {', '.join(_PROVIDERS)})"
-        )
+    if isinstance(config, LLMClientConfig):
+        key = config.api_key.get_secret_value() if api_key is None else api_key
+        return create_llm_client(provider, config.model_dump(exclude={"api_key"},
+                                                             exclude_unset=True), key)
     if isinstance(config, ProviderConfig):
         data: dict[str, Any] = config.model_dump(exclude_unset=True)
         data["kind"] = config.kind
-    elif isinstance(config, LLMClientConfig):
-        data = config.model_dump(exclude_unset=True)
     elif isinstance(config, Mapping):
         data = dict(config)
     else:
         raise TypeError(f"config must be a mapping or LLMClientConfig, not {type(config).__name__}")
-    if data.setdefault("kind", provider) != provider:
-        raise ValueError(f"kind: {data['kind']!r} does not match provider {provider!r}")
+    if provider in _KINDS:
+        if data.setdefault("kind", provider) != provider:
+            raise ValueError(f"kind: {data['kind']!r} does not match provider {provider!r}")
+    elif data.get("kind") not in _KINDS:
+        raise ValueError(f"Unsupported provider: {provider!r} (expected one of"
+                         f" {', '.join(_KINDS)}, or a config with one of them as kind)")
     if (
         api_key is not None
-        and provider == "openai-compatible"
+        and data["kind"] == "openai-compatible"
         and data.get("api_key_env") is None
         and data.get("api_key_file") is None
     ):
@@ -81,7 +101,9 @@ def create_llm_client(
         validated = ProviderConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(_describe(provider, exc)) from None
-    return LLMClient(provider, validated, SecretStr(api_key) if api_key is not None else None)
+    client_class = OpenRouterClient if validated.kind == "openrouter" else OpenAIClient
+    return client_class(validated, provider=provider,
+                        api_key=SecretStr(api_key) if api_key is not None else None)
 
 
 def _describe(provider: str, error: ValidationError) -> str:
@@ -92,41 +114,65 @@ def _describe(provider: str, error: ValidationError) -> str:
     return f"invalid configuration for provider {provider!r}: " + "; ".join(problems)
 
 
-class LLMClient:
-    """One provider behind a private actor system. Made by :func:`create_llm_client`.
+class CostTrackedResponse(TypedDict):
+    """What :meth:`BaseLLMClient.get_response_with_cost_tracking` returns."""
+
+    response: LLMResponse
+    cost_info: CostInfo
+
+
+class BaseLLMClient:
+    """One provider behind a private actor system. Made by :func:`create_llm_client`, or
+    directly from an :class:`LLMClientConfig` as the specification does (``OpenAIClient(config)``).
 
     :meth:`initialize` and :meth:`aclose` must run in the same task (the system is an anyio task
     group); ``async with client:`` does both.
     """
 
-    def __init__(self, provider: str, config: ProviderConfig, api_key: SecretStr | None) -> None:
-        self.provider = provider
+    kind: ProviderKind = "openai"
+
+    def __init__(
+        self,
+        config: LLMClientConfig | ProviderConfig,
+        *,
+        provider: str | None = None,
+        api_key: SecretStr | None = None,
+    ) -> None:
+        if isinstance(config, LLMClientConfig):
+            api_key = config.api_key if api_key is None else api_key
+            settings = config.model_dump(exclude={"api_key"}, exclude_unset=True)
+            config = ProviderConfig.model_validate({**settings, "kind": self.kind})
+        self.provider = provider if provider is not None else config.kind
         self.config = config
         self._api_key = api_key
+        self._catalog = ModelCatalog(config.context_windows, config.prices)
         self._stack: AsyncExitStack | None = None
         self._ref: ActorRef | None = None
+        self._metrics: LLMMetrics | None = None
 
     def __repr__(self) -> str:
         state = "running" if self._ref is not None else "not initialized"
-        return f"<LLMClient {self.provider} {self.config.model} [{state}]>"
+        return f"<{type(self).__name__} {self.provider} {self.config.model} [{state}]>"
 
     async def initialize(self) -> None:
-        """Start the provider actor (a no-op if already started)."""
+        """Start the metrics and provider actors (a no-op if already started)."""
         if self._ref is not None:
             return
-        catalog = ModelCatalog(self.config.context_windows, self.config.prices)
-        spec = provider_child_spec(self.provider, self.config, catalog=catalog,
-                                   api_key=self._api_key)
-        root = SupervisorSpec(f"llm-client:{self.provider}", [spec], max_restarts=10,
-                              max_seconds=60.0, backoff=Backoff(initial=0.1, maximum=5.0))
+        root = SupervisorSpec(f"llm-client:{self.provider}", [metrics_child_spec()],
+                              max_restarts=10, max_seconds=60.0,
+                              backoff=Backoff(initial=0.1, maximum=5.0))
         async with AsyncExitStack() as stack:
             system = await stack.enter_async_context(ActorSystem(root))
-            self._ref = system.ref(self.provider)
+            metrics = LLMMetrics.of(system)
+            self._ref = await system.spawn(provider_child_spec(
+                self.provider, self.config, system.ref("metrics"), self._catalog,
+                api_key=self._api_key))
+            self._metrics = metrics
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:
-        """Stop the actor and close its connections. Idempotent."""
-        stack, self._stack, self._ref = self._stack, None, None
+        """Stop the actors and close their connections. Idempotent."""
+        stack, self._stack, self._ref, self._metrics = self._stack, None, None, None
         if stack is not None:
             await stack.aclose()
 
@@ -142,9 +188,22 @@ class LLMClient:
     ) -> None:
         await self.aclose()
 
-    def estimate_tokens(self, messages: Sequence[Message]) -> int:
-        """Prompt tokens of ``messages`` for the configured model (OpenAI's counting recipe)."""
-        return count_message_tokens(list(messages), self.config.model)
+    @property
+    def metrics(self) -> LLMMetrics:
+        """This client's :class:`LLMMetrics`: every call it made, recorded by its provider actor.
+
+        Raises ``RuntimeError`` before :meth:`initialize`.
+        """
+        self._started()
+        assert self._metrics is not None
+        return self._metrics
+
+    async def estimate_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of ``messages`` for the configured model (OpenAI's counting recipe).
+
+        Large inputs are counted in a worker thread, so the event loop never waits on them.
+        """
+        return await acount_message_tokens(list(messages), self.config.model)
 
     async def get_response(
         self, messages: Sequence[Message], tools: Sequence[Message] | None = None, **kwargs: Any
@@ -152,12 +211,35 @@ class LLMClient:
         """One complete answer.
 
         ``kwargs`` override generation parameters (``temperature``, ``max_tokens``, ...);
-        ``model=`` picks another model. Raises ``LLMClientError`` subclasses (or
-        ``runtime.ActorError`` ones, such as ``DeadlineExceeded``).
+        ``model=`` picks another model. Raises ``LLMClientError`` subclasses, among them
+        ``LLMTokenLimitError`` before any call when the prompt does not fit the context window.
         """
         call = await self._call(messages, tools, kwargs, stream=False)
-        response: LLMResponse = await self._started().ask(call, timeout=self._deadline())
+        with translate_actor_errors(provider=self.provider, model=call.model):
+            response: LLMResponse = await self._started().ask(call, timeout=self._deadline())
         return response
+
+    async def get_response_with_cost_tracking(
+        self,
+        messages: Sequence[Message] | None = None,
+        tools: Sequence[Message] | None = None,
+        **kwargs: Any,
+    ) -> CostTrackedResponse:
+        """:meth:`get_response`, and what it cost: ``{"response", "cost_info": {"total_cost",
+        "prompt_cost", "completion_cost"}}`` in USD.
+
+        The total is OpenRouter's reported cost where there is one, the price table's otherwise;
+        with ``enable_cost_tracking: false`` every cost is ``None``. Arguments as for
+        :meth:`get_response` (``messages`` may be given by keyword, as the specification does).
+        """
+        if messages is None:
+            raise TypeError("get_response_with_cost_tracking() needs messages")
+        response = await self.get_response(messages, tools, **kwargs)
+        if not self.config.enable_cost_tracking:
+            info: CostInfo = {"total_cost": None, "prompt_cost": None, "completion_cost": None}
+        else:
+            info = cost_info(response, self._catalog)
+        return {"response": response, "cost_info": info}
 
     def stream_response(
         self, messages: Sequence[Message], tools: Sequence[Message] | None = None, **kwargs: Any
@@ -174,7 +256,9 @@ class LLMClient:
 
     def _started(self) -> ActorRef:
         if self._ref is None:
-            raise RuntimeError("LLMClient is not initialized: call initialize() or use async with")
+            raise RuntimeError(
+                f"{type(self).__name__} is not initialized: call initialize() or use async with"
+            )
         return self._ref
 
     def _deadline(self) -> float:
@@ -188,15 +272,28 @@ class LLMClient:
                                                     tools=list(tools) if tools else None)
         chat = ChatRequest.of(list(messages), list(tools) if tools else None, model=model,
                               provider=self.provider, params=params)
-        fallbacks = tuple(m for m in self.config.fallback_models if m != model)
+        fallbacks = tuple(m for m in self.config.models if m != model)
         return ProviderCall(chat, model, prompt_tokens, stream=stream,
                             fallback_models=fallbacks if self.config.use_native_fallbacks else ())
+
+
+class OpenAIClient(BaseLLMClient):
+    """OpenAI, or any OpenAI-compatible endpoint: prices from the configured price table."""
+
+    kind: ProviderKind = "openai"
+
+
+class OpenRouterClient(BaseLLMClient):
+    """OpenRouter: ``HTTP-Referer`` / ``X-Title`` from ``extra_headers`` (or ``site_url`` /
+    ``app_name``), the cost OpenRouter reports, and optionally its native ``models`` fallbacks."""
+
+    kind: ProviderKind = "openrouter"
 
 
 class ResponseStream:
     """The items of one streamed answer: ``str`` deltas, then the final :class:`LLMResponse`."""
 
-    def __init__(self, client: LLMClient, messages: Sequence[Message],
+    def __init__(self, client: BaseLLMClient, messages: Sequence[Message],
                  tools: Sequence[Message] | None, kwargs: dict[str, Any]) -> None:
         self._client = client
         self._args = (messages, tools, kwargs)
@@ -225,7 +322,8 @@ class ResponseStream:
             await self._open()
         assert self._items is not None
         try:
-            item = await self._items.__anext__()
+            with translate_actor_errors(provider=self._client.provider):
+                item = await self._items.__anext__()
         except BaseException:
             await self.aclose()
             raise
@@ -242,8 +340,9 @@ class ResponseStream:
         call = await self._client._call(messages, tools, kwargs, stream=True)
         ref = self._client._started()
         async with AsyncExitStack() as stack:
-            self._items = await stack.enter_async_context(
-                ref.ask_stream(call, timeout=self._client._deadline()))
+            with translate_actor_errors(provider=self._client.provider, model=call.model):
+                self._items = await stack.enter_async_context(
+                    ref.ask_stream(call, timeout=self._client._deadline()))
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:

@@ -2,20 +2,33 @@
 
 Our exception hierarchy::
 
-    LLMClientError                    retryable?  what the router does
-    ├── LLMRateLimitError             yes         next provider; here only after ``retry_after``
-    │   └── LLMQuotaExceededError     no          next provider (this account is out of money)
-    ├── LLMAuthError                  no          next provider (only this provider's key is bad)
-    ├── LLMTokenLimitError            no          return at once (every provider would refuse it)
-    ├── LLMModelNotFoundError         no          next candidate (another provider may serve it)
-    ├── LLMStreamingError             if no text  fall back only if ``partial_text`` is empty
-    ├── LLMCostLimitError             no          return at once (our own budget)
-    ├── LLMTimeoutError               yes         next provider
-    ├── LLMConnectionError            yes         next provider
-    ├── LLMServerError                yes         next provider
-    ├── LLMBadRequestError            no          return at once (the request itself is wrong)
-    ├── ContentRefused                no          return at once unless configured to fall back
-    └── ProviderUnavailable           yes         skip this provider, try the next one
+    LLMClientError                    error_type            retryable?  what the router does
+    ├── LLMRateLimitError             rate_limit            yes         next provider; here only
+    │   │                                                               after ``retry_after``
+    │   └── LLMQuotaExceededError     quota_exceeded        no          next provider (this
+    │                                                                   account is out of money)
+    ├── LLMAuthError                  auth                  no          next provider (only this
+    │                                                                   provider's key is bad)
+    ├── LLMTokenLimitError            token_limit           no          return at once (every
+    │                                                                   provider would refuse it)
+    ├── LLMModelNotFoundError         model_not_found       no          next candidate
+    ├── LLMStreamingError             streaming             if no text  fall back only if
+    │                                                                   ``partial_text`` is empty
+    ├── LLMCostLimitError             cost_limit            no          return at once (our budget)
+    ├── LLMTimeoutError               timeout               yes         next provider
+    ├── LLMConnectionError            connection            yes         next provider
+    ├── LLMServerError                server                yes         next provider
+    ├── LLMBadRequestError            bad_request           no          return at once
+    ├── LLMOverloadedError            overloaded            yes         next provider (a mailbox
+    │                                                                   of ours is full)
+    ├── ContentRefused                content_refused       no          return at once unless
+    │                                                                   configured to fall back
+    └── ProviderUnavailable           provider_unavailable  yes         skip this provider
+
+``error_type`` is the name a WebSocket client sees (``{"status": "error", "chunk": {"error_type":
+...}}``): part of the protocol, declared per class, never derived from a class name, so renaming a
+class changes nothing on the wire. ``retry_after`` (seconds, when known) says when trying the same
+provider again makes sense; rate limits and unavailable providers set it.
 
 ``retryable`` answers one question: *may the same request, unchanged, succeed if sent again (later
 or elsewhere)?* It is a class default that an instance may override (a mid-stream failure before the
@@ -26,6 +39,15 @@ tied to the request (:class:`LLMTokenLimitError`, :class:`LLMBadRequestError`,
 :class:`LLMCostLimitError`, :class:`ContentRefused`) would be repeated everywhere. The attribute
 :attr:`LLMClientError.provider_specific` carries that distinction.
 
+The actor kernel's errors (:class:`runtime.ActorError`) never leave this package: the facades and
+the router translate them with :func:`as_llm_error`, the one place that knows both trees::
+
+    runtime.Overloaded                 -> LLMOverloadedError
+    runtime.DeadlineExceeded           -> LLMTimeoutError
+    runtime.ActorCrashed               -> ProviderUnavailable (retryable)
+    runtime.ActorStopped               -> ProviderUnavailable (not retryable: stopped for good)
+    runtime.RestartIntensityExceeded   -> ProviderUnavailable (not retryable)
+
 Messages never contain secrets: whatever text we copy from upstream goes through :func:`redact`
 first, and every error pickles and reprs from its (already redacted) fields only.
 """
@@ -33,8 +55,11 @@ first, and every error pickles and reprs from its (already redacted) fields only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from runtime import ActorCrashed, ActorError, DeadlineExceeded, Overloaded
 
 __all__ = [
     "ContentRefused",
@@ -44,6 +69,7 @@ __all__ = [
     "LLMConnectionError",
     "LLMCostLimitError",
     "LLMModelNotFoundError",
+    "LLMOverloadedError",
     "LLMQuotaExceededError",
     "LLMRateLimitError",
     "LLMServerError",
@@ -51,8 +77,9 @@ __all__ = [
     "LLMTimeoutError",
     "LLMTokenLimitError",
     "ProviderUnavailable",
-    "public_name",
+    "as_llm_error",
     "redact",
+    "translate_actor_errors",
 ]
 
 REDACTED = "[REDACTED]"
@@ -79,11 +106,13 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 class LLMClientError(Exception):
     """Base class of every error a model call can end with.
 
-    ``retryable`` says whether the same request may succeed if sent again; ``provider_specific``
-    whether the cause is tied to this provider (so another provider may succeed even when
-    ``retryable`` is false).
+    ``error_type`` is its name on the wire (the module docstring lists them); ``retryable`` says
+    whether the same request may succeed if sent again; ``provider_specific`` whether the cause
+    is tied to this provider (so another provider may succeed even when ``retryable`` is false);
+    ``retry_after`` how many seconds to wait before trying this provider again, when known.
     """
 
+    error_type: ClassVar[str] = "client"
     retryable: bool = False
     provider_specific: bool = False
 
@@ -95,6 +124,7 @@ class LLMClientError(Exception):
         model: str | None = None,
         status_code: int | None = None,
         retryable: bool | None = None,
+        retry_after: float | None = None,
     ) -> None:
         # Key-shaped text is scrubbed even from messages built by our own code.
         message = redact(message)
@@ -103,6 +133,7 @@ class LLMClientError(Exception):
         self.provider = provider
         self.model = model
         self.status_code = status_code
+        self.retry_after = retry_after
         if retryable is not None:
             self.retryable = retryable
 
@@ -115,6 +146,7 @@ class LLMClientError(Exception):
             "provider": self.provider,
             "model": self.model,
             "status_code": self.status_code,
+            "retry_after": self.retry_after,
         }
         if self.retryable is not type(self).retryable:
             kwargs["retryable"] = self.retryable
@@ -140,22 +172,12 @@ def _rebuild(cls: type[LLMClientError], message: str, kwargs: dict[str, Any]) ->
     return cls(message, **kwargs)
 
 
-class _RetryAfter(LLMClientError):
-    """An error that says when trying this provider again makes sense (``retry_after`` s)."""
+class LLMRateLimitError(LLMClientError):
+    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here."""
 
+    error_type = "rate_limit"
     retryable = True
     provider_specific = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
-    def _extra(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
-
-
-class LLMRateLimitError(_RetryAfter):
-    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here."""
 
 
 class LLMQuotaExceededError(LLMRateLimitError):
@@ -164,6 +186,7 @@ class LLMQuotaExceededError(LLMRateLimitError):
     Waiting does not help; another provider (another account) may.
     """
 
+    error_type = "quota_exceeded"
     retryable = False
 
 
@@ -174,16 +197,20 @@ class LLMAuthError(LLMClientError):
     supervisor restarts it with credentials re-read); the router may try another provider.
     """
 
+    error_type = "auth"
     provider_specific = True
 
 
 class LLMTokenLimitError(LLMClientError):
     """The prompt plus ``max_tokens`` does not fit the model's context window or a token budget."""
 
+    error_type = "token_limit"
+
 
 class LLMModelNotFoundError(LLMClientError):
     """The provider does not know the model (HTTP 404); another provider may."""
 
+    error_type = "model_not_found"
     provider_specific = True
 
 
@@ -194,6 +221,7 @@ class LLMStreamingError(LLMClientError):
     would show the client the beginning of the answer twice.
     """
 
+    error_type = "streaming"
     provider_specific = True
 
     def __init__(self, message: str, *, partial_text: str = "", **kwargs: Any) -> None:
@@ -214,10 +242,13 @@ class LLMStreamingError(LLMClientError):
 class LLMCostLimitError(LLMClientError):
     """The request would exceed ``max_cost_per_request`` or the daily spend limit."""
 
+    error_type = "cost_limit"
+
 
 class LLMTimeoutError(LLMClientError):
     """The provider did not answer in time (connect, read or pool timeout)."""
 
+    error_type = "timeout"
     retryable = True
     provider_specific = True
 
@@ -225,6 +256,7 @@ class LLMTimeoutError(LLMClientError):
 class LLMConnectionError(LLMClientError):
     """The connection to the provider failed or was reset."""
 
+    error_type = "connection"
     retryable = True
     provider_specific = True
 
@@ -232,6 +264,7 @@ class LLMConnectionError(LLMClientError):
 class LLMServerError(LLMClientError):
     """The provider failed (HTTP 5xx)."""
 
+    error_type = "server"
     retryable = True
     provider_specific = True
 
@@ -239,17 +272,60 @@ class LLMServerError(LLMClientError):
 class LLMBadRequestError(LLMClientError):
     """The provider rejected the request as malformed (HTTP 400/422, or another 4xx)."""
 
+    error_type = "bad_request"
+
 
 class ContentRefused(LLMClientError):
     """The provider refused the content (moderation, ``content_filter``)."""
 
+    error_type = "content_refused"
 
-class ProviderUnavailable(_RetryAfter):
-    """The provider cannot take calls now (breaker open, actor restarting); ``retry_after`` hints
-    when it may.
+
+class LLMOverloadedError(LLMClientError):
+    """One of our own actors is overloaded (its mailbox is full): shed load, try again shortly."""
+
+    error_type = "overloaded"
+    retryable = True
+
+
+class ProviderUnavailable(LLMClientError):
+    """The provider cannot take calls now (breaker open, actor restarting or stopped).
+
+    ``retry_after`` hints when it may.
     """
 
+    error_type = "provider_unavailable"
+    retryable = True
+    provider_specific = True
 
-def public_name(error: BaseException) -> str:
-    """The first public class name of ``error``: private subclasses stay inside their module."""
-    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))
+
+def as_llm_error(
+    error: LLMClientError | ActorError, *, provider: str | None = None, model: str | None = None
+) -> LLMClientError:
+    """``error`` as an :class:`LLMClientError`: kernel errors translated, ours returned as is.
+
+    The one translation between the actor kernel's tree and ours (table in the module
+    docstring); ``provider`` and ``model`` say which call it was, when known.
+    """
+    if isinstance(error, LLMClientError):
+        return error
+    message = str(error)
+    if isinstance(error, Overloaded):
+        return LLMOverloadedError(message, provider=provider, model=model)
+    if isinstance(error, DeadlineExceeded):
+        return LLMTimeoutError(message, provider=provider, model=model)
+    if isinstance(error, ActorCrashed):
+        return ProviderUnavailable(message, provider=provider, model=model)
+    # Stopped, or a supervisor gave up: the same request will not succeed here again.
+    return ProviderUnavailable(message, provider=provider, model=model, retryable=False)
+
+
+@contextmanager
+def translate_actor_errors(
+    *, provider: str | None = None, model: str | None = None
+) -> Iterator[None]:
+    """Run the block with every :class:`runtime.ActorError` re-raised as :func:`as_llm_error`."""
+    try:
+        yield
+    except ActorError as exc:
+        raise as_llm_error(exc, provider=provider, model=model) from exc

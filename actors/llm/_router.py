@@ -48,7 +48,7 @@ from ._errors import (
     LLMStreamingError,
     LLMTimeoutError,
     ProviderUnavailable,
-    public_name,
+    as_llm_error,
 )
 from ._messages import (
     Attempt,
@@ -122,12 +122,6 @@ class RouterActor(Actor):
         self._requests = 0
         self._hedges = 0
 
-    async def on_start(self) -> None:
-        # Load the token encodings now, off the event loop, rather than in the first requests.
-        models = {model for provider in self._config.providers.values()
-                  for model in provider.models}
-        await anyio.to_thread.run_sync(lambda: [count_text_tokens("", m) for m in models])
-
     async def receive(self, message: Any) -> Any:
         if not isinstance(message, ChatRequest):
             raise TypeError(f"the router takes ChatRequest, not {type(message).__name__}")
@@ -172,7 +166,7 @@ class RouterActor(Actor):
                 if hedge is not None:
                     return await self._hedged(chat, candidate, hedge, deadline, trace)
                 return await self._attempt(chat, candidate, deadline, trace)
-            except (LLMClientError, ActorError) as exc:
+            except LLMClientError as exc:
                 if not self._should_fall_back(exc):
                     raise
                 last = exc
@@ -190,7 +184,7 @@ class RouterActor(Actor):
             delivered: list[str] = []
             try:
                 response = await self._attempt(chat, candidate, deadline, trace, caller, delivered)
-            except (LLMClientError, ActorError) as exc:
+            except LLMClientError as exc:
                 if delivered:
                     raise LLMStreamingError(
                         f"the stream from {candidate.provider} failed after the first chunk: "
@@ -254,15 +248,17 @@ class RouterActor(Actor):
             raise LLMTimeoutError(
                 f"no answer from {provider}:{model} within the request's "
                 f"{self._timeout(chat):g}s budget", provider=provider, model=model) from exc
-        except (LLMClientError, ActorError) as exc:
+        except (LLMClientError, ActorError) as caught:
+            error = as_llm_error(caught, provider=provider, model=model)
             elapsed = (time.perf_counter() - started) * 1000
             trace.attempts.append(Attempt(provider=provider, model=model,
-                                          error_type=public_name(exc),
-                                          error=str(exc)[:300], duration_ms=elapsed, hedge=hedge))
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after:
-                trace.rate_limited.append((provider, float(retry_after)))
-            raise
+                                          error_type=type(error).__name__,
+                                          error=str(error)[:300], duration_ms=elapsed, hedge=hedge))
+            if error.retry_after:
+                trace.rate_limited.append((provider, error.retry_after))
+            if error is caught:
+                raise
+            raise error from caught
         elapsed = time.perf_counter() - started
         trace.latencies.append((provider, elapsed))
         trace.attempts.append(Attempt(provider=provider, model=model,
@@ -328,7 +324,7 @@ class RouterActor(Actor):
         async def primary_run(scope: anyio.CancelScope) -> None:
             try:
                 winner.append(await self._attempt(chat, primary, deadline, trace))
-            except (LLMClientError, ActorError) as exc:
+            except LLMClientError as exc:
                 errors.append(exc)
                 if hedge_sent.is_set():
                     return  # the hedge is in flight: its answer may still win
@@ -343,7 +339,7 @@ class RouterActor(Actor):
                                                  delay_s=delay))
             try:
                 winner.append(await self._attempt(chat, second, deadline, trace, hedge=True))
-            except (LLMClientError, ActorError):
+            except LLMClientError:
                 if not errors:
                     return  # the primary is still running
             scope.cancel()
@@ -405,7 +401,7 @@ class RouterActor(Actor):
             return self._config.fallback_on_refusal
         if isinstance(error, LLMClientError):
             return error.retryable or error.provider_specific
-        return error.retryable if isinstance(error, ActorError) else False
+        return False
 
     def _exhausted(self, chat: ChatRequest, last: Exception | None) -> Exception:
         if last is not None:
@@ -416,12 +412,12 @@ class RouterActor(Actor):
         self, previous: _Candidate, candidate: _Candidate, error: Exception
     ) -> None:
         logger.info("request falls back from %s:%s to %s:%s after %s", previous.provider,
-                    previous.model, candidate.provider, candidate.model, public_name(error))
+                    previous.model, candidate.provider, candidate.model, type(error).__name__)
         if self._metrics is not None:
             self._metrics.try_tell(FallbackTaken(
                 from_provider=previous.provider, from_model=previous.model,
                 to_provider=candidate.provider, to_model=candidate.model,
-                reason=public_name(error)))
+                reason=type(error).__name__))
 
     def _timeout(self, chat: ChatRequest) -> float:
         return chat.timeout if chat.timeout is not None else self._config.request_timeout

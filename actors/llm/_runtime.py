@@ -41,6 +41,7 @@ from runtime import (
 
 from ._catalog import ModelCatalog
 from ._config import LLMConfig, ProviderConfig
+from ._errors import translate_actor_errors
 from ._ledger import LedgerActor, ledger_child_spec
 from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
 from ._provider import ProviderActor, provider_child_spec
@@ -86,9 +87,10 @@ class LLMRuntime:
                               timeout=timeout, params=params)
 
     async def chat(self, messages: Sequence[Message], **kwargs: Any) -> LLMResponse:
-        """One complete answer. Raises ``LLMClientError`` subclasses (or ``ActorError``)."""
+        """One complete answer. Raises only ``LLMClientError`` subclasses."""
         request = self.request(messages, **kwargs)
-        response: LLMResponse = await self.router.ask(request, timeout=self._timeout(request))
+        with translate_actor_errors():
+            response: LLMResponse = await self.router.ask(request, timeout=self._timeout(request))
         return response
 
     @asynccontextmanager
@@ -96,15 +98,18 @@ class LLMRuntime:
             AsyncIterator[Any]]:
         """Stream an answer: ``TextDelta`` items, then one ``StreamEnd``.
 
-        Leaving the block early cancels the request and closes the upstream stream.
+        Leaving the block early cancels the request and closes the upstream stream. Raises (also
+        from the iteration) only ``LLMClientError`` subclasses.
         """
         request = self.request(messages, **kwargs)
-        async with self.router.ask_stream(request, timeout=self._timeout(request)) as events:
-            yield events
+        with translate_actor_errors():
+            async with self.router.ask_stream(request, timeout=self._timeout(request)) as events:
+                yield events
 
     async def spend(self) -> SpendSnapshot:
-        """Today's spend as the ledger sees it."""
-        snapshot: SpendSnapshot = await self.ledger.ask(GetSpend(), timeout=5)
+        """Today's spend as the ledger sees it. Raises only ``LLMClientError`` subclasses."""
+        with translate_actor_errors():
+            snapshot: SpendSnapshot = await self.ledger.ask(GetSpend(), timeout=5)
         return snapshot
 
     def metrics_summary(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Tests for actors.errors: the hierarchy, retryability, redaction, pickling and repr."""
+"""Tests for actors.llm._errors: the hierarchy, wire names, retryability, the translation of
+kernel errors, redaction, pickling and repr."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pickle
 import pytest
 
 from actors.llm import (
+    LLMOverloadedError,
+    as_llm_error,
     ContentRefused,
     LLMAuthError,
     LLMBadRequestError,
@@ -23,6 +26,14 @@ from actors.llm import (
     ProviderUnavailable,
     redact,
 )
+from runtime import (
+    ActorCrashed,
+    ActorError,
+    ActorStopped,
+    DeadlineExceeded,
+    Overloaded,
+    RestartIntensityExceeded,
+)
 
 KEY = "sk-proj-AbCdEf0123456789xyz"
 
@@ -31,6 +42,7 @@ RETRYABLE = [
     LLMTimeoutError,
     LLMConnectionError,
     LLMServerError,
+    LLMOverloadedError,
     ProviderUnavailable,
 ]
 NOT_RETRYABLE = [
@@ -76,6 +88,68 @@ def test_every_error_derives_from_the_base() -> None:
     for cls in [*RETRYABLE, *NOT_RETRYABLE, LLMStreamingError]:
         assert issubclass(cls, LLMClientError)
     assert issubclass(LLMQuotaExceededError, LLMRateLimitError)
+
+
+@pytest.mark.parametrize(
+    ("cls", "error_type"),
+    [
+        (LLMClientError, "client"),
+        (LLMRateLimitError, "rate_limit"),
+        (LLMQuotaExceededError, "quota_exceeded"),
+        (LLMAuthError, "auth"),
+        (LLMTokenLimitError, "token_limit"),
+        (LLMModelNotFoundError, "model_not_found"),
+        (LLMStreamingError, "streaming"),
+        (LLMCostLimitError, "cost_limit"),
+        (LLMTimeoutError, "timeout"),
+        (LLMConnectionError, "connection"),
+        (LLMServerError, "server"),
+        (LLMBadRequestError, "bad_request"),
+        (LLMOverloadedError, "overloaded"),
+        (ContentRefused, "content_refused"),
+        (ProviderUnavailable, "provider_unavailable"),
+    ],
+)
+def test_every_error_declares_its_wire_name(cls: type[LLMClientError], error_type: str) -> None:
+    assert cls("x").error_type == error_type
+
+
+def test_a_private_subclass_keeps_the_wire_name_of_its_public_parent() -> None:
+    class _Rejected(LLMAuthError):
+        pass
+
+    assert _Rejected("x").error_type == "auth"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "cls", "retryable", "message"),
+    [
+        (Overloaded("provider:openai", 8), LLMOverloadedError, True,
+         "actor 'provider:openai' is overloaded: mailbox full (8 messages) (openai:gpt-4o)"),
+        (DeadlineExceeded("router"), LLMTimeoutError, True,
+         "actor 'router': no reply before the deadline (openai:gpt-4o)"),
+        (ActorCrashed("provider:openai", KeyError("k")), ProviderUnavailable, True,
+         "actor 'provider:openai' crashed before replying: KeyError (openai:gpt-4o)"),
+        (ActorStopped("router"), ProviderUnavailable, False,
+         "actor 'router': actor is stopped (openai:gpt-4o)"),
+        (RestartIntensityExceeded("root", "router", 3, 5.0), ProviderUnavailable, False,
+         "supervisor 'root' gave up: child 'router' needed more than 3 restarts in 5s"
+         " (openai:gpt-4o)"),
+    ],
+)
+def test_kernel_errors_become_llm_errors(
+    kernel: ActorError, cls: type[LLMClientError], retryable: bool, message: str
+) -> None:
+    error = as_llm_error(kernel, provider="openai", model="gpt-4o")
+    assert type(error) is cls
+    assert error.retryable is retryable
+    assert str(error) == message
+
+
+def test_llm_errors_pass_the_translation_unchanged() -> None:
+    error = LLMServerError("boom")
+    assert as_llm_error(error, provider="openai") is error
+    assert error.provider is None
 
 
 def test_retryable_can_be_overridden_per_instance() -> None:
