@@ -8,8 +8,6 @@ import pickle
 import pytest
 
 from actors.llm import (
-    LLMOverloadedError,
-    as_llm_error,
     ContentRefused,
     LLMAuthError,
     LLMBadRequestError,
@@ -17,6 +15,7 @@ from actors.llm import (
     LLMConnectionError,
     LLMCostLimitError,
     LLMModelNotFoundError,
+    LLMOverloadedError,
     LLMQuotaExceededError,
     LLMRateLimitError,
     LLMServerError,
@@ -24,6 +23,7 @@ from actors.llm import (
     LLMTimeoutError,
     LLMTokenLimitError,
     ProviderUnavailable,
+    as_llm_error,
     redact,
 )
 from runtime import (
