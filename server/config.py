@@ -4,7 +4,9 @@ Loading order: ``.env`` next to the config file, then ``.env`` in the working di
 overrides a variable already set), then the YAML, then the ``mcpServers`` JSON file it names.
 Relative paths written in the file (``api_key_file``, ``mcp_servers_file``, ``cost.db_path``,
 ``chat.history_db``) are relative to the file's directory, so the service behaves the same
-whatever directory it is started from.
+whatever directory it is started from. ``MCP_BACKEND_<NAME>_BASE_URL`` overrides the ``base_url``
+of provider ``<NAME>`` (see :func:`base_url_variable`), so a file may be pointed elsewhere (a
+proxy, the simulator) without editing it.
 
 Every problem is one ``ConfigError`` naming the file and the path of each failing key, e.g.
 ``config.yaml: llm.providers.openai.temperature: Input should be less than or equal to 2``. Input
@@ -16,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -26,7 +29,7 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
-from actors.llm import LLMConfig, mask_secrets, redact
+from actors.llm import LLMConfig, infer_kind, mask_secrets, redact
 from actors.mcp import McpServerConfig
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "MetricsConfig",
     "ServerConfig",
     "SimulatorDefaults",
+    "base_url_variable",
     "load_config",
 ]
 
@@ -219,6 +223,7 @@ def load_config(path: str | Path | None) -> AppConfig:
             f"{label}: the top level must be a mapping of sections, not {type(raw).__name__}"
         )
     raw = _resolve_paths(raw, base)
+    raw = _override_base_urls(raw)
     if isinstance(raw.get("mcp_servers_file"), str):
         raw = _merge_mcp_servers_file(raw, label)
     try:
@@ -306,6 +311,39 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             }
         raw["llm"] = llm
     return raw
+
+
+def base_url_variable(provider: str) -> str:
+    """The environment variable that overrides ``provider``'s ``base_url``.
+
+    ``MCP_BACKEND_<NAME>_BASE_URL``, the name upper-cased with every other character than a
+    letter or a digit made ``_`` (``openai`` -> ``MCP_BACKEND_OPENAI_BASE_URL``).
+    """
+    return f"MCP_BACKEND_{re.sub(r'[^A-Za-z0-9]', '_', provider).upper()}_BASE_URL"
+
+
+def _override_base_urls(raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply the ``MCP_BACKEND_<NAME>_BASE_URL`` variables (a proxy, a local stand-in).
+
+    The ``kind`` is settled first from the written ``base_url``, so pointing ``openrouter.ai`` at
+    a local address keeps OpenRouter's behaviour.
+    """
+    llm = raw.get("llm")
+    providers = llm.get("providers") if isinstance(llm, dict) else None
+    if not isinstance(llm, dict) or not isinstance(providers, dict):
+        return raw
+    changed = {}
+    for name, entry in providers.items():
+        url = os.environ.get(base_url_variable(str(name)), "").strip()
+        if url and isinstance(entry, dict):
+            written = entry.get("base_url")
+            kind = entry.get("kind") or infer_kind(
+                str(name), written if isinstance(written, str) else None
+            )
+            changed[name] = {**entry, "kind": kind, "base_url": url}
+    if not changed:
+        return raw
+    return {**raw, "llm": {**llm, "providers": {**providers, **changed}}}
 
 
 def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:

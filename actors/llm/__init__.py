@@ -6,8 +6,15 @@ The embedding API is :func:`open_runtime`; the specification's client API is
 
 from ._breaker import BreakerConfig
 from ._catalog import ModelCatalog, ModelPrice
-from ._client import create_llm_client
-from ._config import CostConfig, LLMClientConfig, LLMConfig, ProviderConfig, mask_secrets
+from ._client import BaseLLMClient, OpenAIClient, OpenRouterClient, create_llm_client
+from ._config import (
+    CostConfig,
+    LLMClientConfig,
+    LLMConfig,
+    ProviderConfig,
+    infer_kind,
+    mask_secrets,
+)
 from ._errors import (
     ContentRefused,
     LLMAuthError,
@@ -39,9 +46,11 @@ from ._messages import (
 )
 from ._provider import provider_child_spec
 from ._runtime import LLMRuntime, build_catalog, open_runtime
+from ._spec_metrics import LLMMetrics
 from ._tokens import count_message_tokens
 
 __all__ = [
+    "BaseLLMClient",
     "BreakerConfig",
     "ChatRequest",
     "ContentRefused",
@@ -53,6 +62,7 @@ __all__ = [
     "LLMConfig",
     "LLMConnectionError",
     "LLMCostLimitError",
+    "LLMMetrics",
     "LLMModelNotFoundError",
     "LLMOverloadedError",
     "LLMQuotaExceededError",
@@ -65,6 +75,8 @@ __all__ = [
     "LLMTokenLimitError",
     "ModelCatalog",
     "ModelPrice",
+    "OpenAIClient",
+    "OpenRouterClient",
     "ProviderCall",
     "ProviderConfig",
     "ProviderUnavailable",
@@ -77,6 +89,7 @@ __all__ = [
     "build_catalog",
     "count_message_tokens",
     "create_llm_client",
+    "infer_kind",
     "mask_secrets",
     "open_runtime",
     "provider_child_spec",

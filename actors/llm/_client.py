@@ -35,7 +35,7 @@ from actors.metrics import metrics_child_spec
 from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
 
 from ._catalog import ModelCatalog
-from ._config import ClientSettings, LLMClientConfig, ProviderConfig, ProviderKind
+from ._config import LLMClientConfig, ProviderConfig, ProviderKind
 from ._errors import translate_actor_errors
 from ._messages import ChatRequest, LLMResponse, ProviderCall, StreamEnd, TextDelta
 from ._provider import provider_child_spec

@@ -1,5 +1,11 @@
 """The ``llm:`` section of the configuration: providers, fallbacks, cost limits, hedging.
 
+Two forms are accepted for a provider, and may be mixed: the specification's flat one
+(``requests_per_minute``, ``enable_cost_tracking``, ``cost_warning_threshold``... directly under
+the provider, ``kind`` left out) and the project's richer one (``kind``, ``rate_limits:``,
+``breaker:``, ``prices:``...). Both mean the same where they overlap; giving one setting both ways
+with different values is an error.
+
 Every model is frozen and forbids unknown keys, so a typo in ``config.yaml`` is an error with its
 path rather than a silently ignored setting. API keys are never part of the configuration: a
 provider names an environment variable (``api_key_env``) or a file (``api_key_file``), and
@@ -13,7 +19,8 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -34,12 +41,14 @@ from ._limits import RateLimitConfig
 
 __all__ = [
     "DEFAULT_BASE_URLS",
+    "ClientSettings",
     "CostConfig",
     "HedgingConfig",
     "LLMClientConfig",
     "LLMConfig",
     "ProviderConfig",
     "ProviderKind",
+    "infer_kind",
     "mask_secrets",
 ]
 
@@ -55,6 +64,23 @@ _DEFAULT_KEY_ENV: dict[str, str] = {
     "openai": "OPENAI_API_KEY",
     "openrouter": "OPENROUTER_API_KEY",
 }
+
+_KIND_BY_HOST: dict[str, ProviderKind] = {
+    "api.openai.com": "openai",
+    "openrouter.ai": "openrouter",
+}
+
+
+def infer_kind(name: str | None, base_url: str | None) -> ProviderKind:
+    """The ``kind`` of a provider written without one, as the specification's config does.
+
+    The provider's name when it is ``openai`` or ``openrouter``; else the host of ``base_url``
+    (``api.openai.com``, ``openrouter.ai``); ``openai-compatible`` otherwise.
+    """
+    if name in ("openai", "openrouter"):
+        return "openai" if name == "openai" else "openrouter"
+    host = urlsplit(base_url).hostname if base_url else None
+    return _KIND_BY_HOST.get(host or "", "openai-compatible")
 
 
 MASK = "**********"
@@ -72,7 +98,7 @@ def mask_secrets(values: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-class LLMClientConfig(BaseModel):
+class ClientSettings(BaseModel):
     """Validated settings of one OpenAI-style client: sampling, timeouts, HTTP pool."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,7 +131,7 @@ class LLMClientConfig(BaseModel):
             yield name, mask_secrets(value) if name == "extra_headers" else value
 
     @model_validator(mode="after")
-    def _keepalive_within_pool(self) -> LLMClientConfig:
+    def _keepalive_within_pool(self) -> Self:
         if self.max_keepalive_connections > self.max_connections:
             raise ValueError(
                 f"max_keepalive_connections ({self.max_keepalive_connections}) must not exceed"
@@ -114,12 +140,34 @@ class LLMClientConfig(BaseModel):
         return self
 
 
-class ProviderConfig(LLMClientConfig):
-    """One configured provider: where it is, how to authenticate, its limits and breaker.
+class LLMClientConfig(ClientSettings):
+    """The specification's client configuration: where, which model, which key, and the settings.
 
-    ``base_url`` defaults per ``kind`` and is required for ``openai-compatible``. Without
-    ``api_key_env`` and ``api_key_file``, ``openai`` reads ``OPENAI_API_KEY`` and ``openrouter``
-    reads ``OPENROUTER_API_KEY``.
+    Bounds as the specification writes them (``max_keepalive_connections`` at least 1 here, where
+    a provider in ``config.yaml`` may say 0). ``api_key`` never shows in a repr or a dump to JSON.
+    """
+
+    base_url: str
+    api_key: SecretStr
+    max_keepalive_connections: int = Field(default=20, gt=0)
+
+
+class ProviderConfig(ClientSettings):
+    """One configured provider: where it is, how to authenticate, its limits, budget and breaker.
+
+    ``kind`` may be left out (the specification's form): :func:`infer_kind` decides it from the
+    provider's name or ``base_url``, and :class:`LLMConfig` passes the name in. ``base_url``
+    defaults per ``kind`` and is required for ``openai-compatible``. Without ``api_key_env`` and
+    ``api_key_file``, ``openai`` reads ``OPENAI_API_KEY`` and ``openrouter`` reads
+    ``OPENROUTER_API_KEY``.
+
+    The specification's provider-level keys mean what it says: ``requests_per_minute`` and
+    ``tokens_per_minute`` are ``rate_limits``; ``enable_cost_tracking: false`` computes and charges
+    no cost for this provider; ``cost_warning_threshold`` is USD per request (a request costing
+    more is logged, counted and flagged); ``max_cost_per_request`` and ``daily_cost_limit`` are this
+    provider's own budget, enforced beside the global one in ``llm.cost``;
+    ``enable_fallback_models: false`` ignores ``fallback_models``; ``enable_json_mode`` asks for
+    JSON answers; ``enable_logprobs`` (with ``top_logprobs``) asks for log probabilities.
     """
 
     kind: ProviderKind
@@ -143,15 +191,49 @@ class ProviderConfig(LLMClientConfig):
     )
     context_windows: dict[str, PositiveInt] = Field(default_factory=dict)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # The specification's flat keys.
+    requests_per_minute: PositiveInt | None = Field(
+        default=None, description="same as rate_limits.requests_per_minute"
+    )
+    tokens_per_minute: PositiveInt | None = Field(
+        default=None, description="same as rate_limits.tokens_per_minute"
+    )
+    enable_cost_tracking: bool = Field(
+        default=True, description="false: no cost is computed or charged for this provider"
+    )
+    cost_warning_threshold: float | None = Field(
+        default=None, gt=0, description="USD per request: a costlier request warns"
+    )
+    max_cost_per_request: float | None = Field(
+        default=None, gt=0, description="USD, this provider's own limit beside llm.cost's"
+    )
+    daily_cost_limit: float | None = Field(
+        default=None, gt=0, description="USD per day, this provider's own limit beside llm.cost's"
+    )
+    enable_fallback_models: bool = Field(
+        default=True, description="false: fallback_models are not used"
+    )
+    enable_json_mode: bool = Field(
+        default=False, description="ask for a JSON object (response_format json_object)"
+    )
+    enable_logprobs: bool = Field(default=False, description="ask for token log probabilities")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="alternatives per token when enable_logprobs"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: Any) -> Any:
         # Filled in before validation so the frozen model carries the effective values.
-        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        if not isinstance(data, dict):
+            return data
+        data = _fold_rate_limits(data)
+        if data.get("kind") is None:
+            base_url = data.get("base_url")
+            data["kind"] = infer_kind(None, base_url if isinstance(base_url, str) else None)
+        if not isinstance(data.get("kind"), str):
             return data
         kind = data["kind"]
-        data = dict(data)
         if data.get("base_url") is None:
             if kind == "openai-compatible":
                 raise ValueError(f"base_url is required for kind {kind!r}")
@@ -180,12 +262,16 @@ class ProviderConfig(LLMClientConfig):
             )
         if self.use_native_fallbacks and self.kind != "openrouter":
             raise ValueError("use_native_fallbacks is only supported by kind 'openrouter'")
+        if self.top_logprobs is not None and not self.enable_logprobs:
+            raise ValueError("top_logprobs needs enable_logprobs: true")
         return self
 
     @property
     def models(self) -> list[str]:
-        """``model`` then ``fallback_models``, without duplicates: the order to try them in."""
-        return list(dict.fromkeys([self.model, *self.fallback_models]))
+        """``model`` then ``fallback_models`` (unless ``enable_fallback_models`` is false), without
+        duplicates: the order to try them in."""
+        fallbacks = self.fallback_models if self.enable_fallback_models else []
+        return list(dict.fromkeys([self.model, *fallbacks]))
 
     def read_api_key(self, *, provider: str | None = None) -> SecretStr | None:
         """Read the API key now: ``api_key_env`` first, then ``api_key_file``.
@@ -221,6 +307,25 @@ class ProviderConfig(LLMClientConfig):
         except LLMAuthError:
             return False
         return True
+
+
+def _fold_rate_limits(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` whose ``rate_limits`` also holds the flat per-minute keys."""
+    data = dict(data)
+    flat = {k: data[k] for k in ("requests_per_minute", "tokens_per_minute") if k in data}
+    limits = data.get("rate_limits")
+    if not flat or not (limits is None or isinstance(limits, dict)):
+        return data  # nothing to fold, or a malformed rate_limits that validation reports
+    merged = dict(limits or {})
+    for key, value in flat.items():
+        if merged.get(key) is not None and value is not None and merged[key] != value:
+            raise ValueError(
+                f"{key} ({value}) and rate_limits.{key} ({merged[key]}) disagree: give one"
+            )
+        if value is not None:
+            merged[key] = value
+    data["rate_limits"] = merged
+    return data
 
 
 class CostConfig(BaseModel):
@@ -280,6 +385,15 @@ def _builtin_providers() -> dict[str, ProviderConfig]:
     }
 
 
+def _with_kind(name: str, entry: Any) -> Any:
+    """``entry`` with the ``kind`` inferred from ``name`` when it has none (not from its URL yet:
+    :class:`ProviderConfig` does that when no name is known)."""
+    if not isinstance(entry, dict) or entry.get("kind") is not None:
+        return entry
+    base_url = entry.get("base_url")
+    return {**entry, "kind": infer_kind(name, base_url if isinstance(base_url, str) else None)}
+
+
 class LLMConfig(BaseModel):
     """The ``llm:`` section: the providers, which is active, and the order to fall back in.
 
@@ -309,6 +423,9 @@ class LLMConfig(BaseModel):
             return data
         names = [str(name) for name in data["providers"]]
         data = dict(data)
+        data["providers"] = {
+            name: _with_kind(str(name), entry) for name, entry in data["providers"].items()
+        }
         if "active" not in data and names:
             data["active"] = names[0]
         if "fallback_order" not in data and isinstance(data.get("active"), str):

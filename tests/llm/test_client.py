@@ -1,4 +1,4 @@
-"""The seed's embedding API (actors.llm._client) over a real simulator process."""
+"""The specification's client API (actors.llm.client_api) over a real simulator process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 import anyio
 import pytest
 
-from actors.llm import LLMAuthError, LLMClientConfig, LLMResponse, ProviderConfig, create_llm_client
+from actors.llm import ProviderConfig
+from actors.llm.client_api import (
+    LLMAuthError,
+    LLMClientConfig,
+    LLMResponse,
+    OpenAIClient,
+    OpenRouterClient,
+    create_llm_client,
+)
 from simulator.testing import SimulatorProcess
 
 KEY = "sk-explicit-key-0123456789abcdef"
@@ -29,9 +37,22 @@ def no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_provider_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"^provider: unknown provider 'anthropic' \(expected one "
-                                         r"of openai, openrouter, openai-compatible\)$"):
+    with pytest.raises(ValueError, match=r"^Unsupported provider: 'anthropic' \(expected one of "
+                                         r"openai, openrouter, openai-compatible, or a config with "
+                                         r"one of them as kind\)$"):
         create_llm_client("anthropic", {"model": "claude"})
+
+
+def test_any_name_with_a_kind_is_a_client_of_that_kind() -> None:
+    client = create_llm_client("ollama", {"kind": "openai-compatible", "model": "llama3.1",
+                                          "base_url": "http://127.0.0.1:11434/v1"}, api_key=KEY)
+    assert isinstance(client, OpenAIClient)
+    assert repr(client) == "<OpenAIClient ollama llama3.1 [not initialized]>"
+
+
+def test_the_factory_picks_the_class_by_kind() -> None:
+    assert type(create_llm_client("openai", {"model": "m"})) is OpenAIClient
+    assert type(create_llm_client("openrouter", {"model": "m"})) is OpenRouterClient
 
 
 @pytest.mark.parametrize(
@@ -58,31 +79,41 @@ def test_openai_compatible_needs_a_base_url() -> None:
 
 def test_the_explicit_key_never_shows() -> None:
     client = create_llm_client("openai", {"model": "gpt-4o-mini"}, api_key=KEY)
-    assert repr(client) == "<LLMClient openai gpt-4o-mini [not initialized]>"
+    assert repr(client) == "<OpenAIClient openai gpt-4o-mini [not initialized]>"
     assert KEY not in repr(client.config) and KEY not in repr(vars(client))
 
 
-def test_estimate_tokens_follows_openais_recipe() -> None:
-    client = create_llm_client("openai", LLMClientConfig(model="gpt-4o-mini"))
+async def test_estimate_tokens_is_awaitable_and_follows_openais_recipe() -> None:
+    config = LLMClientConfig(model="gpt-4o-mini", base_url="https://api.openai.com/v1",
+                             api_key=KEY)
+    client = create_llm_client("openai", config)
     # 3 per message + "user" (1) + "hello world" (2) + 3 to prime the reply.
-    assert client.estimate_tokens(HELLO) == 9
+    assert await client.estimate_tokens(HELLO) == 9
+
+
+def test_the_key_of_an_llm_client_config_never_shows() -> None:
+    config = LLMClientConfig(model="gpt-4o-mini", base_url="https://api.openai.com/v1",
+                             api_key=KEY)
+    client = OpenAIClient(config)
+    assert KEY not in repr(config) and KEY not in repr(client) and KEY not in str(vars(client))
+    assert KEY not in config.model_dump_json()
 
 
 async def test_calls_before_initialize_are_refused() -> None:
     client = create_llm_client("openai", {"model": "gpt-4o-mini"}, api_key=KEY)
-    with pytest.raises(RuntimeError, match=r"^LLMClient is not initialized"):
+    with pytest.raises(RuntimeError, match=r"^OpenAIClient is not initialized"):
         await client.get_response(HELLO)
 
 
 async def test_explicit_key_works_without_environment(sim: SimulatorProcess) -> None:
     config = {"model": "gpt-4o-mini", "base_url": sim.base_url, "temperature": 0.2}
     async with create_llm_client("openai", config, api_key=KEY) as client:
-        assert repr(client) == "<LLMClient openai gpt-4o-mini [running]>"
+        assert repr(client) == "<OpenAIClient openai gpt-4o-mini [running]>"
         response = await client.get_response(HELLO, max_tokens=1)
     assert response.content == "Echo:"
     assert response.finish_reason == "length"
     assert response.provider == "openai"
-    assert repr(client) == "<LLMClient openai gpt-4o-mini [not initialized]>"
+    assert repr(client) == "<OpenAIClient openai gpt-4o-mini [not initialized]>"
 
 
 async def test_provider_config_and_llm_client_config_are_accepted(sim: SimulatorProcess) -> None:
