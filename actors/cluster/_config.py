@@ -50,7 +50,7 @@ class ClusterConfig(BaseModel):
         default=False,
         description="after Redis lost a provider's windows, refuse it for one window",
     )
-    max_connections: int = Field(default=64, gt=0)
+    max_connections: int = Field(default=16, gt=0, description="per process; Redis is one thread")
 
     @field_validator("redis_url")
     @classmethod

@@ -19,10 +19,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
 local function forget(id, record)
   local amount, provider, turn_key = string.match(record, '^(%d+)|(.-)|(.*)$')
+  local minus = '-' .. amount  -- the stored digits: exact, and never Lua's '-0'
+  redis.call('HINCRBY', reserved, 'total', minus)
+  redis.call('HINCRBY', reserved, 'p:' .. provider, minus)
+  if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', minus) end
   amount = tonumber(amount)
-  redis.call('HINCRBY', reserved, 'total', -amount)
-  redis.call('HINCRBY', reserved, 'p:' .. provider, -amount)
-  if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', -amount) end
   redis.call('HDEL', resv, id)
   redis.call('ZREM', open, id)
   return amount, provider

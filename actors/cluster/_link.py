@@ -62,14 +62,18 @@ class RedisLink:
             raise ValueError("cluster.redis_url is not set")
         self.config = config
         self.prefix = config.key_prefix
-        self._client: redis.Redis = redis.Redis.from_url(
+        # A blocking pool: a burst larger than the pool waits for a connection (within the
+        # call's timeout) instead of failing with "too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
             config.redis_url,
             socket_connect_timeout=config.connect_timeout,
             socket_timeout=config.op_timeout,
             retry=Retry(NoBackoff(), 0),
             max_connections=config.max_connections,
+            timeout=config.connect_timeout + config.op_timeout,
             decode_responses=False,
         )
+        self._client: redis.Redis = redis.Redis(connection_pool=pool)
 
     def key(self, *parts: str) -> str:
         """``prefix:part:part``; the first part in braces makes one Redis Cluster hash slot."""
@@ -121,7 +125,7 @@ class RedisLink:
     async def aclose(self) -> None:
         """Close the pool. Idempotent."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.op_timeout):
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> RedisLink:
         return self

@@ -16,7 +16,10 @@ local state, stamped, inflight, amounts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function num(field) return tonumber(redis.call('HGET', state, field) or '0') end
-local function move(field, delta) redis.call('HINCRBY', state, field, delta) end
+-- %d: Lua's -0 would print as "-0", which HINCRBY refuses.
+local function move(field, delta)
+  redis.call('HINCRBY', state, field, string.format('%d', delta))
+end
 local function expire(window)
   -- An admitted request whose sender vanished counts as sent at its deadline (conservative).
   local late = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'WITHSCORES')
