@@ -18,7 +18,7 @@ owns the connection pool; :meth:`RedisLink.ping` is the ``/health`` probe.
 Fault policy
 ------------
 Redis **stopped, unreachable or slow**: every call gives up after ``connect_timeout +
-op_timeout`` (0.75 s by default; no redis-py retries) with :class:`ClusterUnavailable`
+op_timeout`` (1.5 s by default; no redis-py retries) with :class:`ClusterUnavailable`
 (``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed

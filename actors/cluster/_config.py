@@ -37,8 +37,8 @@ class ClusterConfig(BaseModel):
 
     redis_url: str | None = Field(default=None, repr=False)
     key_prefix: str = Field(default="mcp-backend", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    connect_timeout: float = Field(default=0.5, gt=0, le=30, description="seconds")
-    op_timeout: float = Field(default=0.25, gt=0, le=30, description="seconds, one round trip")
+    connect_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds")
+    op_timeout: float = Field(default=0.5, gt=0, le=30, description="seconds, one round trip")
     lease_ttl: float = Field(default=30.0, gt=0, description="conversation lease, seconds")
     reservation_ttl: float = Field(default=600.0, gt=0, description="an unsettled reservation")
     in_flight_ttl: float = Field(

@@ -50,11 +50,11 @@ class ClusterHealth:
 class RedisLink:
     """The shared Redis: a pool, the key namespace and a fail-fast call wrapper.
 
-    Every call runs under ``op_timeout`` (connect under ``connect_timeout``), without redis-py's
-    own retries, and raises :class:`ClusterUnavailable` on any transport failure: callers fail
-    closed at once and the next call simply tries again (recovery needs no action). Scripts are
-    registered once and run by ``EVALSHA``, reloaded by redis-py after a ``NOSCRIPT`` (a restarted
-    server). Use ``async with RedisLink(config) as link`` or call :meth:`aclose`.
+    Every call runs under ``op_timeout`` (connect under ``connect_timeout``), retried at once only
+    after a broken connection, and raises :class:`ClusterUnavailable` on any transport failure:
+    callers fail closed at once and the next call simply tries again (recovery needs no action).
+    Scripts are registered once and run by ``EVALSHA``, reloaded by redis-py after a ``NOSCRIPT``
+    (a restarted server). Use ``async with RedisLink(config) as link`` or call :meth:`aclose`.
     """
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -63,17 +63,22 @@ class RedisLink:
         self.config = config
         self.prefix = config.key_prefix
         # A blocking pool: a burst larger than the pool waits for a connection (within the
-        # call's timeout) instead of failing with "too many connections".
+        # call's timeout) instead of failing with "too many connections". One immediate retry on
+        # a connection error only: after a Redis restart every pooled connection is stale and
+        # would otherwise fail one call each. A timeout is never retried (fail fast). A script
+        # that ran before its connection broke may run twice: each is idempotent per permit,
+        # request or token, except a lease ticket, whose orphan leaves the queue in 5 s.
         pool = redis.BlockingConnectionPool.from_url(
             config.redis_url,
             socket_connect_timeout=config.connect_timeout,
             socket_timeout=config.op_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
             max_connections=config.max_connections,
             timeout=config.connect_timeout + config.op_timeout,
             decode_responses=False,
         )
         self._client: redis.Redis = redis.Redis(connection_pool=pool)
+        self._closed = False
 
     def key(self, *parts: str) -> str:
         """``prefix:part:part``; the first part in braces makes one Redis Cluster hash slot."""
@@ -90,7 +95,12 @@ class RedisLink:
         return await self.call(operation, lambda: script(keys=keys, args=args))
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Await ``make()`` under the operation timeout, translating Redis failures."""
+        """Await ``make()`` under the operation timeout, translating Redis failures.
+
+        Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
         # The outer bound covers connect + send + reply; one op_timeout per phase at most.
         limit = self.config.connect_timeout + self.config.op_timeout
         try:
@@ -124,6 +134,7 @@ class RedisLink:
 
     async def aclose(self) -> None:
         """Close the pool. Idempotent."""
+        self._closed = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.op_timeout):
             await self._client.aclose(close_connection_pool=True)
 

@@ -99,7 +99,7 @@ async def test_concurrent_admissions_from_two_clients_never_pass_the_limit(
 ) -> None:
     admitted: list[int] = []
     # Exactness, not latency, is under test: a loaded test machine may queue 200 calls > 0.75 s.
-    patient = cluster_config.model_copy(update={"op_timeout": 5.0})
+    patient = cluster_config.model_copy(update={"op_timeout": 5.0, "connect_timeout": 5.0})
     async with RedisLink(patient) as link, RedisLink(patient) as other:
         windows = [SharedRateWindow(shared, "p", requests_per_minute=37, tokens_per_minute=1000)
                    for shared in (link, other)]
@@ -112,8 +112,8 @@ async def test_concurrent_admissions_from_two_clients_never_pass_the_limit(
         async with anyio.create_task_group() as group:
             for i in range(200):
                 group.start_soon(one, i)
-    assert sorted(admitted) == list(range(1, 38))  # 37 requests, 740 tokens
-    assert await windows[0].usage() == WindowUsage(37, 740, 37, 0.0)
+        assert sorted(admitted) == list(range(1, 38))  # 37 requests, 740 tokens
+        assert await windows[0].usage() == WindowUsage(37, 740, 37, 0.0)
 
 
 async def test_an_in_flight_permit_of_a_vanished_sender_counts_as_sent_at_its_deadline(
