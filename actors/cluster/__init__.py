@@ -1,0 +1,91 @@
+"""Shared state for many workers and instances: rate windows, the ledger, conversation leases.
+
+With ``cluster.redis_url`` set, every worker of every instance that uses the same Redis (and the
+same ``key_prefix``) shares, exactly:
+
+* :class:`SharedRateWindow`: each provider's strict sliding 60 s request and token windows and its
+  server-imposed pause;
+* :class:`SharedLedger`: reservations (``max_cost_per_request``), the day's total
+  (``daily_cost_limit``, settled + open reservations), each provider's daily limit and each
+  turn's budget;
+* :class:`ConversationLeases`: one turn of a conversation at a time, in order, with a fencing
+  token.
+
+Every decision is one Lua script (atomic in Redis, registered once and run by ``EVALSHA``) that
+reads Redis's own clock (``TIME``), never the callers'. Every key has a TTL. :class:`RedisLink`
+owns the connection pool; :meth:`RedisLink.ping` is the ``/health`` probe.
+
+Fault policy
+------------
+Redis **stopped, unreachable or slow**: every call gives up after ``connect_timeout +
+op_timeout`` (1.5 s by default; no redis-py retries) with :class:`ClusterUnavailable`
+(``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
+
+* **budgets fail closed**: no reservation without Redis; the request ends with the typed
+  ``unavailable`` error. Spending money we cannot count would break invariant 2.
+* **rate limits fail closed**: no admission without Redis. A "conservative local share"
+  (``limit / N``) needs N, the number of live instances, which only Redis knows; a guessed N
+  overshoots when instances were added, and refusing costs little since the budget (which a
+  request needs too) is unavailable anyway. A ``sent``/``refund`` that fails is harmless:
+  the permit counts as sent at ``in_flight_ttl`` after admission at the latest.
+* **leases fail closed**: no new turn starts without a lease. A running turn whose renewals
+  fail keeps its lease until the last renewal's TTL runs out, then is cancelled
+  (:class:`LeaseLost`): nobody else can have been granted it before then.
+
+Recovery is automatic: the next call opens a new connection; scripts lost with a restarted server
+are reloaded by redis-py on ``NOSCRIPT``.
+
+Redis **restarted empty** (no persistence, or a failover that lost writes):
+
+* *Ledger*: open reservations and day totals are lost. Every instance's next reserve finds its
+  seed marker gone and re-seeds (``seed_day_total``) from its durable journal (SQLite): its
+  settled spend of the day and the reservations it still holds. The day's total is then exact for
+  every instance that has reserved since; an instance that stays idle re-seeds on its next
+  reserve (call ``seed_day_total`` on a timer to bound that gap). A settle of a lost reservation
+  is still charged (``late``).
+* *Rate windows*: the requests sent in the last window are forgotten, so in the first window
+  after the loss the upstream could receive up to one more window's worth. With
+  ``rate_quarantine_on_loss`` a provider whose windows are missing is paused for one window
+  (exact, at the price of a minute without that provider after any loss, including first use
+  and a day without traffic); the provider's own 429 + ``Retry-After`` pauses everyone otherwise.
+* *Leases*: lost; running turns lose them at their next renewal (:class:`LeaseLost`), and fencing
+  tokens restart, so stores must compare tokens only within one lease epoch.
+"""
+
+from ._config import ClusterConfig, redact_url
+from ._errors import ClusterError, ClusterUnavailable, LeaseLost
+from ._leases import ConversationLeases, Lease, LeaseTimeout
+from ._ledger import (
+    DaySeed,
+    LedgerLimits,
+    OpenReservation,
+    ReserveRefused,
+    ReserveResult,
+    SettleResult,
+    SharedLedger,
+)
+from ._link import ClusterHealth, RedisLink
+from ._rates import Admission, SharedRateWindow, WindowUsage
+
+__all__ = [
+    "Admission",
+    "ClusterConfig",
+    "ClusterError",
+    "ClusterHealth",
+    "ClusterUnavailable",
+    "ConversationLeases",
+    "DaySeed",
+    "Lease",
+    "LeaseLost",
+    "LeaseTimeout",
+    "LedgerLimits",
+    "OpenReservation",
+    "RedisLink",
+    "ReserveRefused",
+    "ReserveResult",
+    "SettleResult",
+    "SharedLedger",
+    "SharedRateWindow",
+    "WindowUsage",
+    "redact_url",
+]

@@ -1,0 +1,77 @@
+"""The ``cluster:`` section of the configuration: where the shared Redis is and how to use it."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["ClusterConfig", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***`` (host and path kept)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable redis url>"
+    if parts.username is None and parts.password is None:
+        return url
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class ClusterConfig(BaseModel):
+    """Shared state across workers and instances. ``redis_url`` unset: one process, no Redis.
+
+    The URL may carry a password (``redis://:secret@host:6379/0``); ``repr``, ``str`` and every
+    error show it redacted.
+    """
+
+    # hide_input_in_errors: a rejected URL may hold a password.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    redis_url: str | None = Field(default=None, repr=False)
+    key_prefix: str = Field(default="mcp-backend", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    connect_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds")
+    op_timeout: float = Field(default=0.5, gt=0, le=30, description="seconds, one round trip")
+    lease_ttl: float = Field(default=30.0, gt=0, description="conversation lease, seconds")
+    reservation_ttl: float = Field(default=600.0, gt=0, description="an unsettled reservation")
+    in_flight_ttl: float = Field(
+        default=300.0, gt=0,
+        description="an admitted request not yet sent counts as sent at this age at the latest",
+    )
+    day_ttl: float = Field(default=3 * 86_400.0, gt=0, description="day totals, seconds")
+    rate_quarantine_on_loss: bool = Field(
+        default=False,
+        description="after Redis lost a provider's windows, refuse it for one window",
+    )
+    max_connections: int = Field(default=16, gt=0, description="per process; Redis is one thread")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError:
+            raise ValueError("redis_url is not a URL") from None
+        if scheme not in ("redis", "rediss", "unix"):
+            # Never echo the value: it may hold a password.
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether state is shared through Redis."""
+        return self.redis_url is not None
+
+    def __repr_args__(self) -> list[tuple[str | None, object]]:
+        args = list(super().__repr_args__())
+        shown = None if self.redis_url is None else redact_url(self.redis_url)
+        return [("redis_url", shown), *args]

@@ -1,0 +1,158 @@
+"""Conversation leases: one turn of a conversation at a time, in arrival order, everywhere."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from runtime import Clock, MonotonicClock
+
+from . import _lease_scripts as lua
+from ._errors import ClusterUnavailable, LeaseLost
+from ._link import RedisLink
+
+__all__ = ["ConversationLeases", "Lease", "LeaseTimeout"]
+
+#: A waiter that has not polled for this long loses its place (it died): polls come every
+#: ``poll`` seconds, so this is many polls.
+_WAITER_TTL_MS = 5_000
+#: The counters and queue of a conversation outlive its last use by a day (then tokens restart;
+#: by then no holder of an old token is alive).
+_KEEP_MS = 86_400_000
+
+
+class LeaseTimeout(TimeoutError):
+    """The lease was not granted within the caller's timeout (others hold or precede it)."""
+
+    def __init__(self, conversation_id: str, timeout: float) -> None:
+        super().__init__(f"no lease on conversation {conversation_id!r} within {timeout:g} s")
+        self.conversation_id = conversation_id
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted lease. ``token`` is the fencing token: it grows with every grant, so a write
+    stamped with an older token than the store has seen comes from a holder that lost it."""
+
+    conversation_id: str
+    owner: str
+    token: int
+
+
+class ConversationLeases:
+    """Grants leases on conversations to ``owner`` (this worker), in FIFO order per conversation.
+
+    A lease lasts ``lease_ttl`` unless renewed; a holder that died loses it after that. Waiting is
+    a bounded poll (every ``poll`` seconds, up to the caller's timeout). Raises
+    :class:`ClusterUnavailable` when Redis does not answer: leases fail closed (no turn runs
+    without one).
+    """
+
+    def __init__(self, link: RedisLink, owner: str, *, poll: float = 0.02,
+                 clock: Clock | None = None) -> None:
+        self._link = link
+        self.owner = owner
+        self.ttl = link.config.lease_ttl
+        self._poll = poll
+        self._clock = clock or MonotonicClock()
+        self._acquire = link.script(lua.ACQUIRE)
+        self._renew = link.script(lua.RENEW)
+        self._release = link.script(lua.RELEASE)
+        self._abandon = link.script(lua.ABANDON)
+
+    def _keys(self, conversation_id: str) -> list[str]:
+        base = f"lease:{conversation_id}"
+        return [self._link.key(base, name)
+                for name in ("holder", "fence", "tickets", "queue", "alive")]
+
+    async def acquire(self, conversation_id: str, *, timeout: float) -> Lease:
+        """Wait (bounded) for the lease; turns asked earlier are granted first.
+
+        Raises :class:`LeaseTimeout` after ``timeout`` seconds, :class:`ClusterUnavailable`.
+        Cancellation gives up the place in the queue.
+        """
+        keys = self._keys(conversation_id)
+        ttl_ms = round(self.ttl * 1000)
+        deadline = self._clock.now() + timeout
+        ticket = ""
+        try:
+            while True:
+                granted, ticket_raw, value = await self._link.run(
+                    self._acquire, "lease acquire", keys,
+                    [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS])
+                ticket = ticket_raw.decode() if isinstance(ticket_raw, bytes) else str(ticket_raw)
+                if granted:
+                    ticket = ""
+                    return Lease(conversation_id, self.owner, int(value))
+                if self._clock.now() + self._poll > deadline:
+                    raise LeaseTimeout(conversation_id, timeout)
+                await self._clock.sleep(self._poll)
+        finally:
+            if ticket:
+                await self._give_up(keys, ticket)
+
+    async def _give_up(self, keys: list[str], ticket: str) -> None:
+        with anyio.CancelScope(shield=True):
+            # Unavailable: the place expires with its waiter TTL.
+            with contextlib.suppress(ClusterUnavailable):
+                await self._link.run(self._abandon, "lease abandon", keys, [ticket])
+
+    async def renew(self, lease: Lease) -> None:
+        """Extend the lease by ``lease_ttl`` from now. Raises :class:`LeaseLost` if it is gone."""
+        answer = await self._link.run(
+            self._renew, "lease renew", self._keys(lease.conversation_id),
+            [lease.token, round(self.ttl * 1000), _KEEP_MS])
+        if not answer:
+            raise LeaseLost(lease.conversation_id, lease.token)
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease back; ``False`` if it was no longer ours. Idempotent."""
+        answer = await self._link.run(self._release, "lease release",
+                                      self._keys(lease.conversation_id), [lease.token])
+        return bool(answer)
+
+    @asynccontextmanager
+    async def hold(self, conversation_id: str, *, timeout: float) -> AsyncIterator[Lease]:
+        """``async with leases.hold(cid, timeout=...) as lease:`` run one turn inside.
+
+        Renews every third of ``lease_ttl`` while the body runs. If the lease is lost (or Redis
+        stays unavailable until it would have expired) the body is cancelled and
+        :class:`LeaseLost` raised. The lease is released on exit (shielded, bounded).
+        """
+        lease = await self.acquire(conversation_id, timeout=timeout)
+        lost = False
+        try:
+            async with anyio.create_task_group() as group:
+                async def renew_forever() -> None:
+                    nonlocal lost
+                    held_until = self._clock.now() + self.ttl
+                    while True:
+                        await self._clock.sleep(self.ttl / 3)
+                        try:
+                            await self.renew(lease)
+                            held_until = self._clock.now() + self.ttl
+                        except LeaseLost:
+                            lost = True
+                        except ClusterUnavailable:
+                            lost = self._clock.now() >= held_until
+                        if lost:
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(renew_forever)
+                yield lease
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                # Unavailable: the lease expires after lease_ttl.
+                with contextlib.suppress(ClusterUnavailable):
+                    await self.release(lease)
+        if lost:
+            raise LeaseLost(conversation_id, lease.token)
+
+    def __repr__(self) -> str:
+        return f"<ConversationLeases owner={self.owner!r} ttl={self.ttl:g}s>"

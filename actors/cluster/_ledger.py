@@ -1,0 +1,222 @@
+"""The ledger's reservations and day totals, shared by every worker and instance."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from . import _ledger_scripts as lua
+from ._link import RedisLink
+
+__all__ = [
+    "DaySeed",
+    "LedgerLimits",
+    "OpenReservation",
+    "ReserveRefused",
+    "ReserveResult",
+    "SettleResult",
+    "SharedLedger",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLimits:
+    """Limits in integer nano-USD; ``None`` is unlimited."""
+
+    max_cost_per_request: int | None = None
+    daily_cost_limit: int | None = None
+    provider_daily_limits: Mapping[str, int] = field(default_factory=dict)
+    max_cost_per_turn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReservation:
+    """One reservation an instance still holds (re-declared when Redis lost it)."""
+
+    request_id: str
+    amount: int
+    provider: str
+    turn_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaySeed:
+    """What one instance's durable journal says about a day: its settled spend and holdings."""
+
+    settled: int
+    by_provider: Mapping[str, int] = field(default_factory=dict)
+    open: Sequence[OpenReservation] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRefused:
+    """A refusal: ``limit`` is ``"request"``, ``"daily"``, ``"provider"`` or ``"turn"``.
+
+    ``settled`` and ``reserved`` are what that limit already held (for ``"request"``: the
+    amount asked and the limit).
+    """
+
+    limit: str
+    settled: int
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """``granted`` with the amount held, or ``refused`` (a :class:`ReserveRefused`)."""
+
+    granted: bool
+    amount: int
+    refused: ReserveRefused | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """``charged``: the actual cost was added to the day; ``late``: no open reservation was found
+    (expired or lost), yet the money was spent so it is charged; ``reserved``: what was held."""
+
+    charged: bool
+    late: bool
+    reserved: int
+
+
+Journal = Callable[[str], Awaitable[DaySeed]]
+
+
+class SharedLedger:
+    """Reservations, settles and day totals, atomic in Redis: exact across instances.
+
+    A reservation is refused when it would pass ``max_cost_per_request``, the day's limit
+    (settled on ``day`` + every open reservation + this one), the provider's daily limit, or the
+    turn's limit. Reservations expire after ``reservation_ttl`` (a dead instance does not hold
+    money forever); a later settle is still charged. Day totals live ``day_ttl``.
+
+    Day totals are seeded from each instance's durable journal: the first reserve of an instance
+    on a day (and the first after Redis lost its data) calls ``journal(day)`` and adds what it
+    returns once, with the instance's open reservations. Raises :class:`ClusterUnavailable`
+    when Redis does not answer (fail closed: nothing was reserved).
+    """
+
+    def __init__(self, link: RedisLink, instance_id: str, journal: Journal,
+                 limits: LedgerLimits) -> None:
+        if not instance_id or "|" in instance_id:
+            raise ValueError("instance_id must be non-empty and must not contain '|'")
+        self._link = link
+        self.instance_id = instance_id
+        self._journal = journal
+        self.limits = limits
+        config = link.config
+        self._res_ttl = round(config.reservation_ttl * 1000)
+        self._day_ttl = round(config.day_ttl * 1000)
+        self._reserve = link.script(lua.RESERVE)
+        self._settle = link.script(lua.SETTLE)
+        self._release = link.script(lua.RELEASE)
+        self._seed = link.script(lua.SEED)
+
+    def _keys(self, day: str, turn_id: str | None) -> list[str]:
+        key = self._link.key
+        turn = key("ledger", "turn", turn_id) if turn_id is not None else key("ledger", "noturn")
+        return [key("ledger", "open"), key("ledger", "resv"), key("ledger", "reserved"),
+                key("ledger", "day", day), turn, key("ledger", "ended")]
+
+    async def reserve(self, request_id: str, amount: int, provider: str, day: str, *,
+                      turn_id: str | None = None) -> ReserveResult:
+        """Hold ``amount`` nano-USD for ``request_id`` if every limit allows it.
+
+        Idempotent for a request already holding a reservation. A request that was already
+        settled or released is refused with limit ``"ended"``.
+        """
+        if amount < 0:
+            raise ValueError("amount must not be negative")
+        limits = self.limits
+        args = [request_id, amount, provider, _or_none(limits.max_cost_per_request),
+                _or_none(limits.daily_cost_limit),
+                _or_none(limits.provider_daily_limits.get(provider)),
+                _or_none(limits.max_cost_per_turn), self._res_ttl, self._day_ttl,
+                self.instance_id, "0" if turn_id is None else "1"]
+        keys = self._keys(day, turn_id)
+        for _ in range(2):
+            answer = await self._link.run(self._reserve, "ledger reserve", keys, args)
+            status = int(answer[0])
+            if status == -2:
+                await self.seed_day_total(day, await self._journal(day))
+                continue
+            if status == -1:
+                return ReserveResult(False, 0, ReserveRefused("ended", 0, 0))
+            if status == 1:
+                return ReserveResult(True, int(answer[1]))
+            reason = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
+            return ReserveResult(False, 0, ReserveRefused(reason, int(answer[2]), int(answer[3])))
+        raise RuntimeError("the day was seeded yet the ledger still asks for a seed")
+
+    async def settle(self, request_id: str, actual: int, provider: str, day: str, *,
+                     turn_id: str | None = None) -> SettleResult:
+        """Charge ``actual`` nano-USD to ``day`` and end the reservation (idempotent).
+
+        ``provider`` and ``turn_id`` are used when the reservation is gone (expired, or lost
+        with a restarted Redis): the money was spent, so it is charged anyway.
+        """
+        if actual < 0:
+            raise ValueError("actual must not be negative")
+        answer = await self._link.run(
+            self._settle, "ledger settle", self._keys(day, turn_id),
+            [request_id, actual, provider, self._res_ttl, self._day_ttl,
+             "0" if turn_id is None else "1"])
+        status, reserved = int(answer[0]), int(answer[1])
+        return SettleResult(status > 0, status == 2, reserved)
+
+    async def release(self, request_id: str) -> bool:
+        """End the reservation without a charge; ``True`` if one was open. Idempotent."""
+        answer = await self._link.run(self._release, "ledger release",
+                                      self._keys("-", None),
+                                      [request_id, self._res_ttl, self._day_ttl])
+        return bool(answer)
+
+    async def seed_day_total(self, day: str, seed: DaySeed) -> bool:
+        """Add this instance's journal for ``day`` to the shared total, once per instance and day.
+
+        Also re-declares the instance's open reservations that Redis does not know. Returns
+        ``False`` when this instance had already seeded the day (nothing changed).
+        """
+        key = self._link.key
+        args: list[object] = [self.instance_id, seed.settled, self._res_ttl, self._day_ttl,
+                              len(seed.by_provider)]
+        for provider, total in seed.by_provider.items():
+            args += [provider, total]
+        for held in seed.open:
+            turn = key("ledger", "turn", held.turn_id) if held.turn_id is not None else ""
+            args += [held.request_id, held.amount, held.provider, turn]
+        answer = await self._link.run(self._seed, "ledger seed", self._keys(day, None), args)
+        return bool(answer)
+
+    async def totals(self, day: str, provider: str | None = None) -> tuple[int, int]:
+        """Settled on ``day`` and reserved now (all days), for ``provider`` when given."""
+        key = self._link.key
+        field = "settled" if provider is None else f"p:{provider}"
+        open_field = "total" if provider is None else f"p:{provider}"
+        client = self._link.client
+
+        async def read() -> tuple[int, int]:
+            settled = await client.hget(key("ledger", "day", day), field)
+            reserved = await client.hget(key("ledger", "reserved"), open_field)
+            return int(settled or 0), int(reserved or 0)
+
+        return await self._link.call("ledger totals", read)
+
+    async def turn_totals(self, turn_id: str) -> tuple[int, int]:
+        """Settled and reserved of one turn."""
+        client = self._link.client
+
+        async def read() -> tuple[int, int]:
+            values = await client.hmget(self._link.key("ledger", "turn", turn_id),
+                                        ["settled", "reserved"])
+            return int(values[0] or 0), int(values[1] or 0)
+
+        return await self._link.call("ledger turn", read)
+
+    def __repr__(self) -> str:
+        return f"<SharedLedger instance={self.instance_id!r} {self.limits!r}>"
+
+
+def _or_none(value: int | None) -> int:
+    return -1 if value is None else value

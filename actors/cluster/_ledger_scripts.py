@@ -1,0 +1,150 @@
+"""Lua of the shared ledger (every ledger key shares one hash slot: ``{ledger}``).
+
+Money is integer nano-USD (exact in Lua's doubles below 9e15, i.e. $9 million). Keys: ``open``
+(request -> expiry ms), ``resv`` (request -> ``amount|provider|turn key``), ``reserved`` (running
+totals of open reservations: ``total``, ``p:<provider>``), ``day`` (settled on that day:
+``settled``, ``p:<provider>``, and one ``seed:<instance>`` marker per instance that added its
+journal), ``turn`` (``settled``, ``reserved`` of one turn), ``ended`` (request -> ms: settled or
+released, so a repeated settle never charges twice).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RELEASE", "RESERVE", "SEED", "SETTLE"]
+
+_PRELUDE = """
+local open, resv, reserved, day, turn, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function num(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
+local function forget(id, record)
+  local amount, provider, turn_key = string.match(record, '^(%d+)|(.-)|(.*)$')
+  local minus = '-' .. amount  -- the stored digits: exact, and never Lua's '-0'
+  redis.call('HINCRBY', reserved, 'total', minus)
+  redis.call('HINCRBY', reserved, 'p:' .. provider, minus)
+  if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', minus) end
+  amount = tonumber(amount)
+  redis.call('HDEL', resv, id)
+  redis.call('ZREM', open, id)
+  return amount, provider
+end
+local function sweep(res_ttl)
+  -- Reservations of an instance that died stop holding money after their TTL.
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', open, '-inf', now)) do
+    local record = redis.call('HGET', resv, id)
+    if record then forget(id, record) else redis.call('ZREM', open, id) end
+  end
+  redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - 2 * res_ttl)
+end
+local function keep(res_ttl, day_ttl)
+  for _, key in ipairs({open, resv, reserved, ended}) do
+    redis.call('PEXPIRE', key, 2 * res_ttl + 60000)
+  end
+  redis.call('PEXPIRE', day, day_ttl)
+  if turn ~= day then redis.call('PEXPIRE', turn, day_ttl) end
+end
+"""
+
+#: ARGV: request, amount, provider, max_per_request, daily, provider_daily, turn_limit (-1: none),
+#: res_ttl_ms, day_ttl_ms, instance, has_turn (0/1).
+#: Returns {1, amount} granted (or already held), {0, reason, a, b} refused, {-1} ended,
+#: {-2} this instance has not seeded the day yet.
+RESERVE = _PRELUDE + """
+local id, amount, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local per_request, daily, provider_daily = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local turn_limit, res_ttl, day_ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local has_turn = ARGV[11] == '1'
+sweep(res_ttl)
+local held = redis.call('HGET', resv, id)
+if held then return {1, tonumber(string.match(held, '^(%d+)'))} end
+if redis.call('ZSCORE', ended, id) then return {-1} end
+if redis.call('HEXISTS', day, 'seed:' .. ARGV[10]) == 0 then return {-2} end
+if per_request >= 0 and amount > per_request then return {0, 'request', amount, per_request} end
+local settled, open_total = num(day, 'settled'), num(reserved, 'total')
+if daily >= 0 and settled + open_total + amount > daily then
+  return {0, 'daily', settled, open_total}
+end
+local p_settled, p_open = num(day, 'p:' .. provider), num(reserved, 'p:' .. provider)
+if provider_daily >= 0 and p_settled + p_open + amount > provider_daily then
+  return {0, 'provider', p_settled, p_open}
+end
+local turn_key = ''
+if has_turn then
+  turn_key = turn
+  local t_settled, t_open = num(turn, 'settled'), num(turn, 'reserved')
+  if turn_limit >= 0 and t_settled + t_open + amount > turn_limit then
+    return {0, 'turn', t_settled, t_open}
+  end
+  redis.call('HINCRBY', turn, 'reserved', amount)
+end
+redis.call('HSET', resv, id, ARGV[2] .. '|' .. provider .. '|' .. turn_key)
+redis.call('ZADD', open, now + res_ttl, id)
+redis.call('HINCRBY', reserved, 'total', amount)
+redis.call('HINCRBY', reserved, 'p:' .. provider, amount)
+keep(res_ttl, day_ttl)
+return {1, amount}
+"""
+
+#: ARGV: request, actual, provider, res_ttl_ms, day_ttl_ms, has_turn (0/1).
+#: Returns {1, reserved amount} settled, {2, 0} charged without a reservation (expired, lost),
+#: {0, 0} already ended (nothing charged).
+SETTLE = _PRELUDE + """
+local id, actual, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local res_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+sweep(res_ttl)
+if redis.call('ZSCORE', ended, id) then return {0, 0} end
+local record = redis.call('HGET', resv, id)
+local status, amount = 2, 0
+if record then
+  status = 1
+  amount, provider = forget(id, record)
+end
+redis.call('HINCRBY', day, 'settled', actual)
+redis.call('HINCRBY', day, 'p:' .. provider, actual)
+if ARGV[6] == '1' then redis.call('HINCRBY', turn, 'settled', actual) end
+redis.call('ZADD', ended, now, id)
+keep(res_ttl, day_ttl)
+return {status, amount}
+"""
+
+#: ARGV: request, res_ttl_ms, day_ttl_ms. Returns 1 if an open reservation was released.
+RELEASE = _PRELUDE + """
+local id, res_ttl = ARGV[1], tonumber(ARGV[2])
+sweep(res_ttl)
+if redis.call('ZSCORE', ended, id) then return 0 end
+local record = redis.call('HGET', resv, id)
+if record then forget(id, record) end
+redis.call('ZADD', ended, now, id)
+keep(res_ttl, tonumber(ARGV[3]))
+if record then return 1 end
+return 0
+"""
+
+#: ARGV: instance, settled, res_ttl_ms, day_ttl_ms, n_providers, then n (provider, settled)
+#: pairs, then (request, amount, provider, turn key) quads of the instance's open reservations.
+#: Returns 1 if seeded now, 0 if this instance had seeded this day already.
+SEED = _PRELUDE + """
+local marker, res_ttl, day_ttl = 'seed:' .. ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('HEXISTS', day, marker) == 1 then return 0 end
+redis.call('HSET', day, marker, now)
+redis.call('HINCRBY', day, 'settled', ARGV[2])
+local n = tonumber(ARGV[5])
+local i = 6
+for _ = 1, n do
+  redis.call('HINCRBY', day, 'p:' .. ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i + 3 <= #ARGV do
+  local id, amount, provider, turn_key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  if redis.call('HEXISTS', resv, id) == 0 and not redis.call('ZSCORE', ended, id) then
+    redis.call('HSET', resv, id, ARGV[i + 1] .. '|' .. provider .. '|' .. turn_key)
+    redis.call('ZADD', open, now + res_ttl, id)
+    redis.call('HINCRBY', reserved, 'total', amount)
+    redis.call('HINCRBY', reserved, 'p:' .. provider, amount)
+    if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', amount) end
+  end
+  i = i + 4
+end
+keep(res_ttl, day_ttl)
+return 1
+"""

@@ -1,0 +1,99 @@
+"""ConversationLeases against a real redis-server: one turn at a time, in order, fenced."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from actors.cluster import (
+    ClusterConfig,
+    ConversationLeases,
+    Lease,
+    LeaseLost,
+    LeaseTimeout,
+    RedisLink,
+)
+
+
+async def test_a_lease_is_exclusive_and_each_grant_has_a_larger_fencing_token(
+    link: RedisLink,
+) -> None:
+    worker_a, worker_b = ConversationLeases(link, "a"), ConversationLeases(link, "b")
+    first = await worker_a.acquire("c1", timeout=1.0)
+    assert first == Lease("c1", "a", 1)
+    with pytest.raises(LeaseTimeout, match=r"^no lease on conversation 'c1' within 0.1 s$"):
+        await worker_b.acquire("c1", timeout=0.1)
+    assert await worker_a.release(first) is True
+    assert await worker_a.release(first) is False
+    assert await worker_b.acquire("c1", timeout=1.0) == Lease("c1", "b", 2)
+    assert await worker_a.acquire("c2", timeout=1.0) == Lease("c2", "a", 1)
+
+
+async def test_waiting_turns_are_granted_in_arrival_order(link: RedisLink) -> None:
+    leases = ConversationLeases(link, "w")
+    holder = await leases.acquire("c", timeout=1.0)
+    order: list[int] = []
+
+    async def turn(n: int) -> None:
+        lease = await leases.acquire("c", timeout=5.0)
+        order.append(n)
+        await anyio.sleep(0.01)
+        await leases.release(lease)
+
+    async with anyio.create_task_group() as group:
+        for n in range(4):
+            group.start_soon(turn, n)
+            await anyio.sleep(0.05)  # each is queued before the next arrives
+        await leases.release(holder)
+    assert order == [0, 1, 2, 3]
+
+
+async def test_the_lease_of_a_dead_owner_expires_after_its_ttl(
+    redis_server: object, cluster_config: ClusterConfig
+) -> None:
+    config = cluster_config.model_copy(update={"lease_ttl": 0.2})
+    async with RedisLink(config) as link:
+        dead, alive = ConversationLeases(link, "dead"), ConversationLeases(link, "alive")
+        stale = await dead.acquire("c", timeout=1.0)
+        taken = await alive.acquire("c", timeout=2.0)  # granted once the TTL ran out
+        assert taken == Lease("c", "alive", 2)
+        with pytest.raises(LeaseLost, match=r"^lease on conversation 'c' \(token 1\) was lost$"):
+            await dead.renew(stale)
+        assert await dead.release(stale) is False
+        await alive.renew(taken)
+
+
+async def test_a_cancelled_waiter_gives_up_its_place(link: RedisLink) -> None:
+    leases = ConversationLeases(link, "w")
+    holder = await leases.acquire("c", timeout=1.0)
+    with anyio.move_on_after(0.1):
+        await leases.acquire("c", timeout=5.0)
+    await leases.release(holder)
+    assert await leases.acquire("c", timeout=0.5) == Lease("c", "w", 2)
+
+
+async def test_hold_renews_while_the_turn_runs_and_releases_after(
+    redis_server: object, cluster_config: ClusterConfig
+) -> None:
+    config = cluster_config.model_copy(update={"lease_ttl": 0.3})
+    async with RedisLink(config) as link:
+        leases = ConversationLeases(link, "w")
+        async with leases.hold("c", timeout=1.0) as lease:
+            await anyio.sleep(0.5)  # longer than the TTL: renewals keep it
+            await leases.renew(lease)
+        assert await leases.acquire("c", timeout=0.1) == Lease("c", "w", 2)
+
+
+async def test_hold_cancels_the_turn_and_raises_when_the_lease_is_lost(
+    redis_server: object, cluster_config: ClusterConfig
+) -> None:
+    config = cluster_config.model_copy(update={"lease_ttl": 0.3})
+    async with RedisLink(config) as link:
+        leases = ConversationLeases(link, "w")
+        finished = False
+        with pytest.raises(LeaseLost, match=r"^lease on conversation 'c' \(token 1\) was lost$"):
+            async with leases.hold("c", timeout=1.0):
+                await link.client.delete(link.key("lease:c", "holder"))  # taken away
+                await anyio.sleep(2.0)
+                finished = True
+        assert finished is False
