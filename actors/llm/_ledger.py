@@ -3,10 +3,10 @@
 Every attempt reserves its worst case before the call (``Reserve``: prompt tokens at the input
 price plus ``max_tokens`` at the output price) and settles to the actual cost after it (``Settle``)
 or releases the reservation (``Release``). The ledger refuses a reservation with
-:class:`LLMCostLimitError` when it would pass ``max_cost_per_request`` or when settled-today plus
-every open reservation plus this one would pass ``daily_cost_limit``. Because a reservation is the
-worst case and the refusal check counts open reservations, spend stays under the daily limit however
-many requests run at once (invariant 2), provided an attempt never costs more than it reserved.
+:class:`LLMCostLimitError` when it would pass ``max_cost_per_request`` (the global one or the
+provider's own), or when settled + every open reservation + this one would pass a daily limit
+(``cost.daily_cost_limit``, or the provider's own ``daily_cost_limit``) or the turn's
+``max_cost_per_turn``. The bookkeeping itself is :class:`~actors.llm._ledger_book.LedgerBook`.
 
 Decisions, and why:
 
@@ -14,28 +14,34 @@ Decisions, and why:
   nano-USD; running totals never drift, so the check at the limit is exact after millions of
   reserves and releases.
 - **A model without a price cannot be reserved under a limit.** Its worst case is unknown, so
-  granting it would break invariant 2: with ``max_cost_per_request`` or ``daily_cost_limit`` set,
-  ``Reserve`` refuses (configure the provider's ``prices``). Without limits it reserves 0 and a
-  settle without a reported cost charges 0; both are logged and counted (``LedgerBook.unpriced``).
-- **An attempt that costs more than it reserved is still charged** (the money is spent) and
-  counted as an overage (``LedgerBook.overages``), with a warning. It can only happen when the
-  provider reports a cost above our price table or the router's prompt estimate was short; the
-  daily limit then holds for every later reservation (they see the higher settled total), but the
-  overage itself may carry the day past the limit by at most its own size.
-- **Open reservations are durable state** (:class:`LedgerBook`, kept by the cell across restarts).
-  A crashed ledger therefore keeps counting the money its callers may still spend, and their later
-  ``Settle`` finds the reservation. The settled total is reloaded on every start from SQLite plus
-  the charges not yet written: the database is the truth, so a new process continues the day.
-  Reservations of a process that died die with its calls; they are not persisted.
+  granting it would break invariant 2: with any limit set, ``Reserve`` refuses (configure the
+  provider's ``prices``). Without limits it reserves 0 and a settle without a reported cost charges
+  0; both are logged and counted (``LedgerBook.unpriced``).
+- **What the limit promises.** Spend stays under a daily limit however many requests run at once,
+  provided each attempt costs at most what it reserved. An attempt that costs more (the provider
+  reports a cost above our price table, or the router's prompt estimate was short) is still charged
+  (the money is spent) and counted as an overage (``LedgerBook.overages``, with a warning). Every
+  later reservation sees the higher settled total, and none is granted while settled + reserved is
+  at the limit; but the attempts already in flight were granted against the lower total, so the
+  day may end past the limit by at most the sum of the overages of the attempts in flight
+  together. A test drives many concurrent overages and checks exactly that bound.
+- **Open reservations are durable state** (kept by the cell across restarts). A crashed ledger
+  therefore keeps counting the money its callers may still spend, and their later ``Settle`` finds
+  the reservation. The settled totals are reloaded on every start from SQLite plus the charges not
+  yet written: the database is the truth, so a new process continues the day. One process per
+  file: :class:`~actors.llm._ledger_lock.LedgerLock` refuses a second one.
 - **A settle counts at once and is written behind, in batches, off the loop.** The charge moves
   from reserved to settled in the actor's loop (single writer) and joins ``LedgerBook.unwritten``;
   one worker-thread write at a time drains that list (``anyio.to_thread.run_sync`` through
   ``pipe``, shielded so that a batch handed to the thread is never half-known). Measured on this
   machine, 500 concurrent settles: 12,300/s and ~72 µs of event-loop CPU per settle, against
-  8,400/s and ~106 µs writing inline (a commit is ~40 µs mean, a few ms at a WAL checkpoint).
-  A failed write (``sqlite3.Error``) crashes the instance, the only error that does; the unwritten
-  charges stay in the book, still counted, and the next instance writes them. A graceful stop
-  writes what is left before closing the database.
+  8,400/s and ~106 µs writing inline. A failed write (``sqlite3.Error``) crashes the instance, the
+  only error that does; the unwritten charges stay in the book, still counted, and the next
+  instance writes them. A graceful stop writes what is left before closing the database.
+- **An unusable database does not hang requests.** When the database cannot be opened the ledger
+  runs *down* (``LedgerBook.down`` says why, ``/health`` shows it): every ``Reserve`` is refused at
+  once with :class:`LedgerUnavailable`, settles are still counted (and written later), and the
+  ledger tries to reopen the file every few seconds on its clock.
 - **Lost settles cannot block the budget.** Reservations older than ``reservation_ttl`` are swept
   on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged (the
   money was spent); like an overage it is outside invariant 2, which is why the TTL (10 min by
@@ -50,8 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,109 +67,31 @@ from actors.metrics import CostWarning
 from runtime import Actor, ActorRef, ChildSpec, Outcome
 
 from ._catalog import ModelCatalog
-from ._config import CostConfig
+from ._config import CostConfig, ProviderConfig
 from ._errors import LLMCostLimitError
+from ._ledger_book import Budget, Charge, LedgerBook, OpenReservation, nanos, nanos_up, usd
+from ._ledger_lock import LedgerUnavailable, ledger_path
 from ._ledger_store import LedgerStore, day_key
-from ._messages import (
-    GetSpend,
-    Release,
-    Reservation,
-    Reserve,
-    Settle,
-    SpendSnapshot,
-)
+from ._messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot
 
 __all__ = ["LedgerActor", "LedgerBook", "ledger_child_spec"]
 
 logger = logging.getLogger(__name__)
 
-_NANO = 1_000_000_000
 #: Swept reservations remembered so that a late settle is still charged.
 _SWEPT_MEMORY = 10_000
-
-
-def _nanos_up(usd: float) -> int:
-    return math.ceil(usd * _NANO)
-
-
-def _nanos(usd: float) -> int:
-    return round(usd * _NANO)
-
-
-def _usd(nanos: int) -> float:
-    return nanos / _NANO
-
-
-@dataclass(frozen=True, slots=True)
-class _Charge:
-    day: str
-    cost: float  # USD, as persisted
-    provider: str
-    model: str
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Open:
-    request_id: str
-    provider: str
-    model: str
-    amount: int  # nano-USD
-    created: float  # on the cell's clock
-
-
-@dataclass
-class LedgerBook:
-    """The ledger's state that outlives an instance: open reservations and today's totals.
-
-    Read it (``system.durable("ledger")``) for health and tests; only the ledger writes it.
-    Amounts are nano-USD; the ``*_usd`` properties convert.
-    """
-
-    day: str = ""
-    settled: int = 0
-    reserved: int = 0
-    open: dict[int, _Open] = field(default_factory=dict)
-    swept: dict[int, _Open] = field(default_factory=dict)
-    unwritten: list[_Charge] = field(default_factory=list)
-    """Settled charges not yet in the database (counted in ``settled`` already)."""
-    next_id: int = 1
-    peak: int = 0
-    """The highest settled + reserved seen today."""
-    warned_day: str = ""
-    overages: int = 0
-    """Settles that cost more than their reservation."""
-    unpriced: int = 0
-    """Reservations and settles of a model without a price (only possible without limits)."""
-    expired: int = 0
-    """Reservations swept after their TTL."""
-
-    @property
-    def settled_usd(self) -> float:
-        return _usd(self.settled)
-
-    @property
-    def reserved_usd(self) -> float:
-        return _usd(self.reserved)
-
-    @property
-    def peak_usd(self) -> float:
-        return _usd(self.peak)
-
-    def __repr__(self) -> str:
-        return (
-            f"<LedgerBook {self.day or '-'} [settled ${self.settled_usd:.6f} | reserved "
-            f"${self.reserved_usd:.6f} in {len(self.open)} | peak ${self.peak_usd:.6f}]>"
-        )
+#: Seconds between attempts to reopen an unusable database.
+_REOPEN_INTERVAL = 5.0
 
 
 class LedgerActor(Actor):
     """Reserves, settles and releases the cost of LLM calls against the configured limits.
 
-    Messages: ``Reserve`` → :class:`Reservation` (raises :class:`LLMCostLimitError`),
-    ``Settle`` → the USD charged, counted at once and persisted shortly after (``None`` for an
-    unknown or already ended reservation),
+    Messages: ``Reserve`` → :class:`Reservation` (raises :class:`LLMCostLimitError`, or
+    :class:`LedgerUnavailable` while the database is down), ``Settle`` → the USD charged, counted
+    at once and persisted shortly after (``None`` for an unknown or already ended reservation),
     ``Release`` → ``None`` (idempotent), ``GetSpend`` → :class:`SpendSnapshot`.
+    ``providers`` give each provider's own ``max_cost_per_request`` and ``daily_cost_limit``.
     ``metrics`` receives a :class:`CostWarning` once a day when settled spend crosses
     ``cost_warning_threshold`` of the daily limit. ``now`` gives the wall-clock time that decides
     the day (default: the current UTC time).
@@ -175,6 +102,7 @@ class LedgerActor(Actor):
         config: CostConfig,
         catalog: ModelCatalog,
         *,
+        providers: Mapping[str, ProviderConfig] | None = None,
         metrics: ActorRef | None = None,
         now: Callable[[], datetime] | None = None,
         reservation_ttl: float = 600.0,
@@ -184,29 +112,26 @@ class LedgerActor(Actor):
             raise ValueError("reservation_ttl and sweep_interval must be positive")
         self._config = config
         self._catalog = catalog
+        self._providers = dict(providers or {})
         self._metrics = metrics
         self._now = now or _utc_now
         self._ttl = reservation_ttl
         self._sweep_interval = sweep_interval
+        self._path = ledger_path(config)
         self._store: LedgerStore | None = None
         self._writing = False
         self._book = LedgerBook()
         self._daily_limit = (
-            None if config.daily_cost_limit is None else _nanos(config.daily_cost_limit)
+            None if config.daily_cost_limit is None else nanos(config.daily_cost_limit)
         )
 
     async def on_start(self) -> None:
         durable = self.context.durable
         if isinstance(durable, LedgerBook):
             self._book = durable
-        if self._config.track_costs:
-            self._store = LedgerStore(self._config.db_path)
-        day = self._today()
-        self._book.day = day
-        self._book.settled = self._load(day)
-        self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
+        self._book.day = self._today()
+        self._open_store()
         self._arm_sweep()
-        self._write_charges()  # what a crashed instance could not write
 
     async def on_stop(self) -> None:
         # Any write in flight has finished (it is shielded); a graceful stop persists the rest.
@@ -228,7 +153,7 @@ class LedgerActor(Actor):
         if isinstance(message, Settle):
             return self._settle(message)
         if isinstance(message, Release):
-            self._release(message.reservation_id)
+            self._book.release(message.reservation_id)
             return None
         if isinstance(message, GetSpend):
             return self._snapshot()
@@ -240,8 +165,19 @@ class LedgerActor(Actor):
         if message.prompt_tokens < 0 or message.max_tokens < 0:
             raise ValueError(f"token counts must not be negative: {message!r}")
         book = self._book
-        config = self._config
-        limited = config.max_cost_per_request is not None or self._daily_limit is not None
+        if book.down is not None:
+            raise LedgerUnavailable(f"the ledger cannot reserve: {book.down}",
+                                    provider=message.provider, model=message.model)
+        provider = self._providers.get(message.provider)
+        per_request = _smallest(self._config.max_cost_per_request,
+                                provider.max_cost_per_request if provider else None)
+        budget = Budget(
+            daily=self._daily_limit,
+            provider_daily=_nanos_or_none(provider.daily_cost_limit if provider else None),
+            turn=_nanos_or_none(message.turn_cost_limit),
+        )
+        limited = per_request is not None or budget.daily is not None or (
+            budget.provider_daily is not None) or budget.turn is not None
         worst = self._catalog.cost_of(message.model, message.prompt_tokens, message.max_tokens)
         if worst is None:
             if limited:
@@ -255,36 +191,19 @@ class LedgerActor(Actor):
             logger.warning("ledger: reserving 0 for unpriced model %r (no cost limits are set)",
                            message.model)
             worst = 0.0
-        if config.max_cost_per_request is not None and worst > config.max_cost_per_request:
+        if per_request is not None and worst > per_request:
             raise LLMCostLimitError(
                 f"worst-case cost ${worst:.6f} of {message.model} ({message.prompt_tokens} "
                 f"prompt + {message.max_tokens} max tokens) exceeds max_cost_per_request "
-                f"${config.max_cost_per_request:.6f}",
+                f"${per_request:.6f}",
                 provider=message.provider,
                 model=message.model,
             )
-        amount = _nanos_up(worst)
-        if self._daily_limit is not None:
-            total = book.settled + book.reserved + amount
-            if total > self._daily_limit:
-                raise LLMCostLimitError(
-                    f"daily_cost_limit ${_usd(self._daily_limit):.6f} would be passed on "
-                    f"{book.day}: settled ${_usd(book.settled):.6f} + reserved "
-                    f"${_usd(book.reserved):.6f} + worst case ${_usd(amount):.6f} of "
-                    f"{message.model} = ${_usd(total):.6f}",
-                    provider=message.provider,
-                    model=message.model,
-                )
-        reservation_id = book.next_id
-        book.next_id += 1
-        book.open[reservation_id] = _Open(
-            message.request_id, message.provider, message.model, amount,
-            self.context.clock.now(),
-        )
-        book.reserved += amount
-        book.peak = max(book.peak, book.settled + book.reserved)
+        entry = OpenReservation(message.request_id, message.provider, message.model,
+                                nanos_up(worst), self.context.clock.now(), message.turn_id)
+        reservation_id = book.reserve(entry, budget)
         return Reservation(reservation_id, message.request_id, message.provider, message.model,
-                           _usd(amount))
+                           usd(entry.amount))
 
     def _settle(self, message: Settle) -> float | None:
         book = self._book
@@ -293,31 +212,25 @@ class LedgerActor(Actor):
         if entry is None:
             logger.debug("ledger: settle of unknown reservation %s ignored", message.reservation_id)
             return None
-        charge = max(0, _nanos(self._actual_cost(entry, message)))  # negative usage is garbage
-        if self._store is not None:
+        charge = max(0, nanos(self._actual_cost(entry, message)))  # negative usage is garbage
+        book.settle(message.reservation_id, charge, self.context.clock.now())
+        if self._path is not None:
             book.unwritten.append(
-                _Charge(book.day, _usd(charge), entry.provider, entry.model, entry.request_id)
-            )
+                Charge(book.day, usd(charge), entry.provider, entry.model, entry.request_id))
             self._write_charges()
         if late:
-            del book.swept[message.reservation_id]
             logger.warning("ledger: late settle of expired reservation %s (%s): charged $%.6f",
-                           message.reservation_id, entry.request_id, _usd(charge))
-        else:
-            del book.open[message.reservation_id]
-            book.reserved -= entry.amount
+                           message.reservation_id, entry.request_id, usd(charge))
         if charge > entry.amount:
             book.overages += 1
             logger.warning(
                 "ledger: %s on %s cost $%.6f, more than its reservation of $%.6f",
-                entry.request_id, entry.model, _usd(charge), _usd(entry.amount),
+                entry.request_id, entry.model, usd(charge), usd(entry.amount),
             )
-        book.settled += charge
-        book.peak = max(book.peak, book.settled + book.reserved)
         self._check_warning()
-        return _usd(charge)
+        return usd(charge)
 
-    def _actual_cost(self, entry: _Open, message: Settle) -> float:
+    def _actual_cost(self, entry: OpenReservation, message: Settle) -> float:
         reported = message.cost
         if reported is not None and math.isfinite(reported) and reported >= 0:
             return reported
@@ -331,20 +244,12 @@ class LedgerActor(Actor):
                        entry.model, entry.request_id)
         return 0.0
 
-    def _release(self, reservation_id: int) -> None:
-        book = self._book
-        entry = book.open.pop(reservation_id, None)
-        if entry is not None:
-            book.reserved -= entry.amount
-        else:
-            book.swept.pop(reservation_id, None)
-
     def _snapshot(self) -> SpendSnapshot:
         book = self._book
         return SpendSnapshot(
             day=book.day,
-            settled=_usd(book.settled),
-            reserved=_usd(book.reserved),
+            settled=usd(book.settled),
+            reserved=usd(book.reserved),
             open_reservations=len(book.open),
             daily_limit=self._config.daily_cost_limit,
             per_request_limit=self._config.max_cost_per_request,
@@ -355,13 +260,92 @@ class LedgerActor(Actor):
     def _today(self) -> str:
         return day_key(self._now(), self._config.day_timezone)
 
-    def _load(self, day: str) -> int:
-        if self._store is None:
-            return 0
-        unwritten = sum(_nanos(c.cost) for c in self._book.unwritten if c.day == day)
-        return _nanos(self._store.day_total(day)) + unwritten
+    def _load(self, day: str) -> None:
+        """Start ``day`` from the database's totals plus the charges not yet written."""
+        by_provider: dict[str, int] = {}
+        if self._store is not None:
+            for provider, total in self._store.provider_totals(day).items():
+                by_provider[provider] = nanos(total)
+        for charge in self._book.unwritten:
+            if charge.day == day:
+                by_provider[charge.provider] = by_provider.get(charge.provider, 0) + nanos(
+                    charge.cost)
+        self._book.new_day(day, sum(by_provider.values()), by_provider)
+
+    def _roll_day(self) -> None:
+        day = self._today()
+        book = self._book
+        if day == book.day:
+            return
+        logger.info("ledger: day %s ends with $%.6f settled; %d reservations carry over",
+                    book.day, usd(book.settled), len(book.open))
+        if book.down is None:
+            self._load(day)
+        else:
+            book.new_day(day, 0, {})
+
+    def _check_warning(self) -> None:
+        book = self._book
+        if self._daily_limit is None or book.warned_day == book.day:
+            return
+        if book.settled < self._config.cost_warning_threshold * self._daily_limit:
+            return
+        book.warned_day = book.day
+        spent, limit = usd(book.settled), usd(self._daily_limit)
+        logger.warning("ledger: spend on %s reached $%.6f, %.0f%% of the daily limit $%.6f",
+                       book.day, spent, 100 * spent / limit, limit)
+        if self._metrics is not None:
+            self._metrics.try_tell(CostWarning(book.day, spent, limit))
+
+    def _arm_sweep(self) -> None:
+        self.context.pipe(self.context.clock.sleep, self._sweep_interval, reply_to=None,
+                          then=self._sweep)
+
+    def _sweep(self, outcome: Outcome) -> None:
+        if outcome.cancelled:
+            return
+        self._arm_sweep()
+        book = self._book
+        now = self.context.clock.now()
+        stale = [rid for rid, entry in book.open.items() if now - entry.created >= self._ttl]
+        for rid in stale:
+            entry = book.expire(rid)
+            logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
+                           rid, entry.request_id, self._ttl)
+        while len(book.swept) > _SWEPT_MEMORY:
+            del book.swept[next(iter(book.swept))]
+        book.forget_turns(now - self._ttl)
 
     # -- persistence ----------------------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        """Open the database and load the day; on failure run down and retry on the clock."""
+        book = self._book
+        if self._path is None:
+            return  # in memory only: the durable book is the whole truth
+        try:
+            self._store = LedgerStore(self._path)
+            self._load(book.day)
+        except (sqlite3.Error, OSError) as exc:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            reason = f"database {str(self._path)!r} cannot be used: {exc}"
+            if book.down != reason:
+                logger.error("ledger: %s; reservations are refused until it can", reason)
+            book.down = reason
+            self.context.pipe(self.context.clock.sleep, _REOPEN_INTERVAL, reply_to=None,
+                              then=self._reopen)
+            return
+        if book.down is not None:
+            logger.warning("ledger: database %r is usable again", str(self._path))
+        book.down = None
+        self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
+        self._write_charges()  # what a crashed instance (or a down spell) could not write
+
+    def _reopen(self, outcome: Outcome) -> None:
+        if not outcome.cancelled:
+            self._open_store()
 
     def _write_charges(self) -> None:
         """Start writing the unwritten charges in a worker thread, unless a write is running."""
@@ -370,14 +354,10 @@ class LedgerActor(Actor):
         self._writing = True
         # The write serves every settle so far, not the message being handled: it must neither
         # answer that request nor be cancelled when its caller gives up.
-        current, self.context.request = self.context.request, None
-        try:
-            self.context.pipe(self._write, self._store, list(self._book.unwritten),
-                              then=self._written)
-        finally:
-            self.context.request = current
+        self.context.pipe(self._write, self._store, list(self._book.unwritten), reply_to=None,
+                          then=self._written)
 
-    async def _write(self, store: LedgerStore, batch: list[_Charge]) -> None:
+    async def _write(self, store: LedgerStore, batch: list[Charge]) -> None:
         # Shielded: once handed to the thread, a batch is written even if the instance is ending,
         # and the written prefix is removed here, right after the thread returns (no await in
         # between), so nothing is written twice by on_stop or the next instance.
@@ -393,50 +373,6 @@ class LedgerActor(Actor):
             raise outcome.error  # sqlite3.Error: crash; the charges stay in the book
         self._write_charges()
 
-    def _roll_day(self) -> None:
-        day = self._today()
-        book = self._book
-        if day == book.day:
-            return
-        logger.info("ledger: day %s ends with $%.6f settled; %d reservations carry over",
-                    book.day, _usd(book.settled), len(book.open))
-        book.day = day
-        book.settled = self._load(day)
-        book.peak = book.settled + book.reserved
-
-    def _check_warning(self) -> None:
-        book = self._book
-        if self._daily_limit is None or book.warned_day == book.day:
-            return
-        if book.settled < self._config.cost_warning_threshold * self._daily_limit:
-            return
-        book.warned_day = book.day
-        spent, limit = _usd(book.settled), _usd(self._daily_limit)
-        logger.warning("ledger: spend on %s reached $%.6f, %.0f%% of the daily limit $%.6f",
-                       book.day, spent, 100 * spent / limit, limit)
-        if self._metrics is not None:
-            self._metrics.try_tell(CostWarning(book.day, spent, limit))
-
-    def _arm_sweep(self) -> None:
-        self.context.pipe(self.context.clock.sleep, self._sweep_interval, then=self._sweep)
-
-    def _sweep(self, outcome: Outcome) -> None:
-        if outcome.cancelled:
-            return
-        self._arm_sweep()
-        book = self._book
-        now = self.context.clock.now()
-        stale = [rid for rid, entry in book.open.items() if now - entry.created >= self._ttl]
-        for rid in stale:
-            entry = book.open.pop(rid)
-            book.reserved -= entry.amount
-            book.expired += 1
-            book.swept[rid] = entry
-            logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
-                           rid, entry.request_id, self._ttl)
-        while len(book.swept) > _SWEPT_MEMORY:
-            del book.swept[next(iter(book.swept))]
-
     def __repr__(self) -> str:
         return f"<LedgerActor {self._book!r}>"
 
@@ -445,9 +381,16 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _write_batch(
-    store: LedgerStore, batch: list[_Charge]
-) -> tuple[int, sqlite3.Error | None]:
+def _smallest(*limits: float | None) -> float | None:
+    present = [limit for limit in limits if limit is not None]
+    return min(present) if present else None
+
+
+def _nanos_or_none(amount: float | None) -> int | None:
+    return None if amount is None else nanos(amount)
+
+
+def _write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.Error | None]:
     """Write ``batch`` in order; return how many were written and the error that stopped it."""
     for i, charge in enumerate(batch):
         try:
@@ -462,6 +405,7 @@ def ledger_child_spec(
     config: CostConfig,
     catalog: ModelCatalog,
     *,
+    providers: Mapping[str, ProviderConfig] | None = None,
     metrics: ActorRef | None = None,
     now: Callable[[], datetime] | None = None,
     reservation_ttl: float = 600.0,
@@ -475,7 +419,7 @@ def ledger_child_spec(
     return ChildSpec(
         name="ledger",
         factory=lambda: LedgerActor(
-            config, catalog, metrics=metrics, now=now,
+            config, catalog, providers=providers, metrics=metrics, now=now,
             reservation_ttl=reservation_ttl, sweep_interval=sweep_interval,
         ),
         crash_on=(sqlite3.Error,),

@@ -140,6 +140,17 @@ class LedgerStore:
             )
         return 0.0 if row is None else float(row[0])
 
+    def provider_totals(self, day: str) -> dict[str, float]:
+        """Return the USD settled on ``day`` per provider (providers without charges absent)."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute("SELECT provider, SUM(cost) FROM charges WHERE day = ? GROUP BY provider",
+                         (day,))
+                .fetchall()
+            )
+        return {str(provider): float(total) for provider, total in rows}
+
     def charge_count(self, day: str) -> int:
         """Return how many charges were settled on ``day``."""
         with self._lock:

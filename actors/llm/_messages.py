@@ -109,6 +109,8 @@ class LLMResponse(BaseModel):
     time_to_first_token_ms: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     request_id: str = ""
+    cost_warning: bool = False
+    """This answer cost more than its provider's ``cost_warning_threshold`` (USD per request)."""
 
     @property
     def message(self) -> Message:
@@ -135,6 +137,10 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
     request_id: str = field(default_factory=new_request_id)
+    turn_id: str | None = None
+    """The conversation turn this request is part of: its attempts share ``turn_cost_limit``."""
+    turn_cost_limit: float | None = None
+    """USD the whole turn may cost (``chat.max_cost_per_turn``), enforced by the ledger."""
 
     @classmethod
     def of(cls, messages: list[Message], tools: list[Message] | None = None,
@@ -185,6 +191,10 @@ class Reserve:
     model: str
     prompt_tokens: int
     max_tokens: int
+    turn_id: str | None = None
+    """The conversation turn this attempt belongs to (with ``turn_cost_limit``: its budget)."""
+    turn_cost_limit: float | None = None
+    """``chat.max_cost_per_turn`` in USD: the turn's settled + reserved may not pass it."""
 
 
 @dataclass(frozen=True)

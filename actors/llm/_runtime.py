@@ -42,7 +42,8 @@ from runtime import (
 from ._catalog import ModelCatalog
 from ._config import LLMConfig, ProviderConfig
 from ._errors import translate_actor_errors
-from ._ledger import LedgerActor, ledger_child_spec
+from ._ledger import LedgerActor, LedgerBook, ledger_child_spec
+from ._ledger_lock import LedgerLock, check_ledger
 from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
 from ._provider import ProviderActor, provider_child_spec
 from ._router import RouterActor, provider_actor_name
@@ -139,7 +140,29 @@ class LLMRuntime:
         usable = [p for p in providers.values()
                   if p["state"] == ActorState.RUNNING.value and p.get("breaker") != "open"]
         overall = "ok" if len(usable) == len(providers) else "degraded" if usable else "failing"
-        return {"status": overall, "providers": providers}
+        ledger = self._ledger_health()
+        if ledger["state"] != "ok":
+            overall = "failing"  # no reservation, no call
+        return {"status": overall, "providers": providers, "ledger": ledger}
+
+    def _ledger_health(self) -> dict[str, Any]:
+        """``state`` ``ok`` or ``down`` (with ``error``), today's settled and reserved USD."""
+        status = self.system.actor_status("ledger")
+        book = self.system.durable("ledger")
+        error: str | None = None
+        if not isinstance(book, LedgerBook) or status is None:
+            error = "the ledger is absent"
+        elif book.down is not None:
+            error = book.down
+        elif status.state is not ActorState.RUNNING:
+            error = f"the ledger is {status.state.value}"
+        entry: dict[str, Any] = {"state": "ok" if error is None else "down"}
+        if error is not None:
+            entry["error"] = error
+        if isinstance(book, LedgerBook):
+            entry.update(day=book.day, settled_usd=book.settled_usd,
+                         reserved_usd=book.reserved_usd, open_reservations=len(book.open))
+        return entry
 
     def _metrics_actor_store(self) -> MetricsStore:
         store: MetricsStore = self.system.durable("metrics")
@@ -170,7 +193,7 @@ def runtime_children(
         status_source=status, sampled=lambda name: not name.startswith("session:"))
     ledger = ledger_child_spec(config.cost, catalog)
     ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
-        config.cost, catalog, metrics=ref("metrics")))
+        config.cost, catalog, providers=config.providers, metrics=ref("metrics")))
     providers = []
     for name, provider_config in config.providers.items():
         spec = provider_child_spec(name, provider_config, catalog=catalog)
@@ -207,7 +230,12 @@ async def open_runtime(
     clock: Clock | None = None,
     extra_children: Sequence[ChildSpec | SupervisorSpec] = (),
 ) -> AsyncIterator[LLMRuntime]:
-    """Start the runtime (returns once every actor is ready); stop it gracefully on exit."""
+    """Start the runtime (returns once every actor is ready); stop it gracefully on exit.
+
+    Raises :class:`LedgerUnavailable` before starting anything when the ledger database cannot
+    be used or another process holds it (one process per ledger file).
+    """
+    check_ledger(config.cost)
     catalog = build_catalog(config)
     holder: dict[str, ActorSystem] = {}
     root = SupervisorSpec(
@@ -218,5 +246,6 @@ async def open_runtime(
     )
     system = ActorSystem(root, clock=clock)
     holder["system"] = system
-    async with system:
-        yield LLMRuntime(system, config)
+    with LedgerLock(config.cost):
+        async with system:
+            yield LLMRuntime(system, config)

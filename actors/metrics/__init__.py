@@ -9,6 +9,7 @@ from ._store import (
     GaugeSet,
     HedgeSent,
     MetricsStore,
+    RequestCostWarning,
     RequestFinished,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "GetSummary",
     "HedgeSent",
     "MetricsStore",
+    "RequestCostWarning",
     "RequestFinished",
     "metrics_child_spec",
 ]

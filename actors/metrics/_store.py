@@ -43,6 +43,7 @@ __all__ = [
     "Histogram",
     "MetricsEvent",
     "MetricsStore",
+    "RequestCostWarning",
     "RequestFinished",
 ]
 
@@ -84,6 +85,7 @@ _BUILTIN_NAMES = frozenset(
         "actor_restarts",
         "metrics_events_dropped",
         "cost_warnings",
+        "llm_request_cost_warnings",
     }
 )
 
@@ -195,6 +197,16 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestCostWarning:
+    """One answer cost more than its provider's ``cost_warning_threshold`` (USD per request)."""
+
+    provider: str
+    model: str
+    cost: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
 class FallbackTaken:
     """The router moved a request from one candidate to the next."""
 
@@ -260,6 +272,7 @@ MetricsEvent = (
     | ActorRestarted
     | GaugeSet
     | CostWarning
+    | RequestCostWarning
 )
 """Everything ``MetricsStore.apply`` accepts."""
 
@@ -279,6 +292,7 @@ class _ModelStats:
     ttft: Histogram = field(default_factory=Histogram)
     fallbacks: int = 0
     hedges: int = 0
+    cost_warnings: int = 0
 
 
 class MetricsStore(Collector):
@@ -321,6 +335,8 @@ class MetricsStore(Collector):
                 ] += 1
             case HedgeSent():
                 self._stats(event.provider, event.model).hedges += 1
+            case RequestCostWarning():
+                self._stats(event.provider, event.model).cost_warnings += 1
             case BreakerTransition():
                 self._breaker_transitions[(event.provider, event.new)] += 1
                 self._breaker_state[event.provider] = event.new
@@ -471,6 +487,10 @@ class MetricsStore(Collector):
             _PREFIX + "llm_rate_limited", "Calls refused by a rate limit.", labels=pm
         )
         hedges = CounterMetricFamily(_PREFIX + "llm_hedges", "Hedged requests sent.", labels=pm)
+        over = CounterMetricFamily(
+            _PREFIX + "llm_request_cost_warnings",
+            "Answers that cost more than the provider's cost_warning_threshold.", labels=pm,
+        )
         for s in models:
             lv = [s.provider, s.model]
             # A call its caller abandoned is no failure of the provider: counted apart, so the
@@ -489,7 +509,8 @@ class MetricsStore(Collector):
                 errors.add_metric([*lv, error_type], n)
             limited.add_metric(lv, s.rate_limited)
             hedges.add_metric(lv, s.hedges)
-        yield from (requests, duration, ttft, tokens, cost, errors, limited, hedges)
+            over.add_metric(lv, s.cost_warnings)
+        yield from (requests, duration, ttft, tokens, cost, errors, limited, hedges, over)
 
         fallbacks = CounterMetricFamily(
             _PREFIX + "llm_fallbacks",
@@ -572,6 +593,7 @@ def _model_summary(s: _ModelStats) -> dict[str, Any]:
         "ttft_p99": s.ttft.percentile(99),
         "fallbacks": s.fallbacks,
         "hedges": s.hedges,
+        "cost_warnings": s.cost_warnings,
     }
 
 

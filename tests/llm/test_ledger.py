@@ -28,7 +28,8 @@ from actors.llm._messages import (
     Usage,
 )
 from actors.metrics import GetSummary, metrics_child_spec
-from runtime import ActorRef, ActorState, ActorSystem, ChildSpec, FakeClock, SupervisorSpec
+from runtime import ActorRef, ActorState, ActorSystem, ChildSpec, SupervisorSpec
+from runtime.testing import FakeClock
 
 # 1 USD per million input tokens, 2 per million output: 1000 + 1000 tokens cost $0.003.
 CATALOG = ModelCatalog(prices={"m": ModelPrice(input=1.0, output=2.0)}, builtin=False)

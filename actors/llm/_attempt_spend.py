@@ -1,0 +1,98 @@
+"""The money side of one attempt: reserve before the call, settle after it, and pay for what left.
+
+Why a failed or cancelled attempt is charged: once the request has left for the upstream, the
+provider bills the prompt and whatever it generated, whether or not the answer reached anyone.
+Releasing such a reservation would let repeated cancels spend past ``daily_cost_limit`` with the
+ledger showing $0. So an attempt that was sent and then failed in flight (cancelled, timed out,
+connection lost, stream broken, malformed answer) is settled at its prompt cost plus everything it
+streamed (text, reasoning, tool-call pieces), priced by the ledger; only what never left (refused by
+our limiter or breaker, or answered by an upstream error status, which bills nothing) is released.
+A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
+that failed after, and erring that way keeps the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from runtime import ActorRef
+
+from ._errors import (
+    LLMClientError,
+    LLMConnectionError,
+    LLMStreamingError,
+    LLMTimeoutError,
+)
+from ._messages import Release, Reservation, Reserve, Settle, Usage
+from ._tokens import count_text_tokens
+
+__all__ = ["AttemptSpend", "billed_in_flight"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a settle may take once the answer is in hand (shielded from the caller's cancel).
+_SETTLE_TIMEOUT = 5.0
+
+
+def billed_in_flight(error: BaseException | None) -> bool:
+    """Whether an attempt that ended with ``error`` after it was sent may have been billed.
+
+    ``None`` stands for a cancelled attempt.
+    """
+    if error is None or isinstance(error, (LLMTimeoutError, LLMConnectionError,
+                                           LLMStreamingError)):
+        return True
+    # The bare base class is what an answer we could not read becomes: it was produced (billed).
+    return type(error) is LLMClientError or not isinstance(error, LLMClientError)
+
+
+class AttemptSpend:
+    """Reserves, settles or charges one attempt with the ledger (no ledger: does nothing).
+
+    ``streamed`` collects every piece of output that came back (text, reasoning, tool calls).
+    """
+
+    def __init__(self, ledger: ActorRef | None, reserve: Reserve) -> None:
+        self._ledger = ledger
+        self._reserve = reserve
+        self.reservation: Reservation | None = None
+        self.sent = False
+        self.streamed: list[str] = []
+
+    async def reserve(self, deadline: float) -> None:
+        if self._ledger is not None:
+            self.reservation = await self._ledger.ask(self._reserve, deadline=deadline)
+
+    async def settle(self, usage: Usage) -> float | None:
+        """Settle at the answer's usage (its reported cost when present); the USD charged."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is None or self._ledger is None:
+            return usage.total_cost
+        charged: float | None = None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
+            charged = await self._ledger.ask(Settle(reservation.id, usage, usage.total_cost))
+        return charged
+
+    def fail(self, error: BaseException | None) -> None:
+        """The attempt ended without an answer (``error``; ``None``: cancelled).
+
+        Charges the prompt plus what was streamed if it was sent and may have been billed,
+        releases the reservation otherwise. Never awaits, so it is safe while cancelled.
+        """
+        reservation, self.reservation = self.reservation, None
+        if reservation is None or self._ledger is None:
+            return
+        if self.sent and (self.streamed or billed_in_flight(error)):
+            prompt = self._reserve.prompt_tokens
+            text = "".join(self.streamed)
+            completion = count_text_tokens(text, self._reserve.model) if text else 0
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
+                          total_tokens=prompt + completion)
+            if self._ledger.try_tell(Settle(reservation.id, usage)):
+                return
+        elif self._ledger.try_tell(Release(reservation.id)):
+            return
+        logger.error("ledger mailbox full: reservation %s of %s awaits its expiry",
+                     reservation.id, self._reserve.request_id)

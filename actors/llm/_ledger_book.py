@@ -1,0 +1,250 @@
+"""The ledger's bookkeeping: open reservations and settled totals against the budgets.
+
+:class:`LedgerBook` is the state that outlives a ledger instance (the cell keeps it across
+restarts) and the one implementation of :class:`Bookkeeping`, the small interface the
+:class:`~actors.llm._ledger.LedgerActor` drives: ``reserve`` (all budgets checked and the amount
+held in one step), ``settle``, ``release`` and the day totals. A shared backend (Redis, for several
+processes) implements the same four operations with the same refusals.
+
+Budgets, all checked as *settled + reserved + this worst case*: the global day, each provider's
+own day, and a turn (a conversation turn's ``max_cost_per_turn``). Amounts are integer nano-USD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ._errors import LLMCostLimitError
+
+__all__ = ["Bookkeeping", "Budget", "LedgerBook", "nanos", "nanos_up", "usd"]
+
+_NANO = 1_000_000_000
+
+
+def nanos_up(amount: float) -> int:
+    """``amount`` USD in nano-USD, rounded up (reservations never round in the caller's favour)."""
+    return math.ceil(amount * _NANO)
+
+
+def nanos(amount: float) -> int:
+    """``amount`` USD in nano-USD, rounded to the nearest."""
+    return round(amount * _NANO)
+
+
+def usd(amount: int) -> float:
+    """``amount`` nano-USD in USD."""
+    return amount / _NANO
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one reservation is checked against (nano-USD limits; ``None``: no limit)."""
+
+    daily: int | None = None
+    provider_daily: int | None = None
+    turn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A settled charge, as persisted."""
+
+    day: str
+    cost: float  # USD
+    provider: str
+    model: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReservation:
+    """Money held for one attempt until it is settled or released."""
+
+    request_id: str
+    provider: str
+    model: str
+    amount: int  # nano-USD
+    created: float  # on the ledger's clock
+    turn_id: str | None = None
+
+
+@dataclass(slots=True)
+class TurnSpend:
+    """Settled and reserved money of one conversation turn."""
+
+    settled: int = 0
+    reserved: int = 0
+    touched: float = 0.0
+
+
+class Bookkeeping(Protocol):
+    """Reservations and totals: what a ledger backend must provide."""
+
+    def reserve(self, entry: OpenReservation, budget: Budget) -> int:
+        """Hold ``entry.amount`` if every budget allows it; return the reservation id.
+
+        Raises :class:`LLMCostLimitError` naming the budget that would be passed.
+        """
+        ...
+
+    def settle(self, reservation_id: int, charge: int, now: float) -> OpenReservation | None:
+        """Move a reservation to settled at ``charge``; ``None`` if unknown or already ended."""
+        ...
+
+    def release(self, reservation_id: int) -> None:
+        """Drop a reservation without charging it. Idempotent."""
+        ...
+
+    def day_total(self) -> int:
+        """Settled today, nano-USD."""
+        ...
+
+
+@dataclass
+class LedgerBook:
+    """The ledger's state that outlives an instance: open reservations and today's totals.
+
+    Read it (``system.durable("ledger")``) for health and tests; only the ledger writes it.
+    Amounts are nano-USD; the ``*_usd`` properties convert.
+    """
+
+    day: str = ""
+    settled: int = 0
+    reserved: int = 0
+    by_provider: dict[str, int] = field(default_factory=dict)
+    """Settled today per provider."""
+    reserved_by_provider: dict[str, int] = field(default_factory=dict)
+    turns: dict[str, TurnSpend] = field(default_factory=dict)
+    open: dict[int, OpenReservation] = field(default_factory=dict)
+    swept: dict[int, OpenReservation] = field(default_factory=dict)
+    unwritten: list[Charge] = field(default_factory=list)
+    """Settled charges not yet in the database (counted in ``settled`` already)."""
+    next_id: int = 1
+    peak: int = 0
+    """The highest settled + reserved seen today."""
+    warned_day: str = ""
+    overages: int = 0
+    """Settles that cost more than their reservation."""
+    unpriced: int = 0
+    """Reservations and settles of a model without a price (only possible without limits)."""
+    expired: int = 0
+    """Reservations swept after their TTL."""
+    down: str | None = None
+    """Why the database cannot be used (reservations are refused meanwhile); ``None`` when up."""
+
+    @property
+    def settled_usd(self) -> float:
+        return usd(self.settled)
+
+    @property
+    def reserved_usd(self) -> float:
+        return usd(self.reserved)
+
+    @property
+    def peak_usd(self) -> float:
+        return usd(self.peak)
+
+    # -- Bookkeeping ----------------------------------------------------------------------------
+
+    def reserve(self, entry: OpenReservation, budget: Budget) -> int:
+        amount = entry.amount
+        where = f"{entry.provider}:{entry.model}"
+        if budget.daily is not None and self.settled + self.reserved + amount > budget.daily:
+            total = self.settled + self.reserved + amount
+            raise LLMCostLimitError(
+                f"daily_cost_limit ${usd(budget.daily):.6f} would be passed on {self.day}: "
+                f"settled ${usd(self.settled):.6f} + reserved ${usd(self.reserved):.6f} + worst "
+                f"case ${usd(amount):.6f} of {entry.model} = ${usd(total):.6f}",
+                provider=entry.provider, model=entry.model)
+        if budget.provider_daily is not None:
+            settled = self.by_provider.get(entry.provider, 0)
+            reserved = self.reserved_by_provider.get(entry.provider, 0)
+            if settled + reserved + amount > budget.provider_daily:
+                raise LLMCostLimitError(
+                    f"{entry.provider}'s daily_cost_limit ${usd(budget.provider_daily):.6f} would "
+                    f"be passed on {self.day}: settled ${usd(settled):.6f} + reserved "
+                    f"${usd(reserved):.6f} + worst case ${usd(amount):.6f} of {where}",
+                    provider=entry.provider, model=entry.model)
+        if entry.turn_id is not None and budget.turn is not None:
+            turn = self.turns.get(entry.turn_id, TurnSpend())
+            if turn.settled + turn.reserved + amount > budget.turn:
+                raise LLMCostLimitError(
+                    f"max_cost_per_turn ${usd(budget.turn):.6f} would be passed: this turn "
+                    f"settled ${usd(turn.settled):.6f} + reserved ${usd(turn.reserved):.6f} + "
+                    f"worst case ${usd(amount):.6f} of {where}",
+                    provider=entry.provider, model=entry.model)
+        reservation_id = self.next_id
+        self.next_id += 1
+        self.open[reservation_id] = entry
+        self._hold(entry, amount)
+        return reservation_id
+
+    def settle(self, reservation_id: int, charge: int, now: float) -> OpenReservation | None:
+        entry = self.open.pop(reservation_id, None)
+        if entry is not None:
+            self._hold(entry, -entry.amount)
+        else:
+            entry = self.swept.pop(reservation_id, None)
+            if entry is None:
+                return None
+        self.settled += charge
+        self.by_provider[entry.provider] = self.by_provider.get(entry.provider, 0) + charge
+        if entry.turn_id is not None:
+            turn = self.turns.setdefault(entry.turn_id, TurnSpend())
+            turn.settled += charge
+            turn.touched = now
+        self.peak = max(self.peak, self.settled + self.reserved)
+        return entry
+
+    def release(self, reservation_id: int) -> None:
+        entry = self.open.pop(reservation_id, None)
+        if entry is not None:
+            self._hold(entry, -entry.amount)
+        else:
+            self.swept.pop(reservation_id, None)
+
+    def day_total(self) -> int:
+        return self.settled
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def expire(self, reservation_id: int) -> OpenReservation:
+        """Stop holding an open reservation; a late settle still finds it in ``swept``."""
+        entry = self.open.pop(reservation_id)
+        self._hold(entry, -entry.amount)
+        self.swept[reservation_id] = entry
+        self.expired += 1
+        return entry
+
+    def new_day(self, day: str, settled: int, by_provider: dict[str, int]) -> None:
+        """Start ``day`` from its persisted totals; open reservations carry over."""
+        self.day = day
+        self.settled = settled
+        self.by_provider = dict(by_provider)
+        self.peak = settled + self.reserved
+
+    def forget_turns(self, older_than: float) -> None:
+        """Drop the turns untouched since ``older_than`` that hold no reservation."""
+        stale = [turn_id for turn_id, turn in self.turns.items()
+                 if turn.reserved == 0 and turn.touched < older_than]
+        for turn_id in stale:
+            del self.turns[turn_id]
+
+    def _hold(self, entry: OpenReservation, amount: int) -> None:
+        self.reserved += amount
+        provider = entry.provider
+        self.reserved_by_provider[provider] = self.reserved_by_provider.get(provider, 0) + amount
+        if entry.turn_id is not None:
+            turn = self.turns.setdefault(entry.turn_id, TurnSpend())
+            turn.reserved += amount
+            turn.touched = max(turn.touched, entry.created)
+        self.peak = max(self.peak, self.settled + self.reserved)
+
+    def __repr__(self) -> str:
+        state = f" | down: {self.down}" if self.down else ""
+        return (
+            f"<LedgerBook {self.day or '-'} [settled ${self.settled_usd:.6f} | reserved "
+            f"${self.reserved_usd:.6f} in {len(self.open)} | peak ${self.peak_usd:.6f}{state}]>"
+        )
