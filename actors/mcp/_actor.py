@@ -60,6 +60,7 @@ from ._client import (
     open_mcp_session,
 )
 from ._config import McpServerConfig
+from ._errors import McpSessionLost
 
 __all__ = [
     "CallTool",
@@ -145,13 +146,6 @@ class McpStatus:
             "pid": self.pid,
             "transport": self.transport,
         }
-
-
-class McpSessionLost(McpServerError):
-    """The server's session ended while in use (process died, connection lost).
-
-    The only error that crashes an :class:`McpServerActor` (its supervisor restarts it).
-    """
 
 
 # -- durable state ------------------------------------------------------------------------------

@@ -1,14 +1,9 @@
 """A thin, well-behaved wrapper over the ``mcp`` SDK client, for the McpServerActor.
 
-Errors::
-
-    McpError                  anything that went wrong talking to an MCP server
-    ├── McpServerError        the server is unavailable or died: restart it (retryable by restart)
-    └── McpToolError          one tool call failed; the message is meant for the model
-        └── McpToolTimeout    the call did not answer within its timeout
-
-A tool that *runs* and reports failure (``isError``) is not an exception: ``call_tool`` returns a
-``ToolResult`` with ``is_error=True`` so the model can read the message and correct itself.
+It uses only the SDK's public modules, and translates the SDK's errors into ours (the tree is in
+:mod:`actors.mcp._errors`). A tool that *runs* and reports failure (``isError``) is not an
+exception: ``call_tool`` returns a ``ToolResult`` with ``is_error=True`` so the model can read the
+message and correct itself.
 """
 
 from __future__ import annotations
@@ -30,11 +25,11 @@ import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp, shippe
 import mcp_types
 from mcp import Client, MCPError, StdioServerParameters, stdio_client
 from mcp.client import Transport
-from mcp.client._transport import TransportStreams  # the public Transport's stream pair
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
+from ._errors import McpError, McpServerError, McpToolError, McpToolTimeout
 
 __all__ = [
     "McpError",
@@ -59,43 +54,6 @@ _STDERR_TAIL_BYTES: Final = 2000
 _STDERR_DRAIN_SECONDS: Final = 0.5
 _OPENAI_NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _MAX_VALIDATION_MESSAGES: Final = 5
-
-
-class McpError(Exception):
-    """Base of every error raised by this module."""
-
-
-class McpServerError(McpError):
-    """The MCP server ``server`` is unavailable: it failed to start, died, or hung up.
-
-    Retryable by restarting the server; ``reason`` says what happened, without secrets.
-    """
-
-    def __init__(self, server: str, reason: str) -> None:
-        super().__init__(f"MCP server {server!r} {reason}")
-        self.server = server
-        self.reason = reason
-
-
-class McpToolError(McpError):
-    """A tool call failed, or its arguments were invalid; ``str(error)`` is meant for the model."""
-
-    def __init__(self, message: str, *, server: str | None = None, tool: str | None = None) -> None:
-        super().__init__(message)
-        self.server = server
-        self.tool = tool
-
-
-class McpToolTimeout(McpToolError):
-    """A tool call did not answer within ``timeout`` seconds (the server was asked to cancel it)."""
-
-    def __init__(self, server: str, tool: str, timeout: float) -> None:
-        super().__init__(
-            f"Tool {tool!r} did not answer within {timeout:g} s and was cancelled.",
-            server=server,
-            tool=tool,
-        )
-        self.timeout = timeout
 
 
 @dataclass(frozen=True)
@@ -384,7 +342,7 @@ async def _stdio_transport(
 
 
 @asynccontextmanager
-async def _http_transport(url: str, config: McpServerConfig) -> AsyncIterator[TransportStreams]:
+async def _http_transport(url: str, config: McpServerConfig) -> AsyncIterator[Any]:
     # The read timeout must outlast a tool call: results may arrive on a quiet SSE stream.
     timeout = httpx2.Timeout(30.0, read=config.call_timeout + 30.0)
     async with (
