@@ -10,9 +10,6 @@ provider's own), or when settled + every open reservation + this one would pass 
 
 Decisions, and why:
 
-- **Money is counted in integer nano-USD.** Reservations are rounded up, charges to the nearest
-  nano-USD; running totals never drift, so the check at the limit is exact after millions of
-  reserves and releases.
 - **A model without a price cannot be reserved under a limit.** Its worst case is unknown, so
   granting it would break invariant 2: with any limit set, ``Reserve`` refuses (configure the
   provider's ``prices``). Without limits it reserves 0 and a settle without a reported cost charges
@@ -25,29 +22,24 @@ Decisions, and why:
   at the limit; but the attempts already in flight were granted against the lower total, so the
   day may end past the limit by at most the sum of the overages of the attempts in flight
   together. A test drives many concurrent overages and checks exactly that bound.
-- **Open reservations are durable state** (kept by the cell across restarts). A crashed ledger
-  therefore keeps counting the money its callers may still spend, and their later ``Settle`` finds
-  the reservation. The settled totals are reloaded on every start from SQLite plus the charges not
-  yet written: the database is the truth, so a new process continues the day. One process per
-  file: :class:`~actors.llm._ledger_lock.LedgerLock` refuses a second one.
-- **A settle counts at once and is written behind, in batches, off the loop.** The charge moves
-  from reserved to settled in the actor's loop (single writer) and joins ``LedgerBook.unwritten``;
-  one worker-thread write at a time drains that list (``anyio.to_thread.run_sync`` through
-  ``pipe``, shielded so that a batch handed to the thread is never half-known). Measured on this
-  machine, 500 concurrent settles: 12,300/s and ~72 µs of event-loop CPU per settle, against
-  8,400/s and ~106 µs writing inline. A failed write (``sqlite3.Error``) crashes the instance, the
-  only error that does; the unwritten charges stay in the book, still counted, and the next
-  instance writes them. A graceful stop writes what is left before closing the database.
-- **An unusable database does not hang requests.** When the database cannot be opened the ledger
-  runs *down* (``LedgerBook.down`` says why, ``/health`` shows it): every ``Reserve`` is refused at
-  once with :class:`LedgerUnavailable`, settles are still counted (and written later), and the
-  ledger tries to reopen the file every few seconds on its clock.
+- **Open reservations are durable state** (kept by the cell across restarts): a crashed ledger
+  keeps counting the money its callers may still spend. The settled totals are reloaded on every
+  start from SQLite plus the charges not yet written, so a new process continues the day. One
+  process per file: :class:`~actors.llm._ledger_lock.LedgerLock` refuses a second one.
+- **A settle counts at once and is written behind, in batches, off the loop** (one shielded
+  worker-thread write at a time drains ``LedgerBook.unwritten``; 500 concurrent settles measured
+  12,300/s against 8,400/s writing inline). A graceful stop writes what is left.
+- **An unusable database does not hang requests, nor crash the ledger.** When the database cannot
+  be opened, or a write fails, the ledger runs *down* (``LedgerBook.down`` says why, ``/health``
+  shows it): every ``Reserve`` is refused at once with :class:`LedgerUnavailable`, settles are
+  still counted (and written once it is back), and every few seconds of its clock the ledger
+  reopens the file (recreating the schema). Crashing instead would restart into the same failure
+  until the supervisor gave up on the whole runtime.
 - **Lost settles cannot block the budget.** Reservations older than ``reservation_ttl`` are swept
-  on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged (the
-  money was spent); like an overage it is outside invariant 2, which is why the TTL (10 min by
-  default) is far longer than any request's deadline.
+  on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged; like an
+  overage it is outside invariant 2, hence a TTL (10 min) far longer than any request's deadline.
 - **Days** are ``day_key(now(), config.day_timezone)``; a charge belongs to the day it is settled
-  on, and open reservations carry into the new day (they will be settled there).
+  on; open reservations carry into the new day.
 - ``track_costs: false`` keeps the accounting and the limits in memory only (no database).
 """
 
@@ -69,7 +61,16 @@ from runtime import Actor, ActorRef, ChildSpec, Outcome
 from ._catalog import ModelCatalog
 from ._config import CostConfig, ProviderConfig
 from ._errors import LLMCostLimitError
-from ._ledger_book import Budget, Charge, LedgerBook, OpenReservation, nanos, nanos_up, usd
+from ._ledger_book import (
+    Budget,
+    Charge,
+    LedgerBook,
+    OpenReservation,
+    nanos,
+    nanos_up,
+    usd,
+    write_batch,
+)
 from ._ledger_lock import LedgerUnavailable, ledger_path
 from ._ledger_store import LedgerStore, day_key
 from ._messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot
@@ -78,8 +79,6 @@ __all__ = ["LedgerActor", "LedgerBook", "ledger_child_spec"]
 
 logger = logging.getLogger(__name__)
 
-#: Swept reservations remembered so that a late settle is still charged.
-_SWEPT_MEMORY = 10_000
 #: Seconds between attempts to reopen an unusable database.
 _REOPEN_INTERVAL = 5.0
 
@@ -93,8 +92,7 @@ class LedgerActor(Actor):
     ``Release`` → ``None`` (idempotent), ``GetSpend`` → :class:`SpendSnapshot`.
     ``providers`` give each provider's own ``max_cost_per_request`` and ``daily_cost_limit``.
     ``metrics`` receives a :class:`CostWarning` once a day when settled spend crosses
-    ``cost_warning_threshold`` of the daily limit. ``now`` gives the wall-clock time that decides
-    the day (default: the current UTC time).
+    ``cost_warning_threshold`` of the daily limit. ``now`` (default: UTC now) decides the day.
     """
 
     def __init__(
@@ -138,7 +136,7 @@ class LedgerActor(Actor):
         if self._store is None:
             return
         try:
-            written, error = _write_batch(self._store, list(self._book.unwritten))
+            written, error = write_batch(self._store, list(self._book.unwritten))
             del self._book.unwritten[:written]
             if error is not None:
                 raise error
@@ -169,13 +167,12 @@ class LedgerActor(Actor):
             raise LedgerUnavailable(f"the ledger cannot reserve: {book.down}",
                                     provider=message.provider, model=message.model)
         provider = self._providers.get(message.provider)
-        per_request = _smallest(self._config.max_cost_per_request,
-                                provider.max_cost_per_request if provider else None)
-        budget = Budget(
-            daily=self._daily_limit,
-            provider_daily=_nanos_or_none(provider.daily_cost_limit if provider else None),
-            turn=_nanos_or_none(message.turn_cost_limit),
-        )
+        own = provider.max_cost_per_request if provider else None
+        per_request = min((limit for limit in (self._config.max_cost_per_request, own)
+                           if limit is not None), default=None)
+        budget = Budget.of(self._config.daily_cost_limit,
+                           provider.daily_cost_limit if provider else None,
+                           message.turn_cost_limit)
         limited = per_request is not None or budget.daily is not None or (
             budget.provider_daily is not None) or budget.turn is not None
         worst = self._catalog.cost_of(message.model, message.prompt_tokens, message.max_tokens)
@@ -305,16 +302,9 @@ class LedgerActor(Actor):
         if outcome.cancelled:
             return
         self._arm_sweep()
-        book = self._book
-        now = self.context.clock.now()
-        stale = [rid for rid, entry in book.open.items() if now - entry.created >= self._ttl]
-        for rid in stale:
-            entry = book.expire(rid)
+        for rid, entry in self._book.sweep(self.context.clock.now(), self._ttl):
             logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
                            rid, entry.request_id, self._ttl)
-        while len(book.swept) > _SWEPT_MEMORY:
-            del book.swept[next(iter(book.swept))]
-        book.forget_turns(now - self._ttl)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -327,15 +317,7 @@ class LedgerActor(Actor):
             self._store = LedgerStore(self._path)
             self._load(book.day)
         except (sqlite3.Error, OSError) as exc:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
-            reason = f"database {str(self._path)!r} cannot be used: {exc}"
-            if book.down != reason:
-                logger.error("ledger: %s; reservations are refused until it can", reason)
-            book.down = reason
-            self.context.pipe(self.context.clock.sleep, _REOPEN_INTERVAL, reply_to=None,
-                              then=self._reopen)
+            self._go_down(exc)
             return
         if book.down is not None:
             logger.warning("ledger: database %r is usable again", str(self._path))
@@ -343,8 +325,20 @@ class LedgerActor(Actor):
         self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
         self._write_charges()  # what a crashed instance (or a down spell) could not write
 
+    def _go_down(self, error: Exception) -> None:
+        """Close the database, refuse reservations, and try to reopen it after a while."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        reason = f"database {str(self._path)!r} cannot be used: {error}"
+        if self._book.down != reason:
+            logger.error("ledger: %s; reservations are refused until it can", reason)
+        self._book.down = reason
+        self.context.pipe(self.context.clock.sleep, _REOPEN_INTERVAL, reply_to=None,
+                          then=self._reopen)
+
     def _reopen(self, outcome: Outcome) -> None:
-        if not outcome.cancelled:
+        if not outcome.cancelled and self._store is None:
             self._open_store()
 
     def _write_charges(self) -> None:
@@ -362,16 +356,19 @@ class LedgerActor(Actor):
         # and the written prefix is removed here, right after the thread returns (no await in
         # between), so nothing is written twice by on_stop or the next instance.
         with anyio.CancelScope(shield=True):
-            written, error = await anyio.to_thread.run_sync(_write_batch, store, batch)
+            written, error = await anyio.to_thread.run_sync(write_batch, store, batch)
         del self._book.unwritten[:written]
         if error is not None:
             raise error
 
     def _written(self, outcome: Outcome) -> None:
         self._writing = False
-        if outcome.error is not None:
-            raise outcome.error  # sqlite3.Error: crash; the charges stay in the book
-        self._write_charges()
+        if isinstance(outcome.error, sqlite3.Error):
+            self._go_down(outcome.error)  # the charges stay in the book, still counted
+        elif outcome.error is not None:
+            raise outcome.error
+        else:
+            self._write_charges()
 
     def __repr__(self) -> str:
         return f"<LedgerActor {self._book!r}>"
@@ -379,26 +376,6 @@ class LedgerActor(Actor):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _smallest(*limits: float | None) -> float | None:
-    present = [limit for limit in limits if limit is not None]
-    return min(present) if present else None
-
-
-def _nanos_or_none(amount: float | None) -> int | None:
-    return None if amount is None else nanos(amount)
-
-
-def _write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.Error | None]:
-    """Write ``batch`` in order; return how many were written and the error that stopped it."""
-    for i, charge in enumerate(batch):
-        try:
-            store.add_charge(charge.day, charge.cost, charge.provider, charge.model,
-                             charge.request_id)
-        except sqlite3.Error as exc:
-            return i, exc
-    return len(batch), None
 
 
 def ledger_child_spec(
@@ -412,10 +389,7 @@ def ledger_child_spec(
     sweep_interval: float = 30.0,
     mailbox_size: int = 10_000,
 ) -> ChildSpec:
-    """The ``"ledger"`` child: a :class:`LedgerActor` with a durable :class:`LedgerBook`.
-
-    Only ``sqlite3.Error`` crashes it; a cost-limit refusal is an answer.
-    """
+    """The ``"ledger"`` child: a :class:`LedgerActor` with a durable :class:`LedgerBook`."""
     return ChildSpec(
         name="ledger",
         factory=lambda: LedgerActor(

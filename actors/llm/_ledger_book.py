@@ -7,20 +7,36 @@ held in one step), ``settle``, ``release`` and the day totals. A shared backend 
 processes) implements the same four operations with the same refusals.
 
 Budgets, all checked as *settled + reserved + this worst case*: the global day, each provider's
-own day, and a turn (a conversation turn's ``max_cost_per_turn``). Amounts are integer nano-USD.
+own day, and a turn (a conversation turn's ``max_cost_per_turn``). Money is counted in integer
+nano-USD: reservations rounded up, charges to the nearest; running totals never drift, so the check
+at the limit is exact after millions of reserves and releases.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import LLMCostLimitError
+from ._ledger_store import LedgerStore
 
-__all__ = ["Bookkeeping", "Budget", "LedgerBook", "nanos", "nanos_up", "usd"]
+__all__ = [
+    "Bookkeeping",
+    "Budget",
+    "Charge",
+    "LedgerBook",
+    "OpenReservation",
+    "nanos",
+    "nanos_up",
+    "usd",
+    "write_batch",
+]
 
 _NANO = 1_000_000_000
+#: Swept reservations remembered so that a late settle is still charged.
+_SWEPT_MEMORY = 10_000
 
 
 def nanos_up(amount: float) -> int:
@@ -45,6 +61,13 @@ class Budget:
     daily: int | None = None
     provider_daily: int | None = None
     turn: int | None = None
+
+    @classmethod
+    def of(cls, daily: float | None, provider_daily: float | None,
+           turn: float | None) -> Budget:
+        """The budget of these USD limits."""
+        return cls(*(None if limit is None else nanos(limit)
+                     for limit in (daily, provider_daily, turn)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +248,17 @@ class LedgerBook:
         self.by_provider = dict(by_provider)
         self.peak = settled + self.reserved
 
-    def forget_turns(self, older_than: float) -> None:
-        """Drop the turns untouched since ``older_than`` that hold no reservation."""
-        stale = [turn_id for turn_id, turn in self.turns.items()
-                 if turn.reserved == 0 and turn.touched < older_than]
-        for turn_id in stale:
+    def sweep(self, now: float, ttl: float) -> list[tuple[int, OpenReservation]]:
+        """Expire the reservations older than ``ttl`` (returned) and forget idle turns."""
+        stale = [rid for rid, entry in self.open.items() if now - entry.created >= ttl]
+        expired = [(rid, self.expire(rid)) for rid in stale]
+        while len(self.swept) > _SWEPT_MEMORY:
+            del self.swept[next(iter(self.swept))]
+        idle = [turn_id for turn_id, turn in self.turns.items()
+                if turn.reserved == 0 and turn.touched < now - ttl]
+        for turn_id in idle:
             del self.turns[turn_id]
+        return expired
 
     def _hold(self, entry: OpenReservation, amount: int) -> None:
         self.reserved += amount
@@ -248,3 +276,14 @@ class LedgerBook:
             f"<LedgerBook {self.day or '-'} [settled ${self.settled_usd:.6f} | reserved "
             f"${self.reserved_usd:.6f} in {len(self.open)} | peak ${self.peak_usd:.6f}{state}]>"
         )
+
+
+def write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.Error | None]:
+    """Write ``batch`` in order; return how many were written and the error that stopped it."""
+    for i, charge in enumerate(batch):
+        try:
+            store.add_charge(charge.day, charge.cost, charge.provider, charge.model,
+                             charge.request_id)
+        except sqlite3.Error as exc:
+            return i, exc
+    return len(batch), None

@@ -18,6 +18,7 @@ import pytest
 
 from actors.llm import CostConfig, LLMCostLimitError, ModelCatalog, ModelPrice
 from actors.llm._ledger import LedgerActor, LedgerBook, ledger_child_spec
+from actors.llm._ledger_lock import LedgerUnavailable
 from actors.llm._messages import (
     GetSpend,
     Release,
@@ -274,29 +275,57 @@ async def test_settle_above_the_reservation_is_charged_and_counted(tmp_path: Pat
         assert (book.overages, book.settled_usd, book.reserved_usd) == (1, 0.005, 0.0)
 
 
-async def test_a_failed_write_crashes_the_ledger_and_the_charge_is_written_after_restart(
+async def test_a_failed_write_takes_the_ledger_down_until_the_database_is_back(
     tmp_path: Path,
 ) -> None:
+    clock = FakeClock()
     cost = config(tmp_path, daily_cost_limit=0.005)
-    async with ledger_system(cost) as system:
+    async with ledger_system(cost, clock=clock) as system:
         ledger = system.ref("ledger")
+        book: LedgerBook = system.durable("ledger")
         reservation: Reservation = await ledger.ask(reserve(), timeout=5)
         with closing(sqlite3.connect(cost.db_path)) as conn:
             conn.execute("DROP TABLE charges")
-        # Counted at once; the write behind it fails and crashes the instance.
+        # Counted at once; the write behind it fails and the ledger goes down (no crash).
         assert await ledger.ask(Settle(reservation.id, Usage(), 0.001), timeout=5) == 0.001
         for _ in range(100):
-            status = system.status()["ledger"]
-            if status.restart_count == 1 and status.state is ActorState.RUNNING:
+            if book.down is not None:
                 break
             await anyio.sleep(0.01)
-        assert system.status()["ledger"].restart_count == 1
-        # The restarted instance (schema recreated) still counts the unwritten charge.
+        assert book.down == (f"database {cost.db_path!r} cannot be used: no such table: charges")
+        with pytest.raises(LedgerUnavailable, match=r"^the ledger cannot reserve: database "):
+            await ledger.ask(reserve("refused"), timeout=5)
+        assert system.status()["ledger"].restart_count == 0
+
+        await clock.advance(5.0)  # the ledger reopens the file (schema recreated) and writes
+        assert book.down is None
         assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.001, 0.0, 0, 0.005, None)
         await ledger.ask(reserve("second"), timeout=5)
         with pytest.raises(LLMCostLimitError):
             await ledger.ask(reserve("third"), timeout=5)
     assert persisted(cost.db_path, "2026-11-25") == (0.001, 0.001, 1)
+
+
+async def test_an_unusable_database_refuses_reservations_at_once_and_recovers(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    cost = config(tmp_path, daily_cost_limit=0.005)
+    Path(cost.db_path).mkdir()  # a directory where the database file should be
+    async with ledger_system(cost, clock=clock) as system:
+        ledger = system.ref("ledger")
+        book: LedgerBook = system.durable("ledger")
+        assert book.down == f"database {cost.db_path!r} cannot be used: unable to open database file"
+        with anyio.fail_after(1):
+            with pytest.raises(LedgerUnavailable) as caught:
+                await ledger.ask(reserve(), timeout=5)
+        assert (caught.value.retryable, caught.value.error_type) == (True, "ledger_unavailable")
+        Path(cost.db_path).rmdir()
+        await clock.advance(5.0)
+        assert book.down is None
+        reservation: Reservation = await ledger.ask(reserve(), timeout=5)
+        assert reservation.amount == pytest.approx(WORST)
+        assert system.status()["ledger"].restart_count == 0
 
 
 # -- warnings, days, expiry ----------------------------------------------------------------------
