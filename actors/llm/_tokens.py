@@ -1,9 +1,10 @@
 """Token counting with tiktoken, offline.
 
 tiktoken downloads its BPE files on first use; our machines have no network. The files ship inside
-this package (``actors/llm/data/tiktoken/*.tiktoken``) and are loaded from there through
-:mod:`importlib.resources`, checked against the sha256 that tiktoken itself expects, and turned into
-:class:`tiktoken.Encoding` objects directly (tiktoken's cache and downloader are never involved).
+this package (``actors/llm/data/tiktoken/*.tiktoken``). An encoding is built by tiktoken's own
+definition of it (``tiktoken_ext.openai_public``: its pattern, special tokens and the sha256 it
+expects) with the ranks read from the shipped file by ``tiktoken.load.load_tiktoken_bpe`` instead
+of downloaded. Each encoding is loaded when a model that uses it is first counted, never before.
 If the files are absent (a broken install), counting falls back to a ``chars / 4`` estimate and
 logs one warning.
 
@@ -14,17 +15,18 @@ arguments are an approximation of the same cookbook (see :func:`count_tools_toke
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
 import anyio.to_thread
 import tiktoken
+import tiktoken.load
+from tiktoken_ext import openai_public  # type: ignore[import-untyped]  # tiktoken's, untyped
 
 __all__ = [
     "OFFLOAD_THRESHOLD_CHARS",
@@ -44,42 +46,6 @@ OFFLOAD_THRESHOLD_CHARS = 50_000
 
 # Relative to the ``actors`` package (``data/`` is not a package itself: no ``__init__.py``).
 _DATA_DIR = ("data", "tiktoken")
-
-_CL100K_PAT = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-_O200K_PAT = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
-
-# name -> (sha256 of the file, pat_str, special tokens); copied from tiktoken_ext/openai_public.py.
-_ENCODINGS: dict[str, tuple[str, str, dict[str, int]]] = {
-    "cl100k_base": (
-        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        _CL100K_PAT,
-        {
-            "<|endoftext|>": 100257,
-            "<|fim_prefix|>": 100258,
-            "<|fim_middle|>": 100259,
-            "<|fim_suffix|>": 100260,
-            "<|endofprompt|>": 100276,
-        },
-    ),
-    "o200k_base": (
-        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        _O200K_PAT,
-        {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
-    ),
-}
 
 # Checked in order: the first matching prefix wins, so the newer families come before "gpt-4".
 _FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -109,7 +75,7 @@ IMAGE_TOKENS = 85
 
 
 class EncodingDataError(RuntimeError):
-    """A shipped encoding file is present but corrupt (its sha256 does not match)."""
+    """A shipped encoding file is present but corrupt (not the sha256 tiktoken expects)."""
 
 
 class _Encoder(Protocol):
@@ -153,26 +119,28 @@ def _load_encoding(name: str) -> _Encoder:
 
 
 def _read_encoding(name: str) -> _Encoder:
-    expected_hash, pat_str, special_tokens = _ENCODINGS[name]
-    try:
-        data = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken").read_bytes()
-    except FileNotFoundError:
-        _warn_missing_once(name)
-        return _EstimateEncoder()
-    actual_hash = hashlib.sha256(data).hexdigest()
-    if actual_hash != expected_hash:
-        raise EncodingDataError(
-            f"{name}.tiktoken is corrupt: sha256 {actual_hash}, expected {expected_hash}"
-        )
-    ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    encoding: _Encoder = tiktoken.Encoding(
-        name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens
-    )
-    return encoding
+    shipped = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken")
+    with resources.as_file(shipped) as path:
+        if not path.is_file():
+            _warn_missing_once(name)
+            return _EstimateEncoder()
+
+        def load_shipped(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+            try:
+                return tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=expected_hash)
+            except ValueError as exc:  # tiktoken's "Hash mismatch": the file is not the one
+                raise EncodingDataError(
+                    f"{name}.tiktoken is corrupt: its sha256 is not {expected_hash}"
+                ) from exc
+
+        # tiktoken's constructor for ``name``, run with the shipped file in place of the download:
+        # the same function over the same globals, except its loader.
+        constructor = openai_public.ENCODING_CONSTRUCTORS[name]
+        definition = types.FunctionType(
+            constructor.__code__, {**constructor.__globals__, "load_tiktoken_bpe": load_shipped}
+        )()
+        encoding: _Encoder = tiktoken.Encoding(**definition)
+        return encoding
 
 
 _warned_missing = False

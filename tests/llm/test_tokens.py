@@ -1,4 +1,4 @@
-"""Tests for actors.tokens: offline tiktoken encodings and OpenAI's message-counting recipe."""
+"""Tests for actors.llm._tokens: offline tiktoken encodings and OpenAI's message-counting recipe."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from tiktoken_ext import openai_public  # type: ignore[import-untyped]
 
 from actors.llm import _tokens as tokens
 from actors.llm._tokens import (
@@ -121,7 +123,11 @@ def test_encoders_are_cached() -> None:
 
 
 def test_special_token_text_counts_as_plain_text() -> None:
-    assert count_text_tokens("<|endoftext|>", "gpt-4o") > 1
+    # "<", "|", "end", "of", "text", "|", ">" in o200k_base; never the special token 199999.
+    assert count_text_tokens("<|endoftext|>", "gpt-4o") == 7
+    o200k = encoding_for_model("gpt-4o")
+    assert o200k is not None
+    assert o200k.encode("<|endoftext|>", allowed_special="all") == [199999]
 
 
 @pytest.mark.parametrize(
@@ -241,9 +247,21 @@ def test_loads_offline_with_an_empty_tiktoken_cache_dir(
     monkeypatch.setattr(socket.socket, "connect", no_network)
     encoding = encoding_for_model("gpt-4")
     assert isinstance(encoding, tiktoken.Encoding)
+    assert encoding.name == "cl100k_base"
     assert encoding.encode("hello world") == [15339, 1917]
+    assert encoding.special_tokens_set == {
+        "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|endofprompt|>"
+    }
     assert count_text_tokens("hello world", "gpt-4o") == 2
-    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("fresh_encoders")
+def test_only_the_encodings_of_counted_models_are_loaded() -> None:
+    assert tokens._encoders == {}
+    count_text_tokens("hi", "gpt-4o-mini")
+    assert sorted(tokens._encoders) == ["o200k_base"]
+    count_text_tokens("hi", "gpt-4")
+    assert sorted(tokens._encoders) == ["cl100k_base", "o200k_base"]
 
 
 @pytest.mark.usefixtures("fresh_encoders")
@@ -261,15 +279,33 @@ def test_missing_files_fall_back_to_an_estimate_with_one_warning(
     ]
 
 
+def _expecting_another_sum() -> dict[str, Any]:
+    # tiktoken's cl100k_base constructor, but the sum it expects is not the shipped file's.
+    ranks = load_tiktoken_bpe("https://example.invalid/cl100k_base.tiktoken",
+                              expected_hash="0" * 64)
+    return {"name": "cl100k_base", "pat_str": r"\S+", "mergeable_ranks": ranks,
+            "special_tokens": {}}
+
+
 @pytest.mark.usefixtures("fresh_encoders")
-def test_corrupt_file_is_an_error_not_an_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, pat_str, special = tokens._ENCODINGS["cl100k_base"]
-    monkeypatch.setitem(tokens._ENCODINGS, "cl100k_base", ("0" * 64, pat_str, special))
-    with pytest.raises(EncodingDataError, match=r"^cl100k_base\.tiktoken is corrupt: sha256 "):
+def test_corrupt_file_is_an_error_not_an_estimate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(openai_public.ENCODING_CONSTRUCTORS, "cl100k_base",
+                        _expecting_another_sum)
+    with pytest.raises(EncodingDataError,
+                       match=r"^cl100k_base\.tiktoken is corrupt: its sha256 is not 0{64}$"):
         count_text_tokens("x", "gpt-4")
 
 
-def test_shipped_files_match_the_published_sums() -> None:
-    shipped = Path(tokens.__file__).parent / "data" / "tiktoken"
-    for name, (expected, _, _) in tokens._ENCODINGS.items():
-        assert hashlib.sha256((shipped / f"{name}.tiktoken").read_bytes()).hexdigest() == expected
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [
+        ("cl100k_base", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
+        ("o200k_base", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+    ],
+)
+def test_shipped_files_match_the_published_sums(name: str, published: str) -> None:
+    shipped = Path(tokens.__file__).parent / "data" / "tiktoken" / f"{name}.tiktoken"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == published
