@@ -314,6 +314,8 @@ def _fold_rate_limits(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     flat = {k: data[k] for k in ("requests_per_minute", "tokens_per_minute") if k in data}
     limits = data.get("rate_limits")
+    if isinstance(limits, RateLimitConfig):
+        limits = limits.model_dump(exclude_unset=True)
     if not flat or not (limits is None or isinstance(limits, dict)):
         return data  # nothing to fold, or a malformed rate_limits that validation reports
     merged = dict(limits or {})
