@@ -29,7 +29,7 @@ from actors.llm._messages import (
     Usage,
 )
 from actors.metrics import GetSummary, metrics_child_spec
-from runtime import ActorRef, ActorState, ActorSystem, ChildSpec, SupervisorSpec
+from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from runtime.testing import FakeClock
 
 # 1 USD per million input tokens, 2 per million output: 1000 + 1000 tokens cost $0.003.
@@ -311,16 +311,17 @@ async def test_an_unusable_database_refuses_reservations_at_once_and_recovers(
 ) -> None:
     clock = FakeClock()
     cost = config(tmp_path, daily_cost_limit=0.005)
-    Path(cost.db_path).mkdir()  # a directory where the database file should be
+    await anyio.Path(cost.db_path).mkdir()  # a directory where the database file should be
     async with ledger_system(cost, clock=clock) as system:
         ledger = system.ref("ledger")
         book: LedgerBook = system.durable("ledger")
-        assert book.down == f"database {cost.db_path!r} cannot be used: unable to open database file"
+        assert book.down == (
+            f"database {cost.db_path!r} cannot be used: unable to open database file")
         with anyio.fail_after(1):
             with pytest.raises(LedgerUnavailable) as caught:
                 await ledger.ask(reserve(), timeout=5)
         assert (caught.value.retryable, caught.value.error_type) == (True, "ledger_unavailable")
-        Path(cost.db_path).rmdir()
+        await anyio.Path(cost.db_path).rmdir()
         await clock.advance(5.0)
         assert book.down is None
         reservation: Reservation = await ledger.ask(reserve(), timeout=5)

@@ -109,7 +109,7 @@ async def test_a_turn_may_not_pass_its_budget_and_other_turns_are_unaffected(
 ) -> None:
     async with system(tmp_path) as actors:
         ledger = actors.ref("ledger")
-        budget = {"turn_id": "t1", "turn_cost_limit": 2.5 * WORST}
+        budget: dict[str, Any] = {"turn_id": "t1", "turn_cost_limit": 2.5 * WORST}
         first = await try_reserve(ledger, reserve("a", **budget))
         second = await try_reserve(ledger, reserve("b", **budget))
         assert first is not None and second is not None
@@ -123,7 +123,7 @@ async def test_a_turn_may_not_pass_its_budget_and_other_turns_are_unaffected(
         assert await try_reserve(ledger, reserve("d", **budget)) is None  # 0.002+0.003+0.003
         await ledger.ask(Settle(second.id, Usage(), 0.0005), timeout=5)
         assert await try_reserve(ledger, reserve("e", **budget)) is not None  # 0.0025+0.003
-        other = {"turn_id": "t2", "turn_cost_limit": 2.5 * WORST}
+        other: dict[str, Any] = {"turn_id": "t2", "turn_cost_limit": 2.5 * WORST}
         assert await try_reserve(ledger, reserve("f", **other)) is not None
 
 
