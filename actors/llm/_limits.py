@@ -10,7 +10,7 @@ Two mechanisms, each for what it is good at:
   call ended); from then on it expires 60 s later. Stamping *after* arrival, never before, is
   what makes the bound exact whatever the delay between admission and arrival (pool wait,
   connect, retransmits): a window the provider sees is always covered by ours.
-* **aiolimiter token buckets** pace what the window admits (a bucket holds one minute's budget
+* **Leaky buckets** pace what the window admits (a bucket holds one minute's budget
   and refills at ``limit / 60`` per second, the model OpenAI reports in its ``x-ratelimit-*``
   headers) and carry what the server tells us: ``x-ratelimit-remaining-*`` lower than what our
   bucket believes drains the bucket to match. On their own the buckets would let up to twice the
@@ -19,8 +19,9 @@ Two mechanisms, each for what it is good at:
 
 On top of both, the server can only make us slower: ``remaining == 0`` pauses all requests until
 the matching ``x-ratelimit-reset-*``, and ``Retry-After`` (:meth:`ProviderRateLimiter.pause_for`)
-pauses all requests. Everything runs on the injected clock (the buckets are aiolimiter's, leaking on
-that clock rather than on the event loop's), so tests step time instead of sleeping.
+pauses all requests. Everything runs on the injected clock, so tests step time instead of sleeping.
+(The buckets are ours, a few lines: aiolimiter's leak on the event loop's clock, and its public API
+can neither wait on another clock nor be told what the server reported.)
 
 What a request costs in tokens is the caller's estimate; the provider actor acquires the prompt's
 estimated tokens plus ``max_tokens`` (what OpenAI itself counts against a tokens-per-minute limit
@@ -36,10 +37,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
-from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime._clock import Clock
+from runtime import Clock
 
 from ._errors import LLMTokenLimitError
 
@@ -148,39 +148,38 @@ class SlidingWindowLimit:
         )
 
 
-class _Bucket(AsyncLimiter):
-    """aiolimiter's leaky bucket, leaking on the injected clock instead of the event loop's.
+class _Bucket:
+    """A leaky bucket of ``capacity`` units draining at ``capacity`` per minute on ``clock``.
 
-    Only the bucket's arithmetic is aiolimiter's (its level, ``max_rate``, ``has_capacity``); the
-    waiting is done by :class:`ProviderRateLimiter` on the injected clock, which also serves
-    waiters in arrival order (aiolimiter wakes the smallest amount first).
+    Taking never waits: :class:`ProviderRateLimiter` asks :meth:`wait_time` first and does the
+    waiting itself, in arrival order.
     """
 
-    def __init__(self, max_rate: float, clock: Clock) -> None:
-        super().__init__(max_rate, WINDOW_SECONDS)
-        self._clock = clock
-        self._last_check = clock.now()
+    __slots__ = ("_clock", "_drained_at", "_level", "_rate", "capacity")
 
-    def _leak(self) -> None:
+    def __init__(self, capacity: float, clock: Clock) -> None:
+        self.capacity = capacity
+        self._rate = capacity / WINDOW_SECONDS
+        self._clock = clock
+        self._level = 0.0
+        self._drained_at = clock.now()
+
+    def _drain(self) -> float:
         now = self._clock.now()
-        if self._level:
-            self._level = max(0.0, self._level - (now - self._last_check) * self._rate_per_sec)
-        self._last_check = now
+        self._level = max(0.0, self._level - (now - self._drained_at) * self._rate)
+        self._drained_at = now
+        return self._level
 
     def wait_time(self, amount: float) -> float:
         """Seconds until ``amount`` fits in the bucket."""
-        if self.has_capacity(amount):
-            return 0.0
-        return (self._level + amount - self.max_rate) / self._rate_per_sec
+        return max(0.0, (self._drain() + amount - self.capacity) / self._rate)
 
     def take(self, amount: float) -> None:
-        self._leak()
-        self._level += amount
+        self._level = self._drain() + amount
 
     def tighten(self, remaining: float) -> None:
         """The server knows better than our estimate: never believe more than it reports."""
-        self._leak()
-        self._level = max(self._level, self.max_rate - remaining)
+        self._level = max(self._drain(), self.capacity - remaining)
 
 
 class RatePermit:

@@ -1,4 +1,4 @@
-"""Tests for actors.limits: buckets in (short) real time, pauses and the window on a fake clock."""
+"""Tests for actors.llm._limits: buckets, pauses and the window, stepped on a fake clock."""
 
 from __future__ import annotations
 
@@ -16,14 +16,35 @@ from actors.llm._limits import (
     SlidingWindowLimit,
     parse_reset_duration,
 )
-from runtime._clock import FakeClock, MonotonicClock
+from runtime.testing import FakeClock
 
 
 def limiter(
     rpm: int | None = None, tpm: int | None = None, clock: FakeClock | None = None
 ) -> ProviderRateLimiter:
     config = RateLimitConfig(requests_per_minute=rpm, tokens_per_minute=tpm)
-    return ProviderRateLimiter(config, clock=clock or MonotonicClock(), name="openai")
+    return ProviderRateLimiter(config, clock=clock or FakeClock(), name="openai")
+
+
+async def admitted_after(clock: FakeClock, lim: ProviderRateLimiter, tokens: int,
+                         steps: list[float]) -> list[bool]:
+    """Whether one ``acquire(tokens)`` has returned after each clock step in ``steps``."""
+    done = anyio.Event()
+    seen: list[bool] = []
+
+    async def request() -> None:
+        await lim.acquire(tokens)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request)
+        await anyio.wait_all_tasks_blocked()
+        for step in steps:
+            await clock.advance(step)
+            await anyio.wait_all_tasks_blocked()
+            seen.append(done.is_set())
+        tg.cancel_scope.cancel()
+    return seen
 
 
 @pytest.mark.parametrize(
@@ -71,46 +92,48 @@ async def test_negative_tokens_are_a_programming_error() -> None:
 
 async def test_window_admits_no_request_after_a_full_minute_burst() -> None:
     # rpm=600: the burst takes the whole window. A bucket alone would refill 10 per second.
-    lim = limiter(rpm=600)
+    clock = FakeClock()
+    lim = limiter(rpm=600, clock=clock)
     with anyio.fail_after(1):
         for _ in range(600):
             await lim.acquire()
-    with anyio.move_on_after(0.3) as scope:
-        await lim.acquire()
-    assert scope.cancelled_caught
     assert lim.window_usage() == (600.0, 0.0)
+    assert await admitted_after(clock, lim, 0, [0.5, 59.0, 0.5]) == [False, False, True]
 
 
 async def test_window_admits_no_tokens_after_the_budget_is_spent() -> None:
-    lim = limiter(tpm=6000)
+    clock = FakeClock()
+    lim = limiter(tpm=6000, clock=clock)
     with anyio.fail_after(1):
         await lim.acquire(5990)
         await lim.acquire(10)
-    with anyio.move_on_after(0.3) as scope:
-        await lim.acquire(1)
-    assert scope.cancelled_caught
     assert lim.window_usage() == (0.0, 6000.0)
+    assert await admitted_after(clock, lim, 1, [59.5, 0.5]) == [False, True]
 
 
 async def test_unlimited_config_never_waits() -> None:
-    lim = limiter()
+    clock = FakeClock()
+    lim = limiter(clock=clock)
     with anyio.fail_after(1):
         for _ in range(1000):
             await lim.acquire(10**9)
+    assert clock.sleepers == 0
+    assert lim.wait_time(10**9) == 0.0
 
 
 async def test_cancelled_acquire_gives_its_request_back() -> None:
     # rpm=60 refills one request per second; tpm=100 is drained by the first call.
-    lim = limiter(rpm=60, tpm=100)
+    clock = FakeClock()
+    lim = limiter(rpm=60, tpm=100, clock=clock)
     await lim.acquire(100)
-    with anyio.move_on_after(0.05) as scope:
-        await lim.acquire(100)  # waits for tokens: cancelled there
-    assert scope.cancelled_caught
+    assert await admitted_after(clock, lim, 100, [1.0]) == [False]  # waits for tokens: cancelled
     assert lim.window_usage() == (1.0, 100.0)
-    # 59 requests left in the bucket (the cancelled call gave its request back): all go at once.
-    with anyio.fail_after(0.5):
+    # 59 requests left in the window (the cancelled call gave its request back): all go at once.
+    with anyio.fail_after(1):
         for _ in range(59):
             await lim.acquire(0)
+    assert lim.window_usage() == (60.0, 100.0)
+    assert lim.wait_time(0) == 59.0
 
 
 async def test_pause_for_holds_every_request_until_it_ends() -> None:
@@ -181,12 +204,12 @@ async def test_pause_that_begins_while_waiting_for_capacity_binds() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(request)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         lim.pause_for(30)
         await clock.advance(0.2)
         assert not done.is_set()
         await clock.advance(29.8)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         assert done.is_set()
 
 
@@ -239,15 +262,16 @@ async def test_garbage_headers_are_ignored() -> None:
 
 
 async def test_remaining_in_headers_drains_our_bucket_to_match() -> None:
-    # Our bucket believes 100 requests are left; the server says 2.
-    lim = limiter(rpm=100)
+    # Our bucket believes 120 requests are left; the server says 2.
+    clock = FakeClock()
+    lim = limiter(rpm=120, clock=clock)
     lim.update_from_headers({"x-ratelimit-remaining-requests": "2"})
-    with anyio.fail_after(0.5):
+    with anyio.fail_after(1):
         await lim.acquire()
         await lim.acquire()
-    with anyio.move_on_after(0.1) as scope:
-        await lim.acquire()  # the next one is 0.6 s away at 100 per minute
-    assert scope.cancelled_caught
+    # The next one is 0.5 s away at 120 per minute.
+    assert lim.wait_time() == 0.5
+    assert await admitted_after(clock, lim, 0, [0.25, 0.25]) == [False, True]
 
 
 # -- the exact sliding window --------------------------------------------------------------
@@ -266,10 +290,10 @@ async def test_burst_on_a_fake_clock_admits_exactly_the_limit_per_window() -> No
     async with anyio.create_task_group() as tg:
         for _ in range(30):
             tg.start_soon(request)
-        await anyio.sleep(0.05)  # let the admissions run; the fake clock stays at 0
+        await anyio.wait_all_tasks_blocked()  # let the admissions run; the fake clock stays at 0
         assert admitted == [0.0] * 10
         await clock.advance(59.999)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
         assert len(admitted) == 10
         for _ in range(200):
             await clock.advance(0.5)
@@ -319,11 +343,11 @@ async def test_a_stamp_wakes_a_request_waiting_only_on_in_flight_capacity() -> N
         await clock.advance(1000)
         assert not done.is_set()
         permit.sent()
-        await anyio.sleep(0.05)  # the waiter wakes and sleeps for the stamp's expiry
+        await anyio.wait_all_tasks_blocked()  # the waiter wakes and sleeps for the stamp's expiry
         await clock.advance(59.99)
         assert not done.is_set()
         await clock.advance(0.01)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()
         assert done.is_set()
 
 
