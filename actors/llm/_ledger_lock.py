@@ -113,4 +113,5 @@ class LedgerLock:
 
     def __repr__(self) -> str:
         state = "held" if self._fd is not None else "free"
-        return f"<LedgerLock {str(self._path)!r} [{state}]>"
+        path = None if self._path is None else str(self._path)
+        return f"<LedgerLock {path!r} [{state}]>"
