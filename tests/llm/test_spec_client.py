@@ -188,7 +188,7 @@ async def test_a_prompt_over_the_context_window_is_refused_before_any_call(
     async with create_llm_client("openai", config, KEY) as client:
         with pytest.raises(LLMTokenLimitError, match=r"exceeds the context window"):
             await client.get_response(MESSAGES)
-    assert (await sim.stats())["total"] == 0
+    assert (await sim.stats())["total_requests"] == 0
 
 
 async def test_llm_metrics_records_and_summarises_in_the_specifications_shape(

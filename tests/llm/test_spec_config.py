@@ -232,4 +232,4 @@ async def test_the_specification_block_serves_a_conversation(
     assert envelopes[-1]["status"] == "complete"
     # The active provider (OpenRouter) answered, with the key from its environment variable.
     assert openrouter.stats()["by_status"] == {"200": 1}
-    assert openai.stats()["total"] == 0
+    assert openai.stats()["total_requests"] == 0
