@@ -43,7 +43,7 @@ class Configuration:
         data: dict[str, Any] = yaml.safe_load(SPEC_CONFIG.read_text())
         for provider in data["llm"]["providers"].values():
             provider["base_url"] = base_url
-        self._llm = data["llm"]
+        self._llm: dict[str, Any] = data["llm"]
         self.llm_api_key = KEY
 
     def get_llm_config(self) -> dict[str, Any]:
@@ -163,12 +163,11 @@ async def test_the_price_table_prices_a_call_where_nothing_is_reported() -> None
     usage = tracked["response"].usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (
         SIM_PROMPT_TOKENS, SIM_COMPLETION_TOKENS)
-    assert tracked["cost_info"] == {
-        "total_cost": pytest.approx((SIM_PROMPT_TOKENS * 1.0 + SIM_COMPLETION_TOKENS * 2.0) / 1e6,
-                                    rel=1e-12),
-        "prompt_cost": pytest.approx(SIM_PROMPT_TOKENS * 1.0 / 1e6, rel=1e-12),
-        "completion_cost": pytest.approx(SIM_COMPLETION_TOKENS * 2.0 / 1e6, rel=1e-12),
-    }
+    info = tracked["cost_info"]
+    expected = (SIM_PROMPT_TOKENS * 1.0 / 1e6, SIM_COMPLETION_TOKENS * 2.0 / 1e6)
+    assert info["prompt_cost"] == pytest.approx(expected[0], rel=1e-12)
+    assert info["completion_cost"] == pytest.approx(expected[1], rel=1e-12)
+    assert info["total_cost"] == pytest.approx(sum(expected), rel=1e-12)
 
 
 async def test_cost_tracking_disabled_reports_no_cost(sim: SimulatorProcess) -> None:

@@ -124,8 +124,9 @@ def test_an_unknown_provider_without_base_url_says_what_is_missing(tmp_path: Pat
 
 
 def test_flat_rate_limits_and_rate_limits_may_be_mixed_but_must_agree() -> None:
-    both = ProviderConfig(kind="openai", model="m", requests_per_minute=10,
-                          rate_limits=RateLimitConfig(tokens_per_minute=500))
+    both = ProviderConfig.model_validate({"kind": "openai", "model": "m",
+                                          "requests_per_minute": 10,
+                                          "rate_limits": RateLimitConfig(tokens_per_minute=500)})
     assert both.rate_limits == RateLimitConfig(requests_per_minute=10, tokens_per_minute=500)
     with pytest.raises(ValueError, match=r"requests_per_minute \(10\) and "
                                          r"rate_limits\.requests_per_minute \(20\) disagree"):
@@ -134,18 +135,20 @@ def test_flat_rate_limits_and_rate_limits_may_be_mixed_but_must_agree() -> None:
 
 
 def test_enable_fallback_models_false_leaves_them_unused() -> None:
-    provider = ProviderConfig(kind="openrouter", model="a", fallback_models=["b", "c"],
-                              enable_fallback_models=False)
+    provider = ProviderConfig.model_validate({"kind": "openrouter", "model": "a",
+                                              "fallback_models": ["b", "c"],
+                                              "enable_fallback_models": False})
     assert provider.models == ["a"]
 
 
 def test_top_logprobs_needs_logprobs_and_stays_within_twenty() -> None:
-    assert ProviderConfig(kind="openai", model="m", enable_logprobs=True,
-                          top_logprobs=20).top_logprobs == 20
+    base = {"kind": "openai", "model": "m"}
+    assert ProviderConfig.model_validate(
+        {**base, "enable_logprobs": True, "top_logprobs": 20}).top_logprobs == 20
     with pytest.raises(ValueError, match=r"top_logprobs needs enable_logprobs: true"):
-        ProviderConfig(kind="openai", model="m", top_logprobs=3)
+        ProviderConfig.model_validate({**base, "top_logprobs": 3})
     with pytest.raises(ValueError, match=r"top_logprobs\n  Input should be less than or equal"):
-        ProviderConfig(kind="openai", model="m", enable_logprobs=True, top_logprobs=21)
+        ProviderConfig.model_validate({**base, "enable_logprobs": True, "top_logprobs": 21})
 
 
 @pytest.mark.parametrize("key", ["cost_warning_threshold", "max_cost_per_request",
