@@ -47,6 +47,7 @@ from actors.llm import LLMConfig, LLMRuntime, build_catalog, open_runtime
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from server.cli import is_loopback
+from server.cluster import ClusterCollector, ClusterNode, open_cluster
 from server.config import AppConfig
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
@@ -167,14 +168,16 @@ class Backend:
     started_at: float = field(default_factory=time.monotonic)
 
 
-def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
+def _lifespan(config: AppConfig, hub: ChatHub,
+              simulator_url: str | None) -> Callable[[Starlette], Any]:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             llm = config.llm
             simulated = wants_simulator(config)
             if simulated:
-                url = await stack.enter_async_context(run_simulator(config.simulator.port))
+                url = simulator_url if simulator_url is not None else (
+                    await stack.enter_async_context(run_simulator(config.simulator.port)))
                 llm = simulated_llm_config(config.llm, url)
                 logger.warning(
                     "DEMO MODE: no provider has an API key (or simulator.enabled is 'always'):"
@@ -187,8 +190,12 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
             history = HistoryStore(config.chat.history_db)
             stack.callback(history.close)  # after the sessions stopped: they write to it
             sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
+            cluster = await stack.enter_async_context(open_cluster(
+                config.cluster, journal=llm.cost.db_path, lease_timeout=llm.request_timeout))
+            app.state.cluster = cluster
             runtime = await stack.enter_async_context(
-                open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions])
+                open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions],
+                             shared=cluster.shared if cluster is not None else None)
             )
             await _mcp_started(runtime, servers)
             tools = ToolCatalog(runtime.system, list(servers))
@@ -202,6 +209,7 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                     history=history,
                     chat=config.chat,
                     catalog=catalog,
+                    leases=cluster.leases if cluster is not None else None,
                 )
 
             conversations = SessionDirectory(runtime.system, spec_for)
@@ -326,8 +334,12 @@ class _ServerCollector(Collector):
         )
 
 
-def create_app(config: AppConfig) -> Starlette:
-    """The application for ``config``; the backend starts in its lifespan."""
+def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starlette:
+    """The application for ``config``; the backend starts in its lifespan.
+
+    ``simulator_url``: in demo mode, use this running simulator (shared by the workers of
+    ``serve --workers``) instead of starting one.
+    """
     hub = ChatHub()
     limits = ConnectionLimits(
         max_message_bytes=config.server.max_message_bytes,
@@ -345,7 +357,7 @@ def create_app(config: AppConfig) -> Starlette:
 
     async def health(request: Request) -> Response:
         backend: Backend = request.app.state.backend
-        body = _health(backend, hub, token is not None)
+        body = _health(backend, hub, token is not None, request.app.state)
         if not _authorized(request, token):
             body = {k: body[k] for k in ("status", "simulated", "auth_required")}
         return JSONResponse(body, status_code=503 if body["status"] == "failing" else 200)
@@ -382,11 +394,12 @@ def create_app(config: AppConfig) -> Starlette:
             Route("/metrics", metrics),
             WebSocketRoute("/ws/chat", chat),
         ],
-        lifespan=_lifespan(config, hub),
+        lifespan=_lifespan(config, hub, simulator_url),
     )
     app.state.hub = hub
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServerCollector(hub, app))
+    registry.register(ClusterCollector(app))
     return app
 
 
@@ -397,7 +410,8 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
     await websocket.close(code, reason)
 
 
-def _health(backend: Backend, hub: ChatHub, auth_required: bool) -> dict[str, Any]:
+def _health(backend: Backend, hub: ChatHub, auth_required: bool,
+            app_state: Any = None) -> dict[str, Any]:
     runtime_health = backend.runtime.health()
     mcp = mcp_status(backend.runtime.system)
     status = runtime_health["status"]
@@ -405,6 +419,12 @@ def _health(backend: Backend, hub: ChatHub, auth_required: bool) -> dict[str, An
         status = "degraded"
     if hub.draining:
         status = "degraded" if status == "ok" else status
+    cluster: ClusterNode | None = getattr(app_state, "cluster", None)
+    extra: dict[str, Any] = {}
+    if cluster is not None:
+        extra["cluster"] = cluster.health()
+        if not extra["cluster"]["redis"]["ok"]:
+            status = "failing"  # budgets and rate limits fail closed: no request can be served
     return {
         "status": status,
         "simulated": backend.simulated,
@@ -418,4 +438,5 @@ def _health(backend: Backend, hub: ChatHub, auth_required: bool) -> dict[str, An
             "turns_in_flight": hub.turns_in_flight,
             "conversations": len(backend.conversations),
         },
+        **extra,
     }

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes on one port (overrides server.workers; more than"
+                       " 1 needs cluster.redis_url)")
     check = commands.add_parser(
         "check-config", help="validate a configuration file without serving; exit 1 if invalid"
     )
@@ -217,28 +220,40 @@ def _serve(options: argparse.Namespace) -> int:
     except (ConfigError, StartupRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
+    workers = options.workers if options.workers is not None else config.server.workers
+    if workers != 1:
+        from server.workers import serve_workers
+
+        if workers < 1:
+            print("--workers must be at least 1", file=sys.stderr)
+            return 1
+        return serve_workers(config, _config_path(options.config), workers, options.log_level)
     # Imported here: the app pulls in the whole runtime, which --help and check-config need not.
     from server.app import create_app
 
     app = create_app(config)
     uvicorn_config = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        log_config=None,
-        log_level=options.log_level,
-        ws_max_size=config.server.max_message_bytes,
-        # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=math.ceil(config.server.shutdown_timeout),
-        lifespan="on",
-        server_header=False,
-    )
+        app, host=config.server.host, port=config.server.port,
+        **uvicorn_settings(config, options.log_level))
     server = _GracefulServer(uvicorn_config, app=app, app_config=config)
     server.run()
     if not server.started:
         return 1
     return 0
+
+
+def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
+    """uvicorn's settings for ``config`` (besides where to listen)."""
+    return {
+        "log_config": None,
+        "log_level": log_level,
+        "ws_max_size": config.server.max_message_bytes,
+        # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
+        "ws_per_message_deflate": False,
+        "timeout_graceful_shutdown": math.ceil(config.server.shutdown_timeout),
+        "lifespan": "on",
+        "server_header": False,
+    }
 
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)

@@ -29,6 +29,7 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
+from actors.cluster import ClusterConfig
 from actors.llm import LLMConfig, infer_kind, mask_secrets, redact
 from actors.mcp import McpServerConfig
 
@@ -69,6 +70,10 @@ class ServerConfig(BaseModel):
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="worker processes serving host:port (more than 1 needs cluster.redis_url)",
+    )
 
     def read_auth_token(self) -> SecretStr | None:
         """The token clients must present: ``auth_token``, else ``auth_token_env`` read now.
@@ -148,6 +153,7 @@ class AppConfig(BaseModel):
         default=None, description='a JSON file {"mcpServers": {...}} merged under mcpServers'
     )
     simulator: SimulatorDefaults = Field(default_factory=SimulatorDefaults)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # MCP server entries may carry tokens in ``env`` or ``headers``: show them masked.

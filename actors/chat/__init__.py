@@ -1,6 +1,7 @@
 """Conversations: one actor per conversation, its persisted history, the tool loop of a turn."""
 
 from ._history import HistoryStore
+from ._leases import SharedTurnLeases, TurnLeases
 from ._session import (
     ClearHistory,
     GetHistory,
@@ -19,9 +20,11 @@ __all__ = [
     "GetHistory",
     "HistoryStore",
     "RunTurn",
+    "SharedTurnLeases",
     "ToolCallFinished",
     "ToolCallStarted",
     "TurnComplete",
+    "TurnLeases",
     "TurnText",
     "session_actor_name",
     "session_child_spec",

@@ -13,7 +13,9 @@ Rules a caller can rely on:
 
 - **Serialised turns.** Turns of one conversation run one at a time, in the order they arrived; a
   second ``RunTurn`` (from any socket) waits for the first to end, then sees its messages.
-  ``ClearHistory`` takes its place in the same queue.
+  ``ClearHistory`` takes its place in the same queue. With ``leases`` (several workers) a turn
+  also holds its conversation's lease, so this holds across workers, and a turn that follows
+  another worker's reads the history again from the store.
 - **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
   and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
 - **What is persisted**: when a turn ends, however it ends, the user message and every *completed*
@@ -54,6 +56,7 @@ from actors.mcp import ToolCatalog
 from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
 from ._history import HistoryStore
+from ._leases import TurnLeases
 
 __all__ = [
     "ChatSettings",
@@ -251,13 +254,16 @@ class _Turn:
     slot: _Slot = field(default_factory=_Slot)
     completed: list[Message] = field(default_factory=list)
     """Messages of finished steps only, appended a whole step at a time (persisted at the end)."""
+    reloaded: tuple[Message, ...] | None = None
+    """The history as re-read from the store under a new lease (another worker wrote it)."""
 
 
 class SessionActor(Actor):
     """The conversation ``conversation_id``: history, trimming, the tool loop (module doc).
 
     ``model`` ``None`` lets the router use each provider's configured model. ``catalog`` gives
-    the context window for the default budget; ``llm_timeout`` is each model call's budget.
+    the context window for the default budget; ``llm_timeout`` is each model call's budget;
+    ``leases`` serialise the conversation's turns across workers.
     """
 
     def __init__(
@@ -271,8 +277,10 @@ class SessionActor(Actor):
         model: str | None = None,
         catalog: ModelCatalog | None = None,
         llm_timeout: float | None = None,
+        leases: TurnLeases | None = None,
     ) -> None:
         self.conversation_id = conversation_id
+        self._leases = leases
         self._router = router
         self._tools = tools
         self._history = history
@@ -348,9 +356,12 @@ class SessionActor(Actor):
 
     async def _commit(self, turn: _Turn) -> None:
         self._unfinished.discard(turn)
+        base = self._messages if turn.reloaded is None else list(turn.reloaded)
+        if turn.reloaded is not None and not turn.completed:
+            self._messages = base
         if turn.completed:
             self._messages = _newest(
-                [*self._messages, *turn.completed], self._chat.max_history_messages
+                [*base, *turn.completed], self._chat.max_history_messages
             )
             await anyio.to_thread.run_sync(
                 self._history.append, self.conversation_id, turn.completed
@@ -368,6 +379,20 @@ class SessionActor(Actor):
 
     async def _run_turn(self, turn: _Turn) -> None:
         await turn.slot.granted.wait()
+        if self._leases is None:
+            await self._turn(turn, turn.slot.history)
+            return
+        # Other workers may run this conversation too: hold its lease for the turn, and read
+        # the history again when another holder came in between.
+        async with self._leases.hold(self.conversation_id) as stale:
+            history = turn.slot.history
+            if stale:
+                stored = await anyio.to_thread.run_sync(
+                    self._history.load, self.conversation_id, self._chat.max_history_messages)
+                history = turn.reloaded = tuple(_newest(stored, self._chat.max_history_messages))
+            await self._turn(turn, history)
+
+    async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
         chat = self._chat
         request = turn.request
         user: Message = {"role": "user", "content": turn.message.text}
@@ -381,7 +406,7 @@ class SessionActor(Actor):
         history = await anyio.to_thread.run_sync(
             functools.partial(
                 trim_history,
-                turn.slot.history,
+                history_now,
                 model=self._count_model,
                 budget_tokens=self._budget,
                 max_messages=chat.max_history_messages,
@@ -529,6 +554,7 @@ def session_child_spec(
     model: str | None = None,
     catalog: ModelCatalog | None = None,
     llm_timeout: float | None = None,
+    leases: TurnLeases | None = None,
 ) -> ChildSpec:
     """The spec of a conversation's actor: ``temporary`` (never restarted; the history is in the
     store, so the next turn simply starts a new one) and never crashed by an error answer."""
@@ -543,6 +569,7 @@ def session_child_spec(
             model=model,
             catalog=catalog,
             llm_timeout=llm_timeout,
+            leases=leases,
         ),
         restart=Restart.TEMPORARY,
         crash_on=(),

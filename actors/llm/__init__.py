@@ -46,6 +46,7 @@ from ._messages import (
 )
 from ._provider import provider_child_spec
 from ._runtime import LLMRuntime, build_catalog, open_runtime
+from ._shared import SharedState
 from ._spec_metrics import LLMMetrics
 from ._tokens import count_message_tokens
 
@@ -81,6 +82,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderUnavailable",
     "RateLimitConfig",
+    "SharedState",
     "StreamEnd",
     "TextDelta",
     "ToolCall",

@@ -143,8 +143,12 @@ class ProviderState:
     """Fingerprint (sha256) of the last key the provider rejected; never the key itself."""
     on_transition: Callable[[BreakerState, BreakerState], None] | None = field(
         default=None, repr=False)
+    make_limiter: Callable[[Clock], ProviderRateLimiter] | None = field(default=None, repr=False)
+    """Builds the limiter instead of a local one (the shared windows of a cluster)."""
 
     def ensure(self, name: str, config: ProviderConfig, clock: Clock) -> None:
+        if self.limiter is None and self.make_limiter is not None:
+            self.limiter = self.make_limiter(clock)
         if self.limiter is None:
             self.limiter = ProviderRateLimiter(config.rate_limits, clock=clock, name=name)
         if self.breaker is None:

@@ -47,6 +47,7 @@ from ._ledger_lock import LedgerLock, check_ledger
 from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
 from ._provider import ProviderActor, provider_child_spec
 from ._router import RouterActor, provider_actor_name
+from ._shared import SharedState
 
 __all__ = ["LLMRuntime", "build_catalog", "open_runtime"]
 
@@ -175,11 +176,13 @@ class LLMRuntime:
 
 
 def runtime_children(
-    config: LLMConfig, catalog: ModelCatalog, system_ref: Mapping[str, ActorSystem]
+    config: LLMConfig, catalog: ModelCatalog, system_ref: Mapping[str, ActorSystem],
+    shared: SharedState | None = None,
 ) -> list[ChildSpec | SupervisorSpec]:
     """The runtime's children; refs are resolved when each actor starts (after the tree exists).
 
-    ``system_ref`` holds the system under key ``"system"`` once it is constructed.
+    ``system_ref`` holds the system under key ``"system"`` once it is constructed. ``shared``:
+    the providers' windows and the ledger's day totals are shared through Redis.
     """
 
     def ref(name: str) -> ActorRef:
@@ -194,9 +197,14 @@ def runtime_children(
     ledger = ledger_child_spec(config.cost, catalog)
     ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
         config.cost, catalog, providers=config.providers, metrics=ref("metrics")))
+    if shared is not None:
+        ledger = dataclasses.replace(ledger, factory=lambda: shared.ledger(
+            config.cost, catalog, providers=config.providers, metrics=ref("metrics")))
     providers = []
     for name, provider_config in config.providers.items():
         spec = provider_child_spec(name, provider_config, catalog=catalog)
+        if shared is not None:
+            spec = dataclasses.replace(spec, durable=shared.provider_state(name, provider_config))
         providers.append(dataclasses.replace(
             spec, name=provider_actor_name(name),
             factory=_provider_factory(name, provider_config, catalog, ref)))
@@ -229,8 +237,11 @@ async def open_runtime(
     *,
     clock: Clock | None = None,
     extra_children: Sequence[ChildSpec | SupervisorSpec] = (),
+    shared: SharedState | None = None,
 ) -> AsyncIterator[LLMRuntime]:
     """Start the runtime (returns once every actor is ready); stop it gracefully on exit.
+
+    ``shared``: rate windows and day totals shared with other workers through Redis.
 
     Raises :class:`LedgerUnavailable` before starting anything when the ledger database cannot
     be used or another process holds it (one process per ledger file).
@@ -240,7 +251,7 @@ async def open_runtime(
     holder: dict[str, ActorSystem] = {}
     root = SupervisorSpec(
         "root",
-        [*runtime_children(config, catalog, holder), *extra_children],
+        [*runtime_children(config, catalog, holder, shared), *extra_children],
         max_restarts=10,
         max_seconds=60.0,
     )

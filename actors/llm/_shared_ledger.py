@@ -1,0 +1,189 @@
+"""The ledger of one worker when the day's money is shared by every worker and instance.
+
+:class:`SharedLedgerActor` is a :class:`LedgerActor` (its SQLite file stays this worker's durable
+journal, its book this worker's reservations) that also holds every reservation in Redis
+(:class:`actors.cluster.SharedLedger`), where ``daily_cost_limit`` and each provider's daily limit
+are checked against the settled + reserved money of *all* senders in one atomic script.
+``max_cost_per_request`` and the turn's limit are checked locally: a request's worst case does not
+depend on other workers, and a turn runs in one worker (its conversation's lease).
+
+A ``Reserve`` is granted only when both books grant it: the local check runs in the actor's loop,
+the shared one in a child task (so a slow Redis never stalls settles), and the local hold is
+released when Redis refuses or is unavailable. A settle answers at once from the local book and
+is shared behind; a shared settle that fails is retried every second until Redis answers (until
+then its reservation stays held in Redis, so the shared total never undercounts).
+
+Redis restarted empty: the first reserve re-seeds the day from this worker's journal
+(:meth:`_journal`): its settled spend of the day and the reservations it still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from actors.cluster import (
+    ClusterUnavailable,
+    DaySeed,
+    LedgerLimits,
+    RedisLink,
+    ReserveResult,
+    SharedLedger,
+)
+from actors.cluster import OpenReservation as SharedReservation
+from runtime import Outcome
+
+from ._catalog import ModelCatalog
+from ._config import CostConfig, ProviderConfig
+from ._errors import LLMCostLimitError
+from ._ledger import LedgerActor
+from ._ledger_book import OpenReservation, nanos, usd
+from ._ledger_lock import LedgerUnavailable
+from ._messages import Release, Reservation, Reserve, Settle
+
+__all__ = ["SharedLedgerActor", "shared_limits"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between retries of shared settles that Redis did not take.
+_RETRY_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingSettle:
+    key: str
+    charge: int
+    provider: str
+    day: str
+
+
+def shared_limits(config: CostConfig, providers: Mapping[str, ProviderConfig]) -> LedgerLimits:
+    """The limits Redis checks: the day's and each provider's day (the rest is local)."""
+    return LedgerLimits(
+        daily_cost_limit=None if config.daily_cost_limit is None else nanos(
+            config.daily_cost_limit),
+        provider_daily_limits={name: nanos(p.daily_cost_limit) for name, p in providers.items()
+                               if p.daily_cost_limit is not None},
+    )
+
+
+class SharedLedgerActor(LedgerActor):
+    """A :class:`LedgerActor` whose day totals are shared through Redis (module docstring).
+
+    ``instance_id`` names this worker's journal (see :class:`SharedLedger`). Raises like the
+    local ledger; Redis unavailable refuses reservations with :class:`LedgerUnavailable`.
+    """
+
+    def __init__(self, config: CostConfig, catalog: ModelCatalog, *, link: RedisLink,
+                 instance_id: str, providers: Mapping[str, ProviderConfig] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(config, catalog, providers=providers, **kwargs)
+        self._shared = SharedLedger(link, instance_id, self._journal,
+                                    shared_limits(config, providers or {}))
+        # Reservation ids restart with each process: a nonce keeps the shared keys unique.
+        self._nonce = secrets.token_hex(4)
+        self._unshared: list[_PendingSettle] = []
+        self._retrying = False
+
+    def _key(self, reservation_id: int) -> str:
+        return f"{self._nonce}:{reservation_id}"
+
+    async def _journal(self, day: str) -> DaySeed:
+        """What this worker's journal says about ``day`` (Redis asks after losing its data)."""
+        book = self._book
+        by_provider = dict(book.by_provider) if book.day == day else {}
+        held = [SharedReservation(self._key(rid), entry.amount, entry.provider)
+                for rid, entry in book.open.items()]
+        return DaySeed(sum(by_provider.values()), by_provider, held)
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Reserve):
+            self._roll_day()
+            reservation = self._reserve(message)
+            entry = self._book.open[reservation.id]
+            self.context.pipe(
+                self._shared.reserve, self._key(reservation.id), entry.amount,
+                entry.provider, self._book.day, reply_to=self.context.request,
+                then=lambda outcome: self._reserved(reservation, outcome))
+            return None
+        if isinstance(message, Settle):
+            book = self._book
+            held: OpenReservation | None = book.open.get(message.reservation_id)
+            if held is None:
+                held = book.swept.get(message.reservation_id)
+            charged = await super().receive(message)
+            if held is not None and charged is not None:
+                self._share_settle(_PendingSettle(self._key(message.reservation_id),
+                                                  nanos(charged), held.provider, book.day))
+            return charged
+        if isinstance(message, Release):
+            await super().receive(message)
+            self._share_release(message.reservation_id)
+            return None
+        return await super().receive(message)
+
+    def _reserved(self, reservation: Reservation, outcome: Outcome) -> Reservation:
+        result: ReserveResult | None = None if outcome.cancelled else outcome.value
+        if result is not None and result.granted:
+            return reservation
+        self._book.release(reservation.id)
+        self._share_release(reservation.id)
+        error = outcome.error
+        if isinstance(error, ClusterUnavailable):
+            raise LedgerUnavailable(
+                f"the shared ledger cannot reserve: {error.reason}",
+                provider=reservation.provider, model=reservation.model)
+        if error is not None:
+            raise error
+        if result is None:  # cancelled: nobody reads the answer
+            return reservation
+        refused = result.refused
+        limit = refused.limit if refused is not None else "unknown"
+        held = f"settled ${usd(refused.settled):.6f} + reserved ${usd(refused.reserved):.6f}" \
+            if refused is not None else "unknown"
+        raise LLMCostLimitError(
+            f"the shared {limit} limit would be passed by the worst case "
+            f"${reservation.amount:.6f} of {reservation.model} ({held} across all workers)",
+            provider=reservation.provider, model=reservation.model)
+
+    # -- shared settles and releases, behind the answers -------------------------------------
+
+    def _share_release(self, reservation_id: int) -> None:
+        self.context.pipe(self._shared.release, self._key(reservation_id), reply_to=None,
+                          then=_ignore)
+
+    def _share_settle(self, pending: _PendingSettle) -> None:
+        self.context.pipe(self._shared.settle, pending.key, pending.charge, pending.provider,
+                          pending.day, reply_to=None,
+                          then=lambda outcome: self._settled(pending, outcome))
+
+    def _settled(self, pending: _PendingSettle, outcome: Outcome) -> None:
+        if outcome.error is None and not outcome.cancelled:
+            return
+        if isinstance(outcome.error, ClusterUnavailable) or outcome.cancelled:
+            self._unshared.append(pending)
+            self._arm_retry()
+            return
+        logger.error("ledger: shared settle of %s failed: %r", pending.key, outcome.error)
+
+    def _arm_retry(self) -> None:
+        if self._retrying:
+            return
+        self._retrying = True
+        self.context.pipe(self.context.clock.sleep, _RETRY_INTERVAL, reply_to=None,
+                          then=self._retry)
+
+    def _retry(self, outcome: Outcome) -> None:
+        self._retrying = False
+        if outcome.cancelled:
+            return
+        pending, self._unshared = self._unshared, []
+        for item in pending:
+            self._share_settle(item)
+
+
+def _ignore(outcome: Outcome) -> None:
+    """A shared release that failed: the reservation expires in Redis by its TTL."""
