@@ -49,7 +49,7 @@ def test_config_overrides_and_extends_the_builtin_tables() -> None:
     assert catalog.context_window("openai/gpt-4o") == 64_000
     assert catalog.context_window("my-model") == 32_000
     assert catalog.price("my-model") == ModelPrice(input=1.0, output=2.0)
-    assert catalog.price("gpt-4o-mini") is not None
+    assert catalog.price("gpt-4o-mini") == ModelPrice(input=0.15, output=0.60, cached_input=0.075)
 
 
 def test_builtin_false_starts_empty() -> None:
@@ -129,7 +129,9 @@ def test_cost_of_an_unpriced_model_is_none_not_zero() -> None:
 
 def test_openrouter_names_are_priced_through_their_prefix() -> None:
     catalog = ModelCatalog()
-    assert catalog.price("openai/gpt-4o-mini") == catalog.price("gpt-4o-mini")
+    mini = ModelPrice(input=0.15, output=0.60, cached_input=0.075)
+    assert catalog.price("gpt-4o-mini") == mini
+    assert catalog.price("openai/gpt-4o-mini") == mini
 
 
 def test_repr() -> None:
