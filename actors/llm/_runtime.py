@@ -247,16 +247,16 @@ async def open_runtime(
     be used or another process holds it (one process per ledger file).
     """
     check_ledger(config.cost)
-    catalog = build_catalog(config)
-    holder: dict[str, ActorSystem] = {}
-    root = SupervisorSpec(
-        "root",
-        [*runtime_children(config, catalog, holder, shared), *extra_children],
-        max_restarts=10,
-        max_seconds=60.0,
-    )
-    system = ActorSystem(root, clock=clock)
-    holder["system"] = system
-    with LedgerLock(config.cost):
+    with LedgerLock(config.cost):  # before the system exists: a refusal leaves nothing open
+        catalog = build_catalog(config)
+        holder: dict[str, ActorSystem] = {}
+        root = SupervisorSpec(
+            "root",
+            [*runtime_children(config, catalog, holder, shared), *extra_children],
+            max_restarts=10,
+            max_seconds=60.0,
+        )
+        system = ActorSystem(root, clock=clock)
+        holder["system"] = system
         async with system:
             yield LLMRuntime(system, config)
