@@ -12,8 +12,9 @@ Authentication: when a token is configured (``server.auth_token`` or the variabl
 ``server.auth_token_env``), a WebSocket must present it as ``Authorization: Bearer`` or
 ``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` needs it too, and
 ``/health`` then shows details only to authorized callers. Binding a non-loopback address without
-a token is refused before the app is built (``server.cli.check_bind``). Browsers may connect only
-from the same origin, loopback pages or ``server.allowed_origins``.
+a token is refused before the app is built (``server.cli.check_bind``). Every route answers only
+an allowed ``Host`` and browsers may open a socket only from loopback pages or
+``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -50,8 +51,8 @@ from actors.mcp_server import mcp_status, mcp_supervisor_spec
 from actors.session import session_actor_name, session_child_spec
 from actors.tools import ToolCatalog
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
-from server.cli import is_loopback
 from server.config import AppConfig
+from server.guard import HostAllowlist, HostGuard, origin_allowed
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
     CLOSE_GOING_AWAY,
@@ -279,18 +280,6 @@ def _authorized(connection: HTTPConnection, token: SecretStr | None) -> bool:
     return hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
 
 
-def _origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
-    origin = connection.headers.get("origin")
-    if origin is None:
-        return True  # not a browser: nothing cross-site to defend against, the token decides
-    if "*" in allowed or origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    if parts.hostname is not None and is_loopback(parts.hostname):
-        return True
-    return parts.netloc != "" and parts.netloc == connection.headers.get("host")
-
-
 class _ServerCollector(Collector):
     """Server-side metrics: sockets, turns by outcome, rejected frames."""
 
@@ -363,7 +352,7 @@ def create_app(config: AppConfig) -> Starlette:
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def chat(websocket: WebSocket) -> None:
-        if not _origin_allowed(websocket, config.server.allowed_origins):
+        if not origin_allowed(websocket.headers.get("origin"), config.server.allowed_origins):
             await _refuse(websocket, CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
         if not _authorized(websocket, token):
@@ -387,6 +376,12 @@ def create_app(config: AppConfig) -> Starlette:
             WebSocketRoute("/ws/chat", chat),
         ],
         lifespan=_lifespan(config, hub),
+        middleware=[
+            Middleware(
+                HostGuard,
+                allowlist=HostAllowlist([config.server.host, *config.server.allowed_hosts]),
+            )
+        ],
     )
     app.state.hub = hub
     registry = CollectorRegistry(auto_describe=True)

@@ -249,7 +249,11 @@ class ChatConnection:
                 data = message.get("bytes") or b""
                 if len(data) > self._limits.max_message_bytes:
                     return self._oversized()
-                await self._reject(None, "binary frames are not supported", "invalid_request")
+                # Counted like text: a flood of binary frames costs us a reply each.
+                if self._over_rate():
+                    await self._reject_rate(None)
+                else:
+                    await self._reject(None, "binary frames are not supported", "invalid_request")
                 continue
             if len(text) > self._limits.max_message_bytes // 4 and (
                 len(text.encode()) > self._limits.max_message_bytes
@@ -265,11 +269,7 @@ class ChatConnection:
 
     async def _on_text(self, text: str) -> None:
         if self._over_rate():
-            await self._reject(
-                _request_id_of(text),
-                f"more than {self._limits.max_messages_per_minute} messages in a minute",
-                "rate_limited",
-            )
+            await self._reject_rate(_request_id_of(text))
             return
         try:
             frame = protocol.parse_frame(text)
@@ -300,6 +300,13 @@ class ChatConnection:
             return True
         self._recent.append(now)
         return False
+
+    async def _reject_rate(self, request_id: str | None) -> None:
+        await self._reject(
+            request_id,
+            f"more than {self._limits.max_messages_per_minute} messages in a minute",
+            "rate_limited",
+        )
 
     async def _reject(self, request_id: str | None, message: str, error_type: str) -> None:
         self._hub.frame_rejected(error_type)
@@ -519,8 +526,8 @@ def _describe(exc: BaseException) -> str:
 
 def _request_id_of(text: str) -> str | None:
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError:
+        raw = protocol.loads_bounded(text)
+    except ProtocolError:
         return None
     request_id = raw.get("request_id") if isinstance(raw, dict) else None
     return request_id if isinstance(request_id, str) and request_id else None
