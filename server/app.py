@@ -19,7 +19,6 @@ an allowed ``Host`` and browsers may open a socket only from loopback pages or
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import math
@@ -48,10 +47,11 @@ from actors.history import HistoryStore
 from actors.llm_runtime import LLMRuntime, build_catalog, open_runtime
 from actors.mcp_config import McpServerConfig
 from actors.mcp_server import mcp_status, mcp_supervisor_spec
-from actors.session import session_actor_name, session_child_spec
+from actors.session import session_child_spec
 from actors.tools import ToolCatalog
-from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
+from runtime import ChildSpec, SupervisorSpec
 from server.config import AppConfig
+from server.conversations import ConversationOwners, SessionDirectory, owner_of_token
 from server.guard import HostAllowlist, HostGuard, origin_allowed
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
@@ -62,100 +62,12 @@ from server.websocket import (
     ConnectionLimits,
 )
 
-__all__ = ["Backend", "SessionDirectory", "create_app"]
+__all__ = ["Backend", "create_app"]
 
 logger = logging.getLogger("server")
 
 STATIC = Path(__file__).parent / "static"
-_SESSION_IDLE_SECONDS = 600.0
-_SWEEP_INTERVAL = 30.0
 _STARTUP_POLL = 0.05
-
-
-# -- conversations ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    idle_since: float
-    users: int = 0
-
-
-class SessionDirectory:
-    """Finds or starts the SessionActor of a conversation; stops those left idle.
-
-    A conversation no socket has used for ``idle_seconds`` has its actor stopped (by
-    :meth:`sweep`); its history is in the store, so its next turn starts a fresh actor that reads
-    it back.
-    """
-
-    def __init__(
-        self,
-        system: ActorSystem,
-        spec_for: Callable[[str], ChildSpec],
-        *,
-        idle_seconds: float = _SESSION_IDLE_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._system = system
-        self._spec_for = spec_for
-        self._idle_seconds = idle_seconds
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._lock = anyio.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def acquire(self, conversation_id: str) -> None:
-        entry = self._entries.get(conversation_id)
-        if entry is None:
-            entry = self._entries[conversation_id] = _Entry(self._clock())
-        entry.users += 1
-
-    def release(self, conversation_id: str) -> None:
-        entry = self._entries.get(conversation_id)
-        if entry is not None:
-            entry.users = max(0, entry.users - 1)
-            entry.idle_since = self._clock()
-
-    async def session(self, conversation_id: str) -> ActorRef:
-        name = session_actor_name(conversation_id)
-        try:
-            return self._system.ref(name)
-        except KeyError:
-            pass
-        async with self._lock:  # two sockets resuming one conversation must not both spawn it
-            try:
-                return self._system.ref(name)
-            except KeyError:
-                pass
-            # Shielded: a turn cancelled while its conversation's actor starts must not cancel
-            # the start, which would leave a registered actor that never serves its mailbox.
-            # Starting is quick: the actor reads the conversation's history from SQLite.
-            with anyio.CancelScope(shield=True):
-                ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
-            return ref
-
-    async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
-        """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
-        while True:
-            await anyio.sleep(interval)
-            await self.sweep_once()
-
-    async def sweep_once(self) -> list[str]:
-        """Stop the actors of conversations idle too long; returns their ids."""
-        now = self._clock()
-        idle = [
-            conversation_id
-            for conversation_id, entry in self._entries.items()
-            if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
-        ]
-        for conversation_id in idle:
-            del self._entries[conversation_id]
-            with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
-                await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
-        return idle
 
 
 # -- the running backend ------------------------------------------------------------------------
@@ -169,6 +81,7 @@ class Backend:
     llm: LLMConfig
     simulated: bool
     conversations: SessionDirectory
+    owners: ConversationOwners
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -191,6 +104,8 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
             servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
             stack.callback(history.close)  # after the sessions stopped: they write to it
+            owners = ConversationOwners(config.chat.history_db)
+            stack.callback(owners.close)
             sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
             runtime = await stack.enter_async_context(
                 open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions])
@@ -209,8 +124,10 @@ def _lifespan(config: AppConfig, hub: ChatHub) -> Callable[[Starlette], Any]:
                     catalog=catalog,
                 )
 
-            conversations = SessionDirectory(runtime.system, spec_for)
-            app.state.backend = Backend(runtime, llm, simulated, conversations)
+            conversations = SessionDirectory(
+                runtime.system, spec_for, max_conversations=config.server.max_conversations
+            )
+            app.state.backend = Backend(runtime, llm, simulated, conversations, owners)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
                 try:
@@ -326,6 +243,7 @@ def create_app(config: AppConfig) -> Starlette:
         max_message_bytes=config.server.max_message_bytes,
         max_messages_per_minute=config.server.max_messages_per_minute,
         max_concurrent_turns=config.server.max_concurrent_turns,
+        max_conversations_per_socket=config.server.max_conversations_per_socket,
         # Every hop may use the whole LLM budget and every tool round its timeout; beyond that
         # a turn is stuck, and the client gets a typed timeout instead of silence.
         turn_timeout=(config.chat.max_tool_hops + 1) * config.llm.request_timeout
@@ -364,7 +282,12 @@ def create_app(config: AppConfig) -> Starlette:
         backend: Backend = websocket.app.state.backend
         await websocket.accept()
         connection = ChatConnection(
-            websocket, hub=hub, conversations=backend.conversations, limits=limits
+            websocket,
+            hub=hub,
+            conversations=backend.conversations,
+            owners=backend.owners,
+            owner=owner_of_token(token),
+            limits=limits,
         )
         await connection.run()
 

@@ -74,6 +74,13 @@ class ServerConfig(BaseModel):
     max_message_bytes: int = Field(default=65536, ge=1)
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
+    max_conversations: int = Field(
+        default=1000, ge=1, description="live conversations in total; idle ones make room"
+    )
+    max_conversations_per_socket: int = Field(
+        default=8, ge=2, description="conversations one socket may use at once, the one it is on"
+        " included (switching holds the previous one until its running requests end)"
+    )
     shutdown_timeout: float = Field(default=10.0, gt=0)
 
     def read_auth_token(self) -> SecretStr | None:
