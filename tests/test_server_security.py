@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import struct
 import time
@@ -25,6 +26,7 @@ from tests.server_harness import (
     chat_frame,
     connect,
     http_get,
+    http_json,
     receive,
     send,
     write_config,
@@ -247,3 +249,33 @@ def test_a_ping_flood_from_a_client_that_never_reads_does_not_grow_the_server(
         grown_mib = (_rss_kib(server.pid) - before) / 1024
     assert grown_mib < 16, f"server grew {grown_mib:.1f} MiB after {sent / 2**20:.1f} MiB of pings"
     assert server.health()["status"] == "ok"
+
+
+# -- the demo simulator's control endpoints -----------------------------------------------------
+
+
+def test_the_demo_simulator_refuses_control_requests_without_the_servers_token(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, simulator_url=None, simulator="always", mcp_servers={})
+    demo = ServerChild(config)
+    try:
+        found = re.search(r"simulator child process \d+ listening on (http://\S+)", demo.output)
+        assert found is not None, demo.output
+        simulator = found.group(1)
+        refused = {"error": {"message": "the control endpoints need the control token",
+                             "type": "invalid_request_error", "param": None,
+                             "code": "invalid_control_token"}}
+        for method, path, headers in (
+            ("POST", "/_sim/config", {}),
+            ("POST", "/_sim/config", {"Authorization": "Bearer guessed"}),
+            ("POST", "/_sim/reset", {}),
+            ("GET", "/_sim/stats", {}),
+        ):
+            body = {"faults": {"rate_500": 1.0}} if path == "/_sim/config" else None
+            answer = http_json(simulator + path, method=method, body=body, headers=headers,
+                               accept_error=True)
+            assert answer == refused, (method, path)
+        assert http_json(simulator + "/_sim/health") == {"status": "ok"}
+    finally:
+        assert demo.stop() == 0, demo.output
