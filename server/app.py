@@ -12,13 +12,13 @@ Authentication: when a token is configured (``server.auth_token`` or the variabl
 ``server.auth_token_env``), a WebSocket must present it as ``Authorization: Bearer`` or
 ``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` needs it too, and
 ``/health`` then shows details only to authorized callers. Binding a non-loopback address without
-a token is refused before the app is built (``server.cli.check_bind``). Browsers may connect only
-from the same origin, loopback pages or ``server.allowed_origins``.
+a token is refused before the app is built (``server.cli.check_bind``). Every route answers only
+an allowed ``Host`` and browsers may open a socket only from loopback pages or
+``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import math
@@ -29,7 +29,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,18 +36,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from actors.chat import HistoryStore, session_actor_name, session_child_spec
+from actors.chat import HistoryStore, session_child_spec
 from actors.llm import LLMConfig, LLMRuntime, build_catalog, open_runtime
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
-from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
-from server.cli import is_loopback
+from runtime import ChildSpec, SupervisorSpec
 from server.cluster import ClusterCollector, ClusterNode, open_cluster
 from server.config import AppConfig
+from server.conversations import ConversationOwners, SessionDirectory, owner_of_token
+from server.guard import HostAllowlist, HostGuard, origin_allowed
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import (
     CLOSE_GOING_AWAY,
@@ -58,100 +59,12 @@ from server.websocket import (
     ConnectionLimits,
 )
 
-__all__ = ["Backend", "SessionDirectory", "create_app"]
+__all__ = ["Backend", "create_app"]
 
 logger = logging.getLogger("server")
 
 STATIC = Path(__file__).parent / "static"
-_SESSION_IDLE_SECONDS = 600.0
-_SWEEP_INTERVAL = 30.0
 _STARTUP_POLL = 0.05
-
-
-# -- conversations ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    idle_since: float
-    users: int = 0
-
-
-class SessionDirectory:
-    """Finds or starts the SessionActor of a conversation; stops those left idle.
-
-    A conversation no socket has used for ``idle_seconds`` has its actor stopped (by
-    :meth:`sweep`); its history is in the store, so its next turn starts a fresh actor that reads
-    it back.
-    """
-
-    def __init__(
-        self,
-        system: ActorSystem,
-        spec_for: Callable[[str], ChildSpec],
-        *,
-        idle_seconds: float = _SESSION_IDLE_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._system = system
-        self._spec_for = spec_for
-        self._idle_seconds = idle_seconds
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._lock = anyio.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def acquire(self, conversation_id: str) -> None:
-        entry = self._entries.get(conversation_id)
-        if entry is None:
-            entry = self._entries[conversation_id] = _Entry(self._clock())
-        entry.users += 1
-
-    def release(self, conversation_id: str) -> None:
-        entry = self._entries.get(conversation_id)
-        if entry is not None:
-            entry.users = max(0, entry.users - 1)
-            entry.idle_since = self._clock()
-
-    async def session(self, conversation_id: str) -> ActorRef:
-        name = session_actor_name(conversation_id)
-        try:
-            return self._system.ref(name)
-        except KeyError:
-            pass
-        async with self._lock:  # two sockets resuming one conversation must not both spawn it
-            try:
-                return self._system.ref(name)
-            except KeyError:
-                pass
-            # Shielded: a turn cancelled while its conversation's actor starts must not cancel
-            # the start, which would leave a registered actor that never serves its mailbox.
-            # Starting is quick: the actor reads the conversation's history from SQLite.
-            with anyio.CancelScope(shield=True):
-                ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
-            return ref
-
-    async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
-        """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
-        while True:
-            await anyio.sleep(interval)
-            await self.sweep_once()
-
-    async def sweep_once(self) -> list[str]:
-        """Stop the actors of conversations idle too long; returns their ids."""
-        now = self._clock()
-        idle = [
-            conversation_id
-            for conversation_id, entry in self._entries.items()
-            if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
-        ]
-        for conversation_id in idle:
-            del self._entries[conversation_id]
-            with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
-                await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
-        return idle
 
 
 # -- the running backend ------------------------------------------------------------------------
@@ -165,6 +78,7 @@ class Backend:
     llm: LLMConfig
     simulated: bool
     conversations: SessionDirectory
+    owners: ConversationOwners
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -189,6 +103,8 @@ def _lifespan(config: AppConfig, hub: ChatHub,
             servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
             stack.callback(history.close)  # after the sessions stopped: they write to it
+            owners = ConversationOwners(config.chat.history_db)
+            stack.callback(owners.close)
             sessions = SupervisorSpec("sessions", [], max_restarts=1_000_000, max_seconds=1.0)
             cluster = await stack.enter_async_context(open_cluster(
                 config.cluster, journal=llm.cost.db_path, lease_timeout=llm.request_timeout))
@@ -212,8 +128,10 @@ def _lifespan(config: AppConfig, hub: ChatHub,
                     leases=cluster.leases if cluster is not None else None,
                 )
 
-            conversations = SessionDirectory(runtime.system, spec_for)
-            app.state.backend = Backend(runtime, llm, simulated, conversations)
+            conversations = SessionDirectory(
+                runtime.system, spec_for, max_conversations=config.server.max_conversations
+            )
+            app.state.backend = Backend(runtime, llm, simulated, conversations, owners)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
                 try:
@@ -283,18 +201,6 @@ def _authorized(connection: HTTPConnection, token: SecretStr | None) -> bool:
     return hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
 
 
-def _origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
-    origin = connection.headers.get("origin")
-    if origin is None:
-        return True  # not a browser: nothing cross-site to defend against, the token decides
-    if "*" in allowed or origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    if parts.hostname is not None and is_loopback(parts.hostname):
-        return True
-    return parts.netloc != "" and parts.netloc == connection.headers.get("host")
-
-
 class _ServerCollector(Collector):
     """Server-side metrics: sockets, turns by outcome, rejected frames."""
 
@@ -345,6 +251,7 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
         max_message_bytes=config.server.max_message_bytes,
         max_messages_per_minute=config.server.max_messages_per_minute,
         max_concurrent_turns=config.server.max_concurrent_turns,
+        max_conversations_per_socket=config.server.max_conversations_per_socket,
         # Every hop may use the whole LLM budget and every tool round its timeout; beyond that
         # a turn is stuck, and the client gets a typed timeout instead of silence.
         turn_timeout=(config.chat.max_tool_hops + 1) * config.llm.request_timeout
@@ -371,7 +278,7 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def chat(websocket: WebSocket) -> None:
-        if not _origin_allowed(websocket, config.server.allowed_origins):
+        if not origin_allowed(websocket.headers.get("origin"), config.server.allowed_origins):
             await _refuse(websocket, CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
         if not _authorized(websocket, token):
@@ -383,7 +290,12 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
         backend: Backend = websocket.app.state.backend
         await websocket.accept()
         connection = ChatConnection(
-            websocket, hub=hub, conversations=backend.conversations, limits=limits
+            websocket,
+            hub=hub,
+            conversations=backend.conversations,
+            owners=backend.owners,
+            owner=owner_of_token(token),
+            limits=limits,
         )
         await connection.run()
 
@@ -395,6 +307,12 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
             WebSocketRoute("/ws/chat", chat),
         ],
         lifespan=_lifespan(config, hub, simulator_url),
+        middleware=[
+            Middleware(
+                HostGuard,
+                allowlist=HostAllowlist([config.server.host, *config.server.allowed_hosts]),
+            )
+        ],
     )
     app.state.hub = hub
     registry = CollectorRegistry(auto_describe=True)

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import os
 import re
 import socket
 import sys
@@ -32,7 +33,7 @@ from server.simulated import wants_simulator
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-__all__ = ["StartupRefused", "check_bind", "is_loopback", "main"]
+__all__ = ["StartupRefused", "check_bind", "check_storage", "is_loopback", "main"]
 
 logger = logging.getLogger("server")
 
@@ -63,6 +64,36 @@ def check_bind(config: AppConfig) -> None:
             f"refusing to listen on {server.host}, which is not a loopback address, without an"
             f" auth token: set {variable} (or server.auth_token) or bind to 127.0.0.1"
         )
+
+
+def check_storage(config: AppConfig) -> None:
+    """Raise :class:`StartupRefused` if a database file cannot be opened or created.
+
+    Checked before serving, so that a mistyped ``chat.history_db`` or ``llm.cost.db_path`` is one
+    clear line and exit code 1, not a traceback from the middle of the start-up.
+    """
+    for key, value in (("chat.history_db", config.chat.history_db),
+                       ("llm.cost.db_path", config.llm.cost.db_path)):
+        problem = _storage_problem(Path(value)) if value != ":memory:" else None
+        if problem is not None:
+            raise StartupRefused(f"{key}: cannot use {value}: {problem}")
+
+
+def _storage_problem(path: Path) -> str | None:
+    if path.exists():
+        if path.is_dir():
+            return "it is a directory"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "it is not readable and writable"
+        return None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create it: {ancestor} is not writable"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +170,7 @@ def _check_config(path: str | None) -> int:
     try:
         config = _load(path)
         check_bind(config)
+        check_storage(config)
     except (ConfigError, StartupRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -217,6 +249,7 @@ def _serve(options: argparse.Namespace) -> int:
     try:
         config = _load(options.config, options.host, options.port)
         check_bind(config)
+        check_storage(config)
     except (ConfigError, StartupRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -236,7 +269,10 @@ def _serve(options: argparse.Namespace) -> int:
         app, host=config.server.host, port=config.server.port,
         **uvicorn_settings(config, options.log_level))
     server = _GracefulServer(uvicorn_config, app=app, app_config=config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's own exit code 3 for a failed start-up; ours is 1
+        return 1
     if not server.started:
         return 1
     return 0
@@ -248,6 +284,9 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         "log_config": None,
         "log_level": log_level,
         "ws_max_size": config.server.max_message_bytes,
+        # websockets' own implementation stops reading a client that does not read its pongs;
+        # the default (websockets-sansio) buffers every pong of a ping flood in memory.
+        "ws": "websockets",
         # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_timeout),
@@ -257,6 +296,24 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
 
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class _NoQueryStrings(logging.Filter):
+    """Drops the query string of every request target uvicorn logs (access log, socket lines).
+
+    A token may travel as ``?token=``, or as ``?%74oken=`` (which the app decodes to the same
+    name): no pattern over the raw text would catch every spelling, so queries are not logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
+            record.args = tuple(
+                arg.split("?", 1)[0] + "?[query omitted]"
+                if isinstance(arg, str) and arg.startswith("/") and "?" in arg
+                else arg
+                for arg in record.args
+            )
+        return True
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -271,6 +328,7 @@ def _configure_logging(level: str) -> None:
     handler.setFormatter(
         _RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    handler.addFilter(_NoQueryStrings())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,11 +2,14 @@
 
 Loading order: ``.env`` next to the config file, then ``.env`` in the working directory (neither
 overrides a variable already set), then the YAML, then the ``mcpServers`` JSON file it names.
-Relative paths written in the file (``api_key_file``, ``mcp_servers_file``, ``cost.db_path``,
-``chat.history_db``) are relative to the file's directory, so the service behaves the same
-whatever directory it is started from. ``MCP_BACKEND_<NAME>_BASE_URL`` overrides the ``base_url``
-of provider ``<NAME>`` (see :func:`base_url_variable`), so a file may be pointed elsewhere (a
-proxy, the simulator) without editing it.
+Paths written in the file (``api_key_file``, ``mcp_servers_file``, ``cost.db_path``,
+``chat.history_db``, and each MCP server's ``cwd`` and a ``command`` that is a path rather than a
+bare name) have ``~`` expanded and, when relative, are relative to the file's directory (the
+JSON file's for entries of ``mcp_servers_file``), so the service behaves the same whatever
+directory it is started from.
+``MCP_BACKEND_<NAME>_BASE_URL`` overrides the ``base_url`` of provider ``<NAME>`` (see
+:func:`base_url_variable`), so a file may be pointed elsewhere (a proxy, the simulator) without
+editing it.
 
 Every problem is one ``ConfigError`` naming the file and the path of each failing key, e.g.
 ``config.yaml: llm.providers.openai.temperature: Input should be less than or equal to 2``. Input
@@ -64,11 +67,25 @@ class ServerConfig(BaseModel):
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="WebSocket origins allowed besides same-origin and loopback; '*' allows all",
+        description="origins of pages allowed to open a WebSocket besides loopback pages, such as"
+        " 'https://chat.example.com'; '*' allows all",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names clients use to reach the server besides IP addresses, localhost"
+        " and server.host ('*.example.com' for subdomains); '*' allows any name, which disables"
+        " the DNS-rebinding defence",
     )
     max_message_bytes: int = Field(default=65536, ge=1)
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
+    max_conversations: int = Field(
+        default=1000, ge=1, description="live conversations in total; idle ones make room"
+    )
+    max_conversations_per_socket: int = Field(
+        default=8, ge=2, description="conversations one socket may use at once, the one it is on"
+        " included (switching holds the previous one until its running requests end)"
+    )
     shutdown_timeout: float = Field(default=10.0, gt=0)
     workers: int = Field(
         default=1, ge=1, le=64,
@@ -222,13 +239,15 @@ def load_config(path: str | Path | None) -> AppConfig:
         raise ConfigError(f"{label}: {_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: invalid YAML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{label}: the top level must be a mapping of sections, not {type(raw).__name__}"
         )
-    raw = _resolve_paths(raw, base)
+    raw = _resolve_paths(raw, base, label)
     raw = _override_base_urls(raw)
     if isinstance(raw.get("mcp_servers_file"), str):
         raw = _merge_mcp_servers_file(raw, label)
@@ -271,7 +290,14 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def _load_env_files(files: Sequence[Path]) -> None:
     for env_file in dict.fromkeys(f.resolve() for f in files):
         if env_file.is_file():
-            load_dotenv(env_file, override=False)
+            try:
+                load_dotenv(env_file, override=False, encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"{env_file}: not UTF-8 text (byte {exc.start + 1} cannot be decoded)"
+                ) from None
+            except OSError as exc:
+                raise ConfigError(f"{env_file}: cannot read the file ({_reason(exc)})") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -287,35 +313,44 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     return f"{where}invalid YAML: {problem}"
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make the relative paths the file names relative to ``base`` (malformed input untouched)."""
+def _resolve_paths(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
+    """Expand ``~`` and make relative paths relative to ``base`` (malformed input untouched).
 
-    def resolved(value: Any) -> Any:
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            return str(base / value)
-        return value
+    Raises ``ConfigError`` for a ``~user`` path whose user does not exist.
+    """
+
+    def resolved(value: Any, key: str) -> Any:
+        return _resolve_path(value, base, label, key)
 
     raw = dict(raw)
     if "mcp_servers_file" in raw:
-        raw["mcp_servers_file"] = resolved(raw["mcp_servers_file"])
+        raw["mcp_servers_file"] = resolved(raw["mcp_servers_file"], "mcp_servers_file")
     chat = raw.get("chat")
     if isinstance(chat, dict) and "history_db" in chat:
-        raw["chat"] = {**chat, "history_db": resolved(chat["history_db"])}
+        raw["chat"] = {**chat, "history_db": resolved(chat["history_db"], "chat.history_db")}
     llm = raw.get("llm")
     if isinstance(llm, dict):
         llm = dict(llm)
         cost = llm.get("cost")
         if isinstance(cost, dict) and "db_path" in cost:
-            llm["cost"] = {**cost, "db_path": resolved(cost["db_path"])}
+            llm["cost"] = {**cost, "db_path": resolved(cost["db_path"], "llm.cost.db_path")}
         providers = llm.get("providers")
         if isinstance(providers, dict):
             llm["providers"] = {
-                name: {**p, "api_key_file": resolved(p["api_key_file"])}
+                name: {
+                    **p,
+                    "api_key_file": resolved(
+                        p["api_key_file"], f"llm.providers.{name}.api_key_file"
+                    ),
+                }
                 if isinstance(p, dict) and "api_key_file" in p
                 else p
                 for name, p in providers.items()
             }
         raw["llm"] = llm
+    for key in ("mcpServers", "mcp_servers"):
+        if isinstance(raw.get(key), dict):
+            raw[key] = _resolve_mcp_paths(raw[key], base, label, key)
     return raw
 
 
@@ -352,6 +387,38 @@ def _override_base_urls(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "llm": {**llm, "providers": {**providers, **changed}}}
 
 
+def _resolve_mcp_paths(
+    servers: dict[str, Any], base: Path, label: str, key: str
+) -> dict[str, Any]:
+    """Resolve each stdio entry's ``cwd`` and a ``command`` that is a path (not a bare name).
+
+    A bare name such as ``npx`` is looked up on ``PATH`` when the server starts; ``./server.py``
+    or ``bin/tool`` means a file next to the configuration, whatever the working directory.
+    """
+    out: dict[str, Any] = {}
+    for name, entry in servers.items():
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            command = entry.get("command")
+            if isinstance(command, str) and (os.sep in command or command.startswith("~")):
+                entry["command"] = _resolve_path(command, base, label, f"{key}.{name}.command")
+            if "cwd" in entry:
+                entry["cwd"] = _resolve_path(entry["cwd"], base, label, f"{key}.{name}.cwd")
+        out[name] = entry
+    return out
+
+
+def _resolve_path(value: Any, base: Path, label: str, key: str) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~someone" who does not exist, or no home directory at all
+        user = value.split("/", 1)[0]
+        raise ConfigError(f"{label}: {key}: cannot expand {user!r}: no such user") from None
+    return str(path if path.is_absolute() else base / path)
+
+
 def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
     """Merge the JSON file's ``mcpServers`` under the YAML's; the YAML wins on a shared name."""
     json_path = Path(raw["mcp_servers_file"])
@@ -368,10 +435,15 @@ def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
         raise ConfigError(
             f"{json_label}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{json_label}: invalid JSON: nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
         raise ConfigError(f'{json_label}: expected an object with an "mcpServers" object')
+    servers_raw = _resolve_mcp_paths(
+        document["mcpServers"], json_path.resolve().parent, json_label, "mcpServers"
+    )
     try:
-        servers = TypeAdapter(dict[str, McpServerConfig]).validate_python(document["mcpServers"])
+        servers = TypeAdapter(dict[str, McpServerConfig]).validate_python(servers_raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(json_label, exc, prefix=("mcpServers",))) from None
 

@@ -43,6 +43,7 @@ from pydantic import (
 
 __all__ = [
     "CONVERSATION_ID_PATTERN",
+    "MAX_JSON_DEPTH",
     "CancelFrame",
     "ChatFrame",
     "ChatPayload",
@@ -53,6 +54,7 @@ __all__ = [
     "complete",
     "error",
     "history_cleared",
+    "loads_bounded",
     "parse_frame",
     "processing",
     "text_chunk",
@@ -65,6 +67,9 @@ Envelope = dict[str, Any]
 
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 """Conversation ids are names of actors and database keys: keep them plain."""
+
+MAX_JSON_DEPTH = 32
+"""Frames nested deeper are refused (``invalid_json``) before they are parsed."""
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ConversationId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
@@ -127,13 +132,7 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
 
     ``error_type`` is ``invalid_json``, ``unknown_action`` or ``invalid_request``.
     """
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            error_type="invalid_json",
-        ) from None
+    raw = loads_bounded(text)
     if not isinstance(raw, dict):
         raise ProtocolError(
             f"a frame must be a JSON object, not {_json_type(raw)}", error_type="invalid_request"
@@ -154,6 +153,48 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
         raise ProtocolError(
             _describe(exc), error_type="invalid_request", request_id=known_id
         ) from None
+
+
+def loads_bounded(text: str) -> Any:
+    """``json.loads`` for untrusted text: nesting beyond :data:`MAX_JSON_DEPTH` is refused.
+
+    Raises :class:`ProtocolError` (``invalid_json``). The stdlib parser recurses, so a few
+    kilobytes of ``[`` raise ``RecursionError`` inside it; values nested a few hundred levels
+    deep would do the same later, in validation or ``dumps``, far from the socket that sent them.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            error_type="invalid_json",
+        ) from None
+    except RecursionError:
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or _deeper_than(value, MAX_JSON_DEPTH):
+        raise ProtocolError(
+            f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels", error_type="invalid_json"
+        )
+    return value
+
+
+_TOO_DEEP = object()
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest in ``value`` more than ``limit`` levels (no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _describe(exc: ValidationError) -> str:

@@ -2,7 +2,8 @@
 
 With ``simulator.enabled: always``, or ``auto`` and no provider key available, the server starts
 ``python -m simulator`` as a child process on 127.0.0.1 and replaces the ``llm:`` providers with
-one ``openai-compatible`` provider pointing at it. The switch is loud: a WARNING in the log,
+one ``openai-compatible`` provider pointing at it; its ``/_sim/`` control endpoints need a random
+token only this process knows. The switch is loud: a WARNING in the log,
 ``"simulated": true`` in ``/health`` and a banner on the chat page. Demo spend goes to its own
 ledger file, so simulated calls never count against the real daily limit.
 """
@@ -10,7 +11,9 @@ ledger file, so simulated calls never count against the real daily limit.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -95,7 +98,10 @@ async def run_simulator(port: int = 0) -> AsyncIterator[str]:
     :class:`SimulatorStartError` if it exits or stays silent during start-up.
     """
     command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
-    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=None)
+    # Only this process knows the token, so no other local process can reconfigure the
+    # simulator's faults under a running demo (the variable's name is simulator's API).
+    env = {**os.environ, "SIMULATOR_CONTROL_TOKEN": secrets.token_urlsafe(32)}
+    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=None, env=env)
     try:
         assert process.stdout is not None
         stdout = BufferedByteReceiveStream(process.stdout)

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,9 +38,10 @@ from actors.chat import (
 from actors.llm import LLMClientError
 from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
+from server.conversations import TooManyConversations
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
 
-__all__ = ["ChatConnection", "ChatHub", "Conversations", "error_type_of"]
+__all__ = ["ChatConnection", "ChatHub", "Conversations", "Owners", "error_type_of"]
 
 logger = logging.getLogger("server.websocket")
 
@@ -58,8 +58,11 @@ _CLOSE_GRACE = 2.0
 class Conversations(Protocol):
     """Where a connection finds the SessionActor of a conversation."""
 
-    def acquire(self, conversation_id: str) -> None:
-        """This socket uses the conversation (its actor is kept alive meanwhile)."""
+    async def acquire(self, conversation_id: str) -> None:
+        """This socket uses the conversation (its actor is kept alive meanwhile).
+
+        Raises :class:`~server.conversations.TooManyConversations` when there is no room.
+        """
         ...
 
     async def session(self, conversation_id: str) -> ActorRef:
@@ -71,6 +74,18 @@ class Conversations(Protocol):
         ...
 
 
+class Owners(Protocol):
+    """Which conversation ids were issued, and to whom."""
+
+    def create(self, owner: str) -> str:
+        """A new, unguessable conversation id recorded as ``owner``'s."""
+        ...
+
+    def owned_by(self, conversation_id: str, owner: str) -> bool:
+        """Whether ``conversation_id`` was issued to ``owner``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """Per-connection limits, from ``server:`` in the configuration."""
@@ -78,6 +93,8 @@ class ConnectionLimits:
     max_message_bytes: int
     max_messages_per_minute: int
     max_concurrent_turns: int
+    max_conversations_per_socket: int = 8
+    """Conversations the socket uses at once: the one it is on and those its requests use."""
     turn_timeout: float | None = None
     """Seconds a turn may take from its frame to its end (queueing included); then ``timeout``."""
 
@@ -176,16 +193,20 @@ class ChatConnection:
         *,
         hub: ChatHub,
         conversations: Conversations,
+        owners: Owners,
+        owner: str,
         limits: ConnectionLimits,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._websocket = websocket
         self._hub = hub
         self._conversations = conversations
+        self._owners = owners
+        self._owner = owner
         self._limits = limits
         self._clock = clock
         self._turns: dict[str, _Turn] = {}
-        self._used: set[str] = set()
+        self._held: dict[str, int] = {}  # conversation -> holds (current one, running requests)
         self._recent: deque[float] = deque()
         self.conversation_id: str | None = None
         send, receive = anyio.create_memory_object_stream[Envelope | _Close](_OUTBOX_SIZE)
@@ -212,8 +233,9 @@ class ChatConnection:
             self._hub.connection_closed(self)
             self._outbox.close()
             self._outbox_receive.close()
-            for conversation_id in self._used:
+            for conversation_id in self._held:
                 self._conversations.release(conversation_id)
+            self._held.clear()
 
     def cancel_turns(self, reason: str) -> None:
         """End every running turn with an ``error`` envelope of type ``reason``."""
@@ -248,7 +270,11 @@ class ChatConnection:
                 data = message.get("bytes") or b""
                 if len(data) > self._limits.max_message_bytes:
                     return self._oversized()
-                await self._reject(None, "binary frames are not supported", "invalid_request")
+                # Counted like text: a flood of binary frames costs us a reply each.
+                if self._over_rate():
+                    await self._reject_rate(None)
+                else:
+                    await self._reject(None, "binary frames are not supported", "invalid_request")
                 continue
             if len(text) > self._limits.max_message_bytes // 4 and (
                 len(text.encode()) > self._limits.max_message_bytes
@@ -264,11 +290,7 @@ class ChatConnection:
 
     async def _on_text(self, text: str) -> None:
         if self._over_rate():
-            await self._reject(
-                _request_id_of(text),
-                f"more than {self._limits.max_messages_per_minute} messages in a minute",
-                "rate_limited",
-            )
+            await self._reject_rate(_request_id_of(text))
             return
         try:
             frame = protocol.parse_frame(text)
@@ -284,12 +306,16 @@ class ChatConnection:
             # A cancel that crosses the turn's last envelope is not an error: the turn has
             # already ended exactly once and must not get a second ending.
         elif isinstance(frame, ClearHistoryFrame):
+            if frame.conversation_id is None and self.conversation_id is None:
+                await self._send(protocol.history_cleared(frame.request_id, None))
+                return
+            conversation_id = await self._claim(frame.request_id, frame.conversation_id)
+            if conversation_id is None:
+                return
             # In a task of its own: it waits behind the conversation's running turns, and the
             # reader must stay free for a cancel meanwhile.
             assert self._task_group is not None
-            self._task_group.start_soon(
-                self._clear_history, frame.request_id, frame.conversation_id or self.conversation_id
-            )
+            self._task_group.start_soon(self._clear_history, frame.request_id, conversation_id)
 
     def _over_rate(self) -> bool:
         now = self._clock()
@@ -299,6 +325,13 @@ class ChatConnection:
             return True
         self._recent.append(now)
         return False
+
+    async def _reject_rate(self, request_id: str | None) -> None:
+        await self._reject(
+            request_id,
+            f"more than {self._limits.max_messages_per_minute} messages in a minute",
+            "rate_limited",
+        )
 
     async def _reject(self, request_id: str | None, message: str, error_type: str) -> None:
         self._hub.frame_rejected(error_type)
@@ -322,25 +355,72 @@ class ChatConnection:
                 "too_many_requests",
             )
             return
-        conversation_id = (
-            frame.payload.conversation_id or self.conversation_id or uuid.uuid4().hex
-        )
-        self.conversation_id = conversation_id
+        conversation_id = await self._claim(request_id, frame.payload.conversation_id)
+        if conversation_id is None:
+            return
+        if conversation_id != self.conversation_id:  # switch: the previous one is released
+            previous, self.conversation_id = self.conversation_id, conversation_id
+            self._held[conversation_id] += 1
+            if previous is not None:
+                self._unhold(previous)
         await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
         turn = self._turns[request_id] = _Turn()
         self._hub.turn_started()
         assert self._task_group is not None
         self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
 
-    async def _clear_history(self, request_id: str | None, conversation_id: str | None) -> None:
+    async def _claim(self, request_id: str | None, requested: str | None) -> str | None:
+        """The conversation a frame is for, held for its request; ``None``: refused, answered.
+
+        ``requested`` ``None`` means the socket's current conversation, or a new one.
+        """
+        if requested is None:
+            conversation_id = self.conversation_id or self._owners.create(self._owner)
+        elif requested in self._held or self._owners.owned_by(requested, self._owner):
+            conversation_id = requested
+        else:
+            await self._reject(
+                request_id,
+                "no conversation with this id for this client (conversation ids are issued by"
+                " the server)",
+                "unknown_conversation",
+            )
+            return None
         try:
-            if conversation_id is not None:
-                async with self._ordered(conversation_id, ClearHistory(), _CLEAR_TIMEOUT) as done:
-                    async for _ in done:
-                        pass  # no items: the stream ends once the history is cleared
+            await self._hold(conversation_id)
+        except TooManyConversations as exc:
+            await self._reject(request_id, str(exc), "too_many_conversations")
+            return None
+        return conversation_id
+
+    async def _hold(self, conversation_id: str) -> None:
+        if conversation_id not in self._held:
+            if len(self._held) >= self._limits.max_conversations_per_socket:
+                raise TooManyConversations(
+                    f"at most {self._limits.max_conversations_per_socket} conversations may be"
+                    " in use on one connection"
+                )
+            await self._conversations.acquire(conversation_id)
+            self._held[conversation_id] = 0
+        self._held[conversation_id] += 1
+
+    def _unhold(self, conversation_id: str) -> None:
+        holds = self._held.get(conversation_id, 0) - 1
+        if holds > 0:
+            self._held[conversation_id] = holds
+        elif self._held.pop(conversation_id, None) is not None:
+            self._conversations.release(conversation_id)
+
+    async def _clear_history(self, request_id: str | None, conversation_id: str) -> None:
+        try:
+            async with self._ordered(conversation_id, ClearHistory(), _CLEAR_TIMEOUT) as done:
+                async for _ in done:
+                    pass  # no items: the stream ends once the history is cleared
         except (ActorError, LLMClientError) as exc:
             await self._reject(request_id, _describe(exc), error_type_of(exc))
             return
+        finally:
+            self._unhold(conversation_id)
         await self._send(protocol.history_cleared(request_id, conversation_id))
 
     @asynccontextmanager
@@ -366,9 +446,6 @@ class ChatConnection:
                 self._order.release()
 
     async def _session(self, conversation_id: str) -> ActorRef:
-        if conversation_id not in self._used:
-            self._used.add(conversation_id)
-            self._conversations.acquire(conversation_id)
         return await self._conversations.session(conversation_id)
 
     # -- turns --------------------------------------------------------------------------------
@@ -388,6 +465,7 @@ class ChatConnection:
             await self._send(last)
         finally:
             del self._turns[request_id]
+            self._unhold(conversation_id)
             self._hub.turn_ended(outcome)
 
     async def _converse(self, frame: ChatFrame, conversation_id: str) -> Envelope:
@@ -517,8 +595,8 @@ def _describe(exc: BaseException) -> str:
 
 def _request_id_of(text: str) -> str | None:
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError:
+        raw = protocol.loads_bounded(text)
+    except ProtocolError:
         return None
     request_id = raw.get("request_id") if isinstance(raw, dict) else None
     return request_id if isinstance(request_id, str) and request_id else None

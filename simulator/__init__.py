@@ -5,9 +5,11 @@ and needs no key and no network. It depends on nothing else of this project.
 
 Endpoints
     ``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models``; the same under
-    ``/api/v1`` (OpenRouter's base path). Admin, without authentication: ``GET /_sim/stats``,
-    ``POST /_sim/config`` (a JSON merge patch of :class:`SimulatorConfig`, applied live; ``GET``
-    shows the configuration with keys masked), ``POST /_sim/reset``, ``GET /_sim/health``.
+    ``/api/v1`` (OpenRouter's base path). Admin: ``GET /_sim/stats``, ``POST /_sim/config`` (a
+    JSON merge patch of :class:`SimulatorConfig`, applied live; ``GET`` shows the configuration
+    with keys masked), ``POST /_sim/reset``, ``GET /_sim/health``. Open to any client unless the
+    variable ``SIMULATOR_CONTROL_TOKEN`` is set, then all but ``/_sim/health`` need it as a
+    bearer token (401 otherwise): the server's demo mode sets a random one.
 
 What the model answers (deterministic, a function of the request)
     * Tools offered and the last message is a user message containing ``call <tool>``, optionally

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import random
@@ -52,9 +53,14 @@ class Simulator:
     """
 
     def __init__(
-        self, config: SimulatorConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: SimulatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        control_token: str | None = None,
     ) -> None:
         self._config = config
+        self._control_token = control_token
         self._clock = clock
         self._rng = random.Random(config.seed)
         self._admitted = SlidingWindow()
@@ -87,6 +93,12 @@ class Simulator:
     async def handle(self, request: Request, exchange: Exchange) -> None:
         path = request.path.removeprefix("/api")
         route = (request.method, path.removeprefix("/v1"))
+        if route[1].startswith("/_sim/") and route[1] != "/_sim/health" and not (
+            self._control_allowed(request)
+        ):
+            self._send_error(exchange, "openai", 401, "the control endpoints need the control"
+                             " token", "invalid_request_error", "invalid_control_token")
+            return
         if route == ("POST", "/chat/completions"):
             await self._chat(request, exchange)
         elif route == ("GET", "/models"):
@@ -168,6 +180,14 @@ class Simulator:
         if shown["api_keys"]:
             shown["api_keys"] = ["***"] * len(shown["api_keys"])
         self._send_json(exchange, 200, shown)
+
+    def _control_allowed(self, request: Request) -> bool:
+        if self._control_token is None:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._control_token.encode()
+        )
 
     def _key_ok(self, authorization: str) -> bool:
         scheme, _, key = authorization.partition(" ")

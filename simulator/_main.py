@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,10 @@ from ._app import Simulator
 from ._config import SimulatorConfig, load_config
 from ._http import serve_connection
 
-__all__ = ["main", "serve"]
+__all__ = ["CONTROL_TOKEN_VARIABLE", "main", "serve"]
+
+CONTROL_TOKEN_VARIABLE = "SIMULATOR_CONTROL_TOKEN"
+"""When set, the ``/_sim/`` control endpoints (but ``/_sim/health``) need it as a bearer token."""
 
 
 async def serve(
@@ -108,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if update:
         config = SimulatorConfig.model_validate({**config.model_dump(), **update})
     try:
-        asyncio.run(_run(Simulator(config), args.host, args.port))
+        # From the environment, not the command line: other local users can read command lines.
+        control_token = os.environ.get(CONTROL_TOKEN_VARIABLE) or None
+        simulator = Simulator(config, control_token=control_token)
+        asyncio.run(_run(simulator, args.host, args.port))
     except OSError as exc:
         print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr,
               flush=True)

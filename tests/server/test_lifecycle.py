@@ -53,7 +53,8 @@ async def test_history_survives_a_server_restart(tmp_path: Path, simulator: Simu
     try:
         async with await connect(second.ws_url) as ws:
             resumed = await chat(ws, "and this", conversation_id=conversation)
-            new = await chat(ws, "and this", conversation_id="another-conversation")
+        async with await connect(second.ws_url) as ws:
+            new = await chat(ws, "and this")
     finally:
         assert second.stop() == 0, second.output
     assert resumed[-1]["status"] == "complete"

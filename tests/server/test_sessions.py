@@ -1,13 +1,14 @@
-"""server.app.SessionDirectory: one actor per conversation, started on demand, stopped when idle."""
+"""server.conversations.SessionDirectory: actors started on demand, stopped when idle."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import anyio
+import pytest
 
 from runtime import Actor, ActorSystem, ChildSpec, Restart, SupervisorSpec
-from server.app import SessionDirectory
+from server.conversations import SessionDirectory, TooManyConversations
 
 
 class _Echo(Actor):
@@ -44,7 +45,7 @@ async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
     async with _system() as system:
         directory = SessionDirectory(system, _spec, idle_seconds=60, clock=lambda: now[0])
         for conversation in ("kept", "idle"):
-            directory.acquire(conversation)
+            await directory.acquire(conversation)
             await directory.session(conversation)
         directory.release("idle")
         now[0] = 59.0
@@ -55,5 +56,25 @@ async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
         assert "session:idle" not in system.status()
         assert "session:kept" in system.status()
         # The next turn of the stopped conversation starts a new actor.
-        directory.acquire("idle")
+        await directory.acquire("idle")
         assert await (await directory.session("idle")).ask("back", timeout=5) == "back"
+
+
+async def test_a_full_directory_stops_the_least_recently_idle_or_refuses() -> None:
+    now = [0.0]
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec, max_conversations=2, clock=lambda: now[0])
+        for conversation in ("a", "b"):
+            await directory.acquire(conversation)
+            await directory.session(conversation)
+        with pytest.raises(TooManyConversations,
+                           match=r"^all 2 conversations are in use; try again later$"):
+            await directory.acquire("c")
+        now[0] = 1.0
+        directory.release("b")
+        now[0] = 2.0
+        directory.release("a")
+        await directory.acquire("c")  # b has been idle longest: it makes room
+        assert len(directory) == 2
+        assert "session:b" not in system.status()
+        assert "session:a" in system.status()

@@ -1,0 +1,217 @@
+"""Conversations: who may use which (:class:`ConversationOwners`), and their actors
+(:class:`SessionDirectory`).
+
+Conversation ids are issued by the server: 128 random bits, hex, so knowing one is the capability
+to use it. Each id is recorded with the credential that created it (a fingerprint of the bearer
+token, never the token; ``""`` when authentication is off), and a socket may resume or clear only
+conversations created under its own credential. An id the server did not issue, or issued to
+another credential, is answered ``unknown_conversation`` alike, so that probing learns nothing.
+
+Live conversations are bounded: in total (``server.max_conversations`` actors; idle ones are
+stopped to make room, least recently used first) and per socket (a socket holds the
+conversation it is on plus those its running requests use; switching releases the previous one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from pydantic import SecretStr
+
+from actors.chat import session_actor_name
+from runtime import ActorRef, ActorSystem, ChildSpec
+
+__all__ = [
+    "ConversationOwners",
+    "SessionDirectory",
+    "TooManyConversations",
+    "owner_of_token",
+]
+
+_SESSION_IDLE_SECONDS = 600.0
+_SWEEP_INTERVAL = 30.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversation_owners (
+    conversation_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class TooManyConversations(RuntimeError):
+    """Every live conversation is in use: no new one can start now."""
+
+
+def owner_of_token(token: SecretStr | None) -> str:
+    """The owner recorded for conversations created with ``token`` (``""``: no auth)."""
+    if token is None:
+        return ""
+    digest = hashlib.sha256(b"mcp-backend conversation owner\0" + token.get_secret_value().encode())
+    return digest.hexdigest()[:32]
+
+
+class ConversationOwners:
+    """Issued conversation ids and their owners, in a table of the history database.
+
+    Thread-safe (one connection behind a lock); each call is one short statement, like the
+    history store's, so it runs on the event loop.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def create(self, owner: str) -> str:
+        """A new conversation id, recorded as ``owner``'s."""
+        conversation_id = secrets.token_hex(16)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO conversation_owners VALUES (?, ?, ?)",
+                (conversation_id, owner, time.time()),
+            )
+        return conversation_id
+
+    def owned_by(self, conversation_id: str, owner: str) -> bool:
+        """Whether the server issued ``conversation_id`` to ``owner``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT owner FROM conversation_owners WHERE conversation_id = ?",
+                (conversation_id,),
+            ).fetchone()
+        return row is not None and secrets.compare_digest(row[0], owner)
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"<ConversationOwners [{self.path}]>"
+
+
+@dataclass
+class _Entry:
+    idle_since: float
+    users: int = 0
+
+
+class SessionDirectory:
+    """Finds or starts the SessionActor of a conversation; stops those left idle.
+
+    A conversation no socket has used for ``idle_seconds`` has its actor stopped (by
+    :meth:`sweep`); its history is in the store, so its next turn starts a fresh actor that reads
+    it back. At most ``max_conversations`` are live: :meth:`acquire` stops idle ones to make room
+    and raises :class:`TooManyConversations` when every one is in use.
+    """
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        spec_for: Callable[[str], ChildSpec],
+        *,
+        max_conversations: int = 1000,
+        idle_seconds: float = _SESSION_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._system = system
+        self._spec_for = spec_for
+        self._max = max_conversations
+        self._idle_seconds = idle_seconds
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._lock = anyio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def acquire(self, conversation_id: str) -> None:
+        """A socket uses the conversation: its actor is kept alive until :meth:`release`.
+
+        Raises :class:`TooManyConversations` if it is not live and no live one is idle.
+        """
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            if len(self._entries) >= self._max:
+                idle = [(e.idle_since, c) for c, e in self._entries.items() if e.users == 0]
+                if not idle:
+                    raise TooManyConversations(
+                        f"all {self._max} conversations are in use; try again later"
+                    )
+                await self._stop(min(idle)[1])
+            # Another socket may have acquired it while the idle one stopped.
+            entry = self._entries.setdefault(conversation_id, _Entry(self._clock()))
+        entry.users += 1
+
+    def release(self, conversation_id: str) -> None:
+        """A socket no longer uses the conversation."""
+        entry = self._entries.get(conversation_id)
+        if entry is not None:
+            entry.users = max(0, entry.users - 1)
+            entry.idle_since = self._clock()
+
+    async def session(self, conversation_id: str) -> ActorRef:
+        """The conversation's actor, started if it is not running."""
+        name = session_actor_name(conversation_id)
+        try:
+            return self._system.ref(name)
+        except KeyError:
+            pass
+        async with self._lock:  # two sockets resuming one conversation must not both spawn it
+            try:
+                return self._system.ref(name)
+            except KeyError:
+                pass
+            # Shielded: a turn cancelled while its conversation's actor starts must not cancel
+            # the start, which would leave a registered actor that never serves its mailbox.
+            # Starting is quick: the actor reads the conversation's history from SQLite.
+            with anyio.CancelScope(shield=True):
+                ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
+            return ref
+
+    async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
+        """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
+        while True:
+            await anyio.sleep(interval)
+            await self.sweep_once()
+
+    async def sweep_once(self) -> list[str]:
+        """Stop the actors of conversations idle too long; returns their ids."""
+        now = self._clock()
+        idle = [
+            conversation_id
+            for conversation_id, entry in self._entries.items()
+            if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
+        ]
+        for conversation_id in idle:
+            await self._stop(conversation_id)
+        return idle
+
+    async def _stop(self, conversation_id: str) -> None:
+        self._entries.pop(conversation_id, None)
+        with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
+            await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
+
+    def __repr__(self) -> str:
+        in_use = sum(1 for entry in self._entries.values() if entry.users)
+        return f"<SessionDirectory [{len(self._entries)} live, {in_use} in use | max {self._max}]>"

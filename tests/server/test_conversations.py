@@ -1,0 +1,175 @@
+"""End to end: conversation ids are issued by the server, bound to a credential, and bounded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.server_harness import (
+    ServerChild,
+    SimulatorChild,
+    chat,
+    chat_frame,
+    connect,
+    receive,
+    send,
+    until_end,
+    write_config,
+)
+
+TOKEN = "conv-token-9d2c4e7b10"
+
+
+@pytest.fixture(scope="module")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorChild]:
+    child = SimulatorChild(directory=tmp_path_factory.mktemp("conversations-sim"))
+    yield child
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorChild
+) -> Iterator[ServerChild]:
+    directory = tmp_path_factory.mktemp("conversations")
+    config = write_config(directory, simulator_url=simulator.url, mcp_servers={},
+                          server={"max_conversations": 3, "max_conversations_per_socket": 2})
+    child = ServerChild(config, env={"MCP_BACKEND_TOKEN": TOKEN})
+    yield child
+    assert child.stop() == 0, child.output
+
+
+async def _new_conversation(server: ServerChild) -> str:
+    async with await connect(server.ws_url, token=TOKEN) as ws:
+        envelopes = await chat(ws, "hello")
+    assert envelopes[-1]["status"] == "complete"
+    conversation: str = envelopes[0]["chunk"]["metadata"]["conversation_id"]
+    return conversation
+
+
+def _error(request_id: str | None, message: str, error_type: str) -> dict[str, object]:
+    return {"request_id": request_id, "status": "error",
+            "chunk": {"error": message, "error_type": error_type}}
+
+
+UNKNOWN = ("no conversation with this id for this client (conversation ids are issued by the"
+           " server)")
+
+
+async def test_conversation_ids_are_issued_by_the_server_and_unguessable(
+    server: ServerChild,
+) -> None:
+    first, second = await _new_conversation(server), await _new_conversation(server)
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert re.fullmatch(r"[0-9a-f]{32}", second)
+    assert first != second
+
+
+async def test_an_id_the_server_did_not_issue_is_unknown(server: ServerChild) -> None:
+    async with await connect(server.ws_url, token=TOKEN) as ws:
+        await send(ws, chat_frame("hi", request_id="r1", conversation_id="default"))
+        assert await receive(ws) == _error("r1", UNKNOWN, "unknown_conversation")
+        await send(ws, {"action": "clear_history", "request_id": "c1",
+                        "conversation_id": "default"})
+        assert await receive(ws) == _error("c1", UNKNOWN, "unknown_conversation")
+        assert (await chat(ws, "still serving"))[-1]["status"] == "complete"
+
+
+async def test_a_socket_switching_conversations_releases_the_previous_one(
+    server: ServerChild,
+) -> None:
+    conversations = [await _new_conversation(server) for _ in range(3)]
+    async with await connect(server.ws_url, token=TOKEN) as ws:
+        # Three conversations in turn on a socket allowed two at once: each switch released.
+        for conversation in [*conversations, conversations[0]]:
+            envelopes = await chat(ws, "switch", conversation_id=conversation)
+            assert envelopes[-1]["status"] == "complete"
+            assert envelopes[-1]["chunk"]["conversation_id"] == conversation
+    assert server.health(TOKEN)["connections"]["conversations"] <= 3
+
+
+async def test_a_socket_cannot_hold_more_conversations_than_its_cap(
+    server: ServerChild, simulator: SimulatorChild
+) -> None:
+    first, second, third = [await _new_conversation(server) for _ in range(3)]
+    simulator.configure({"faults": {"first_byte_delay": 30.0}})
+    try:
+        async with await connect(server.ws_url, token=TOKEN) as ws:
+            # A running turn keeps its conversation held after the socket switched away.
+            for request_id, conversation in (("slow1", first), ("slow2", second)):
+                await send(ws, chat_frame("slow", request_id=request_id,
+                                          conversation_id=conversation))
+                assert (await receive(ws))["status"] == "processing"
+            await send(ws, chat_frame("a third", request_id="r3", conversation_id=third))
+            assert await receive(ws) == _error(
+                "r3", "at most 2 conversations may be in use on one connection",
+                "too_many_conversations")
+            for request_id in ("slow1", "slow2"):
+                await send(ws, {"action": "cancel", "request_id": request_id})
+                assert (await until_end(ws, request_id))[-1]["chunk"]["error_type"] == (
+                    "cancelled")
+            simulator.configure({"faults": {"first_byte_delay": 0.0}})
+            envelopes = await chat(ws, "a third", conversation_id=third)
+            assert envelopes[-1]["status"] == "complete"
+    finally:
+        simulator.configure({"faults": {"first_byte_delay": 0.0}})
+
+
+async def test_conversations_in_use_are_capped_in_total_and_idle_ones_make_room(
+    server: ServerChild,
+) -> None:
+    sockets = [await connect(server.ws_url, token=TOKEN) for _ in range(3)]
+    try:
+        for ws in sockets:  # three live conversations, each in use by its socket
+            assert (await chat(ws, "holding"))[-1]["status"] == "complete"
+        async with await connect(server.ws_url, token=TOKEN) as late:
+            await send(late, chat_frame("a fourth", request_id="r4"))
+            assert await receive(late) == _error(
+                "r4", "all 3 conversations are in use; try again later",
+                "too_many_conversations")
+            await sockets.pop().close()
+            for _ in range(100):  # until the server has seen that socket close
+                envelopes = await chat(late, "a fourth")
+                if envelopes[-1]["status"] == "complete":
+                    break
+                await anyio.sleep(0.05)
+            assert envelopes[-1]["status"] == "complete"
+        assert server.health(TOKEN)["connections"]["conversations"] == 3
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_a_conversation_is_bound_to_the_credential_that_created_it(
+    tmp_path: Path, simulator: SimulatorChild
+) -> None:
+    config = write_config(tmp_path, simulator_url=simulator.url, mcp_servers={})
+
+    async def resume(token: str, conversation: str) -> dict[str, object]:
+        server = ServerChild(config, env={"MCP_BACKEND_TOKEN": token})
+        try:
+            async with await connect(server.ws_url, token=token) as ws:
+                return (await chat(ws, "again", request_id="again",
+                                   conversation_id=conversation))[-1]
+        finally:
+            assert server.stop() == 0, server.output
+
+    first = ServerChild(config, env={"MCP_BACKEND_TOKEN": "token-a-1f2e3d"})
+    try:
+        conversation = await _new_conversation_with(first, "token-a-1f2e3d")
+    finally:
+        assert first.stop() == 0, first.output
+    assert await resume("token-b-4c5b6a", conversation) == _error(
+        "again", UNKNOWN, "unknown_conversation")
+    assert (await resume("token-a-1f2e3d", conversation))["status"] == "complete"
+
+
+async def _new_conversation_with(server: ServerChild, token: str) -> str:
+    async with await connect(server.ws_url, token=token) as ws:
+        envelopes = await chat(ws, "hello")
+    conversation: str = envelopes[0]["chunk"]["metadata"]["conversation_id"]
+    return conversation
