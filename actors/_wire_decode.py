@@ -298,7 +298,8 @@ def _tool_call(raw: Any) -> ToolCall | None:
 def decode_completion(data: Any) -> Completion:
     """What the provider reads from a non-streaming body (a JSON object as plain data).
 
-    Only the first choice is read. Raises :class:`MalformedResponse` when the shape is wrong.
+    Only the first choice is read; no choice (or a null one) is an empty answer. Raises
+    :class:`MalformedResponse` when the shape is wrong.
     """
     body = _mapping(data, "body")
     model = _str(body, "model", "body")
@@ -308,8 +309,11 @@ def decode_completion(data: Any) -> Completion:
         return Completion(model=model, usage=usage)
     if not isinstance(choices, list):
         raise MalformedResponse("body.choices is not a list")
+    if choices[0] is None:
+        return Completion(model=model, usage=usage)
     choice = _mapping(choices[0], "choices[0]")
-    message = _mapping(choice.get("message"), "choices[0].message")
+    # No message reads as an empty one (the choice's finish_reason still counts).
+    message = _obj(choice, "message", "choices[0]") or {}
     raw_calls = _list(message, "tool_calls", "message") or ()
     details = _list(message, "reasoning_details", "message")
     return Completion(
