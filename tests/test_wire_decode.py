@@ -35,7 +35,12 @@ from actors._wire_decode import (
     Choice,
     Chunk,
     Completion,
+    CompletionTokensDetails,
+    Delta,
+    FunctionDelta,
+    Logprobs,
     MalformedResponse,
+    PromptTokensDetails,
     StreamAssembly,
     TokenLogprob,
     ToolCallDelta,
@@ -85,30 +90,27 @@ def _dict(value: Any) -> dict[str, Any] | None:
     raise TypeError("not an object")
 
 
-def _ref_reasoning(extra: dict[str, Any]) -> str | None:
-    reasoning = _str(extra.get("reasoning"))
-    return reasoning if reasoning is not None else _str(extra.get("reasoning_content"))
-
-
 def _is_model(value: Any) -> bool:
     return isinstance(value, openai.BaseModel)
 
 
-def _ref_logprobs(logprobs: Any) -> tuple[TokenLogprob, ...]:
+def _ref_logprobs(logprobs: Any) -> Logprobs | None:
     if logprobs is None:
-        return ()
+        return None
     if not _is_model(logprobs):
         raise TypeError("logprobs is not an object")
     items = _list(logprobs.content)
+    if items is None:
+        return Logprobs()
     result = []
-    for item in items or ():
+    for item in items:
         if not _is_model(item):
             raise TypeError("logprob is not an object")
         token, logprob = _str(item.token), item.logprob
         if token is None or not isinstance(logprob, float):
             raise TypeError("no token or logprob")
-        result.append(TokenLogprob(token, logprob))
-    return tuple(result)
+        result.append(TokenLogprob(token=token, logprob=logprob))
+    return Logprobs(content=result)
 
 
 def _ref_usage(usage: Any) -> WireUsage | None:
@@ -117,26 +119,29 @@ def _ref_usage(usage: Any) -> WireUsage | None:
     if not _is_model(usage):
         raise TypeError("usage is not an object")
     extra = usage.model_extra or {}
-    prompt_details = usage.prompt_tokens_details
-    completion_details = usage.completion_tokens_details
-    for details in (prompt_details, completion_details):
+    prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
+    for details in (prompt, completion):
         if details is not None and not _is_model(details):
             raise TypeError("details are not an object")
-    cost = extra.get("cost")
     return WireUsage(
         prompt_tokens=_int(usage.prompt_tokens),
         completion_tokens=_int(usage.completion_tokens),
         total_tokens=_int(usage.total_tokens),
-        cached_tokens=_int(prompt_details.cached_tokens) if prompt_details else None,
-        reasoning_tokens=_int(completion_details.reasoning_tokens) if completion_details else None,
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=_int(prompt.cached_tokens))
+        if prompt is not None else None,
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=_int(completion.reasoning_tokens))
+        if completion is not None else None,
+        cost=extra.get("cost"),
         cost_details=_dict(extra.get("cost_details")),
     )
 
 
-def _ref_tool_deltas(pieces: Any) -> tuple[ToolCallDelta, ...]:
+def _ref_tool_deltas(pieces: Any) -> list[ToolCallDelta] | None:
+    if _list(pieces) is None:
+        return None
     result = []
-    for piece in _list(pieces) or ():
+    for piece in pieces:
         if not isinstance(piece, chunk_types.ChoiceDeltaToolCall):
             raise TypeError("tool call is not an object")
         index = _int(piece.index)
@@ -148,9 +153,9 @@ def _ref_tool_deltas(pieces: Any) -> tuple[ToolCallDelta, ...]:
             raise TypeError("function is not an object")
         result.append(ToolCallDelta(
             index=index, id=_str(piece.id),
-            name=_str(function.name) if function is not None else None,
-            arguments=_str(function.arguments) if function is not None else None))
-    return tuple(result)
+            function=FunctionDelta(name=_str(function.name), arguments=_str(function.arguments))
+            if function is not None else None))
+    return result
 
 
 def _reference_chunk(chunk: Any) -> Chunk:
@@ -167,18 +172,19 @@ def _reference_chunk(chunk: Any) -> Chunk:
         if not isinstance(delta, chunk_types.ChoiceDelta):
             raise TypeError("delta is not an object")
         extra = delta.model_extra or {}
-        details = _list(extra.get("reasoning_details"))
         read.append(Choice(
+            delta=Delta(
+                content=_str(delta.content),
+                reasoning=_str(extra.get("reasoning")),
+                reasoning_content=_str(extra.get("reasoning_content")),
+                refusal=_str(delta.refusal),
+                reasoning_details=_list(extra.get("reasoning_details")),
+                tool_calls=_ref_tool_deltas(delta.tool_calls)),
             index=_int(choice.index),
-            content=_str(delta.content),
-            reasoning=_ref_reasoning(extra),
-            reasoning_details=tuple(details) if details else (),
-            refusal=_str(delta.refusal),
-            tool_calls=_ref_tool_deltas(delta.tool_calls),
             finish_reason=_str(choice.finish_reason),
             logprobs=_ref_logprobs(choice.logprobs),
         ))
-    return Chunk(model=_str(chunk.model), choices=tuple(read), usage=_ref_usage(chunk.usage))
+    return Chunk(model=_str(chunk.model), choices=read, usage=_ref_usage(chunk.usage))
 
 
 @dataclass
@@ -223,12 +229,18 @@ class _ReferenceAssembly:
                             builder.arguments.append(piece.function.arguments)
             if delta.content:
                 self.parts.append(delta.content)
-            if mine.reasoning:
-                self.reasoning.append(mine.reasoning)
+            # Reasoning is not a typed field: the SDK keeps it in model_extra.
+            extra = delta.model_extra or {}
+            reasoning = extra.get("reasoning")
+            if reasoning is None:
+                reasoning = extra.get("reasoning_content")
+            if reasoning:
+                self.reasoning.append(reasoning)
             if delta.refusal:
                 self.refusal.append(delta.refusal)
-            self.details.extend(mine.reasoning_details)
-            self.logprobs.extend(mine.logprobs)
+            self.details.extend(extra.get("reasoning_details") or ())
+            if choice.logprobs is not None:
+                self.logprobs.extend(mine.logprobs.content or () if mine.logprobs else ())
 
     def result(self) -> dict[str, Any]:
         return {
@@ -260,12 +272,17 @@ def _reference_completion(body: Any) -> Completion:
     if not isinstance(body.choices, list) or not isinstance(choice, chat_completion.Choice):
         raise TypeError("choices is not a list of objects")
     message = choice.message
+    logprobs = _ref_logprobs(choice.logprobs)
+    tokens = tuple(logprobs.content or ()) if logprobs is not None else ()
     if message is None:
         return Completion(model=_str(body.model), finish_reason=_str(choice.finish_reason),
-                          usage=usage, logprobs=_ref_logprobs(choice.logprobs))
+                          usage=usage, logprobs=tokens)
     if not isinstance(message, ChatCompletionMessage):
         raise TypeError("message is not an object")
     extra = message.model_extra or {}
+    reasoning = _str(extra.get("reasoning"))
+    if reasoning is None:
+        reasoning = _str(extra.get("reasoning_content"))
     calls = []
     for tc in _list(message.tool_calls) or ():
         if _str(tc.type) != "function":
@@ -275,10 +292,9 @@ def _reference_completion(body: Any) -> Completion:
     details = _list(extra.get("reasoning_details"))
     return Completion(
         model=_str(body.model), content=_str(message.content) or "",
-        reasoning=_ref_reasoning(extra), reasoning_details=tuple(details) if details else (),
+        reasoning=reasoning, reasoning_details=tuple(details) if details else (),
         refusal=_str(message.refusal), tool_calls=tuple(calls),
-        finish_reason=_str(choice.finish_reason), usage=usage,
-        logprobs=_ref_logprobs(choice.logprobs))
+        finish_reason=_str(choice.finish_reason), usage=usage, logprobs=tokens)
 
 
 # -- running both paths ------------------------------------------------------------------------
@@ -405,6 +421,9 @@ OPENROUTER_USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens":
                     "cost": 0.00042, "is_byok": False,
                     "cost_details": {"upstream_inference_cost": 0.0004},
                     "prompt_tokens_details": {"cached_tokens": 0}}
+OPENAI_WIRE_USAGE = WireUsage(prompt_tokens=12, completion_tokens=3, total_tokens=15,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=8),
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=2))
 KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
 
 STREAMS: dict[str, bytes] = {
@@ -518,8 +537,10 @@ async def test_openrouter_stream_extracts_reasoning_cost_and_text(
         {"type": "reasoning.text", "text": "Step 1", "format": "unknown", "index": 0},
         {"type": "reasoning.text", "text": " and 2"})
     assert run.result["usage"] == WireUsage(
-        prompt_tokens=12, completion_tokens=3, total_tokens=15, cached_tokens=0,
+        prompt_tokens=12, completion_tokens=3, total_tokens=15,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
         cost=0.00042, cost_details={"upstream_inference_cost": 0.0004})
+    assert run.result["usage"].reported_cost == 0.00042
     assert run.result["finish_reason"] == "stop"
 
 
@@ -531,7 +552,7 @@ async def test_split_tool_call_arguments_are_joined_by_index(
         ToolCall(id="call_a", name="get_time", arguments='{"tz": "UTC"}'),
         ToolCall(id="call_b", name="add", arguments='{"a": 1}'),
         ToolCall(id="call_c", name="noargs", arguments="{}")]
-    assert run.result["usage"] == WireUsage(12, 3, 15, 8, 2)
+    assert run.result["usage"] == OPENAI_WIRE_USAGE
     assert run.result["finish_reason"] == "tool_calls"
 
 
@@ -540,9 +561,9 @@ async def test_openai_stream_extracts_text_model_and_usage(client: openai.AsyncO
     assert run.result is not None
     assert (run.result["text"], run.result["model"]) == ("Hello world", "gpt-4o-mini-2024-07-18")
     assert run.chunks[1] == Chunk(model="gpt-4o-mini-2024-07-18",
-                                  choices=(Choice(index=0, content="Hello"),))
+                                  choices=[Choice(delta=Delta(content="Hello"), index=0)])
     assert run.chunks[1].text == "Hello" and run.chunks[1].has_output
-    assert run.chunks[-1].usage == WireUsage(12, 3, 15, 8, 2)
+    assert run.chunks[-1].usage == OPENAI_WIRE_USAGE
 
 
 BODY = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
@@ -587,7 +608,7 @@ async def test_corpus_body_reads_the_same_as_the_typed_completion(
 
 async def test_body_with_tool_calls_keeps_function_calls_only(client: openai.AsyncOpenAI) -> None:
     assert _plain_body(client, BODIES["tool_calls"]) == Completion(
-        model="gpt-4o", content="", finish_reason="stop", usage=WireUsage(12, 3, 15, 8, 2),
+        model="gpt-4o", content="", finish_reason="stop", usage=OPENAI_WIRE_USAGE,
         tool_calls=(ToolCall(id="c1", name="f", arguments='{"x": 1}'),
                     ToolCall(id="c3", name="h", arguments="{}")))
     assert _plain_body(client, BODIES["tool_call_without_id"]) is LLMServerError
