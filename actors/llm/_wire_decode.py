@@ -1,0 +1,400 @@
+"""What the provider reads from chat-completion chunks and bodies, decoded from plain data.
+
+The SDK still sends every request and decodes the SSE stream (comments, ``event:`` lines,
+``{"error": ...}`` events, ``[DONE]``): the provider asks for plain data with
+``client.post(..., cast_to=object, stream=True, stream_cls=openai.AsyncStream[object])`` and gets
+one ``dict`` per event (a non-streaming body likewise with ``cast_to=object``). A chunk is then
+converted with ``msgspec.convert`` into the frozen Structs below, which declare only the fields
+we read. Measured here per ~300-byte text chunk (``benchmarks/transport.py``): the SDK's pydantic
+model ~166-270 us; reading the dict field by field in Python ~6 us; ``msgspec.convert`` ~0.7 us.
+Non-streaming bodies (one per call) are read field by field, their ``usage`` and ``logprobs``
+into the same Structs.
+
+The rules, the same as reading the SDK's typed objects (``tests/llm/test_wire_decode.py`` proves it on
+a corpus and on generated data): a missing key reads as ``None``; a value of the wrong type raises
+:class:`MalformedResponse` (a ``ValueError``), which :func:`malformed_error` turns into the typed
+error the provider raises: :class:`~actors.llm._errors.LLMServerError`, or
+:class:`~actors.llm._errors.LLMStreamingError` once text has been relayed. A chunk's ``choices`` must be
+a list and its ``delta`` an object; a body's ``choices`` may be absent (no answer) and its
+message too (an empty one). Unknown keys are ignored; an integer is never a boolean or a float.
+Reasoning text is ``reasoning`` (OpenRouter) or else ``reasoning_content`` (DeepSeek, vLLM);
+OpenRouter's ``usage.cost`` counts when it is a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from ._errors import LLMClientError, LLMServerError, LLMStreamingError
+from ._messages import ToolCall
+
+_T = TypeVar("_T")
+# Strict (no "1" for 1, no true for 1), as json.loads gave it: dicts, lists, str, int, float.
+_convert = msgspec.convert
+
+__all__ = [
+    "Choice",
+    "Chunk",
+    "Completion",
+    "MalformedResponse",
+    "StreamAssembly",
+    "TokenLogprob",
+    "ToolCallDelta",
+    "WireUsage",
+    "decode_chunk",
+    "decode_completion",
+    "malformed_error",
+]
+
+
+class MalformedResponse(ValueError):
+    """A chunk or body whose shape is not a chat completion's (the message names the field)."""
+
+
+class FunctionDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``function`` of a tool-call piece."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """A piece of a streamed tool call: ``arguments`` arrive split over several chunks."""
+
+    index: int
+    id: str | None = None
+    function: FunctionDelta | None = None
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    """One token of ``logprobs.content`` and its log probability."""
+
+    token: str
+    logprob: float
+
+
+class Logprobs(msgspec.Struct, frozen=True, kw_only=True):
+    """A choice's ``logprobs``."""
+
+    content: list[TokenLogprob] | None = None
+
+
+class PromptTokensDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """``usage.prompt_tokens_details``."""
+
+    cached_tokens: int | None = None
+
+
+class CompletionTokensDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """``usage.completion_tokens_details``."""
+
+    reasoning_tokens: int | None = None
+
+
+class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """``usage`` as reported; ``cost`` and ``cost_details`` are OpenRouter's.
+
+    ``cost`` is kept as sent: :attr:`reported_cost` is it when it is a number (a cost that is not
+    a number is no reported cost, as when the provider reports none).
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+    cost: Any = None
+    cost_details: dict[str, Any] | None = None
+
+    @property
+    def cached_tokens(self) -> int | None:
+        details = self.prompt_tokens_details
+        return details.cached_tokens if details is not None else None
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        details = self.completion_tokens_details
+        return details.reasoning_tokens if details is not None else None
+
+    @property
+    def reported_cost(self) -> float | None:
+        cost = self.cost
+        if isinstance(cost, int | float) and not isinstance(cost, bool):
+            return float(cost)
+        return None
+
+
+class Delta(msgspec.Struct, frozen=True, kw_only=True):
+    """A choice's ``delta``. :attr:`reasoning_text` is ``reasoning`` (OpenRouter) or else
+    ``reasoning_content`` (DeepSeek, vLLM): some servers send both, with the same text."""
+
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    refusal: str | None = None
+    reasoning_details: list[Any] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return self.reasoning if self.reasoning is not None else self.reasoning_content
+
+
+class Choice(msgspec.Struct, frozen=True, kw_only=True):
+    """One choice of a streamed chunk."""
+
+    delta: Delta
+    index: int | None = None
+    finish_reason: str | None = None
+    logprobs: Logprobs | None = None
+
+
+class Chunk(msgspec.Struct, frozen=True, kw_only=True):
+    """One streamed chunk: what the provider reads from it."""
+
+    choices: list[Choice]
+    model: str | None = None
+    usage: WireUsage | None = None
+
+    @property
+    def text(self) -> str:
+        """The answer text this chunk adds (the contents of its choices, joined)."""
+        choices = self.choices
+        if len(choices) == 1:
+            return choices[0].delta.content or ""
+        return "".join(c.delta.content or "" for c in choices)
+
+    @property
+    def has_output(self) -> bool:
+        """Whether the chunk carries answer text or a tool-call piece (time to first token)."""
+        return any(c.delta.content or c.delta.tool_calls for c in self.choices)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A non-streaming body: its first choice's message, usage and model.
+
+    ``tool_calls`` keeps only ``type == "function"`` calls; empty ``arguments`` read as ``"{}"``.
+    """
+
+    model: str | None = None
+    content: str = ""
+    reasoning: str | None = None
+    reasoning_details: tuple[Any, ...] = ()
+    refusal: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    usage: WireUsage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+def malformed_error(provider: str, model: str, error: Exception,
+                    partial_text: str = "") -> LLMClientError:
+    """The typed error for a response of the wrong shape: :class:`LLMStreamingError` (not
+    retryable) when ``partial_text`` already reached the caller, :class:`LLMServerError` else."""
+    detail = f"{provider} sent a malformed response ({type(error).__name__})"
+    if partial_text:
+        return LLMStreamingError(detail, provider=provider, model=model,
+                                 partial_text=partial_text, retryable=False)
+    return LLMServerError(detail, provider=provider, model=model)
+
+
+def decode_chunk(data: Any) -> Chunk:
+    """What the provider reads from one streamed chunk (a JSON object as plain data).
+
+    Raises :class:`MalformedResponse` when its shape is wrong (see the module docstring).
+    """
+    try:
+        return _convert(data, Chunk)
+    except msgspec.ValidationError as exc:
+        raise MalformedResponse(f"chunk: {exc}") from None
+
+
+# -- non-streaming bodies: read once per call, field by field ----------------------------------
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedResponse(f"{where}.{key} is not a string")
+
+
+def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise MalformedResponse(f"{where}.{key} is not an object")
+
+
+def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any] | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, list):
+        return value
+    raise MalformedResponse(f"{where}.{key} is not a list")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    raise MalformedResponse(f"{where} is not an object")
+
+
+def _optional(value: Any, kind: type[_T], where: str) -> _T | None:
+    if value is None:
+        return None
+    try:
+        return _convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise MalformedResponse(f"{where}: {exc}") from None
+
+
+def _tool_call(raw: Any) -> ToolCall | None:
+    call = _mapping(raw, "message.tool_calls[]")
+    if _str(call, "type", "message.tool_calls[]") != "function":
+        return None
+    function = _mapping(call.get("function"), "message.tool_calls[].function")
+    call_id = _str(call, "id", "message.tool_calls[]")
+    name = _str(function, "name", "function")
+    if call_id is None or name is None:
+        raise MalformedResponse("message.tool_calls[] lacks its id or name")
+    arguments = _str(function, "arguments", "function")
+    return ToolCall(id=call_id, name=name, arguments=arguments or "{}")
+
+
+def decode_completion(data: Any) -> Completion:
+    """What the provider reads from a non-streaming body (a JSON object as plain data).
+
+    Only the first choice is read; no choice (or a null one) is an empty answer. Raises
+    :class:`MalformedResponse` when the shape is wrong.
+    """
+    body = _mapping(data, "body")
+    model = _str(body, "model", "body")
+    usage = _optional(body.get("usage"), WireUsage, "usage")
+    choices = body.get("choices")
+    if not choices:
+        return Completion(model=model, usage=usage)
+    if not isinstance(choices, list):
+        raise MalformedResponse("body.choices is not a list")
+    if choices[0] is None:
+        return Completion(model=model, usage=usage)
+    choice = _mapping(choices[0], "choices[0]")
+    # No message reads as an empty one (the choice's finish_reason still counts).
+    message = _obj(choice, "message", "choices[0]") or {}
+    raw_calls = _list(message, "tool_calls", "message") or ()
+    details = _list(message, "reasoning_details", "message")
+    reasoning = _str(message, "reasoning", "message")
+    logprobs = _optional(choice.get("logprobs"), Logprobs, "choices[0].logprobs")
+    return Completion(
+        model=model,
+        content=_str(message, "content", "message") or "",
+        reasoning=reasoning if reasoning is not None else _str(
+            message, "reasoning_content", "message"),
+        reasoning_details=tuple(details) if details else (),
+        refusal=_str(message, "refusal", "message"),
+        tool_calls=tuple(c for c in map(_tool_call, raw_calls) if c is not None),
+        finish_reason=_str(choice, "finish_reason", "choices[0]"),
+        usage=usage,
+        logprobs=tuple(logprobs.content or ()) if logprobs is not None else (),
+    )
+
+
+@dataclass
+class _ToolCallBuilder:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamAssembly:
+    """Accumulates a stream's chunks into the answer, with the provider's rules.
+
+    The last non-empty ``model``, ``finish_reason`` and ``usage`` win; text, reasoning and
+    refusal concatenate; tool calls are assembled per ``index`` (the id replaced when given, name
+    pieces joined, argument pieces joined) and listed by index. Not thread-safe (one stream).
+    """
+
+    model: str | None = None
+    finish_reason: str | None = None
+    usage: WireUsage | None = None
+    _text: list[str] = field(default_factory=list)
+    _reasoning: list[str] = field(default_factory=list)
+    _refusal: list[str] = field(default_factory=list)
+    _reasoning_details: list[Any] = field(default_factory=list)
+    _logprobs: list[TokenLogprob] = field(default_factory=list)
+    _tools: dict[int, _ToolCallBuilder] = field(default_factory=dict)
+
+    def add(self, chunk: Chunk) -> str:
+        """Take in one decoded chunk; returns the answer text it adds ("" if none)."""
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.model:
+            self.model = chunk.model
+        added = ""
+        for choice in chunk.choices:
+            delta = choice.delta
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+            if delta.tool_calls:
+                self._add_tool_deltas(delta.tool_calls)
+            if delta.content:
+                self._text.append(delta.content)
+                added = delta.content if not added else added + delta.content
+            reasoning = delta.reasoning_text
+            if reasoning:
+                self._reasoning.append(reasoning)
+            if delta.refusal:
+                self._refusal.append(delta.refusal)
+            if delta.reasoning_details:
+                self._reasoning_details.extend(delta.reasoning_details)
+            if choice.logprobs is not None and choice.logprobs.content:
+                self._logprobs.extend(choice.logprobs.content)
+        return added
+
+    def _add_tool_deltas(self, pieces: list[ToolCallDelta]) -> None:
+        tools = self._tools
+        for piece in pieces:
+            builder = tools.setdefault(piece.index, _ToolCallBuilder())
+            if piece.id:
+                builder.id = piece.id
+            function = piece.function
+            if function is not None:
+                if function.name:
+                    builder.name += function.name
+                if function.arguments:
+                    builder.arguments.append(function.arguments)
+
+    @property
+    def text(self) -> str:
+        """The answer text so far (also the partial text of a failed stream)."""
+        return "".join(self._text)
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text so far."""
+        return "".join(self._reasoning)
+
+    @property
+    def refusal(self) -> str:
+        """The refusal text so far."""
+        return "".join(self._refusal)
+
+    @property
+    def reasoning_details(self) -> tuple[Any, ...]:
+        """OpenRouter's ``reasoning_details`` items, in order."""
+        return tuple(self._reasoning_details)
+
+    @property
+    def logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The tokens' log probabilities, in order."""
+        return tuple(self._logprobs)
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The assembled tool calls, by index; empty arguments read as ``"{}"``."""
+        return [ToolCall(id=b.id, name=b.name, arguments="".join(b.arguments) or "{}")
+                for _, b in sorted(self._tools.items())]

@@ -1,0 +1,244 @@
+"""How many real-paced chat streams one server process holds (issue 11, item 6).
+
+A real simulator paced like a model streaming at ~50 tokens/s (``DELTAS`` deltas, ``PACE`` s
+apart) serves two targets, each a child process on 127.0.0.1:
+
+* ``product``: a real ``mcp-backend serve`` (the test configuration: one provider at the
+  simulator, the demo MCP server);
+* ``floor``: ``benchmarks._relay``, a bare Starlette WebSocket relay with no actors on the same
+  transport (the openai SDK's plain-data stream on the product's HTTP pool, the same uvicorn).
+
+For each ``K``, ``K`` WebSocket clients (this process) run streaming turns back to back for
+``DURATION`` s (a turn started before the end is finished). Per target and ``K``: turns/s, server
+CPU per upstream delta and per turn (``/proc/PID/stat`` over the run), p99 time to the first text
+frame, p50/p99 gap between text frames of a turn, server RSS at the end, failures (error
+envelopes, timeouts, closed sockets). A target whose run at some ``K`` saturates badly (p99 time
+to first text over ``GIVE_UP_TTFT`` s) is not run at larger ``K``.
+
+The last line: ``streams per core at 50 tok/s: N (floor M)``, the largest ``K`` whose run kept
+server CPU <= 80% of one core, the p99 gap <= 150 ms and had no failure (0 when none did).
+
+On a small machine this process and the simulator share the CPU with the server: the table shows
+their CPU seconds too, so a reader can tell which was the limit.
+
+Run: ``.venv/bin/python -m benchmarks.streams [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from benchmarks._report import percentile, table
+from tests.server_harness import (
+    ServerChild,
+    SimulatorChild,
+    _Child,
+    chat_frame,
+    connect,
+    receive,
+    send,
+    write_config,
+)
+
+DELTAS = 100
+PACE = 0.020
+MODEL = "gpt-4o-mini"  # priced in the built-in catalog: the ledger admits it
+KS = (50, 100, 200, 400)
+QUICK_KS = (10, 25, 50)
+DURATION = 20.0
+QUICK_DURATION = 6.0
+TURN_TIMEOUT = 60.0
+GIVE_UP_TTFT = 10.0
+CONNECT_BATCH = 50
+CPU_LIMIT = 0.80
+GAP_LIMIT = 0.150
+
+_RELAY_BANNER = re.compile(r"relay listening on (http://\S+)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class _Samples:
+    turns: int = 0
+    ttft: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
+
+async def _turn(ws: ClientConnection, samples: _Samples) -> bool:
+    """One streaming turn; False when the socket is no longer usable."""
+    frame = chat_frame("hi")
+    started = time.perf_counter()
+    await send(ws, frame)
+    last: float | None = None
+    try:
+        while True:
+            envelope = await receive(ws, timeout=TURN_TIMEOUT)
+            now = time.perf_counter()
+            status = envelope.get("status")
+            if status == "chunk" and envelope["chunk"].get("type") == "text":
+                if last is None:
+                    samples.ttft.append(now - started)
+                else:
+                    samples.gaps.append(now - last)
+                last = now
+            elif status == "complete":
+                samples.turns += 1
+                return True
+            elif status == "error":
+                samples.fail(str(envelope["chunk"].get("error_type", "error")))
+                return True
+    except TimeoutError:
+        samples.fail("timeout")
+    except ConnectionClosed:
+        samples.fail("closed")
+    return False
+
+
+async def _clients(url: str, k: int, duration: float) -> tuple[_Samples, float]:
+    sockets: list[ClientConnection] = []
+    for start in range(0, k, CONNECT_BATCH):
+        async with anyio.create_task_group() as group:
+            for _ in range(min(CONNECT_BATCH, k - start)):
+                async def opened() -> None:
+                    sockets.append(await connect(url, ping_interval=None))
+                group.start_soon(opened)
+    samples = _Samples()
+    deadline = time.perf_counter() + duration
+
+    async def client(index: int, ws: ClientConnection) -> None:
+        # Staggered starts, so the K streams do not tick in lockstep.
+        await anyio.sleep(PACE * (index % 20) / 20)
+        while time.perf_counter() < deadline and await _turn(ws, samples):
+            pass
+
+    started = time.perf_counter()
+    with anyio.fail_after(duration + 2 * TURN_TIMEOUT):
+        async with anyio.create_task_group() as group:
+            for index, ws in enumerate(sockets):
+                group.start_soon(client, index, ws)
+    elapsed = time.perf_counter() - started
+    for ws in sockets:
+        await ws.close()
+    return samples, elapsed
+
+
+async def _measure(name: str, pid: int, url: str, k: int, duration: float,
+                   simulator: SimulatorChild) -> list[object]:
+    cpu, cpu_sim, cpu_client = _cpu_seconds(pid), _cpu_seconds(simulator.pid), time.process_time()
+    samples, elapsed = await _clients(url, k, duration)
+    cpu = _cpu_seconds(pid) - cpu
+    cpu_sim = _cpu_seconds(simulator.pid) - cpu_sim
+    cpu_client = time.process_time() - cpu_client
+    turns = samples.turns
+    failures = ", ".join(f"{kind} {n}" for kind, n in sorted(samples.failures.items())) or "none"
+    return [
+        name, k, turns, turns / elapsed,
+        cpu / elapsed * 100,
+        cpu / (turns * DELTAS) * 1e6 if turns else 0.0,
+        cpu / turns * 1000 if turns else 0.0,
+        percentile(samples.ttft, 0.99) * 1000,
+        percentile(samples.gaps, 0.50) * 1000,
+        percentile(samples.gaps, 0.99) * 1000,
+        _rss_mib(pid),
+        f"{cpu_sim:.1f} / {cpu_client:.1f}",
+        failures,
+    ]
+
+
+def _best(rows: list[list[Any]], name: str) -> int:
+    fits = [row[1] for row in rows if row[0] == name and row[4] <= CPU_LIMIT * 100
+            and row[9] <= GAP_LIMIT * 1000 and row[12] == "none" and row[2] > 0]
+    return max(fits, default=0)
+
+
+class _RelayChild(_Child):
+    def __init__(self, upstream: str) -> None:
+        super().__init__([sys.executable, "-m", "benchmarks._relay", "--upstream", upstream,
+                          "--model", MODEL], banner=_RELAY_BANNER)
+        self.wait_banner()
+        self.ws_url = self.url.replace("http://", "ws://") + "/ws/chat"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description="paced streams per server process")
+    parser.add_argument("--quick", action="store_true", help="smaller K, shorter runs")
+    options = parser.parse_args()
+    ks, duration = (QUICK_KS, QUICK_DURATION) if options.quick else (KS, DURATION)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    rows: list[list[Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as name:
+        directory = Path(name)
+        simulator = SimulatorChild({
+            "models": {MODEL: {"context_window": 128_000, "reply_words": DELTAS,
+                               "price_in": 0.15, "price_out": 0.6}},
+            "faults": {"chunk_delay": PACE},
+        }, directory=directory)
+        path = write_config(directory, simulator_url=simulator.url, model=MODEL,
+                            server={"max_messages_per_minute": 100_000},
+                            chat={"history_db": str(directory / f"h-{uuid.uuid4().hex}.db")})
+        config = yaml.safe_load(path.read_text())
+        config["llm"]["providers"]["sim"].update(max_connections=max(ks) + 16,
+                                                 max_keepalive_connections=max(ks) + 16)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        server = ServerChild(path)
+        relay = _RelayChild(simulator.url.rstrip("/") + "/v1")
+        try:
+            targets = [("product", server.pid, server.ws_url), ("floor", relay.pid, relay.ws_url)]
+            saturated: set[str] = set()
+            for k in ks:
+                for target, pid, url in targets:
+                    if target in saturated:
+                        continue
+                    rows.append(await _measure(target, pid, url, k, duration, simulator))
+                    row = rows[-1]
+                    print(f"{target} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
+                          f" p99 first text {row[7]:.0f} ms", flush=True)
+                    if row[7] > GIVE_UP_TTFT * 1000 or row[2] == 0:
+                        saturated.add(target)
+        finally:
+            relay.stop()
+            server.stop()
+            simulator.stop()
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run;"
+          f" uvicorn loop: {loop}")
+    print(table(["target", "K", "turns", "turns/s", "server CPU %", "CPU us/delta",
+                 "CPU ms/turn", "p99 first text ms", "p50 gap ms", "p99 gap ms",
+                 "server RSS MiB", "CPU s sim / client", "failures"], rows))
+    print(f"streams per core at 50 tok/s: {_best(rows, 'product')} (floor {_best(rows, 'floor')})")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
