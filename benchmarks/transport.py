@@ -2,7 +2,7 @@
 
 1. Decoding (no I/O): one ~300-byte text chunk read into what the provider uses, per chunk:
    the SDK's ``ChatCompletionChunk`` model (``construct_type``, what ``create(stream=True)``
-   builds), ``json.loads`` + :func:`actors.llm._wire_decode.decode_chunk` (what ``AsyncStream[object]``
+   builds), ``json.loads`` + ``decode_chunk`` (what ``AsyncStream[object]``
    yields, then ``msgspec.convert``), ``decode_chunk`` alone on the dict, and
    ``msgspec.json.decode`` straight from bytes (what reading the SSE ourselves would allow).
 2. Transport: a real simulator (not paced, ``DELTAS`` deltas per stream) streamed through

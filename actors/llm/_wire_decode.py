@@ -10,11 +10,11 @@ model ~166-270 us; reading the dict field by field in Python ~6 us; ``msgspec.co
 Non-streaming bodies (one per call) are read field by field, their ``usage`` and ``logprobs``
 into the same Structs.
 
-The rules, the same as reading the SDK's typed objects (``tests/llm/test_wire_decode.py`` proves it on
+The rules, the same as reading the SDK's typed objects (the differential test proves it on
 a corpus and on generated data): a missing key reads as ``None``; a value of the wrong type raises
 :class:`MalformedResponse` (a ``ValueError``), which :func:`malformed_error` turns into the typed
-error the provider raises: :class:`~actors.llm._errors.LLMServerError`, or
-:class:`~actors.llm._errors.LLMStreamingError` once text has been relayed. A chunk's ``choices`` must be
+error the provider raises: :class:`~actors.llm.LLMServerError`, or
+:class:`~actors.llm.LLMStreamingError` once text has been relayed. A chunk's ``choices`` must be
 a list and its ``delta`` an object; a body's ``choices`` may be absent (no answer) and its
 message too (an empty one). Unknown keys are ignored; an integer is never a boolean or a float.
 Reasoning text is ``reasoning`` (OpenRouter) or else ``reasoning_content`` (DeepSeek, vLLM);
