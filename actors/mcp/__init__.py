@@ -3,13 +3,14 @@
 from ._actor import McpServerHealth, McpStatus, mcp_status, mcp_supervisor_spec
 from ._client import ToolResult, ToolSpec
 from ._config import McpServerConfig
-from ._tools import ToolCatalog
+from ._tools import ToolCatalog, ToolLimits
 
 __all__ = [
     "McpServerConfig",
     "McpServerHealth",
     "McpStatus",
     "ToolCatalog",
+    "ToolLimits",
     "ToolResult",
     "ToolSpec",
     "mcp_status",

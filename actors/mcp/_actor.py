@@ -52,15 +52,18 @@ from runtime import (
 )
 
 from ._client import (
+    McpError,
     McpServerError,
     McpSession,
     McpToolError,
+    McpToolTimeout,
     ToolResult,
     ToolSpec,
     open_mcp_session,
 )
 from ._config import McpServerConfig
 from ._errors import McpSessionLost
+from ._redact import redact_server_text
 
 __all__ = [
     "CallTool",
@@ -253,7 +256,7 @@ class McpServerActor(Actor):
             _MAX_QUEUED_CALLS
         )
         self._health._starting()
-        self.context.pipe(self._own_session, then=self._session_ended)
+        self.context.pipe(self._own_session, reply_to=None, then=self._session_ended)
 
     async def on_stop(self) -> None:
         if self._calls_send is not None and self._calls_receive is not None:
@@ -280,7 +283,7 @@ class McpServerActor(Actor):
             self._calls_send.send_nowait(call)
         except anyio.WouldBlock:
             raise Overloaded(self.context.name, _MAX_QUEUED_CALLS) from None
-        self.context.pipe(_await_answer, call)
+        self.context.pipe(_await_answer, call, reply_to=self.context.request)
 
     # -- the session task -----------------------------------------------------------------------
 
@@ -298,8 +301,9 @@ class McpServerActor(Actor):
             except McpServerError as exc:
                 attempt += 1
                 delay = self._start_backoff.delay(attempt, self._rng)
-                health._down("failed", f"{exc}; retrying in {delay:.1f} s")
-                self._fail_queued(exc)
+                failure = self._redacted(exc)
+                health._down("failed", f"{failure}; retrying in {delay:.1f} s")
+                self._fail_queued(failure)
                 await self.context.clock.sleep(delay)
                 health.restarts += 1
                 health._starting()
@@ -313,6 +317,7 @@ class McpServerActor(Actor):
 
             def on_lost(error: McpSessionLost) -> None:
                 if not lost:
+                    error = McpSessionLost(self._name, self._redact(error.reason))
                     lost.append(error)
                     # Say so now: closing the dead session takes a moment.
                     health._down("restarting", error.reason)
@@ -333,10 +338,10 @@ class McpServerActor(Actor):
                 try:
                     call.result = await session.call_tool(call.tool, call.arguments, call.timeout)
                 except McpServerError as exc:
-                    call.error = exc
+                    call.error = self._redacted(exc)
                     on_lost(McpSessionLost(self._name, exc.reason))
                 except McpToolError as exc:
-                    call.error = exc
+                    call.error = self._redacted(exc)
         finally:
             if call.result is None and call.error is None:
                 call.error = McpServerError(self._name, "session ended before the call finished")
@@ -347,14 +352,30 @@ class McpServerActor(Actor):
             return  # the instance is stopping
         error = outcome.error
         if isinstance(error, McpServerError):
-            reason = error.reason
+            reason = self._redact(error.reason)
         else:
-            reason = f"session task ended unexpectedly: {error!r}"
+            reason = self._redact(f"session task ended unexpectedly: {error!r}")
         self._health._down("restarting", reason)
         self._health.restarts += 1
         if isinstance(error, McpSessionLost):
             raise error
         raise McpSessionLost(self._name, reason) from error
+
+    def _redact(self, text: str) -> str:
+        return redact_server_text(text, self._config)
+
+    def _redacted(self, error: McpError) -> McpError:
+        """``error`` with what the server said (stderr tail, messages) redacted: it is shown to
+        the model, the client (tool results) and ``/health``."""
+        if isinstance(error, McpToolTimeout):
+            return error  # our own words only
+        if isinstance(error, McpSessionLost):
+            return McpSessionLost(self._name, self._redact(error.reason))
+        if isinstance(error, McpServerError):
+            return McpServerError(self._name, self._redact(error.reason))
+        if isinstance(error, McpToolError):
+            return McpToolError(self._redact(str(error)), server=error.server, tool=error.tool)
+        return error
 
     def _fail_queued(self, error: Exception) -> None:
         if self._calls_receive is None:

@@ -13,8 +13,9 @@ import logging
 import math
 import os
 import re
+import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
@@ -23,8 +24,10 @@ import anyio
 import httpx2
 import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp, shipped without types
 import mcp_types
+import regex  # type: ignore[import-untyped]  # a dependency of tiktoken: matches with a timeout
 from mcp import Client, MCPError, StdioServerParameters, stdio_client
 from mcp.client import Transport
+from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
@@ -320,7 +323,9 @@ def _transport(config: McpServerConfig, stderr: _StderrTail | None) -> Transport
         params = StdioServerParameters(
             command=config.command,
             args=config.args,
-            env={**os.environ, **config.env},
+            # The SDK's safe default (HOME, PATH, ... and nothing else) plus the entry's own
+            # env: our environment holds provider API keys that no MCP server may read.
+            env={**get_default_environment(), **config.env},
             cwd=config.cwd,
         )
         return _stdio_transport(params, stderr)
@@ -454,11 +459,16 @@ class _StderrTail:
         return None
 
 
-def validate_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any]:
+def validate_arguments(
+    spec: ToolSpec, arguments_json: str, *, deadline: float | None = None
+) -> dict[str, Any]:
     """Parse the model's JSON arguments and check them against the tool's input schema.
 
     An empty string counts as ``{}``. Raises ``McpToolError`` with a message written for the
-    model (invalid JSON, not an object, missing property, wrong type, ...).
+    model (invalid JSON, not an object, missing property, wrong type, ...). With ``deadline``
+    (``time.monotonic()`` seconds), ``pattern`` keywords are matched by the ``regex`` module with
+    the GIL released and at most until then: a backtracking pattern fails the arguments instead
+    of freezing the process (call it in a worker thread).
     """
     prefix = f"Invalid arguments for tool {spec.name!r}"
     try:
@@ -482,6 +492,10 @@ def validate_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any]:
     except jsonschema.SchemaError:
         # The server's schema is broken; let the server judge the arguments itself.
         return arguments
+    if deadline is not None:
+        validator_class = jsonschema.validators.extend(
+            validator_class, {"pattern": _bounded_pattern(deadline)}
+        )
     errors = sorted(
         validator_class(spec.input_schema).iter_errors(arguments),
         key=lambda error: list(error.absolute_path),
@@ -490,6 +504,28 @@ def validate_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any]:
         messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
         raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)
     return arguments
+
+
+def _bounded_pattern(deadline: float) -> Callable[..., Iterator[Any]]:
+    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+        if not validator.is_type(instance, "string"):
+            return
+        shown = instance if len(instance) <= 40 else instance[:39] + "…"
+        try:
+            found = regex.search(
+                pattern, instance, timeout=max(0.0, deadline - time.monotonic()), concurrent=True
+            )
+        except TimeoutError:
+            yield jsonschema.ValidationError(
+                f"{shown!r} could not be matched against {pattern!r} in time"
+            )
+            return
+        except regex.error:
+            return  # a pattern we cannot read: the server judges the value itself
+        if found is None:
+            yield jsonschema.ValidationError(f"{shown!r} does not match {pattern!r}")
+
+    return pattern
 
 
 def _describe_validation_error(error: Any) -> str:

@@ -1,8 +1,9 @@
 """Configuration of one MCP server, in the de-facto ``mcpServers`` format.
 
 The format Claude Desktop and most MCP hosts read: a stdio server has ``command``, ``args``,
-``env`` (merged over the process environment) and ``cwd``; a streamable-HTTP server has ``url`` and
-``headers``. ``enabled: false`` keeps an entry in the file without starting it.
+``env`` (added to the ``mcp`` SDK's safe default environment, never to ours) and ``cwd``; a
+streamable-HTTP server has ``url`` and ``headers``. ``enabled: false`` keeps an entry in the file
+without starting it.
 """
 
 from __future__ import annotations

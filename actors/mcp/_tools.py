@@ -5,12 +5,29 @@ by several servers becomes ``<server>__<tool>`` on each) and calls them. A tool 
 aborts a turn: an unknown tool, invalid arguments, a timeout or a server that is down all come
 back as an error :class:`ToolResult` whose text tells the model what happened, so it can correct
 itself or answer without the tool.
+
+What the catalog bounds, because the model (or a server) controls it:
+
+- **Tools offered**: at most ``max_tools`` (OpenAI refuses a request with more than 128), in the
+  configured server order, each description cut to ``max_description_chars``; what was left out
+  is logged once and shown by :attr:`ToolCatalog.limits` (``/health``).
+- **Arguments**: at most ``max_argument_bytes`` of JSON, validated in a worker thread; a schema's
+  ``pattern`` is matched with a time limit (``validation_seconds``) and without the GIL, so a
+  backtracking regex with a model-made argument fails that call instead of freezing every socket.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
+
+import anyio
+import anyio.to_thread
 
 from runtime import ActorError, ActorSystem
 
@@ -24,7 +41,12 @@ from ._client import (
     validate_arguments,
 )
 
-__all__ = ["ToolCatalog"]
+__all__ = ["ToolCatalog", "ToolLimits"]
+
+logger = logging.getLogger(__name__)
+
+#: OpenAI refuses a request that offers more tools than this.
+MAX_TOOLS: Final = 128
 
 # Beyond the tool's own timeout, how long the ask may take (queueing, the actor's round trip):
 # the server's McpToolTimeout, which names the tool, should win over the ask's deadline.
@@ -39,10 +61,24 @@ class ToolCatalog:
     the names of the last refresh. Not thread-safe; use it from the event loop.
     """
 
-    def __init__(self, system: ActorSystem, servers: Iterable[str]) -> None:
+    def __init__(
+        self,
+        system: ActorSystem,
+        servers: Iterable[str],
+        *,
+        max_tools: int = MAX_TOOLS,
+        max_description_chars: int = 1024,
+        max_argument_bytes: int = 65536,
+        validation_seconds: float = 1.0,
+    ) -> None:
         self._system = system
         self._servers = list(servers)
         self._exposed: dict[str, ToolSpec] = {}
+        self._max_tools = max_tools
+        self._max_description_chars = max_description_chars
+        self._max_argument_bytes = max_argument_bytes
+        self._validation_seconds = validation_seconds
+        self._limits = ToolLimits(offered=0, omitted=(), descriptions_cut=())
 
     async def refresh(self) -> None:
         """Take the tools of every server that is ready now; the others' tools disappear."""
@@ -51,7 +87,36 @@ class ToolCatalog:
             health = self._health(server)
             if health is not None and health.state == "ready":
                 tools_by_server[server] = list(health.tools)
-        self._exposed = exposed_tool_names(tools_by_server)
+        exposed = exposed_tool_names(tools_by_server)
+        names = list(exposed)
+        kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
+        cut: list[str] = []
+        self._exposed = {}
+        for name in kept:
+            spec = exposed[name]
+            if len(spec.description) > self._max_description_chars:
+                cut.append(name)
+                spec = dataclasses.replace(
+                    spec, description=spec.description[: self._max_description_chars - 1] + "…"
+                )
+            self._exposed[name] = spec
+        limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut))
+        if (limits.omitted, limits.descriptions_cut) != (
+            self._limits.omitted,
+            self._limits.descriptions_cut,
+        ) and (omitted or cut):
+            logger.warning(
+                "MCP tools: offering %d of %d (at most %d per request); left out: %s;"
+                " descriptions cut to %d characters: %s",
+                len(kept), len(names), self._max_tools, ", ".join(omitted) or "none",
+                self._max_description_chars, ", ".join(cut) or "none",
+            )
+        self._limits = limits
+
+    @property
+    def limits(self) -> ToolLimits:
+        """What the last :meth:`refresh` offered and what it left out."""
+        return self._limits
 
     @property
     def exposed(self) -> dict[str, ToolSpec]:
@@ -81,10 +146,27 @@ class ToolCatalog:
             return None, _error(
                 f"Unknown tool {exposed_name!r}. Available tools: {available}."
             )
+        if len(arguments_json) > self._max_argument_bytes // 4 and (
+            len(arguments_json.encode()) > self._max_argument_bytes
+        ):
+            return spec, _error(
+                f"Invalid arguments for tool {spec.name!r}: larger than"
+                f" {self._max_argument_bytes} bytes. Send shorter arguments."
+            )
+        deadline = time.monotonic() + self._validation_seconds
         try:
-            arguments = validate_arguments(spec, arguments_json)
+            # A worker thread: parsing and validating may take a while, and ``pattern`` is
+            # matched without the GIL under ``deadline`` (an abandoned thread ends by then).
+            arguments = await anyio.to_thread.run_sync(
+                functools.partial(validate_arguments, spec, arguments_json, deadline=deadline),
+                abandon_on_cancel=True,
+            )
         except McpToolError as exc:
             return spec, _error(str(exc))
+        except RecursionError:
+            return spec, _error(
+                f"Invalid arguments for tool {spec.name!r}: nested too deeply."
+            )
         ask_timeout = None if timeout is None else timeout + _ASK_GRACE
         try:
             ref = self._system.ref(mcp_actor_name(spec.server))
@@ -111,6 +193,24 @@ class ToolCatalog:
 
     def __repr__(self) -> str:
         return f"<ToolCatalog [{len(self._servers)} servers | {len(self._exposed)} tools]>"
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    """What the catalog offers the model: ``offered`` tools; ``omitted`` (exposed names) beyond
+    the limit; ``descriptions_cut``: tools whose description was shortened."""
+
+    offered: int
+    omitted: tuple[str, ...]
+    descriptions_cut: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for ``/health``."""
+        return {
+            "offered": self.offered,
+            "omitted": list(self.omitted),
+            "descriptions_cut": list(self.descriptions_cut),
+        }
 
 
 def _error(message: str) -> ToolResult:

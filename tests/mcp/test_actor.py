@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp.client.stdio import get_default_environment
 
 from actors.mcp import McpServerConfig, ToolCatalog
 from actors.mcp._actor import (
@@ -33,9 +35,10 @@ from runtime import (
     ActorSystem,
     Backoff,
     DeadlineExceeded,
-    FakeClock,
     SupervisorSpec,
 )
+from runtime.testing import FakeClock
+from tests.mcp.hostile_server import BOMB
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"
@@ -332,3 +335,107 @@ async def test_third_party_time_server_through_the_catalog() -> None:
         )
         assert spec is not None and spec.server == "time"
         assert not result.is_error and "21:00" in result.as_tool_message_content()
+
+
+def hostile(*args: str, env: dict[str, str] | None = None) -> McpServerConfig:
+    return McpServerConfig(
+        command=sys.executable, args=["-m", "tests.mcp.hostile_server", *args], cwd=str(ROOT),
+        env=env or {}, call_timeout=10,
+    )
+
+
+async def test_stdio_server_gets_the_sdk_default_environment_and_its_own_env_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-parent-secret-never-shared")
+    # LC_CTYPE given: Python would add it itself (PEP 538 locale coercion) without a locale.
+    own = {"HOSTILE_FLAG": "on", "LC_CTYPE": "C.UTF-8"}
+    async with mcp_system({"h": hostile(env=own)}) as system:
+        await wait_state(system, "h", "ready")
+        result = await system.ref("mcp:h").ask(CallTool("environment", {}), timeout=10)
+    assert json.loads(result.text) == {**get_default_environment(), **own}
+
+
+async def test_stderr_tail_in_health_is_redacted() -> None:
+    said = (
+        "connecting with s3cr3t-entry-value and s3cr3t-header-value, "
+        "key sk-live1234567890 API_KEY=hunter2hunter2"
+    )
+    config = hostile(
+        "--stderr", said, "--exit", env={"UPSTREAM_SECRET": "s3cr3t-entry-value", "N": "1"}
+    ).model_copy(update={"headers": {"X-Auth": "s3cr3t-header-value"}})
+    async with mcp_system({"h": config}) as system:
+        status = await wait_state(system, "h", "failed")
+        shown = mcp_status(system)["h"]["error"]
+    assert status.error == shown
+    assert re.fullmatch(
+        r"MCP server 'h' exited during start-up; stderr tail: connecting with \[REDACTED\] and"
+        r" \[REDACTED\], key \[REDACTED\] API_KEY=\[REDACTED\]; retrying in \d+\.\d s",
+        shown,
+    ), shown
+
+
+async def test_regex_bomb_in_a_schema_fails_the_call_and_never_blocks_the_loop() -> None:
+    async with mcp_system({"h": hostile()}) as system:
+        await wait_state(system, "h", "ready")
+        catalog = ToolCatalog(system, ["h"], validation_seconds=2.0)
+        await catalog.refresh()
+        assert catalog.exposed["match"].input_schema["properties"]["code"]["pattern"] == BOMB
+        order: list[str] = []
+
+        async def bomb() -> None:
+            _, result = await catalog.call("match", json.dumps({"code": "a" * 40 + "b"}), 10)
+            order.append("bomb")
+            assert result == ToolResult(
+                text=f"Invalid arguments for tool 'match': 'code': '{'a' * 39}…' could not be"
+                " matched against '^(a|aa)+$' in time.",
+                structured=None,
+                is_error=True,
+            )
+
+        async def meanwhile() -> None:
+            await anyio.sleep(0.2)  # the bomb is being matched now
+            _, result = await catalog.call("big", '{"size": 8}', timeout=10)
+            order.append(result.text)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bomb)
+                tg.start_soon(meanwhile)
+        assert order == ["xxx<end>", "bomb"]
+        _, fine = await catalog.call("match", '{"code": "aaaa"}', timeout=10)
+        assert fine == ToolResult(text="aaaa", structured={"result": "aaaa"}, is_error=False)
+
+
+async def test_arguments_larger_than_the_limit_are_refused_unparsed() -> None:
+    async with mcp_system({"h": hostile()}) as system:
+        await wait_state(system, "h", "ready")
+        catalog = ToolCatalog(system, ["h"], max_argument_bytes=100)
+        await catalog.refresh()
+        _, result = await catalog.call("match", json.dumps({"code": "a" * 100}), timeout=10)
+    assert result == ToolResult(
+        text="Invalid arguments for tool 'match': larger than 100 bytes. Send shorter arguments.",
+        structured=None,
+        is_error=True,
+    )
+
+
+async def test_more_tools_than_openai_accepts_are_capped_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    many = hostile("--tools", "200", "--description-chars", "5000")
+    async with mcp_system({"h": many}) as system:
+        await wait_state(system, "h", "ready")
+        catalog = ToolCatalog(system, ["h"], max_description_chars=100)
+        await catalog.refresh()
+        tools = catalog.openai_tools()
+    names = ["environment", "match", "big", *(f"tool_{i:03d}" for i in range(200))]
+    assert [tool["function"]["name"] for tool in tools] == names[:128]
+    assert catalog.limits.offered == 128
+    assert catalog.limits.omitted == tuple(names[128:])
+    assert catalog.limits.descriptions_cut == tuple(names[3:128])
+    assert tools[3]["function"]["description"] == "d" * 99 + "…"
+    assert catalog.limits.as_dict()["omitted"][:2] == ["tool_125", "tool_126"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "actors.mcp._tools"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("MCP tools: offering 128 of 203 (at most 128 per request);")
