@@ -1,9 +1,9 @@
 """Hedged requests: when the first candidate is slower than usual, ask the next one too.
 
-A hedge is sent after the primary's p95 latency (at least ``hedging.min_delay``), measured over its
-last answers, and for at most ``hedging.max_share`` of the requests. The first answer wins; the
-other attempt is cancelled (and pays for what it sent, like any cancelled attempt). Waiting for the
-delay uses the runtime's clock, so tests step it instead of sleeping.
+A hedge goes to the next candidate on another provider, after the primary's p95 latency (at least
+``hedging.min_delay``) measured over its last answers, for at most ``hedging.max_share`` of the
+requests. The first answer wins; the other attempt is cancelled (and pays for what it sent, like
+any cancelled attempt). The delay is waited on the runtime's clock, so tests step it.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ class HedgePolicy:
         self._latencies.setdefault(provider, deque(maxlen=_SAMPLES)).append(seconds)
 
     def partner(self, candidates: Sequence[Candidate], index: int) -> Candidate | None:
-        """The candidate to hedge ``candidates[index]`` with, if hedging applies now."""
-        if not self._config.enabled or index + 1 >= len(candidates):
+        """The candidate to hedge ``candidates[index]`` with, if hedging applies now: the next
+        one on another provider (a slow provider is as slow with its next model)."""
+        if not self._config.enabled:
             return None
         if self.hedges >= self._config.max_share * max(1, self.requests):
             return None
-        return candidates[index + 1]
+        primary = candidates[index].provider
+        return next((c for c in candidates[index + 1:] if c.provider != primary), None)
 
     def delay(self, provider: str) -> float:
         """Seconds to wait for ``provider`` before hedging (``inf`` without enough samples)."""

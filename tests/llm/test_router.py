@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,26 @@ import anyio
 import pytest
 
 from actors.llm import (
+    ContentRefused,
     LLMConfig,
     LLMCostLimitError,
+    LLMResponse,
     LLMRuntime,
+    LLMServerError,
     LLMStreamingError,
+    LLMTimeoutError,
     LLMTokenLimitError,
     StreamEnd,
     TextDelta,
+    build_catalog,
+    count_message_tokens,
     open_runtime,
 )
+from actors.llm._tokens import count_text_tokens
+from runtime import Clock
+from runtime.testing import FakeClock
 from simulator.testing import SimulatorProcess
+from tests.chaos.upstream import GarbageUpstream, Reply
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -49,12 +60,30 @@ def llm_config(primary: SimulatorProcess, backup: SimulatorProcess, tmp_path: Pa
 
 
 @asynccontextmanager
-async def two_providers(tmp_path: Path, **overrides: Any) -> AsyncIterator[
-        tuple[LLMRuntime, SimulatorProcess, SimulatorProcess]]:
+async def two_providers(tmp_path: Path, clock: Clock | None = None, **overrides: Any
+                        ) -> AsyncIterator[tuple[LLMRuntime, SimulatorProcess, SimulatorProcess]]:
     async with SimulatorProcess() as primary, SimulatorProcess() as backup:
         config = llm_config(primary, backup, tmp_path, **overrides)
-        async with open_runtime(config) as rt:
+        async with open_runtime(config, clock=clock) as rt:
             yield rt, primary, backup
+
+
+def prompt_cost(rt: LLMRuntime, messages: list[dict[str, Any]], model: str,
+                streamed: str = "") -> float:
+    """What the ledger charges an attempt that sent ``messages`` and streamed ``streamed``."""
+    completion = count_text_tokens(streamed, model) if streamed else 0
+    cost = build_catalog(rt.config).cost_of(model, count_message_tokens(messages, model),
+                                            completion)
+    assert cost is not None
+    return cost
+
+
+async def settled(rt: LLMRuntime) -> float:
+    """Today's settled spend once no reservation is open any more (settles arrive by tell)."""
+    with anyio.fail_after(10):
+        while (spend := await rt.spend()).open_reservations:
+            await anyio.sleep(0.02)
+    return spend.settled
 
 
 async def test_chat_is_served_by_the_active_provider(tmp_path: Path) -> None:
@@ -81,9 +110,12 @@ async def test_server_errors_fall_back_to_the_next_model_then_provider(tmp_path:
             ("primary", "gpt-4.1-mini", "LLMServerError"),
             ("backup", "gpt-4o", None),
         ]
-        summary = rt.metrics_summary()
-        assert summary["fallbacks"]
         assert (await rt.spend()).open_reservations == 0
+        with anyio.fail_after(5):  # metrics arrive by tell: wait for the two fallback events
+            while rt.metrics_summary()["fallbacks"]["total"] < 2:
+                await anyio.sleep(0.01)
+        assert rt.metrics_summary()["fallbacks"] == {"total": 2,
+                                                     "by_reason": {"LLMServerError": 2}}
 
 
 async def test_upstream_context_length_error_is_returned_at_once(tmp_path: Path) -> None:
@@ -155,20 +187,57 @@ async def test_stream_failing_after_first_chunk_keeps_delivered_text(tmp_path: P
         assert (await rt.spend()).open_reservations == 0
 
 
-async def test_cancelled_stream_stops_upstream_and_releases_its_reservation(
+async def test_cancelled_stream_stops_upstream_and_is_charged_what_it_streamed(
         tmp_path: Path) -> None:
     async with two_providers(tmp_path) as (rt, primary, backup):
         await primary.configure(faults={"chunk_delay": 0.05})
-        async with rt.stream([{"role": "user", "content": "long"}], model="sim-long") as events:
+        messages = [{"role": "user", "content": "long"}]
+        delivered: list[str] = []
+        async with rt.stream(messages, model="sim-long") as events:
             async for event in events:
                 assert isinstance(event, TextDelta)
+                delivered.append(event.text)
                 break
         with anyio.fail_after(5):
             while (await primary.stats())["streams"]["aborted_by_client"] < 1:
                 await anyio.sleep(0.05)
-        with anyio.fail_after(5):
-            while (await rt.spend()).open_reservations:
-                await anyio.sleep(0.05)
+        spend = await settled(rt)
+        # At least the prompt and what reached us (the router may have relayed a little more).
+        assert spend >= prompt_cost(rt, messages, "sim-long", "".join(delivered)) - 1e-9
+
+
+async def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_prompt(
+        tmp_path: Path) -> None:
+    async with two_providers(tmp_path) as (rt, primary, backup):
+        await primary.configure(faults={"first_byte_delay": 30})
+        async with rt.stream(HELLO):
+            with anyio.fail_after(10):
+                while (await primary.stats())["total_requests"] < 1:
+                    await anyio.sleep(0.02)
+            # The request left for the upstream: leaving the block now cancels it in flight.
+        assert await settled(rt) == pytest.approx(prompt_cost(rt, HELLO, "gpt-4o-mini"),
+                                                  abs=1e-9)
+        assert (await backup.stats())["total_requests"] == 0
+
+
+async def test_a_call_timed_out_in_flight_is_charged_its_prompt(tmp_path: Path) -> None:
+    async with two_providers(tmp_path) as (rt, primary, backup):
+        await primary.configure(faults={"latency": 30})
+        with pytest.raises(LLMTimeoutError, match=r"^the request's 1s budget ran out before "):
+            await rt.chat(HELLO, timeout=1, provider="primary")
+        assert await settled(rt) == pytest.approx(prompt_cost(rt, HELLO, "gpt-4o-mini"),
+                                                  abs=1e-9)
+        assert (await backup.stats())["total_requests"] == 0
+
+
+async def test_an_upstream_error_status_releases_the_reservation(tmp_path: Path) -> None:
+    async with two_providers(tmp_path) as (rt, primary, backup):
+        await primary.configure(faults={"rate_500": 1.0})
+        await backup.configure(faults={"rate_500": 1.0})
+        with pytest.raises(LLMServerError):
+            await rt.chat(HELLO)
+        spend = await rt.spend()
+        assert (spend.settled, spend.reserved, spend.open_reservations) == (0.0, 0.0, 0)
 
 
 async def test_health_reports_each_provider(tmp_path: Path) -> None:
@@ -195,3 +264,103 @@ async def test_a_provider_at_its_own_rate_limit_hands_the_request_to_the_next(
             assert answer.provider == "backup"
             assert answer.attempts[0].error_type == "LLMRateLimitError"
         assert (await primary.stats())["total_requests"] == 1
+
+
+async def test_a_content_refusal_is_returned_at_once_unless_fallback_on_refusal(
+        tmp_path: Path) -> None:
+    refusal = Reply(status=400, body=json.dumps({"error": {
+        "message": "flagged", "type": "invalid_request_error", "code": "content_filter"}}).encode())
+    async with GarbageUpstream() as refusing, SimulatorProcess() as backup:
+        refusing.reply = refusal
+        for fallback_on_refusal in (False, True):
+            config = llm_config(backup, backup, tmp_path, fallback_on_refusal=fallback_on_refusal)
+            primary = config.providers["primary"].model_copy(
+                update={"base_url": refusing.base_url, "fallback_models": []})
+            config = config.model_copy(
+                update={"providers": {**config.providers, "primary": primary}})
+            async with open_runtime(config) as rt:
+                if not fallback_on_refusal:
+                    with pytest.raises(ContentRefused, match=r"refused the content: flagged"):
+                        await rt.chat(HELLO)
+                    assert (await backup.stats())["total_requests"] == 0
+                else:
+                    answer = await rt.chat(HELLO)
+                    assert [(a.provider, a.error_type) for a in answer.attempts] == [
+                        ("primary", "ContentRefused"), ("backup", None)]
+                    assert (await backup.stats())["total_requests"] == 1
+                assert (await rt.spend()).settled == (0.0 if not fallback_on_refusal
+                                                      else answer.usage.total_cost)
+        assert refusing.requests == 2
+
+
+async def test_a_rate_limited_provider_is_paused_until_the_clock_passes_retry_after(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with two_providers(tmp_path, clock=clock) as (rt, primary, backup):
+        await primary.configure(faults={"rate_429": 1.0, "retry_after": 30})
+        first = await rt.chat(HELLO)
+        assert first.provider == "backup"
+        assert first.attempts[0].error_type == "LLMRateLimitError"
+        asked = (await primary.stats())["total_requests"]
+        await primary.configure(faults={"rate_429": 0.0})
+
+        paused = await rt.chat(HELLO)  # primary is paused: the backup goes first
+        assert [(a.provider, a.error_type) for a in paused.attempts] == [("backup", None)]
+        assert (await primary.stats())["total_requests"] == asked
+
+        await clock.advance(30)
+        again = await rt.chat(HELLO)
+        assert [(a.provider, a.error_type) for a in again.attempts] == [("primary", None)]
+
+
+async def hedging_runtime(tmp_path: Path, clock: FakeClock
+                          ) -> AbstractAsyncContextManager[
+                              tuple[LLMRuntime, SimulatorProcess, SimulatorProcess]]:
+    hedging = {"enabled": True, "max_share": 1.0, "min_delay": 2.0}
+    return two_providers(tmp_path, clock=clock, hedging=hedging)
+
+
+async def warm_up(rt: LLMRuntime) -> None:
+    """20 answers from the primary: enough latency samples (all 0 s on the fake clock) for a p95,
+    so the hedge delay is ``min_delay``."""
+    for _ in range(20):
+        assert (await rt.chat(HELLO)).provider == "primary"
+
+
+async def test_a_slow_primary_is_hedged_after_the_delay_on_the_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await hedging_runtime(tmp_path, clock) as (rt, primary, backup):
+        await warm_up(rt)
+        before = await settled(rt)
+        await primary.configure(faults={"latency": 60})
+        answers: list[LLMResponse] = []
+        async with anyio.create_task_group() as group:
+            sleepers = clock.sleepers
+            group.start_soon(lambda: collect(rt, answers))
+            with anyio.fail_after(10):  # the request is in flight, its hedge timer armed
+                while clock.sleepers == sleepers:
+                    await anyio.sleep(0.01)
+            await clock.advance(1.9)
+            assert (await backup.stats())["total_requests"] == 0
+            await clock.advance(0.1)
+        [answer] = answers
+        assert answer.provider == "backup"
+        assert [(a.provider, a.hedge) for a in answer.attempts] == [("backup", True)]
+        assert rt.metrics_summary()["hedges"] == 1
+        # The cancelled primary left for the upstream: it pays its prompt, the hedge its answer.
+        expected = prompt_cost(rt, HELLO, "gpt-4o-mini") + (answer.usage.total_cost or 0.0)
+        assert await settled(rt) - before == pytest.approx(expected, abs=1e-9)
+
+
+async def test_a_primary_answering_within_the_delay_sends_no_hedge(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await hedging_runtime(tmp_path, clock) as (rt, primary, backup):
+        await warm_up(rt)
+        answer = await rt.chat(HELLO)
+        assert [(a.provider, a.hedge) for a in answer.attempts] == [("primary", False)]
+        assert (await backup.stats())["total_requests"] == 0
+        assert rt.metrics_summary()["hedges"] == 0
+
+
+async def collect(rt: LLMRuntime, answers: list[LLMResponse]) -> None:
+    answers.append(await rt.chat(HELLO))
