@@ -5,7 +5,7 @@ The embedding API is :func:`open_runtime`; the specification's client API is
 """
 
 from ._breaker import BreakerConfig
-from ._catalog import ModelCatalog, ModelPrice
+from ._catalog import ModelCatalog, ModelParams, ModelPrice
 from ._client import BaseLLMClient, OpenAIClient, OpenRouterClient, create_llm_client
 from ._config import (
     CostConfig,
@@ -22,6 +22,7 @@ from ._errors import (
     LLMClientError,
     LLMConnectionError,
     LLMCostLimitError,
+    LLMInvalidJSONError,
     LLMModelNotFoundError,
     LLMOverloadedError,
     LLMQuotaExceededError,
@@ -39,8 +40,10 @@ from ._messages import (
     ChatRequest,
     LLMResponse,
     ProviderCall,
+    ReasoningDelta,
     StreamEnd,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
@@ -63,6 +66,7 @@ __all__ = [
     "LLMConfig",
     "LLMConnectionError",
     "LLMCostLimitError",
+    "LLMInvalidJSONError",
     "LLMMetrics",
     "LLMModelNotFoundError",
     "LLMOverloadedError",
@@ -75,6 +79,7 @@ __all__ = [
     "LLMTimeoutError",
     "LLMTokenLimitError",
     "ModelCatalog",
+    "ModelParams",
     "ModelPrice",
     "OpenAIClient",
     "OpenRouterClient",
@@ -82,9 +87,11 @@ __all__ = [
     "ProviderConfig",
     "ProviderUnavailable",
     "RateLimitConfig",
+    "ReasoningDelta",
     "SharedState",
     "StreamEnd",
     "TextDelta",
+    "TokenLogprob",
     "ToolCall",
     "Usage",
     "as_llm_error",

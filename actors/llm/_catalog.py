@@ -1,4 +1,5 @@
-"""What we know about models: context windows and prices, built in and overridable by config.
+"""What we know about models: context windows, prices and the parameters they take, built in and
+overridable by config.
 
 Names are resolved the same way for built-in and configured entries: the exact name first, then
 without an OpenRouter provider prefix (``openai/gpt-4o`` -> ``gpt-4o``), a ``:variant`` suffix
@@ -7,12 +8,18 @@ matching: ``o3-pro`` is not priced as ``o3``, it is unknown until configured.
 
 Built-in prices are list prices in USD per million tokens at the time of writing; configure
 ``prices`` to follow changes.
+
+Parameters (:class:`ModelParams`) are known per family: OpenAI's reasoning models (``o1``, ``o3``,
+``o4``, ``gpt-5`` and their variants) take ``max_completion_tokens`` instead of ``max_tokens`` and
+reject non-default ``temperature``/``top_p``/penalties and ``logprobs``. Configured entries
+(``model_params``) win over the families, looked up like prices.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +30,7 @@ __all__ = [
     "BUILTIN_PRICES",
     "DEFAULT_CONTEXT_WINDOW",
     "ModelCatalog",
+    "ModelParams",
     "ModelPrice",
 ]
 
@@ -35,6 +43,26 @@ class ModelPrice(BaseModel):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+
+
+class ModelParams(BaseModel):
+    """Which request parameters a model takes: its output limit's name, and what it rejects."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    rejected_params: frozenset[str] = frozenset()
+    """Never sent to this model (it answers them with a 400), even when configured."""
+
+
+_REASONING_PARAMS = ModelParams(
+    max_tokens_param="max_completion_tokens",
+    rejected_params=frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty",
+                               "logprobs", "top_logprobs"}),
+)
+_DEFAULT_PARAMS = ModelParams()
+# Matched on the bare name (no provider prefix, no :variant): o1, o3-mini, o4-mini, gpt-5-nano...
+_REASONING_FAMILY = re.compile(r"^(o1|o3|o4|gpt-5)(-|$)")
 
 
 def _p(input: float, cached_input: float | None, output: float) -> ModelPrice:
@@ -129,6 +157,7 @@ class ModelCatalog:
         *,
         default_context_window: int = DEFAULT_CONTEXT_WINDOW,
         builtin: bool = True,
+        params: Mapping[str, ModelParams] | None = None,
     ) -> None:
         if default_context_window <= 0:
             raise ValueError("default_context_window must be positive")
@@ -142,6 +171,7 @@ class ModelCatalog:
             self._prices.update({k.lower(): v for k, v in BUILTIN_PRICES.items()})
         self._windows.update({k.lower(): v for k, v in (context_windows or {}).items()})
         self._prices.update({k.lower(): v for k, v in (prices or {}).items()})
+        self._params: dict[str, ModelParams] = {k.lower(): v for k, v in (params or {}).items()}
         self.default_context_window = default_context_window
 
     def context_window(self, model: str) -> int:
@@ -161,6 +191,16 @@ class ModelCatalog:
             if name in self._prices:
                 return self._prices[name]
         return None
+
+    def params(self, model: str) -> ModelParams:
+        """The parameters ``model`` takes: configured, else its family's, else OpenAI's usual."""
+        names = list(_candidates(model))
+        for name in names:
+            if name in self._params:
+                return self._params[name]
+        if any(_REASONING_FAMILY.match(name) for name in names):
+            return _REASONING_PARAMS
+        return _DEFAULT_PARAMS
 
     def preflight_check(self, prompt_tokens: int, max_tokens: int | None, model: str) -> None:
         """Check that ``prompt_tokens`` plus ``max_tokens`` fit ``model``'s context window.

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from ._breaker import BreakerConfig
-from ._catalog import ModelPrice
+from ._catalog import ModelParams, ModelPrice
 from ._errors import LLMAuthError, redact
 from ._limits import RateLimitConfig
 
@@ -191,6 +191,10 @@ class ProviderConfig(ClientSettings):
     )
     context_windows: dict[str, PositiveInt] = Field(default_factory=dict)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    model_params: dict[str, ModelParams] = Field(
+        default_factory=dict,
+        description="per model: max_tokens_param and rejected_params (over the built-in families)",
+    )
     # The specification's flat keys.
     requests_per_minute: PositiveInt | None = Field(
         default=None, description="same as rate_limits.requests_per_minute"

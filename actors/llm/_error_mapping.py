@@ -33,6 +33,7 @@ from ._errors import (
     LLMTokenLimitError,
     redact,
 )
+from ._limits import MAX_SERVER_PAUSE
 
 __all__ = ["error_from_sdk", "map_sdk_errors", "parse_retry_after"]
 
@@ -111,8 +112,14 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
 
     ``now`` is the wall-clock time used for an HTTP date (defaults to :func:`time.time`).
-    Returns ``None`` when absent or unparseable; never a negative number.
+    Returns ``None`` when absent or unparseable; never a negative number, never more than
+    :data:`~actors.llm._limits.MAX_SERVER_PAUSE`.
     """
+    seconds = _parse_retry_after(headers, now)
+    return min(seconds, MAX_SERVER_PAUSE) if seconds is not None else None
+
+
+def _parse_retry_after(headers: Mapping[str, str], now: float | None) -> float | None:
     value = headers.get("retry-after-ms")
     if value is not None:
         try:

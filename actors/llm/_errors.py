@@ -19,6 +19,8 @@ Our exception hierarchy::
     ├── LLMConnectionError            connection            yes         next provider
     ├── LLMServerError                server                yes         next provider
     ├── LLMBadRequestError            bad_request           no          return at once
+    ├── LLMInvalidJSONError           invalid_json_response no          next candidate (JSON mode
+    │                                                                   asked, the answer is not)
     ├── LLMOverloadedError            overloaded            yes         next provider (a mailbox
     │                                                                   of ours is full)
     ├── ContentRefused                content_refused       no          return at once unless
@@ -68,6 +70,7 @@ __all__ = [
     "LLMClientError",
     "LLMConnectionError",
     "LLMCostLimitError",
+    "LLMInvalidJSONError",
     "LLMModelNotFoundError",
     "LLMOverloadedError",
     "LLMQuotaExceededError",
@@ -273,6 +276,14 @@ class LLMBadRequestError(LLMClientError):
     """The provider rejected the request as malformed (HTTP 400/422, or another 4xx)."""
 
     error_type = "bad_request"
+
+
+class LLMInvalidJSONError(LLMClientError):
+    """JSON mode was asked for (``response_format``, ``enable_json_mode``) and the answer is not
+    JSON. Another model may do better; the same one, asked again, may not."""
+
+    error_type = "invalid_json_response"
+    provider_specific = True
 
 
 class ContentRefused(LLMClientError):

@@ -44,6 +44,7 @@ from runtime import Clock
 from ._errors import LLMTokenLimitError
 
 __all__ = [
+    "MAX_SERVER_PAUSE",
     "WINDOW_SECONDS",
     "ProviderRateLimiter",
     "RateLimitConfig",
@@ -65,6 +66,10 @@ class RateLimitConfig(BaseModel):
 
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+
+
+MAX_SERVER_PAUSE = 300.0
+"""Seconds: the longest pause a server's ``Retry-After`` / ``x-ratelimit-reset-*`` may impose."""
 
 
 def parse_reset_duration(value: str) -> float | None:
@@ -233,7 +238,12 @@ class ProviderRateLimiter:
         return max(0.0, self._paused_until - self._clock.now())
 
     def pause_for(self, seconds: float) -> None:
-        """Let no request leave for ``seconds`` from now (a pause already longer is kept)."""
+        """Let no request leave for ``seconds`` from now (a pause already longer is kept).
+
+        At most :data:`MAX_SERVER_PAUSE`: one huge ``Retry-After`` or ``x-ratelimit-reset-*``
+        must not disable the provider until the process restarts.
+        """
+        seconds = min(seconds, MAX_SERVER_PAUSE)
         if seconds > 0:
             self._paused_until = max(self._paused_until, self._clock.now() + seconds)
 

@@ -11,7 +11,8 @@ Who talks to whom::
     everyone ──(metrics events, actors._metrics_store)──► MetricsActor
 
 A non-streaming ask answers an :class:`LLMResponse`. A streaming ask (``ask_stream``) yields
-:class:`TextDelta` items as they arrive and ends with one :class:`StreamEnd` carrying the assembled
+:class:`TextDelta` and :class:`ReasoningDelta` items as they arrive (reasoning before and between
+text, as the model sends it) and ends with one :class:`StreamEnd` carrying the assembled
 :class:`LLMResponse` (text, tool calls, usage, cost).
 """
 
@@ -24,12 +25,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime import Ask, AskStream
+
 __all__ = [
     "Attempt",
     "ChatRequest",
     "GetSpend",
     "LLMResponse",
     "ProviderCall",
+    "ProviderStreamItem",
+    "ReasoningDelta",
     "Release",
     "Reservation",
     "Reserve",
@@ -37,6 +42,7 @@ __all__ = [
     "SpendSnapshot",
     "StreamEnd",
     "TextDelta",
+    "TokenLogprob",
     "ToolCall",
     "Usage",
     "new_request_id",
@@ -61,6 +67,8 @@ class Usage(BaseModel):
     total_tokens: int = 0
     cached_tokens: int = 0
     total_cost: float | None = None
+    reasoning_tokens: int = 0
+    """Part of ``completion_tokens`` (billed as output; never added to it a second time)."""
 
 
 class ToolCall(BaseModel):
@@ -79,6 +87,15 @@ class ToolCall(BaseModel):
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
+
+
+class TokenLogprob(BaseModel):
+    """One answer token and its log probability (``enable_logprobs``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
 
 
 class Attempt(BaseModel):
@@ -111,6 +128,14 @@ class LLMResponse(BaseModel):
     request_id: str = ""
     cost_warning: bool = False
     """This answer cost more than its provider's ``cost_warning_threshold`` (USD per request)."""
+    reasoning: str = ""
+    """The model's reasoning text, when it sent it (never part of :attr:`message`'s content)."""
+    reasoning_details: list[Any] = Field(default_factory=list)
+    """OpenRouter's ``reasoning_details``, sent back with the assistant message (some models need
+    them to continue after tool results)."""
+    logprobs: list[TokenLogprob] | None = None
+    """The answer's tokens with log probabilities when they were asked for (``enable_logprobs``)."""
+    time_to_first_reasoning_ms: float | None = None
 
     @property
     def message(self) -> Message:
@@ -118,6 +143,8 @@ class LLMResponse(BaseModel):
         message: Message = {"role": "assistant", "content": self.content or None}
         if self.tool_calls:
             message["tool_calls"] = [call.to_message() for call in self.tool_calls]
+        if self.reasoning_details:
+            message["reasoning_details"] = list(self.reasoning_details)
         return message
 
 
@@ -141,6 +168,11 @@ class ChatRequest:
     """The conversation turn this request is part of: its attempts share ``turn_cost_limit``."""
     turn_cost_limit: float | None = None
     """USD the whole turn may cost (``chat.max_cost_per_turn``), enforced by the ledger."""
+    reasoning_effort: str | None = None
+    """``minimal``/``low``/``medium``/``high`` for reasoning models (``None``: the provider's)."""
+    response_format: dict[str, Any] | None = None
+    """OpenAI's ``response_format`` (``{"type": "json_object"}`` or ``json_schema``): the answer
+    is then checked to be JSON (:class:`~actors.llm.LLMInvalidJSONError` when it is not)."""
 
     @classmethod
     def of(cls, messages: list[Message], tools: list[Message] | None = None,
@@ -151,8 +183,11 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
-class ProviderCall:
+class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     """What the router asks of one provider actor: one attempt with one model.
+
+    ``ask`` it (``stream=False``) for an :class:`LLMResponse`; ``ask_stream`` it (``stream=True``)
+    for :class:`TextDelta` / :class:`ReasoningDelta` items and one :class:`StreamEnd`.
 
     ``prompt_tokens`` is the router's estimate (already checked against the context window), the
     amount the provider's token limiter acquires.
@@ -163,11 +198,21 @@ class ProviderCall:
     prompt_tokens: int
     stream: bool = False
     fallback_models: tuple[str, ...] = ()
+    reasoning_effort: str | None = None
+    """Set by the router from the config for this provider and model; the request's own
+    ``reasoning_effort`` wins."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """A piece of the answer's text, as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning, as it streams (before and between text)."""
 
     text: str
 
@@ -177,6 +222,10 @@ class StreamEnd:
     """The last item of a stream: the assembled answer."""
 
     response: LLMResponse
+
+
+ProviderStreamItem = TextDelta | ReasoningDelta | StreamEnd
+"""What ``ask_stream(ProviderCall(stream=True))`` yields."""
 
 
 @dataclass(frozen=True)

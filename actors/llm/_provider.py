@@ -1,18 +1,21 @@
 """ProviderActor: one OpenAI-compatible provider behind an actor (OpenAI, OpenRouter, any base_url).
 
-The actor owns an ``httpx2`` pool with the configured limits and an ``AsyncOpenAI`` client built on
-it with ``max_retries=0`` (the runtime is the only retry loop). It answers
+The actor owns an HTTP pool with the configured limits and an ``AsyncOpenAI`` client built on it
+with ``max_retries=0`` (the runtime is the only retry loop). It answers
 ``ask(ProviderCall(stream=False))`` with an :class:`LLMResponse` and
-``ask_stream(ProviderCall(stream=True))`` with :class:`TextDelta` items then one
-:class:`StreamEnd`.
+``ask_stream(ProviderCall(stream=True))`` with :class:`TextDelta` and :class:`ReasoningDelta`
+items then one :class:`StreamEnd`. The body holds only what the model accepts
+(:mod:`._sdk_call`); the answer is read as plain data (:mod:`._wire_decode`, :mod:`._stream`);
+what differs per provider kind is in :mod:`._provider_kinds`.
 
 Per call, in the actor's loop: the pre-flight context-window check, then the breaker's permit (an
 open breaker refuses at once with :class:`ProviderUnavailable`). In a child task: the rate
-limiter (one request, and the prompt's estimated tokens plus ``max_tokens``: what OpenAI counts
+limiter (one request, and the prompt's estimated tokens plus the output limit: what OpenAI counts
 against a tokens-per-minute limit when the request arrives), the SDK call; every response's
-``x-ratelimit-*`` headers reach the limiter through an ``httpx2`` response hook. Back in the
-actor's loop (the ``then`` callback, the single writer of breaker and counters): the breaker's
-outcome, metrics events, and the deliberate crashes:
+``x-ratelimit-*`` headers reach the limiter through a response hook. An "Unsupported
+parameter/value" 400 is retried once without that parameter, and the rule is kept for the model
+(in the durable state, logged once). Back in the actor's loop (the ``then`` callback, the single
+writer of breaker and counters): the breaker's outcome, metrics events, and deliberate crashes:
 
 * an upstream 401 crashes the instance (the caller still gets its :class:`LLMAuthError`); the
   supervisor restarts it and the new instance re-reads the key and rebuilds the pool. A key that
@@ -20,27 +23,22 @@ outcome, metrics events, and the deliberate crashes:
   key read from the environment (or the key file) changes, which is checked on every call;
 * ``max_connection_failures`` consecutive connection errors crash it too (a new pool).
 
-The rate limiter, the breaker and a :class:`ProviderHealth` survive restarts (``durable``): the
-provider's quota did not reset because we restarted, and other actors read the health without a
-round trip (``system.durable(name).health``).
+Secrets: the key and every ``extra_headers`` value (of 8 characters or more) are redacted from
+the errors the provider raises.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import httpx2
 import openai
-from openai.resources.chat.completions import AsyncCompletions
 from pydantic import SecretStr
 
 from actors.metrics._store import (
@@ -49,25 +47,36 @@ from actors.metrics._store import (
     GaugeSet,
     RequestFinished,
 )
-from runtime import Actor, ActorRef, ChildSpec, Clock, Outcome, Request, unwrap_group
+from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, unwrap_group
 
-from ._breaker import BreakerState, CircuitBreaker
+from ._breaker import BreakerState
 from ._catalog import ModelCatalog
 from ._config import ProviderConfig
 from ._error_mapping import map_sdk_errors
 from ._errors import (
     LLMAuthError,
+    LLMBadRequestError,
     LLMClientError,
     LLMConnectionError,
     LLMRateLimitError,
-    LLMServerError,
-    LLMStreamingError,
     ProviderUnavailable,
 )
 from ._http_pool import provider_http_client
-from ._limits import ProviderRateLimiter
-from ._messages import LLMResponse, ProviderCall, StreamEnd, TextDelta, ToolCall, Usage
-from ._tokens import count_text_tokens
+from ._messages import LLMResponse, ProviderCall, StreamEnd, Usage
+from ._provider_kinds import rules_for
+from ._provider_state import ProviderHealth, ProviderState
+from ._sdk_call import (
+    CallPlan,
+    check_json,
+    logprobs_of,
+    open_stream,
+    plan_call,
+    post_completion,
+    price_usage,
+    rejected_param,
+)
+from ._stream import Progress, read_stream
+from ._wire_decode import MalformedResponse, StreamAssembly, decode_completion, malformed_error
 
 __all__ = ["ProviderActor", "ProviderHealth", "ProviderState", "provider_child_spec"]
 
@@ -76,12 +85,9 @@ logger = logging.getLogger(__name__)
 # Without a key (``requires_api_key: false``, a local server) the SDK still wants one.
 _PLACEHOLDER_KEY = "no-key-required"
 _GAUGE_INTERVAL = 1.0
-# Keyword arguments ``chat.completions.create`` takes; other request params go in ``extra_body``.
-_SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
-    "self", "messages", "model", "stream", "stream_options", "extra_headers", "extra_query",
-    "extra_body", "timeout",
-}
-_GENERATION_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
+# Shorter header values (``X-Title: demo``) are not credentials, and redacting them would mangle
+# every message that happens to contain the word.
+_MIN_SECRET_HEADER = 8
 
 
 class _AuthRejected(LLMAuthError):
@@ -92,124 +98,17 @@ class _ConnectionFailuresExceeded(LLMConnectionError):
     """The last of ``max_connection_failures`` consecutive connection errors: crash, new pool."""
 
 
-@dataclass
-class ProviderHealth:
-    """What other actors may read about a provider without asking it (never mutate it).
-
-    Written only by the provider actor. ``breaker`` is ``closed``, ``open`` or ``half_open``.
-    """
-
-    clock: Clock | None = None
-    breaker: str = "closed"
-    open_until: float = 0.0
-    restarting: bool = False
-    pool_in_use: int = 0
-    last_error_type: str | None = None
-    auth_rejected: bool = False
-
-    def retry_after(self) -> float:
-        """Seconds until an open breaker lets a trial call through (0.0 when not open)."""
-        if self.breaker != "open" or self.clock is None:
-            return 0.0
-        return max(0.0, self.open_until - self.clock.now())
-
-    def available(self) -> bool:
-        """Whether a call now has a chance: not restarting, breaker not open (or its wait over)."""
-        return not self.restarting and self.retry_after() == 0.0
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready view for ``/health``."""
-        return {
-            "breaker": self.breaker,
-            "retry_after": round(self.retry_after(), 3),
-            "restarting": self.restarting,
-            "pool_in_use": self.pool_in_use,
-            "last_error_type": self.last_error_type,
-            "auth_rejected": self.auth_rejected,
-        }
-
-
-@dataclass
-class ProviderState:
-    """The durable part of a provider actor: created once, kept across its restarts.
-
-    ``limiter`` and ``breaker`` are built by the first instance (they need the kernel's clock).
-    """
-
-    health: ProviderHealth = field(default_factory=ProviderHealth)
-    limiter: ProviderRateLimiter | None = None
-    breaker: CircuitBreaker | None = None
-    rejected_key: str | None = field(default=None, repr=False)
-    """Fingerprint (sha256) of the last key the provider rejected; never the key itself."""
-    on_transition: Callable[[BreakerState, BreakerState], None] | None = field(
-        default=None, repr=False)
-    make_limiter: Callable[[Clock], ProviderRateLimiter] | None = field(default=None, repr=False)
-    """Builds the limiter instead of a local one (the shared windows of a cluster)."""
-
-    def ensure(self, name: str, config: ProviderConfig, clock: Clock) -> None:
-        if self.limiter is None and self.make_limiter is not None:
-            self.limiter = self.make_limiter(clock)
-        if self.limiter is None:
-            self.limiter = ProviderRateLimiter(config.rate_limits, clock=clock, name=name)
-        if self.breaker is None:
-            self.breaker = CircuitBreaker(
-                config.breaker, clock=clock, name=name, on_transition=self._transition
-            )
-            self.health.clock = clock
-
-    def _transition(self, old: BreakerState, new: BreakerState) -> None:
-        self.health.breaker = new.value.lower()
-        if new is BreakerState.OPEN and self.breaker is not None and self.health.clock:
-            wait = self.breaker.config.wait_duration_in_open_state
-            self.health.open_until = self.health.clock.now() + wait
-        if self.on_transition is not None:
-            self.on_transition(old, new)
-
-
 def _fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-# What reading a response of the wrong shape raises: the SDK builds its models without validating
-# (`construct`), so a list where an object belongs surfaces as AttributeError/TypeError when read;
-# ValueError covers bad JSON, bad UTF-8 and pydantic's ValidationError.
-_MALFORMED = (AttributeError, TypeError, ValueError, KeyError, IndexError)
-
-
-def _malformed(
-    provider: str, model: str, error: Exception, partial_text: str = ""
-) -> LLMClientError:
-    detail = f"{provider} sent a malformed response ({type(error).__name__})"
-    if partial_text:
-        return LLMStreamingError(detail, provider=provider, model=model,
-                                 partial_text=partial_text, retryable=False)
-    return LLMServerError(detail, provider=provider, model=model)
-
-
-@dataclass
-class _Progress:
-    """What a call's child task learned, read by ``then`` even when the call failed."""
-
-    started: float
-    ttft: float | None = None
-    rate_limited: bool = False
-    streamed: LLMResponse | None = None  # a stream's final response (its outcome carries none)
-
-
-@dataclass
-class _ToolCallBuilder:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-class ProviderActor(Actor):
+class ProviderActor(Actor[ProviderCall]):
     """Calls one provider through the official SDK (see the module docstring).
 
     ``metrics`` receives the events of :mod:`actors.metrics._store` (dropped when its mailbox is
-    full); ``catalog`` prices and sizes models (default: built-in tables plus the config's);
-    ``api_key`` replaces the configured environment variable or key file. Run it with the spec of
-    :func:`provider_child_spec`: it needs its ``crash_on`` and ``durable``.
+    full); ``catalog`` prices, sizes and knows the parameters of models (default: built-in tables
+    plus the config's); ``api_key`` replaces the configured environment variable or key file. Run
+    it with the spec of :func:`provider_child_spec`: it needs its ``crash_on`` and ``durable``.
     """
 
     def __init__(
@@ -225,13 +124,17 @@ class ProviderActor(Actor):
         self.config = config
         self._api_key = api_key
         self._metrics = metrics
-        self._catalog = catalog or ModelCatalog(config.context_windows, config.prices)
+        self._catalog = catalog or ModelCatalog(config.context_windows, config.prices,
+                                                params=config.model_params)
+        self._kind = rules_for(config.kind)
         self._key: str = _PLACEHOLDER_KEY
         self._http: httpx2.AsyncClient | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._connection_failures = 0
         self._in_flight = 0
         self._gauge_sent_at = float("-inf")
+        self._secret_headers = tuple(
+            value for value in config.extra_headers.values() if len(value) >= _MIN_SECRET_HEADER)
 
     def __repr__(self) -> str:
         return (
@@ -271,12 +174,6 @@ class ProviderActor(Actor):
     def _build_client(self, key: str | None) -> None:
         config = self.config
         self._key = key if key is not None else _PLACEHOLDER_KEY
-        headers = dict(config.extra_headers)
-        if config.kind == "openrouter":
-            if config.site_url:
-                headers.setdefault("HTTP-Referer", config.site_url)
-            if config.app_name:
-                headers.setdefault("X-Title", config.app_name)
         self._http = provider_http_client(
             limits=httpx2.Limits(
                 max_connections=config.max_connections,
@@ -293,7 +190,7 @@ class ProviderActor(Actor):
             api_key=self._key,
             http_client=self._http,
             max_retries=0,
-            default_headers=headers,
+            default_headers=self._kind.headers(config),
         )
         self._state.health.auth_rejected = (
             key is not None and _fingerprint(key) == self._state.rejected_key
@@ -315,12 +212,12 @@ class ProviderActor(Actor):
 
     # -- in the actor's loop ------------------------------------------------------------------
 
-    async def receive(self, message: Any) -> Any:
-        if not isinstance(message, ProviderCall):
+    async def receive(self, message: ProviderCall) -> Any:
+        if type(message) is not ProviderCall:
             raise TypeError(f"{self.name} takes ProviderCall, not {type(message).__name__}")
         call = message
-        kwargs, max_tokens = self._request_kwargs(call)
-        self._catalog.preflight_check(call.prompt_tokens, max_tokens, call.model)
+        plan = self._plan(call)
+        self._catalog.preflight_check(call.prompt_tokens, plan.max_tokens, call.model)
         await self._check_key(call.model)
         state = self._state
         assert state.breaker is not None
@@ -331,23 +228,27 @@ class ProviderActor(Actor):
                 f" (retry after {retry_after:.3g} s)",
                 provider=self.name, model=call.model, retry_after=retry_after,
             )
-        tokens = call.prompt_tokens + max_tokens
+        tokens = call.prompt_tokens + plan.max_tokens
         self._refuse_if_wait_exceeds_budget(call, tokens)
-        progress = _Progress(started=time.perf_counter())
+        progress = Progress(started=time.perf_counter())
+        request = self.context.request
         work: Callable[..., Awaitable[Any]]
         if call.stream:
-            request = self.context.request
             assert request is not None, "a stream needs ask_stream()"
             work = self._stream
-            args: tuple[Any, ...] = (call, kwargs, tokens, progress, request)
+            args: tuple[Any, ...] = (call, plan, tokens, progress, request)
         else:
             work = self._complete
-            args = (call, kwargs, tokens, progress)
+            args = (call, plan, tokens, progress)
         self._in_flight += 1
-        self._state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
-        self.context.pipe(self._guarded, work, *args,
+        state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
+        self.context.pipe(self._guarded, work, *args, reply_to=request,
                           then=lambda outcome: self._finished(call, progress, outcome))
         return None
+
+    def _plan(self, call: ProviderCall) -> CallPlan:
+        learned = self._state.learned_params.get(call.model, frozenset())
+        return plan_call(call, self.config, self._kind, self._catalog.params(call.model), learned)
 
     def _refuse_if_wait_exceeds_budget(self, call: ProviderCall, tokens: int) -> None:
         """Refuse at once (retryable, so the router falls back) when our own rate limits would
@@ -370,8 +271,8 @@ class ProviderActor(Actor):
             return await work(call, *args)
         except Exception as exc:
             error = unwrap_group(exc)
-            if isinstance(error, _MALFORMED) and not isinstance(error, LLMClientError):
-                raise _malformed(self.name, call.model, error) from error
+            if isinstance(error, MalformedResponse):
+                raise malformed_error(self.name, call.model, error) from error
             raise error from None
 
     async def _check_key(self, model: str) -> None:
@@ -392,7 +293,7 @@ class ProviderActor(Actor):
         await self._close_client()
         self._build_client(key)
 
-    def _finished(self, call: ProviderCall, progress: _Progress, outcome: Outcome) -> Any:
+    def _finished(self, call: ProviderCall, progress: Progress, outcome: Outcome) -> Any:
         state = self._state
         breaker = state.breaker
         assert breaker is not None
@@ -432,7 +333,7 @@ class ProviderActor(Actor):
             raise error
         return None if call.stream else response
 
-    def _report(self, call: ProviderCall, progress: _Progress, latency: float,
+    def _report(self, call: ProviderCall, progress: Progress, latency: float,
                 response: LLMResponse | None, outcome: Outcome) -> None:
         metrics = self._metrics
         if metrics is None:
@@ -453,6 +354,9 @@ class ProviderActor(Actor):
             cost=usage.total_cost or 0.0,
             error_type=error_type,
             rate_limited=progress.rate_limited,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            ttfr_s=progress.ttfr,
         ))
         now = self.context.clock.now()
         if now - self._gauge_sent_at >= _GAUGE_INTERVAL:
@@ -466,37 +370,13 @@ class ProviderActor(Actor):
             self._metrics.try_tell(BreakerTransition(self.name, old.value.lower(),
                                                      new.value.lower()))
 
-    def _request_kwargs(self, call: ProviderCall) -> tuple[dict[str, Any], int]:
-        """The SDK's keyword arguments for ``call``, and the ``max_tokens`` it allows."""
-        config = self.config
-        params: dict[str, Any] = {name: getattr(config, name) for name in _GENERATION_FIELDS}
-        requested = call.request.params
-        if "max_completion_tokens" in requested:
-            params.pop("max_tokens")
-        params.update(requested)
-        extra_body: dict[str, Any] = dict(config.extra_params)
-        kwargs: dict[str, Any] = {"model": call.model, "messages": list(call.request.messages)}
-        for key, value in params.items():
-            if key in _SDK_PARAMS:
-                kwargs[key] = value
-            else:
-                extra_body[key] = value
-        if call.request.tools:
-            kwargs["tools"] = list(call.request.tools)
-        if config.use_native_fallbacks and call.fallback_models:
-            extra_body["models"] = [call.model, *call.fallback_models]
-        if extra_body:
-            kwargs["extra_body"] = extra_body
-        limit = params.get("max_completion_tokens", params.get("max_tokens"))
-        max_tokens = int(limit) if limit else config.max_tokens
-        return kwargs, max_tokens
-
     # -- in a call's child task ---------------------------------------------------------------
 
     def _secrets(self) -> Sequence[str]:
-        return (self._key,) if self._key != _PLACEHOLDER_KEY else ()
+        key = (self._key,) if self._key != _PLACEHOLDER_KEY else ()
+        return key + self._secret_headers
 
-    def _note_failure(self, error: LLMClientError, progress: _Progress) -> None:
+    def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
         """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
         limiter = self._state.limiter
         assert limiter is not None
@@ -505,86 +385,90 @@ class ProviderActor(Actor):
             if error.retry_after:
                 limiter.pause_for(error.retry_after)
 
-    async def _complete(self, call: ProviderCall, kwargs: dict[str, Any], tokens: int,
-                        progress: _Progress) -> LLMResponse:
-        client, limiter = self._client, self._state.limiter
-        assert client is not None and limiter is not None
+    def _learn(self, call: ProviderCall, error: LLMBadRequestError, plan: CallPlan) -> CallPlan:
+        """The plan without the parameter the upstream refused; the rule kept for the model.
+
+        Raises ``error`` when it is not an "Unsupported parameter/value" about what we sent.
+        """
+        param = rejected_param(error, plan.body)
+        if param is None:
+            raise error
+        learned = self._state.learned_params
+        known = learned.get(call.model, frozenset())
+        if param not in known:
+            learned[call.model] = known | {param}
+            logger.warning("%s: model %s refuses %r; not sending it from now on", self.name,
+                           call.model, param)
+        return self._plan(call)
+
+    async def _send(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                    send: Callable[[dict[str, Any]], Awaitable[Any]]) -> tuple[Any, CallPlan]:
+        """Send (through the limiter); once more without a refused parameter if need be."""
+        limiter = self._state.limiter
+        assert limiter is not None
+        for attempt in (1, 2):
+            try:
+                async with limiter.admit(tokens) as permit:
+                    with map_sdk_errors(self.name, call.model, self._secrets()):
+                        answer = await send(plan.body)
+                    permit.sent()
+                return answer, plan
+            except LLMBadRequestError as exc:
+                if attempt == 2:
+                    raise
+                plan = self._learn(call, exc, plan)
+        raise AssertionError("unreachable")
+
+    async def _complete(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                        progress: Progress) -> LLMResponse:
+        client = self._client
+        assert client is not None
         try:
-            async with limiter.admit(tokens) as permit:
-                with map_sdk_errors(self.name, call.model, self._secrets()):
-                    completion = await client.chat.completions.create(**kwargs)
-                permit.sent()
+            data, plan = await self._send(call, plan, tokens,
+                                          lambda body: post_completion(client, body))
         except LLMClientError as exc:
             self._note_failure(exc, progress)
             raise
+        body = decode_completion(data)
         elapsed = time.perf_counter() - progress.started
         progress.ttft = elapsed
-        choice = completion.choices[0] if completion.choices else None
-        message = choice.message if choice is not None else None
-        tool_calls = [
-            ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "{}")
-            for tc in (message.tool_calls or ()) if tc.type == "function"
-        ] if message is not None else []
-        content = (message.content or "") if message is not None else ""
-        return LLMResponse(
-            content=content,
+        if body.reasoning:
+            progress.ttfr = elapsed
+        model = body.model or call.model
+        tool_calls = list(body.tool_calls)
+        response = LLMResponse(
+            content=body.content,
             tool_calls=tool_calls,
-            finish_reason=choice.finish_reason if choice is not None else None,
-            usage=self._usage(call, completion.usage, content, tool_calls,
-                              completion.model or call.model),
-            model=completion.model or call.model,
+            finish_reason=body.finish_reason,
+            usage=price_usage(self._catalog, call, body.usage, body.content, tool_calls, model),
+            model=model,
             provider=self.name,
             response_time_ms=elapsed * 1000,
             time_to_first_token_ms=elapsed * 1000,
+            reasoning=body.reasoning or "",
+            reasoning_details=list(body.reasoning_details),
+            logprobs=logprobs_of(body.logprobs, plan.body.get("logprobs") is True),
+            time_to_first_reasoning_ms=elapsed * 1000 if body.reasoning else None,
         )
+        if plan.json_mode:
+            check_json(response, self.name)
+        return response
 
-    async def _stream(self, call: ProviderCall, kwargs: dict[str, Any], tokens: int,
-                      progress: _Progress, request: Request) -> None:
-        client, limiter = self._client, self._state.limiter
-        assert client is not None and limiter is not None
+    async def _stream(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                      progress: Progress, request: Request) -> None:
+        client = self._client
+        assert client is not None
         secrets = self._secrets()
-        parts: list[str] = []
-        tools: dict[int, _ToolCallBuilder] = {}
-        usage: Any = None
-        finish_reason: str | None = None
-        model = call.model
-        relay = _Relay(request)
+        assembly = StreamAssembly()
         try:
-            async with limiter.admit(tokens) as permit:
-                with map_sdk_errors(self.name, call.model, secrets):
-                    stream = await client.chat.completions.create(
-                        **kwargs, stream=True, stream_options={"include_usage": True})
-                permit.sent()
-            failure: LLMClientError | None = None
+            stream, plan = await self._send(call, plan, tokens,
+                                            lambda body: open_stream(client, body))
             try:
-                async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(relay.run)
-                    try:
-                        with map_sdk_errors(self.name, call.model, secrets,
-                                            partial_text=lambda: "".join(parts)):
-                            async for chunk in stream:
-                                if chunk.usage is not None:
-                                    usage = chunk.usage
-                                if chunk.model:
-                                    model = chunk.model
-                                for choice in chunk.choices:
-                                    delta = choice.delta
-                                    if choice.finish_reason:
-                                        finish_reason = choice.finish_reason
-                                    if delta.tool_calls:
-                                        if progress.ttft is None:
-                                            progress.ttft = time.perf_counter() - progress.started
-                                        _add_tool_deltas(tools, delta.tool_calls)
-                                    if delta.content:
-                                        if progress.ttft is None:
-                                            progress.ttft = time.perf_counter() - progress.started
-                                        parts.append(delta.content)
-                                        await relay.push(delta.content)
-                    except LLMClientError as exc:
-                        failure = exc  # the text read so far still reaches the caller first
-                    except _MALFORMED as exc:
-                        failure = _malformed(self.name, call.model, exc, "".join(parts))
-                    relay.finish()
+                failure = await read_stream(
+                    stream, request, assembly, progress,
+                    lambda: map_sdk_errors(self.name, call.model, secrets,
+                                           partial_text=lambda: assembly.text),
+                    self.name, call.model)
             finally:
                 # At once, also when cancelled: an unread answer must not keep costing tokens.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -595,112 +479,29 @@ class ProviderActor(Actor):
             self._note_failure(exc, progress)
             raise
         elapsed = time.perf_counter() - progress.started
-        content = "".join(parts)
-        tool_calls = [
-            ToolCall(id=b.id, name=b.name, arguments="".join(b.arguments) or "{}")
-            for _, b in sorted(tools.items())
-        ]
+        content = assembly.text
+        tool_calls = assembly.tool_calls()
+        model = assembly.model or call.model
+        reasoning = assembly.reasoning
         response = LLMResponse(
             content=content,
             tool_calls=tool_calls,
-            finish_reason=finish_reason,
-            usage=self._usage(call, usage, content, tool_calls, model),
+            finish_reason=assembly.finish_reason,
+            usage=price_usage(self._catalog, call, assembly.usage, content, tool_calls, model),
             model=model,
             provider=self.name,
             response_time_ms=elapsed * 1000,
             time_to_first_token_ms=progress.ttft * 1000 if progress.ttft is not None else None,
+            reasoning=reasoning,
+            reasoning_details=list(assembly.reasoning_details),
+            logprobs=logprobs_of(assembly.logprobs, plan.body.get("logprobs") is True),
+            time_to_first_reasoning_ms=(
+                progress.ttfr * 1000 if progress.ttfr is not None else None),
         )
         progress.streamed = response
+        if plan.json_mode:
+            check_json(response, self.name)
         await request.send(StreamEnd(response))
-
-    def _usage(self, call: ProviderCall, usage: Any, content: str, tool_calls: list[ToolCall],
-               model: str) -> Usage:
-        """Usage as reported (estimated when absent), priced: OpenRouter's cost, else ours."""
-        reported_cost: float | None = None
-        if usage is not None:
-            prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
-            details = usage.prompt_tokens_details
-            cached = (details.cached_tokens or 0) if details is not None else 0
-            extra: Mapping[str, Any] = usage.model_extra or {}
-            cost = extra.get("cost")
-            if isinstance(cost, int | float) and not isinstance(cost, bool):
-                reported_cost = float(cost)
-        else:
-            prompt, cached = call.prompt_tokens, 0
-            text = content + "".join(c.name + c.arguments for c in tool_calls)
-            completion = count_text_tokens(text, model) if text else 0
-        if reported_cost is None:
-            reported_cost = self._catalog.cost_of(model, prompt, completion, cached)
-            if reported_cost is None and model != call.model:
-                reported_cost = self._catalog.cost_of(call.model, prompt, completion, cached)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                     total_tokens=prompt + completion, cached_tokens=cached,
-                     total_cost=reported_cost)
-
-
-def _add_tool_deltas(tools: dict[int, _ToolCallBuilder], pieces: Sequence[Any]) -> None:
-    for piece in pieces:
-        builder = tools.setdefault(piece.index, _ToolCallBuilder())
-        if piece.id:
-            builder.id = piece.id
-        if piece.function is not None:
-            if piece.function.name:
-                builder.name += piece.function.name
-            if piece.function.arguments:
-                builder.arguments.append(piece.function.arguments)
-
-
-class _Relay:
-    """Forwards a stream's text to the caller, joining the deltas read close together.
-
-    The SDK yields the events of one network read without suspending; the relay task runs when
-    the reader waits for the network, sends the first delta at once, and otherwise at least every
-    ``_MAX_DELAY`` seconds: deltas read meanwhile go out as one :class:`TextDelta`. Why: each item
-    through the caller's bounded stream costs a few task switches, as much as the SDK's parsing of
-    a chunk. A reader with ``_MAX_PENDING`` deltas unsent waits for the consumer (backpressure).
-    """
-
-    _MAX_PENDING = 256
-    _MAX_DELAY = 0.002
-
-    def __init__(self, request: Request) -> None:
-        self._request = request
-        self._pending: list[str] = []
-        self._ready = anyio.Event()
-        self._drained = anyio.Event()
-        self._oldest = 0.0
-        self._sent_any = False
-        self._finished = False
-
-    async def push(self, text: str) -> None:
-        pending = self._pending
-        pending.append(text)
-        self._ready.set()
-        if len(pending) == 1:
-            self._oldest = time.perf_counter()
-        if len(pending) >= self._MAX_PENDING:
-            await self._drained.wait()
-        elif not self._sent_any or time.perf_counter() - self._oldest >= self._MAX_DELAY:
-            await anyio.lowlevel.checkpoint()  # the relay runs now
-
-    def finish(self) -> None:
-        """No more text: send what is pending, then end :meth:`run`."""
-        self._finished = True
-        self._ready.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready = anyio.Event()
-            if self._pending:
-                text = "".join(self._pending)
-                self._pending.clear()
-                self._sent_any = True
-                await self._request.send(TextDelta(text))
-                self._drained.set()
-                self._drained = anyio.Event()
-            if self._finished and not self._pending:
-                return
 
 
 def provider_child_spec(

@@ -58,10 +58,12 @@ def build_catalog(config: LLMConfig) -> ModelCatalog:
     """The built-in model catalog extended by every provider's ``context_windows``/``prices``."""
     windows: dict[str, int] = {}
     prices: dict[str, Any] = {}
+    params: dict[str, Any] = {}
     for provider in config.providers.values():
         windows.update(provider.context_windows)
         prices.update(provider.prices)
-    return ModelCatalog(context_windows=windows, prices=prices)
+        params.update(provider.model_params)
+    return ModelCatalog(context_windows=windows, prices=prices, params=params)
 
 
 class LLMRuntime:

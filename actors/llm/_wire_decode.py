@@ -322,6 +322,8 @@ class StreamAssembly:
     model: str | None = None
     finish_reason: str | None = None
     usage: WireUsage | None = None
+    added_reasoning: str = ""
+    """The reasoning text the last :meth:`add` took in ("" if none)."""
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
     _refusal: list[str] = field(default_factory=list)
@@ -330,12 +332,16 @@ class StreamAssembly:
     _tools: dict[int, _ToolCallBuilder] = field(default_factory=dict)
 
     def add(self, chunk: Chunk) -> str:
-        """Take in one decoded chunk; returns the answer text it adds ("" if none)."""
+        """Take in one decoded chunk; returns the answer text it adds ("" if none).
+
+        The reasoning it adds is :attr:`added_reasoning` until the next call.
+        """
         if chunk.usage is not None:
             self.usage = chunk.usage
         if chunk.model:
             self.model = chunk.model
         added = ""
+        self.added_reasoning = ""
         for choice in chunk.choices:
             delta = choice.delta
             if choice.finish_reason:
@@ -348,6 +354,7 @@ class StreamAssembly:
             reasoning = delta.reasoning_text
             if reasoning:
                 self._reasoning.append(reasoning)
+                self.added_reasoning += reasoning
             if delta.refusal:
                 self._refusal.append(delta.refusal)
             if delta.reasoning_details:

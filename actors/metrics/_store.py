@@ -194,6 +194,12 @@ class RequestFinished:
     cost: float
     error_type: str | None = None
     rate_limited: bool = False
+    cached_tokens: int = 0
+    """Part of ``prompt_tokens``, read from the provider's cache."""
+    reasoning_tokens: int = 0
+    """Part of ``completion_tokens``, spent reasoning."""
+    ttfr_s: float | None = None
+    """Seconds to the first reasoning piece (``ttft_s`` is to the first text or tool call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +293,12 @@ class _ModelStats:
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     cost: float = 0.0
     latency: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
+    ttfr: Histogram = field(default_factory=Histogram)
     fallbacks: int = 0
     hedges: int = 0
     cost_warnings: int = 0
@@ -367,6 +376,8 @@ class MetricsStore(Collector):
             raise ValueError(f"invalid latency_s {event.latency_s!r}")
         if event.ttft_s is not None and (not math.isfinite(event.ttft_s) or event.ttft_s < 0):
             raise ValueError(f"invalid ttft_s {event.ttft_s!r}")
+        if event.ttfr_s is not None and (not math.isfinite(event.ttfr_s) or event.ttfr_s < 0):
+            raise ValueError(f"invalid ttfr_s {event.ttfr_s!r}")
         stats = self._stats(event.provider, event.model)
         stats.requests += 1
         if event.error_type is None:
@@ -377,11 +388,15 @@ class MetricsStore(Collector):
             stats.rate_limited += 1
         stats.prompt_tokens += event.prompt_tokens
         stats.completion_tokens += event.completion_tokens
+        stats.cached_tokens += event.cached_tokens
+        stats.reasoning_tokens += event.reasoning_tokens
         stats.cost += event.cost
         stats.latency.record(event.latency_s)
         self._latency.record(event.latency_s)
         if event.ttft_s is not None:
             stats.ttft.record(event.ttft_s)
+        if event.ttfr_s is not None:
+            stats.ttfr.record(event.ttfr_s)
 
     def _set_gauge(self, event: GaugeSet) -> None:
         if not _METRIC_NAME.match(event.name) or event.name in _BUILTIN_NAMES:
@@ -479,6 +494,15 @@ class MetricsStore(Collector):
         tokens = CounterMetricFamily(
             _PREFIX + "llm_tokens", "Tokens by direction.", labels=[*pm, "direction"]
         )
+        ttfr = HistogramMetricFamily(
+            _PREFIX + "llm_time_to_first_reasoning_seconds",
+            "Time to the first streamed reasoning token.", labels=pm,
+        )
+        by_kind = CounterMetricFamily(
+            _PREFIX + "llm_tokens_by_kind",
+            "Tokens by kind (cached is part of prompt, reasoning part of completion).",
+            labels=[*pm, "kind"],
+        )
         cost = CounterMetricFamily(_PREFIX + "llm_cost_usd", "Settled cost in USD.", labels=pm)
         errors = CounterMetricFamily(
             _PREFIX + "llm_errors", "Failed LLM calls by error type.", labels=[*pm, "type"]
@@ -504,13 +528,20 @@ class MetricsStore(Collector):
                 ttft.add_metric(lv, _prom_buckets(s.ttft), s.ttft.sum)
             tokens.add_metric([*lv, "input"], s.prompt_tokens)
             tokens.add_metric([*lv, "output"], s.completion_tokens)
+            if s.ttfr.count:
+                ttfr.add_metric(lv, _prom_buckets(s.ttfr), s.ttfr.sum)
+            for kind, n in (("prompt", s.prompt_tokens), ("cached", s.cached_tokens),
+                            ("completion", s.completion_tokens),
+                            ("reasoning", s.reasoning_tokens)):
+                by_kind.add_metric([*lv, kind], n)
             cost.add_metric(lv, s.cost)
             for error_type, n in sorted(s.errors.items()):
                 errors.add_metric([*lv, error_type], n)
             limited.add_metric(lv, s.rate_limited)
             hedges.add_metric(lv, s.hedges)
             over.add_metric(lv, s.cost_warnings)
-        yield from (requests, duration, ttft, tokens, cost, errors, limited, hedges, over)
+        yield from (requests, duration, ttft, ttfr, tokens, by_kind, cost, errors, limited, hedges,
+                    over)
 
         fallbacks = CounterMetricFamily(
             _PREFIX + "llm_fallbacks",
@@ -583,6 +614,8 @@ def _model_summary(s: _ModelStats) -> dict[str, Any]:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "cached_tokens": s.cached_tokens,
+        "reasoning_tokens": s.reasoning_tokens,
         "total_cost": s.cost,
         "avg_response_time": s.latency.mean,
         "latency_p50": s.latency.percentile(50),
@@ -591,6 +624,8 @@ def _model_summary(s: _ModelStats) -> dict[str, Any]:
         "ttft_p50": s.ttft.percentile(50),
         "ttft_p95": s.ttft.percentile(95),
         "ttft_p99": s.ttft.percentile(99),
+        "ttfr_p50": s.ttfr.percentile(50),
+        "ttfr_p99": s.ttfr.percentile(99),
         "fallbacks": s.fallbacks,
         "hedges": s.hedges,
         "cost_warnings": s.cost_warnings,

@@ -39,9 +39,9 @@ from runtime import (
     Backoff,
     ChildSpec,
     DeadlineExceeded,
-    FakeClock,
     SupervisorSpec,
 )
+from runtime.testing import FakeClock
 from simulator.testing import SimulatorProcess
 
 MODEL = "gpt-4o-mini"

@@ -1,0 +1,181 @@
+"""One chat-completion call: its body (only what the model accepts), sending it, reading the answer.
+
+The body: the config's generation defaults, its ``extra_params``, then the request's own params;
+JSON mode (``response_format``), logprobs and reasoning effort when asked; then the model's rules
+(:meth:`~actors.llm.ModelCatalog.params` plus what the provider learned at run time): its output
+limit under the name it takes, and nothing it rejects. So the config's defaults
+(``temperature: 0.7``, ``max_tokens``) never break a reasoning model.
+
+The SDK sends it with its low-level ``post`` and ``cast_to=object``: auth, base_url, headers,
+timeouts, typed status errors and SSE decoding are the SDK's; the answer is read as plain data by
+:mod:`~actors.llm._wire_decode` (no pydantic model per chunk).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from ._catalog import ModelCatalog, ModelParams
+from ._config import ProviderConfig
+from ._errors import LLMBadRequestError, LLMInvalidJSONError
+from ._messages import LLMResponse, ProviderCall, TokenLogprob, ToolCall, Usage
+from ._provider_kinds import ProviderKindRules
+from ._tokens import count_text_tokens
+from ._wire_decode import TokenLogprob as WireLogprob
+from ._wire_decode import WireUsage
+
+__all__ = [
+    "CallPlan",
+    "check_json",
+    "logprobs_of",
+    "open_stream",
+    "plan_call",
+    "post_completion",
+    "price_usage",
+    "rejected_param",
+]
+
+_GENERATION_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
+_UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
+# OpenAI refuses ``json_object`` unless a message says "json"; a short system line says it.
+_JSON_INSTRUCTION = {"role": "system", "content": "Answer in json: one JSON object."}
+_STREAM_CLS = openai.AsyncStream[object]
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """The body of one call, the output limit it allows, and whether the answer must be JSON."""
+
+    body: dict[str, Any]
+    max_tokens: int
+    json_mode: bool
+
+
+def plan_call(call: ProviderCall, config: ProviderConfig, kind: ProviderKindRules,
+              params: ModelParams, learned: Collection[str] = ()) -> CallPlan:
+    """The body for ``call`` (see the module docstring). ``learned``: parameters the upstream
+    refused for this model at run time (``max_tokens`` refused means ``max_completion_tokens``)."""
+    request = call.request
+    body: dict[str, Any] = {name: getattr(config, name) for name in _GENERATION_FIELDS}
+    body.update(config.extra_params)
+    if "max_completion_tokens" in request.params:
+        body.pop("max_tokens")
+    body.update(request.params)
+    response_format = request.response_format
+    if response_format is None and config.enable_json_mode:
+        response_format = {"type": "json_object"}
+    if response_format is not None:
+        body["response_format"] = response_format
+    if config.enable_logprobs:
+        body["logprobs"] = True
+        if config.top_logprobs is not None:
+            body["top_logprobs"] = config.top_logprobs
+    effort = request.reasoning_effort or call.reasoning_effort
+    if effort:
+        body.update(kind.reasoning(effort))
+    limit = body.pop("max_completion_tokens", None)
+    limit = body.pop("max_tokens", None) if limit is None else limit
+    if limit is None:
+        limit = config.max_tokens
+    body.pop("max_tokens", None)
+    completion_name = (params.max_tokens_param == "max_completion_tokens"
+                       or "max_tokens" in learned) and "max_completion_tokens" not in learned
+    body["max_completion_tokens" if completion_name else "max_tokens"] = limit
+    for name in (*params.rejected_params, *learned):
+        if name not in ("max_tokens", "max_completion_tokens"):
+            body.pop(name, None)
+    messages = list(request.messages)
+    json_object = isinstance(response_format, dict) and response_format.get(
+        "type") == "json_object"
+    if json_object and "json" not in json.dumps(messages).lower():
+        messages.insert(0, _JSON_INSTRUCTION)
+    body["model"] = call.model
+    body["messages"] = messages
+    if request.tools:
+        body["tools"] = list(request.tools)
+    body.update(kind.fallbacks(config, call.model, call.fallback_models))
+    json_mode = isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object", "json_schema") and "response_format" in body
+    return CallPlan(body, int(limit), json_mode)
+
+
+def rejected_param(error: LLMBadRequestError, body: dict[str, Any]) -> str | None:
+    """The body parameter an OpenAI "Unsupported parameter/value" 400 names, if it is one we sent
+    (``reasoning.effort`` names ``reasoning``); ``None`` for any other error."""
+    cause = error.__cause__
+    if not isinstance(cause, openai.APIStatusError) or cause.code not in _UNSUPPORTED_CODES:
+        return None
+    param = cause.param
+    if not isinstance(param, str) or not param:
+        return None
+    name = param.split(".", 1)[0].split("[", 1)[0]
+    if name in ("model", "messages", "stream", "stream_options"):
+        return None
+    return name if name in body else None
+
+
+async def post_completion(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
+    """Send a non-streaming call; its body as plain data (raises the SDK's errors)."""
+    return await client.post("/chat/completions", body=body, cast_to=object)
+
+
+async def open_stream(client: openai.AsyncOpenAI,
+                      body: dict[str, Any]) -> openai.AsyncStream[object]:
+    """Send a streaming call (with the usage chunk); its events as plain data."""
+    return await client.post(
+        "/chat/completions", body={**body, "stream": True,
+                                   "stream_options": {"include_usage": True}},
+        cast_to=object, stream=True, stream_cls=_STREAM_CLS)
+
+
+def check_json(response: LLMResponse, provider: str) -> None:
+    """Raise :class:`LLMInvalidJSONError` unless the answer's text is JSON (a tool-call answer
+    without text passes: the tool calls carry JSON of their own)."""
+    if not response.content and response.tool_calls:
+        return
+    try:
+        json.loads(response.content)
+    except ValueError:
+        raise LLMInvalidJSONError(
+            f"{provider} answered with text that is not JSON ({len(response.content)} characters,"
+            f" finish_reason {response.finish_reason})",
+            provider=provider, model=response.model) from None
+
+
+def logprobs_of(tokens: tuple[WireLogprob, ...], asked: bool) -> list[TokenLogprob] | None:
+    """The answer's log probabilities when they were asked for."""
+    if not asked:
+        return None
+    return [TokenLogprob(token=t.token, logprob=t.logprob) for t in tokens]
+
+
+def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | None,
+                content: str, tool_calls: list[ToolCall], model: str) -> Usage:
+    """Usage as reported (estimated when absent), priced: OpenRouter's cost, else the table.
+
+    Reasoning tokens are part of ``completion_tokens`` (OpenAI and OpenRouter count them there),
+    so they are priced as output once, not added.
+    """
+    reported_cost: float | None = None
+    reasoning = 0
+    if usage is not None:
+        prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        cached = usage.cached_tokens or 0
+        reasoning = usage.reasoning_tokens or 0
+        reported_cost = usage.reported_cost
+    else:
+        prompt, cached = call.prompt_tokens, 0
+        text = content + "".join(c.name + c.arguments for c in tool_calls)
+        completion = count_text_tokens(text, model) if text else 0
+    if reported_cost is None:
+        reported_cost = catalog.cost_of(model, prompt, completion, cached)
+        if reported_cost is None and model != call.model:
+            reported_cost = catalog.cost_of(call.model, prompt, completion, cached)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion, cached_tokens=cached,
+                 reasoning_tokens=reasoning, total_cost=reported_cost)

@@ -1,0 +1,155 @@
+"""Reading one upstream stream and relaying its text and reasoning to the caller.
+
+The SDK decodes the SSE (its ``AsyncStream[object]`` yields one ``dict`` per event); each chunk
+is read with :func:`~actors.llm._wire_decode.decode_chunk` into a
+:class:`~actors.llm._wire_decode.StreamAssembly`, and what it adds goes to a :class:`Relay`.
+Per delta the reader does one msgspec conversion, a few attribute reads and a list append: no
+cancel scope, no task switch, no ``isinstance`` against a Protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+
+from runtime import Request
+
+from ._errors import LLMClientError
+from ._messages import LLMResponse, ReasoningDelta, TextDelta
+from ._wire_decode import MalformedResponse, StreamAssembly, decode_chunk, malformed_error
+
+__all__ = ["Progress", "Relay", "read_stream"]
+
+
+@dataclass
+class Progress:
+    """What a call's child task learned, read by the actor even when the call failed."""
+
+    started: float
+    ttft: float | None = None
+    """Seconds to the first text or tool-call piece."""
+    ttfr: float | None = None
+    """Seconds to the first reasoning piece."""
+    rate_limited: bool = False
+    streamed: LLMResponse | None = None  # a stream's final response (its outcome carries none)
+
+
+class Relay:
+    """Forwards a stream's text and reasoning to the caller, joining deltas read close together.
+
+    The SDK yields the events of one network read without suspending; the relay task runs when
+    the reader waits for the network, sends the first delta at once, and otherwise at least every
+    ``_MAX_DELAY`` seconds: deltas of one kind read meanwhile go out as one item (reasoning and
+    text keep their order). Why: each item through the caller's bounded stream costs a few task
+    switches, as much as reading a chunk. A reader with ``_MAX_PENDING`` deltas unsent waits for
+    the consumer (backpressure).
+    """
+
+    _MAX_PENDING = 256
+    _MAX_DELAY = 0.002
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        # (is_reasoning, text) in arrival order.
+        self._pending: list[tuple[bool, str]] = []
+        self._ready = anyio.Event()
+        self._drained = anyio.Event()
+        self._oldest = 0.0
+        self._sent_any = False
+        self._finished = False
+
+    async def push(self, text: str, reasoning: bool = False) -> None:
+        pending = self._pending
+        pending.append((reasoning, text))
+        self._ready.set()
+        if len(pending) == 1:
+            self._oldest = time.perf_counter()
+        if len(pending) >= self._MAX_PENDING:
+            await self._drained.wait()
+        elif not self._sent_any or time.perf_counter() - self._oldest >= self._MAX_DELAY:
+            await anyio.lowlevel.checkpoint()  # the relay runs now
+
+    def finish(self) -> None:
+        """No more deltas: send what is pending, then end :meth:`run`."""
+        self._finished = True
+        self._ready.set()
+
+    async def run(self) -> None:
+        send = self._request.send
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            if self._pending:
+                pending, self._pending = self._pending, []
+                self._sent_any = True
+                for reasoning, text in _grouped(pending):
+                    await send(ReasoningDelta(text) if reasoning else TextDelta(text))
+                self._drained.set()
+                self._drained = anyio.Event()
+            if self._finished and not self._pending:
+                return
+
+
+def _grouped(pending: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
+    """Consecutive pieces of one kind joined."""
+    if len(pending) == 1:
+        return pending
+    groups: list[tuple[bool, str]] = []
+    kind, parts = pending[0][0], [pending[0][1]]
+    for reasoning, text in pending[1:]:
+        if reasoning is kind:
+            parts.append(text)
+        else:
+            groups.append((kind, "".join(parts)))
+            kind, parts = reasoning, [text]
+    groups.append((kind, "".join(parts)))
+    return groups
+
+
+async def read_stream(
+    events: AsyncIterator[object],
+    request: Request,
+    assembly: StreamAssembly,
+    progress: Progress,
+    sdk_errors: Callable[[], AbstractContextManager[None]],
+    provider: str,
+    model: str,
+) -> LLMClientError | None:
+    """Read ``events`` into ``assembly``, relaying text and reasoning to ``request`` as they come.
+
+    Returns the typed error that ended the stream (the text read before it has reached the
+    caller), or ``None``. ``sdk_errors()`` wraps the iteration (the SDK's errors become ours).
+    """
+    relay = Relay(request)
+    started = progress.started
+    failure: LLMClientError | None = None
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(relay.run)
+        add, push = assembly.add, relay.push
+        try:
+            with sdk_errors():
+                async for data in events:
+                    chunk = decode_chunk(data)
+                    text = add(chunk)
+                    reasoning = assembly.added_reasoning
+                    if reasoning:
+                        if progress.ttfr is None:
+                            progress.ttfr = time.perf_counter() - started
+                        await push(reasoning, True)
+                    if text:
+                        if progress.ttft is None:
+                            progress.ttft = time.perf_counter() - started
+                        await push(text)
+                    elif progress.ttft is None and chunk.has_output:
+                        progress.ttft = time.perf_counter() - started  # a tool-call piece
+        except LLMClientError as exc:
+            failure = exc
+        except MalformedResponse as exc:
+            failure = malformed_error(provider, model, exc, assembly.text)
+        relay.finish()
+    return failure
