@@ -88,6 +88,9 @@ _GAUGE_INTERVAL = 1.0
 # Shorter header values (``X-Title: demo``) are not credentials, and redacting them would mangle
 # every message that happens to contain the word.
 _MIN_SECRET_HEADER = 8
+# Parameters one call may drop after "Unsupported parameter/value" answers (a reasoning model
+# behind a stale override refuses max_tokens, then temperature, ...).
+_MAX_REFUSED = 3
 
 
 class _AuthRejected(LLMAuthError):
@@ -391,22 +394,21 @@ class ProviderActor(Actor[ProviderCall]):
         Raises ``error`` when it is not an "Unsupported parameter/value" about what we sent.
         """
         param = rejected_param(error, plan.body)
-        if param is None:
+        known = self._state.learned_params.get(call.model, frozenset())
+        if param is None or param in known:
             raise error
-        learned = self._state.learned_params
-        known = learned.get(call.model, frozenset())
-        if param not in known:
-            learned[call.model] = known | {param}
-            logger.warning("%s: model %s refuses %r; not sending it from now on", self.name,
-                           call.model, param)
+        self._state.learned_params[call.model] = known | {param}
+        logger.warning("%s: model %s refuses %r; not sending it from now on", self.name,
+                       call.model, param)
         return self._plan(call)
 
     async def _send(self, call: ProviderCall, plan: CallPlan, tokens: int,
                     send: Callable[[dict[str, Any]], Awaitable[Any]]) -> tuple[Any, CallPlan]:
-        """Send (through the limiter); once more without a refused parameter if need be."""
+        """Send (through the limiter); again without a parameter the upstream refused, once per
+        parameter (at most ``_MAX_REFUSED`` of them: each is one more request)."""
         limiter = self._state.limiter
         assert limiter is not None
-        for attempt in (1, 2):
+        for attempt in range(_MAX_REFUSED + 1):
             try:
                 async with limiter.admit(tokens) as permit:
                     with map_sdk_errors(self.name, call.model, self._secrets()):
@@ -414,7 +416,7 @@ class ProviderActor(Actor[ProviderCall]):
                     permit.sent()
                 return answer, plan
             except LLMBadRequestError as exc:
-                if attempt == 2:
+                if attempt == _MAX_REFUSED:
                     raise
                 plan = self._learn(call, exc, plan)
         raise AssertionError("unreachable")

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from actors.llm import (
     ChatRequest,
+    LLMBadRequestError,
     LLMClientError,
+    LLMInvalidJSONError,
     ProviderCall,
     ProviderConfig,
     StreamEnd,
@@ -107,18 +109,20 @@ def bad_stream(draw: st.DrawFn) -> Reply:
     return Reply(content_type="text/event-stream", body=body, chunked_stream=True)
 
 
-def provider_config(base_url: str) -> ProviderConfig:
+def provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
     return ProviderConfig.model_validate({
         "kind": "openai-compatible", "base_url": base_url, "model": "gpt-4o-mini",
         "requires_api_key": False, "max_tokens": 16, "timeout": 10,
         "max_connection_failures": 10_000,
         "breaker": {"sliding_window_size": 10_000, "minimum_number_of_calls": 10_000},
+        **overrides,
     })
 
 
 @asynccontextmanager
-async def provider(upstream: GarbageUpstream) -> AsyncIterator[tuple[ActorSystem, ActorRef]]:
-    spec = provider_child_spec("garbage", provider_config(upstream.base_url))
+async def provider(upstream: GarbageUpstream,
+                   **overrides: Any) -> AsyncIterator[tuple[ActorSystem, ActorRef]]:
+    spec = provider_child_spec("garbage", provider_config(upstream.base_url, **overrides))
     async with ActorSystem(SupervisorSpec("root", [spec])) as system:
         yield system, system.ref("garbage")
 
@@ -156,7 +160,8 @@ async def expect_typed(send: Any, ref: ActorRef, reply: Reply) -> None:
 
 
 # No shrinking: a failing list is reported as drawn (each element names its garbage), and the
-# run stays bounded in time.
+# run stays bounded in time. Hypothesis warns that the megabyte bodies make a large repr: known.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(replies=st.lists(bad_completion(), min_size=15, max_size=15))
@@ -174,6 +179,7 @@ async def test_garbage_completions_are_typed_errors_and_the_next_call_succeeds(
 
 # No shrinking: a failing list is reported as drawn (each element names its garbage), and the
 # run stays bounded in time.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(replies=st.lists(bad_stream(), min_size=15, max_size=15))
@@ -241,3 +247,32 @@ async def test_the_raw_upstream_serves_good_answers() -> None:
         assert await complete(ref) == "fine"
         assert await stream(ref) == "fine"
         assert upstream.requests == 2
+
+
+# -- JSON mode and secrets, on an upstream that does what it likes -------------------------------
+
+
+@pytest.mark.parametrize("stream_it", [False, True])
+async def test_json_mode_answer_that_is_not_json_is_a_typed_error(stream_it: bool) -> None:
+    async with GarbageUpstream() as upstream, provider(upstream, enable_json_mode=True) as (_, r):
+        with pytest.raises(LLMInvalidJSONError, match=(
+                r"^garbage answered with text that is not JSON \(4 characters, finish_reason "
+                r"stop\) \(garbage:gpt-4o-mini\)$")):
+            await (stream(r) if stream_it else complete(r))
+        good = good_completion('{"answer": 42}')
+        upstream.reply = Reply(body=json.dumps(good).encode())
+        assert await complete(r) == '{"answer": 42}'
+
+
+async def test_extra_header_values_echoed_by_the_upstream_are_redacted() -> None:
+    secret = "proxy-credential-0123456789"
+    echo = {"error": {"message": f"bad proxy credential {secret}", "type": "invalid_request_error",
+                      "param": None, "code": None}}
+    async with GarbageUpstream() as upstream, provider(
+            upstream, extra_headers={"X-Proxy-Auth": secret}) as (_, ref):
+        upstream.reply = Reply(status=400, body=json.dumps(echo).encode())
+        with pytest.raises(LLMBadRequestError) as info:
+            await complete(ref)
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    assert str(info.value) == (
+        "garbage rejected the request: bad proxy credential [REDACTED] (garbage:gpt-4o-mini)")

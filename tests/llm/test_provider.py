@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from actors.llm import (
     ProviderCall,
     ProviderConfig,
     ProviderUnavailable,
+    ReasoningDelta,
     StreamEnd,
     TextDelta,
 )
@@ -561,3 +563,143 @@ async def test_openrouter_reported_cost_wins_over_the_price_table(sim: Simulator
     assert streamed.usage.total_cost == pytest.approx(expected)
     assert stats["cost"] == pytest.approx(2 * expected)
     assert streamed.content == "Echo: hello there"
+
+
+# -- reasoning models ----------------------------------------------------------------------------
+
+
+def items_by_kind(items: list[Any]) -> list[tuple[str, str]]:
+    """The stream's deltas as (kind, text), consecutive pieces of one kind joined."""
+    joined: list[tuple[str, str]] = []
+    for item in items[:-1]:
+        kind = "reasoning" if isinstance(item, ReasoningDelta) else "text"
+        if joined and joined[-1][0] == kind:
+            joined[-1] = (kind, joined[-1][1] + item.text)
+        else:
+            joined.append((kind, item.text))
+    return joined
+
+
+@pytest.mark.parametrize("model", ["o4-mini", "gpt-5-mini"])
+async def test_reasoning_model_with_the_config_defaults_gets_only_what_it_accepts(
+    sim: SimulatorProcess, model: str
+) -> None:
+    # The defaults send temperature 0.7 and max_tokens: the model refuses both.
+    config = provider_config(sim, temperature=0.7, top_p=0.9)
+    async with running(config) as (_, ref):
+        response = await ref.ask(call(model=model), timeout=5)
+    stats = await sim.stats()
+    assert response.content == "Echo: hello there"
+    assert stats["total_requests"] == 1
+    # medium effort: 16 reasoning tokens, counted inside completion_tokens and priced as output.
+    assert response.usage.reasoning_tokens == 16
+    assert response.usage.completion_tokens == stats["completion_tokens"] == 16 + 3
+    price_in, price_out = (1.1, 4.4) if model == "o4-mini" else (0.25, 2.0)
+    expected = (stats["prompt_tokens"] * price_in + stats["completion_tokens"] * price_out) / 1e6
+    assert response.usage.total_cost == pytest.approx(expected)
+
+
+async def test_refused_parameters_are_dropped_and_remembered_for_the_model(
+    sim: SimulatorProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stale override says o4-mini takes max_tokens and sampling: the upstream says otherwise.
+    config = provider_config(sim, model_params={"o4-mini": {}})
+    async with running(config) as (system, ref):
+        first = await ref.ask(call(model="o4-mini"), timeout=5)
+        assert (await sim.stats())["total_requests"] == 3  # max_tokens, temperature, then ok
+        items = await collect(ref, call(model="o4-mini", stream=True))
+        state: ProviderState = system.durable("sim")
+        assert state.learned_params == {"o4-mini": frozenset({"max_tokens", "temperature"})}
+    assert first.content == items[-1].response.content == "Echo: hello there"
+    assert (await sim.stats())["total_requests"] == 4
+    refusals = [r.getMessage() for r in caplog.records if "refuses" in r.getMessage()]
+    assert refusals == [
+        "sim: model o4-mini refuses 'max_tokens'; not sending it from now on",
+        "sim: model o4-mini refuses 'temperature'; not sending it from now on",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "flavor", "effort", "reasoning_tokens"),
+    [
+        ("deepseek/deepseek-r1", "openrouter", "high", 32),
+        ("deepseek/deepseek-r1", "openrouter", None, 16),
+        ("deepseek-reasoner", "openai", None, 16),
+    ],
+)
+async def test_reasoning_streams_before_the_text_and_is_counted(
+    sim: SimulatorProcess, model: str, flavor: str, effort: str | None, reasoning_tokens: int
+) -> None:
+    await sim.configure(flavor=flavor)
+    kind = "openrouter" if flavor == "openrouter" else "openai-compatible"
+    base_url = f"{sim.url}/api/v1" if flavor == "openrouter" else sim.base_url
+    config = provider_config(sim, kind=kind, base_url=base_url,
+                             **({"api_key_env": "SIM_UNSET_KEY"} if kind == "openrouter" else {}))
+    message = ProviderCall(ChatRequest.of(HELLO, reasoning_effort=effort), model, 10, stream=True)
+    async with running(config) as (_, ref):
+        items = await collect(ref, message)
+    end = items[-1].response
+    kinds = items_by_kind(items)
+    assert [kind for kind, _ in kinds] == ["reasoning", "text"]
+    assert kinds[0][1] == end.reasoning
+    assert end.reasoning.startswith("Thinking about the request: hello there")
+    assert kinds[1][1] == end.content == "Echo: hello there"
+    assert end.usage.reasoning_tokens == reasoning_tokens
+    assert end.time_to_first_reasoning_ms is not None and end.time_to_first_token_ms is not None
+    assert end.time_to_first_reasoning_ms <= end.time_to_first_token_ms
+
+
+async def test_reasoning_effort_reaches_an_openai_reasoning_model(sim: SimulatorProcess) -> None:
+    async with running(provider_config(sim)) as (_, ref):
+        low = await ref.ask(ProviderCall(ChatRequest.of(HELLO, reasoning_effort="low"),
+                                         "o4-mini", 10), timeout=5)
+        routed = await ref.ask(ProviderCall(ChatRequest.of(HELLO), "o4-mini", 10,
+                                            reasoning_effort="high"), timeout=5)
+    assert (low.usage.reasoning_tokens, routed.usage.reasoning_tokens) == (8, 32)
+    assert low.reasoning == ""  # OpenAI hides it
+
+
+# -- JSON mode and logprobs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_mode_answers_json_on_the_openai_flavour(
+    sim: SimulatorProcess, stream: bool
+) -> None:
+    # No message says "json": the provider adds the instruction OpenAI requires.
+    async with running(provider_config(sim, enable_json_mode=True)) as (_, ref):
+        if stream:
+            response = (await collect(ref, call(stream=True)))[-1].response
+        else:
+            response = await ref.ask(call(), timeout=5)
+    assert isinstance(json.loads(response.content), dict)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_logprobs_come_back_on_the_response(sim: SimulatorProcess, stream: bool) -> None:
+    config = provider_config(sim, enable_logprobs=True, top_logprobs=2)
+    async with running(config) as (_, ref):
+        if stream:
+            response = (await collect(ref, call(stream=True)))[-1].response
+        else:
+            response = await ref.ask(call(), timeout=5)
+    assert response.logprobs is not None
+    assert "".join(t.token for t in response.logprobs) == "Echo: hello there"
+    assert all(t.logprob <= 0 for t in response.logprobs)
+
+
+# -- rate-limit pauses ---------------------------------------------------------------------------
+
+
+async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: SimulatorProcess) -> None:
+    clock = FakeClock()
+    await sim.configure(faults={"retry_after": 86_400})
+    config = provider_config(sim, extra_headers={"X-Sim-Fault": "429"})
+    async with running(config, clock=clock) as (system, ref):
+        with pytest.raises(LLMRateLimitError) as info:
+            await ref.ask(call(), timeout=5)
+        state: ProviderState = system.durable("sim")
+        assert info.value.retry_after == 300.0
+        assert state.health.snapshot()["rate_limit_paused_for"] == 300.0
+        await clock.advance(300)
+        assert state.health.snapshot()["rate_limit_paused_for"] == 0.0
