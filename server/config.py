@@ -121,6 +121,12 @@ class ChatConfig(BaseModel):
         default=None, gt=0, description="history budget; default: the model's context window"
     )
     max_history_messages: int = Field(default=200, ge=1)
+    max_tool_result_chars: int = Field(
+        default=20000, ge=100, description="a tool result beyond this is cut, with a note"
+    )
+    max_cost_per_turn: float | None = Field(
+        default=None, gt=0, description="USD one turn may spend over all its model calls"
+    )
 
 
 class MetricsConfig(BaseModel):

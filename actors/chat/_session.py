@@ -18,11 +18,18 @@ Rules a caller can rely on:
   another worker's reads the history again from the store.
 - **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
   and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
-- **What is persisted**: when a turn ends, however it ends, the user message and every *completed*
-  step: an assistant message that asked for tools together with all its tool results, and the
-  final assistant message. A turn cancelled or failed midway keeps the user message and the
-  completed steps, and drops the partial answer being streamed and tool calls still running; an
-  assistant ``tool_calls`` message is never stored without its results.
+- **What is persisted, and when**: each piece as it happens, so that a crash (even SIGKILL) loses
+  nothing already done: the user message when the turn starts, every *completed* step (an
+  assistant message that asked for tools together with all its tool results) when its last tool
+  ends, and the final assistant message *before* :class:`TurnComplete` is sent. A turn cancelled
+  or failed midway keeps what was written and drops the partial answer being streamed and tool
+  calls still running; an assistant ``tool_calls`` message is never stored without its results.
+  The in-memory history takes a message only after its write succeeded; a failed write ends the
+  turn with :class:`HistoryWriteError` (logged), never with a ``complete`` for an unsaved answer.
+- **Tool results are capped** at ``chat.max_tool_result_chars``, with a note telling the model
+  what was cut; the capped text is what the model sees and what is stored.
+- **Reasoning** streams as :class:`TurnReasoning` and is never stored as assistant content
+  (OpenRouter's ``reasoning_details`` are kept on the assistant message, which is sent back).
 - **Cancellation**: leaving the ``ask_stream`` block cancels the turn's task, which leaves the
   router's stream (so the upstream call stops) and cancels running tool calls.
 - ``hops`` in :class:`TurnComplete` counts rounds of tool calls that ran (0: a plain answer).
@@ -32,11 +39,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import sqlite3
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import anyio
 import anyio.to_thread
@@ -46,6 +56,7 @@ from actors.llm import (
     LLMResponse,
     LLMStreamingError,
     ModelCatalog,
+    ReasoningDelta,
     StreamEnd,
     TextDelta,
     ToolCall,
@@ -55,18 +66,20 @@ from actors.llm import (
 from actors.mcp import ToolCatalog
 from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
-from ._history import HistoryStore
+from ._history import HistoryStore, HistoryStoreClosed
 from ._leases import TurnLeases
 
 __all__ = [
     "ChatSettings",
     "ClearHistory",
     "GetHistory",
+    "HistoryWriteError",
     "RunTurn",
     "SessionActor",
     "ToolCallFinished",
     "ToolCallStarted",
     "TurnComplete",
+    "TurnReasoning",
     "TurnText",
     "session_actor_name",
     "session_child_spec",
@@ -74,6 +87,8 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+logger = logging.getLogger(__name__)
 
 #: Without ``context_budget_tokens``: this share of the model's context window goes to the prompt
 #: (system, history, user message); the rest is left for tool definitions and the answer.
@@ -91,6 +106,10 @@ class RunTurn:
     text: str
     request_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    """This turn's model (one of the configured ones; the router still falls back from it)."""
+    reasoning_effort: str | None = None
+    """``minimal`` ... ``high`` for reasoning models (``None``: the configured default)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,22 @@ class TurnText:
     """A piece of the assistant's answer, as it streams."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class TurnReasoning:
+    """A piece of the model's reasoning, as it streams (never stored as the answer)."""
+
+    text: str
+
+
+class HistoryWriteError(Exception):
+    """The conversation could not be saved; the turn ends with this instead of completing.
+
+    ``error_type`` is its name on the wire.
+    """
+
+    error_type: ClassVar[str] = "history_unavailable"
 
 
 @dataclass(frozen=True)
@@ -166,6 +201,10 @@ class ChatSettings(Protocol):
     def context_budget_tokens(self) -> int | None: ...
     @property
     def max_history_messages(self) -> int: ...
+    @property
+    def max_tool_result_chars(self) -> int: ...
+    @property
+    def max_cost_per_turn(self) -> float | None: ...
 
 
 # -- history trimming ---------------------------------------------------------------------------
@@ -253,7 +292,7 @@ class _Turn:
     request: Request
     slot: _Slot = field(default_factory=_Slot)
     completed: list[Message] = field(default_factory=list)
-    """Messages of finished steps only, appended a whole step at a time (persisted at the end)."""
+    """Messages already written to the store, appended a whole step at a time after the write."""
     reloaded: tuple[Message, ...] | None = None
     """The history as re-read from the store under a new lease (another worker wrote it)."""
 
@@ -311,12 +350,18 @@ class SessionActor(Actor):
             turn = _Turn(message, request)
             self._unfinished.add(turn)
             self._enqueue(turn.slot)
-            self.context.pipe(self._run_turn, turn, then=functools.partial(self._turn_ended, turn))
+            self.context.pipe(
+                self._run_turn, turn, reply_to=request,
+                then=functools.partial(self._turn_ended, turn),
+            )
             return None
         if isinstance(message, ClearHistory):
             slot = _Slot()
             self._enqueue(slot)
-            self.context.pipe(slot.granted.wait, then=functools.partial(self._clear, slot))
+            self.context.pipe(
+                slot.granted.wait, reply_to=self.context.request,
+                then=functools.partial(self._clear, slot),
+            )
             return None
         if isinstance(message, GetHistory):
             return await anyio.to_thread.run_sync(self._history.load, self.conversation_id)
@@ -342,30 +387,37 @@ class SessionActor(Actor):
         self._grant_next()
 
     async def on_stop(self) -> None:
-        # Stopped or cancelled while a turn ran: its ``then`` will never run, so the steps it
-        # completed are saved here (the kernel runs this shielded, within the shutdown timeout).
+        # Stopped or cancelled while a turn ran: its ``then`` will never run. Its steps are in
+        # the store already; only the in-memory history is brought up to date.
         for turn in list(self._unfinished):
-            await self._commit(turn)
+            self._commit(turn)
 
     async def _turn_ended(self, turn: _Turn, outcome: Outcome) -> Any:
         try:
-            await self._commit(turn)
+            self._commit(turn)
         finally:
             self._release(turn.slot)
         return None if outcome.cancelled else outcome.unwrap()
 
-    async def _commit(self, turn: _Turn) -> None:
+    def _commit(self, turn: _Turn) -> None:
+        """Take the turn's written messages into the in-memory history (actor loop only)."""
         self._unfinished.discard(turn)
         base = self._messages if turn.reloaded is None else list(turn.reloaded)
-        if turn.reloaded is not None and not turn.completed:
-            self._messages = base
-        if turn.completed:
-            self._messages = _newest(
-                [*base, *turn.completed], self._chat.max_history_messages
+        self._messages = _newest([*base, *turn.completed], self._chat.max_history_messages)
+
+    async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
+        """Write ``messages`` (one whole step) now; only then do they count as done."""
+        try:
+            await anyio.to_thread.run_sync(self._history.append, self.conversation_id, messages)
+        except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
+            logger.error(
+                "conversation %s: history write failed (%s: %s); the turn ends unsaved",
+                self.conversation_id, type(exc).__name__, exc,
             )
-            await anyio.to_thread.run_sync(
-                self._history.append, self.conversation_id, turn.completed
-            )
+            raise HistoryWriteError(
+                "the conversation could not be saved; this answer was not completed"
+            ) from exc
+        turn.completed.extend(messages)
 
     async def _clear(self, slot: _Slot, outcome: Outcome) -> None:
         try:
@@ -396,18 +448,19 @@ class SessionActor(Actor):
         chat = self._chat
         request = turn.request
         user: Message = {"role": "user", "content": turn.message.text}
-        turn.completed.append(user)
+        await self._persist(turn, [user])
+        count_model = turn.message.model or self._count_model
         await self._tools.refresh()
         tools = self._tools.openai_tools() if chat.max_tool_hops > 0 else []
         head: list[Message] = (
             [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
         )
-        reserved = count_message_tokens([*head, user], self._count_model)
+        reserved = count_message_tokens([*head, user], count_model)
         history = await anyio.to_thread.run_sync(
             functools.partial(
                 trim_history,
                 history_now,
-                model=self._count_model,
+                model=count_model,
                 budget_tokens=self._budget,
                 max_messages=chat.max_history_messages,
                 reserved_tokens=reserved,
@@ -416,11 +469,12 @@ class SessionActor(Actor):
         conversation = [*head, *history, user]
         usages: list[Usage] = []
         hops = 0
+        turn_id = uuid.uuid4().hex  # the ledger's key for chat.max_cost_per_turn
         while True:
-            response = await self._ask_model(conversation, tools, request)
+            response = await self._ask_model(conversation, tools, turn, turn_id)
             usages.append(response.usage)
             if not response.tool_calls:
-                turn.completed.append(response.message)
+                await self._persist(turn, [response.message])
                 finish = response.finish_reason or "stop"
                 await request.send(_complete(usages, response, hops, finish))
                 return
@@ -431,22 +485,29 @@ class SessionActor(Actor):
                 )
                 lead = "\n\n" if response.content else ""
                 await request.send(TurnText(lead + notice))
-                turn.completed.append(
-                    {"role": "assistant", "content": response.content + lead + notice}
+                await self._persist(
+                    turn, [{"role": "assistant", "content": response.content + lead + notice}]
                 )
                 await request.send(_complete(usages, response, hops, "max_tool_hops"))
                 return
             hops += 1
             results = await self._run_tools(response.tool_calls, request)
             step = [response.message, *results]
-            turn.completed.extend(step)  # one step at a time: never a call without its result
+            await self._persist(turn, step)  # a whole step: never a call without its result
             conversation.extend(step)
 
     async def _ask_model(
-        self, conversation: list[Message], tools: list[Message], request: Request
+        self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str
     ) -> LLMResponse:
+        request = turn.request
         chat_request = ChatRequest.of(
-            conversation, tools or None, model=self._model, timeout=self._llm_timeout
+            conversation,
+            tools or None,
+            model=turn.message.model or self._model,
+            timeout=self._llm_timeout,
+            reasoning_effort=turn.message.reasoning_effort,
+            turn_id=turn_id,
+            turn_cost_limit=self._chat.max_cost_per_turn,
         )
         response: LLMResponse | None = None
         async with self._router.ask_stream(chat_request) as items:
@@ -454,6 +515,9 @@ class SessionActor(Actor):
                 if isinstance(item, TextDelta):
                     if item.text:
                         await request.send(TurnText(item.text))
+                elif isinstance(item, ReasoningDelta):
+                    if item.text:
+                        await request.send(TurnReasoning(item.text))
                 elif isinstance(item, StreamEnd):
                     response = item.response
         if response is None:
@@ -478,7 +542,7 @@ class SessionActor(Actor):
         async def run(index: int, call: ToolCall) -> None:
             begun = anyio.current_time()
             _, result = await self._tools.call(call.name, call.arguments, self._chat.tool_timeout)
-            content = result.as_tool_message_content()
+            content = _capped(result.as_tool_message_content(), self._chat.max_tool_result_chars)
             if result.is_error and not content.startswith("Error"):
                 content = f"Error: {content}"
             results[index] = {"role": "tool", "tool_call_id": call.id, "content": content}
@@ -507,6 +571,17 @@ class SessionActor(Actor):
         )
 
 
+def _capped(content: str, limit: int) -> str:
+    """``content`` cut to ``limit`` characters, with a note saying so to the model."""
+    if len(content) <= limit:
+        return content
+    return (
+        content[:limit]
+        + f"\n\n[Tool result truncated: it had {len(content)} characters; only the first"
+        f" {limit} are shown. Ask the tool for less, or for a part, if you need more.]"
+    )
+
+
 def _arguments_of(arguments: str) -> Any:
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
@@ -527,6 +602,7 @@ def _complete(
         completion_tokens=sum(u.completion_tokens for u in usages),
         total_tokens=sum(u.total_tokens for u in usages),
         cached_tokens=sum(u.cached_tokens for u in usages),
+        reasoning_tokens=sum(u.reasoning_tokens for u in usages),
         total_cost=cost,
     )
     return TurnComplete(

@@ -4,7 +4,8 @@
 answers a ``ChatRequest`` the way the simulator's scripted model does. ``Echo: <text>``; when tools
 are offered and the last message is the user's, one call per ``call <tool> {json}`` in it; after
 tool results, ``Tool <name> returned: <content>`` (and, if the user said ``again``, the same calls
-once more, to drive the hop limit). ``slowly`` streams one word per 0.2 s; ``explode`` fails.
+once more, to drive the hop limit). ``slowly`` streams one word per 0.2 s; ``explode`` fails;
+``think`` streams reasoning first (``reasoning_details`` and 3 reasoning tokens on the answer).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,10 +28,12 @@ from actors.chat import (
     ClearHistory,
     GetHistory,
     HistoryStore,
+    HistoryWriteError,
     RunTurn,
     ToolCallFinished,
     ToolCallStarted,
     TurnComplete,
+    TurnReasoning,
     TurnText,
     session_child_spec,
     trim_history,
@@ -40,6 +44,7 @@ from actors.llm import (
     LLMConfig,
     LLMResponse,
     LLMServerError,
+    ReasoningDelta,
     StreamEnd,
     TextDelta,
     ToolCall,
@@ -72,13 +77,15 @@ class ScriptedModel(Actor):
         self.requests.append(message)
         request = self.context.request
         assert request is not None
-        self.context.pipe(self._stream, message, request)
+        self.context.pipe(self._stream, message, request, reply_to=request)
         return None
 
     async def _stream(self, chat: ChatRequest, request: Any) -> None:
         try:
             response = self._plan(chat)
             delay = 0.2 if "slowly" in _last_user(chat.messages) else 0.0
+            if response.reasoning:
+                await request.send(ReasoningDelta(response.reasoning))
             for word in re.findall(r"\s*\S+", response.content):
                 await anyio.sleep(delay)
                 await request.send(TextDelta(word))
@@ -95,6 +102,9 @@ class ScriptedModel(Actor):
         offered = {tool["function"]["name"] for tool in chat.tools}
         last = messages[-1]
         calls = _calls(user, offered, self) if offered else []
+        if "think" in user and last["role"] == "user":
+            return _response("", calls, thinking=True) if calls else _response(
+                f"Echo: {user}", [], thinking=True)
         if last["role"] == "user" and calls:
             return _response("", calls)
         if last["role"] == "tool":
@@ -136,14 +146,17 @@ def _calls(text: str, offered: set[str], model: ScriptedModel) -> list[ToolCall]
     return calls
 
 
-def _response(content: str, calls: list[ToolCall]) -> LLMResponse:
+def _response(content: str, calls: list[ToolCall], *, thinking: bool = False) -> LLMResponse:
     return LLMResponse(
         content=content,
         tool_calls=calls,
         finish_reason="tool_calls" if calls else "stop",
-        usage=Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, total_cost=0.001),
+        usage=Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, total_cost=0.001,
+                    reasoning_tokens=3 if thinking else 0),
         model="scripted-1",
         provider="scripted",
+        reasoning="Let me think. " if thinking else "",
+        reasoning_details=[{"type": "reasoning.text", "text": "Let me think."}] if thinking else [],
     )
 
 
@@ -193,10 +206,12 @@ def _health(system: ActorSystem, server: str) -> McpServerHealth:
     return health
 
 
-async def turn(session: ActorRef, text: str, request_id: str = "r1") -> list[Any]:
+async def turn(
+    session: ActorRef, text: str, request_id: str = "r1", **options: Any
+) -> list[Any]:
     events: list[Any] = []
     with anyio.fail_after(30):
-        async with session.ask_stream(RunTurn(text, request_id, {})) as items:
+        async with session.ask_stream(RunTurn(text, request_id, {}, **options)) as items:
             async for event in items:
                 events.append(event)
     return events
@@ -530,3 +545,107 @@ async def test_stopping_the_actor_mid_turn_persists_the_completed_steps(tmp_path
         stored = b.history.load("c1")
     assert [m["role"] for m in stored] == ["user", "assistant", "tool"]
     assert stored[2] == {"role": "tool", "tool_call_id": "call_1", "content": "3.0"}
+
+
+# ---------------------------------------------------------------- issue 10 and 13
+
+
+async def test_each_message_is_stored_as_it_happens_and_before_complete(tmp_path: Path) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session()
+        seen: list[tuple[str, list[str]]] = []
+        with anyio.fail_after(30):
+            async with session.ask_stream(RunTurn('call add {"a": 1, "b": 2}', "r1")) as items:
+                async for event in items:
+                    roles = [m["role"] for m in b.history.load("c1")]
+                    seen.append((type(event).__name__, roles))
+    assert seen == [
+        ("ToolCallStarted", ["user"]),
+        ("ToolCallFinished", ["user"]),
+        ("TurnText", ["user", "assistant", "tool"]),
+        ("TurnText", ["user", "assistant", "tool"]),
+        ("TurnText", ["user", "assistant", "tool"]),
+        ("TurnText", ["user", "assistant", "tool"]),
+        ("TurnComplete", ["user", "assistant", "tool", "assistant"]),
+    ]
+
+
+async def test_a_failed_history_write_ends_the_turn_unsaved_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session()
+        # Another connection makes SQLite refuse assistant messages: a real failed write.
+        db = sqlite3.connect(tmp_path / "history.sqlite3")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.message LIKE"
+            " '%\"assistant\"%' BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
+        )
+        db.commit()
+        events: list[Any] = []
+        with pytest.raises(HistoryWriteError, match=r"^the conversation could not be saved;"):
+            await _turn_into(session, "first", events)
+        assert [type(e) for e in events] == [TurnText, TurnText]  # streamed, never completed
+        db.execute("DROP TRIGGER refuse")
+        db.commit()
+        db.close()
+        await turn(session, "second", "r2")
+        sent = b.model.requests[-1].messages
+        stored = b.history.load("c1")
+    assert [m["content"] for m in sent[1:]] == ["first", "second"]  # no unsaved answer
+    assert [m["role"] for m in stored] == ["user", "user", "assistant"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "actors.chat._session"]
+    assert logged == [
+        "conversation c1: history write failed (IntegrityError: disk is full);"
+        " the turn ends unsaved"
+    ]
+
+
+async def _turn_into(session: ActorRef, text: str, events: list[Any]) -> None:
+    with anyio.fail_after(30):
+        async with session.ask_stream(RunTurn(text, "r1")) as items:
+            async for event in items:
+                events.append(event)
+
+
+async def test_tool_results_are_capped_with_a_note_to_the_model(tmp_path: Path) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session(max_tool_result_chars=100)
+        await turn(session, 'call echo {"text": "%s"}' % ("x" * 250))
+        stored = b.history.load("c1")
+    note = (
+        "\n\n[Tool result truncated: it had 250 characters; only the first 100 are shown."
+        " Ask the tool for less, or for a part, if you need more.]"
+    )
+    assert stored[2] == {"role": "tool", "tool_call_id": "call_1", "content": "x" * 100 + note}
+    assert b.model.requests[1].messages[-1]["content"] == "x" * 100 + note
+
+
+async def test_reasoning_streams_first_is_not_stored_and_details_go_back(tmp_path: Path) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session()
+        events = await turn(session, 'think and call add {"a": 1, "b": 1}')
+        stored = b.history.load("c1")
+    assert events[0] == TurnReasoning("Let me think. ")
+    assert of_type(events, TurnReasoning) == [TurnReasoning("Let me think. ")]
+    assert stored[1] == {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "add", "arguments": '{"a": 1, "b": 1}'}}],
+        "reasoning_details": [{"type": "reasoning.text", "text": "Let me think."}],
+    }
+    assert b.model.requests[1].messages[-2] == stored[1]  # sent back with the tool result
+    assert all("Let me think" not in str(m.get("content")) for m in stored)
+    complete = events[-1]
+    assert isinstance(complete, TurnComplete)
+    assert complete.usage.reasoning_tokens == 3
+
+
+async def test_the_turn_names_its_model_effort_and_cost_limit(tmp_path: Path) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session(max_cost_per_turn=0.25)
+        await turn(session, 'call add {"a": 1, "b": 1}', model="o4-mini", reasoning_effort="low")
+        first, second = b.model.requests
+    assert (first.model, first.reasoning_effort, first.turn_cost_limit) == ("o4-mini", "low", 0.25)
+    assert (second.model, second.reasoning_effort) == ("o4-mini", "low")
+    assert first.turn_id is not None and second.turn_id == first.turn_id
