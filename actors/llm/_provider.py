@@ -269,12 +269,15 @@ class ProviderActor(Actor[ProviderCall]):
 
     async def _guarded(self, work: Callable[..., Awaitable[Any]], call: ProviderCall,
                        *args: Any) -> Any:
-        """Run one call; upstream data of the wrong shape becomes a typed error, not a bug."""
+        """Run one call; upstream data of the wrong shape becomes a typed error, not a bug.
+
+        The SDK decodes a body it takes for text as UTF-8: bytes that are not raise there.
+        """
         try:
             return await work(call, *args)
         except Exception as exc:
             error = unwrap_group(exc)
-            if isinstance(error, MalformedResponse):
+            if isinstance(error, MalformedResponse | UnicodeDecodeError):
                 raise malformed_error(self.name, call.model, error) from error
             raise error from None
 
