@@ -35,6 +35,7 @@ from ._errors import (
     as_llm_error,
     redact,
 )
+from ._ledger_lock import LedgerUnavailable, check_ledger
 from ._limits import RateLimitConfig
 from ._messages import (
     ChatRequest,
@@ -78,6 +79,7 @@ __all__ = [
     "LLMStreamingError",
     "LLMTimeoutError",
     "LLMTokenLimitError",
+    "LedgerUnavailable",
     "ModelCatalog",
     "ModelParams",
     "ModelPrice",
@@ -96,6 +98,7 @@ __all__ = [
     "Usage",
     "as_llm_error",
     "build_catalog",
+    "check_ledger",
     "count_message_tokens",
     "create_llm_client",
     "infer_kind",

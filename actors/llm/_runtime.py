@@ -84,11 +84,18 @@ class LLMRuntime:
         model: str | None = None,
         provider: str | None = None,
         timeout: float | None = None,
+        turn_id: str | None = None,
+        turn_cost_limit: float | None = None,
         **params: Any,
     ) -> ChatRequest:
-        """Build the :class:`ChatRequest` that :meth:`chat` and :meth:`stream` send."""
+        """Build the :class:`ChatRequest` that :meth:`chat` and :meth:`stream` send.
+
+        ``turn_id`` with ``turn_cost_limit`` (USD): every attempt of every request of that turn
+        is reserved against the turn's budget (``chat.max_cost_per_turn``).
+        """
         return ChatRequest.of(list(messages), list(tools or ()), model=model, provider=provider,
-                              timeout=timeout, params=params)
+                              timeout=timeout, params=params, turn_id=turn_id,
+                              turn_cost_limit=turn_cost_limit)
 
     async def chat(self, messages: Sequence[Message], **kwargs: Any) -> LLMResponse:
         """One complete answer. Raises only ``LLMClientError`` subclasses."""

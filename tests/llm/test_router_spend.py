@@ -10,7 +10,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.llm import LLMServerError, LLMTimeoutError, TextDelta, open_runtime
+from actors.llm import (
+    LLMCostLimitError,
+    LLMRuntime,
+    LLMServerError,
+    LLMTimeoutError,
+    TextDelta,
+    build_catalog,
+    count_message_tokens,
+    open_runtime,
+)
 from actors.llm._ledger_lock import LedgerUnavailable
 from runtime.testing import FakeClock
 from simulator.testing import SimulatorProcess
@@ -127,3 +136,23 @@ async def test_a_ledger_down_fails_requests_at_once_shows_in_health_and_recovers
         await clock.advance(5.0)  # the ledger reopens its file
         assert rt.health()["ledger"]["state"] == "ok"
         assert (await rt.chat(HELLO)).provider == "primary"
+
+
+async def test_a_turns_budget_holds_across_its_requests(tmp_path: Path) -> None:
+    async with two_providers(tmp_path) as (rt, primary, backup):
+        # The turn's budget is exactly one worst case (64 output tokens): the first request fits,
+        # and once it has cost anything the next worst case no longer does.
+        limit = worst_case(rt, "gpt-4o-mini", 64)
+        first = await rt.chat(HELLO, turn_id="t1", turn_cost_limit=limit)
+        assert (first.usage.total_cost or 0.0) > 0
+        with pytest.raises(LLMCostLimitError, match=r"^max_cost_per_turn \$\d\.\d{6} would be "
+                           r"passed: this turn settled "):
+            await rt.chat(HELLO, turn_id="t1", turn_cost_limit=limit)
+        assert (await primary.stats())["total_requests"] == 1
+        assert (await rt.chat(HELLO, turn_id="t2", turn_cost_limit=limit)).provider == "primary"
+
+
+def worst_case(rt: LLMRuntime, model: str, max_tokens: int) -> float:
+    cost = build_catalog(rt.config).cost_of(model, count_message_tokens(HELLO, model), max_tokens)
+    assert cost is not None
+    return cost
