@@ -12,15 +12,29 @@ change shape, the client is simply left as httpx2 built it.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpcore2
 import httpx2
+import openai
 from httpcore2._utils import is_socket_readable
 
-__all__ = ["provider_http_client"]
+__all__ = ["DEFAULT_TRANSPORT", "Transport", "aiohttp_available", "provider_http_client"]
+
+Transport = Literal["httpx2", "aiohttp"]
+"""The HTTP transport under the SDK: httpx2's own pool, or the SDK's aiohttp one."""
+
+
+def aiohttp_available() -> bool:
+    """Whether the SDK's aiohttp transport is installed (``openai[aiohttp]``)."""
+    return importlib.util.find_spec("aiohttp") is not None
+
+
+DEFAULT_TRANSPORT: Transport = "httpx2"
+"""What providers use unless told otherwise (chosen by ``benchmarks/provider.py``)."""
 
 
 class _ProbedStream(httpcore2.AsyncNetworkStream):
@@ -76,10 +90,20 @@ def provider_http_client(
     limits: httpx2.Limits,
     timeout: httpx2.Timeout,
     event_hooks: Mapping[str, Sequence[Any]] | None = None,
+    transport: Transport = "httpx2",
 ) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` with these pool limits and timeouts (see the module docstring)."""
-    client = httpx2.AsyncClient(limits=limits, timeout=timeout,
-                                event_hooks={k: list(v) for k, v in (event_hooks or {}).items()})
+    """An ``httpx2.AsyncClient`` with these pool limits and timeouts (see the module docstring).
+
+    ``transport="aiohttp"`` is the SDK's ``DefaultAioHttpClient`` (an ``httpx2.AsyncClient`` whose
+    transport is aiohttp, mapping aiohttp's errors to httpx2's; it takes the same limits and
+    timeouts). Raises ``RuntimeError`` when ``openai[aiohttp]`` is not installed.
+    """
+    hooks = {k: list(v) for k, v in (event_hooks or {}).items()}
+    if transport == "aiohttp":
+        aio: httpx2.AsyncClient = openai.DefaultAioHttpClient(
+            limits=limits, timeout=timeout, event_hooks=hooks, follow_redirects=False)
+        return aio
+    client = httpx2.AsyncClient(limits=limits, timeout=timeout, event_hooks=hooks)
     pool = getattr(getattr(client, "_transport", None), "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if isinstance(backend, httpcore2.AsyncNetworkBackend):

@@ -61,7 +61,7 @@ from ._errors import (
     LLMRateLimitError,
     ProviderUnavailable,
 )
-from ._http_pool import provider_http_client
+from ._http_pool import DEFAULT_TRANSPORT, Transport, provider_http_client
 from ._messages import LLMResponse, ProviderCall, StreamEnd, Usage
 from ._provider_kinds import rules_for
 from ._provider_state import ProviderHealth, ProviderState
@@ -110,7 +110,8 @@ class ProviderActor(Actor[ProviderCall]):
 
     ``metrics`` receives the events of :mod:`actors.metrics._store` (dropped when its mailbox is
     full); ``catalog`` prices, sizes and knows the parameters of models (default: built-in tables
-    plus the config's); ``api_key`` replaces the configured environment variable or key file. Run
+    plus the config's); ``api_key`` replaces the configured environment variable or key file;
+    ``transport`` is the HTTP transport under the SDK. Run
     it with the spec of :func:`provider_child_spec`: it needs its ``crash_on`` and ``durable``.
     """
 
@@ -122,8 +123,10 @@ class ProviderActor(Actor[ProviderCall]):
         metrics: ActorRef | None = None,
         catalog: ModelCatalog | None = None,
         api_key: SecretStr | None = None,
+        transport: Transport = DEFAULT_TRANSPORT,
     ) -> None:
         self.name = name
+        self._transport: Transport = transport
         self.config = config
         self._api_key = api_key
         self._metrics = metrics
@@ -187,6 +190,7 @@ class ProviderActor(Actor[ProviderCall]):
             # Every response (errors and streams included) tightens the limiter from its
             # headers, in one place and without the SDK's raw-response wrapper per call.
             event_hooks={"response": [self._on_response]},
+            transport=self._transport,
         )
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url,
@@ -516,15 +520,18 @@ def provider_child_spec(
     catalog: ModelCatalog | None = None,
     *,
     api_key: SecretStr | None = None,
+    transport: Transport = DEFAULT_TRANSPORT,
 ) -> ChildSpec:
     """How to run provider ``name``: it crashes on a rejected key or repeated connection failures
     (so it is restarted with a new key and pool); its limiter, breaker and health are durable.
 
-    ``api_key`` given explicitly replaces the configured environment variable or key file.
+    ``api_key`` given explicitly replaces the configured environment variable or key file;
+    ``transport`` chooses the HTTP transport under the SDK (see :mod:`._http_pool`).
     """
     return ChildSpec(
         name,
-        lambda: ProviderActor(name, config, metrics=metrics, catalog=catalog, api_key=api_key),
+        lambda: ProviderActor(name, config, metrics=metrics, catalog=catalog, api_key=api_key,
+                              transport=transport),
         crash_on=(_AuthRejected, _ConnectionFailuresExceeded),
         mailbox_size=config.mailbox_size,
         durable=ProviderState,

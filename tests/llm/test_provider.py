@@ -31,6 +31,7 @@ from actors.llm import (
     StreamEnd,
     TextDelta,
 )
+from actors.llm._http_pool import DEFAULT_TRANSPORT, Transport, aiohttp_available
 from actors.llm._provider import ProviderState, provider_child_spec
 from actors.metrics import BreakerTransition, RequestFinished
 from runtime import (
@@ -82,6 +83,7 @@ async def running(
     *,
     clock: FakeClock | None = None,
     events: list[Any] | None = None,
+    transport: Transport = DEFAULT_TRANSPORT,
 ) -> AsyncIterator[tuple[ActorSystem, ActorRef]]:
     holder: dict[str, ActorSystem] = {}
 
@@ -95,7 +97,8 @@ async def running(
     children.append(
         ChildSpec(
             spec.name,
-            lambda: provider_child_spec("sim", config, metrics=metrics()).factory(),
+            lambda: provider_child_spec("sim", config, metrics=metrics(),
+                                        transport=transport).factory(),
             crash_on=spec.crash_on,
             durable=spec.durable,
             mailbox_size=spec.mailbox_size,
@@ -703,3 +706,45 @@ async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: Simulator
         assert state.health.snapshot()["rate_limit_paused_for"] == 300.0
         await clock.advance(300)
         assert state.health.snapshot()["rate_limit_paused_for"] == 0.0
+
+
+# -- the other transport -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not aiohttp_available(), reason="openai[aiohttp] is not installed")
+@pytest.mark.parametrize(
+    ("fault", "stream", "error", "retryable"),
+    [
+        ("429", False, LLMRateLimitError, True),
+        ("500", False, LLMServerError, True),
+        ("timeout", False, LLMTimeoutError, True),
+        ("timeout", True, LLMTimeoutError, True),
+        ("midstream_drop", True, LLMStreamingError, False),
+        ("midstream_error", True, LLMStreamingError, False),
+    ],
+)
+async def test_errors_map_the_same_on_the_aiohttp_transport(
+    sim: SimulatorProcess, fault: str, stream: bool, error: type[LLMClientError], retryable: bool
+) -> None:
+    # Not "reset": the SDK's vendored aiohttp transport maps aiohttp.ClientConnectionError (a
+    # reset, a server gone) to httpx ConnectTimeout, so it reads as LLMTimeoutError there. One
+    # reason httpx2 stays the default transport.
+    await sim.configure(faults={"hang_seconds": 5, "retry_after": 2})
+    config = provider_config(sim, extra_headers={"X-Sim-Fault": fault}, timeout=0.5)
+    async with running(config, transport="aiohttp") as (_, ref):
+        with anyio.fail_after(5), pytest.raises(error) as info:
+            if stream:
+                await collect(ref, call(stream=True))
+            else:
+                await ref.ask(call(), timeout=5)
+        await sim.configure(faults={"hang_seconds": 0})
+    assert type(info.value) is error
+    assert info.value.retryable is retryable
+
+
+@pytest.mark.skipif(not aiohttp_available(), reason="openai[aiohttp] is not installed")
+async def test_the_aiohttp_transport_streams_and_answers(sim: SimulatorProcess) -> None:
+    async with running(provider_config(sim), transport="aiohttp") as (_, ref):
+        plain = await ref.ask(call(), timeout=5)
+        items = await collect(ref, call(stream=True))
+    assert plain.content == items[-1].response.content == "Echo: hello there"
