@@ -5,12 +5,15 @@ system holding the LLM runtime (metrics, ledger, providers, router), the MCP ser
 (``mcp``) and the conversations (``sessions``, one temporary SessionActor per conversation). It
 stops them in reverse order. Routes:
 
-- ``GET /``: the chat page; ``GET /health``: overall, per provider and per MCP server state;
-  ``GET /metrics``: Prometheus text; ``WS /ws/chat``: the chat protocol (server/protocol.py).
+- ``GET /``: the chat page (its vendored scripts under ``/static``); ``GET /health``: overall, per
+  provider and per MCP server state, and which tools are offered; ``GET /metrics``: Prometheus
+  text; ``GET /api/models``: the configured models and the default; ``WS /ws/chat``: the chat
+  protocol (server/protocol.py).
 
 Authentication: when a token is configured (``server.auth_token`` or the variable named by
 ``server.auth_token_env``), a WebSocket must present it as ``Authorization: Bearer`` or
-``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` needs it too, and
+``?token=`` (compared in constant time) or is closed with 1008; ``/metrics`` and ``/api/models``
+need it too, and
 ``/health`` then shows details only to authorized callers. Binding a non-loopback address without
 a token is refused before the app is built (``server.cli.check_bind``). Every route answers only
 an allowed ``Host`` and browsers may open a socket only from loopback pages or
@@ -39,13 +42,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from actors.chat import HistoryStore, session_child_spec
 from actors.llm import LLMConfig, LLMRuntime, build_catalog, open_runtime
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
-from runtime import ChildSpec, SupervisorSpec
+from runtime import ChildSpec, Clock, SupervisorSpec
 from server.cluster import ClusterCollector, ClusterNode, open_cluster
 from server.config import AppConfig
 from server.conversations import ConversationOwners, SessionDirectory, owner_of_token
@@ -79,11 +83,28 @@ class Backend:
     simulated: bool
     conversations: SessionDirectory
     owners: ConversationOwners
+    tools: ToolCatalog
     started_at: float = field(default_factory=time.monotonic)
 
+    @property
+    def models(self) -> list[dict[str, str]]:
+        """Every configured model (``model`` and ``fallback_models``), per provider in the order
+        they are tried, each once."""
+        models: dict[str, str] = {}
+        for name in self.llm.candidate_order():
+            provider = self.llm.providers[name]
+            for model in (provider.model, *provider.fallback_models):
+                models.setdefault(model, name)
+        return [{"provider": name, "model": model} for model, name in models.items()]
 
-def _lifespan(config: AppConfig, hub: ChatHub,
-              simulator_url: str | None) -> Callable[[Starlette], Any]:
+    @property
+    def default_model(self) -> str:
+        """The model a turn uses when it names none."""
+        return self.llm.providers[self.llm.candidate_order()[0]].model
+
+
+def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
+              clock: Clock | None) -> Callable[[Starlette], Any]:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -111,10 +132,11 @@ def _lifespan(config: AppConfig, hub: ChatHub,
             app.state.cluster = cluster
             runtime = await stack.enter_async_context(
                 open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions],
-                             shared=cluster.shared if cluster is not None else None)
+                             shared=cluster.shared if cluster is not None else None, clock=clock)
             )
             await _mcp_started(runtime, servers)
             tools = ToolCatalog(runtime.system, list(servers))
+            await tools.refresh()  # logs, and shows in /health, tools beyond what is offered
             catalog = build_catalog(llm)
 
             def spec_for(conversation_id: str) -> ChildSpec:
@@ -129,9 +151,10 @@ def _lifespan(config: AppConfig, hub: ChatHub,
                 )
 
             conversations = SessionDirectory(
-                runtime.system, spec_for, max_conversations=config.server.max_conversations
+                runtime.system, spec_for, max_conversations=config.server.max_conversations,
+                clock=runtime.system.clock,
             )
-            app.state.backend = Backend(runtime, llm, simulated, conversations, owners)
+            app.state.backend = Backend(runtime, llm, simulated, conversations, owners, tools)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
                 try:
@@ -240,11 +263,14 @@ class _ServerCollector(Collector):
         )
 
 
-def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starlette:
+def create_app(
+    config: AppConfig, *, simulator_url: str | None = None, clock: Clock | None = None
+) -> Starlette:
     """The application for ``config``; the backend starts in its lifespan.
 
     ``simulator_url``: in demo mode, use this running simulator (shared by the workers of
-    ``serve --workers``) instead of starting one.
+    ``serve --workers``) instead of starting one. ``clock``: the one clock of the actor system,
+    session sweeps and per-connection rate limits (default: the real one).
     """
     hub = ChatHub()
     limits = ConnectionLimits(
@@ -277,6 +303,13 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
         text = backend.runtime.prometheus_text() + generate_latest(registry)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def models(request: Request) -> Response:
+        if not _authorized(request, token):
+            return Response("unauthorized\n", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        backend: Backend = request.app.state.backend
+        return JSONResponse({"models": backend.models, "default": backend.default_model})
+
     async def chat(websocket: WebSocket) -> None:
         if not origin_allowed(websocket.headers.get("origin"), config.server.allowed_origins):
             await _refuse(websocket, CLOSE_POLICY_VIOLATION, "origin not allowed")
@@ -296,6 +329,8 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
             owners=backend.owners,
             owner=owner_of_token(token),
             limits=limits,
+            models=[entry["model"] for entry in backend.models],
+            clock=backend.runtime.system.clock,
         )
         await connection.run()
 
@@ -304,9 +339,11 @@ def create_app(config: AppConfig, *, simulator_url: str | None = None) -> Starle
             Route("/", index),
             Route("/health", health),
             Route("/metrics", metrics),
+            Route("/api/models", models),
             WebSocketRoute("/ws/chat", chat),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        lifespan=_lifespan(config, hub, simulator_url),
+        lifespan=_lifespan(config, hub, simulator_url, clock),
         middleware=[
             Middleware(
                 HostGuard,
@@ -351,6 +388,7 @@ def _health(backend: Backend, hub: ChatHub, auth_required: bool,
         "uptime_seconds": round(time.monotonic() - backend.started_at, 1),
         "providers": runtime_health["providers"],
         "mcp_servers": mcp,
+        "tools": backend.tools.limits.as_dict(),
         "connections": {
             "websockets": len(hub.connections),
             "turns_in_flight": hub.turns_in_flight,

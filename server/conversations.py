@@ -28,7 +28,7 @@ import anyio
 from pydantic import SecretStr
 
 from actors.chat import session_actor_name
-from runtime import ActorRef, ActorSystem, ChildSpec
+from runtime import ActorRef, ActorSystem, ChildSpec, Clock, MonotonicClock
 
 __all__ = [
     "ConversationOwners",
@@ -132,13 +132,13 @@ class SessionDirectory:
         *,
         max_conversations: int = 1000,
         idle_seconds: float = _SESSION_IDLE_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._system = system
         self._spec_for = spec_for
         self._max = max_conversations
         self._idle_seconds = idle_seconds
-        self._clock = clock
+        self._clock = clock or MonotonicClock()
         self._entries: dict[str, _Entry] = {}
         self._lock = anyio.Lock()
 
@@ -160,7 +160,7 @@ class SessionDirectory:
                     )
                 await self._stop(min(idle)[1])
             # Another socket may have acquired it while the idle one stopped.
-            entry = self._entries.setdefault(conversation_id, _Entry(self._clock()))
+            entry = self._entries.setdefault(conversation_id, _Entry(self._clock.now()))
         entry.users += 1
 
     def release(self, conversation_id: str) -> None:
@@ -168,7 +168,7 @@ class SessionDirectory:
         entry = self._entries.get(conversation_id)
         if entry is not None:
             entry.users = max(0, entry.users - 1)
-            entry.idle_since = self._clock()
+            entry.idle_since = self._clock.now()
 
     async def session(self, conversation_id: str) -> ActorRef:
         """The conversation's actor, started if it is not running."""
@@ -192,12 +192,12 @@ class SessionDirectory:
     async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
         """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
         while True:
-            await anyio.sleep(interval)
+            await self._clock.sleep(interval)
             await self.sweep_once()
 
     async def sweep_once(self) -> list[str]:
         """Stop the actors of conversations idle too long; returns their ids."""
-        now = self._clock()
+        now = self._clock.now()
         idle = [
             conversation_id
             for conversation_id, entry in self._entries.items()

@@ -5,16 +5,20 @@ Compatible with the MCP Backend frontend protocol; everything beyond it is addit
 Client to server::
 
     {"action": "chat", "request_id": "r1",
-     "payload": {"text": "...", "streaming": true, "metadata": {}, "conversation_id": "..."}}
+     "payload": {"text": "...", "streaming": true, "metadata": {}, "conversation_id": "...",
+                 "model": "...", "reasoning_effort": "low"}}
     {"action": "cancel", "request_id": "r1"}
     {"action": "clear_history", "request_id": "c1", "conversation_id": "..."}
 
 ``conversation_id`` is optional in both (default: the socket's current conversation), and so is
-the ``request_id`` of ``clear_history``. Server to client, envelopes
+the ``request_id`` of ``clear_history``. ``model`` (one of ``GET /api/models``; an unconfigured one
+is an ``invalid_request``) and ``reasoning_effort`` (``minimal``, ``low``, ``medium``, ``high``)
+are optional too. Server to client, envelopes
 ``{"request_id", "status", "chunk"}``::
 
     processing  {"metadata": {"user_message": "...", "conversation_id": "..."}}
     chunk       {"type": "text", "data": "delta"}
+    chunk       {"type": "reasoning", "data": "delta"}   (the model's thinking, before the text)
     chunk       {"type": "tool_call_started", "data": {"server", "tool", "arguments", "call_id"}}
     chunk       {"type": "tool_call_finished", "data": {"server", "tool", "call_id", "is_error",
                                                          "result_preview", "duration_ms"}}
@@ -57,6 +61,7 @@ __all__ = [
     "loads_bounded",
     "parse_frame",
     "processing",
+    "reasoning_chunk",
     "text_chunk",
     "tool_call_finished",
     "tool_call_started",
@@ -87,6 +92,8 @@ class ChatPayload(_Frame):
     streaming: bool = True
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     conversation_id: ConversationId | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 
 class ChatFrame(_Frame):
@@ -234,6 +241,13 @@ def processing(request_id: str, user_message: str, conversation_id: str) -> Enve
 def text_chunk(request_id: str, data: str) -> Envelope:
     """A piece of the answer (the whole answer when the client asked for no streaming)."""
     return {"request_id": request_id, "status": "chunk", "chunk": {"type": "text", "data": data}}
+
+
+def reasoning_chunk(request_id: str, data: str) -> Envelope:
+    """A piece of the model's reasoning (shown apart from the answer, never stored)."""
+    return {
+        "request_id": request_id, "status": "chunk", "chunk": {"type": "reasoning", "data": data}
+    }
 
 
 def tool_call_started(

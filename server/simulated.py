@@ -19,12 +19,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Final
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from actors.llm import LLMConfig, ProviderConfig, RateLimitConfig
+from actors.llm import LLMConfig, ModelPrice, ProviderConfig, RateLimitConfig
 from server.config import AppConfig
 
 __all__ = [
@@ -41,6 +42,11 @@ logger = logging.getLogger("server.simulated")
 SIMULATOR_PROVIDER = "simulator"
 SIMULATED_MODEL = "gpt-4o-mini"
 """A model the catalog knows, so the demo shows realistic token counts and prices."""
+DEMO_MODELS = ("gpt-4o-mini", "gpt-4.1-mini", "o4-mini", "gpt-5-mini", "deepseek/deepseek-r1",
+               "deepseek-reasoner")
+"""Models the simulator serves by default, offered in the chat page's picker in demo mode: plain
+ones, OpenAI-style reasoning (``o4-mini``: reasoning tokens, no text) and reasoning that streams
+(``deepseek/deepseek-r1`` as OpenRouter sends it, ``deepseek-reasoner`` as DeepSeek does)."""
 
 _BANNER = re.compile(rb"simulator listening on (http://\S+)")
 _STARTUP_TIMEOUT = 20.0
@@ -64,14 +70,22 @@ def wants_simulator(config: AppConfig) -> bool:
 def simulated_llm_config(llm: LLMConfig, base_url: str) -> LLMConfig:
     """``llm`` with its providers replaced by one keyless provider at ``base_url``.
 
+    Its model is the first provider's configured ``model`` when the simulator serves it (``model:
+    o4-mini`` runs a simulated o4-mini), else :data:`SIMULATED_MODEL`; the other
+    :data:`DEMO_MODELS` are configured too (listed, chosen per turn, never tried automatically).
     Cost limits, hedging and timeouts are kept; the ledger moves to a ``.simulated`` file next to
     the configured one.
     """
+    configured = llm.providers[llm.candidate_order()[0]].model
+    model = configured if configured in DEMO_MODELS else SIMULATED_MODEL
     provider = ProviderConfig(
         kind="openai-compatible",
         base_url=base_url.rstrip("/") + "/v1",
         requires_api_key=False,
-        model=SIMULATED_MODEL,
+        model=model,
+        fallback_models=[name for name in DEMO_MODELS if name != model],
+        enable_fallback_models=False,
+        prices=_DEMO_PRICES,
         max_connections=1000,
         max_keepalive_connections=200,
         rate_limits=RateLimitConfig(),
@@ -88,6 +102,14 @@ def simulated_llm_config(llm: LLMConfig, base_url: str) -> LLMConfig:
         hedging=llm.hedging,
         request_timeout=llm.request_timeout,
     )
+
+
+# The simulator's prices for the demo models the catalog does not price (USD per million tokens):
+# without a price the ledger could not reserve, and would refuse the turn.
+_DEMO_PRICES: Final = {
+    "deepseek/deepseek-r1": ModelPrice(input=0.4, output=2.0),
+    "deepseek-reasoner": ModelPrice(input=0.56, output=1.68),
+}
 
 
 @asynccontextmanager

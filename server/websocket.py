@@ -15,9 +15,8 @@ import contextlib
 import json
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,14 +28,25 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.chat import (
     ClearHistory,
+    HistoryWriteError,
     RunTurn,
     ToolCallFinished,
     ToolCallStarted,
     TurnComplete,
+    TurnReasoning,
     TurnText,
 )
 from actors.llm import LLMClientError
-from runtime import ActorCrashed, ActorError, ActorRef, ActorStopped, DeadlineExceeded, Overloaded
+from runtime import (
+    ActorCrashed,
+    ActorError,
+    ActorRef,
+    ActorStopped,
+    Clock,
+    DeadlineExceeded,
+    MonotonicClock,
+    Overloaded,
+)
 from server import protocol
 from server.conversations import TooManyConversations
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
@@ -196,15 +206,19 @@ class ChatConnection:
         owners: Owners,
         owner: str,
         limits: ConnectionLimits,
-        clock: Callable[[], float] = time.monotonic,
+        models: Collection[str] = (),
+        clock: Clock | None = None,
     ) -> None:
+        """``models``: the configured models a frame may name (empty: any); ``clock``: the
+        system's clock (the message rate limit counts on it)."""
         self._websocket = websocket
         self._hub = hub
         self._conversations = conversations
         self._owners = owners
         self._owner = owner
         self._limits = limits
-        self._clock = clock
+        self._models = frozenset(models)
+        self._clock = clock or MonotonicClock()
         self._turns: dict[str, _Turn] = {}
         self._held: dict[str, int] = {}  # conversation -> holds (current one, running requests)
         self._recent: deque[float] = deque()
@@ -318,7 +332,7 @@ class ChatConnection:
             self._task_group.start_soon(self._clear_history, frame.request_id, conversation_id)
 
     def _over_rate(self) -> bool:
-        now = self._clock()
+        now = self._clock.now()
         while self._recent and now - self._recent[0] >= 60.0:
             self._recent.popleft()
         if len(self._recent) >= self._limits.max_messages_per_minute:
@@ -345,6 +359,15 @@ class ChatConnection:
         if request_id in self._turns:
             await self._reject(
                 request_id, "a request with this request_id is still running", "duplicate_request"
+            )
+            return
+        model = frame.payload.model
+        if model is not None and self._models and model not in self._models:
+            await self._reject(
+                request_id,
+                f"model {model[:80]!r} is not configured; choose one of"
+                f" {', '.join(sorted(self._models))}",
+                "invalid_request",
             )
             return
         if len(self._turns) >= self._limits.max_concurrent_turns:
@@ -473,7 +496,14 @@ class ChatConnection:
         request_id = frame.request_id
         payload = frame.payload
         texts: list[str] = []
-        message = RunTurn(text=payload.text, request_id=request_id, metadata=payload.metadata)
+        thoughts: list[str] = []
+        message = RunTurn(
+            text=payload.text,
+            request_id=request_id,
+            metadata=payload.metadata,
+            model=payload.model,
+            reasoning_effort=payload.reasoning_effort,
+        )
         try:
             async with self._ordered(conversation_id, message,
                                      self._limits.turn_timeout) as events:
@@ -483,16 +513,27 @@ class ChatConnection:
                             await self._send(protocol.text_chunk(request_id, event.text))
                         else:
                             texts.append(event.text)
+                    elif isinstance(event, TurnReasoning):
+                        if payload.streaming:
+                            await self._send(protocol.reasoning_chunk(request_id, event.text))
+                        else:
+                            thoughts.append(event.text)
                     elif isinstance(event, ToolCallStarted):
                         await self._send(_started(request_id, event))
                     elif isinstance(event, ToolCallFinished):
                         await self._send(_finished(request_id, event))
                     elif isinstance(event, TurnComplete):
+                        if thoughts:
+                            await self._send(
+                                protocol.reasoning_chunk(request_id, "".join(thoughts))
+                            )
                         if texts:
                             await self._send(protocol.text_chunk(request_id, "".join(texts)))
                         return _complete(request_id, conversation_id, event)
         except (LLMClientError, ActorError) as exc:
             return protocol.error(request_id, _describe(exc), error_type_of(exc))
+        except HistoryWriteError as exc:  # logged by the session
+            return protocol.error(request_id, str(exc), exc.error_type)
         except Exception:
             # The one place an unexpected error may land: the client still gets its single
             # ending, and the bug is logged with its traceback rather than lost.
