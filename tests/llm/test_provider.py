@@ -55,7 +55,7 @@ ADD_TOOL = {
 }
 
 
-class Collector(Actor):
+class Collector(Actor[Any]):
     """Stands in for the MetricsActor: keeps every event it is told."""
 
     def __init__(self, events: list[Any]) -> None:
@@ -255,7 +255,7 @@ async def test_forced_fault_becomes_its_typed_error(
     assert info.value.retryable is retryable
     assert info.value.provider == "sim"
     if fault == "429":
-        assert info.value.retry_after == 2.0  # type: ignore[attr-defined]
+        assert info.value.retry_after == 2.0
     if fault.startswith("midstream") and stream:
         assert info.value.partial_text.startswith("Echo:")  # type: ignore[attr-defined]
 
@@ -510,6 +510,7 @@ async def test_leaving_a_stream_closes_the_upstream_response_at_once(
         received: list[str] = []
         async with ref.ask_stream(call(model="sim-long", stream=True), timeout=10) as items:
             async for item in items:
+                assert isinstance(item, TextDelta)
                 received.append(item.text)
                 if len(received) == 2:
                     break
