@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from runtime import Actor, ActorSystem, ChildSpec, Restart, SupervisorSpec
+from runtime.testing import FakeClock
 from server.conversations import SessionDirectory, TooManyConversations
 
 
@@ -41,16 +42,16 @@ async def test_session_is_started_once_and_shared() -> None:
 
 
 async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
-    now = [0.0]
+    clock = FakeClock()
     async with _system() as system:
-        directory = SessionDirectory(system, _spec, idle_seconds=60, clock=lambda: now[0])
+        directory = SessionDirectory(system, _spec, idle_seconds=60, clock=clock)
         for conversation in ("kept", "idle"):
             await directory.acquire(conversation)
             await directory.session(conversation)
         directory.release("idle")
-        now[0] = 59.0
+        await clock.advance(59.0)
         assert await directory.sweep_once() == []
-        now[0] = 60.0
+        await clock.advance(1.0)
         assert await directory.sweep_once() == ["idle"]
         assert len(directory) == 1
         assert "session:idle" not in system.status()
@@ -61,20 +62,37 @@ async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
 
 
 async def test_a_full_directory_stops_the_least_recently_idle_or_refuses() -> None:
-    now = [0.0]
+    clock = FakeClock()
     async with _system() as system:
-        directory = SessionDirectory(system, _spec, max_conversations=2, clock=lambda: now[0])
+        directory = SessionDirectory(system, _spec, max_conversations=2, clock=clock)
         for conversation in ("a", "b"):
             await directory.acquire(conversation)
             await directory.session(conversation)
         with pytest.raises(TooManyConversations,
                            match=r"^all 2 conversations are in use; try again later$"):
             await directory.acquire("c")
-        now[0] = 1.0
+        await clock.advance(1.0)
         directory.release("b")
-        now[0] = 2.0
+        await clock.advance(1.0)
         directory.release("a")
         await directory.acquire("c")  # b has been idle longest: it makes room
         assert len(directory) == 2
         assert "session:b" not in system.status()
         assert "session:a" in system.status()
+
+
+async def test_the_sweep_runs_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec, idle_seconds=60, clock=clock)
+        await directory.acquire("idle")
+        await directory.session("idle")
+        directory.release("idle")
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(directory.sweep, 30.0)
+            await clock.advance(30.0)
+            assert "session:idle" in system.status()  # idle 30 s of 60
+            await clock.advance(30.0)
+            assert "session:idle" not in system.status()
+            assert len(directory) == 0
+            task_group.cancel_scope.cancel()
