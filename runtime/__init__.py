@@ -1,19 +1,14 @@
 """The actor kernel: mailboxes, references, supervision. Knows nothing about LLMs, HTTP or MCP.
 
-``ActorRef.tell`` / ``ask`` / ``ask_stream`` talk to actors; a :class:`ChildSpec` says how to run
-and restart one; a :class:`SupervisorSpec` groups children under a :class:`Strategy`;
-:class:`ActorSystem` runs the tree.
+``ActorRef.tell`` / ``ask`` / ``ask_stream`` talk to actors; a message declares its reply type by
+deriving from :class:`Ask` (or :class:`AskStream`); a :class:`ChildSpec` says how to run and
+restart one; a :class:`SupervisorSpec` groups children under a :class:`Strategy`;
+:class:`ActorSystem` runs the tree. Tests step time with :class:`runtime.testing.FakeClock`.
 """
 
-from runtime._actor import (
-    Actor,
-    ActorContext,
-    ActorRef,
-    ActorState,
-    ActorStatus,
-    unwrap_group,
-)
-from runtime._clock import Clock, FakeClock, MonotonicClock
+from runtime._actor import Actor, ActorState, ActorStatus, Restart, unwrap_group
+from runtime._clock import Clock, MonotonicClock
+from runtime._context import ActorContext
 from runtime._errors import (
     ActorCrashed,
     ActorError,
@@ -23,8 +18,9 @@ from runtime._errors import (
     RestartIntensityExceeded,
     SystemFailure,
 )
-from runtime._request import Outcome, Request, RequestKind
-from runtime._supervisor import Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
+from runtime._ref import ActorRef
+from runtime._request import Ask, AskStream, Outcome, Request, RequestKind
+from runtime._supervisor import Backoff, ChildSpec, Strategy, SupervisorSpec
 from runtime._system import ActorSystem
 
 __all__ = [
@@ -37,11 +33,12 @@ __all__ = [
     "ActorStatus",
     "ActorStopped",
     "ActorSystem",
+    "Ask",
+    "AskStream",
     "Backoff",
     "ChildSpec",
     "Clock",
     "DeadlineExceeded",
-    "FakeClock",
     "MonotonicClock",
     "Outcome",
     "Overloaded",

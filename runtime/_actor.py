@@ -12,27 +12,39 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
-from runtime._clock import Clock
+from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
+from runtime._ref import ActorRef
 from runtime._request import Outcome, Request, RequestKind, Then
 
 if TYPE_CHECKING:
-    from runtime._supervisor import ChildSpec
+    from runtime._supervisor import ChildSpec, Registry
 
-__all__ = ["Actor", "ActorContext", "ActorRef", "ActorState", "ActorStatus"]
+__all__ = ["Actor", "ActorState", "ActorStatus", "Restart", "unwrap_group"]
+
+M_contra = TypeVar("M_contra", contravariant=True)
 
 logger = logging.getLogger("runtime")
 
 _STOP = object()
+
+
+class Restart(Enum):
+    """When a supervisor restarts a child."""
+
+    PERMANENT = "permanent"
+    """Always."""
+    TRANSIENT = "transient"
+    """Only after a crash; a normal exit is final."""
+    TEMPORARY = "temporary"
+    """Never."""
 
 
 class ActorState(Enum):
@@ -56,14 +68,16 @@ class ActorStatus:
     mailbox_capacity: int
     in_flight: int
     dropped: int
+    restart: Restart = Restart.PERMANENT
 
 
-class Actor:
-    """Base class of actors.
+class Actor(Generic[M_contra]):
+    """Base class of actors that handle messages of type ``M_contra`` (normally a union).
 
-    Override :meth:`receive`; its return value answers an ``ask``, an exception it raises is
-    re-raised in the caller (and crashes the instance if it matches the child's ``crash_on``).
-    ``self.context`` is set before :meth:`on_start` runs.
+    Override :meth:`receive`, dispatching with ``match`` and ending in ``assert_never``; its
+    return value answers an ``ask`` (of the type the message declares, see :class:`Ask`), an
+    exception it raises is re-raised in the caller (and crashes the instance if it matches the
+    child's ``crash_on``). ``self.context`` is set before :meth:`on_start` runs.
     """
 
     context: ActorContext
@@ -74,7 +88,7 @@ class Actor:
     async def on_stop(self) -> None:
         """Called once per instance when it ends for any reason (shielded, with a timeout)."""
 
-    async def receive(self, message: Any) -> Any:
+    async def receive(self, message: M_contra) -> Any:
         """Handle one message."""
         raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")
 
@@ -91,168 +105,6 @@ class _ChildDone:
         self.generation = generation
 
 
-class ActorContext:
-    """What an actor instance knows about its place in the system."""
-
-    def __init__(self, cell: ActorCell, task_group: TaskGroup, generation: int) -> None:
-        self._cell = cell
-        self._task_group = task_group
-        self._generation = generation
-        self.request: Request | None = None
-        """The request being handled right now (``None`` outside :meth:`Actor.receive`)."""
-
-    @property
-    def name(self) -> str:
-        return self._cell.name
-
-    @property
-    def self_ref(self) -> ActorRef:
-        return self._cell.ref
-
-    @property
-    def clock(self) -> Clock:
-        return self._cell.clock
-
-    @property
-    def durable(self) -> Any:
-        """State declared durable by the child spec: created once, survives restarts."""
-        return self._cell.durable
-
-    @property
-    def restart_count(self) -> int:
-        return self._cell.restart_count
-
-    def pipe(
-        self, work: Callable[..., Awaitable[Any]], *args: Any, then: Then | None = None
-    ) -> None:
-        """Run ``work(*args)`` as a child task; its outcome comes back through the mailbox.
-
-        The current request (if any) is answered later: by ``then(outcome)`` run in the actor's
-        own loop (its return value is the reply, an exception it raises the error), or by the
-        outcome itself when ``then`` is ``None``. If the caller abandons the request, the child
-        task is cancelled and ``then`` still runs with a cancelled outcome, so the actor can
-        release what it reserved.
-        """
-        request = self.request
-        scope = anyio.CancelScope()
-        if request is not None:
-            request._bind(scope)
-            self._cell._in_flight.add(request)
-        self._task_group.start_soon(self._cell._run_child, scope, request, work, args, then,
-                                    self._generation)
-
-
-class ActorRef:
-    """The address of an actor: the only way to talk to it. Valid across restarts."""
-
-    __slots__ = ("_cell",)
-
-    def __init__(self, cell: ActorCell) -> None:
-        self._cell = cell
-
-    @property
-    def name(self) -> str:
-        return self._cell.name
-
-    def tell(self, message: Any) -> None:
-        """Send without waiting for an answer.
-
-        Raises :class:`Overloaded` if the mailbox is full, :class:`ActorStopped` if it is closed.
-        """
-        self._cell.enqueue(Request(message))
-
-    def try_tell(self, message: Any) -> bool:
-        """Like :meth:`tell`, but a full or closed mailbox drops the message (counted) instead."""
-        try:
-            self._cell.enqueue(Request(message))
-        except (Overloaded, ActorStopped):
-            self._cell.dropped += 1
-            return False
-        return True
-
-    async def ask(
-        self, message: Any, timeout: float | None = None, *, deadline: float | None = None
-    ) -> Any:
-        """Send ``message`` and wait for the one answer.
-
-        ``timeout`` (seconds) or ``deadline`` (on anyio's clock) bound the wait and travel with
-        the message, so the actor skips it if it expires in the queue. Raises the actor's error,
-        :class:`Overloaded`, :class:`ActorStopped`, :class:`ActorCrashed` or
-        :class:`DeadlineExceeded`. Cancelling the caller cancels the work done for it.
-        """
-        limit = _deadline(timeout, deadline)
-        request = Request(message, RequestKind.ASK, limit)
-        self._cell.enqueue(request)
-        try:
-            if limit == math.inf:
-                return await request.wait()
-            with anyio.fail_after(max(0.0, limit - anyio.current_time())):
-                return await request.wait()
-        except TimeoutError:
-            if request.done and not request.abandoned:
-                return request.result()
-            request.abandon()
-            raise DeadlineExceeded(self._cell.name) from None
-        except BaseException:
-            request.abandon()
-            raise
-
-    @asynccontextmanager
-    async def ask_stream(
-        self,
-        message: Any,
-        timeout: float | None = None,
-        *,
-        deadline: float | None = None,
-        buffer: int = 16,
-    ) -> AsyncIterator[AsyncIterator[Any]]:
-        """Send ``message`` and iterate over a bounded stream of answers.
-
-        ``async with ref.ask_stream(msg) as items: async for item in items: ...``. A slow
-        consumer slows the producer (the buffer holds ``buffer`` items). Leaving the block early
-        abandons the request and cancels the work producing it. Errors are raised from the
-        iteration, after the items sent before them.
-        """
-        limit = _deadline(timeout, deadline)
-        request = Request(message, RequestKind.STREAM, limit, stream_buffer=buffer)
-        try:
-            self._cell.enqueue(request)
-            yield _iterate(request, self._cell.name)
-        finally:
-            request.abandon()
-            assert request._stream_recv is not None
-            request._stream_recv.close()
-
-    def __repr__(self) -> str:
-        return f"<ActorRef {self._cell.name}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ActorRef) and other._cell is self._cell
-
-    def __hash__(self) -> int:
-        return id(self._cell)
-
-
-async def _iterate(request: Request, actor: str) -> AsyncIterator[Any]:
-    receive = request._stream_recv
-    assert receive is not None
-    while True:
-        try:
-            if request.deadline == math.inf:
-                item = await receive.receive()
-            else:
-                with anyio.fail_after(max(0.0, request.deadline - anyio.current_time())):
-                    item = await receive.receive()
-        except anyio.EndOfStream:
-            if request._error is not None:
-                raise request._error from None
-            return
-        except TimeoutError:
-            request.abandon()
-            raise DeadlineExceeded(actor) from None
-        yield item
-
-
 def unwrap_group(error: Exception) -> Exception:
     """The single error inside (nested) exception groups, or the group itself."""
     while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
@@ -260,20 +112,13 @@ def unwrap_group(error: Exception) -> Exception:
     return error
 
 
-def _deadline(timeout: float | None, deadline: float | None) -> float:
-    limit = math.inf if deadline is None else deadline
-    if timeout is not None:
-        limit = min(limit, anyio.current_time() + timeout)
-    return limit
-
-
 class ActorCell:
     """Runs the instances of one actor over a mailbox that outlives them."""
 
-    def __init__(self, spec: ChildSpec, clock: Clock) -> None:
+    def __init__(self, spec: ChildSpec, registry: Registry) -> None:
         self.spec = spec
         self.name = spec.name
-        self.clock = clock
+        self.registry = registry
         self.ref = ActorRef(self)
         self.durable: Any = spec.durable() if spec.durable is not None else None
         self.state = ActorState.STARTING
@@ -285,7 +130,8 @@ class ActorCell:
         # Unbounded underneath: the bound is enforced for outside senders in enqueue(), so that
         # child outcomes and the stop marker can always be delivered.
         self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-        self._in_flight: set[Request] = set()
+        self.in_flight: set[Request] = set()
+        """Requests answered later by piped work (see :meth:`ActorContext.pipe`)."""
         self._current: Request | None = None
         self._generation = 0
         self._stopping = False
@@ -308,8 +154,9 @@ class ActorCell:
             restart_count=self.restart_count,
             mailbox_depth=self._depth,
             mailbox_capacity=self._capacity,
-            in_flight=len(self._in_flight),
+            in_flight=len(self.in_flight),
             dropped=self.dropped,
+            restart=self.spec.restart,
         )
 
     # -- lifecycle (called by the supervisor) ---------------------------------------------------
@@ -344,9 +191,9 @@ class ActorCell:
             if self._current is not None:
                 self._current.fail(ended)
                 self._current = None
-            for request in list(self._in_flight):
+            for request in list(self.in_flight):
                 request.fail(ended)
-            self._in_flight.clear()
+            self.in_flight.clear()
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.spec.shutdown_timeout):
                 try:
                     await instance.on_stop()
@@ -381,7 +228,7 @@ class ActorCell:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    async def _serve(self, instance: Actor, generation: int) -> None:
+    async def _serve(self, instance: Actor[Any], generation: int) -> None:
         receive = self._receive.receive
         context = instance.context
         crash_on = self.spec.crash_on
@@ -390,12 +237,12 @@ class ActorCell:
             if type(item) is _ChildDone:
                 if item.generation == generation:
                     await self._complete(instance, item, crash_on)
-                if self._stopping and not self._in_flight:
+                if self._stopping and not self.in_flight:
                     return
                 continue
             if item is _STOP:
                 self._stopping = True
-                if not self._in_flight:
+                if not self.in_flight:
                     return
                 continue
             request: Request = item
@@ -420,11 +267,11 @@ class ActorCell:
                     self._current = None
 
     async def _complete(
-        self, instance: Actor, done: _ChildDone, crash_on: tuple[type[BaseException], ...]
+        self, instance: Actor[Any], done: _ChildDone, crash_on: tuple[type[BaseException], ...]
     ) -> None:
         request = done.request
         if request is not None:
-            self._in_flight.discard(request)
+            self.in_flight.discard(request)
         if done.then is None:
             if done.outcome.error is not None:
                 self._answer_error(request, done.outcome.error, crash_on)
@@ -460,7 +307,7 @@ class ActorCell:
             logger.warning("actor %s: %s while handling a message", self.name,
                            type(error).__name__)
 
-    async def _run_child(
+    async def run_child(
         self,
         scope: anyio.CancelScope,
         request: Request | None,
@@ -479,8 +326,25 @@ class ActorCell:
             outcome = Outcome(cancelled=True)
         self._send.send_nowait(_ChildDone(request, outcome, then, generation))
 
+    async def run_timer(
+        self, scope: anyio.CancelScope, interval: float, message: object, repeat: bool
+    ) -> None:
+        tick: Request | None = None
+        with scope:
+            while True:
+                await self.registry.clock.sleep(interval)
+                if not self._accepting:
+                    return
+                if tick is None or tick.done:
+                    # Past the bound, like a child's outcome: the actor asked for this message.
+                    tick = Request(message)
+                    self._depth += 1
+                    self._send.send_nowait(tick)
+                if not repeat:
+                    return
+
     def __repr__(self) -> str:
         return (
             f"<ActorCell {self.name} [{self.state.value} | mailbox {self._depth}/"
-            f"{self._capacity} | {len(self._in_flight)} in flight | restarts {self.restart_count}]>"
+            f"{self._capacity} | {len(self.in_flight)} in flight | restarts {self.restart_count}]>"
         )

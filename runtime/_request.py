@@ -10,12 +10,31 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["Outcome", "Request", "RequestKind"]
+__all__ = ["Ask", "AskStream", "Outcome", "Request", "RequestKind"]
+
+R_co = TypeVar("R_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Ask(Generic[R_co]):
+    """Base of a message answered by one reply of type ``R_co``.
+
+    ``class Reserve(Ask[Reservation])`` makes ``await ref.ask(Reserve(...))`` a ``Reservation``
+    for the type checker. A marker only: nothing is checked at run time, and it costs nothing.
+    """
+
+    __slots__ = ()
+
+
+class AskStream(Generic[T_co]):
+    """Base of a message answered by a stream of ``T_co`` items (see ``ActorRef.ask_stream``)."""
+
+    __slots__ = ()
 
 
 class RequestKind(Enum):

@@ -23,9 +23,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runtime._actor import Actor, ActorCell, ActorRef, ActorState, unwrap_group
+from runtime._actor import Actor, ActorCell, ActorState, ActorStatus, Restart, unwrap_group
 from runtime._clock import Clock
 from runtime._errors import RestartIntensityExceeded
+from runtime._ref import ActorRef
 
 __all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorSpec"]
 
@@ -41,17 +42,6 @@ class Strategy(Enum):
     """All children: the others are stopped (in reverse order) and all restart in order."""
     REST_FOR_ONE = "rest_for_one"
     """The child that ended and those started after it."""
-
-
-class Restart(Enum):
-    """When a child is restarted."""
-
-    PERMANENT = "permanent"
-    """Always."""
-    TRANSIENT = "transient"
-    """Only after a crash; a normal exit is final."""
-    TEMPORARY = "temporary"
-    """Never."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +75,7 @@ class ChildSpec:
     """
 
     name: str
-    factory: Callable[[], Actor]
+    factory: Callable[[], Actor[Any]]
     restart: Restart = Restart.PERMANENT
     crash_on: tuple[type[BaseException], ...] = (Exception,)
     mailbox_size: int = 1000
@@ -119,8 +109,18 @@ class Registry:
     def cell(self, spec: ChildSpec) -> ActorCell:
         cell = self.cells.get(spec.name)
         if cell is None:
-            cell = self.cells[spec.name] = ActorCell(spec, self.clock)
+            cell = self.cells[spec.name] = ActorCell(spec, self)
         return cell
+
+    def actor_status(self, name: str) -> ActorStatus | None:
+        cell = self.cells.get(name)
+        return cell.status() if cell is not None else None
+
+    def status(self) -> dict[str, ActorStatus]:
+        return {name: cell.status() for name, cell in self.cells.items()}
+
+    def children(self, supervisor: str) -> list[str]:
+        return [child.name for child in self.supervisors[supervisor].children]
 
 
 class _Child:
@@ -157,7 +157,7 @@ class Supervisor:
             raise ValueError(f"supervisor {spec.name!r}: child names must be unique: {names}")
         self.spec = spec
         self._registry = registry
-        self._children = [_Child(child, registry) for child in spec.children]
+        self.children = [_Child(child, registry) for child in spec.children]
         self._restarts: list[float] = []
         self._stopping = False
         self._task_group: TaskGroup | None = None
@@ -178,7 +178,7 @@ class Supervisor:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                for child in self._children:
+                for child in self.children:
                     await self._start(child)
                 on_ready()
                 async with self._events:
@@ -196,18 +196,18 @@ class Supervisor:
 
     async def start_child(self, spec: ChildSpec | SupervisorSpec) -> ActorRef | None:
         """Add a child at run time and start it; returns its ref (``None`` for a supervisor)."""
-        if any(child.name == spec.name for child in self._children):
+        if any(child.name == spec.name for child in self.children):
             raise ValueError(f"supervisor {self.name!r} already has a child {spec.name!r}")
         if isinstance(spec, ChildSpec) and spec.name in self._registry.cells:
             raise ValueError(f"an actor named {spec.name!r} already exists")
         child = _Child(spec, self._registry)
-        self._children.append(child)
+        self.children.append(child)
         await self._start(child)
         return child.cell.ref if child.cell is not None else None
 
     async def stop_child(self, name: str) -> None:
         """Stop a child gracefully and forget it."""
-        for child in self._children:
+        for child in self.children:
             if child.name == name:
                 await self._shutdown(child)
                 self._forget(child)
@@ -219,10 +219,10 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
-        for child in self._children:
+        for child in self.children:
             if child.pending_restart is not None:
                 child.pending_restart.cancel()
-        for child in reversed(self._children):
+        for child in reversed(self.children):
             await self._shutdown(child)
         self._events_send.close()
 
@@ -271,7 +271,8 @@ class Supervisor:
             if error is not None and not child.expected_exit:
                 logger.warning("%s %r ended with %s: %s", "supervisor" if child.cell is None
                                else "actor", child.name, type(error).__name__, error)
-            with contextlib.suppress(anyio.ClosedResourceError):  # the supervisor has ended
+            # The supervisor has ended (stopped, or cancelled from outside).
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._events_send.send_nowait((child, generation, error))
 
     async def _on_exit(self, child: _Child, error: Exception | None) -> None:
@@ -293,34 +294,43 @@ class Supervisor:
             child.failures = 0
         child.failures += 1
         group = self._restart_group(child)
+        # A restart pending for some of them is replaced by this one, which must then restart
+        # everyone that one would have (say, rest_for_one after a crash of a later child).
+        replaced = {member.pending_restart for member in group} - {None}
+        group = [c for c in self.children if c in group or c.pending_restart in replaced]
         for other in reversed(group):
             if other is not child:
                 await self._terminate(other)
+        # Pending from now on, not from when the task first runs: an exit handled before then
+        # must see (and replace) this restart.
+        scope = anyio.CancelScope()
         for member in group:
             if member.pending_restart is not None:
                 member.pending_restart.cancel()
+            member.pending_restart = scope
             member.mark(ActorState.RESTARTING)
             if member.cell is not None:
                 member.cell.restart_count += 1
         delay = self.spec.backoff.delay(child.failures, self._registry.rng)
         assert self._task_group is not None
-        self._task_group.start_soon(self._restart_later, group, delay)
+        self._task_group.start_soon(self._restart_later, group, delay, scope)
 
     def _restart_group(self, child: _Child) -> list[_Child]:
         strategy = self.spec.strategy
         if strategy is Strategy.ONE_FOR_ONE:
             return [child]
         if strategy is Strategy.ONE_FOR_ALL:
-            return list(self._children)
-        return self._children[self._children.index(child):]
+            return list(self.children)
+        return self.children[self.children.index(child):]
 
-    async def _restart_later(self, group: list[_Child], delay: float) -> None:
-        with anyio.CancelScope() as scope:
-            for member in group:
-                member.pending_restart = scope
+    async def _restart_later(
+        self, group: list[_Child], delay: float, scope: anyio.CancelScope
+    ) -> None:
+        with scope:
             await self._registry.clock.sleep(delay)
             for member in group:
-                member.pending_restart = None
+                if member.pending_restart is scope:
+                    member.pending_restart = None
                 if not member.running and not self._stopping:
                     await self._start(member)
 
@@ -356,13 +366,13 @@ class Supervisor:
     def _forget(self, child: _Child) -> None:
         if child.cell is not None:
             child.cell.close()
-        if child in self._children:
-            self._children.remove(child)
+        if child in self.children:
+            self.children.remove(child)
         self._registry.cells.pop(child.name, None)
 
     def __repr__(self) -> str:
-        running = sum(child.running for child in self._children)
+        running = sum(child.running for child in self.children)
         return (
             f"<Supervisor {self.name} [{self.spec.strategy.value} | {running}/"
-            f"{len(self._children)} running | {len(self._restarts)} recent restarts]>"
+            f"{len(self.children)} running | {len(self._restarts)} recent restarts]>"
         )

@@ -10,9 +10,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runtime._actor import ActorRef, ActorStatus
+from runtime._actor import ActorStatus
 from runtime._clock import Clock, MonotonicClock
 from runtime._errors import RestartIntensityExceeded, SystemFailure
+from runtime._ref import ActorRef
 from runtime._supervisor import ChildSpec, Registry, Supervisor, SupervisorSpec
 
 __all__ = ["ActorSystem"]
@@ -57,12 +58,15 @@ class ActorSystem:
 
     def actor_status(self, name: str) -> ActorStatus | None:
         """State, restarts and mailbox of one actor (``None`` if there is none by that name)."""
-        cell = self._registry.cells.get(name)
-        return cell.status() if cell is not None else None
+        return self._registry.actor_status(name)
 
     def status(self) -> dict[str, ActorStatus]:
         """State, restart count and mailbox depth of every actor, by name."""
-        return {name: cell.status() for name, cell in self._registry.cells.items()}
+        return self._registry.status()
+
+    def children(self, supervisor: str) -> list[str]:
+        """The names of ``supervisor``'s children, in start order. Raises :class:`KeyError`."""
+        return self._registry.children(supervisor)
 
     async def spawn(self, spec: ChildSpec, *, under: str | None = None) -> ActorRef:
         """Start an actor at run time under supervisor ``under`` (default: the root)."""

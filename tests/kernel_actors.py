@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 
-from runtime import Actor, Outcome
+from runtime import Actor, Ask, AskStream, Outcome, Request
 
 
 class Boom(Exception):
@@ -19,7 +19,7 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
-class Slow:
+class Slow(Ask[Any]):
     """Answer after ``seconds`` of child work (pipe to self)."""
 
     seconds: float
@@ -27,23 +27,29 @@ class Slow:
 
 
 @dataclass(frozen=True)
-class Crash:
+class Crash(Ask[None]):
     """Raise Boom in the handler."""
 
 
 @dataclass(frozen=True)
-class Refuse:
+class Refuse(Ask[None]):
     """Raise Refused in the handler."""
 
 
 @dataclass(frozen=True)
-class Count:
+class Count(AskStream[int]):
     """Stream n integers."""
 
     n: int
 
 
-class Recorder(Actor):
+Plain = str | int
+"""Echoed and recorded, except ``"block"`` (waits for ``blocker``) and ``"state"`` (the count)."""
+
+RecorderMessage = Slow | Crash | Refuse | Count | Plain
+
+
+class Recorder(Actor[RecorderMessage]):
     """Echoes asks, records tells, and knows a few tricks (see the message classes)."""
 
     def __init__(self, log: list[Any] | None = None, events: list[str] | None = None) -> None:
@@ -61,27 +67,32 @@ class Recorder(Actor):
         if self.events is not None:
             self.events.append(f"stop {self.context.name}")
 
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, Slow):
-            self.context.pipe(self._sleep, message, then=self._slept)
-            return None
-        if isinstance(message, Crash):
-            raise Boom("boom")
-        if isinstance(message, Refuse):
-            raise Refused("no")
-        if isinstance(message, Count):
-            request = self.context.request
-            assert request is not None
-            self.context.pipe(self._count, request, message.n)
-            return None
-        if message == "block":
-            await self.blocker.wait()
-            return "unblocked"
-        if message == "state":
-            return self.state
-        self.state += 1
-        self.log.append(message)
-        return message
+    async def receive(self, message: RecorderMessage) -> Any:
+        match message:
+            case Slow():
+                self.context.pipe(self._sleep, message, reply_to=self.context.request,
+                                  then=self._slept)
+                return None
+            case Crash():
+                raise Boom("boom")
+            case Refuse():
+                raise Refused("no")
+            case Count(n):
+                request = self.context.request
+                assert request is not None
+                self.context.pipe(self._count, request, n, reply_to=request)
+                return None
+            case "block":
+                await self.blocker.wait()
+                return "unblocked"
+            case "state":
+                return self.state
+            case str() | int():
+                self.state += 1
+                self.log.append(message)
+                return message
+            case _:
+                assert_never(message)
 
     async def _sleep(self, message: Slow) -> Any:
         await anyio.sleep(message.seconds)
@@ -93,6 +104,6 @@ class Recorder(Actor):
         self.state += 1
         return outcome.unwrap()
 
-    async def _count(self, request: Any, n: int) -> None:
+    async def _count(self, request: Request, n: int) -> None:
         for i in range(n):
             await request.send(i)

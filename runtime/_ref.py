@@ -1,0 +1,155 @@
+"""ActorRef: the address of an actor, and the three ways to talk to it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+from runtime._errors import ActorStopped, DeadlineExceeded, Overloaded
+from runtime._request import Ask, AskStream, Request, RequestKind
+
+if TYPE_CHECKING:
+    from runtime._actor import ActorCell
+
+__all__ = ["ActorRef"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class ActorRef:
+    """The address of an actor: the only way to talk to it. Valid across restarts."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    def tell(self, message: object) -> None:
+        """Send without waiting for an answer.
+
+        Raises :class:`Overloaded` if the mailbox is full, :class:`ActorStopped` if it is closed.
+        """
+        self._cell.enqueue(Request(message))
+
+    def try_tell(self, message: object) -> bool:
+        """Like :meth:`tell`, but a full or closed mailbox drops the message (counted) instead."""
+        try:
+            self._cell.enqueue(Request(message))
+        except (Overloaded, ActorStopped):
+            self._cell.dropped += 1
+            return False
+        return True
+
+    async def ask(
+        self, message: Ask[R], timeout: float | None = None, *, deadline: float | None = None
+    ) -> R:
+        """Send ``message`` and wait for the one answer, of the type the message declares.
+
+        ``timeout`` (seconds) or ``deadline`` (on anyio's clock) bound the wait and travel with
+        the message, so the actor skips it if it expires in the queue. Raises the actor's error,
+        :class:`Overloaded`, :class:`ActorStopped`, :class:`ActorCrashed` or
+        :class:`DeadlineExceeded`. Cancelling the caller cancels the work done for it.
+        """
+        limit = _deadline(timeout, deadline)
+        request = Request(message, RequestKind.ASK, limit)
+        self._cell.enqueue(request)
+        reply: R
+        try:
+            if limit == math.inf:
+                reply = await request.wait()
+                return reply
+            with anyio.fail_after(max(0.0, limit - anyio.current_time())):
+                reply = await request.wait()
+                return reply
+        except TimeoutError:
+            if request.done and not request.abandoned:
+                reply = request.result()
+                return reply
+            request.abandon()
+            raise DeadlineExceeded(self._cell.name) from None
+        except BaseException:
+            request.abandon()
+            raise
+
+    @asynccontextmanager
+    async def ask_stream(
+        self,
+        message: AskStream[T],
+        timeout: float | None = None,
+        *,
+        deadline: float | None = None,
+        buffer: int = 16,
+    ) -> AsyncIterator[AsyncIterator[T]]:
+        """Send ``message`` and iterate over a bounded stream of answers.
+
+        ``async with ref.ask_stream(msg) as items: async for item in items: ...``. A slow
+        consumer slows the producer (the buffer holds ``buffer`` items). Leaving the block early
+        abandons the request and cancels the work producing it. Errors are raised from the
+        iteration, after the items sent before them.
+        """
+        limit = _deadline(timeout, deadline)
+        request = Request(message, RequestKind.STREAM, limit, stream_buffer=buffer)
+        try:
+            self._cell.enqueue(request)
+            items: _Items[T] = _Items(request, self._cell.name)
+            yield items
+        finally:
+            request.abandon()
+            assert request._stream_recv is not None
+            request._stream_recv.close()
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
+
+
+class _Items(AsyncIterator[T]):
+    """The items of a streamed answer. A plain iterator rather than an async generator: one
+    abandoned half-way needs no finalizer (trio warns about async generators left to the GC)."""
+
+    __slots__ = ("_actor", "_request")
+
+    def __init__(self, request: Request, actor: str) -> None:
+        self._request = request
+        self._actor = actor
+
+    async def __anext__(self) -> T:
+        request = self._request
+        receive = request._stream_recv
+        assert receive is not None
+        item: T
+        try:
+            if request.deadline == math.inf:
+                item = await receive.receive()
+            else:
+                with anyio.fail_after(max(0.0, request.deadline - anyio.current_time())):
+                    item = await receive.receive()
+        except anyio.EndOfStream:
+            if request._error is not None:
+                raise request._error from None
+            raise StopAsyncIteration from None
+        except TimeoutError:
+            request.abandon()
+            raise DeadlineExceeded(self._actor) from None
+        return item
+
+
+def _deadline(timeout: float | None, deadline: float | None) -> float:
+    limit = math.inf if deadline is None else deadline
+    if timeout is not None:
+        limit = min(limit, anyio.current_time() + timeout)
+    return limit
