@@ -8,7 +8,7 @@ import pytest
 
 from actors.llm import LLMBadRequestError, LLMServerError, LLMTokenLimitError
 from actors.llm._breaker import BreakerConfig, BreakerState, CircuitBreaker
-from runtime._clock import FakeClock
+from runtime.testing import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

@@ -22,10 +22,10 @@ from runtime import (
     ActorStatus,
     ActorSystem,
     ChildSpec,
-    FakeClock,
     Strategy,
     SupervisorSpec,
 )
+from runtime.testing import FakeClock
 from tests.kernel_actors import Boom, Crash, Recorder
 
 
