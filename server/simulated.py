@@ -2,10 +2,11 @@
 
 With ``simulator.enabled: always``, or ``auto`` and no provider key available, the server starts
 ``python -m simulator`` as a child process on 127.0.0.1 and replaces the ``llm:`` providers with
-one ``openai-compatible`` provider pointing at it; its ``/_sim/`` control endpoints need a random
-token only this process knows. The switch is loud: a WARNING in the log,
-``"simulated": true`` in ``/health`` and a banner on the chat page. Demo spend goes to its own
-ledger file, so simulated calls never count against the real daily limit.
+one ``openai-compatible`` provider pointing at it; its ``/_sim/`` control endpoints need a token
+only this process knows (random, or ``SIMULATOR_CONTROL_TOKEN`` from the server's environment).
+The switch is loud: a WARNING in the log, ``"simulated": true`` in ``/health`` and a banner on
+the chat page. Demo spend goes to its own ledger file, so simulated calls never count against the
+real daily limit.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ DEMO_MODELS = ("gpt-4o-mini", "gpt-4.1-mini", "o4-mini", "gpt-5-mini", "deepseek
 """Models the simulator serves by default, offered in the chat page's picker in demo mode: plain
 ones, OpenAI-style reasoning (``o4-mini``: reasoning tokens, no text) and reasoning that streams
 (``deepseek/deepseek-r1`` as OpenRouter sends it, ``deepseek-reasoner`` as DeepSeek does)."""
+
+CONTROL_TOKEN_VARIABLE = "SIMULATOR_CONTROL_TOKEN"
+"""The simulator reads its control token from this variable (its documented interface)."""
 
 _BANNER = re.compile(rb"simulator listening on (http://\S+)")
 _STARTUP_TIMEOUT = 20.0
@@ -120,9 +124,10 @@ async def run_simulator(port: int = 0) -> AsyncIterator[str]:
     :class:`SimulatorStartError` if it exits or stays silent during start-up.
     """
     command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
-    # Only this process knows the token, so no other local process can reconfigure the
-    # simulator's faults under a running demo (the variable's name is simulator's API).
-    env = {**os.environ, "SIMULATOR_CONTROL_TOKEN": secrets.token_urlsafe(32)}
+    # Only this process (and whoever started it with the variable set) knows the token, so no
+    # other local process can reconfigure the simulator's faults under a running demo.
+    token = os.environ.get(CONTROL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
+    env = {**os.environ, CONTROL_TOKEN_VARIABLE: token}
     process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=None, env=env)
     try:
         assert process.stdout is not None

@@ -9,7 +9,8 @@ Endpoints
     JSON merge patch of :class:`SimulatorConfig`, applied live; ``GET`` shows the configuration
     with keys masked), ``POST /_sim/reset``, ``GET /_sim/health``. Open to any client unless the
     variable ``SIMULATOR_CONTROL_TOKEN`` is set, then all but ``/_sim/health`` need it as a
-    bearer token (401 otherwise): the server's demo mode sets a random one.
+    bearer token (401 otherwise): the server's demo mode sets a random one (or passes on its own
+    ``SIMULATOR_CONTROL_TOKEN``).
 
 What the model answers (deterministic, a function of the request)
     * Tools offered and the last message is a user message containing ``call <tool>``, optionally

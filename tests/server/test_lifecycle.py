@@ -73,7 +73,8 @@ async def test_sigterm_cancels_a_turn_past_the_timeout_and_exits_0_in_demo_mode(
     """No API key: the simulator child serves; SIGTERM drains, stops it and exits 0."""
     config = write_config(tmp_path, simulator_url=None, simulator="auto", mcp_servers={},
                           server={"shutdown_timeout": 1})
-    server = ServerChild(config)
+    control = "sim-control-token-6e0a"  # the demo simulator's control endpoints need it
+    server = ServerChild(config, env={"SIMULATOR_CONTROL_TOKEN": control})
     try:
         health = server.health()
         assert health["simulated"] is True
@@ -84,7 +85,8 @@ async def test_sigterm_cancels_a_turn_past_the_timeout_and_exits_0_in_demo_mode(
         sim_url = next(line for line in server.lines if "simulator child process" in line
                        ).rsplit(" ", 1)[1]
         http_json(sim_url + "/_sim/config", method="POST",
-                  body={"faults": {"chunk_delay": 0.05}})
+                  body={"faults": {"chunk_delay": 0.05}},
+                  headers={"Authorization": f"Bearer {control}"})
 
         async with await connect(server.ws_url) as ws:
             frame = chat_frame(LONG_TEXT)  # about 20 s of answer
