@@ -46,7 +46,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol, assert_never
 
 import anyio
 import anyio.to_thread
@@ -64,7 +64,7 @@ from actors.llm import (
     count_message_tokens,
 )
 from actors.mcp import ToolCatalog
-from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
+from runtime import Actor, ActorRef, Ask, AskStream, ChildSpec, Outcome, Request, Restart
 
 from ._history import HistoryStore, HistoryStoreClosed
 from ._leases import TurnLeases
@@ -100,7 +100,7 @@ _PREVIEW_CHARS: Final = 200
 
 
 @dataclass(frozen=True)
-class RunTurn:
+class RunTurn(AskStream["TurnEvent"]):
     """Run one turn with the user's ``text``; ask it with ``ask_stream`` (see the module doc)."""
 
     text: str
@@ -113,12 +113,12 @@ class RunTurn:
 
 
 @dataclass(frozen=True)
-class ClearHistory:
+class ClearHistory(Ask[None]):
     """Forget the conversation (after the turns queued before it); answers ``None``."""
 
 
 @dataclass(frozen=True)
-class GetHistory:
+class GetHistory(Ask["list[dict[str, Any]]"]):
     """Answers the stored messages of the conversation (``list[dict]``, oldest first)."""
 
 
@@ -186,6 +186,13 @@ class TurnComplete:
     model: str
     hops: int
     finish_reason: str
+
+
+TurnEvent = TurnText | TurnReasoning | ToolCallStarted | ToolCallFinished | TurnComplete
+"""What ``ask_stream(RunTurn(...))`` yields: deltas and tool events, then one TurnComplete."""
+
+SessionMessage = RunTurn | ClearHistory | GetHistory
+"""What a session handles (each declares its answer)."""
 
 
 class ChatSettings(Protocol):
@@ -297,7 +304,7 @@ class _Turn:
     """The history as re-read from the store under a new lease (another worker wrote it)."""
 
 
-class SessionActor(Actor):
+class SessionActor(Actor["SessionMessage"]):
     """The conversation ``conversation_id``: history, trimming, the tool loop (module doc).
 
     ``model`` ``None`` lets the router use each provider's configured model. ``catalog`` gives
@@ -343,29 +350,31 @@ class SessionActor(Actor):
         )
         self._messages = _newest(stored, self._chat.max_history_messages)
 
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, RunTurn):
-            request = self.context.request
-            assert request is not None
-            turn = _Turn(message, request)
-            self._unfinished.add(turn)
-            self._enqueue(turn.slot)
-            self.context.pipe(
-                self._run_turn, turn, reply_to=request,
-                then=functools.partial(self._turn_ended, turn),
-            )
-            return None
-        if isinstance(message, ClearHistory):
-            slot = _Slot()
-            self._enqueue(slot)
-            self.context.pipe(
-                slot.granted.wait, reply_to=self.context.request,
-                then=functools.partial(self._clear, slot),
-            )
-            return None
-        if isinstance(message, GetHistory):
-            return await anyio.to_thread.run_sync(self._history.load, self.conversation_id)
-        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+    async def receive(self, message: SessionMessage) -> Any:
+        match message:
+            case RunTurn():
+                request = self.context.request
+                assert request is not None
+                turn = _Turn(message, request)
+                self._unfinished.add(turn)
+                self._enqueue(turn.slot)
+                self.context.pipe(
+                    self._run_turn, turn, reply_to=request,
+                    then=functools.partial(self._turn_ended, turn),
+                )
+                return None
+            case ClearHistory():
+                slot = _Slot()
+                self._enqueue(slot)
+                self.context.pipe(
+                    slot.granted.wait, reply_to=self.context.request,
+                    then=functools.partial(self._clear, slot),
+                )
+                return None
+            case GetHistory():
+                return await anyio.to_thread.run_sync(self._history.load, self.conversation_id)
+            case _:
+                assert_never(message)
 
     # -- the queue (actor loop only) ------------------------------------------------------------
 

@@ -50,7 +50,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 import anyio.to_thread
@@ -83,7 +83,10 @@ logger = logging.getLogger(__name__)
 _REOPEN_INTERVAL = 5.0
 
 
-class LedgerActor(Actor):
+LedgerMessage = Reserve | Settle | Release | GetSpend
+"""What the ledger handles (each declares its answer)."""
+
+class LedgerActor(Actor[LedgerMessage]):
     """Reserves, settles and releases the cost of LLM calls against the configured limits.
 
     Messages: ``Reserve`` → :class:`Reservation` (raises :class:`LLMCostLimitError`, or
@@ -124,6 +127,8 @@ class LedgerActor(Actor):
         )
 
     async def on_start(self) -> None:
+        if self._metrics is None:
+            self._metrics = self.context.find("metrics")
         durable = self.context.durable
         if isinstance(durable, LedgerBook):
             self._book = durable
@@ -144,18 +149,20 @@ class LedgerActor(Actor):
             self._store.close()
             self._store = None
 
-    async def receive(self, message: Any) -> Any:
+    async def receive(self, message: LedgerMessage) -> Any:
         self._roll_day()
-        if isinstance(message, Reserve):
-            return self._reserve(message)
-        if isinstance(message, Settle):
-            return self._settle(message)
-        if isinstance(message, Release):
-            self._book.release(message.reservation_id)
-            return None
-        if isinstance(message, GetSpend):
-            return self._snapshot()
-        raise TypeError(f"LedgerActor does not handle {type(message).__name__}")
+        match message:
+            case Reserve():
+                return self._reserve(message)
+            case Settle():
+                return self._settle(message)
+            case Release():
+                self._book.release(message.reservation_id)
+                return None
+            case GetSpend():
+                return self._snapshot()
+            case _:
+                assert_never(message)
 
     # -- messages -------------------------------------------------------------------------------
 

@@ -149,7 +149,7 @@ class LLMResponse(BaseModel):
 
 
 @dataclass(frozen=True)
-class ChatRequest:
+class ChatRequest(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     """A request to the router: these messages, these tools, optionally a model and parameters.
 
     ``model`` ``None`` means each provider's configured model (and its fallbacks). ``params``
@@ -229,7 +229,7 @@ ProviderStreamItem = TextDelta | ReasoningDelta | StreamEnd
 
 
 @dataclass(frozen=True)
-class Reserve:
+class Reserve(Ask["Reservation"]):
     """Ask the ledger to set aside the worst-case cost of one attempt.
 
     Answers a :class:`Reservation`, or raises ``LLMCostLimitError``.
@@ -258,7 +258,7 @@ class Reservation:
 
 
 @dataclass(frozen=True)
-class Settle:
+class Settle(Ask["float | None"]):
     """The attempt ended with this usage: charge the actual cost, release the rest.
 
     ``cost`` is the provider-reported cost when there is one (OpenRouter's ``usage.cost``);
@@ -271,14 +271,14 @@ class Settle:
 
 
 @dataclass(frozen=True)
-class Release:
+class Release(Ask[None]):
     """The attempt failed before costing anything: release the whole reservation."""
 
     reservation_id: int
 
 
 @dataclass(frozen=True)
-class GetSpend:
+class GetSpend(Ask["SpendSnapshot"]):
     """Ask the ledger for a :class:`SpendSnapshot`."""
 
 

@@ -156,6 +156,8 @@ class ProviderActor(Actor[ProviderCall]):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        if self._metrics is None:
+            self._metrics = self.context.find("metrics")
         state = self._state
         state.ensure(self.name, self.config, self.context.clock)
         state.on_transition = self._breaker_transition

@@ -19,7 +19,6 @@ comes from the runtime's clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -30,7 +29,6 @@ from runtime import (
     ActorError,
     ActorRef,
     ActorState,
-    ActorStatus,
     Outcome,
     Request,
     RequestKind,
@@ -76,7 +74,7 @@ class _Trace:
         self.prompt_tokens: dict[str, int] = {}  # by encoding: counted once per request
 
 
-class RouterActor(Actor):
+class RouterActor(Actor[ChatRequest]):
     """Routes :class:`ChatRequest` asks (answer: :class:`LLMResponse`) and ``ask_stream``\\ s
     (items: :class:`TextDelta` and the provider's other items, then one :class:`StreamEnd`) to the
     provider actors."""
@@ -85,26 +83,24 @@ class RouterActor(Actor):
         self,
         config: LLMConfig,
         catalog: ModelCatalog,
-        *,
-        providers: Mapping[str, ActorRef],
-        ledger: ActorRef | None,
-        metrics: ActorRef | None = None,
-        status: Callable[[str], ActorStatus | None] | None = None,
-        durable: Callable[[str], Any] | None = None,
     ) -> None:
         self._config = config
         self._catalog = catalog
-        self._providers = dict(providers)
-        self._ledger = ledger
-        self._metrics = metrics
-        self._status = status
-        self._durable = durable
+        self._providers: dict[str, ActorRef] = {}
+        self._ledger: ActorRef | None = None
+        self._metrics: ActorRef | None = None
         self._paused_until: dict[str, float] = {}
         self._hedging = HedgePolicy(config.hedging)
 
-    async def receive(self, message: Any) -> Any:
-        if not isinstance(message, ChatRequest):
-            raise TypeError(f"the router takes ChatRequest, not {type(message).__name__}")
+    async def on_start(self) -> None:
+        # Found by name: the providers' supervisor and the ledger started before the router.
+        context = self.context
+        self._providers = {name: context.ref(provider_actor_name(name))
+                           for name in self._config.providers}
+        self._ledger = context.find("ledger")
+        self._metrics = context.find("metrics")
+
+    async def receive(self, message: ChatRequest) -> None:
         request = self.context.request
         assert request is not None
         self._hedging.requests += 1
@@ -313,19 +309,17 @@ class RouterActor(Actor):
         if provider not in self._providers:
             raise ProviderUnavailable(f"provider {provider!r} has no actor", provider=provider)
         actor = provider_actor_name(provider)
-        if self._status is not None:
-            status = self._status(actor)
-            if status is not None and status.state in (
-                ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING
-            ):
-                raise ProviderUnavailable(f"provider {provider!r} is {status.state.value}",
-                                          provider=provider)
-            ledger = self._status("ledger") if self._ledger is not None else None
-            if ledger is not None and ledger.state is not ActorState.RUNNING:
-                raise LedgerUnavailable(f"the ledger is {ledger.state.value}",
-                                        provider=provider)
+        status = self.context.actor_status(actor)
+        if status is not None and status.state in (
+            ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING
+        ):
+            raise ProviderUnavailable(f"provider {provider!r} is {status.state.value}",
+                                      provider=provider)
+        ledger = self.context.actor_status("ledger") if self._ledger is not None else None
+        if ledger is not None and ledger.state is not ActorState.RUNNING:
+            raise LedgerUnavailable(f"the ledger is {ledger.state.value}", provider=provider)
         # The provider's own health (written only by it): skip an open breaker without asking.
-        health = getattr(self._durable(actor), "health", None) if self._durable else None
+        health = getattr(self.context.durable_of(actor), "health", None)
         if health is not None and not health.available():
             raise ProviderUnavailable(
                 f"provider {provider!r} is unavailable (circuit breaker {health.breaker})",

@@ -24,7 +24,7 @@ The supervision tree::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,12 +40,12 @@ from runtime import (
 )
 
 from ._catalog import ModelCatalog
-from ._config import LLMConfig, ProviderConfig
+from ._config import LLMConfig
 from ._errors import translate_actor_errors
-from ._ledger import LedgerActor, LedgerBook, ledger_child_spec
+from ._ledger import LedgerBook, ledger_child_spec
 from ._ledger_lock import LedgerLock, check_ledger
 from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
-from ._provider import ProviderActor, provider_child_spec
+from ._provider import provider_child_spec
 from ._router import RouterActor, provider_actor_name
 from ._shared import SharedState
 
@@ -185,59 +185,33 @@ class LLMRuntime:
 
 
 def runtime_children(
-    config: LLMConfig, catalog: ModelCatalog, system_ref: Mapping[str, ActorSystem],
-    shared: SharedState | None = None,
+    config: LLMConfig, catalog: ModelCatalog, shared: SharedState | None = None
 ) -> list[ChildSpec | SupervisorSpec]:
-    """The runtime's children; refs are resolved when each actor starts (after the tree exists).
+    """The runtime's children; each actor finds its siblings by name when it starts.
 
-    ``system_ref`` holds the system under key ``"system"`` once it is constructed. ``shared``:
-    the providers' windows and the ledger's day totals are shared through Redis.
+    ``shared``: the providers' windows and the ledger's day totals are shared through Redis.
     """
-
-    def ref(name: str) -> ActorRef:
-        return system_ref["system"].ref(name)
-
-    def status() -> Mapping[str, Any]:
-        return system_ref["system"].status()
-
-    # Per-conversation actors come and go: a gauge series each would grow without bound.
-    metrics = metrics_child_spec(
-        status_source=status, sampled=lambda name: not name.startswith("session:"))
-    ledger = ledger_child_spec(config.cost, catalog)
-    ledger = dataclasses.replace(ledger, factory=lambda: LedgerActor(
-        config.cost, catalog, providers=config.providers, metrics=ref("metrics")))
+    ledger = ledger_child_spec(config.cost, catalog, providers=config.providers)
     if shared is not None:
         ledger = dataclasses.replace(ledger, factory=lambda: shared.ledger(
-            config.cost, catalog, providers=config.providers, metrics=ref("metrics")))
+            config.cost, catalog, providers=config.providers, metrics=None))
     providers = []
     for name, provider_config in config.providers.items():
         spec = provider_child_spec(name, provider_config, catalog=catalog)
         if shared is not None:
             spec = dataclasses.replace(spec, durable=shared.provider_state(name, provider_config))
-        providers.append(dataclasses.replace(
-            spec, name=provider_actor_name(name),
-            factory=_provider_factory(name, provider_config, catalog, ref)))
-    router = ChildSpec("router", lambda: RouterActor(
-        config, catalog,
-        providers={name: ref(provider_actor_name(name)) for name in config.providers},
-        ledger=ref("ledger"), metrics=ref("metrics"),
-        status=lambda name: system_ref["system"].actor_status(name),
-        durable=lambda name: system_ref["system"].durable(name)),
-        # Every error the router meets is an answer to its caller, never a reason to restart.
-        crash_on=(), mailbox_size=100_000)
+        providers.append(dataclasses.replace(spec, name=provider_actor_name(name)))
+    router = ChildSpec("router", lambda: RouterActor(config, catalog),
+                       # Every error the router meets is an answer to its caller, never a reason
+                       # to restart.
+                       crash_on=(), mailbox_size=100_000)
     return [
-        metrics,
+        metrics_child_spec(),
         ledger,
         SupervisorSpec("providers", providers, max_restarts=20, max_seconds=60.0,
                        backoff=Backoff(initial=0.2, maximum=30.0)),
         router,
     ]
-
-
-def _provider_factory(
-    name: str, config: ProviderConfig, catalog: ModelCatalog, ref: Callable[[str], ActorRef]
-) -> Callable[[], ProviderActor]:
-    return lambda: ProviderActor(name, config, metrics=ref("metrics"), catalog=catalog)
 
 
 @asynccontextmanager
@@ -258,14 +232,12 @@ async def open_runtime(
     check_ledger(config.cost)
     with LedgerLock(config.cost):  # before the system exists: a refusal leaves nothing open
         catalog = build_catalog(config)
-        holder: dict[str, ActorSystem] = {}
         root = SupervisorSpec(
             "root",
-            [*runtime_children(config, catalog, holder, shared), *extra_children],
+            [*runtime_children(config, catalog, shared), *extra_children],
             max_restarts=10,
             max_seconds=60.0,
         )
         system = ActorSystem(root, clock=clock)
-        holder["system"] = system
         async with system:
             yield LLMRuntime(system, config)

@@ -34,7 +34,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, assert_never
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -42,6 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from runtime import (
     Actor,
     ActorSystem,
+    Ask,
     Backoff,
     ChildSpec,
     Outcome,
@@ -102,12 +103,12 @@ _MAX_QUEUED_CALLS: Final = 256
 
 
 @dataclass(frozen=True)
-class ListTools:
+class ListTools(Ask["list[ToolSpec]"]):
     """Ask for the server's tools: answers ``list[ToolSpec]`` (empty unless ready)."""
 
 
 @dataclass(frozen=True)
-class CallTool:
+class CallTool(Ask[ToolResult]):
     """Call ``tool`` with ``arguments``: answers a :class:`ToolResult` (``is_error`` included).
 
     ``timeout`` (seconds; ``None``: the server's ``call_timeout``) bounds the call. Raises
@@ -121,8 +122,12 @@ class CallTool:
 
 
 @dataclass(frozen=True)
-class GetMcpStatus:
+class GetMcpStatus(Ask["McpStatus"]):
     """Ask for the server's :class:`McpStatus`."""
+
+
+McpMessage = CallTool | ListTools | GetMcpStatus
+"""What an MCP server actor handles (each declares its answer)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ class _PendingCall:
             self.scope.cancel()
 
 
-class McpServerActor(Actor):
+class McpServerActor(Actor["McpMessage"]):
     """Owns the session with one MCP server; see the module docstring for its lifecycle."""
 
     def __init__(
@@ -264,14 +269,16 @@ class McpServerActor(Actor):
             self._fail_queued(McpServerError(self._name, "is stopping"))
             self._calls_receive.close()
 
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, CallTool):
-            return self._forward(message)
-        if isinstance(message, ListTools):
-            return list(self._health.tools) if self._health.state == "ready" else []
-        if isinstance(message, GetMcpStatus):
-            return self._health.snapshot()
-        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+    async def receive(self, message: McpMessage) -> Any:
+        match message:
+            case CallTool():
+                return self._forward(message)
+            case ListTools():
+                return list(self._health.tools) if self._health.state == "ready" else []
+            case GetMcpStatus():
+                return self._health.snapshot()
+            case _:
+                assert_never(message)
 
     def _forward(self, message: CallTool) -> None:
         health = self._health

@@ -10,13 +10,13 @@ Decisions, and why:
   ``system.durable("metrics")`` is the store itself: an HTTP ``/metrics`` handler may render it
   without an ask (reading it from the event loop's thread is safe; the actor is its only writer).
 - **Drops reach the store through the sampler.** The store's ``dropped_events`` is brought up to
-  the cell's drop count (from ``status_source``) on every sample and before answering
+  the cell's drop count (read from the actor's context) on every sample and before answering
   ``GetSummary`` / ``GetPrometheus``; a direct read of the store may lag by one sample interval.
-  Without a ``status_source`` drops are only visible in ``system.status()``.
-- **The sampler** runs every ``sample_interval`` seconds of the cell's clock: a ``mailbox_depth``
-  gauge per actor (those ``sampled`` accepts), and ``ActorRestarted`` for restarts not yet
-  recorded. The store itself
-  remembers what it recorded, so a restarted MetricsActor neither loses nor repeats counts.
+- **The sampler** is a timer of ``sample_interval`` seconds on the system's clock: a
+  ``mailbox_depth`` gauge per actor except temporary ones (one per conversation: each would add
+  a series that is never removed), and ``ActorRestarted`` for restarts not yet recorded. The
+  store itself remembers what it recorded, so a restarted MetricsActor neither loses nor repeats
+  counts.
 - **Nothing a sender does crashes it**: a malformed event is logged and dropped (``ValueError``
   from the store), so ``crash_on`` is empty.
 """
@@ -24,60 +24,65 @@ Decisions, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
-from runtime import Actor, ActorStatus, ChildSpec, Outcome
+from runtime import Actor, ActorStatus, Ask, ChildSpec, Restart
 
 from ._store import (
     MAILBOX_DEPTH,
     ActorRestarted,
+    BreakerTransition,
+    CostWarning,
+    FallbackTaken,
     GaugeSet,
+    HedgeSent,
     MetricsEvent,
     MetricsStore,
+    RequestCostWarning,
+    RequestFinished,
 )
 
 __all__ = ["GetPrometheus", "GetSummary", "MetricsActor", "metrics_child_spec"]
 
 logger = logging.getLogger(__name__)
 
-StatusSource = Callable[[], Mapping[str, ActorStatus]]
-"""Where the sampler reads actor states from (normally ``system.status``)."""
-
 
 @dataclass(frozen=True)
-class GetSummary:
+class GetSummary(Ask[dict[str, Any]]):
     """Ask for ``MetricsStore.summary()`` (a JSON-ready dict)."""
 
 
 @dataclass(frozen=True)
-class GetPrometheus:
+class GetPrometheus(Ask[bytes]):
     """Ask for the Prometheus text exposition (``bytes``)."""
 
 
-class MetricsActor(Actor):
+@dataclass(frozen=True)
+class _Sample:
+    """The sampler's timer."""
+
+
+MetricsMessage = MetricsEvent | GetSummary | GetPrometheus | _Sample
+
+
+class MetricsActor(Actor[MetricsMessage]):
     """Applies metrics events to a :class:`MetricsStore` and samples actor gauges.
 
     Messages: any ``MetricsEvent`` (answers ``None``), :class:`GetSummary`,
     :class:`GetPrometheus`. ``store`` is used when the cell has no durable store (a hand-made
-    spec); :func:`metrics_child_spec` gives it one.
+    spec); :func:`metrics_child_spec` gives it one. ``sample_interval=None`` turns the sampler
+    off.
     """
 
     def __init__(
-        self,
-        store: MetricsStore | None = None,
-        *,
-        status_source: StatusSource | None = None,
-        sample_interval: float = 5.0,
-        sampled: Callable[[str], bool] | None = None,
+        self, store: MetricsStore | None = None, *, sample_interval: float | None = 5.0
     ) -> None:
-        if sample_interval <= 0:
+        if sample_interval is not None and sample_interval <= 0:
             raise ValueError("sample_interval must be positive")
         self._store = store if store is not None else MetricsStore()
-        self._status_source = status_source
         self._sample_interval = sample_interval
-        self._sampled = sampled
 
     @property
     def store(self) -> MetricsStore:
@@ -87,37 +92,35 @@ class MetricsActor(Actor):
         durable = self.context.durable
         if isinstance(durable, MetricsStore):
             self._store = durable
-        if self._status_source is not None:
-            self._arm_sampler()
+        if self._sample_interval is not None:
+            self.context.start_timer(self._sample_interval, _Sample())
 
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, MetricsEvent):
-            try:
-                self._store.apply(message)
-            except ValueError as exc:
-                logger.warning("metrics: %s dropped: %s", type(message).__name__, exc)
-            return None
-        if isinstance(message, GetSummary):
-            self._sample_drops()
-            return self._store.summary()
-        if isinstance(message, GetPrometheus):
-            self._sample_drops()
-            return self._store.prometheus_text()
-        raise TypeError(f"MetricsActor does not handle {type(message).__name__}")
+    async def receive(self, message: MetricsMessage) -> Any:
+        match message:
+            case GetSummary():
+                self._sample_drops()
+                return self._store.summary()
+            case GetPrometheus():
+                self._sample_drops()
+                return self._store.prometheus_text()
+            case _Sample():
+                self._sample()
+                return None
+            case (RequestFinished() | FallbackTaken() | HedgeSent() | BreakerTransition()
+                  | ActorRestarted() | GaugeSet() | CostWarning() | RequestCostWarning()):
+                try:
+                    self._store.apply(message)
+                except ValueError as exc:
+                    logger.warning("metrics: %s dropped: %s", type(message).__name__, exc)
+                return None
+            case _:
+                assert_never(message)
 
-    def _arm_sampler(self) -> None:
-        self.context.pipe(self.context.clock.sleep, self._sample_interval, then=self._sample)
-
-    def _sample(self, outcome: Outcome) -> None:
-        if outcome.cancelled:
-            return
-        # Re-armed first: a failing status source must not stop the sampling for good.
-        self._arm_sampler()
-        assert self._status_source is not None
-        statuses = self._status_source()
+    def _sample(self) -> None:
+        statuses = self.context.status()
         recorded = self._store.summary()["restarts"]
         for name, status in statuses.items():
-            if self._sampled is None or self._sampled(name):
+            if status.restart is not Restart.TEMPORARY:
                 self._store.apply(GaugeSet(MAILBOX_DEPTH, {"actor": name}, status.mailbox_depth))
             missing = status.restart_count - recorded.get(name, 0)
             if missing > 0:
@@ -125,8 +128,7 @@ class MetricsActor(Actor):
         self._record_drops(statuses)
 
     def _sample_drops(self) -> None:
-        if self._status_source is not None:
-            self._record_drops(self._status_source())
+        self._record_drops(self.context.status())
 
     def _record_drops(self, statuses: Mapping[str, ActorStatus]) -> None:
         own = statuses.get(self.context.name)
@@ -144,16 +146,12 @@ def metrics_child_spec(
     mailbox_size: int = 10_000,
     *,
     store: MetricsStore | None = None,
-    status_source: StatusSource | None = None,
-    sample_interval: float = 5.0,
-    sampled: Callable[[str], bool] | None = None,
+    sample_interval: float | None = 5.0,
 ) -> ChildSpec:
     """The ``"metrics"`` child: a :class:`MetricsActor` whose store is durable state.
 
     Pass ``store`` to keep a handle on it (the durable state is that very object);
-    ``status_source`` (normally ``system.status``) enables the gauge sampler and drop counting;
-    ``sampled`` picks the actors that get a ``mailbox_depth`` gauge (default: all; leave out
-    per-conversation actors, each would add a series that is never removed).
+    ``sample_interval=None`` turns the gauge sampler off.
     """
 
     def durable() -> MetricsStore:
@@ -161,8 +159,7 @@ def metrics_child_spec(
 
     return ChildSpec(
         name="metrics",
-        factory=lambda: MetricsActor(status_source=status_source,
-                                     sample_interval=sample_interval, sampled=sampled),
+        factory=lambda: MetricsActor(sample_interval=sample_interval),
         crash_on=(),
         mailbox_size=mailbox_size,
         durable=durable,

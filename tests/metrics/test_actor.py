@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -19,9 +18,9 @@ from actors.metrics import (
 )
 from runtime import (
     ActorState,
-    ActorStatus,
     ActorSystem,
     ChildSpec,
+    Restart,
     Strategy,
     SupervisorSpec,
 )
@@ -33,29 +32,15 @@ def finished(latency: float = 0.2, error: str | None = None) -> RequestFinished:
     return RequestFinished("p", "m", latency, None, 10, 5, 0.001, error_type=error)
 
 
-class Statuses:
-    """``system.status`` of a system built after the spec that needs it."""
-
-    def __init__(self) -> None:
-        self.system: ActorSystem | None = None
-
-    def __call__(self) -> Mapping[str, ActorStatus]:
-        assert self.system is not None
-        return self.system.status()
-
-
 def metrics_system(
     *children: ChildSpec,
     clock: FakeClock | None = None,
     strategy: Strategy = Strategy.ONE_FOR_ONE,
     **spec: Any,
 ) -> ActorSystem:
-    statuses = Statuses()
-    metrics = metrics_child_spec(status_source=statuses, **spec)
-    system = ActorSystem(SupervisorSpec("root", [metrics, *children], strategy=strategy),
-                         clock=clock)
-    statuses.system = system
-    return system
+    metrics = metrics_child_spec(**spec)
+    return ActorSystem(SupervisorSpec("root", [metrics, *children], strategy=strategy),
+                       clock=clock)
 
 
 async def test_events_told_to_the_actor_appear_in_summary_and_prometheus_text() -> None:
@@ -153,11 +138,10 @@ async def test_counters_survive_a_restart_of_the_metrics_actor() -> None:
         assert summary["restarts"] == {"bomb": 1, "metrics": 1}
 
 
-async def test_the_sampler_gauges_only_the_actors_it_is_told_to() -> None:
+async def test_the_sampler_leaves_temporary_actors_without_a_gauge() -> None:
     clock = FakeClock()
-    session = ChildSpec("session:1", Recorder)
-    async with metrics_system(session, clock=clock, sample_interval=5.0,
-                              sampled=lambda name: not name.startswith("session:")) as system:
+    session = ChildSpec("session:1", Recorder, restart=Restart.TEMPORARY)
+    async with metrics_system(session, clock=clock, sample_interval=5.0) as system:
         await clock.advance(5.0)
         summary = await system.ref("metrics").ask(GetSummary(), timeout=5)
         assert summary["gauges"]["mailbox_depth"] == {"actor=metrics": 0.0}
