@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors._http_pool import provider_http_client
+from actors.llm._http_pool import provider_http_client
 
 
 def _app(upstream: str, model: str, connections: int) -> Starlette:
