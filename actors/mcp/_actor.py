@@ -504,9 +504,12 @@ def mcp_supervisor_spec(servers: Mapping[str, McpServerConfig]) -> SupervisorSpe
 def mcp_status(system: ActorSystem) -> dict[str, dict[str, Any]]:
     """The health of every MCP server actor in ``system``, by server name (no ask involved)."""
     statuses: dict[str, dict[str, Any]] = {}
-    for actor in system.status():
-        if actor.startswith("mcp:"):
-            health = system.durable(actor)
-            if isinstance(health, McpServerHealth):
-                statuses[health.name] = health.snapshot().as_dict()
+    try:
+        actors = system.children("mcp")
+    except KeyError:  # no MCP servers configured
+        return statuses
+    for actor in actors:
+        health = system.durable(actor)
+        if isinstance(health, McpServerHealth):
+            statuses[health.name] = health.snapshot().as_dict()
     return statuses
