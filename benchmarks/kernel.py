@@ -27,7 +27,7 @@ ROUNDS = 3
 Ask = Callable[[int, Any], Awaitable[Any]]
 
 
-class Echo(Actor):
+class Echo(Actor[Any]):
     async def receive(self, message: Any) -> Any:
         return message
 
