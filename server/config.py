@@ -18,22 +18,20 @@ values are never copied into the message: a misplaced API key must not end up in
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
 import sys
-import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from actors.cluster import ClusterConfig
-from actors.llm import LLMConfig, infer_kind, mask_secrets, redact
+from actors.llm import LLMConfig, describe_validation_error, infer_kind, mask_secrets, redact
 from actors.mcp import McpServerConfig
 
 __all__ = [
@@ -465,58 +463,5 @@ def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
 
 
 def _format_errors(label: str, exc: ValidationError, prefix: tuple[str, ...] = ()) -> str:
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = (*prefix, *error["loc"])
-        if error["type"] == "extra_forbidden":
-            where = _path(loc[:-1]) or "the top level"
-            message = f"unknown key {str(loc[-1])!r} is not allowed in {where}"
-            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
-            if close:
-                message += f" (did you mean {close[0]!r}?)"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{label}: {_path(loc) or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
-def _path(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _keys_at(loc: Sequence[int | str]) -> list[str]:
-    """The keys allowed by the model at ``loc`` in ``AppConfig`` ([] if not a model there)."""
-    annotation: Any = AppConfig
-    for part in loc:
-        annotation = _container(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
-            fields.update(annotation.model_fields)
-            field = fields.get(str(part))
-            if field is None:
-                return []
-            annotation = field.annotation
-        elif get_origin(annotation) is dict:
-            annotation = get_args(annotation)[1]
-        elif get_origin(annotation) is list:
-            annotation = get_args(annotation)[0]
-        else:
-            return []
-    annotation = _container(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [f.alias or name for name, f in annotation.model_fields.items()]
-    return []
-
-
-def _container(annotation: Any) -> Any:
-    """``X`` for ``X | None``; other annotations unchanged."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
+    problems = describe_validation_error(exc, model=AppConfig, prefix=prefix)
+    return "\n".join(f"{label}: {problem}" for problem in problems)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pydantic import SecretStr
 
 from actors.chat import session_actor_name
 from runtime import ActorRef, ActorSystem, ChildSpec, Clock, MonotonicClock
+from runtime.sqlite import open_sqlite
 
 __all__ = [
     "ConversationOwners",
@@ -69,18 +69,8 @@ class ConversationOwners:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_sqlite(self.path, _SCHEMA)
 
     def create(self, owner: str) -> str:
         """A new conversation id, recorded as ``owner``'s."""

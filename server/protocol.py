@@ -45,6 +45,8 @@ from pydantic import (
     ValidationError,
 )
 
+from actors.llm import describe_validation_error
+
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "MAX_JSON_DEPTH",
@@ -158,7 +160,9 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
         return _FRAME.validate_python(raw)
     except ValidationError as exc:
         raise ProtocolError(
-            _describe(exc), error_type="invalid_request", request_id=known_id
+            # Input values are never echoed: a frame may carry anything, a pasted secret too.
+            "invalid frame: " + "; ".join(describe_validation_error(exc, drop=1)),
+            error_type="invalid_request", request_id=known_id,
         ) from None
 
 
@@ -202,16 +206,6 @@ def _deeper_than(value: Any, limit: int) -> bool:
         if not level:
             return False
     return True
-
-
-def _describe(exc: ValidationError) -> str:
-    # Input values are never echoed: a frame may carry anything, including a pasted secret.
-    problems = []
-    for item in exc.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(part) for part in item["loc"][1:]) or "(frame)"
-        message = "required" if item["type"] == "missing" else item["msg"]
-        problems.append(f"{where}: {message}")
-    return "invalid frame: " + "; ".join(problems)
 
 
 def _json_type(value: object) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from runtime.sqlite import open_sqlite
+
 __all__ = ["HistoryStore", "HistoryStoreClosed"]
 
 Message = dict[str, Any]
@@ -51,20 +53,8 @@ class HistoryStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db: sqlite3.Connection | None = open_sqlite(self.path, _SCHEMA)
 
     def load(self, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The messages of a conversation, oldest first (only the newest ``limit`` if given).

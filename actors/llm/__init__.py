@@ -53,6 +53,7 @@ from ._runtime import LLMRuntime, build_catalog, open_runtime
 from ._shared import SharedState
 from ._spec_metrics import LLMMetrics
 from ._tokens import count_message_tokens
+from ._validation import describe_validation_error
 
 __all__ = [
     "BaseLLMClient",
@@ -101,6 +102,7 @@ __all__ = [
     "check_ledger",
     "count_message_tokens",
     "create_llm_client",
+    "describe_validation_error",
     "infer_kind",
     "mask_secrets",
     "open_runtime",

@@ -41,6 +41,7 @@ from ._messages import ChatRequest, LLMResponse, ProviderCall, StreamEnd, TextDe
 from ._provider import provider_child_spec
 from ._spec_metrics import CostInfo, LLMMetrics, cost_info
 from ._tokens import acount_message_tokens
+from ._validation import describe_validation_error
 
 __all__ = [
     "BaseLLMClient",
@@ -100,18 +101,13 @@ def create_llm_client(
     try:
         validated = ProviderConfig.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(_describe(provider, exc)) from None
+        problems = describe_validation_error(exc, model=ProviderConfig)
+        raise ValueError(
+            f"invalid configuration for provider {provider!r}: " + "; ".join(problems)
+        ) from None
     client_class = OpenRouterClient if validated.kind == "openrouter" else OpenAIClient
     return client_class(validated, provider=provider,
                         api_key=SecretStr(api_key) if api_key is not None else None)
-
-
-def _describe(provider: str, error: ValidationError) -> str:
-    problems = []
-    for item in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in item["loc"]) or "config"
-        problems.append(f"{where}: {item['msg']}")
-    return f"invalid configuration for provider {provider!r}: " + "; ".join(problems)
 
 
 class CostTrackedResponse(TypedDict):

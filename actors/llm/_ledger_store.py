@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from runtime.sqlite import open_sqlite
+
 __all__ = ["LedgerStore", "day_key"]
 
 _SCHEMA = """
@@ -65,20 +67,9 @@ class LedgerStore:
 
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a charge and its day total
-        # are one transaction and nothing is left half-open between calls.
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn: sqlite3.Connection | None = conn
+        # A charge and its day total are one transaction (BEGIN IMMEDIATE ... COMMIT).
+        self._conn: sqlite3.Connection | None = open_sqlite(self._path, _SCHEMA)
 
     @property
     def path(self) -> str:
