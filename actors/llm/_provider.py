@@ -5,7 +5,8 @@ with ``max_retries=0`` (the runtime is the only retry loop). It answers
 ``ask(ProviderCall(stream=False))`` with an :class:`LLMResponse` and
 ``ask_stream(ProviderCall(stream=True))`` with :class:`TextDelta` and :class:`ReasoningDelta`
 items then one :class:`StreamEnd`. The body holds only what the model accepts
-(:mod:`._sdk_call`); the answer is read as plain data (:mod:`._wire_decode`, :mod:`._stream`);
+(:mod:`._sdk_call`); the call runs in :mod:`._provider_calls` and its answer is read as plain
+data (:mod:`._wire_decode`, :mod:`._stream`);
 what differs per provider kind is in :mod:`._provider_kinds`.
 
 Per call, in the actor's loop: the pre-flight context-window check, then the breaker's permit (an
@@ -47,36 +48,28 @@ from actors.metrics._store import (
     GaugeSet,
     RequestFinished,
 )
-from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, unwrap_group
+from runtime import Actor, ActorRef, ChildSpec, Outcome, unwrap_group
 
 from ._breaker import BreakerState
 from ._catalog import ModelCatalog
 from ._config import ProviderConfig
-from ._error_mapping import map_sdk_errors
 from ._errors import (
     LLMAuthError,
-    LLMBadRequestError,
-    LLMClientError,
     LLMConnectionError,
     LLMRateLimitError,
     ProviderUnavailable,
 )
 from ._http_pool import DEFAULT_TRANSPORT, Transport, provider_http_client
-from ._messages import LLMResponse, ProviderCall, StreamEnd, Usage
+from ._messages import LLMResponse, ProviderCall, Usage
+from ._provider_calls import CallSite
 from ._provider_kinds import rules_for
 from ._provider_state import ProviderHealth, ProviderState
 from ._sdk_call import (
     CallPlan,
-    check_json,
-    logprobs_of,
-    open_stream,
     plan_call,
-    post_completion,
-    price_usage,
-    rejected_param,
 )
-from ._stream import Progress, read_stream
-from ._wire_decode import MalformedResponse, StreamAssembly, decode_completion, malformed_error
+from ._stream import Progress
+from ._wire_decode import MalformedResponse, malformed_error
 
 __all__ = ["ProviderActor", "ProviderHealth", "ProviderState", "provider_child_spec"]
 
@@ -88,9 +81,6 @@ _GAUGE_INTERVAL = 1.0
 # Shorter header values (``X-Title: demo``) are not credentials, and redacting them would mangle
 # every message that happens to contain the word.
 _MIN_SECRET_HEADER = 8
-# Parameters one call may drop after "Unsupported parameter/value" answers (a reasoning model
-# behind a stale override refuses max_tokens, then temperature, ...).
-_MAX_REFUSED = 3
 
 
 class _AuthRejected(LLMAuthError):
@@ -241,13 +231,16 @@ class ProviderActor(Actor[ProviderCall]):
         self._refuse_if_wait_exceeds_budget(call, tokens)
         progress = Progress(started=time.perf_counter())
         request = self.context.request
+        assert self._client is not None
+        site = CallSite(self.name, self._client, state, self._catalog, self._secrets(),
+                        self._plan)
         work: Callable[..., Awaitable[Any]]
         if call.stream:
             assert request is not None, "a stream needs ask_stream()"
-            work = self._stream
+            work = site.stream
             args: tuple[Any, ...] = (call, plan, tokens, progress, request)
         else:
-            work = self._complete
+            work = site.complete
             args = (call, plan, tokens, progress)
         self._in_flight += 1
         state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
@@ -382,137 +375,9 @@ class ProviderActor(Actor[ProviderCall]):
             self._metrics.try_tell(BreakerTransition(self.name, old.value.lower(),
                                                      new.value.lower()))
 
-    # -- in a call's child task ---------------------------------------------------------------
-
     def _secrets(self) -> Sequence[str]:
         key = (self._key,) if self._key != _PLACEHOLDER_KEY else ()
         return key + self._secret_headers
-
-    def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
-        """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
-        limiter = self._state.limiter
-        assert limiter is not None
-        if isinstance(error, LLMRateLimitError) and error.status_code == 429:
-            progress.rate_limited = True
-            if error.retry_after:
-                limiter.pause_for(error.retry_after)
-
-    def _learn(self, call: ProviderCall, error: LLMBadRequestError, plan: CallPlan) -> CallPlan:
-        """The plan without the parameter the upstream refused; the rule kept for the model.
-
-        Raises ``error`` when it is not an "Unsupported parameter/value" about what we sent.
-        """
-        param = rejected_param(error, plan.body)
-        known = self._state.learned_params.get(call.model, frozenset())
-        if param is None or param in known:
-            raise error
-        self._state.learned_params[call.model] = known | {param}
-        logger.warning("%s: model %s refuses %r; not sending it from now on", self.name,
-                       call.model, param)
-        return self._plan(call)
-
-    async def _send(self, call: ProviderCall, plan: CallPlan, tokens: int,
-                    send: Callable[[dict[str, Any]], Awaitable[Any]]) -> tuple[Any, CallPlan]:
-        """Send (through the limiter); again without a parameter the upstream refused, once per
-        parameter (at most ``_MAX_REFUSED`` of them: each is one more request)."""
-        limiter = self._state.limiter
-        assert limiter is not None
-        for attempt in range(_MAX_REFUSED + 1):
-            try:
-                async with limiter.admit(tokens) as permit:
-                    with map_sdk_errors(self.name, call.model, self._secrets()):
-                        answer = await send(plan.body)
-                    permit.sent()
-                return answer, plan
-            except LLMBadRequestError as exc:
-                if attempt == _MAX_REFUSED:
-                    raise
-                plan = self._learn(call, exc, plan)
-        raise AssertionError("unreachable")
-
-    async def _complete(self, call: ProviderCall, plan: CallPlan, tokens: int,
-                        progress: Progress) -> LLMResponse:
-        client = self._client
-        assert client is not None
-        try:
-            data, plan = await self._send(call, plan, tokens,
-                                          lambda body: post_completion(client, body))
-        except LLMClientError as exc:
-            self._note_failure(exc, progress)
-            raise
-        body = decode_completion(data)
-        elapsed = time.perf_counter() - progress.started
-        progress.ttft = elapsed
-        if body.reasoning:
-            progress.ttfr = elapsed
-        model = body.model or call.model
-        tool_calls = list(body.tool_calls)
-        response = LLMResponse(
-            content=body.content,
-            tool_calls=tool_calls,
-            finish_reason=body.finish_reason,
-            usage=price_usage(self._catalog, call, body.usage, body.content, tool_calls, model),
-            model=model,
-            provider=self.name,
-            response_time_ms=elapsed * 1000,
-            time_to_first_token_ms=elapsed * 1000,
-            reasoning=body.reasoning or "",
-            reasoning_details=list(body.reasoning_details),
-            logprobs=logprobs_of(body.logprobs, plan.body.get("logprobs") is True),
-            time_to_first_reasoning_ms=elapsed * 1000 if body.reasoning else None,
-        )
-        if plan.json_mode:
-            check_json(response, self.name)
-        return response
-
-    async def _stream(self, call: ProviderCall, plan: CallPlan, tokens: int,
-                      progress: Progress, request: Request) -> None:
-        client = self._client
-        assert client is not None
-        secrets = self._secrets()
-        assembly = StreamAssembly()
-        try:
-            stream, plan = await self._send(call, plan, tokens,
-                                            lambda body: open_stream(client, body))
-            try:
-                failure = await read_stream(
-                    stream, request, assembly, progress,
-                    lambda: map_sdk_errors(self.name, call.model, secrets,
-                                           partial_text=lambda: assembly.text),
-                    self.name, call.model)
-            finally:
-                # At once, also when cancelled: an unread answer must not keep costing tokens.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await stream.close()
-            if failure is not None:
-                raise failure
-        except LLMClientError as exc:
-            self._note_failure(exc, progress)
-            raise
-        elapsed = time.perf_counter() - progress.started
-        content = assembly.text
-        tool_calls = assembly.tool_calls()
-        model = assembly.model or call.model
-        reasoning = assembly.reasoning
-        response = LLMResponse(
-            content=content,
-            tool_calls=tool_calls,
-            finish_reason=assembly.finish_reason,
-            usage=price_usage(self._catalog, call, assembly.usage, content, tool_calls, model),
-            model=model,
-            provider=self.name,
-            response_time_ms=elapsed * 1000,
-            time_to_first_token_ms=progress.ttft * 1000 if progress.ttft is not None else None,
-            reasoning=reasoning,
-            reasoning_details=list(assembly.reasoning_details),
-            logprobs=logprobs_of(assembly.logprobs, plan.body.get("logprobs") is True),
-            time_to_first_reasoning_ms=(
-                progress.ttfr * 1000 if progress.ttfr is not None else None),
-        )
-        progress.streamed = response
-        if plan.json_mode:
-            check_json(response, self.name)
-        await request.send(StreamEnd(response))
 
 
 def provider_child_spec(

@@ -1,0 +1,186 @@
+"""One provider call in its child task: send through the limiter, read the answer as plain data.
+
+:class:`CallSite` holds what a call needs of its :class:`~actors.llm._provider.ProviderActor`,
+fixed when the actor starts the call (the SDK client, the durable state, the catalog, the
+secrets to redact). Its methods run in the call's child task, never in the actor's loop: the
+actor reads the outcome (and :class:`~actors.llm._stream.Progress`) back in its own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import openai
+
+from runtime import Request
+
+from ._catalog import ModelCatalog
+from ._error_mapping import map_sdk_errors
+from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError
+from ._messages import LLMResponse, ProviderCall, StreamEnd
+from ._provider_state import ProviderState
+from ._sdk_call import (
+    CallPlan,
+    check_json,
+    logprobs_of,
+    open_stream,
+    post_completion,
+    price_usage,
+    rejected_param,
+)
+from ._stream import Progress, read_stream
+from ._wire_decode import StreamAssembly, decode_completion
+
+__all__ = ["CallSite"]
+
+logger = logging.getLogger("actors.llm._provider")
+
+# Parameters one call may drop after "Unsupported parameter/value" answers (a reasoning model
+# behind a stale override refuses max_tokens, then temperature, ...).
+_MAX_REFUSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """What a call's child task needs of its provider (see the module docstring)."""
+
+    provider: str
+    client: openai.AsyncOpenAI
+    state: ProviderState
+    catalog: ModelCatalog
+    secrets: Sequence[str]
+    plan: Callable[[ProviderCall], CallPlan]
+
+    def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
+        """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
+        limiter = self.state.limiter
+        assert limiter is not None
+        if isinstance(error, LLMRateLimitError) and error.status_code == 429:
+            progress.rate_limited = True
+            if error.retry_after:
+                limiter.pause_for(error.retry_after)
+
+    def _learn(self, call: ProviderCall, error: LLMBadRequestError, plan: CallPlan) -> CallPlan:
+        """The plan without the parameter the upstream refused; the rule kept for the model.
+
+        Raises ``error`` when it is not an "Unsupported parameter/value" about what we sent.
+        """
+        param = rejected_param(error, plan.body)
+        learned = self.state.learned_params
+        known = learned.get(call.model, frozenset())
+        if param is None or param in known:
+            raise error
+        learned[call.model] = known | {param}
+        logger.warning("%s: model %s refuses %r; not sending it from now on", self.provider,
+                       call.model, param)
+        return self.plan(call)
+
+    async def _send(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                    send: Callable[[dict[str, Any]], Awaitable[Any]]) -> tuple[Any, CallPlan]:
+        """Send (through the limiter); again without a parameter the upstream refused, once per
+        parameter (at most ``_MAX_REFUSED`` of them: each is one more request)."""
+        limiter = self.state.limiter
+        assert limiter is not None
+        for attempt in range(_MAX_REFUSED + 1):
+            try:
+                async with limiter.admit(tokens) as permit:
+                    with map_sdk_errors(self.provider, call.model, self.secrets):
+                        answer = await send(plan.body)
+                    permit.sent()
+                return answer, plan
+            except LLMBadRequestError as exc:
+                if attempt == _MAX_REFUSED:
+                    raise
+                plan = self._learn(call, exc, plan)
+        raise AssertionError("unreachable")
+
+    async def complete(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                       progress: Progress) -> LLMResponse:
+        """One non-streaming call: its :class:`LLMResponse`, or a typed error."""
+        client = self.client
+        try:
+            data, plan = await self._send(call, plan, tokens,
+                                          lambda body: post_completion(client, body))
+        except LLMClientError as exc:
+            self._note_failure(exc, progress)
+            raise
+        body = decode_completion(data)
+        elapsed = time.perf_counter() - progress.started
+        progress.ttft = elapsed
+        if body.reasoning:
+            progress.ttfr = elapsed
+        model = body.model or call.model
+        tool_calls = list(body.tool_calls)
+        response = LLMResponse(
+            content=body.content,
+            tool_calls=tool_calls,
+            finish_reason=body.finish_reason,
+            usage=price_usage(self.catalog, call, body.usage, body.content, tool_calls, model),
+            model=model,
+            provider=self.provider,
+            response_time_ms=elapsed * 1000,
+            time_to_first_token_ms=elapsed * 1000,
+            reasoning=body.reasoning or "",
+            reasoning_details=list(body.reasoning_details),
+            logprobs=logprobs_of(body.logprobs, plan.body.get("logprobs") is True),
+            time_to_first_reasoning_ms=elapsed * 1000 if body.reasoning else None,
+        )
+        if plan.json_mode:
+            check_json(response, self.provider)
+        return response
+
+    async def stream(self, call: ProviderCall, plan: CallPlan, tokens: int,
+                     progress: Progress, request: Request) -> None:
+        """One streaming call: deltas to ``request`` as they come, then one :class:`StreamEnd`.
+
+        Cancelled, it closes the upstream stream at once (an unread answer must not keep
+        costing tokens).
+        """
+        client = self.client
+        provider = self.provider
+        assembly = StreamAssembly()
+        try:
+            stream, plan = await self._send(call, plan, tokens,
+                                            lambda body: open_stream(client, body))
+            try:
+                failure = await read_stream(
+                    stream, request, assembly, progress,
+                    lambda: map_sdk_errors(provider, call.model, self.secrets,
+                                           partial_text=lambda: assembly.text),
+                    provider, call.model)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await stream.close()
+            if failure is not None:
+                raise failure
+        except LLMClientError as exc:
+            self._note_failure(exc, progress)
+            raise
+        elapsed = time.perf_counter() - progress.started
+        content = assembly.text
+        tool_calls = assembly.tool_calls()
+        model = assembly.model or call.model
+        response = LLMResponse(
+            content=content,
+            tool_calls=tool_calls,
+            finish_reason=assembly.finish_reason,
+            usage=price_usage(self.catalog, call, assembly.usage, content, tool_calls, model),
+            model=model,
+            provider=provider,
+            response_time_ms=elapsed * 1000,
+            time_to_first_token_ms=progress.ttft * 1000 if progress.ttft is not None else None,
+            reasoning=assembly.reasoning,
+            reasoning_details=list(assembly.reasoning_details),
+            logprobs=logprobs_of(assembly.logprobs, plan.body.get("logprobs") is True),
+            time_to_first_reasoning_ms=(
+                progress.ttfr * 1000 if progress.ttfr is not None else None),
+        )
+        progress.streamed = response
+        if plan.json_mode:
+            check_json(response, provider)
+        await request.send(StreamEnd(response))
