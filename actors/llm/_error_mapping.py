@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -96,9 +97,10 @@ def error_from_sdk(
             status_code=getattr(exc, "status_code", None),
             **where,
         )
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+    reset = _aiohttp_reset(exc)
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not reset:
         return LLMTimeoutError(f"request to {provider} timed out", **where)
-    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError) or reset:
         return LLMConnectionError(
             f"connection to {provider} failed: {_describe(exc, secrets)}", **where
         )
@@ -106,6 +108,27 @@ def error_from_sdk(
         # A plain APIError is what the SDK raises for an SSE data event carrying "error".
         return _streaming_error(exc, "", secrets, where)
     return LLMClientError(f"unexpected error from {provider}: {_describe(exc, secrets)}", **where)
+
+
+def _aiohttp_reset(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection error that the SDK's aiohttp transport reported as a timeout.
+
+    Its vendored transport maps every ``aiohttp.ClientConnectionError`` (a reset, a server gone)
+    to ``ConnectTimeout``; the aiohttp error stays in the ``__cause__`` chain. Only a cause that
+    is not itself a timeout makes it a connection error. aiohttp is looked up among the loaded
+    modules: when it is not loaded, no error can come from it (and it is never imported here).
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None or not isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return False
+    cause = exc.__cause__
+    for _ in range(4):  # the SDK's error, httpx2's ConnectTimeout, then aiohttp's
+        if cause is None:
+            return False
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return not isinstance(cause, TimeoutError)
+        cause = cause.__cause__
+    return False
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -45,7 +45,7 @@ from runtime import (
     SupervisorSpec,
 )
 from runtime.testing import FakeClock
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 MODEL = "gpt-4o-mini"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -720,6 +720,8 @@ async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: Simulator
         ("500", False, LLMServerError, True),
         ("timeout", False, LLMTimeoutError, True),
         ("timeout", True, LLMTimeoutError, True),
+        ("reset", False, LLMConnectionError, True),
+        ("reset", True, LLMConnectionError, True),
         ("midstream_drop", True, LLMStreamingError, False),
         ("midstream_error", True, LLMStreamingError, False),
     ],
@@ -727,9 +729,8 @@ async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: Simulator
 async def test_errors_map_the_same_on_the_aiohttp_transport(
     sim: SimulatorProcess, fault: str, stream: bool, error: type[LLMClientError], retryable: bool
 ) -> None:
-    # Not "reset": the SDK's vendored aiohttp transport maps aiohttp.ClientConnectionError (a
-    # reset, a server gone) to httpx ConnectTimeout, so it reads as LLMTimeoutError there. One
-    # reason httpx2 stays the default transport.
+    # A reset too: the SDK's vendored aiohttp transport reports it as httpx ConnectTimeout with
+    # the aiohttp error as its cause, and the mapping reads it as the connection error it is.
     await sim.configure(faults={"hang_seconds": 5, "retry_after": 2})
     config = provider_config(sim, extra_headers={"X-Sim-Fault": fault}, timeout=0.5)
     async with running(config, transport="aiohttp") as (_, ref):
