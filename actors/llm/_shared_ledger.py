@@ -13,8 +13,11 @@ released when Redis refuses or is unavailable. A settle answers at once from the
 is shared behind; a shared settle that fails is retried every second until Redis answers (until
 then its reservation stays held in Redis, so the shared total never undercounts).
 
-Redis restarted empty: the first reserve re-seeds the day from this worker's journal
-(:meth:`_journal`): its settled spend of the day and the reservations it still holds.
+Redis restarted empty: every worker re-seeds the day from its journal (:meth:`_day_seed`: its
+settled spend of the day and the reservations it still holds) at its first reserve, and within
+:data:`_SEED_INTERVAL` on its own timer, so that an idle worker's spend is counted again before
+a busy worker can spend it twice (the seed is once per worker and day: the timer costs one
+round trip a second).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between retries of shared settles that Redis did not take.
 _RETRY_INTERVAL = 1.0
+#: Seconds between two offers of this worker's journal to the shared day (a no-op unless Redis
+#: lost the day).
+_SEED_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +99,18 @@ class SharedLedgerActor(LedgerActor):
 
     async def _journal(self, day: str) -> DaySeed:
         """What this worker's journal says about ``day`` (Redis asks after losing its data)."""
+        return self._day_seed(day)
+
+    def _day_seed(self, day: str) -> DaySeed:
         book = self._book
         by_provider = dict(book.by_provider) if book.day == day else {}
         held = [SharedReservation(self._key(rid), entry.amount, entry.provider)
                 for rid, entry in book.open.items()]
         return DaySeed(sum(by_provider.values()), by_provider, held)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        self._arm_seed()
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Reserve):
@@ -183,6 +196,27 @@ class SharedLedgerActor(LedgerActor):
         pending, self._unshared = self._unshared, []
         for item in pending:
             self._share_settle(item)
+
+
+    # -- the journal offered to the shared day, on a timer ----------------------------------------
+
+    def _arm_seed(self) -> None:
+        self.context.pipe(self.context.clock.sleep, _SEED_INTERVAL, reply_to=None,
+                          then=self._seed_tick)
+
+    def _seed_tick(self, outcome: Outcome) -> None:
+        if outcome.cancelled:
+            return
+        self._roll_day()
+        day = self._book.day
+        # The seed is read here, in the actor's loop, so it is one consistent snapshot.
+        self.context.pipe(self._shared.seed_day_total, day, self._day_seed(day), reply_to=None,
+                          then=self._seeded)
+
+    def _seeded(self, outcome: Outcome) -> None:
+        """Redis down or slow: the next tick tries again (a reserve seeds first anyway)."""
+        if not outcome.cancelled:
+            self._arm_seed()
 
 
 def _ignore(outcome: Outcome) -> None:

@@ -1,0 +1,191 @@
+"""Scale-out on Redis (issue 14, item 5): streams held by 1 and 2 workers, and Redis's cost.
+
+1. **Streams**: the paced-stream workload of :mod:`benchmarks.streams` (its clients and its
+   paced simulator, imported, not copied) against ``mcp-backend serve --workers N`` for N = 1 and
+   2, both with ``cluster.redis_url`` set (every request's admission, reservation and settle go
+   through Redis in both runs, so the comparison is of workers only). Per N and K: turns/s,
+   server CPU (the workers' sum, % of one core), p99 time to first text, p50/p99 gap, failures.
+   "Streams held" is the largest K whose run had no failure and a p99 gap <= 150 ms.
+2. **What Redis adds per request**: in this process, against the same redis-server, the round
+   trips one request makes (rate admission, ``sent`` stamp, ledger reserve, ledger settle),
+   timed one request at a time: p50/p99 of their sum and of each.
+
+Targets: 2 workers hold >= 1.7x the streams of 1 worker; Redis adds <= 0.3 ms p50 per request.
+On this 2-core machine the clients and the simulator share the cores with the workers: the
+table shows their CPU too.
+
+Run: ``.venv/bin/python -m benchmarks.cluster [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+
+from actors.cluster import (
+    ClusterConfig,
+    DaySeed,
+    LedgerLimits,
+    RedisLink,
+    SharedLedger,
+    SharedRateWindow,
+)
+from benchmarks._report import percentile, table
+from benchmarks.streams import DELTAS, GAP_LIMIT, MODEL, PACE, _clients, _cpu_seconds
+from tests.redis_server import RedisServer
+from tests.server_harness import ServerChild, SimulatorChild, child_pids, write_config
+
+KS = (50, 100, 200, 400, 600)
+QUICK_KS = (25, 50, 100)
+DURATION = 15.0
+QUICK_DURATION = 6.0
+ROUND_TRIPS = 3000
+QUICK_ROUND_TRIPS = 500
+
+
+def _config(directory: Path, simulator: SimulatorChild, redis_url: str, workers: int,
+            connections: int) -> Path:
+    path = write_config(directory, simulator_url=simulator.url, model=MODEL, mcp_servers={},
+                        server={"max_messages_per_minute": 100_000, "workers": workers},
+                        chat={"history_db": str(directory / f"h-{uuid.uuid4().hex}.db")},
+                        name=f"config-{workers}.yaml")
+    config = yaml.safe_load(path.read_text())
+    config["llm"]["providers"]["sim"].update(
+        max_connections=connections, max_keepalive_connections=connections,
+        requests_per_minute=10_000_000, tokens_per_minute=1_000_000_000)
+    config["llm"]["cost"]["db_path"] = str(directory / f"ledger-{workers}.sqlite3")
+    config["cluster"] = {"redis_url": redis_url, "key_prefix": f"bench{workers}"}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _workers_cpu(parent: int) -> float:
+    return sum(_cpu_seconds(pid) for pid in child_pids(parent))
+
+
+async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
+                   directory: Path) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    simulator = SimulatorChild({
+        "models": {MODEL: {"context_window": 128_000, "reply_words": DELTAS,
+                           "price_in": 0.15, "price_out": 0.6}},
+        "faults": {"chunk_delay": PACE},
+    }, directory=directory)
+    sim_pid = simulator.pid
+    assert sim_pid is not None
+    try:
+        for workers in (1, 2):
+            server = ServerChild(_config(directory, simulator, redis.url, workers, max(ks) + 16),
+                                 wait_healthy=False)
+            try:
+                await _until_workers(server, workers)
+                for k in ks:
+                    cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
+                    cpu_client = time.process_time()
+                    samples, elapsed = await _clients(server.ws_url, k, duration)
+                    cpu = _workers_cpu(server.pid) - cpu
+                    failures = ", ".join(f"{kind} {n}" for kind, n in
+                                         sorted(samples.failures.items())) or "none"
+                    rows.append([
+                        workers, k, samples.turns, samples.turns / elapsed, cpu / elapsed * 100,
+                        percentile(samples.ttft, 0.99) * 1000,
+                        percentile(samples.gaps, 0.50) * 1000,
+                        percentile(samples.gaps, 0.99) * 1000,
+                        f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / "
+                        f"{time.process_time() - cpu_client:.1f}",
+                        failures])
+                    row = rows[-1]
+                    print(f"workers={workers} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
+                          f" p99 gap {row[7]:.0f} ms, failures {failures}", flush=True)
+                    if failures != "none" or row[7] > 4 * GAP_LIMIT * 1000:
+                        break
+            finally:
+                server.stop()
+    finally:
+        simulator.stop()
+    return rows
+
+
+async def _until_workers(server: ServerChild, workers: int) -> None:
+    with anyio.fail_after(120):
+        while True:
+            try:
+                health = await anyio.to_thread.run_sync(server.health)
+            except OSError:
+                health = {}
+            if health.get("cluster", {}).get("workers_up") == workers:
+                return
+            await anyio.sleep(0.2)
+
+
+def _held(rows: list[list[Any]], workers: int) -> int:
+    fits = [row[1] for row in rows if row[0] == workers and row[9] == "none"
+            and row[7] <= GAP_LIMIT * 1000 and row[2] > 0]
+    return max(fits, default=0)
+
+
+async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
+    """Per request: admit + sent + reserve + settle, sequential, timed each and together."""
+    async def journal(day: str) -> DaySeed:
+        return DaySeed(0)
+
+    timings: dict[str, list[float]] = {"admit": [], "sent": [], "reserve": [], "settle": [],
+                                       "all four": []}
+    config = ClusterConfig(redis_url=redis.url, key_prefix="rt")
+    async with RedisLink(config) as link:
+        window = SharedRateWindow(link, "bench", requests_per_minute=10_000_000,
+                                  tokens_per_minute=1_000_000_000)
+        ledger = SharedLedger(link, "bench", journal,
+                              LedgerLimits(daily_cost_limit=10**15, max_cost_per_request=10**12))
+        for index in range(count + 100):  # the first 100 warm the pool and load the scripts
+            t0 = time.perf_counter()
+            admission = await window.admit(500)
+            t1 = time.perf_counter()
+            assert admission.permit is not None
+            await window.sent(admission.permit)
+            t2 = time.perf_counter()
+            await ledger.reserve(f"r{index}", 1000, "bench", "2026-01-01")
+            t3 = time.perf_counter()
+            await ledger.settle(f"r{index}", 900, "bench", "2026-01-01")
+            t4 = time.perf_counter()
+            if index >= 100:
+                for name, value in (("admit", t1 - t0), ("sent", t2 - t1),
+                                    ("reserve", t3 - t2), ("settle", t4 - t3),
+                                    ("all four", t4 - t0)):
+                    timings[name].append(value * 1000)
+    return [[name, percentile(values, 0.5), percentile(values, 0.99)]
+            for name, values in timings.items()]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description="streams with 1 and 2 workers; Redis's cost")
+    parser.add_argument("--quick", action="store_true", help="smaller K, shorter runs")
+    options = parser.parse_args()
+    ks, duration = (QUICK_KS, QUICK_DURATION) if options.quick else (KS, DURATION)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-cluster-") as name:
+        trips = await _round_trips(redis, QUICK_ROUND_TRIPS if options.quick else ROUND_TRIPS)
+        rows = await _streams(ks, duration, redis, Path(name))
+    print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run")
+    print(table(["workers", "K", "turns", "turns/s", "workers CPU %", "p99 first text ms",
+                 "p50 gap ms", "p99 gap ms", "CPU s sim / client", "failures"], rows))
+    print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
+    one, two = _held(rows, 1), _held(rows, 2)
+    ratio = f"{two / one:.2f}x" if one else "n/a"
+    print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
+    total = next(row for row in trips if row[0] == "all four")
+    print(f"Redis adds per request: p50 {total[1]:.3f} ms, p99 {total[2]:.3f} ms"
+          " (target <= 0.3 ms p50)")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
