@@ -42,7 +42,7 @@ import httpx2
 import openai
 from pydantic import SecretStr
 
-from actors.metrics._store import (
+from actors.metrics import (
     POOL_CONNECTIONS_IN_USE,
     BreakerTransition,
     GaugeSet,

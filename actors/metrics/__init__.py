@@ -2,6 +2,7 @@
 
 from ._actor import GetPrometheus, GetSummary, metrics_child_spec
 from ._store import (
+    POOL_CONNECTIONS_IN_USE,
     ActorRestarted,
     BreakerTransition,
     CostWarning,
@@ -14,6 +15,7 @@ from ._store import (
 )
 
 __all__ = [
+    "POOL_CONNECTIONS_IN_USE",
     "ActorRestarted",
     "BreakerTransition",
     "CostWarning",
