@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.provider
 	$(BIN)/python -m benchmarks.runtime
 	$(BIN)/python -m benchmarks.server
+	$(BIN)/python -m benchmarks.cluster
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.chaos.soak
