@@ -395,14 +395,18 @@ def ledger_child_spec(
     reservation_ttl: float = 600.0,
     sweep_interval: float = 30.0,
     mailbox_size: int = 10_000,
+    actor: Callable[[], LedgerActor] | None = None,
 ) -> ChildSpec:
-    """The ``"ledger"`` child: a :class:`LedgerActor` with a durable :class:`LedgerBook`."""
+    """The ``"ledger"`` child: a :class:`LedgerActor` with a durable :class:`LedgerBook`.
+
+    ``actor`` makes the instance instead (a ledger whose day totals are shared, for one).
+    """
     return ChildSpec(
         name="ledger",
-        factory=lambda: LedgerActor(
+        factory=actor or (lambda: LedgerActor(
             config, catalog, providers=providers, metrics=metrics, now=now,
             reservation_ttl=reservation_ttl, sweep_interval=sweep_interval,
-        ),
+        )),
         crash_on=(sqlite3.Error,),
         mailbox_size=mailbox_size,
         durable=LedgerBook,

@@ -388,18 +388,22 @@ def provider_child_spec(
     *,
     api_key: SecretStr | None = None,
     transport: Transport = DEFAULT_TRANSPORT,
+    actor_name: str | None = None,
+    durable: Callable[[], ProviderState] = ProviderState,
 ) -> ChildSpec:
     """How to run provider ``name``: it crashes on a rejected key or repeated connection failures
     (so it is restarted with a new key and pool); its limiter, breaker and health are durable.
 
     ``api_key`` given explicitly replaces the configured environment variable or key file;
-    ``transport`` chooses the HTTP transport under the SDK (see :mod:`._http_pool`).
+    ``transport`` chooses the HTTP transport under the SDK (see :mod:`._http_pool`);
+    ``actor_name`` names the actor (default ``name``); ``durable`` makes the state that outlives
+    restarts (a limiter shared through Redis, for one).
     """
     return ChildSpec(
-        name,
+        actor_name or name,
         lambda: ProviderActor(name, config, metrics=metrics, catalog=catalog, api_key=api_key,
                               transport=transport),
         crash_on=(_AuthRejected, _ConnectionFailuresExceeded),
         mailbox_size=config.mailbox_size,
-        durable=ProviderState,
+        durable=durable,
     )

@@ -23,7 +23,6 @@ The supervision tree::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,6 +45,7 @@ from ._ledger import LedgerBook, ledger_child_spec
 from ._ledger_lock import LedgerLock, check_ledger
 from ._messages import ChatRequest, GetSpend, LLMResponse, SpendSnapshot
 from ._provider import provider_child_spec
+from ._provider_state import ProviderState
 from ._router import RouterActor, provider_actor_name
 from ._shared import SharedState
 
@@ -191,16 +191,19 @@ def runtime_children(
 
     ``shared``: the providers' windows and the ledger's day totals are shared through Redis.
     """
-    ledger = ledger_child_spec(config.cost, catalog, providers=config.providers)
-    if shared is not None:
-        ledger = dataclasses.replace(ledger, factory=lambda: shared.ledger(
-            config.cost, catalog, providers=config.providers, metrics=None))
-    providers = []
-    for name, provider_config in config.providers.items():
-        spec = provider_child_spec(name, provider_config, catalog=catalog)
-        if shared is not None:
-            spec = dataclasses.replace(spec, durable=shared.provider_state(name, provider_config))
-        providers.append(dataclasses.replace(spec, name=provider_actor_name(name)))
+    ledger = ledger_child_spec(
+        config.cost, catalog, providers=config.providers,
+        actor=None if shared is None else lambda: shared.ledger(
+            config.cost, catalog, providers=config.providers, metrics=None),
+    )
+    providers = [
+        provider_child_spec(
+            name, provider_config, catalog=catalog, actor_name=provider_actor_name(name),
+            durable=(ProviderState if shared is None
+                     else shared.provider_state(name, provider_config)),
+        )
+        for name, provider_config in config.providers.items()
+    ]
     router = ChildSpec("router", lambda: RouterActor(config, catalog),
                        # Every error the router meets is an answer to its caller, never a reason
                        # to restart.

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 import tiktoken
 import tiktoken.load
-from tiktoken_ext import openai_public  # type: ignore[import-untyped]  # tiktoken's, untyped
+from tiktoken_ext import openai_public
 
 __all__ = [
     "OFFLOAD_THRESHOLD_CHARS",
