@@ -2,7 +2,7 @@
 
 from ._history import HistoryStore
 from ._leases import SharedTurnLeases, TurnLeases
-from ._session import (
+from ._messages import (
     ClearHistory,
     GetHistory,
     HistoryWriteError,
@@ -12,10 +12,9 @@ from ._session import (
     TurnComplete,
     TurnReasoning,
     TurnText,
-    session_actor_name,
-    session_child_spec,
-    trim_history,
 )
+from ._session import session_actor_name, session_child_spec
+from ._trimming import trim_history
 
 __all__ = [
     "ClearHistory",

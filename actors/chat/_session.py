@@ -38,15 +38,13 @@ Rules a caller can rely on:
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import sqlite3
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Protocol, assert_never
+from typing import Any, Final, assert_never
 
 import anyio
 import anyio.to_thread
@@ -59,32 +57,28 @@ from actors.llm import (
     ReasoningDelta,
     StreamEnd,
     TextDelta,
-    ToolCall,
-    Usage,
     count_message_tokens,
 )
 from actors.mcp import ToolCatalog
-from runtime import Actor, ActorRef, Ask, AskStream, ChildSpec, Outcome, Request, Restart
+from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
 from ._history import HistoryStore, HistoryStoreClosed
 from ._leases import TurnLeases
+from ._messages import (
+    ChatSettings,
+    ClearHistory,
+    GetHistory,
+    HistoryWriteError,
+    RunTurn,
+    SessionMessage,
+    TurnComplete,
+    TurnReasoning,
+    TurnText,
+)
+from ._tool_steps import run_tool_calls
+from ._trimming import trim_history
 
-__all__ = [
-    "ChatSettings",
-    "ClearHistory",
-    "GetHistory",
-    "HistoryWriteError",
-    "RunTurn",
-    "SessionActor",
-    "ToolCallFinished",
-    "ToolCallStarted",
-    "TurnComplete",
-    "TurnReasoning",
-    "TurnText",
-    "session_actor_name",
-    "session_child_spec",
-    "trim_history",
-]
+__all__ = ["SessionActor", "session_actor_name", "session_child_spec"]
 
 Message = dict[str, Any]
 
@@ -93,193 +87,6 @@ logger = logging.getLogger(__name__)
 #: Without ``context_budget_tokens``: this share of the model's context window goes to the prompt
 #: (system, history, user message); the rest is left for tool definitions and the answer.
 DEFAULT_BUDGET_SHARE: Final = 0.75
-_PREVIEW_CHARS: Final = 200
-
-
-# -- messages -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunTurn(AskStream["TurnEvent"]):
-    """Run one turn with the user's ``text``; ask it with ``ask_stream`` (see the module doc)."""
-
-    text: str
-    request_id: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    """This turn's model (one of the configured ones; the router still falls back from it)."""
-    reasoning_effort: str | None = None
-    """``minimal`` ... ``high`` for reasoning models (``None``: the configured default)."""
-
-
-@dataclass(frozen=True)
-class ClearHistory(Ask[None]):
-    """Forget the conversation (after the turns queued before it); answers ``None``."""
-
-
-@dataclass(frozen=True)
-class GetHistory(Ask["list[dict[str, Any]]"]):
-    """Answers the stored messages of the conversation (``list[dict]``, oldest first)."""
-
-
-@dataclass(frozen=True)
-class TurnText:
-    """A piece of the assistant's answer, as it streams."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class TurnReasoning:
-    """A piece of the model's reasoning, as it streams (never stored as the answer)."""
-
-    text: str
-
-
-class HistoryWriteError(Exception):
-    """The conversation could not be saved; the turn ends with this instead of completing.
-
-    ``error_type`` is its name on the wire.
-    """
-
-    error_type: ClassVar[str] = "history_unavailable"
-
-
-@dataclass(frozen=True)
-class ToolCallStarted:
-    """The model asked for a tool and it is running.
-
-    ``server`` is ``""`` for a tool nobody offers; ``arguments`` is the parsed JSON object, or the
-    model's text when it is not one.
-    """
-
-    call_id: str
-    server: str
-    tool: str
-    arguments: Any
-
-
-@dataclass(frozen=True)
-class ToolCallFinished:
-    """A tool call ended; ``is_error``: the model got an error as the tool's result."""
-
-    call_id: str
-    server: str
-    tool: str
-    is_error: bool
-    result_preview: str
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class TurnComplete:
-    """The last event of a turn: usage summed over every model call of the turn.
-
-    ``cost`` is the turn's cost in USD (``None`` when a call's cost is unknown);
-    ``finish_reason`` is the last answer's (``"stop"``, ``"length"``, ...) or
-    ``"max_tool_hops"`` when the tool loop hit its limit.
-    """
-
-    usage: Usage
-    cost: float | None
-    provider: str
-    model: str
-    hops: int
-    finish_reason: str
-
-
-TurnEvent = TurnText | TurnReasoning | ToolCallStarted | ToolCallFinished | TurnComplete
-"""What ``ask_stream(RunTurn(...))`` yields: deltas and tool events, then one TurnComplete."""
-
-SessionMessage = RunTurn | ClearHistory | GetHistory
-"""What a session handles (each declares its answer)."""
-
-
-class ChatSettings(Protocol):
-    """What a session reads from the ``chat:`` configuration (``server.config.ChatConfig``)."""
-
-    @property
-    def system_prompt(self) -> str: ...
-    @property
-    def max_tool_hops(self) -> int: ...
-    @property
-    def tool_timeout(self) -> float: ...
-    @property
-    def context_budget_tokens(self) -> int | None: ...
-    @property
-    def max_history_messages(self) -> int: ...
-    @property
-    def max_tool_result_chars(self) -> int: ...
-    @property
-    def max_cost_per_turn(self) -> float | None: ...
-
-
-# -- history trimming ---------------------------------------------------------------------------
-
-
-def _exchanges(history: Sequence[Message]) -> list[list[Message]]:
-    """Split history into units never to be separated: an assistant message with tool calls and
-    its tool results form one; any other message is one alone. Incomplete units and orphan tool
-    results are dropped (they would make the request invalid)."""
-    units: list[list[Message]] = []
-    index = 0
-    while index < len(history):
-        message = history[index]
-        index += 1
-        if message.get("role") == "tool":
-            continue
-        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
-        if not calls:
-            units.append([message])
-            continue
-        wanted = {call.get("id") for call in calls}
-        unit = [message]
-        while index < len(history) and history[index].get("role") == "tool":
-            unit.append(history[index])
-            index += 1
-        if {result.get("tool_call_id") for result in unit[1:]} >= wanted:
-            units.append(unit)
-    return units
-
-
-def _newest(history: Sequence[Message], max_messages: int) -> list[Message]:
-    kept: list[list[Message]] = []
-    count = 0
-    for unit in reversed(_exchanges(history)):
-        if count + len(unit) > max_messages:
-            break
-        kept.append(unit)
-        count += len(unit)
-    return [message for unit in reversed(kept) for message in unit]
-
-
-def trim_history(
-    history: Sequence[Message],
-    *,
-    model: str,
-    budget_tokens: int,
-    max_messages: int,
-    reserved_tokens: int = 0,
-) -> list[Message]:
-    """The newest part of ``history`` that fits: whole units, oldest dropped first.
-
-    At most ``max_messages`` messages whose token estimate (OpenAI's recipe for ``model``) plus
-    ``reserved_tokens`` (the system prompt and the new message) stays within ``budget_tokens``.
-    An assistant message with tool calls is kept or dropped together with its tool results.
-    Blocks while counting; call it in a worker thread for long histories.
-    """
-    kept: list[list[Message]] = []
-    count = 0
-    tokens = reserved_tokens
-    priming = count_message_tokens([], model)  # counted once for the whole request, not per unit
-    for unit in reversed(_exchanges(history)):
-        size = count_message_tokens(unit, model) - priming
-        if count + len(unit) > max_messages or tokens + size > budget_tokens:
-            break
-        kept.append(unit)
-        count += len(unit)
-        tokens += size
-    return [message for unit in reversed(kept) for message in unit]
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -348,7 +155,11 @@ class SessionActor(Actor["SessionMessage"]):
         stored = await anyio.to_thread.run_sync(
             self._history.load, self.conversation_id, self._chat.max_history_messages
         )
-        self._messages = _newest(stored, self._chat.max_history_messages)
+        self._messages = self._kept(stored)
+
+    def _kept(self, messages: Sequence[Message]) -> list[Message]:
+        """The newest ``chat.max_history_messages`` of ``messages``, in whole units."""
+        return trim_history(messages, max_messages=self._chat.max_history_messages)
 
     async def receive(self, message: SessionMessage) -> Any:
         match message:
@@ -412,7 +223,7 @@ class SessionActor(Actor["SessionMessage"]):
         """Take the turn's written messages into the in-memory history (actor loop only)."""
         self._unfinished.discard(turn)
         base = self._messages if turn.reloaded is None else list(turn.reloaded)
-        self._messages = _newest([*base, *turn.completed], self._chat.max_history_messages)
+        self._messages = self._kept([*base, *turn.completed])
 
     async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
         """Write ``messages`` (one whole step) now; only then do they count as done."""
@@ -450,7 +261,7 @@ class SessionActor(Actor["SessionMessage"]):
             if stale:
                 stored = await anyio.to_thread.run_sync(
                     self._history.load, self.conversation_id, self._chat.max_history_messages)
-                history = turn.reloaded = tuple(_newest(stored, self._chat.max_history_messages))
+                history = turn.reloaded = tuple(self._kept(stored))
             await self._turn(turn, history)
 
     async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
@@ -476,16 +287,16 @@ class SessionActor(Actor["SessionMessage"]):
             )
         )
         conversation = [*head, *history, user]
-        usages: list[Usage] = []
+        answers: list[LLMResponse] = []
         hops = 0
         turn_id = uuid.uuid4().hex  # the ledger's key for chat.max_cost_per_turn
         while True:
             response = await self._ask_model(conversation, tools, turn, turn_id)
-            usages.append(response.usage)
+            answers.append(response)
             if not response.tool_calls:
                 await self._persist(turn, [response.message])
                 finish = response.finish_reason or "stop"
-                await request.send(_complete(usages, response, hops, finish))
+                await request.send(TurnComplete.of(answers, hops, finish))
                 return
             if hops >= chat.max_tool_hops:
                 notice = (
@@ -497,10 +308,13 @@ class SessionActor(Actor["SessionMessage"]):
                 await self._persist(
                     turn, [{"role": "assistant", "content": response.content + lead + notice}]
                 )
-                await request.send(_complete(usages, response, hops, "max_tool_hops"))
+                await request.send(TurnComplete.of(answers, hops, "max_tool_hops"))
                 return
             hops += 1
-            results = await self._run_tools(response.tool_calls, request)
+            results = await run_tool_calls(
+                response.tool_calls, tools=self._tools, timeout=chat.tool_timeout,
+                max_result_chars=chat.max_tool_result_chars, send=request.send,
+            )
             step = [response.message, *results]
             await self._persist(turn, step)  # a whole step: never a call without its result
             conversation.extend(step)
@@ -517,6 +331,7 @@ class SessionActor(Actor["SessionMessage"]):
             reasoning_effort=turn.message.reasoning_effort,
             turn_id=turn_id,
             turn_cost_limit=self._chat.max_cost_per_turn,
+            deltas=turn.message.deltas,
         )
         response: LLMResponse | None = None
         async with self._router.ask_stream(chat_request) as items:
@@ -533,95 +348,12 @@ class SessionActor(Actor["SessionMessage"]):
             raise LLMStreamingError("the model's stream ended without a final answer")
         return response
 
-    async def _run_tools(self, calls: list[ToolCall], request: Request) -> list[Message]:
-        """Run the calls in parallel; their tool messages, in the order of ``calls``."""
-        results: list[Message] = [{} for _ in calls]
-        started: list[ToolCallStarted] = []
-        for call in calls:
-            spec = self._tools.lookup(call.name)
-            event = ToolCallStarted(
-                call_id=call.id,
-                server=spec.server if spec is not None else "",
-                tool=spec.name if spec is not None else call.name,
-                arguments=_arguments_of(call.arguments),
-            )
-            started.append(event)
-            await request.send(event)
-
-        async def run(index: int, call: ToolCall) -> None:
-            begun = anyio.current_time()
-            _, result = await self._tools.call(call.name, call.arguments, self._chat.tool_timeout)
-            content = _capped(result.as_tool_message_content(), self._chat.max_tool_result_chars)
-            if result.is_error and not content.startswith("Error"):
-                content = f"Error: {content}"
-            results[index] = {"role": "tool", "tool_call_id": call.id, "content": content}
-            event = started[index]
-            await request.send(
-                ToolCallFinished(
-                    call_id=call.id,
-                    server=event.server,
-                    tool=event.tool,
-                    is_error=result.is_error,
-                    result_preview=result.preview(_PREVIEW_CHARS),
-                    duration_ms=round((anyio.current_time() - begun) * 1000.0, 1),
-                )
-            )
-
-        async with anyio.create_task_group() as task_group:
-            for index, call in enumerate(calls):
-                task_group.start_soon(run, index, call)
-        return results
-
     def __repr__(self) -> str:
         running = "1 turn running" if self._active is not None else "idle"
         return (
             f"<SessionActor {self.conversation_id!r} [{len(self._messages)} messages | "
             f"{running} | {len(self._queue)} queued]>"
         )
-
-
-def _capped(content: str, limit: int) -> str:
-    """``content`` cut to ``limit`` characters, with a note saying so to the model."""
-    if len(content) <= limit:
-        return content
-    return (
-        content[:limit]
-        + f"\n\n[Tool result truncated: it had {len(content)} characters; only the first"
-        f" {limit} are shown. Ask the tool for less, or for a part, if you need more.]"
-    )
-
-
-def _arguments_of(arguments: str) -> Any:
-    try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        return arguments
-    return parsed if isinstance(parsed, dict) else arguments
-
-
-def _complete(
-    usages: list[Usage], last: LLMResponse, hops: int, finish_reason: str
-) -> TurnComplete:
-    costs = [usage.total_cost for usage in usages]
-    cost = None if any(c is None or math.isnan(c) for c in costs) else sum(
-        c for c in costs if c is not None
-    )
-    total = Usage(
-        prompt_tokens=sum(u.prompt_tokens for u in usages),
-        completion_tokens=sum(u.completion_tokens for u in usages),
-        total_tokens=sum(u.total_tokens for u in usages),
-        cached_tokens=sum(u.cached_tokens for u in usages),
-        reasoning_tokens=sum(u.reasoning_tokens for u in usages),
-        total_cost=cost,
-    )
-    return TurnComplete(
-        usage=total,
-        cost=cost,
-        provider=last.provider,
-        model=last.model,
-        hops=hops,
-        finish_reason=finish_reason,
-    )
 
 
 def session_actor_name(conversation_id: str) -> str:
