@@ -146,6 +146,12 @@ class ConversationLeases:
                 group.start_soon(renew_forever)
                 yield lease
                 group.cancel_scope.cancel()
+        except BaseExceptionGroup as grouped:
+            # The body's own error (the renewal task never raises), unwrapped: callers match
+            # its type (a cost limit must reach the client as a cost limit).
+            if len(grouped.exceptions) == 1:
+                raise grouped.exceptions[0] from None
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 # Unavailable: the lease expires after lease_ttl.

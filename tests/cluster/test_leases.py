@@ -97,3 +97,11 @@ async def test_hold_cancels_the_turn_and_raises_when_the_lease_is_lost(
                 await anyio.sleep(2.0)
                 finished = True
         assert finished is False
+
+
+async def test_an_error_of_the_turn_leaves_hold_unwrapped(link: RedisLink) -> None:
+    leases = ConversationLeases(link, "w1")
+    with pytest.raises(KeyError, match=r"^'the turn failed'$"):
+        async with leases.hold("c-error", timeout=1.0):
+            raise KeyError("the turn failed")
+    assert (await leases.acquire("c-error", timeout=1.0)).owner == "w1"

@@ -180,5 +180,7 @@ async def test_money_and_token_limits_hold_exactly_across_instances_and_redis_fa
         assert _day(redis_server) == before
         assert sims["a"].stats()["max_tokens_in_window"] <= A_TPM
     finally:
-        assert first.stop() == 0
-        assert second.stop() == 0
+        codes = [first.stop(), second.stop()]
+        for name, child in (("A", first), ("B", second)):
+            (tmp_path / f"server-{name}.log").write_text(child.output)
+        assert codes == [0, 0]
