@@ -62,7 +62,7 @@ def _config(directory: Path, simulator_url: str, redis_url: str) -> Path:
             "cost": {"db_path": str(directory / "ledger.sqlite3"), "daily_cost_limit": DAILY},
         },
         "cluster": {"redis_url": redis_url, "key_prefix": "chaos", "connect_timeout": 0.3,
-                    "op_timeout": 0.3, "lease_ttl": 3.0, "rate_quarantine_on_loss": True},
+                    "op_timeout": 0.3, "lease_ttl": 3.0},
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

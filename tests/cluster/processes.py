@@ -62,12 +62,11 @@ async def turn(url: str, text: str, conversation_id: str | None = None,
 
 
 async def turns(urls: list[str], count: int, prefix: str = "load") -> list[tuple[str, str]]:
-    """``count`` concurrent turns, each in its own conversation, spread over ``urls``."""
+    """``count`` concurrent turns, each in a new conversation, spread over ``urls``."""
     results: list[tuple[str, str]] = []
 
     async def one(index: int) -> None:
-        results.append(await turn(urls[index % len(urls)], f"hello {index}",
-                                  f"{prefix}-{uuid.uuid4().hex[:8]}"))
+        results.append(await turn(urls[index % len(urls)], f"{prefix} {index}"))
 
     async with anyio.create_task_group() as group:
         for index in range(count):

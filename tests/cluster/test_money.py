@@ -73,8 +73,9 @@ def _config(directory: Path, sims: dict[str, SimulatorChild], redis_url: str, *,
             "cost": {"db_path": str(directory / "ledger.sqlite3"),
                      "max_cost_per_request": MAX_PER_REQUEST, "daily_cost_limit": DAILY},
         },
-        "cluster": {"redis_url": redis_url, "key_prefix": "m", "connect_timeout": 0.3,
-                    "op_timeout": 0.3, "rate_quarantine_on_loss": True},
+        # The default timeouts (1 s connect, 0.5 s a round trip): tighter ones fail turns on a
+        # loaded 2-core machine, where a worker's loop may be late by more than that.
+        "cluster": {"redis_url": redis_url, "key_prefix": "m"},
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -171,7 +172,7 @@ async def test_money_and_token_limits_hold_exactly_across_instances_and_redis_fa
         assert _spent(sims) == spent
 
         # Restarted empty: every worker re-seeds the day from its journal within a second or
-        # two, a's windows are quarantined; then nothing more can be spent or sent.
+        # two; then nothing more can be spent or sent.
         redis_server.start()
         wait_for(lambda: _day(redis_server) == before, "the day re-seeded from 4 journals", 15)
         results = await turns([a_url, b_url], 6, "restarted")
