@@ -16,7 +16,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
@@ -33,6 +33,8 @@ __all__ = [
     "CANCELLED",
     "LATENCY_BOUNDS",
     "MAILBOX_DEPTH",
+    "MAX_MODEL_LABELS",
+    "OTHER_MODEL",
     "POOL_CONNECTIONS_IN_USE",
     "ActorRestarted",
     "BreakerTransition",
@@ -61,6 +63,11 @@ POOL_CONNECTIONS_IN_USE = "pool_connections_in_use"
 """Gauge name: HTTP connections in use, labelled ``provider``."""
 MAILBOX_DEPTH = "mailbox_depth"
 """Gauge name: messages waiting in an actor's mailbox, labelled ``actor``."""
+
+OTHER_MODEL = "other"
+"""The ``model`` label of every model past the first :data:`MAX_MODEL_LABELS` unconfigured ones."""
+MAX_MODEL_LABELS = 32
+"""How many models outside the configured ones get a label of their own (see MetricsStore)."""
 
 CANCELLED = "cancelled"
 """The ``error_type`` of a call its caller abandoned (a closed socket, a lost hedge)."""
@@ -310,9 +317,20 @@ class MetricsStore(Collector):
     Feed it events with ``apply``; read it with ``summary()`` or ``prometheus_text()``. It is also
     a ``prometheus_client`` collector, so an embedder may register it on its own registry.
     Not thread-safe: one writer (the MetricsActor).
+
+    The ``model`` label comes from upstream answers (a provider may answer with any name, such as
+    a dated snapshot of the requested model), so its values are bounded: the configured
+    ``models`` always keep their name, the first ``max_models`` other names seen get theirs, and
+    every later one is counted as :data:`OTHER_MODEL`. Series, summaries and memory thus stay
+    bounded whatever the upstream says.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, models: Iterable[str] = (), *, max_models: int = MAX_MODEL_LABELS
+    ) -> None:
+        self._known_models = frozenset(models)
+        self._seen_models: set[str] = set()
+        self._max_models = max_models
         self._models: dict[str, _ModelStats] = {}
         self._latency = Histogram()
         self._fallbacks: Counter[tuple[str, str, str, str, str]] = Counter()
@@ -336,9 +354,9 @@ class MetricsStore(Collector):
                 self._fallbacks[
                     (
                         event.from_provider,
-                        event.from_model,
+                        self._model_label(event.from_model),
                         event.to_provider,
-                        event.to_model,
+                        self._model_label(event.to_model),
                         event.reason,
                     )
                 ] += 1
@@ -363,7 +381,17 @@ class MetricsStore(Collector):
         """Count events lost because the MetricsActor's mailbox was full."""
         self._dropped += count
 
+    def _model_label(self, model: str) -> str:
+        """``model``, or :data:`OTHER_MODEL` once the unconfigured names are used up."""
+        if model in self._known_models or model in self._seen_models:
+            return model
+        if len(self._seen_models) < self._max_models:
+            self._seen_models.add(model)
+            return model
+        return OTHER_MODEL
+
     def _stats(self, provider: str, model: str) -> _ModelStats:
+        model = self._model_label(model)
         key = f"{provider}:{model}"
         stats = self._models.get(key)
         if stats is None:

@@ -291,3 +291,39 @@ def test_exported_buckets_are_cumulative_and_exact_at_their_bounds() -> None:
     for b in buckets:
         le = float(b.labels["le"])
         assert b.value == sum(1 for x in samples if x <= le)
+
+
+def test_model_labels_from_upstream_are_bounded_with_the_rest_counted_as_other() -> None:
+    store = MetricsStore(models=["gpt-4o-mini"], max_models=3)
+    names = [f"upstream-model-{i}" for i in range(500)]
+    for name in names:
+        store.apply(ok("sim", name))
+    store.apply(ok("sim", "gpt-4o-mini"))  # configured: its own label even after the cap
+    store.apply(ok("sim", "upstream-model-1"))  # one of the first three: still its own
+    store.apply(FallbackTaken("sim", "upstream-model-499", "backup", "upstream-model-0", "error"))
+
+    by_model = store.summary()["by_model"]
+    assert sorted(by_model) == [
+        "sim:gpt-4o-mini", "sim:other", "sim:upstream-model-0", "sim:upstream-model-1",
+        "sim:upstream-model-2",
+    ]
+    assert [by_model[key]["total_requests"] for key in sorted(by_model)] == [1, 497, 1, 2, 1]
+    assert by_model["sim:other"]["fallbacks"] == 1
+    families = {
+        f.name: f for f in text_string_to_metric_families(store.prometheus_text().decode())
+    }
+    labels = {s.labels["model"] for s in families["mcp_backend_llm_requests"].samples}
+    assert labels == {"gpt-4o-mini", "other", "upstream-model-0", "upstream-model-1",
+                      "upstream-model-2"}
+    (fallback,) = families["mcp_backend_llm_fallbacks"].samples
+    assert (fallback.labels["from_model"], fallback.labels["to_model"]) == (
+        "other", "upstream-model-0")
+
+
+def test_the_default_store_keeps_32_unconfigured_model_names() -> None:
+    store = MetricsStore()
+    for i in range(40):
+        store.apply(ok("sim", f"m{i}"))
+    by_model = store.summary()["by_model"]
+    assert len(by_model) == 33
+    assert by_model["sim:other"]["total_requests"] == 8
