@@ -32,63 +32,25 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, assert_never
+from typing import Any, Final, assert_never
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from runtime import (
-    Actor,
-    ActorSystem,
-    Ask,
-    Backoff,
-    ChildSpec,
-    Outcome,
-    Overloaded,
-    Restart,
-    Strategy,
-    SupervisorSpec,
-)
+from runtime import Actor, Backoff, Outcome, Overloaded
 
-from ._client import (
-    McpError,
-    McpServerError,
-    McpSession,
-    McpToolError,
-    McpToolTimeout,
-    ToolResult,
-    ToolSpec,
-    open_mcp_session,
-)
 from ._config import McpServerConfig
-from ._errors import McpSessionLost
+from ._errors import McpError, McpServerError, McpSessionLost, McpToolError, McpToolTimeout
+from ._health import McpServerHealth
+from ._messages import CallTool, GetMcpStatus, ListTools, McpMessage
 from ._redact import redact_server_text
+from ._session import McpSession, open_mcp_session
+from ._tool_types import ToolResult
 
-__all__ = [
-    "CallTool",
-    "GetMcpStatus",
-    "ListTools",
-    "McpServerActor",
-    "McpServerHealth",
-    "McpSessionLost",
-    "McpState",
-    "McpStatus",
-    "mcp_actor_name",
-    "mcp_child_spec",
-    "mcp_status",
-    "mcp_supervisor_spec",
-]
+__all__ = ["McpServerActor"]
 
-McpState = Literal["starting", "ready", "failed", "restarting"]
-
-#: Backoff of the ``mcp`` supervisor between restarts after a lost session.
-SUPERVISOR_BACKOFF: Final = Backoff(
-    initial=0.5, maximum=30.0, multiplier=2.0, jitter=0.2, reset_after=60.0
-)
-#: The window of the ``mcp`` supervisor's restart intensity (seconds).
-INTENSITY_WINDOW: Final = 60.0
 # Between start-up attempts of a server that fails to start (inside one instance).
 _START_BACKOFF: Final = Backoff(
     initial=1.0, maximum=30.0, multiplier=2.0, jitter=0.2, reset_after=math.inf
@@ -97,118 +59,6 @@ _START_BACKOFF: Final = Backoff(
 # notices a dead process when a request fails; polling makes /health right between calls.
 _LIVENESS_INTERVAL: Final = 0.5
 _MAX_QUEUED_CALLS: Final = 256
-
-
-# -- messages -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ListTools(Ask["list[ToolSpec]"]):
-    """Ask for the server's tools: answers ``list[ToolSpec]`` (empty unless ready)."""
-
-
-@dataclass(frozen=True)
-class CallTool(Ask[ToolResult]):
-    """Call ``tool`` with ``arguments``: answers a :class:`ToolResult` (``is_error`` included).
-
-    ``timeout`` (seconds; ``None``: the server's ``call_timeout``) bounds the call. Raises
-    ``McpToolTimeout``, ``McpToolError`` (rejected by the server), ``McpServerError`` (not ready,
-    or the session ended during the call) or ``ActorCrashed`` (the session was lost).
-    """
-
-    tool: str
-    arguments: dict[str, Any]
-    timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class GetMcpStatus(Ask["McpStatus"]):
-    """Ask for the server's :class:`McpStatus`."""
-
-
-McpMessage = CallTool | ListTools | GetMcpStatus
-"""What an MCP server actor handles (each declares its answer)."""
-
-
-@dataclass(frozen=True)
-class McpStatus:
-    """A snapshot of one MCP server for health checks."""
-
-    name: str
-    state: McpState
-    error: str | None
-    tools: int
-    restarts: int
-    pid: int | None
-    transport: str = "stdio"
-    tool_names: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for ``/health`` (``tools`` there is the list of tool names)."""
-        return {
-            "state": self.state,
-            "error": self.error,
-            "tools": list(self.tool_names),
-            "tool_count": self.tools,
-            "restarts": self.restarts,
-            "pid": self.pid,
-            "transport": self.transport,
-        }
-
-
-# -- durable state ------------------------------------------------------------------------------
-
-
-class McpServerHealth:
-    """What survives restarts of one server's actor: its state for ``/health``.
-
-    Written only by the actor (its session task, or its loop once that task has ended); read it,
-    never write it, from elsewhere.
-    """
-
-    def __init__(self, name: str, transport: str = "stdio") -> None:
-        self.name = name
-        self.transport = transport
-        self.state: McpState = "starting"
-        self.error: str | None = None
-        self.tools: tuple[ToolSpec, ...] = ()
-        self.restarts = 0
-        self.pid: int | None = None
-        self.was_ready = False
-
-    def snapshot(self) -> McpStatus:
-        return McpStatus(
-            name=self.name,
-            state=self.state,
-            error=self.error,
-            tools=len(self.tools),
-            restarts=self.restarts,
-            pid=self.pid,
-            transport=self.transport,
-            tool_names=tuple(spec.name for spec in self.tools),
-        )
-
-    def _starting(self) -> None:
-        self.state = "restarting" if self.was_ready else "starting"
-
-    def _ready(self, session: McpSession) -> None:
-        self.state = "ready"
-        self.error = None
-        self.tools = tuple(session.tools)
-        self.pid = session.pid
-        self.was_ready = True
-
-    def _down(self, state: McpState, reason: str) -> None:
-        self.state = state
-        self.error = reason
-        self.tools = ()
-        self.pid = None
-
-    def __repr__(self) -> str:
-        return (
-            f"<McpServerHealth {self.name!r} [{self.state} | {len(self.tools)} tools | "
-            f"restarts {self.restarts}]>"
-        )
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -439,77 +289,3 @@ def _process_alive(pid: int) -> bool:
             return True
         return True
     return state not in (b"Z", b"X")
-
-
-# -- specs and health ---------------------------------------------------------------------------
-
-
-def mcp_actor_name(server: str) -> str:
-    """The actor name of MCP server ``server``: ``"mcp:<server>"``."""
-    return f"mcp:{server}"
-
-
-def mcp_child_spec(name: str, config: McpServerConfig) -> ChildSpec:
-    """The child spec of one server's actor: permanent, crashes only on :class:`McpSessionLost`."""
-    return ChildSpec(
-        name=mcp_actor_name(name),
-        factory=lambda: McpServerActor(name, config),
-        restart=Restart.PERMANENT,
-        crash_on=(McpSessionLost,),
-        # The SDK's shutdown of a stdio server: close stdin, wait 2 s, SIGTERM, wait, SIGKILL.
-        shutdown_timeout=10.0,
-        durable=lambda: McpServerHealth(name, config.transport),
-    )
-
-
-def max_restarts_per_child(backoff: Backoff, window: float) -> int:
-    """The most restarts one child can need within ``window`` seconds under ``backoff``.
-
-    The fastest sequence: every instance crashes at once and every delay gets the smallest
-    jitter. A backoff reset needs ``reset_after`` seconds of uptime, which (when it is at least
-    ``window``) puts the crashes before and after it in different windows.
-    """
-    if backoff.reset_after < window:
-        raise ValueError("reset_after must be at least the intensity window")
-    restarts, elapsed = 1, 0.0
-    while True:
-        base = min(backoff.maximum, backoff.initial * backoff.multiplier ** (restarts - 1))
-        elapsed += base * (1.0 - backoff.jitter)
-        if elapsed >= window:
-            return restarts
-        restarts += 1
-
-
-def mcp_supervisor_spec(servers: Mapping[str, McpServerConfig]) -> SupervisorSpec:
-    """The ``mcp`` supervisor: one :class:`McpServerActor` per enabled server, in order.
-
-    ``one_for_one``; its intensity allows every server to crash as fast as its backoff permits
-    at the same time (see :func:`max_restarts_per_child`), so it never escalates on their
-    account.
-    """
-    children = [
-        mcp_child_spec(name, config) for name, config in servers.items() if config.enabled
-    ]
-    per_child = max_restarts_per_child(SUPERVISOR_BACKOFF, INTENSITY_WINDOW)
-    return SupervisorSpec(
-        name="mcp",
-        children=children,
-        strategy=Strategy.ONE_FOR_ONE,
-        max_restarts=per_child * max(1, len(children)),
-        max_seconds=INTENSITY_WINDOW,
-        backoff=SUPERVISOR_BACKOFF,
-    )
-
-
-def mcp_status(system: ActorSystem) -> dict[str, dict[str, Any]]:
-    """The health of every MCP server actor in ``system``, by server name (no ask involved)."""
-    statuses: dict[str, dict[str, Any]] = {}
-    try:
-        actors = system.children("mcp")
-    except KeyError:  # no MCP servers configured
-        return statuses
-    for actor in actors:
-        health = system.durable(actor)
-        if isinstance(health, McpServerHealth):
-            statuses[health.name] = health.snapshot().as_dict()
-    return statuses

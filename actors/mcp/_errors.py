@@ -11,7 +11,7 @@ The tree::
 A tool that *runs* and reports failure (``isError``) is not an exception: ``call_tool`` returns a
 ``ToolResult`` with ``is_error=True`` so the model can read the message and correct itself. The
 SDK's own errors (``mcp.MCPError``, transport and process errors) are translated into these in
-:mod:`actors.mcp._client`, the one place that talks to the SDK.
+:mod:`actors.mcp._session`, the one place that talks to the SDK.
 """
 
 from __future__ import annotations

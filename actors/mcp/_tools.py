@@ -31,15 +31,13 @@ import anyio.to_thread
 
 from runtime import ActorError, ActorSystem
 
-from ._actor import CallTool, McpServerHealth, mcp_actor_name
-from ._client import (
-    McpServerError,
-    McpToolError,
-    ToolResult,
-    ToolSpec,
-    exposed_tool_names,
-    validate_arguments,
-)
+from ._arguments import validate_arguments
+from ._errors import McpServerError, McpToolError
+from ._health import McpServerHealth
+from ._messages import CallTool
+from ._supervision import mcp_actor_name
+from ._tool_names import exposed_tool_names
+from ._tool_types import ToolResult, ToolSpec
 
 __all__ = ["ToolCatalog", "ToolLimits"]
 

@@ -16,20 +16,18 @@ import anyio
 import pytest
 from mcp.client.stdio import get_default_environment
 
-from actors.mcp import McpServerConfig, ToolCatalog
-from actors.mcp._actor import (
-    INTENSITY_WINDOW,
-    SUPERVISOR_BACKOFF,
-    CallTool,
-    GetMcpStatus,
-    ListTools,
+from actors.mcp import (
+    McpServerConfig,
     McpServerHealth,
     McpStatus,
-    max_restarts_per_child,
+    ToolCatalog,
+    ToolResult,
     mcp_status,
     mcp_supervisor_spec,
 )
-from actors.mcp._client import McpServerError, McpToolTimeout, ToolResult
+from actors.mcp._errors import McpServerError, McpToolTimeout
+from actors.mcp._messages import CallTool, GetMcpStatus, ListTools
+from actors.mcp._supervision import INTENSITY_WINDOW, SUPERVISOR_BACKOFF, max_restarts_per_child
 from runtime import (
     ActorCrashed,
     ActorSystem,

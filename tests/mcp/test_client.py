@@ -1,4 +1,5 @@
-"""actors.mcp._client against real MCP servers over stdio (and the demo server over HTTP)."""
+"""actors.mcp._session, argument validation and tool naming against real MCP servers over stdio
+(and the demo server over HTTP)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,11 @@ import anyio
 import httpx2
 import pytest
 
-from actors.mcp import McpServerConfig
-from actors.mcp._client import (
-    McpServerError,
-    McpSession,
-    McpToolError,
-    McpToolTimeout,
-    ToolResult,
-    ToolSpec,
-    exposed_tool_names,
-    open_mcp_session,
-    validate_arguments,
-)
+from actors.mcp import McpServerConfig, ToolResult, ToolSpec
+from actors.mcp._arguments import validate_arguments
+from actors.mcp._errors import McpServerError, McpToolError, McpToolTimeout
+from actors.mcp._session import McpSession, open_mcp_session
+from actors.mcp._tool_names import exposed_tool_names
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"

@@ -1,0 +1,118 @@
+"""The model's tool arguments: parsed, checked against the tool's input schema, explained.
+
+Every problem is an ``McpToolError`` whose message is written for the model, so it can correct
+its call; a schema's ``pattern`` may be matched with a time limit, without the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp, shipped without types
+import regex  # type: ignore[import-untyped]  # a dependency of tiktoken: matches with a timeout
+
+from ._errors import McpToolError
+from ._tool_types import ToolSpec
+
+__all__ = ["validate_arguments"]
+
+_MAX_VALIDATION_MESSAGES: Final = 5
+
+
+def validate_arguments(
+    spec: ToolSpec, arguments_json: str, *, deadline: float | None = None
+) -> dict[str, Any]:
+    """Parse the model's JSON arguments and check them against the tool's input schema.
+
+    An empty string counts as ``{}``. Raises ``McpToolError`` with a message written for the
+    model (invalid JSON, not an object, missing property, wrong type, ...). With ``deadline``
+    (``time.monotonic()`` seconds), ``pattern`` keywords are matched by the ``regex`` module with
+    the GIL released and at most until then: a backtracking pattern fails the arguments instead
+    of freezing the process (call it in a worker thread).
+    """
+    prefix = f"Invalid arguments for tool {spec.name!r}"
+    try:
+        arguments = json.loads(arguments_json) if arguments_json.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise McpToolError(
+            f"{prefix}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). "
+            "Send a JSON object with the tool's parameters.",
+            server=spec.server,
+            tool=spec.name,
+        ) from None
+    if not isinstance(arguments, dict):
+        raise McpToolError(
+            f"{prefix}: expected a JSON object, got {_json_type(arguments)}.",
+            server=spec.server,
+            tool=spec.name,
+        )
+    validator_class = jsonschema.validators.validator_for(spec.input_schema)
+    try:
+        validator_class.check_schema(spec.input_schema)
+    except jsonschema.SchemaError:
+        # The server's schema is broken; let the server judge the arguments itself.
+        return arguments
+    if deadline is not None:
+        validator_class = jsonschema.validators.extend(
+            validator_class, {"pattern": _bounded_pattern(deadline)}
+        )
+    errors = sorted(
+        validator_class(spec.input_schema).iter_errors(arguments),
+        key=lambda error: list(error.absolute_path),
+    )
+    if errors:
+        messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
+        raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)
+    return arguments
+
+
+def _bounded_pattern(deadline: float) -> Callable[..., Iterator[Any]]:
+    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+        if not validator.is_type(instance, "string"):
+            return
+        shown = instance if len(instance) <= 40 else instance[:39] + "…"
+        try:
+            found = regex.search(
+                pattern, instance, timeout=max(0.0, deadline - time.monotonic()), concurrent=True
+            )
+        except TimeoutError:
+            yield jsonschema.ValidationError(
+                f"{shown!r} could not be matched against {pattern!r} in time"
+            )
+            return
+        except regex.error:
+            return  # a pattern we cannot read: the server judges the value itself
+        if found is None:
+            yield jsonschema.ValidationError(f"{shown!r} does not match {pattern!r}")
+
+    return pattern
+
+
+def _describe_validation_error(error: Any) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    location = f"'{path.lstrip('.')}'" if path else "the arguments"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected_text = " or ".join(expected) if isinstance(expected, list) else str(expected)
+        return f"{location} must be of type {expected_text}, got {_json_type(error.instance)}"
+    return f"{location}: {error.message}"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+

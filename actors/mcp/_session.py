@@ -1,0 +1,286 @@
+"""A thin, well-behaved wrapper over the ``mcp`` SDK client, for the McpServerActor.
+
+It uses only the SDK's public modules, and translates the SDK's errors into ours (the tree is in
+:mod:`actors.mcp._errors`). A tool that *runs* and reports failure (``isError``) is not an
+exception: ``call_tool`` returns a ``ToolResult`` with ``is_error=True`` so the model can read the
+message and correct itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import httpx2
+import mcp_types
+from mcp import Client, MCPError, StdioServerParameters, stdio_client
+from mcp.client import Transport
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+from ._config import McpServerConfig
+from ._errors import McpServerError, McpToolError, McpToolTimeout
+from ._stderr import StderrTail
+from ._tool_types import ToolResult, ToolSpec
+
+__all__ = ["McpSession", "open_mcp_session"]
+
+logger = logging.getLogger(__name__)
+
+_CLIENT_INFO: Final = mcp_types.Implementation(name="mcp-backend", version="0.1.0")
+# A server that paginates forever must not hang start-up.
+_MAX_TOOL_PAGES: Final = 100
+# After a failed start, how long to wait for the last stderr bytes of the dead process.
+_STDERR_DRAIN_SECONDS: Final = 0.5
+
+
+class McpSession:
+    """An initialized connection to one MCP server; made by ``open_mcp_session``.
+
+    ``call_tool`` may be called from several tasks at once (requests are multiplexed).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: McpServerConfig,
+        client: Client,
+        tools: list[ToolSpec],
+        pid: int | None,
+        stderr: StderrTail | None,
+    ) -> None:
+        self.name = name
+        self.tools = tools
+        self.pid = pid
+        self.server_info: mcp_types.Implementation | None = client.server_info
+        self.protocol_version = client.protocol_version
+        self._config = config
+        self._client = client
+        self._stderr = stderr
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the ``open_mcp_session`` block has exited."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        where = f"stdio pid={self.pid}" if self._config.transport == "stdio" else "http"
+        state = "closed" if self._closed else "open"
+        return f"<McpSession {self.name!r} [{where} | {len(self.tools)} tools | {state}]>"
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], timeout: float | None = None
+    ) -> ToolResult:
+        """Call tool ``name``; ``timeout`` defaults to the configured ``call_timeout``.
+
+        Raises ``McpToolTimeout`` (the server is told to cancel the call), ``McpToolError`` when
+        the server rejects the request, ``McpServerError`` when the server is gone. Cancelling
+        the caller cancels the call.
+        """
+        if self._closed:
+            raise McpServerError(self.name, "session is closed")
+        limit = self._config.call_timeout if timeout is None else timeout
+        try:
+            with anyio.fail_after(limit):
+                result = await self._client.call_tool(name, arguments)
+        except TimeoutError:
+            raise McpToolTimeout(self.name, name, limit) from None
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                raise McpServerError(self.name, self._died_reason()) from exc
+            if exc.code == REQUEST_TIMEOUT:
+                raise McpToolTimeout(self.name, name, limit) from exc
+            raise McpToolError(
+                f"Tool {name!r} was rejected by the server: {exc.message}",
+                server=self.name,
+                tool=name,
+            ) from exc
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise McpServerError(self.name, f"connection failed: {exc!r}") from exc
+        except httpx2.HTTPError as exc:
+            raise McpServerError(self.name, f"HTTP request failed: {exc!r}") from exc
+        except RuntimeError as exc:
+            # The SDK raises RuntimeError for a result that breaks the tool's output schema.
+            raise McpToolError(
+                f"Tool {name!r} returned an invalid result: {exc}", server=self.name, tool=name
+            ) from exc
+        return ToolResult.from_call_result(result)
+
+    def _died_reason(self) -> str:
+        tail = self._stderr.tail() if self._stderr is not None else ""
+        reason = "closed the connection (the server process exited or was killed)"
+        return f"{reason}; stderr tail: {tail}" if tail else reason
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+
+
+@asynccontextmanager
+async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[McpSession]:
+    """Start (stdio) or connect to (streamable HTTP) an MCP server, initialize it, list its tools.
+
+    Must be entered and exited in the same task (anyio cancel-scope rule). Start-up is bounded by
+    ``config.startup_timeout``; on exit, even when cancelled, the process is terminated and every
+    stream closed (the SDK's shutdown is shielded and bounded).
+
+    Raises ``McpServerError`` if the command is missing, the server exits or fails during
+    start-up (the message carries its stderr tail), or start-up times out. An exception raised
+    in the body comes out as itself, not wrapped in an exception group.
+    """
+    if not config.enabled:
+        raise McpServerError(name, "is disabled in the configuration (enabled: false)")
+    stderr = StderrTail(name) if config.transport == "stdio" else None
+    started = False
+    try:
+        async with anyio.create_task_group() as tg:
+            if stderr is not None:
+                tg.start_soon(stderr.pump)
+            try:
+                # One scope around the whole lifetime: its deadline bounds start-up only, and at
+                # close it shields the SDK's teardown (a scope entered later could not enclose
+                # the task groups the SDK opened during start-up).
+                deadline = anyio.current_time() + config.startup_timeout
+                with anyio.CancelScope(deadline=deadline) as life:
+                    client = Client(
+                        _transport(config, stderr), cache=None, client_info=_CLIENT_INFO
+                    )
+                    async with client:
+                        tools = await _list_tools(name, client)
+                        pid = stderr.find_child_pid() if stderr is not None else None
+                        session = McpSession(name, config, client, tools, pid, stderr)
+                        started = True
+                        life.deadline = math.inf
+                        try:
+                            yield session
+                        finally:
+                            session._mark_closed()
+                            life.shield = True
+                if not started:
+                    await _drain(stderr)
+                    reason = f"did not start within {config.startup_timeout:g} s"
+                    raise McpServerError(name, _with_tail(reason, stderr))
+            except BaseException as exc:
+                failure = _sole_exception(exc)
+                if started or not isinstance(failure, _STARTUP_FAILURES):
+                    raise
+                await _drain(stderr)
+                reason = _with_tail(_startup_failure(failure, config), stderr)
+                raise McpServerError(name, reason) from failure
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # anyio 4 task groups (ours and the SDK's) wrap everything that crosses them.
+        sole = _sole_exception(group)
+        if sole is group:
+            raise
+        raise sole from sole.__cause__
+    finally:
+        if stderr is not None:
+            stderr.close()
+
+
+_STARTUP_FAILURES: Final = (
+    MCPError,
+    OSError,
+    httpx2.HTTPError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+def _sole_exception(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _startup_failure(exc: BaseException, config: McpServerConfig) -> str:
+    if isinstance(exc, FileNotFoundError):
+        if config.cwd is not None and exc.filename == config.cwd:
+            return f"could not start: working directory not found: {config.cwd!r}"
+        return f"could not start: command not found: {config.command!r}"
+    if isinstance(exc, PermissionError):
+        return f"could not start: permission denied running {config.command!r}"
+    if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
+        return "exited during start-up"
+    if isinstance(exc, MCPError):
+        return f"failed to initialize: {exc.message}"
+    return f"could not be reached during start-up: {exc!r}"
+
+
+def _with_tail(reason: str, stderr: StderrTail | None) -> str:
+    tail = stderr.tail() if stderr is not None else ""
+    return f"{reason}; stderr tail: {tail}" if tail else reason
+
+
+async def _drain(stderr: StderrTail | None) -> None:
+    if stderr is not None:
+        with anyio.move_on_after(_STDERR_DRAIN_SECONDS):
+            await stderr.eof.wait()
+
+
+def _transport(config: McpServerConfig, stderr: StderrTail | None) -> Transport:
+    if config.transport == "stdio":
+        assert config.command is not None and stderr is not None
+        params = StdioServerParameters(
+            command=config.command,
+            args=config.args,
+            # The SDK's safe default (HOME, PATH, ... and nothing else) plus the entry's own
+            # env: our environment holds provider API keys that no MCP server may read.
+            env={**get_default_environment(), **config.env},
+            cwd=config.cwd,
+        )
+        return _stdio_transport(params, stderr)
+    assert config.url is not None
+    return _http_transport(config.url, config)
+
+
+@asynccontextmanager
+async def _stdio_transport(
+    params: StdioServerParameters, stderr: StderrTail
+) -> AsyncIterator[Any]:
+    try:
+        async with stdio_client(params, errlog=stderr.writer) as streams:
+            # Our copy of the pipe's write end must go, or the reader never sees end-of-file.
+            stderr.close_writer()
+            yield streams
+    finally:
+        stderr.close_writer()
+
+
+@asynccontextmanager
+async def _http_transport(url: str, config: McpServerConfig) -> AsyncIterator[Any]:
+    # The read timeout must outlast a tool call: results may arrive on a quiet SSE stream.
+    timeout = httpx2.Timeout(30.0, read=config.call_timeout + 30.0)
+    async with (
+        httpx2.AsyncClient(headers=config.headers, timeout=timeout) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+async def _list_tools(server: str, client: Client) -> list[ToolSpec]:
+    tools: list[ToolSpec] = []
+    cursor: str | None = None
+    for _ in range(_MAX_TOOL_PAGES):
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(
+            ToolSpec(
+                server=server,
+                name=tool.name,
+                description=tool.description or "",
+                input_schema=dict(tool.input_schema),
+            )
+            for tool in page.tools
+        )
+        cursor = page.next_cursor
+        if cursor is None:
+            return tools
+    logger.warning("MCP server %r: tools/list still paginating after %d pages", server, len(tools))
+    return tools
