@@ -20,19 +20,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from actors.cluster import ClusterConfig
-from actors.llm import LLMConfig, describe_validation_error, infer_kind, mask_secrets, redact
+from actors.llm import LLMConfig, describe_validation_error, mask_secrets, redact
 from actors.mcp import McpServerConfig
+from server._config_file import (
+    ConfigError,
+    StrictLoader,
+    base_url_variable,
+    error_reason,
+    load_env_files,
+    override_base_urls,
+    resolve_mcp_paths,
+    resolve_paths,
+    yaml_problem,
+)
 
 __all__ = [
     "AppConfig",
@@ -44,10 +53,6 @@ __all__ = [
     "base_url_variable",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file and each failing key."""
 
 
 class ServerConfig(BaseModel):
@@ -224,7 +229,7 @@ def load_config(path: str | Path | None) -> AppConfig:
     Loads ``.env`` files into ``os.environ`` first (never overriding). Raises ``ConfigError``.
     """
     if path is None:
-        _load_env_files([Path.cwd() / ".env"])
+        load_env_files([Path.cwd() / ".env"])
         return AppConfig()
     label = str(path)
     file = Path(path)
@@ -233,14 +238,14 @@ def load_config(path: str | Path | None) -> AppConfig:
     except FileNotFoundError:
         raise ConfigError(f"{label}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{label}: cannot read the file ({_reason(exc)})") from None
+        raise ConfigError(f"{label}: cannot read the file ({error_reason(exc)})") from None
     base = file.resolve().parent
-    _load_env_files([base / ".env", Path.cwd() / ".env"])
+    load_env_files([base / ".env", Path.cwd() / ".env"])
 
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        raw = yaml.load(text, Loader=StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(f"{label}: {_yaml_problem(exc)}") from None
+        raise ConfigError(f"{label}: {yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: invalid YAML ({exc})") from None
     except RecursionError:
@@ -251,8 +256,8 @@ def load_config(path: str | Path | None) -> AppConfig:
         raise ConfigError(
             f"{label}: the top level must be a mapping of sections, not {type(raw).__name__}"
         )
-    raw = _resolve_paths(raw, base, label)
-    raw = _override_base_urls(raw)
+    raw = resolve_paths(raw, base, label)
+    raw = override_base_urls(raw)
     if isinstance(raw.get("mcp_servers_file"), str):
         raw = _merge_mcp_servers_file(raw, label)
     try:
@@ -260,167 +265,6 @@ def load_config(path: str | Path | None) -> AppConfig:
     except ValidationError as exc:
         raise ConfigError(_format_errors(label, exc)) from None
 
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping.
-
-    Plain ``safe_load`` keeps the last value silently; a duplicated section in a long file would
-    then discard half of the user's settings without a word.
-    """
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:  # an unhashable key: construct_mapping reports it properly
-            break
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _load_env_files(files: Sequence[Path]) -> None:
-    for env_file in dict.fromkeys(f.resolve() for f in files):
-        if env_file.is_file():
-            try:
-                load_dotenv(env_file, override=False, encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(
-                    f"{env_file}: not UTF-8 text (byte {exc.start + 1} cannot be decoded)"
-                ) from None
-            except OSError as exc:
-                raise ConfigError(f"{env_file}: cannot read the file ({_reason(exc)})") from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
-def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    problem = exc.problem or exc.context or "syntax error"
-    return f"{where}invalid YAML: {problem}"
-
-
-def _resolve_paths(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
-    """Expand ``~`` and make relative paths relative to ``base`` (malformed input untouched).
-
-    Raises ``ConfigError`` for a ``~user`` path whose user does not exist.
-    """
-
-    def resolved(value: Any, key: str) -> Any:
-        return _resolve_path(value, base, label, key)
-
-    raw = dict(raw)
-    if "mcp_servers_file" in raw:
-        raw["mcp_servers_file"] = resolved(raw["mcp_servers_file"], "mcp_servers_file")
-    chat = raw.get("chat")
-    if isinstance(chat, dict) and "history_db" in chat:
-        raw["chat"] = {**chat, "history_db": resolved(chat["history_db"], "chat.history_db")}
-    llm = raw.get("llm")
-    if isinstance(llm, dict):
-        llm = dict(llm)
-        cost = llm.get("cost")
-        if isinstance(cost, dict) and "db_path" in cost:
-            llm["cost"] = {**cost, "db_path": resolved(cost["db_path"], "llm.cost.db_path")}
-        providers = llm.get("providers")
-        if isinstance(providers, dict):
-            llm["providers"] = {
-                name: {
-                    **p,
-                    "api_key_file": resolved(
-                        p["api_key_file"], f"llm.providers.{name}.api_key_file"
-                    ),
-                }
-                if isinstance(p, dict) and "api_key_file" in p
-                else p
-                for name, p in providers.items()
-            }
-        raw["llm"] = llm
-    for key in ("mcpServers", "mcp_servers"):
-        if isinstance(raw.get(key), dict):
-            raw[key] = _resolve_mcp_paths(raw[key], base, label, key)
-    return raw
-
-
-def base_url_variable(provider: str) -> str:
-    """The environment variable that overrides ``provider``'s ``base_url``.
-
-    ``MCP_BACKEND_<NAME>_BASE_URL``, the name upper-cased with every other character than a
-    letter or a digit made ``_`` (``openai`` -> ``MCP_BACKEND_OPENAI_BASE_URL``).
-    """
-    return f"MCP_BACKEND_{re.sub(r'[^A-Za-z0-9]', '_', provider).upper()}_BASE_URL"
-
-
-def _override_base_urls(raw: dict[str, Any]) -> dict[str, Any]:
-    """Apply the ``MCP_BACKEND_<NAME>_BASE_URL`` variables (a proxy, a local stand-in).
-
-    The ``kind`` is settled first from the written ``base_url``, so pointing ``openrouter.ai`` at
-    a local address keeps OpenRouter's behaviour.
-    """
-    llm = raw.get("llm")
-    providers = llm.get("providers") if isinstance(llm, dict) else None
-    if not isinstance(llm, dict) or not isinstance(providers, dict):
-        return raw
-    changed = {}
-    for name, entry in providers.items():
-        url = os.environ.get(base_url_variable(str(name)), "").strip()
-        if url and isinstance(entry, dict):
-            written = entry.get("base_url")
-            kind = entry.get("kind") or infer_kind(
-                str(name), written if isinstance(written, str) else None
-            )
-            changed[name] = {**entry, "kind": kind, "base_url": url}
-    if not changed:
-        return raw
-    return {**raw, "llm": {**llm, "providers": {**providers, **changed}}}
-
-
-def _resolve_mcp_paths(
-    servers: dict[str, Any], base: Path, label: str, key: str
-) -> dict[str, Any]:
-    """Resolve each stdio entry's ``cwd`` and a ``command`` that is a path (not a bare name).
-
-    A bare name such as ``npx`` is looked up on ``PATH`` when the server starts; ``./server.py``
-    or ``bin/tool`` means a file next to the configuration, whatever the working directory.
-    """
-    out: dict[str, Any] = {}
-    for name, entry in servers.items():
-        if isinstance(entry, dict):
-            entry = dict(entry)
-            command = entry.get("command")
-            if isinstance(command, str) and (os.sep in command or command.startswith("~")):
-                entry["command"] = _resolve_path(command, base, label, f"{key}.{name}.command")
-            if "cwd" in entry:
-                entry["cwd"] = _resolve_path(entry["cwd"], base, label, f"{key}.{name}.cwd")
-        out[name] = entry
-    return out
-
-
-def _resolve_path(value: Any, base: Path, label: str, key: str) -> Any:
-    if not isinstance(value, str) or not value:
-        return value
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:  # "~someone" who does not exist, or no home directory at all
-        user = value.split("/", 1)[0]
-        raise ConfigError(f"{label}: {key}: cannot expand {user!r}: no such user") from None
-    return str(path if path.is_absolute() else base / path)
 
 
 def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
@@ -431,7 +275,7 @@ def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
         text = json_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"{label}: mcp_servers_file: cannot read {json_label} ({_reason(exc)})"
+            f"{label}: mcp_servers_file: cannot read {json_label} ({error_reason(exc)})"
         ) from None
     try:
         document = json.loads(text)
@@ -443,7 +287,7 @@ def _merge_mcp_servers_file(raw: dict[str, Any], label: str) -> dict[str, Any]:
         raise ConfigError(f"{json_label}: invalid JSON: nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
         raise ConfigError(f'{json_label}: expected an object with an "mcpServers" object')
-    servers_raw = _resolve_mcp_paths(
+    servers_raw = resolve_mcp_paths(
         document["mcpServers"], json_path.resolve().parent, json_label, "mcpServers"
     )
     try:
