@@ -36,7 +36,7 @@ from actors.chat import (
     TurnReasoning,
     TurnText,
 )
-from actors.llm import LLMClientError
+from actors.llm import DeltaSink, LLMClientError, ReasoningDelta, TextDelta
 from runtime import (
     ActorCrashed,
     ActorError,
@@ -503,6 +503,7 @@ class ChatConnection:
             metadata=payload.metadata,
             model=payload.model,
             reasoning_effort=payload.reasoning_effort,
+            deltas=self._deltas(request_id) if payload.streaming else None,
         )
         try:
             async with self._ordered(conversation_id, message,
@@ -548,20 +549,78 @@ class ChatConnection:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._outbox.send(envelope)
 
+    def _deltas(self, request_id: str) -> DeltaSink:
+        """A streaming turn's delta sink: the provider's reading task puts each delta straight
+        into the outbox (one handoff, to the writer). Without a checkpoint while there is room,
+        so the deltas of one network read queue up and the writer joins them; a full outbox
+        makes the reader wait (backpressure)."""
+        outbox = self._outbox
+
+        async def deliver(delta: TextDelta | ReasoningDelta) -> None:
+            if type(delta) is TextDelta:
+                envelope = protocol.text_chunk(request_id, delta.text)
+            else:
+                envelope = protocol.reasoning_chunk(request_id, delta.text)
+            try:
+                outbox.send_nowait(envelope)
+            except anyio.WouldBlock:
+                await self._send(envelope)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the socket is gone: the turn is being cancelled with it
+
+        return deliver
+
     async def _write(self) -> None:
-        websocket = self._websocket
+        receive = self._outbox_receive
         try:
-            async for item in self._outbox_receive:
-                if isinstance(item, _Close):
-                    await websocket.close(item.code, item.reason)
+            async for item in receive:
+                batch = [item]
+                while len(batch) < _OUTBOX_SIZE:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                closing = await self._write_batch(batch)
+                if closing:
                     break
-                await websocket.send_text(json.dumps(item, separators=(",", ":")))
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the peer went away; the reader sees the disconnect
         finally:
             self._written.set()
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+
+    async def _write_batch(self, batch: list[Envelope | _Close]) -> bool:
+        """Send what queued up while the socket was busy, text and reasoning pieces of one turn
+        joined into one frame each; True once the close frame is sent."""
+        websocket = self._websocket
+        for item in _joined(batch) if len(batch) > 1 else batch:
+            if isinstance(item, _Close):
+                await websocket.close(item.code, item.reason)
+                return True
+            await websocket.send_text(json.dumps(item, separators=(",", ":")))
+        return False
+
+
+def _joined(batch: list[Envelope | _Close]) -> list[Envelope | _Close]:
+    """Consecutive text (or reasoning) chunks of one request as one chunk; the rest in order."""
+    out: list[Envelope | _Close] = []
+    for item in batch:
+        previous = out[-1] if out else None
+        if (isinstance(item, dict) and isinstance(previous, dict) and _is_piece(item)
+                and _is_piece(previous) and previous["request_id"] == item["request_id"]
+                and previous["chunk"]["type"] == item["chunk"]["type"]):
+            chunk = previous["chunk"]
+            data = chunk["data"] + item["chunk"]["data"]
+            out[-1] = {**previous, "chunk": {**chunk, "data": data}}
+            continue
+        out.append(item)
+    return out
+
+
+def _is_piece(envelope: Envelope) -> bool:
+    return envelope.get("status") == "chunk" and envelope["chunk"].get("type") in (
+        "text", "reasoning")
 
 
 def _started(request_id: str, event: ToolCallStarted) -> Envelope:

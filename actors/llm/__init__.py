@@ -39,6 +39,7 @@ from ._ledger_lock import LedgerUnavailable, check_ledger
 from ._limits import RateLimitConfig
 from ._messages import (
     ChatRequest,
+    DeltaSink,
     LLMResponse,
     ProviderCall,
     ReasoningDelta,
@@ -61,6 +62,7 @@ __all__ = [
     "ChatRequest",
     "ContentRefused",
     "CostConfig",
+    "DeltaSink",
     "LLMAuthError",
     "LLMBadRequestError",
     "LLMClientConfig",

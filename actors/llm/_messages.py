@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from runtime import Ask, AskStream
 __all__ = [
     "Attempt",
     "ChatRequest",
+    "DeltaSink",
     "GetSpend",
     "LLMResponse",
     "ProviderCall",
@@ -173,6 +175,11 @@ class ChatRequest(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     response_format: dict[str, Any] | None = None
     """OpenAI's ``response_format`` (``{"type": "json_object"}`` or ``json_schema``): the answer
     is then checked to be JSON (:class:`~actors.llm.LLMInvalidJSONError` when it is not)."""
+    deltas: DeltaSink | None = field(default=None, compare=False, repr=False)
+    """For ``ask_stream``: the caller's own channel for the text and reasoning deltas. Given, each
+    delta is awaited on it straight from the provider's reading task (a slow sink slows the
+    upstream read) and the stream carries only the :class:`StreamEnd`; ``None``: deltas are
+    stream items. Cancellation still flows through the stream (leaving it cancels the call)."""
 
     @classmethod
     def of(cls, messages: list[Message], tools: list[Message] | None = None,
@@ -201,6 +208,8 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     reasoning_effort: str | None = None
     """Set by the router from the config for this provider and model; the request's own
     ``reasoning_effort`` wins."""
+    deltas: DeltaSink | None = field(default=None, compare=False, repr=False)
+    """Where the stream's deltas go instead of the stream (see :attr:`ChatRequest.deltas`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +234,9 @@ class StreamEnd:
 
 
 ProviderStreamItem = TextDelta | ReasoningDelta | StreamEnd
+
+DeltaSink = Callable[[TextDelta | ReasoningDelta], Awaitable[None]]
+"""A caller's channel for a stream's deltas (:attr:`ChatRequest.deltas`): awaited per delta."""
 """What ``ask_stream(ProviderCall(stream=True))`` yields."""
 
 

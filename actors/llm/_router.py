@@ -8,7 +8,9 @@ open, provider restarting) and on errors tied to one provider (bad key, quota, u
 returns at once on errors every candidate would repeat (bad request, token limit, cost limit, the
 ledger down, content refusal unless ``fallback_on_refusal``). A stream falls back only before its
 first item reached the caller; after that a failure is an :class:`LLMStreamingError` and what was
-delivered stays delivered. Asks (not streams) may be hedged (:mod:`._hedging`).
+delivered stays delivered. Asks (not streams) may be hedged (:mod:`._hedging`). A stream whose
+caller gave its own delta sink (``ChatRequest.deltas``) has the provider deliver to it directly,
+through :func:`_tracked` (which notes what was delivered): one handoff less per delta.
 
 Each request runs as a child task of the router (``pipe``), so the router serves any number of
 requests at once while its own state (rate-limit pauses, latency samples, hedge counts) has one
@@ -51,10 +53,13 @@ from ._ledger_lock import LedgerUnavailable
 from ._messages import (
     Attempt,
     ChatRequest,
+    DeltaSink,
     LLMResponse,
     ProviderCall,
+    ReasoningDelta,
     Reserve,
     StreamEnd,
+    TextDelta,
 )
 from ._tokens import acount_message_tokens, encoding_name_for_model
 
@@ -72,6 +77,20 @@ class _Trace:
         self.latencies: list[tuple[str, float]] = []
         self.hedged = False
         self.prompt_tokens: dict[str, int] = {}  # by encoding: counted once per request
+
+
+def _tracked(sink: DeltaSink, spend: AttemptSpend, delivered: list[object] | None) -> DeltaSink:
+    """The caller's sink, noting what reached it: the text a cancelled attempt is charged for,
+    and whether anything was delivered (then the attempt can no longer fall back)."""
+    streamed = spend.streamed
+
+    async def deliver(delta: TextDelta | ReasoningDelta) -> None:
+        streamed.append(delta.text)
+        if delivered is not None:
+            delivered.append(delta)
+        await sink(delta)
+
+    return deliver
 
 
 class RouterActor(Actor[ChatRequest]):
@@ -224,8 +243,11 @@ class RouterActor(Actor[ChatRequest]):
             Reserve(chat.request_id, provider, model, prompt_tokens, max_tokens,
                     turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit))
         await spend.reserve(deadline)
+        sink = chat.deltas
         call = ProviderCall(chat, model, prompt_tokens, stream=caller is not None,
-                            fallback_models=candidate.fallback_models)
+                            fallback_models=candidate.fallback_models,
+                            deltas=None if caller is None or sink is None
+                            else _tracked(sink, spend, delivered))
         ref = self._providers[provider]
         failure: BaseException | None = None
         try:

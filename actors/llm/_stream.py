@@ -2,7 +2,9 @@
 
 The SDK decodes the SSE (its ``AsyncStream[object]`` yields one ``dict`` per event); each chunk
 is read with :func:`~actors.llm._wire_decode.decode_chunk` into a
-:class:`~actors.llm._wire_decode.StreamAssembly`, and what it adds goes to a :class:`Relay`.
+:class:`~actors.llm._wire_decode.StreamAssembly`, and what it adds goes to the caller's own
+delta sink when it gave one (``ChatRequest.deltas``: awaited right here, no task switch), else
+to a :class:`Relay` feeding the ``ask_stream``.
 Per delta the reader does one msgspec conversion, a few attribute reads and a list append: no
 cancel scope, no task switch, no ``isinstance`` against a Protocol.
 """
@@ -10,7 +12,7 @@ cancel scope, no task switch, no ``isinstance`` against a Protocol.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ import anyio.lowlevel
 from runtime import Request
 
 from ._errors import LLMClientError
-from ._messages import LLMResponse, ReasoningDelta, TextDelta
+from ._messages import DeltaSink, LLMResponse, ReasoningDelta, TextDelta
 from ._wire_decode import MalformedResponse, StreamAssembly, decode_chunk, malformed_error
 
 __all__ = ["Progress", "Relay", "read_stream"]
@@ -119,37 +121,60 @@ async def read_stream(
     sdk_errors: Callable[[], AbstractContextManager[None]],
     provider: str,
     model: str,
+    deliver: DeltaSink | None = None,
 ) -> LLMClientError | None:
-    """Read ``events`` into ``assembly``, relaying text and reasoning to ``request`` as they come.
+    """Read ``events`` into ``assembly``, relaying text and reasoning as they come.
 
+    The deltas go to ``deliver`` when the caller gave one (awaited in this task: no handoff,
+    and a slow sink slows the read), else to ``request``'s stream through a :class:`Relay`.
     Returns the typed error that ended the stream (the text read before it has reached the
     caller), or ``None``. ``sdk_errors()`` wraps the iteration (the SDK's errors become ours).
     """
+    if deliver is not None:
+        sink = deliver
+
+        async def push(text: str, reasoning: bool = False) -> None:
+            await sink(ReasoningDelta(text) if reasoning else TextDelta(text))
+
+        return await _read(events, assembly, progress, sdk_errors, provider, model, push)
     relay = Relay(request)
-    started = progress.started
-    failure: LLMClientError | None = None
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(relay.run)
-        add, push = assembly.add, relay.push
-        try:
-            with sdk_errors():
-                async for data in events:
-                    chunk = decode_chunk(data)
-                    text = add(chunk)
-                    reasoning = assembly.added_reasoning
-                    if reasoning:
-                        if progress.ttfr is None:
-                            progress.ttfr = time.perf_counter() - started
-                        await push(reasoning, True)
-                    if text:
-                        if progress.ttft is None:
-                            progress.ttft = time.perf_counter() - started
-                        await push(text)
-                    elif progress.ttft is None and chunk.has_output:
-                        progress.ttft = time.perf_counter() - started  # a tool-call piece
-        except LLMClientError as exc:
-            failure = exc
-        except MalformedResponse as exc:
-            failure = malformed_error(provider, model, exc, assembly.text)
+        failure = await _read(events, assembly, progress, sdk_errors, provider, model,
+                              relay.push)
         relay.finish()
     return failure
+
+
+async def _read(
+    events: AsyncIterator[object],
+    assembly: StreamAssembly,
+    progress: Progress,
+    sdk_errors: Callable[[], AbstractContextManager[None]],
+    provider: str,
+    model: str,
+    push: Callable[[str, bool], Awaitable[None]],
+) -> LLMClientError | None:
+    started = progress.started
+    add = assembly.add
+    try:
+        with sdk_errors():
+            async for data in events:
+                chunk = decode_chunk(data)
+                text = add(chunk)
+                reasoning = assembly.added_reasoning
+                if reasoning:
+                    if progress.ttfr is None:
+                        progress.ttfr = time.perf_counter() - started
+                    await push(reasoning, True)
+                if text:
+                    if progress.ttft is None:
+                        progress.ttft = time.perf_counter() - started
+                    await push(text, False)
+                elif progress.ttft is None and chunk.has_output:
+                    progress.ttft = time.perf_counter() - started  # a tool-call piece
+    except LLMClientError as exc:
+        return exc
+    except MalformedResponse as exc:
+        return malformed_error(provider, model, exc, assembly.text)
+    return None
