@@ -10,17 +10,39 @@ worker (or a Redis that lost its data) came in between, so the history in memory
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from actors.cluster import ConversationLeases
+from actors.cluster import ClusterUnavailable, ConversationLeases, LeaseLost, LeaseTimeout
 
-__all__ = ["SharedTurnLeases", "TurnLeases"]
+from ._messages import HistoryWriteError
+
+__all__ = ["ConversationUnavailable", "SharedTurnLeases", "TurnLeases"]
+
+logger = logging.getLogger(__name__)
 
 #: Conversations whose last token this worker remembers (older ones just re-read their history).
 _REMEMBERED = 10_000
+
+#: What the client reads (the cause is logged, never sent).
+_CLIENT_TEXT: dict[type[Exception], str] = {
+    ClusterUnavailable: "the conversation is unavailable now (shared state did not answer);"
+                        " try again",
+    LeaseTimeout: "the conversation is busy with other turns; try again",
+    LeaseLost: "the conversation was taken over during this turn; its answer was not completed",
+}
+
+
+class ConversationUnavailable(HistoryWriteError):
+    """The conversation cannot be held for this turn now: the shared state (Redis) did not
+    answer, its lease was not granted in time, or it was lost mid-turn. Nothing more of the turn
+    is written; the client may try again (``error_type`` ``unavailable`` on the wire, like the
+    :class:`HistoryWriteError` it specialises: the conversation cannot be written now)."""
+
+    error_type: ClassVar[str] = "unavailable"
 
 
 class TurnLeases(Protocol):
@@ -29,8 +51,8 @@ class TurnLeases(Protocol):
     def hold(self, conversation_id: str) -> AbstractAsyncContextManager[bool]:
         """Hold the conversation for one turn; yields whether the history must be re-read.
 
-        Raises :class:`actors.cluster.ClusterUnavailable`, :class:`actors.cluster.LeaseTimeout`,
-        and :class:`actors.cluster.LeaseLost` when the lease is lost during the turn.
+        Raises :class:`ConversationUnavailable` when it cannot be held (or is lost during the
+        turn); the turn's own errors pass through unchanged.
         """
         ...
 
@@ -45,12 +67,20 @@ class SharedTurnLeases:
 
     @asynccontextmanager
     async def hold(self, conversation_id: str) -> AsyncIterator[bool]:
-        async with self._leases.hold(conversation_id, timeout=self._timeout) as lease:
-            stale = self._last.pop(conversation_id, None) != lease.token - 1
-            self._last[conversation_id] = lease.token
-            while len(self._last) > _REMEMBERED:
-                self._last.popitem(last=False)
-            yield stale
+        in_body = False
+        try:
+            async with self._leases.hold(conversation_id, timeout=self._timeout) as lease:
+                stale = self._last.pop(conversation_id, None) != lease.token - 1
+                self._last[conversation_id] = lease.token
+                while len(self._last) > _REMEMBERED:
+                    self._last.popitem(last=False)
+                in_body = True
+                yield stale
+        except (ClusterUnavailable, LeaseTimeout, LeaseLost) as exc:
+            if in_body and not isinstance(exc, LeaseLost):
+                raise  # the turn's own error (the lease machinery raises LeaseLost only)
+            logger.warning("conversation %s: %s", conversation_id, exc)
+            raise ConversationUnavailable(_CLIENT_TEXT[type(exc)]) from exc
 
     def __repr__(self) -> str:
         return f"<SharedTurnLeases {self._leases!r}>"

@@ -275,7 +275,11 @@ class SessionActor(Actor["SessionMessage"]):
         head: list[Message] = (
             [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
         )
-        reserved = count_message_tokens([*head, user], count_model)
+        # In a thread, like the trimming: the first count of a process loads the tokenizer
+        # (over a second of CPU), which on the loop stalled every other turn's Redis round trip
+        # past its timeout.
+        reserved = await anyio.to_thread.run_sync(
+            count_message_tokens, [*head, user], count_model)
         history = await anyio.to_thread.run_sync(
             functools.partial(
                 trim_history,

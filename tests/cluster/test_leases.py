@@ -5,14 +5,18 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from actors.chat import SharedTurnLeases
+from actors.chat._leases import ConversationUnavailable
 from actors.cluster import (
     ClusterConfig,
+    ClusterUnavailable,
     ConversationLeases,
     Lease,
     LeaseLost,
     LeaseTimeout,
     RedisLink,
 )
+from tests.redis_server import RedisServer
 
 
 async def test_a_lease_is_exclusive_and_each_grant_has_a_larger_fencing_token(
@@ -105,3 +109,30 @@ async def test_an_error_of_the_turn_leaves_hold_unwrapped(link: RedisLink) -> No
         async with leases.hold("c-error", timeout=1.0):
             raise KeyError("the turn failed")
     assert (await leases.acquire("c-error", timeout=1.0)).owner == "w1"
+
+
+async def test_a_turn_that_cannot_hold_its_conversation_ends_typed_as_unavailable(
+    link: RedisLink, redis_server: RedisServer,
+) -> None:
+    turns = SharedTurnLeases(ConversationLeases(link, "a"), timeout=0.1)
+    other = await ConversationLeases(link, "b").acquire("busy", timeout=1.0)
+    with pytest.raises(ConversationUnavailable,
+                       match=r"^the conversation is busy with other turns; try again$") as busy:
+        async with turns.hold("busy"):
+            pass
+    assert busy.value.error_type == "unavailable"
+    assert isinstance(busy.value.__cause__, LeaseTimeout)
+    assert other.token == 1
+
+    # The turn's own errors pass through unchanged, even a ClusterUnavailable.
+    with pytest.raises(ClusterUnavailable):
+        async with turns.hold("free") as stale:
+            assert stale is True
+            raise ClusterUnavailable("ledger reserve", "timed out")
+
+    redis_server.stop()
+    with pytest.raises(ConversationUnavailable, match=r"shared state did not answer") as down:
+        async with turns.hold("free"):
+            pass
+    assert down.value.error_type == "unavailable"
+    assert isinstance(down.value.__cause__, ClusterUnavailable)
