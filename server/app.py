@@ -47,7 +47,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from actors.chat import HistoryStore, session_child_spec
-from actors.llm import LLMConfig, LLMRuntime, build_catalog, open_runtime
+from actors.llm import LedgerUnavailable, LLMConfig, LLMRuntime, build_catalog, open_runtime
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
 from runtime import ChildSpec, Clock, SupervisorSpec
 from server.cluster import ClusterCollector, ClusterNode, open_cluster
@@ -84,6 +84,7 @@ class Backend:
     conversations: SessionDirectory
     owners: ConversationOwners
     tools: ToolCatalog
+    history: HistoryStore
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -130,10 +131,15 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             cluster = await stack.enter_async_context(open_cluster(
                 config.cluster, journal=llm.cost.db_path, lease_timeout=llm.request_timeout))
             app.state.cluster = cluster
-            runtime = await stack.enter_async_context(
-                open_runtime(llm, extra_children=[mcp_supervisor_spec(servers), sessions],
-                             shared=cluster.shared if cluster is not None else None, clock=clock)
-            )
+            try:
+                runtime = await stack.enter_async_context(open_runtime(
+                    llm, extra_children=[mcp_supervisor_spec(servers), sessions],
+                    shared=cluster.shared if cluster is not None else None, clock=clock))
+            except LedgerUnavailable as exc:
+                # ``serve`` prints this after uvicorn gave up, as the reason of exit code 1.
+                app.state.startup_refused = str(exc)
+                logger.error("cannot start: %s", exc)
+                raise
             await _mcp_started(runtime, servers)
             tools = ToolCatalog(runtime.system, list(servers))
             await tools.refresh()  # logs, and shows in /health, tools beyond what is offered
@@ -154,7 +160,8 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                 runtime.system, spec_for, max_conversations=config.server.max_conversations,
                 clock=runtime.system.clock,
             )
-            app.state.backend = Backend(runtime, llm, simulated, conversations, owners, tools)
+            app.state.backend = Backend(runtime, llm, simulated, conversations, owners, tools,
+                                        history)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
                 try:
@@ -290,7 +297,8 @@ def create_app(
 
     async def health(request: Request) -> Response:
         backend: Backend = request.app.state.backend
-        body = _health(backend, hub, token is not None, request.app.state)
+        history = await anyio.to_thread.run_sync(backend.history.health)
+        body = _health(backend, hub, token is not None, request.app.state, history)
         if not _authorized(request, token):
             body = {k: body[k] for k in ("status", "simulated", "auth_required")}
         return JSONResponse(body, status_code=503 if body["status"] == "failing" else 200)
@@ -366,10 +374,12 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 def _health(backend: Backend, hub: ChatHub, auth_required: bool,
-            app_state: Any = None) -> dict[str, Any]:
+            app_state: Any, history: dict[str, Any]) -> dict[str, Any]:
     runtime_health = backend.runtime.health()
     mcp = mcp_status(backend.runtime.system)
-    status = runtime_health["status"]
+    status = runtime_health["status"]  # "failing" already when the ledger is down
+    if history["state"] != "ok":
+        status = "failing"  # no turn can be saved, so none completes
     if status == "ok" and any(server.get("state") != "ready" for server in mcp.values()):
         status = "degraded"
     if hub.draining:
@@ -387,6 +397,8 @@ def _health(backend: Backend, hub: ChatHub, auth_required: bool,
         "draining": hub.draining,
         "uptime_seconds": round(time.monotonic() - backend.started_at, 1),
         "providers": runtime_health["providers"],
+        "ledger": runtime_health["ledger"],
+        "history": history,
         "mcp_servers": mcp,
         "tools": backend.tools.limits.as_dict(),
         "connections": {

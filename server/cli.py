@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from actors.llm import redact
+from actors.llm import LedgerUnavailable, check_ledger, redact
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
 
@@ -70,13 +70,17 @@ def check_storage(config: AppConfig) -> None:
     """Raise :class:`StartupRefused` if a database file cannot be opened or created.
 
     Checked before serving, so that a mistyped ``chat.history_db`` or ``llm.cost.db_path`` is one
-    clear line and exit code 1, not a traceback from the middle of the start-up.
+    clear line and exit code 1, not a traceback from the middle of the start-up. The ledger's is
+    the ledger's own check (``actors.llm.check_ledger``: the file is opened as a ledger).
     """
-    for key, value in (("chat.history_db", config.chat.history_db),
-                       ("llm.cost.db_path", config.llm.cost.db_path)):
-        problem = _storage_problem(Path(value)) if value != ":memory:" else None
-        if problem is not None:
-            raise StartupRefused(f"{key}: cannot use {value}: {problem}")
+    history_db = config.chat.history_db
+    problem = _storage_problem(Path(history_db)) if history_db != ":memory:" else None
+    if problem is not None:
+        raise StartupRefused(f"chat.history_db: cannot use {history_db}: {problem}")
+    try:
+        check_ledger(config.llm.cost)
+    except LedgerUnavailable as exc:
+        raise StartupRefused(f"llm.cost.db_path: {exc}") from None
 
 
 def _storage_problem(path: Path) -> str | None:
@@ -271,11 +275,13 @@ def _serve(options: argparse.Namespace) -> int:
     server = _GracefulServer(uvicorn_config, app=app, app_config=config)
     try:
         server.run()
+        failed = not server.started
     except SystemExit:  # uvicorn's own exit code 3 for a failed start-up; ours is 1
-        return 1
-    if not server.started:
-        return 1
-    return 0
+        failed = True
+    refused = getattr(app.state, "startup_refused", None)
+    if refused is not None:
+        print(refused, file=sys.stderr)  # the reason, last, after uvicorn's own report
+    return 1 if failed else 0
 
 
 def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:

@@ -123,6 +123,15 @@ class HistoryStore:
             ).fetchone()
         return row is not None
 
+    def health(self) -> dict[str, Any]:
+        """``{"state": "ok"}``, or ``"down"`` with the ``error`` if the database cannot be read."""
+        try:
+            with self._lock:
+                self._connection().execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
+        except (sqlite3.Error, HistoryStoreClosed) as exc:
+            return {"state": "down", "error": f"{type(exc).__name__}: {exc}"}
+        return {"state": "ok"}
+
     @property
     def closed(self) -> bool:
         return self._db is None

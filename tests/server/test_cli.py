@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.server_harness import server_env
+from tests.server_harness import ServerChild, server_env, write_config
 
 SECRET = "sk-test-abcdefghijklmnop0123"
 
@@ -88,3 +88,33 @@ def test_serve_with_an_invalid_config_exits_1_with_the_error(tmp_path: Path) -> 
     result = _run("serve", "--config", str(config))
     assert result.returncode == 1
     assert f"{config}: llm.active: unknown provider 'nobody'" in result.stderr
+
+
+def test_check_config_refuses_a_ledger_database_that_cannot_be_used(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger-is-a-directory"
+    ledger.mkdir()
+    config = tmp_path / "ledger.yaml"
+    config.write_text(f"llm:\n  cost:\n    db_path: {ledger}\n")
+    result = _run("check-config", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"llm.cost.db_path: the ledger database {str(ledger)!r} cannot be used:"
+        " unable to open database file"
+    ]
+
+
+def test_serve_refuses_a_ledger_held_by_another_server_with_exit_1(tmp_path: Path) -> None:
+    first = ServerChild(write_config(tmp_path, simulator_url=None, mcp_servers={},
+                                     simulator="always"))
+    try:
+        result = _run("serve", "--config", str(tmp_path / "config.yaml"))
+    finally:
+        assert first.stop() == 0, first.output
+    assert result.returncode == 1
+    ledger = tmp_path / "ledger.simulated.sqlite3"  # demo mode keeps its own ledger file
+    assert result.stderr.splitlines()[-1] == (
+        f"the ledger database {str(ledger)!r} is in use by another process (pid {first.pid});"
+        " two servers on one ledger file would each spend the whole daily limit: give each its"
+        " own cost.db_path, or share one budget through cluster.redis_url"
+    )
