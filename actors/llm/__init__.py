@@ -7,14 +7,8 @@ The embedding API is :func:`open_runtime`; the specification's client API is
 from ._breaker import BreakerConfig
 from ._catalog import ModelCatalog, ModelParams, ModelPrice
 from ._client import BaseLLMClient, OpenAIClient, OpenRouterClient, create_llm_client
-from ._config import (
-    CostConfig,
-    LLMClientConfig,
-    LLMConfig,
-    ProviderConfig,
-    infer_kind,
-    mask_secrets,
-)
+from ._client_settings import LLMClientConfig, mask_secrets
+from ._config import CostConfig, LLMConfig
 from ._errors import (
     ContentRefused,
     LLMAuthError,
@@ -50,6 +44,7 @@ from ._messages import (
     Usage,
 )
 from ._provider import provider_child_spec
+from ._provider_config import ProviderConfig, infer_kind
 from ._runtime import LLMRuntime, build_catalog, open_runtime
 from ._shared import SharedState
 from ._spec_metrics import LLMMetrics

@@ -35,10 +35,11 @@ from actors.metrics import metrics_child_spec
 from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
 
 from ._catalog import ModelCatalog
-from ._config import LLMClientConfig, ProviderConfig, ProviderKind
+from ._client_settings import LLMClientConfig
 from ._errors import translate_actor_errors
 from ._messages import ChatRequest, LLMResponse, ProviderCall, StreamEnd, TextDelta
 from ._provider import provider_child_spec
+from ._provider_config import ProviderConfig, ProviderKind
 from ._spec_metrics import CostInfo, LLMMetrics, cost_info
 from ._tokens import acount_message_tokens
 from ._validation import describe_validation_error

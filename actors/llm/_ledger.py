@@ -59,7 +59,7 @@ from actors.metrics import CostWarning
 from runtime import Actor, ActorRef, ChildSpec, Outcome
 
 from ._catalog import ModelCatalog
-from ._config import CostConfig, ProviderConfig
+from ._config import CostConfig
 from ._errors import LLMCostLimitError
 from ._ledger_book import (
     Budget,
@@ -74,6 +74,7 @@ from ._ledger_book import (
 from ._ledger_lock import LedgerUnavailable, ledger_path
 from ._ledger_store import LedgerStore, day_key
 from ._messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot
+from ._provider_config import ProviderConfig
 
 __all__ = ["LedgerActor", "LedgerBook", "ledger_child_spec"]
 

@@ -52,7 +52,6 @@ from runtime import Actor, ActorRef, ChildSpec, Outcome, unwrap_group
 
 from ._breaker import BreakerState
 from ._catalog import ModelCatalog
-from ._config import ProviderConfig
 from ._errors import (
     LLMAuthError,
     LLMConnectionError,
@@ -62,6 +61,7 @@ from ._errors import (
 from ._http_pool import DEFAULT_TRANSPORT, Transport, provider_http_client
 from ._messages import LLMResponse, ProviderCall, Usage
 from ._provider_calls import CallSite
+from ._provider_config import ProviderConfig
 from ._provider_kinds import rules_for
 from ._provider_state import ProviderHealth, ProviderState
 from ._sdk_call import (

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._config import ProviderConfig
+from ._provider_config import ProviderConfig
 
 __all__ = ["ProviderKindRules", "rules_for"]
 

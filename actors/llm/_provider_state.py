@@ -15,8 +15,8 @@ from typing import Any
 from runtime import Clock
 
 from ._breaker import BreakerState, CircuitBreaker
-from ._config import ProviderConfig
 from ._limits import ProviderRateLimiter
+from ._provider_config import ProviderConfig
 
 __all__ = ["ProviderHealth", "ProviderState"]
 

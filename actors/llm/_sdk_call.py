@@ -21,9 +21,9 @@ from typing import Any
 import openai
 
 from ._catalog import ModelCatalog, ModelParams
-from ._config import ProviderConfig
 from ._errors import LLMBadRequestError, LLMInvalidJSONError
 from ._messages import LLMResponse, ProviderCall, TokenLogprob, ToolCall, Usage
+from ._provider_config import ProviderConfig
 from ._provider_kinds import ProviderKindRules
 from ._tokens import count_text_tokens
 from ._wire_decode import TokenLogprob as WireLogprob

@@ -15,8 +15,9 @@ from actors.cluster import RedisLink
 from runtime import ActorRef
 
 from ._catalog import ModelCatalog
-from ._config import CostConfig, ProviderConfig
+from ._config import CostConfig
 from ._provider import ProviderState
+from ._provider_config import ProviderConfig
 from ._shared_ledger import SharedLedgerActor
 from ._shared_limits import shared_limiter_factory
 

@@ -40,12 +40,13 @@ from actors.cluster import OpenReservation as SharedReservation
 from runtime import Outcome
 
 from ._catalog import ModelCatalog
-from ._config import CostConfig, ProviderConfig
+from ._config import CostConfig
 from ._errors import LLMCostLimitError
 from ._ledger import LedgerActor
 from ._ledger_book import OpenReservation, nanos, usd
 from ._ledger_lock import LedgerUnavailable
 from ._messages import Release, Reservation, Reserve, Settle
+from ._provider_config import ProviderConfig
 
 __all__ = ["SharedLedgerActor", "shared_limits"]
 

@@ -23,7 +23,7 @@ from ._client import (
     ResponseStream,
     create_llm_client,
 )
-from ._config import LLMClientConfig
+from ._client_settings import LLMClientConfig
 from ._errors import (
     LLMAuthError,
     LLMClientError,
