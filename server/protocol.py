@@ -24,6 +24,8 @@ are optional too. Server to client, envelopes
                                                          "result_preview", "duration_ms"}}
     error       {"error": "message", "error_type": "rate_limited"}
     complete    {"usage", "cost", "provider", "model", "hops", "finish_reason", "conversation_id"}
+                (and "cost_warning": true when a call of the turn passed its provider's
+                cost_warning_threshold)
     complete    {"type": "history_cleared", "conversation_id": "..."}   (answers clear_history)
 
 Every chat request ends with exactly one ``complete`` or one ``error`` envelope.
@@ -305,21 +307,21 @@ def complete(
     conversation_id: str,
     hops: int = 0,
     finish_reason: str | None = None,
+    cost_warning: bool = False,
 ) -> Envelope:
-    """The last envelope of a successful turn."""
-    return {
-        "request_id": request_id,
-        "status": "complete",
-        "chunk": {
-            "usage": usage,
-            "cost": cost,
-            "provider": provider,
-            "model": model,
-            "hops": hops,
-            "finish_reason": finish_reason,
-            "conversation_id": conversation_id,
-        },
+    """The last envelope of a successful turn (``cost_warning: true`` only when set)."""
+    chunk: dict[str, Any] = {
+        "usage": usage,
+        "cost": cost,
+        "provider": provider,
+        "model": model,
+        "hops": hops,
+        "finish_reason": finish_reason,
+        "conversation_id": conversation_id,
     }
+    if cost_warning:
+        chunk["cost_warning"] = True
+    return {"request_id": request_id, "status": "complete", "chunk": chunk}
 
 
 def history_cleared(request_id: str | None, conversation_id: str | None) -> Envelope:

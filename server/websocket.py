@@ -660,6 +660,7 @@ def _complete(request_id: str, conversation_id: str, event: TurnComplete) -> Env
         conversation_id=conversation_id,
         hops=event.hops,
         finish_reason=event.finish_reason,
+        cost_warning=event.cost_warning,
     )
 
 

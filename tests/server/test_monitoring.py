@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.metrics._store import LATENCY_BOUNDS
@@ -119,11 +120,11 @@ async def test_rate_limited_and_rejected_calls_are_errors_by_type(
     server: ServerChild, simulator: SimulatorChild
 ) -> None:
     async with await connect(server.ws_url) as ws:
-        simulator.configure({"faults": {"rate_429": 1.0, "retry_after": 0.01}})
+        simulator.configure(faults={"rate_429": 1.0, "retry_after": 0.01})
         limited = await chat(ws, "one")
         assert limited[-1]["status"] == "error"
         await anyio.sleep(0.05)  # past the Retry-After pause the provider honours
-        simulator.configure({"faults": {"rate_429": 0.0, "rate_401": 1.0}})
+        simulator.configure(faults={"rate_429": 0.0, "rate_401": 1.0})
         rejected = await chat(ws, "two")
         assert rejected[-1]["status"] == "error"
 
@@ -139,7 +140,7 @@ async def test_rate_limited_and_rejected_calls_are_errors_by_type(
 async def test_a_cancelled_call_is_counted_apart_from_errors(
     server: ServerChild, simulator: SimulatorChild
 ) -> None:
-    simulator.configure({"faults": {"chunk_delay": 0.05}})
+    simulator.configure(faults={"chunk_delay": 0.05})
     async with await connect(server.ws_url) as ws:
         frame = chat_frame(" ".join(f"word{i}" for i in range(200)))
         await send(ws, frame)
@@ -158,3 +159,36 @@ async def test_a_cancelled_call_is_counted_apart_from_errors(
     assert m.value("mcp_backend_llm_requests_total", **PM, outcome="error") == 0
     assert m.value("mcp_backend_llm_requests_total", **PM, outcome="success") == 0
     assert m.value("mcp_backend_llm_errors_total", **PM, type="cancelled") == 1
+
+
+async def test_health_shows_ledger_and_history_and_complete_flags_a_costly_answer(
+    tmp_path: Path, simulator: SimulatorChild
+) -> None:
+    path = write_config(tmp_path, simulator_url=simulator.url, model=MODEL, mcp_servers={},
+                        name="warned.yaml")
+    config = yaml.safe_load(path.read_text())
+    config["llm"]["providers"][PROVIDER]["cost_warning_threshold"] = 1e-9  # USD per request
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    child = ServerChild(path)
+    try:
+        health = child.health()
+        assert health["ledger"]["state"] == "ok"
+        assert health["history"] == {"state": "ok"}
+        assert health["status"] == "ok"
+        async with await connect(child.ws_url) as ws:
+            envelopes = await chat(ws, "hello there")
+        complete = envelopes[-1]
+        assert complete["status"] == "complete"
+        assert complete["chunk"]["cost"] > 1e-9
+        assert complete["chunk"]["cost_warning"] is True
+        m = scrape(child)
+        assert m.value("mcp_backend_llm_request_cost_warnings_total", **PM) == 1
+    finally:
+        assert child.stop() == 0, child.output
+
+
+async def test_complete_has_no_cost_warning_below_the_threshold(server: ServerChild) -> None:
+    async with await connect(server.ws_url) as ws:
+        envelopes = await chat(ws, "hello there")
+    assert envelopes[-1]["status"] == "complete"
+    assert "cost_warning" not in envelopes[-1]["chunk"]
