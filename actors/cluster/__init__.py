@@ -45,9 +45,13 @@ Redis **restarted empty** (no persistence, or a failover that lost writes):
   is still charged (``late``).
 * *Rate windows*: the requests sent in the last window are forgotten, so in the first window
   after the loss the upstream could receive up to one more window's worth. With
-  ``rate_quarantine_on_loss`` a provider whose windows are missing is paused for one window
-  (exact, at the price of a minute without that provider after any loss, including first use
-  and a day without traffic); the provider's own 429 + ``Retry-After`` pauses everyone otherwise.
+  ``rate_quarantine_on_loss`` a provider whose windows were lost is paused for one window from
+  the loss (exact, at the price of a minute without that provider): a worker that saw the windows
+  (their ``born`` marker) and finds them recreated pauses the provider until one window after
+  the recreation, once. A first use (no worker saw them) is no loss, and a worker started after
+  the loss cannot tell (it pauses nothing; the workers that saw the old windows still do). A
+  day without traffic expires the marker, which counts as a loss. Otherwise the provider's own
+  429 + ``Retry-After`` pauses everyone.
 * *Leases*: lost; running turns lose them at their next renewal (:class:`LeaseLost`), and fencing
   tokens restart, so stores must compare tokens only within one lease epoch.
 """

@@ -47,26 +47,36 @@ end
 """
 
 #: ARGV: tokens, rpm, tpm (0: unlimited), window_us, inflight_ttl_us, key_ttl_ms, quarantine
-#: (0/1), born_ttl_ms. KEYS[5]: born. Returns {1, permit, now} or {0, wait_us (-1: only when an
-#: in-flight request is sent), now}.
+#: (0/1), born_ttl_ms, the born value the caller saw last ('' none). KEYS[5]: born. Returns
+#: {1, permit, now, born} or {0, wait_us (-1: only when an in-flight request is sent), now, born}.
+#: A loss is a born value other than the caller's: a first use (no value seen) is none.
 ADMIT = _PRELUDE + """
 local tokens, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local key_ttl, born_ttl = tonumber(ARGV[6]), tonumber(ARGV[8])
 expire(window)
-if redis.call('EXISTS', KEYS[5]) == 0 then
-  redis.call('SET', KEYS[5], now)
-  -- Windows lost (a restarted, empty Redis): requests sent in the last window are unknown.
-  if ARGV[7] == '1' then redis.call('HSET', state, 'pause_until', now + window) end
+local born = redis.call('GET', KEYS[5])
+if not born then
+  born = string.format('%d', now)
+  redis.call('SET', KEYS[5], born)
 end
 redis.call('PEXPIRE', KEYS[5], born_ttl)
+local known = ARGV[9]
+if ARGV[7] == '1' and known ~= '' and known ~= born
+    and redis.call('HGET', state, 'loss_seen') ~= born then
+  -- Windows lost since this caller saw them (a restarted, empty Redis): requests sent in the
+  -- last window are unknown. One window from the loss, whoever notices it first.
+  redis.call('HSET', state, 'loss_seen', born)
+  local quarantine = tonumber(born) + window
+  if quarantine > num('pause_until') then redis.call('HSET', state, 'pause_until', quarantine) end
+end
 local wait = num('pause_until') - now
-if wait > 0 then keep(key_ttl); return {0, wait, now} end
+if wait > 0 then keep(key_ttl); return {0, wait, now, born} end
 wait = 0
 local excess = num('inflight_req') + num('stamped_req') + 1 - rpm
 if rpm > 0 and excess > 0 then
   local entry = redis.call('ZRANGE', stamped, excess - 1, excess - 1, 'WITHSCORES')
-  if #entry == 0 then return {0, -1, now} end
+  if #entry == 0 then return {0, -1, now, born} end
   wait = math.max(wait, tonumber(entry[2]) + window - now)
 end
 excess = num('inflight_tok') + num('stamped_tok') + tokens - tpm
@@ -75,7 +85,7 @@ if tpm > 0 and tokens > 0 and excess > 0 then
   local start = 0
   while not found do
     local batch = redis.call('ZRANGE', stamped, start, start + 99, 'WITHSCORES')
-    if #batch == 0 then return {0, -1, now} end
+    if #batch == 0 then return {0, -1, now, born} end
     for i = 1, #batch, 2 do
       excess = excess - tonumber(redis.call('HGET', amounts, batch[i]) or '0')
       if excess <= 0 then
@@ -87,13 +97,13 @@ if tpm > 0 and tokens > 0 and excess > 0 then
     start = start + 100
   end
 end
-if wait > 0 then return {0, wait, now} end
+if wait > 0 then return {0, wait, now, born} end
 local id = redis.call('HINCRBY', state, 'seq', 1)
 redis.call('ZADD', inflight, now + ttl, id)
 redis.call('HSET', amounts, id, tokens)
 move('inflight_req', 1); move('inflight_tok', tokens)
 keep(key_ttl)
-return {1, id, now}
+return {1, id, now, born}
 """
 
 #: ARGV: permit, window_us, key_ttl_ms. Returns 1 if stamped now, 0 if unknown.

@@ -82,6 +82,9 @@ class SharedRateWindow:
         self._in_flight_us = round(config.in_flight_ttl * _US)
         self._key_ttl_ms = round((window + config.in_flight_ttl) * 1000) + 60_000
         self._quarantine = "1" if config.rate_quarantine_on_loss else "0"
+        #: The ``born`` marker of the windows as this process saw them last ("" before its first
+        #: admission): another value later means Redis lost them in between.
+        self._born_seen = ""
         self._admit = link.script(lua.ADMIT)
         self._sent = link.script(lua.SENT)
         self._refund = link.script(lua.REFUND)
@@ -101,9 +104,12 @@ class SharedRateWindow:
         answer = await self._link.run(
             self._admit, "rate admission", [*self._keys, self._born],
             [tokens, self.requests_per_minute or 0, tpm or 0, self._window_us,
-             self._in_flight_us, self._key_ttl_ms, self._quarantine, _BORN_TTL_MS],
+             self._in_flight_us, self._key_ttl_ms, self._quarantine, _BORN_TTL_MS,
+             self._born_seen],
         )
-        ok, value, now = (int(x) for x in answer)
+        ok, value, now = (int(x) for x in answer[:3])
+        born = answer[3]
+        self._born_seen = born.decode() if isinstance(born, bytes) else str(born)
         if ok:
             return Admission(True, value, 0.0, now / _US)
         return Admission(False, None, None if value < 0 else value / _US, now / _US)

@@ -131,14 +131,28 @@ async def test_an_in_flight_permit_of_a_vanished_sender_counts_as_sent_at_its_de
         assert await window.usage() == WindowUsage(1, 0, 0, 0.0)
 
 
-async def test_windows_missing_after_a_loss_pause_the_provider_for_one_window_in_quarantine(
+async def test_windows_lost_after_use_pause_the_provider_for_one_window_in_quarantine(
     redis_server: object, cluster_config: ClusterConfig
 ) -> None:
     config = cluster_config.model_copy(update={"rate_quarantine_on_loss": True})
     async with RedisLink(config) as link:
         window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
+        # A first use is no loss: admitted at once.
+        assert (await window.admit()).admitted is True
+        assert (await window.admit()).admitted is True
+        # Redis lost the windows (restarted empty): one window of quarantine from the loss.
+        await link.client.flushdb()
         refused = await window.admit()
         assert (refused.admitted, refused.retry_after) == (False, 60.0)
-        await link.client.flushdb()
+        usage = await window.usage()
+        assert (usage.requests, usage.tokens, usage.in_flight) == (0, 0, 0)
+        assert 0 < usage.paused_for <= 60.0
+        # A worker that noticed the loss later is paused until the same moment, not longer.
+        later = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
+        assert (await later.admit()).admitted is False
         again = await window.admit()
-        assert (again.admitted, again.retry_after) == (False, 60.0)
+        assert again.admitted is False and again.retry_after is not None
+        assert 0 < again.retry_after <= 60.0
+        # Another provider, first used now, is not paused.
+        fresh = SharedRateWindow(link, "q", requests_per_minute=5, tokens_per_minute=None)
+        assert (await fresh.admit()).admitted is True
