@@ -3,12 +3,12 @@
 ``mcp-backend serve`` runs with one simulator (its key in the server's environment, the bearer
 token in ``MCP_BACKEND_TOKEN``) and :mod:`tests.chaos.hostile_mcp_server` over stdio, whose entry
 carries a secret in its ``env``. At the same time: hostile turns make the model call a tool that
-returns 8 MB, a tool whose schema pattern is a regex bomb, a tool that never answers, a tool that
+returns 2 MB, a tool whose schema pattern is a regex bomb, a tool that never answers, a tool that
 writes the secrets to stderr and dies mid-call, and a tool that reports its environment; well-
 behaved sockets send plain turns; ``/health`` is polled.
 
 Held: every turn completes (exact counts); ``/health`` answers within 2 s throughout (the bomb is
-matched off the event loop); the 8 MB result is cut to ``chat.max_tool_result_chars`` in the
+matched off the event loop); the 2 MB result is cut to ``chat.max_tool_result_chars`` in the
 history; the hanging call ends at ``chat.tool_timeout``; no secret (the entry's, the key-shaped
 one, the provider key, the bearer token) reaches ``/health``, an envelope, the history or the
 log, while the redaction marker shows the stderr tail did arrive; the MCP server's environment is
@@ -48,7 +48,8 @@ MCP_SECRET = "mcp-entry-secret-2a9f64be"
 OURS = (TOKEN, PROVIDER_KEY)
 SECRETS = (*OURS, MCP_SECRET, KEY_SHAPED)
 RESULT_CAP = 2000
-TOOL_TIMEOUT = 10.0  # the 8 MB result takes 5 s to cross the pipe on a busy machine
+BIG = 2_000_000  # 1,000 times the cap; 8 MB took 5 to 11 s to cross the pipe on a busy machine
+TOOL_TIMEOUT = 10.0
 GOOD_SOCKETS = 2
 GOOD_TURNS = 6
 HEALTH_BOUND_S = 2.0
@@ -115,7 +116,7 @@ class HostileMcpRun:
                 for index in range(GOOD_SOCKETS):
                     load.start_soon(self.well_behaved, index)
                 async with anyio.create_task_group() as hostile:
-                    hostile.start_soon(self.hostile, "big", 'call big {"size": 8000000}')
+                    hostile.start_soon(self.hostile, "big", f'call big {{"size": {BIG}}}')
                     for n in range(3):
                         hostile.start_soon(self.hostile, f"bomb{n}",
                                            'call match {"code": "' + "a" * 40 + 'b"}')
@@ -167,7 +168,7 @@ async def test_a_hostile_mcp_server_never_stalls_leaks_or_bloats_the_server(
     finally:
         code = server.stop()
         simulator.stop()
-    print(f"8 MB result in {_finished(run.turns['big'])['duration_ms']} ms; /health at most"
+    print(f"2 MB result in {_finished(run.turns['big'])['duration_ms']} ms; /health at most"
           f" {max(run.health_latencies):.3f} s over {len(run.health_latencies)} checks")
 
     # Every turn completed, hostile or not.
@@ -178,14 +179,14 @@ async def test_a_hostile_mcp_server_never_stalls_leaks_or_bloats_the_server(
     # The loop stayed free: /health answered in time throughout.
     assert run.health_latencies and max(run.health_latencies) < HEALTH_BOUND_S
 
-    # The 8 MB result: cut for the model and in the history, the turn answered from it.
+    # The 2 MB result: cut for the model and in the history, the turn answered from it.
     big = _finished(run.turns["big"])
     assert (big["is_error"], big["result_preview"]) == (False, "x" * 199 + "…"), big
     assert text_of(run.turns["big"]) == "Tool big returned: " + "x" * 200
     history = _history(tmp_path / "history.sqlite3")
     stored = _tool_message(history, "[Tool result truncated")
     assert stored == "x" * RESULT_CAP + (
-        "\n\n[Tool result truncated: it had 8000000 characters; only the first"
+        f"\n\n[Tool result truncated: it had {BIG} characters; only the first"
         f" {RESULT_CAP} are shown. Ask the tool for less, or for a part, if you need more.]")
     assert max(len(json.dumps(m)) for m in history) < RESULT_CAP + 400
 
