@@ -131,6 +131,8 @@ class SessionDirectory:
         self._clock = clock or MonotonicClock()
         self._entries: dict[str, _Entry] = {}
         self._lock = anyio.Lock()
+        self._stopping: dict[str, anyio.Event] = {}
+        """Conversations whose actor is stopping: :meth:`session` waits before starting it."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -141,17 +143,27 @@ class SessionDirectory:
         Raises :class:`TooManyConversations` if it is not live and no live one is idle.
         """
         entry = self._entries.get(conversation_id)
-        if entry is None:
-            if len(self._entries) >= self._max:
-                idle = [(e.idle_since, c) for c, e in self._entries.items() if e.users == 0]
-                if not idle:
-                    raise TooManyConversations(
-                        f"all {self._max} conversations are in use; try again later"
-                    )
-                await self._stop(min(idle)[1])
-            # Another socket may have acquired it while the idle one stopped.
-            entry = self._entries.setdefault(conversation_id, _Entry(self._clock.now()))
-        entry.users += 1
+        if entry is not None:
+            entry.users += 1
+            return
+        evicted = None
+        if len(self._entries) >= self._max:
+            idle = [(e.idle_since, c) for c, e in self._entries.items() if e.users == 0]
+            if not idle:
+                raise TooManyConversations(
+                    f"all {self._max} conversations are in use; try again later"
+                )
+            evicted = min(idle)[1]
+            del self._entries[evicted]
+        # The slot is taken before anything awaits: a socket that comes while the idle one
+        # stops finds the directory full, instead of evicting the same one and entering too.
+        self._entries[conversation_id] = _Entry(self._clock.now(), users=1)
+        if evicted is not None:
+            try:
+                await self._stop(evicted)
+            except BaseException:
+                self.release(conversation_id)
+                raise
 
     def release(self, conversation_id: str) -> None:
         """A socket no longer uses the conversation."""
@@ -163,6 +175,9 @@ class SessionDirectory:
     async def session(self, conversation_id: str) -> ActorRef:
         """The conversation's actor, started if it is not running."""
         name = session_actor_name(conversation_id)
+        stopping = self._stopping.get(conversation_id)
+        if stopping is not None:  # evicted a moment ago and used again: not the stopping actor
+            await stopping.wait()
         try:
             return self._system.ref(name)
         except KeyError:
@@ -193,14 +208,22 @@ class SessionDirectory:
             for conversation_id, entry in self._entries.items()
             if entry.users == 0 and now - entry.idle_since >= self._idle_seconds
         ]
+        for conversation_id in idle:  # all out before the first await, as in acquire
+            del self._entries[conversation_id]
         for conversation_id in idle:
             await self._stop(conversation_id)
         return idle
 
     async def _stop(self, conversation_id: str) -> None:
-        self._entries.pop(conversation_id, None)
-        with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
-            await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
+        """Stop the actor of a conversation already out of ``_entries``."""
+        stopped = self._stopping[conversation_id] = anyio.Event()
+        try:
+            with contextlib.suppress(KeyError):  # it has ended already (sessions are temporary)
+                await self._system.stop_actor(session_actor_name(conversation_id), under="sessions")
+        finally:
+            stopped.set()
+            if self._stopping.get(conversation_id) is stopped:
+                del self._stopping[conversation_id]
 
     def __repr__(self) -> str:
         in_use = sum(1 for entry in self._entries.values() if entry.users)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from runtime import Actor, ActorSystem, ChildSpec, Restart, SupervisorSpec
@@ -96,3 +97,55 @@ async def test_the_sweep_runs_on_the_injected_clock() -> None:
             assert "session:idle" not in system.status()
             assert len(directory) == 0
             task_group.cancel_scope.cancel()
+
+
+async def test_two_new_conversations_racing_for_one_idle_slot_let_exactly_one_in() -> None:
+    clock = FakeClock()
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec, max_conversations=2, clock=clock)
+        for conversation in ("busy", "idle"):
+            await directory.acquire(conversation)
+            await directory.session(conversation)
+        directory.release("idle")
+        outcomes: dict[str, str] = {}
+
+        async def start(conversation: str) -> None:
+            try:
+                await directory.acquire(conversation)
+            except TooManyConversations as exc:
+                outcomes[conversation] = str(exc)
+            else:
+                outcomes[conversation] = "in"
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(start, "first")
+            task_group.start_soon(start, "second")  # comes while the idle one is stopping
+        assert outcomes == {
+            "first": "in", "second": "all 2 conversations are in use; try again later"}
+        assert len(directory) == 2
+        assert "session:idle" not in system.status()
+        assert repr(directory) == "<SessionDirectory [2 live, 2 in use | max 2]>"
+
+
+async def test_a_conversation_used_again_while_its_actor_stops_gets_a_new_actor() -> None:
+    clock = FakeClock()
+    async with _system() as system:
+        directory = SessionDirectory(system, _spec, max_conversations=1, clock=clock)
+        await directory.acquire("old")
+        first = await directory.session("old")
+        directory.release("old")
+        refs = []
+
+        async def evict_then_resume() -> None:
+            await directory.acquire("new")  # evicts "old"
+            directory.release("new")
+
+        async def resume() -> None:
+            refs.append(await directory.session("old"))
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(evict_then_resume)
+            await anyio.lowlevel.checkpoint()
+            task_group.start_soon(resume)
+        assert refs[0] is not first
+        assert await refs[0].ask("back", timeout=5) == "back"
