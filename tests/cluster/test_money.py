@@ -176,9 +176,8 @@ async def test_money_and_token_limits_hold_exactly_across_instances_and_redis_fa
         redis_server.start()
         wait_for(lambda: _day(redis_server) == before, "the day re-seeded from 4 journals", 15)
         results = await turns([a_url, b_url], 6, "restarted")
-        assert results == [("error", "cost_limit")] * 6
-        assert _spent(sims) == spent
-        assert _day(redis_server) == before
+        assert (results, _spent(sims), _day(redis_server)) == (
+            [("error", "cost_limit")] * 6, spent, before)
         assert sims["a"].stats()["max_tokens_in_window"] <= A_TPM
     finally:
         codes = [first.stop(), second.stop()]
