@@ -47,7 +47,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from actors.chat import HistoryStore, session_child_spec
-from actors.llm import LedgerUnavailable, LLMConfig, LLMRuntime, build_catalog, open_runtime
+from actors.llm import (
+    LedgerUnavailable,
+    LLMConfig,
+    LLMRuntime,
+    build_catalog,
+    configured_models,
+    open_runtime,
+    preload_encodings,
+)
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
 from runtime import ChildSpec, Clock, SupervisorSpec
 from server.cluster import ClusterCollector, ClusterNode, open_cluster
@@ -122,6 +130,11 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             elif not config.llm.providers_with_credentials():
                 logger.warning("no provider has an API key and simulator.enabled is 'never':"
                                " every chat request will fail")
+            # The first count of a tokenizer parses its file for seconds holding the GIL: done
+            # here, before the server answers, not in the first turn (every socket and /health
+            # would freeze meanwhile). Only the configured models' encodings: each costs memory.
+            encodings = await anyio.to_thread.run_sync(preload_encodings, configured_models(llm))
+            logger.info("token encodings loaded: %s", ", ".join(encodings))
             servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
             stack.callback(history.close)  # after the sessions stopped: they write to it

@@ -45,10 +45,10 @@ from ._messages import (
 )
 from ._provider import provider_child_spec
 from ._provider_config import ProviderConfig, infer_kind
-from ._runtime import LLMRuntime, build_catalog, open_runtime
+from ._runtime import LLMRuntime, build_catalog, configured_models, open_runtime
 from ._shared import SharedState
 from ._spec_metrics import LLMMetrics
-from ._tokens import count_message_tokens
+from ._tokens import count_message_tokens, preload_encodings
 from ._validation import describe_validation_error
 
 __all__ = [
@@ -97,12 +97,14 @@ __all__ = [
     "as_llm_error",
     "build_catalog",
     "check_ledger",
+    "configured_models",
     "count_message_tokens",
     "create_llm_client",
     "describe_validation_error",
     "infer_kind",
     "mask_secrets",
     "open_runtime",
+    "preload_encodings",
     "provider_child_spec",
     "redact",
 ]

@@ -49,7 +49,7 @@ from ._provider_state import ProviderState
 from ._router import RouterActor, provider_actor_name
 from ._shared import SharedState
 
-__all__ = ["LLMRuntime", "build_catalog", "open_runtime"]
+__all__ = ["LLMRuntime", "build_catalog", "configured_models", "open_runtime"]
 
 Message = dict[str, Any]
 
@@ -64,6 +64,11 @@ def build_catalog(config: LLMConfig) -> ModelCatalog:
         prices.update(provider.prices)
         params.update(provider.model_params)
     return ModelCatalog(context_windows=windows, prices=prices, params=params)
+
+
+def configured_models(config: LLMConfig) -> list[str]:
+    """Every model a provider of ``config`` may call (its model, then its fallbacks), once each."""
+    return list(dict.fromkeys(m for provider in config.providers.values() for m in provider.models))
 
 
 class LLMRuntime:

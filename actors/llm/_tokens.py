@@ -4,7 +4,9 @@ tiktoken downloads its BPE files on first use; our machines have no network. The
 this package (``actors/llm/data/tiktoken/*.tiktoken``). An encoding is built by tiktoken's own
 definition of it (``tiktoken_ext.openai_public``: its pattern, special tokens and the sha256 it
 expects) with the ranks read from the shipped file by ``tiktoken.load.load_tiktoken_bpe`` instead
-of downloaded. Each encoding is loaded when a model that uses it is first counted, never before.
+of downloaded. Each encoding is loaded when a model that uses it is first counted, or by
+:func:`preload_encodings` (the server, for its configured models, before it answers: a load holds
+the GIL for seconds); encodings no configured model uses are never loaded.
 If the files are absent (a broken install), counting falls back to a ``chars / 4`` estimate and
 logs one warning.
 
@@ -19,7 +21,7 @@ import json
 import logging
 import threading
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
@@ -37,6 +39,7 @@ __all__ = [
     "count_tools_tokens",
     "encoding_for_model",
     "encoding_name_for_model",
+    "preload_encodings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,6 +159,18 @@ def _warn_missing_once(name: str) -> None:
             "token counts are estimated as characters / 4",
             name,
         )
+
+
+def preload_encodings(models: Iterable[str]) -> list[str]:
+    """Load the encodings of ``models`` now; returns their names, sorted.
+
+    Blocks (seconds per encoding on a first load, holding the GIL): call it before serving, not
+    on the event loop of a running server. Raises :class:`EncodingDataError` like a count would.
+    """
+    names = sorted({encoding_name_for_model(model) for model in models})
+    for name in names:
+        _load_encoding(name)
+    return names
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding | None:
