@@ -46,7 +46,7 @@ from actors.llm import (
 from actors.llm._http_pool import DEFAULT_TRANSPORT, Transport, aiohttp_available
 from benchmarks._report import percentile, table
 from runtime import ActorRef, ActorSystem, SupervisorSpec
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 SECONDS = 3.0
 ROUNDS = 6

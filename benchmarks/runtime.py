@@ -25,7 +25,7 @@ import openai
 from actors.llm import LLMConfig, open_runtime
 from actors.llm._http_pool import aiohttp_available
 from benchmarks._report import percentile, table
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "benchmark the whole runtime please"}]

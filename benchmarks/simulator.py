@@ -1,6 +1,6 @@
 """Simulator throughput: chat completions per second and streamed chunks per second.
 
-The simulator runs as a child process (``simulator.testing.SimulatorProcess``); 64 concurrent
+The simulator runs as a child process (``simulator.process.SimulatorProcess``); 64 concurrent
 workers drive it through one raw ``httpx2.AsyncClient`` pool (cheaper per request than the SDK)
 for ``SECONDS`` each: non-streaming completions, then streamed ones of ``sim-long`` (200 words,
 204 SSE events each). The table shows the CPU used by the server and by the client: on this
@@ -27,7 +27,7 @@ import anyio
 import httpx2
 
 from benchmarks._report import percentile, table
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 CONCURRENCY = 64
 SECONDS = 3.0

@@ -12,22 +12,15 @@ real daily limit.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
-import anyio
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.buffered import BufferedByteReceiveStream
-
 from actors.llm import LLMConfig, ModelPrice, ProviderConfig, RateLimitConfig
 from server.config import AppConfig
+from simulator.process import SimulatorProcess, SimulatorStartError
 
 __all__ = [
     "SIMULATED_MODEL",
@@ -52,13 +45,7 @@ ones, OpenAI-style reasoning (``o4-mini``: reasoning tokens, no text) and reason
 CONTROL_TOKEN_VARIABLE = "SIMULATOR_CONTROL_TOKEN"
 """The simulator reads its control token from this variable (its documented interface)."""
 
-_BANNER = re.compile(rb"simulator listening on (http://\S+)")
 _STARTUP_TIMEOUT = 20.0
-_STOP_TIMEOUT = 5.0
-
-
-class SimulatorStartError(RuntimeError):
-    """The simulator child process did not start (the message says why)."""
 
 
 def wants_simulator(config: AppConfig) -> bool:
@@ -123,65 +110,10 @@ async def run_simulator(port: int = 0) -> AsyncIterator[str]:
     The process is terminated on exit (killed if it does not stop within 5 s). Raises
     :class:`SimulatorStartError` if it exits or stays silent during start-up.
     """
-    command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
-    # Only this process (and whoever started it with the variable set) knows the token, so no
-    # other local process can reconfigure the simulator's faults under a running demo.
-    token = os.environ.get(CONTROL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
-    env = {**os.environ, CONTROL_TOKEN_VARIABLE: token}
-    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=None, env=env)
-    try:
-        assert process.stdout is not None
-        stdout = BufferedByteReceiveStream(process.stdout)
-        url = await _read_banner(stdout, process)
-        logger.info("simulator child process %d listening on %s", process.pid, url)
-        async with anyio.create_task_group() as task_group:
-            # Keep reading its stdout so that a chatty simulator never blocks on a full pipe.
-            task_group.start_soon(_discard, stdout)
-            try:
-                yield url
-            finally:
-                task_group.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _stop(process)
-
-
-async def _read_banner(stdout: BufferedByteReceiveStream, process: Process) -> str:
-    lines: list[bytes] = []
-    try:
-        with anyio.fail_after(_STARTUP_TIMEOUT):
-            while True:
-                line = await stdout.receive_until(b"\n", 65536)
-                match = _BANNER.search(line)
-                if match is not None:
-                    return match.group(1).decode()
-                lines = [*lines[-4:], line]
-    except TimeoutError:
-        reason = f"no banner within {_STARTUP_TIMEOUT:.0f} s"
-    except (anyio.EndOfStream, anyio.IncompleteRead):
-        await process.wait()
-        reason = f"it exited with code {process.returncode}"
-    output = b" | ".join(lines).decode(errors="replace")
-    raise SimulatorStartError(
-        f"the simulator did not start: {reason}" + (f" (output: {output})" if output else "")
-    )
-
-
-async def _discard(stream: ByteReceiveStream) -> None:
-    try:
-        async for _ in stream:
-            pass
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-        pass
-
-
-async def _stop(process: Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        with anyio.move_on_after(_STOP_TIMEOUT):
-            await process.wait()
-        if process.returncode is None:
-            logger.warning("simulator child process %d ignored SIGTERM; killing it", process.pid)
-            process.kill()
-            await process.wait()
-    await process.aclose()
+    # Only this process knows the token, so no other local process can reconfigure the
+    # simulator's faults under a running demo.
+    child = SimulatorProcess(port=port, startup_timeout=_STARTUP_TIMEOUT,
+                             control_token=secrets.token_urlsafe(32))
+    async with child:
+        logger.info("simulator child process %d listening on %s", child.pid, child.url)
+        yield child.url

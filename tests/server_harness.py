@@ -3,7 +3,7 @@
 Everything binds to 127.0.0.1 on a port the OS picks (``--port 0``); the port is read from the
 process's own "listening on" line, so there is no race for a "free" port. Every wait is bounded.
 
-- :class:`SimulatorChild`: ``python -m simulator`` with its ``/_sim`` control endpoints.
+- :class:`SimulatorChild`: ``python -m simulator`` (``simulator.process``), started at once.
 - :class:`ServerChild`: ``python -m server serve --config FILE``, stopped with SIGTERM.
 - :func:`write_config`: a ``config.yaml`` for tests (simulator provider, demo MCP server).
 - :func:`connect`, :func:`chat`, :func:`receive`: a WebSocket client built on ``websockets``.
@@ -30,6 +30,8 @@ import anyio
 import yaml
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+
+from simulator.process import SyncSimulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -113,24 +115,13 @@ class _Child:
             self.process.stdout.close()
 
 
-class SimulatorChild(_Child):
-    """The simulator on 127.0.0.1; ``configure`` patches its faults, ``stats`` reads counters."""
+class SimulatorChild(SyncSimulatorProcess):
+    """The simulator on 127.0.0.1, started at once (``stop()`` ends it); its config file is
+    written in ``directory``."""
 
     def __init__(self, config: Mapping[str, Any] | None = None, *, directory: Path) -> None:
-        command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0"]
-        if config is not None:
-            path = directory / f"simulator-{uuid.uuid4().hex[:8]}.json"
-            path.write_text(json.dumps(config))
-            command += ["--config", str(path)]
-        super().__init__(command, banner=re.compile(r"simulator listening on (http://\S+)"))
-        self.wait_banner()
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = http_json(self.url + "/_sim/stats")
-        return result
-
-    def configure(self, patch: Mapping[str, Any]) -> None:
-        http_json(self.url + "/_sim/config", method="POST", body=patch)
+        super().__init__(config, config_dir=directory, startup_timeout=START_TIMEOUT)
+        self.start()
 
 
 class ServerChild(_Child):

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 __all__ = [
     "FAULT_KINDS",

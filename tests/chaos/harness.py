@@ -55,7 +55,7 @@ from actors.llm._ledger import LedgerBook
 from actors.llm._ledger_store import LedgerStore
 from actors.mcp import McpServerConfig, McpServerHealth, ToolCatalog, mcp_supervisor_spec
 from runtime import ActorError
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 from .accounting import Books, Operation
 from .faults import PATCHES, QUIET, FaultEvent, SimulatedProvider, max_in_window, schedule

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from websockets.exceptions import ConnectionClosed
 
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 from tests.server_harness import ServerChild, chat_frame, connect, receive, server_env
 
 from .accounting import Books, Operation

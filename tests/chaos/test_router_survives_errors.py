@@ -16,7 +16,7 @@ import pytest
 
 from actors.llm import LLMConfig, LLMTokenLimitError, open_runtime
 from actors.llm._ledger import LedgerBook
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 HELLO = [{"role": "user", "content": "hello"}]
 

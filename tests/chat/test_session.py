@@ -55,7 +55,7 @@ from actors.mcp import McpServerConfig, McpServerHealth, ToolCatalog, mcp_superv
 from runtime import Actor, ActorRef, ActorStopped, ActorSystem, ChildSpec, SupervisorSpec
 from server.config import ChatConfig
 from server.simulated import simulated_llm_config
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = McpServerConfig(

@@ -18,7 +18,7 @@ from actors.llm.client_api import (
     OpenRouterClient,
     create_llm_client,
 )
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 KEY = "sk-explicit-key-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello world"}]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 
 from actors.llm._http_pool import _ProbedBackend, provider_http_client
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 LIMITS = httpx2.Limits(max_connections=4, max_keepalive_connections=4)
 TIMEOUT = httpx2.Timeout(10.0)

@@ -28,7 +28,7 @@ from actors.llm import (
 from actors.llm._tokens import count_text_tokens
 from runtime import Clock
 from runtime.testing import FakeClock
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 from tests.chaos.upstream import GarbageUpstream, Reply
 
 HELLO = [{"role": "user", "content": "hello there"}]

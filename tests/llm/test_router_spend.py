@@ -22,7 +22,7 @@ from actors.llm import (
 )
 from actors.llm._ledger_lock import LedgerUnavailable
 from runtime.testing import FakeClock
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 from tests.llm.test_router import HELLO, llm_config, prompt_cost, settled, two_providers
 
 

@@ -26,7 +26,7 @@ from actors.llm.client_api import (
     Usage,
     create_llm_client,
 )
-from simulator.testing import SimulatorProcess
+from simulator.process import SimulatorProcess
 
 SPEC_CONFIG = Path(__file__).parent / "data" / "spec_config.yaml"
 KEY = "sk-spec-test-0123456789abcdef"

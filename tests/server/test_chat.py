@@ -73,9 +73,9 @@ def server(workdir: Path, simulator: SimulatorChild) -> Iterator[ServerChild]:
 @pytest.fixture
 def slow_stream(simulator: SimulatorChild) -> Iterator[None]:
     """Every streamed chunk takes 20 ms: a long answer takes seconds."""
-    simulator.configure({"faults": {"chunk_delay": 0.02}})
+    simulator.configure(faults={"chunk_delay": 0.02})
     yield
-    simulator.configure({"faults": {"chunk_delay": 0.0}})
+    simulator.configure(faults={"chunk_delay": 0.0})
 
 
 def _statuses(envelopes: list[dict[str, Any]]) -> list[str]:
@@ -162,7 +162,7 @@ async def test_cancel_ends_the_turn_with_a_cancelled_error_and_stops_upstream(
         assert envelopes[-1]["chunk"]["error_type"] == "cancelled"
         # The socket is still usable, and a late cancel of an ended turn is ignored.
         await send(ws, {"action": "cancel", "request_id": frame["request_id"]})
-        simulator.configure({"faults": {"chunk_delay": 0.0}})
+        simulator.configure(faults={"chunk_delay": 0.0})
         assert (await chat(ws, "still here"))[-1]["status"] == "complete"
     await _until_aborted(simulator, aborted + 1)
 

@@ -96,7 +96,7 @@ async def test_a_socket_cannot_hold_more_conversations_than_its_cap(
     server: ServerChild, simulator: SimulatorChild
 ) -> None:
     first, second, third = [await _new_conversation(server) for _ in range(3)]
-    simulator.configure({"faults": {"first_byte_delay": 30.0}})
+    simulator.configure(faults={"first_byte_delay": 30.0})
     try:
         async with await connect(server.ws_url, token=TOKEN) as ws:
             # A running turn keeps its conversation held after the socket switched away.
@@ -112,11 +112,11 @@ async def test_a_socket_cannot_hold_more_conversations_than_its_cap(
                 await send(ws, {"action": "cancel", "request_id": request_id})
                 assert (await until_end(ws, request_id))[-1]["chunk"]["error_type"] == (
                     "cancelled")
-            simulator.configure({"faults": {"first_byte_delay": 0.0}})
+            simulator.configure(faults={"first_byte_delay": 0.0})
             envelopes = await chat(ws, "a third", conversation_id=third)
             assert envelopes[-1]["status"] == "complete"
     finally:
-        simulator.configure({"faults": {"first_byte_delay": 0.0}})
+        simulator.configure(faults={"first_byte_delay": 0.0})
 
 
 async def test_conversations_in_use_are_capped_in_total_and_idle_ones_make_room(

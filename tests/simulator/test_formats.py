@@ -7,7 +7,6 @@ objects, including its own ``parse`` of a structured output.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
@@ -16,7 +15,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
-from simulator.testing import SyncSimulatorProcess
+from simulator.process import SyncSimulatorProcess
 
 KEY = "sk-sim-test"
 ASK_JSON: list[ChatCompletionMessageParam] = [{"role": "user", "content": "answer in JSON: hi"}]
@@ -37,30 +36,11 @@ WEATHER_SCHEMA: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def shared_sim() -> Iterator[SyncSimulatorProcess]:
-    with SyncSimulatorProcess() as sim:
-        yield sim
-
-
 @pytest.fixture
 def sim(shared_sim: SyncSimulatorProcess) -> SyncSimulatorProcess:
     shared_sim.reset()
     shared_sim.configure(faults={"invalid_json": False})
     return shared_sim
-
-
-@pytest.fixture
-async def client(sim: SyncSimulatorProcess) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def http(sim: SyncSimulatorProcess) -> AsyncIterator[httpx2.AsyncClient]:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx2.AsyncClient(base_url=sim.base_url, headers=headers, timeout=10) as http:
-        yield http
 
 
 def chunks_of(text: str) -> list[dict[str, Any]]:

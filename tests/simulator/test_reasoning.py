@@ -7,7 +7,6 @@ objects (proof that the shapes are the ones the SDK expects).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
@@ -16,38 +15,11 @@ import pytest
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from simulator.testing import SyncSimulatorProcess
-
 KEY = "sk-sim-test"
 USER_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 # "Thinking about the request: hello there" then the filler thoughts, one token a word.
 THOUGHTS = ["Thinking", " about", " the", " request:", " hello", " there", " weighing", " the",
             " options", " then", " checking", " each", " step", " again", " weighing", " the"]
-
-
-@pytest.fixture(scope="module")
-def shared_sim() -> Iterator[SyncSimulatorProcess]:
-    with SyncSimulatorProcess() as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(shared_sim: SyncSimulatorProcess) -> SyncSimulatorProcess:
-    shared_sim.reset()
-    return shared_sim
-
-
-@pytest.fixture
-async def client(sim: SyncSimulatorProcess) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def http(sim: SyncSimulatorProcess) -> AsyncIterator[httpx2.AsyncClient]:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx2.AsyncClient(base_url=sim.base_url, headers=headers, timeout=10) as http:
-        yield http
 
 
 def body(model: str, **extra: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -14,7 +13,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from simulator import SimulatorConfig, load_config, main
-from simulator.testing import SimulatorProcess, SyncSimulatorProcess
+from simulator.process import SimulatorProcess, SyncSimulatorProcess
 
 KEY = "sk-sim-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -23,30 +22,6 @@ TOOLS: list[Any] = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
     for name in ("add", "mul")
 ]
-
-
-@pytest.fixture(scope="module")
-def shared_sim() -> Iterator[SyncSimulatorProcess]:
-    with SyncSimulatorProcess() as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(shared_sim: SyncSimulatorProcess) -> SyncSimulatorProcess:
-    shared_sim.reset()
-    return shared_sim
-
-
-@pytest.fixture
-async def client(sim: SyncSimulatorProcess) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def http(sim: SyncSimulatorProcess) -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=10) as http:
-        yield http
 
 
 def body(model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
