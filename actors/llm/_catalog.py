@@ -12,7 +12,8 @@ Built-in prices are list prices in USD per million tokens at the time of writing
 Parameters (:class:`ModelParams`) are known per family: OpenAI's reasoning models (``o1``, ``o3``,
 ``o4``, ``gpt-5`` and their variants) take ``max_completion_tokens`` instead of ``max_tokens`` and
 reject non-default ``temperature``/``top_p``/penalties and ``logprobs``. Configured entries
-(``model_params``) win over the families, looked up like prices.
+(``model_params``) are looked up like prices and override, field by field, only what they set: the
+rest stays the family's (``o4-mini: {reasoning_effort: high}`` keeps ``max_completion_tokens``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ __all__ = [
     "ModelCatalog",
     "ModelParams",
     "ModelPrice",
+    "ReasoningEffort",
 ]
+
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+"""How hard a reasoning model thinks before it answers (OpenAI's ``reasoning_effort``)."""
 
 
 class ModelPrice(BaseModel):
@@ -53,6 +58,8 @@ class ModelParams(BaseModel):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     rejected_params: frozenset[str] = frozenset()
     """Never sent to this model (it answers them with a 400), even when configured."""
+    reasoning_effort: ReasoningEffort | None = None
+    """Asked of this model when the request names none; over its provider's ``reasoning_effort``."""
 
 
 _REASONING_PARAMS = ModelParams(
@@ -193,14 +200,17 @@ class ModelCatalog:
         return None
 
     def params(self, model: str) -> ModelParams:
-        """The parameters ``model`` takes: configured, else its family's, else OpenAI's usual."""
+        """The parameters ``model`` takes: its family's (else OpenAI's usual), with the fields a
+        configured entry sets replaced by the entry's."""
         names = list(_candidates(model))
+        family = (_REASONING_PARAMS if any(_REASONING_FAMILY.match(name) for name in names)
+                  else _DEFAULT_PARAMS)
         for name in names:
             if name in self._params:
-                return self._params[name]
-        if any(_REASONING_FAMILY.match(name) for name in names):
-            return _REASONING_PARAMS
-        return _DEFAULT_PARAMS
+                configured = self._params[name]
+                return family.model_copy(update={
+                    field: getattr(configured, field) for field in configured.model_fields_set})
+        return family
 
     def preflight_check(self, prompt_tokens: int, max_tokens: int | None, model: str) -> None:
         """Check that ``prompt_tokens`` plus ``max_tokens`` fit ``model``'s context window.

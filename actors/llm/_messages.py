@@ -171,7 +171,8 @@ class ChatRequest(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     turn_cost_limit: float | None = None
     """USD the whole turn may cost (``chat.max_cost_per_turn``), enforced by the ledger."""
     reasoning_effort: str | None = None
-    """``minimal``/``low``/``medium``/``high`` for reasoning models (``None``: the provider's)."""
+    """``minimal``/``low``/``medium``/``high`` for reasoning models (for OpenRouter also a number:
+    a budget of reasoning tokens). ``None``: the model's ``model_params``, else the provider's."""
     response_format: dict[str, Any] | None = None
     """OpenAI's ``response_format`` (``{"type": "json_object"}`` or ``json_schema``): the answer
     is then checked to be JSON (:class:`~actors.llm.LLMInvalidJSONError` when it is not)."""
@@ -205,9 +206,6 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     prompt_tokens: int
     stream: bool = False
     fallback_models: tuple[str, ...] = ()
-    reasoning_effort: str | None = None
-    """Set by the router from the config for this provider and model; the request's own
-    ``reasoning_effort`` wins."""
     deltas: DeltaSink | None = field(default=None, compare=False, repr=False)
     """Where the stream's deltas go instead of the stream (see :attr:`ChatRequest.deltas`)."""
 

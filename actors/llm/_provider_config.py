@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PositiveInt, SecretStr, field_validator, model_validator
 
 from ._breaker import BreakerConfig
-from ._catalog import ModelParams, ModelPrice
+from ._catalog import ModelParams, ModelPrice, ReasoningEffort
 from ._client_settings import ClientSettings
 from ._errors import LLMAuthError
 from ._limits import RateLimitConfig
@@ -75,6 +75,10 @@ class ProviderConfig(ClientSettings):
     provider's own budget, enforced beside the global one in ``llm.cost``;
     ``enable_fallback_models: false`` ignores ``fallback_models``; ``enable_json_mode`` asks for
     JSON answers; ``enable_logprobs`` (with ``top_logprobs``) asks for log probabilities.
+
+    ``reasoning_effort`` is asked of every model of this provider; a model's own
+    (``model_params``) and a request's win over it (request > model > provider). It goes out as
+    ``reasoning_effort``, or as OpenRouter's ``reasoning`` object for ``kind: openrouter``.
     """
 
     kind: ProviderKind
@@ -100,7 +104,12 @@ class ProviderConfig(ClientSettings):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     model_params: dict[str, ModelParams] = Field(
         default_factory=dict,
-        description="per model: max_tokens_param and rejected_params (over the built-in families)",
+        description="per model: max_tokens_param, rejected_params, reasoning_effort (each over"
+        " the built-in family's)",
+    )
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="asked of this provider's models unless model_params or the request names one",
     )
     # The specification's flat keys.
     requests_per_minute: PositiveInt | None = Field(

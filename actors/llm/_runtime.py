@@ -91,16 +91,19 @@ class LLMRuntime:
         timeout: float | None = None,
         turn_id: str | None = None,
         turn_cost_limit: float | None = None,
+        reasoning_effort: str | None = None,
         **params: Any,
     ) -> ChatRequest:
         """Build the :class:`ChatRequest` that :meth:`chat` and :meth:`stream` send.
 
         ``turn_id`` with ``turn_cost_limit`` (USD): every attempt of every request of that turn
-        is reserved against the turn's budget (``chat.max_cost_per_turn``).
+        is reserved against the turn's budget (``chat.max_cost_per_turn``). ``reasoning_effort``
+        (``minimal``/``low``/``medium``/``high``) wins over the model's and the provider's
+        configured one; it is sent in each provider's own form.
         """
         return ChatRequest.of(list(messages), list(tools or ()), model=model, provider=provider,
                               timeout=timeout, params=params, turn_id=turn_id,
-                              turn_cost_limit=turn_cost_limit)
+                              turn_cost_limit=turn_cost_limit, reasoning_effort=reasoning_effort)
 
     async def chat(self, messages: Sequence[Message], **kwargs: Any) -> LLMResponse:
         """One complete answer. Raises only ``LLMClientError`` subclasses."""

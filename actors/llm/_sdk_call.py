@@ -75,7 +75,7 @@ def plan_call(call: ProviderCall, config: ProviderConfig, kind: ProviderKindRule
         body["logprobs"] = True
         if config.top_logprobs is not None:
             body["top_logprobs"] = config.top_logprobs
-    effort = request.reasoning_effort or call.reasoning_effort
+    effort = request.reasoning_effort or params.reasoning_effort or config.reasoning_effort
     if effort:
         body.update(kind.reasoning(effort))
     limit = body.pop("max_completion_tokens", None)

@@ -607,7 +607,8 @@ async def test_refused_parameters_are_dropped_and_remembered_for_the_model(
     sim: SimulatorProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A stale override says o4-mini takes max_tokens and sampling: the upstream says otherwise.
-    config = provider_config(sim, model_params={"o4-mini": {}})
+    config = provider_config(sim, model_params={
+        "o4-mini": {"max_tokens_param": "max_tokens", "rejected_params": []}})
     async with running(config) as (system, ref):
         first = await ref.ask(call(model="o4-mini"), timeout=5)
         assert (await sim.stats())["total_requests"] == 3  # max_tokens, temperature, then ok
@@ -654,12 +655,11 @@ async def test_reasoning_streams_before_the_text_and_is_counted(
 
 
 async def test_reasoning_effort_reaches_an_openai_reasoning_model(sim: SimulatorProcess) -> None:
-    async with running(provider_config(sim)) as (_, ref):
+    async with running(provider_config(sim, reasoning_effort="high")) as (_, ref):
         low = await ref.ask(ProviderCall(ChatRequest.of(HELLO, reasoning_effort="low"),
                                          "o4-mini", 10), timeout=5)
-        routed = await ref.ask(ProviderCall(ChatRequest.of(HELLO), "o4-mini", 10,
-                                            reasoning_effort="high"), timeout=5)
-    assert (low.usage.reasoning_tokens, routed.usage.reasoning_tokens) == (8, 32)
+        configured = await ref.ask(ProviderCall(ChatRequest.of(HELLO), "o4-mini", 10), timeout=5)
+    assert (low.usage.reasoning_tokens, configured.usage.reasoning_tokens) == (8, 32)
     assert low.reasoning == ""  # OpenAI hides it
 
 
