@@ -122,12 +122,14 @@ def _window_tokens(redis_server: RedisServer) -> int:
 @pytest.mark.timeout(240)
 async def test_money_and_token_limits_hold_exactly_across_instances_and_redis_faults(
         tmp_path: Path, sims: dict[str, SimulatorChild], redis_server: RedisServer) -> None:
-    first = ServerChild(_config(tmp_path / "A", sims, redis_server.url, active="a",
-                                order=["a", "c"]), wait_healthy=False)
-    second = ServerChild(_config(tmp_path / "B", sims, redis_server.url, active="b",
-                                 order=["b"]), wait_healthy=False)
-    a_url, b_url = first.ws_url, second.ws_url
+    children: list[ServerChild] = []  # stopped even when the second fails to start
     try:
+        children.append(ServerChild(_config(tmp_path / "A", sims, redis_server.url, active="a",
+                                            order=["a", "c"]), wait_healthy=False))
+        children.append(ServerChild(_config(tmp_path / "B", sims, redis_server.url, active="b",
+                                            order=["b"]), wait_healthy=False))
+        first, second = children
+        a_url, b_url = first.ws_url, second.ws_url
         wait_for(lambda: health_of(first).get("cluster", {}).get("workers_up") == 4,
                  "4 workers heartbeat", 120)
 
@@ -180,7 +182,7 @@ async def test_money_and_token_limits_hold_exactly_across_instances_and_redis_fa
             [("error", "cost_limit")] * 6, spent, before)
         assert sims["a"].stats()["max_tokens_in_window"] <= A_TPM
     finally:
-        codes = [first.stop(), second.stop()]
-        for name, child in (("A", first), ("B", second)):
+        codes = [child.stop() for child in children]
+        for name, child in zip("AB", children, strict=False):
             (tmp_path / f"server-{name}.log").write_text(child.output)
-        assert codes == [0, 0]
+        assert codes == [0] * len(children)

@@ -93,11 +93,13 @@ def _holder(redis_server: RedisServer, conversation_id: str) -> str | None:
 async def test_two_instances_of_two_workers_share_limits_leases_and_survive_faults(
         tmp_path: Path, simulator: SimulatorChild, redis_server: RedisServer) -> None:
     base, history = simulator.url, tmp_path / "history.sqlite3"
-    first = ServerChild(_config(tmp_path / "a", base, redis_server.url, history=history),
-                        wait_healthy=False)
-    second = ServerChild(_config(tmp_path / "b", base, redis_server.url, history=history),
-                         wait_healthy=False)
+    children: list[ServerChild] = []  # stopped even when the second fails to start
     try:
+        for name in ("a", "b"):
+            children.append(ServerChild(
+                _config(tmp_path / name, base, redis_server.url, history=history),
+                wait_healthy=False))
+        first, second = children
         health = wait_for(lambda: (h := health_of(first)).get("cluster", {}).get("workers_up")
                           == 4 and h, "4 workers heartbeat", 90)
         assert {(w["instance"].rsplit(":", 1)[1], w["worker"]) for w in
@@ -153,5 +155,4 @@ async def test_two_instances_of_two_workers_share_limits_leases_and_survive_faul
         assert simulator.stats()["total_requests"] == RPM
         assert simulator.stats()["max_requests_in_window"] == RPM
     finally:
-        assert first.stop() == 0
-        assert second.stop() == 0
+        assert [child.stop() for child in children] == [0] * len(children)
