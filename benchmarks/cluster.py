@@ -68,7 +68,9 @@ def _config(directory: Path, simulator: SimulatorChild, redis_url: str, workers:
 
 
 def _workers_cpu(parent: int) -> float:
-    return sum(_cpu_seconds(pid) for pid in child_pids(parent))
+    """CPU seconds of the serving processes: the parent (it serves itself with one worker, and
+    only supervises with more) and its workers."""
+    return sum(_cpu_seconds(pid) for pid in [parent, *child_pids(parent)])
 
 
 async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
