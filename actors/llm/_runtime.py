@@ -217,7 +217,8 @@ def runtime_children(
                        # to restart.
                        crash_on=(), mailbox_size=100_000)
     return [
-        metrics_child_spec(),
+        # The configured models keep their label whatever names the upstreams answer with.
+        metrics_child_spec(models=configured_models(config)),
         ledger,
         SupervisorSpec("providers", providers, max_restarts=20, max_seconds=60.0,
                        backoff=Backoff(initial=0.2, maximum=30.0)),

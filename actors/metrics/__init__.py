@@ -1,7 +1,7 @@
 """Metrics: the one actor that records every event, and the store behind it (Prometheus text)."""
 
 from ._actor import GetPrometheus, GetSummary, metrics_child_spec
-from ._store import (
+from ._events import (
     POOL_CONNECTIONS_IN_USE,
     ActorRestarted,
     BreakerTransition,
@@ -9,10 +9,10 @@ from ._store import (
     FallbackTaken,
     GaugeSet,
     HedgeSent,
-    MetricsStore,
     RequestCostWarning,
     RequestFinished,
 )
+from ._store import MetricsStore
 
 __all__ = [
     "POOL_CONNECTIONS_IN_USE",

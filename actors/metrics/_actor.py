@@ -1,6 +1,6 @@
 """The MetricsActor: the one writer of the :class:`MetricsStore`.
 
-Senders ``try_tell`` it events (``actors.metrics._store``); handling one is a few dictionary
+Senders ``try_tell`` it events (``actors.metrics._events``); handling one is a few dictionary
 updates, so it never waits on anything and never slows a request. When its mailbox is full the
 kernel drops the event and counts the drop on the actor's cell.
 
@@ -24,13 +24,13 @@ Decisions, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
 
 from runtime import Actor, ActorStatus, Ask, ChildSpec, Restart
 
-from ._store import (
+from ._events import (
     MAILBOX_DEPTH,
     ActorRestarted,
     BreakerTransition,
@@ -39,10 +39,10 @@ from ._store import (
     GaugeSet,
     HedgeSent,
     MetricsEvent,
-    MetricsStore,
     RequestCostWarning,
     RequestFinished,
 )
+from ._store import MetricsStore
 
 __all__ = ["GetPrometheus", "GetSummary", "MetricsActor", "metrics_child_spec"]
 
@@ -146,16 +146,22 @@ def metrics_child_spec(
     mailbox_size: int = 10_000,
     *,
     store: MetricsStore | None = None,
+    models: Iterable[str] = (),
     sample_interval: float | None = 5.0,
 ) -> ChildSpec:
     """The ``"metrics"`` child: a :class:`MetricsActor` whose store is durable state.
 
-    Pass ``store`` to keep a handle on it (the durable state is that very object);
-    ``sample_interval=None`` turns the gauge sampler off.
+    Pass ``store`` to keep a handle on it (the durable state is that very object), or ``models``:
+    the configured model names, which keep their ``model`` label however many other names the
+    upstreams answer with (see :class:`MetricsStore`). ``sample_interval=None`` turns the gauge
+    sampler off.
     """
+    if store is not None and models:
+        raise ValueError("models go to the MetricsStore given as store, not beside it")
+    configured = tuple(models)
 
     def durable() -> MetricsStore:
-        return store if store is not None else MetricsStore()
+        return store if store is not None else MetricsStore(configured)
 
     return ChildSpec(
         name="metrics",

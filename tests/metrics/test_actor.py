@@ -145,3 +145,21 @@ async def test_the_sampler_leaves_temporary_actors_without_a_gauge() -> None:
         await clock.advance(5.0)
         summary = await system.ref("metrics").ask(GetSummary(), timeout=5)
         assert summary["gauges"]["mailbox_depth"] == {"actor=metrics": 0.0}
+
+
+async def test_the_configured_models_keep_their_label_past_the_unconfigured_cap() -> None:
+    async with metrics_system(models=["late-configured"], sample_interval=None) as system:
+        metrics = system.ref("metrics")
+        for i in range(40):
+            metrics.tell(RequestFinished("p", f"upstream-{i}", 0.1, None, 1, 1, 0.0))
+        metrics.tell(RequestFinished("p", "late-configured", 0.1, None, 1, 1, 0.0))
+        summary = await metrics.ask(GetSummary(), timeout=5)
+    assert len(summary["by_model"]) == 34  # 32 upstream names, "other", the configured one
+    assert summary["by_model"]["p:other"]["total_requests"] == 8
+    assert summary["by_model"]["p:late-configured"]["total_requests"] == 1
+
+
+def test_a_store_and_models_beside_it_are_refused() -> None:
+    with pytest.raises(ValueError,
+                       match=r"^models go to the MetricsStore given as store, not beside it$"):
+        metrics_child_spec(store=MetricsStore(), models=["m"])

@@ -1,4 +1,4 @@
-"""Tests for actors._metrics_store: histogram accuracy, the summary, the Prometheus text."""
+"""MetricsStore and its parts: histogram accuracy, the summary, the Prometheus text."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import random
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics._store import (
-    LATENCY_BOUNDS,
+from actors.metrics._events import (
     MAILBOX_DEPTH,
     POOL_CONNECTIONS_IN_USE,
     ActorRestarted,
@@ -19,10 +18,10 @@ from actors.metrics._store import (
     FallbackTaken,
     GaugeSet,
     HedgeSent,
-    Histogram,
-    MetricsStore,
     RequestFinished,
 )
+from actors.metrics._histogram import LATENCY_BOUNDS, Histogram
+from actors.metrics._store import MetricsStore
 
 # Each bucket is 10**(1/24) ~ 1.1007 times the previous (bounds rounded to 6 digits): an
 # interpolated estimate and the exact value share a bucket, so they differ by at most that ratio.

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics._store import LATENCY_BOUNDS
+from actors.metrics._histogram import LATENCY_BOUNDS
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
