@@ -52,7 +52,9 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        raise RuntimeError("the child process is not running")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks

@@ -72,7 +72,9 @@ GAP_LIMIT = 0.150
 _RELAY_BANNER = re.compile(r"relay listening on (http://\S+)")
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        raise RuntimeError("the child process is not running")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
