@@ -11,6 +11,7 @@ import pytest
 
 from actors.llm import LLMTokenLimitError
 from actors.llm._limits import (
+    MAX_SERVER_PAUSE,
     ProviderRateLimiter,
     RateLimitConfig,
     SlidingWindowLimit,
@@ -232,12 +233,21 @@ async def test_remaining_zero_in_headers_pauses_until_reset() -> None:
     lim.update_from_headers(
         {
             "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": "6m0s",
+            "x-ratelimit-reset-requests": "2m30s",
             "x-ratelimit-remaining-tokens": "5000",
             "x-ratelimit-reset-tokens": "20ms",
         }
     )
-    assert lim.pause_remaining() == 360.0
+    assert lim.pause_remaining() == 150.0
+
+
+async def test_a_reset_longer_than_the_cap_pauses_for_the_cap_only() -> None:
+    clock = FakeClock()
+    lim = limiter(rpm=100, tpm=10_000, clock=clock)
+    lim.update_from_headers(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}
+    )
+    assert lim.pause_remaining() == MAX_SERVER_PAUSE == 300.0
 
 
 async def test_remaining_tokens_zero_pauses_for_the_token_reset() -> None:
