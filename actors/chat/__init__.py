@@ -1,7 +1,7 @@
 """Conversations: one actor per conversation, its persisted history, the tool loop of a turn."""
 
 from ._history import HistoryStore
-from ._leases import SharedTurnLeases, TurnLeases
+from ._leases import ConversationUnavailable, SharedTurnLeases, TurnLeases
 from ._messages import (
     ClearHistory,
     GetHistory,
@@ -18,6 +18,7 @@ from ._trimming import trim_history
 
 __all__ = [
     "ClearHistory",
+    "ConversationUnavailable",
     "GetHistory",
     "HistoryStore",
     "HistoryWriteError",

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from actors.chat import SharedTurnLeases
-from actors.chat._leases import ConversationUnavailable
+from actors.chat import ConversationUnavailable
 from actors.cluster import (
     ClusterConfig,
     ClusterUnavailable,
