@@ -5,8 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from actors.chat import SharedTurnLeases
-from actors.chat import ConversationUnavailable
+from actors.chat import ConversationUnavailable, SharedTurnLeases
 from actors.cluster import (
     ClusterConfig,
     ClusterUnavailable,
