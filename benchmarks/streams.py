@@ -214,9 +214,11 @@ async def main() -> None:
         config["llm"]["providers"]["sim"].update(max_connections=max(ks) + 16,
                                                  max_keepalive_connections=max(ks) + 16)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        server = ServerChild(path)
-        relay = _RelayChild(simulator.url.rstrip("/") + "/v1")
+        server: ServerChild | None = None
+        relay: _RelayChild | None = None
         try:
+            server = ServerChild(path)
+            relay = _RelayChild(simulator.url.rstrip("/") + "/v1")
             targets = [("product", server.pid, server.ws_url), ("floor", relay.pid, relay.ws_url)]
             saturated: set[str] = set()
             for k in ks:
@@ -230,8 +232,10 @@ async def main() -> None:
                     if row[7] > GIVE_UP_TTFT * 1000 or row[2] == 0:
                         saturated.add(target)
         finally:
-            relay.stop()
-            server.stop()
+            if relay is not None:
+                relay.stop()
+            if server is not None:
+                server.stop()
             simulator.stop()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run;"
