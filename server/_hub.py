@@ -1,0 +1,129 @@
+"""What a chat connection is given: the :class:`ChatHub` of all sockets (counts for /health and
+/metrics, the graceful drain), where it finds conversations and their owners, and its limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from runtime import ActorRef
+from server._outbox import CLOSE_GOING_AWAY
+
+if TYPE_CHECKING:
+    from server.websocket import ChatConnection
+
+__all__ = ["CLOSE_GRACE", "ChatHub", "ConnectionLimits", "Conversations", "Owners"]
+
+logger = logging.getLogger("server.websocket")
+
+CLOSE_GRACE = 2.0
+"""Seconds a closing socket (or a draining hub) waits for the close to be flushed."""
+
+
+class Conversations(Protocol):
+    """Where a connection finds the SessionActor of a conversation."""
+
+    async def acquire(self, conversation_id: str) -> None:
+        """This socket uses the conversation (its actor is kept alive meanwhile).
+
+        Raises :class:`~server.conversations.TooManyConversations` when there is no room.
+        """
+        ...
+
+    async def session(self, conversation_id: str) -> ActorRef:
+        """The conversation's actor, started if it is not running."""
+        ...
+
+    def release(self, conversation_id: str) -> None:
+        """This socket no longer uses the conversation."""
+        ...
+
+
+class Owners(Protocol):
+    """Which conversation ids were issued, and to whom."""
+
+    def create(self, owner: str) -> str:
+        """A new, unguessable conversation id recorded as ``owner``'s."""
+        ...
+
+    def owned_by(self, conversation_id: str, owner: str) -> bool:
+        """Whether ``conversation_id`` was issued to ``owner``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-connection limits, from ``server:`` in the configuration."""
+
+    max_message_bytes: int
+    max_messages_per_minute: int
+    max_concurrent_turns: int
+    max_conversations_per_socket: int = 8
+    """Conversations the socket uses at once: the one it is on and those its requests use."""
+    turn_timeout: float | None = None
+    """Seconds a turn may take from its frame to its end (queueing included); then ``timeout``."""
+
+
+class ChatHub:
+    """All open chat sockets: counts for /health and /metrics, and the graceful drain."""
+
+    def __init__(self) -> None:
+        self.connections: set[ChatConnection] = set()
+        self.draining = False
+        self.turns_in_flight = 0
+        self.turns_total: dict[str, int] = {}
+        self.frames_rejected: dict[str, int] = {}
+        self.connections_total = 0
+        self._changed = anyio.Event()
+
+    def turn_started(self) -> None:
+        self.turns_in_flight += 1
+
+    def turn_ended(self, outcome: str) -> None:
+        self.turns_in_flight -= 1
+        self.turns_total[outcome] = self.turns_total.get(outcome, 0) + 1
+        self._changed.set()
+
+    def connection_opened(self, connection: ChatConnection) -> None:
+        self.connections.add(connection)
+        self.connections_total += 1
+
+    def connection_closed(self, connection: ChatConnection) -> None:
+        self.connections.discard(connection)
+        self._changed.set()
+
+    async def _until(self, done: Callable[[], bool], timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            while not done():
+                self._changed = anyio.Event()
+                await self._changed.wait()
+
+    def frame_rejected(self, reason: str) -> None:
+        self.frames_rejected[reason] = self.frames_rejected.get(reason, 0) + 1
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new turns, let running ones finish within ``timeout``, then cancel the rest.
+
+        Every socket is closed with 1001 (going away) afterwards, each turn having got its last
+        envelope first.
+        """
+        self.draining = True
+        await self._until(lambda: not self.turns_in_flight, timeout)
+        if self.turns_in_flight:
+            logger.warning("cancelling %d turns still running at shutdown", self.turns_in_flight)
+        for connection in list(self.connections):
+            connection.cancel_turns("shutting_down")
+        await self._until(lambda: not self.turns_in_flight, CLOSE_GRACE)
+        for connection in list(self.connections):
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._until(lambda: not self.connections, CLOSE_GRACE)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChatHub [{len(self.connections)} sockets, {self.turns_in_flight} turns"
+            f"{' | draining' if self.draining else ''}]>"
+        )
