@@ -11,7 +11,6 @@ block, which abandons the request and cancels the upstream call.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -51,7 +50,6 @@ __all__ = [
     "error_type_of",
 ]
 
-logger = logging.getLogger("server.websocket")
 
 _CLEAR_TIMEOUT = 10.0
 
