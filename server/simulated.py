@@ -12,6 +12,7 @@ real daily limit.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,10 +111,10 @@ async def run_simulator(port: int = 0) -> AsyncIterator[str]:
     The process is terminated on exit (killed if it does not stop within 5 s). Raises
     :class:`SimulatorStartError` if it exits or stays silent during start-up.
     """
-    # Only this process knows the token, so no other local process can reconfigure the
-    # simulator's faults under a running demo.
-    child = SimulatorProcess(port=port, startup_timeout=_STARTUP_TIMEOUT,
-                             control_token=secrets.token_urlsafe(32))
+    # Only this process (and whoever started it with the variable set) knows the token, so no
+    # other local process can reconfigure the simulator's faults under a running demo.
+    token = os.environ.get(CONTROL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
+    child = SimulatorProcess(port=port, startup_timeout=_STARTUP_TIMEOUT, control_token=token)
     async with child:
         logger.info("simulator child process %d listening on %s", child.pid, child.url)
         yield child.url
