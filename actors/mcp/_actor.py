@@ -29,11 +29,12 @@ without an ask through ``system.durable("mcp:<name>")`` or :func:`mcp_status`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, assert_never
 
 import anyio
@@ -66,21 +67,45 @@ _MAX_QUEUED_CALLS: Final = 256
 
 @dataclass(eq=False)
 class _PendingCall:
-    """A call on its way from the actor to the session task, and its answer back."""
+    """A call on its way from the actor to the session task; its answer comes back on a
+    one-slot memory stream (the first answer wins; an abandoned call's answer is dropped)."""
 
     tool: str
     arguments: dict[str, Any]
     timeout: float | None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: ToolResult | None = None
-    error: Exception | None = None
-    abandoned: bool = False
     scope: anyio.CancelScope | None = None
 
-    def abandon(self) -> None:
-        self.abandoned = True
-        if self.scope is not None:
-            self.scope.cancel()
+    def __post_init__(self) -> None:
+        self._answers, self._answer = anyio.create_memory_object_stream[ToolResult | McpError](1)
+
+    @property
+    def abandoned(self) -> bool:
+        """The caller stopped waiting: the call need not run."""
+        return self._answers.statistics().open_receive_streams == 0
+
+    def answer(self, outcome: ToolResult | McpError) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,
+                                 anyio.ClosedResourceError):
+            self._answers.send_nowait(outcome)
+        self._answers.close()
+
+    def discard(self) -> None:
+        """The call never left the actor."""
+        self._answers.close()
+        self._answer.close()
+
+    async def result(self) -> ToolResult:
+        """Wait for the answer. Cancelled, the call is abandoned and cancelled where it runs."""
+        with self._answer, self._answers:
+            try:
+                outcome = await self._answer.receive()
+            except anyio.get_cancelled_exc_class():
+                if self.scope is not None:
+                    self.scope.cancel()
+                raise
+        if isinstance(outcome, McpError):
+            raise outcome
+        return outcome
 
 
 class McpServerActor(Actor["McpMessage"]):
@@ -139,8 +164,9 @@ class McpServerActor(Actor["McpMessage"]):
         try:
             self._calls_send.send_nowait(call)
         except anyio.WouldBlock:
+            call.discard()
             raise Overloaded(self.context.name, _MAX_QUEUED_CALLS) from None
-        self.context.pipe(_await_answer, call, reply_to=self.context.request)
+        self.context.pipe(call.result, reply_to=self.context.request)
 
     # -- the session task -----------------------------------------------------------------------
 
@@ -189,20 +215,22 @@ class McpServerActor(Actor["McpMessage"]):
         self, session: McpSession, call: _PendingCall, on_lost: Callable[[McpSessionLost], None]
     ) -> None:
         if call.abandoned:
+            call.discard()
             return
+        outcome: ToolResult | McpError = McpServerError(
+            self._name, "session ended before the call finished"
+        )
         try:
             with anyio.CancelScope() as call.scope:
                 try:
-                    call.result = await session.call_tool(call.tool, call.arguments, call.timeout)
+                    outcome = await session.call_tool(call.tool, call.arguments, call.timeout)
                 except McpServerError as exc:
-                    call.error = self._redacted(exc)
+                    outcome = self._redacted(exc)
                     on_lost(McpSessionLost(self._name, exc.reason))
                 except McpToolError as exc:
-                    call.error = self._redacted(exc)
+                    outcome = self._redacted(exc)
         finally:
-            if call.result is None and call.error is None:
-                call.error = McpServerError(self._name, "session ended before the call finished")
-            call.done.set()
+            call.answer(outcome)
 
     def _session_ended(self, outcome: Outcome) -> None:
         if outcome.cancelled:
@@ -234,7 +262,7 @@ class McpServerActor(Actor["McpMessage"]):
             return McpToolError(self._redact(str(error)), server=error.server, tool=error.tool)
         return error
 
-    def _fail_queued(self, error: Exception) -> None:
+    def _fail_queued(self, error: McpError) -> None:
         if self._calls_receive is None:
             return
         while True:
@@ -242,23 +270,10 @@ class McpServerActor(Actor["McpMessage"]):
                 call = self._calls_receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            call.error = error
-            call.done.set()
+            call.answer(error)
 
     def __repr__(self) -> str:
         return f"<McpServerActor {self._name!r} [{self._config.transport}]>"
-
-
-async def _await_answer(call: _PendingCall) -> ToolResult:
-    try:
-        await call.done.wait()
-    finally:
-        if not call.done.is_set():
-            call.abandon()
-    if call.error is not None:
-        raise call.error
-    assert call.result is not None
-    return call.result
 
 
 async def _watch_process(
