@@ -91,6 +91,6 @@ def _arguments_of(arguments: str) -> Any:
     """The parsed JSON object of a call's arguments, or the model's text when it is not one."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return arguments
     return parsed if isinstance(parsed, dict) else arguments

@@ -43,6 +43,8 @@ def validate_arguments(
             server=spec.server,
             tool=spec.name,
         ) from None
+    except RecursionError:
+        raise McpToolError(_too_deep(prefix), server=spec.server, tool=spec.name) from None
     if not isinstance(arguments, dict):
         raise McpToolError(
             f"{prefix}: expected a JSON object, got {_json_type(arguments)}.",
@@ -59,14 +61,21 @@ def validate_arguments(
         validator_class = jsonschema.validators.extend(
             validator_class, {"pattern": _bounded_pattern(deadline)}
         )
-    errors = sorted(
-        validator_class(spec.input_schema).iter_errors(arguments),
-        key=lambda error: list(error.absolute_path),
-    )
+    try:
+        errors = sorted(
+            validator_class(spec.input_schema).iter_errors(arguments),
+            key=lambda error: list(error.absolute_path),
+        )
+    except RecursionError:
+        raise McpToolError(_too_deep(prefix), server=spec.server, tool=spec.name) from None
     if errors:
         messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
         raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)
     return arguments
+
+
+def _too_deep(prefix: str) -> str:
+    return f"{prefix}: nested too deeply to read. Send a flat JSON object of the tool's parameters."
 
 
 def _bounded_pattern(deadline: float) -> Callable[..., Iterator[Any]]:

@@ -441,6 +441,17 @@ def test_invalid_json_is_explained_to_the_model() -> None:
         validate_arguments(ADD, '{"a": 1 "b": 2}')
 
 
+@pytest.mark.parametrize("depth", [2_000, 30_000])
+def test_deeply_nested_arguments_are_a_tool_error_not_a_crash(depth: int) -> None:
+    arguments = '{"a": ' + "[" * depth + "]" * depth + ', "b": 1}'  # past the parser's limit
+    with pytest.raises(
+        McpToolError,
+        match=r"^Invalid arguments for tool 'add': nested too deeply to read\. Send a flat JSON "
+        r"object of the tool's parameters\.$",
+    ):
+        validate_arguments(ADD, arguments)
+
+
 def test_non_object_arguments_are_rejected() -> None:
     with pytest.raises(
         McpToolError,
