@@ -26,12 +26,16 @@ class LLMMetrics:
     """Usage metrics per ``provider:model``, kept by the MetricsActor.
 
     Made with :meth:`of` from a running system that has a ``metrics`` actor (a client's or the
-    runtime's); a client offers its own as ``client.metrics``.
+    runtime's); a client offers its own as ``client.metrics``. ``LLMMetrics()`` alone, as the
+    specification writes it, keeps a store of its own (the same :class:`MetricsStore` the actor
+    owns) and records into it directly: it is then its only writer.
     """
 
-    def __init__(self, actor: ActorRef, store: MetricsStore) -> None:
+    def __init__(self, actor: ActorRef | None = None, store: MetricsStore | None = None) -> None:
+        if actor is not None and store is None:
+            raise ValueError("an actor's LLMMetrics needs the store that actor owns")
         self._actor = actor
-        self._store = store
+        self._store = store if store is not None else MetricsStore()
 
     @classmethod
     def of(cls, system: ActorSystem, name: str = "metrics") -> LLMMetrics:
@@ -63,10 +67,14 @@ class LLMMetrics:
         """
         if not response_time_ms >= 0 or response_time_ms == float("inf"):
             raise ValueError(f"invalid response_time_ms {response_time_ms!r}")
-        self._actor.try_tell(RequestFinished(
+        event = RequestFinished(
             provider=provider, model=model, latency_s=response_time_ms / 1000, ttft_s=None,
             prompt_tokens=tokens, completion_tokens=0, cost=cost or 0.0, error_type=error,
-        ))
+        )
+        if self._actor is None:
+            self._store.apply(event)
+        else:
+            self._actor.try_tell(event)
         logger.info(
             "LLM Request - %s:%s | Tokens: %d | Cost: %s | Time: %.0fms", provider, model, tokens,
             f"${cost:.4f}" if cost is not None else "Unknown", response_time_ms,

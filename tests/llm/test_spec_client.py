@@ -190,6 +190,21 @@ async def test_a_prompt_over_the_context_window_is_refused_before_any_call(
     assert (await sim.stats())["total_requests"] == 0
 
 
+def test_llm_metrics_made_alone_as_the_specification_writes_it() -> None:
+    metrics = LLMMetrics()
+    metrics.record_request(
+        provider="openai", model="gpt-4o", tokens=100, cost=0.25, response_time_ms=300.0)
+    metrics.record_request("openai", "gpt-4o", 50, None, 100.0, "LLMRateLimitError")
+    assert metrics.get_summary() == {
+        "total_requests": 2,
+        "total_tokens": 150,
+        "total_cost": 0.25,
+        "avg_response_time": 200.0,
+        "error_rate": 0.5,
+        "by_model": {"openai:gpt-4o": 2},
+    }
+
+
 async def test_llm_metrics_records_and_summarises_in_the_specifications_shape(
     sim: SimulatorProcess,
 ) -> None:
