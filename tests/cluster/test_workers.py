@@ -141,9 +141,8 @@ async def test_two_instances_of_two_workers_share_limits_leases_and_survive_faul
         # Redis frozen: everything fails closed, /health says so, the upstream gets nothing.
         redis_server.pause()
         try:
-            wait_for(lambda: health_of(first).get("cluster", {}).get("redis", {}).get("ok")
-                     is False, "health shows Redis down", 15)
-            assert first.health()["status"] == "failing"
+            # Each worker keeps its own snapshot: the one answering must say both at once.
+            wait_for(lambda: _says_redis_down(health_of(first)), "health shows Redis down", 15)
             results = await turns(urls, 4, "frozen")
             assert results == [("error", "unavailable")] * 4  # no lease: typed, retryable
         finally:
@@ -156,3 +155,8 @@ async def test_two_instances_of_two_workers_share_limits_leases_and_survive_faul
         assert simulator.stats()["max_requests_in_window"] == RPM
     finally:
         assert [child.stop() for child in children] == [0] * len(children)
+
+
+def _says_redis_down(health: dict[str, Any]) -> bool:
+    redis = health.get("cluster", {}).get("redis", {})
+    return redis.get("ok") is False and health.get("status") == "failing"
