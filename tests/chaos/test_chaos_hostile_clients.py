@@ -14,16 +14,14 @@ on; the token never reaches the log; ``/health`` is ``ok`` afterwards and SIGTER
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
-import struct
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 
+from tests.raw_websocket import frame, handshake
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
@@ -58,42 +56,15 @@ NESTED_ERROR = {"request_id": None, "status": "error",
 # -- raw sockets: any Host and Origin, frames a client library would not send ------------------
 
 
-def _handshake(port: int, *, host: str, origin: str | None = None,
-               path: str = "/ws/chat") -> tuple[int, socket.socket]:
-    """Send an upgrade request; ``(HTTP status, socket)``."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             f"Authorization: Bearer {TOKEN}"]
-    if origin is not None:
-        lines.append(f"Origin: {origin}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head and len(head) < 8192:
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        head += chunk
-    return int(head.split(b" ", 2)[1]), sock
-
-
-def _frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (payload shorter than 126 bytes)."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
-
-
 def flood(port: int, opcode: int) -> int:
     """Send frames of ``opcode`` for ``FLOOD_S`` without ever reading; the bytes sent.
 
     Stops early once the server has stopped reading us for a second (flow control).
     """
-    status, sock = _handshake(port, host=f"127.0.0.1:{port}")
+    status, sock = handshake(port, token=TOKEN, host=f"127.0.0.1:{port}")
     assert status == 101
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    batch = _frame(opcode, b"p" * 100) * 512
+    batch = frame(opcode, b"p" * 100) * 512
     pending = memoryview(batch)
     sent = 0
     stalled_since: float | None = None
@@ -126,7 +97,7 @@ def rebinding_answers(port: int) -> dict[str, tuple[int, str]]:
                                            headers={"Host": host,
                                                     "Authorization": f"Bearer {TOKEN}"})
                 answers[f"{host} {route}"] = (status, body)
-            status, sock = _handshake(port, host=host, origin=f"http://{host}")
+            status, sock = handshake(port, token=TOKEN, host=host, origin=f"http://{host}")
             sock.close()
             answers[f"{host} /ws/chat"] = (status, "")
     return answers

@@ -6,9 +6,7 @@ rate limit, no query strings in the access log, a ping flood from a client that 
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import socket
 import struct
@@ -19,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.raw_websocket import frame, handshake
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
@@ -60,33 +59,6 @@ def _port(server: ServerChild) -> int:
 
 
 # -- a raw WebSocket client: any Host, any Origin, frames the library would not send ----------
-
-
-def _handshake(server: ServerChild, *, host: str, origin: str | None = None,
-               path: str = "/ws/chat") -> tuple[int, socket.socket]:
-    """Open a socket and send an upgrade request; ``(HTTP status, socket)``."""
-    sock = socket.create_connection(("127.0.0.1", _port(server)), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             f"Authorization: Bearer {TOKEN}"]
-    if origin is not None:
-        lines.append(f"Origin: {origin}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        head += chunk
-    return int(head.split(b" ", 2)[1]), sock
-
-
-def _frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (payload shorter than 126 bytes)."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
 
 
 def _close_code(sock: socket.socket) -> int:
@@ -131,7 +103,7 @@ def test_ip_addresses_localhost_and_configured_names_are_served(
 
 def test_a_rebinding_page_cannot_open_a_socket(server: ServerChild) -> None:
     host = f"evil.example:{_port(server)}"
-    status, sock = _handshake(server, host=host, origin=f"http://{host}")
+    status, sock = handshake(_port(server), token=TOKEN, host=host, origin=f"http://{host}")
     sock.close()
     assert status == 403
 
@@ -139,14 +111,14 @@ def test_a_rebinding_page_cannot_open_a_socket(server: ServerChild) -> None:
 def test_origin_is_never_compared_with_host(server: ServerChild) -> None:
     # chat.example is an allowed Host, but a page of that origin is not an allowed Origin.
     host = f"chat.example:{_port(server)}"
-    status, sock = _handshake(server, host=host, origin=f"http://{host}")
+    status, sock = handshake(_port(server), token=TOKEN, host=host, origin=f"http://{host}")
     with sock:
         assert status == 101
         assert _close_code(sock) == 1008
-    status, sock = _handshake(server, host=host, origin="https://app.example")
+    status, sock = handshake(_port(server), token=TOKEN, host=host, origin="https://app.example")
     with sock:
         assert status == 101
-        sock.sendall(_frame(0x8, struct.pack("!H", 1000)))
+        sock.sendall(frame(0x8, struct.pack("!H", 1000)))
         assert _close_code(sock) == 1000  # the server echoes our close: it had accepted us
 
 
@@ -220,11 +192,11 @@ async def test_an_encoded_token_in_the_query_string_never_reaches_the_log(
 def test_a_ping_flood_from_a_client_that_never_reads_does_not_grow_the_server(
     server: ServerChild,
 ) -> None:
-    status, sock = _handshake(server, host=f"127.0.0.1:{_port(server)}")
+    status, sock = handshake(_port(server), token=TOKEN, host=f"127.0.0.1:{_port(server)}")
     assert status == 101
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     before = _rss_kib(server.pid)
-    ping = _frame(0x9, b"p" * 125)
+    ping = frame(0x9, b"p" * 125)
     batch = ping * 512  # 67 KB per send
     total = 40 * 2**20
     sent = 0

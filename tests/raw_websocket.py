@@ -1,0 +1,35 @@
+"""A raw WebSocket client for hostile tests: any Host and Origin, odd frames."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+
+
+def handshake(port: int, *, host: str, token: str, origin: str | None = None,
+              path: str = "/ws/chat") -> tuple[int, socket.socket]:
+    """Open a socket to 127.0.0.1 and send an upgrade request; ``(HTTP status, socket)``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+             f"Authorization: Bearer {token}"]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 8192:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return int(head.split(b" ", 2)[1]), sock
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One masked client frame (payload shorter than 126 bytes)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
