@@ -37,12 +37,17 @@ are reloaded by redis-py on ``NOSCRIPT``.
 
 Redis **restarted empty** (no persistence, or a failover that lost writes):
 
-* *Ledger*: open reservations and day totals are lost. Every instance's next reserve finds its
-  seed marker gone and re-seeds (``seed_day_total``) from its durable journal (SQLite): its
-  settled spend of the day and the reservations it still holds. The day's total is then exact for
-  every instance that has reserved since; an instance that stays idle re-seeds on its next
-  reserve (call ``seed_day_total`` on a timer to bound that gap). A settle of a lost reservation
-  is still charged (``late``).
+* *Ledger*: open reservations and day totals are lost. Every instance re-seeds
+  (``seed_day_total``) from its durable journal (SQLite: its settled spend of the day and the
+  reservations it still holds) at its next reserve and on a timer (``journal_interval``). Budgets
+  fail closed meanwhile: Redis keeps an epoch marker, and a ledger without one (restarted empty,
+  or first use: the two look alike) grants no money under a day or provider limit for ``2 x
+  journal_interval + op_timeout`` from the first call that notices, the time every live
+  instance's timer needs to bring its journal back; reserves wait that window out (2.5 s by
+  default) instead of counting on a day that still misses an instance's spend. A settle of a
+  lost reservation is still charged (``late``). An instance frozen through the whole window
+  (SIGSTOP, a long GC pause) brings its journal late, and the day can then pass its limit by
+  what that instance spent before the loss and others spent in the window.
 * *Rate windows*: the requests sent in the last window are forgotten, so in the first window
   after the loss the upstream could receive up to one more window's worth. With
   ``rate_quarantine_on_loss`` a provider whose windows were lost is paused for one window from

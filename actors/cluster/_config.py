@@ -46,6 +46,11 @@ class ClusterConfig(BaseModel):
         description="an admitted request not yet sent counts as sent at this age at the latest",
     )
     day_ttl: float = Field(default=3 * 86_400.0, gt=0, description="day totals, seconds")
+    journal_interval: float = Field(
+        default=1.0, gt=0, le=60,
+        description="seconds between two offers of each worker's journal to the shared day; "
+                    "after Redis lost its data, budgets grant nothing for 2x this + op_timeout",
+    )
     rate_quarantine_on_loss: bool = Field(
         default=False,
         description="after Redis lost a provider's windows, refuse it for one window",

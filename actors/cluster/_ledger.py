@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import anyio
+
 from . import _ledger_scripts as lua
+from ._errors import ClusterUnavailable
 from ._link import RedisLink
 
 __all__ = [
@@ -93,8 +96,12 @@ class SharedLedger:
 
     Day totals are seeded from each instance's durable journal: the first reserve of an instance
     on a day (and the first after Redis lost its data) calls ``journal(day)`` and adds what it
-    returns once, with the instance's open reservations. Raises :class:`ClusterUnavailable`
-    when Redis does not answer (fail closed: nothing was reserved).
+    returns once, with the instance's open reservations. When Redis holds no ledger epoch (first
+    use, or restarted empty) the day and provider limits grant nothing for ``2 x
+    journal_interval + op_timeout``: every live instance offers its journal on a timer of
+    ``journal_interval`` (:meth:`seed_day_total`), so a grant never counts on a day that still
+    misses an instance's spend; a reserve waits out that window. Raises
+    :class:`ClusterUnavailable` when Redis does not answer (fail closed: nothing was reserved).
     """
 
     def __init__(self, link: RedisLink, instance_id: str, journal: Journal,
@@ -108,6 +115,9 @@ class SharedLedger:
         config = link.config
         self._res_ttl = round(config.reservation_ttl * 1000)
         self._day_ttl = round(config.day_ttl * 1000)
+        # Every instance offers its journal each journal_interval (a call may take op_timeout):
+        # after Redis lost its data, every journal is back within this window.
+        self._window = round((2 * config.journal_interval + config.op_timeout) * 1000)
         self._reserve = link.script(lua.RESERVE)
         self._settle = link.script(lua.SETTLE)
         self._release = link.script(lua.RELEASE)
@@ -117,7 +127,7 @@ class SharedLedger:
         key = self._link.key
         turn = key("ledger", "turn", turn_id) if turn_id is not None else key("ledger", "noturn")
         return [key("ledger", "open"), key("ledger", "resv"), key("ledger", "reserved"),
-                key("ledger", "day", day), turn, key("ledger", "ended")]
+                key("ledger", "day", day), turn, key("ledger", "ended"), key("ledger", "epoch")]
 
     async def reserve(self, request_id: str, amount: int, provider: str, day: str, *,
                       turn_id: str | None = None) -> ReserveResult:
@@ -134,12 +144,16 @@ class SharedLedger:
                 _or_none(limits.provider_daily_limits.get(provider)),
                 _or_none(limits.max_cost_per_turn), self._res_ttl, self._day_ttl,
                 self.instance_id, "0" if turn_id is None else "1"]
+        shared = limits.daily_cost_limit is not None or bool(limits.provider_daily_limits)
+        args.append(self._window if shared else -1)
         keys = self._keys(day, turn_id)
-        for _ in range(2):
+        for _ in range(4):
             answer = await self._link.run(self._reserve, "ledger reserve", keys, args)
             status = int(answer[0])
-            if status == -2:
+            if status in (-2, -3):
                 await self.seed_day_total(day, await self._journal(day))
+                if status == -3:  # the other journals are on their way: fail closed until then
+                    await anyio.sleep(int(answer[1]) / 1000)
                 continue
             if status == -1:
                 return ReserveResult(False, 0, ReserveRefused("ended", 0, 0))
@@ -147,7 +161,7 @@ class SharedLedger:
                 return ReserveResult(True, int(answer[1]))
             reason = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
             return ReserveResult(False, 0, ReserveRefused(reason, int(answer[2]), int(answer[3])))
-        raise RuntimeError("the day was seeded yet the ledger still asks for a seed")
+        raise ClusterUnavailable("ledger reserve", "Redis lost its data again while re-seeding")
 
     async def settle(self, request_id: str, actual: int, provider: str, day: str, *,
                      turn_id: str | None = None) -> SettleResult:
@@ -180,7 +194,7 @@ class SharedLedger:
         """
         key = self._link.key
         args: list[object] = [self.instance_id, seed.settled, self._res_ttl, self._day_ttl,
-                              len(seed.by_provider)]
+                              self._window, len(seed.by_provider)]
         for provider, total in seed.by_provider.items():
             args += [provider, total]
         for held in seed.open:

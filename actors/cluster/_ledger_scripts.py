@@ -5,7 +5,8 @@ Money is integer nano-USD (exact in Lua's doubles below 9e15, i.e. $9 million). 
 totals of open reservations: ``total``, ``p:<provider>``), ``day`` (settled on that day:
 ``settled``, ``p:<provider>``, and one ``seed:<instance>`` marker per instance that added its
 journal), ``turn`` (``settled``, ``reserved`` of one turn), ``ended`` (request -> ms: settled or
-released, so a repeated settle never charges twice).
+released, so a repeated settle never charges twice), ``epoch`` (``born`` and ``open_at``: when Redis
+first held this ledger, and from when it grants money: see :data:`RESERVE`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = ["RELEASE", "RESERVE", "SEED", "SETTLE"]
 
 _PRELUDE = """
 local open, resv, reserved, day, turn, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local epoch = KEYS[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
@@ -36,19 +38,34 @@ local function sweep(res_ttl)
   end
   redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - 2 * res_ttl)
 end
+local function gathering(window, day_ttl)
+  -- No epoch: first use, or Redis lost its data. Every instance offers its journal within
+  -- `window` ms (its timer), so money is granted only from then on: until every journal is back
+  -- in the day's total, a grant could pass the daily limit.
+  local open_at = tonumber(redis.call('HGET', epoch, 'open_at') or '-1')
+  if open_at < 0 then
+    open_at = now + window
+    redis.call('HSET', epoch, 'born', now, 'open_at', open_at)
+    redis.call('PEXPIRE', epoch, day_ttl)
+  end
+  return open_at - now
+end
 local function keep(res_ttl, day_ttl)
   for _, key in ipairs({open, resv, reserved, ended}) do
     redis.call('PEXPIRE', key, 2 * res_ttl + 60000)
   end
   redis.call('PEXPIRE', day, day_ttl)
+  redis.call('PEXPIRE', epoch, day_ttl)
   if turn ~= day then redis.call('PEXPIRE', turn, day_ttl) end
 end
 """
 
 #: ARGV: request, amount, provider, max_per_request, daily, provider_daily, turn_limit (-1: none),
-#: res_ttl_ms, day_ttl_ms, instance, has_turn (0/1).
+#: res_ttl_ms, day_ttl_ms, instance, has_turn (0/1), gathering window ms (-1: no shared limit
+#: depends on other instances' journals, grant at once).
 #: Returns {1, amount} granted (or already held), {0, reason, a, b} refused, {-1} ended,
-#: {-2} this instance has not seeded the day yet.
+#: {-2} this instance has not seeded the day yet, {-3, ms} the journals are still gathering
+#: (first use, or Redis restarted empty): ask again in ms.
 RESERVE = _PRELUDE + """
 local id, amount, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local per_request, daily, provider_daily = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -58,6 +75,11 @@ sweep(res_ttl)
 local held = redis.call('HGET', resv, id)
 if held then return {1, tonumber(string.match(held, '^(%d+)'))} end
 if redis.call('ZSCORE', ended, id) then return {-1} end
+local window = tonumber(ARGV[12])
+if window >= 0 then
+  local wait = gathering(window, day_ttl)
+  if wait > 0 then return {-3, wait} end
+end
 if redis.call('HEXISTS', day, 'seed:' .. ARGV[10]) == 0 then return {-2} end
 if per_request >= 0 and amount > per_request then return {0, 'request', amount, per_request} end
 local settled, open_total = num(day, 'settled'), num(reserved, 'total')
@@ -120,16 +142,18 @@ if record then return 1 end
 return 0
 """
 
-#: ARGV: instance, settled, res_ttl_ms, day_ttl_ms, n_providers, then n (provider, settled)
-#: pairs, then (request, amount, provider, turn key) quads of the instance's open reservations.
-#: Returns 1 if seeded now, 0 if this instance had seeded this day already.
+#: ARGV: instance, settled, res_ttl_ms, day_ttl_ms, gathering window ms, n_providers, then n
+#: (provider, settled) pairs, then (request, amount, provider, turn key) quads of the instance's
+#: open reservations. Returns 1 if seeded now, 0 if this instance had seeded this day already.
+#: A seed that finds no epoch starts the gathering (the first timer after a loss notices it).
 SEED = _PRELUDE + """
 local marker, res_ttl, day_ttl = 'seed:' .. ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+gathering(tonumber(ARGV[5]), day_ttl)
 if redis.call('HEXISTS', day, marker) == 1 then return 0 end
 redis.call('HSET', day, marker, now)
 redis.call('HINCRBY', day, 'settled', ARGV[2])
-local n = tonumber(ARGV[5])
-local i = 6
+local n = tonumber(ARGV[6])
+local i = 7
 for _ = 1, n do
   redis.call('HINCRBY', day, 'p:' .. ARGV[i], ARGV[i + 1])
   i = i + 2

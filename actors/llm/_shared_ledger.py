@@ -15,9 +15,10 @@ then its reservation stays held in Redis, so the shared total never undercounts)
 
 Redis restarted empty: every worker re-seeds the day from its journal (:meth:`_day_seed`: its
 settled spend of the day and the reservations it still holds) at its first reserve, and within
-:data:`_SEED_INTERVAL` on its own timer, so that an idle worker's spend is counted again before
-a busy worker can spend it twice (the seed is once per worker and day: the timer costs one
-round trip a second).
+``cluster.journal_interval`` on its own timer; Redis grants nothing until every journal had the
+time to come back (:class:`actors.cluster.SharedLedger`), so an idle worker's spend is counted
+again before a busy worker can spend it twice (the seed is once per worker and day: the timer
+costs one round trip a second).
 """
 
 from __future__ import annotations
@@ -54,9 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between retries of shared settles that Redis did not take.
 _RETRY_INTERVAL = 1.0
-#: Seconds between two offers of this worker's journal to the shared day (a no-op unless Redis
-#: lost the day).
-_SEED_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +88,16 @@ class SharedLedgerActor(LedgerActor):
         super().__init__(config, catalog, providers=providers, **kwargs)
         self._shared = SharedLedger(link, instance_id, self._journal,
                                     shared_limits(config, providers or {}))
+        # Seconds between two offers of this worker's journal to the shared day (a no-op unless
+        # Redis lost the day).
+        self._seed_interval = link.config.journal_interval
         # Reservation ids restart with each process: a nonce keeps the shared keys unique.
         self._nonce = secrets.token_hex(4)
         self._unshared: list[_PendingSettle] = []
         self._retrying = False
+        # Reservations Redis granted: only these are re-declared by a seed. One still waiting
+        # for its answer must pass the limits, not ride in on the seed.
+        self._granted: set[int] = set()
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
@@ -106,7 +110,7 @@ class SharedLedgerActor(LedgerActor):
         book = self._book
         by_provider = dict(book.by_provider) if book.day == day else {}
         held = [SharedReservation(self._key(rid), entry.amount, entry.provider)
-                for rid, entry in book.open.items()]
+                for rid, entry in book.open.items() if rid in self._granted]
         return DaySeed(sum(by_provider.values()), by_provider, held)
 
     async def on_start(self) -> None:
@@ -129,12 +133,14 @@ class SharedLedgerActor(LedgerActor):
             if held is None:
                 held = book.swept.get(message.reservation_id)
             charged = await super().receive(message)
+            self._granted.discard(message.reservation_id)
             if held is not None and charged is not None:
                 self._share_settle(_PendingSettle(self._key(message.reservation_id),
                                                   nanos(charged), held.provider, book.day))
             return charged
         if isinstance(message, Release):
             await super().receive(message)
+            self._granted.discard(message.reservation_id)
             self._share_release(message.reservation_id)
             return None
         return await super().receive(message)
@@ -142,6 +148,8 @@ class SharedLedgerActor(LedgerActor):
     def _reserved(self, reservation: Reservation, outcome: Outcome) -> Reservation:
         result: ReserveResult | None = None if outcome.cancelled else outcome.value
         if result is not None and result.granted:
+            if reservation.id in self._book.open:  # not settled or released meanwhile
+                self._granted.add(reservation.id)
             return reservation
         self._book.release(reservation.id)
         self._share_release(reservation.id)
@@ -202,7 +210,7 @@ class SharedLedgerActor(LedgerActor):
     # -- the journal offered to the shared day, on a timer ----------------------------------------
 
     def _arm_seed(self) -> None:
-        self.context.pipe(self.context.clock.sleep, _SEED_INTERVAL, reply_to=None,
+        self.context.pipe(self.context.clock.sleep, self._seed_interval, reply_to=None,
                           then=self._seed_tick)
 
     def _seed_tick(self, outcome: Outcome) -> None:
@@ -210,6 +218,7 @@ class SharedLedgerActor(LedgerActor):
             return
         self._roll_day()
         day = self._book.day
+        self._granted.intersection_update(self._book.open)  # forget the swept ones
         # The seed is read here, in the actor's loop, so it is one consistent snapshot.
         self.context.pipe(self._shared.seed_day_total, day, self._day_seed(day), reply_to=None,
                           then=self._seeded)

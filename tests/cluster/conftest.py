@@ -12,7 +12,9 @@ from tests.redis_server import RedisServer
 
 @pytest.fixture
 def cluster_config(redis_server: RedisServer) -> ClusterConfig:
-    return ClusterConfig(redis_url=redis_server.url, key_prefix="test")
+    # A short journal interval: a fresh Redis (no ledger epoch) grants money under a day limit
+    # only after 2 x journal_interval + op_timeout.
+    return ClusterConfig(redis_url=redis_server.url, key_prefix="test", journal_interval=0.1)
 
 
 @pytest.fixture

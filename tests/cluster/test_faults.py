@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
 import anyio
 import pytest
 
@@ -19,6 +23,11 @@ from actors.cluster import (
     SharedLedger,
     SharedRateWindow,
 )
+from actors.llm import CostConfig, LLMCostLimitError, ModelCatalog, ModelPrice
+from actors.llm._ledger import ledger_child_spec
+from actors.llm._messages import Reservation, Reserve, Settle, Usage
+from actors.llm._shared_ledger import SharedLedgerActor
+from runtime import ActorSystem, SupervisorSpec
 from tests.redis_server import RedisServer
 
 DAY = "2026-11-30"
@@ -41,7 +50,7 @@ async def test_every_part_fails_closed_with_a_typed_error_while_redis_is_stopped
         leases = ConversationLeases(link, "a")
         assert (await ledger.reserve("r1", CENT, "openai", DAY)).granted
         redis_server.stop()
-        calls = [
+        calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("ledger reserve", lambda: ledger.reserve("r2", CENT, "openai", DAY)),
             ("rate admission", lambda: window.admit()),
             ("lease acquire", lambda: leases.acquire("c", timeout=1.0)),
@@ -106,3 +115,70 @@ async def test_a_restarted_empty_redis_is_reseeded_from_each_instance_journal(
         settled = await ledger.settle("r1", CENT, "openai", DAY)  # lost with the restart
         assert (settled.charged, settled.late) == (True, True)
         assert await ledger.totals(DAY) == (7 * CENT, 4 * CENT)
+
+
+async def test_after_redis_restarted_empty_no_money_is_granted_before_every_journal_is_back(
+    redis_server: RedisServer, cluster_config: ClusterConfig
+) -> None:
+    limits = LedgerLimits(daily_cost_limit=10 * CENT)
+    spent_by_b = DaySeed(8 * CENT, {"openai": 8 * CENT})
+    journal_of_b = [DaySeed(0)]  # b's SQLite journal: empty, then the $0.08 it settled
+
+    async def journal_b(day: str) -> DaySeed:
+        return journal_of_b[-1]
+
+    async with RedisLink(cluster_config) as link:
+        a = SharedLedger(link, "a", _journal, limits)
+        b = SharedLedger(link, "b", journal_b, limits)
+        assert await b.reserve("b1", 8 * CENT, "openai", DAY) == ReserveResult(True, 8 * CENT)
+        assert (await b.settle("b1", 8 * CENT, "openai", DAY)).charged
+        journal_of_b.append(spent_by_b)
+        redis_server.stop()
+        redis_server.start()  # empty: b's $0.08 lives only in b's journal now
+
+        async def b_timer() -> None:
+            # b is idle: only its timer (SharedLedgerActor's, every journal_interval) brings
+            # its journal back, after a's first reserve has noticed the loss.
+            await anyio.sleep(cluster_config.journal_interval)
+            assert await b.seed_day_total(DAY, spent_by_b) is True
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(b_timer)
+                first = await a.reserve("a1", 5 * CENT, "openai", DAY)
+        # Granted at once, a would have spent $0.05 of a day that already holds $0.08.
+        assert first == ReserveResult(False, 0, ReserveRefused("daily", 8 * CENT, 0))
+        assert await a.reserve("a1", 2 * CENT, "openai", DAY) == ReserveResult(True, 2 * CENT)
+        assert await a.totals(DAY) == (8 * CENT, 2 * CENT)
+
+
+async def test_a_workers_reservation_passes_the_shared_limits_before_its_seed_can_carry_it(
+    tmp_path: Path, cluster_config: ClusterConfig
+) -> None:
+    # $0.05 per output token: one token is this worker's whole worst case.
+    catalog = ModelCatalog(prices={"m": ModelPrice(input=0.0, output=50_000.0)}, builtin=False)
+    cost = CostConfig(db_path=str(tmp_path / "w.sqlite3"), daily_cost_limit=0.10)
+    limits = LedgerLimits(daily_cost_limit=10 * CENT)
+
+    async def journal_b(day: str) -> DaySeed:
+        return DaySeed(0)
+
+    async with RedisLink(cluster_config) as link:
+        b = SharedLedger(link, "b", journal_b, limits)  # another worker: $0.08 spent today
+        assert (await b.reserve("b1", 8 * CENT, "p", DAY)).granted
+        assert (await b.settle("b1", 8 * CENT, "p", DAY)).charged
+
+        def worker() -> SharedLedgerActor:
+            return SharedLedgerActor(cost, catalog, link=link, instance_id="w",
+                                     now=lambda: datetime(2026, 11, 30, 12, tzinfo=UTC))
+
+        spec = ledger_child_spec(cost, catalog, actor=worker)
+        async with ActorSystem(SupervisorSpec("root", [spec])) as system:
+            ledger = system.ref("ledger")
+            # Its first reserve seeds its journal; the reservation itself is still waiting for
+            # Redis's answer, so the seed must not declare it as held (it would be granted).
+            with pytest.raises(LLMCostLimitError, match="shared daily limit"):
+                await ledger.ask(Reserve("w1", "p", "m", 0, 1), timeout=10)
+            small: Reservation = await ledger.ask(Reserve("w2", "p", "m", 0, 0), timeout=10)
+            assert await ledger.ask(Settle(small.id, Usage(), 0.0), timeout=10) == 0.0
+        assert await b.totals(DAY) == (8 * CENT, 0)
