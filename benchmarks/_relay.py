@@ -2,12 +2,14 @@
 
 For each chat frame it streams the upstream through the openai SDK's plain-data path
 (``client.post(..., cast_to=object, stream=True, stream_cls=openai.AsyncStream[object])``) on the
-product's own HTTP pool (``actors._http_pool.provider_http_client``) and forwards each text delta
-as one ``chunk`` envelope of the chat protocol (``processing`` first, ``complete`` last). Served
-by uvicorn with the product's options. What the product adds on top of this is its own cost.
+product's own HTTP client (``actors.llm._http_pool.provider_http_client``, on the transport
+``--transport`` names: httpx2's pool or the SDK's aiohttp one) and forwards each text delta as one
+``chunk`` envelope of the chat protocol (``processing`` first, ``complete`` last). Served by
+uvicorn with the product's options (``ws="websockets"``, no per-message deflate). What the
+product adds on top of this is its own cost.
 
-Run: ``python -m benchmarks._relay --upstream http://127.0.0.1:PORT/v1 --model M``; it prints
-``relay listening on http://127.0.0.1:PORT``.
+Run: ``python -m benchmarks._relay --upstream http://127.0.0.1:PORT/v1 --model M
+[--transport aiohttp]``; it prints ``relay listening on http://127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors.llm._http_pool import provider_http_client
+from actors.llm._http_pool import Transport, provider_http_client
 
 
-def _app(upstream: str, model: str, connections: int) -> Starlette:
+def _app(upstream: str, model: str, connections: int, transport: Transport) -> Starlette:
     http = provider_http_client(
         limits=httpx2.Limits(max_connections=connections,
                              max_keepalive_connections=connections, keepalive_expiry=30),
-        timeout=httpx2.Timeout(60, connect=10))
+        timeout=httpx2.Timeout(60, connect=10), transport=transport)
     client = openai.AsyncOpenAI(base_url=upstream, api_key="no-key-required", http_client=http,
                                 max_retries=0)
 
@@ -85,13 +87,16 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--connections", type=int, default=512)
+    parser.add_argument("--transport", choices=("httpx2", "aiohttp"), default="httpx2")
     options = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app(options.upstream, options.model, options.connections),
+    sock.listen(2048)  # before the banner: a client may connect as soon as it reads it
+    config = uvicorn.Config(_app(options.upstream, options.model, options.connections,
+                                 options.transport),
                             log_config=None, log_level="warning", ws_per_message_deflate=False,
-                            lifespan="on", server_header=False)
+                            ws="websockets", lifespan="on", server_header=False)
     print(f"relay listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 

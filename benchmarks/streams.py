@@ -6,7 +6,10 @@ apart) serves two targets, each a child process on 127.0.0.1:
 * ``product``: a real ``mcp-backend serve`` (the test configuration: one provider at the
   simulator, the demo MCP server);
 * ``floor``: ``benchmarks._relay``, a bare Starlette WebSocket relay with no actors on the same
-  transport (the openai SDK's plain-data stream on the product's HTTP pool, the same uvicorn).
+  transport (the openai SDK's plain-data stream on the product's HTTP client, the same uvicorn).
+
+Each on both HTTP transports under the SDK (``provider.transport``: ``httpx2``'s pool and the SDK's
+aiohttp one), side by side: four targets, each its own process.
 
 For each ``K``, ``K`` WebSocket clients (this process) run streaming turns back to back for
 ``DURATION`` s (a turn started before the end is finished). Per target and ``K``: turns/s, server
@@ -15,13 +18,15 @@ frame, p50/p99 gap between text frames of a turn, server RSS at the end, failure
 envelopes, timeouts, closed sockets). A target whose run at some ``K`` saturates badly (p99 time
 to first text over ``GIVE_UP_TTFT`` s) is not run at larger ``K``.
 
-The last line: ``streams per core at 50 tok/s: N (floor M)``, the largest ``K`` whose run kept
-server CPU <= 80% of one core, the p99 gap <= 150 ms and had no failure (0 when none did).
+The last lines, one per transport: ``streams per core at 50 tok/s on T: N (floor M)``, the
+largest ``K`` whose run kept server CPU <= 80% of one core, the p99 gap <= 150 ms and had no
+failure (0 when none did).
 
 On a small machine this process and the simulator share the CPU with the server: the table shows
 their CPU seconds too, so a reader can tell which was the limit.
 
-Run: ``.venv/bin/python -m benchmarks.streams [--quick]``
+Run: ``.venv/bin/python -m benchmarks.streams [--quick] [--ks 50,100] [--duration S]
+[--transports httpx2,aiohttp] [--targets product,floor]``
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ GIVE_UP_TTFT = 10.0
 CONNECT_BATCH = 50
 CPU_LIMIT = 0.80
 GAP_LIMIT = 0.150
+TRANSPORTS = ("httpx2", "aiohttp")
 
 _RELAY_BANNER = re.compile(r"relay listening on (http://\S+)")
 
@@ -185,18 +191,49 @@ def _best(rows: list[list[Any]], name: str) -> int:
 
 
 class _RelayChild(_Child):
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, transport: str) -> None:
         super().__init__([sys.executable, "-m", "benchmarks._relay", "--upstream", upstream,
-                          "--model", MODEL], banner=_RELAY_BANNER)
+                          "--model", MODEL, "--transport", transport], banner=_RELAY_BANNER)
         self.wait_banner()
         self.ws_url = self.url.replace("http://", "ws://") + "/ws/chat"
 
 
-async def main() -> None:
+def _server_config(directory: Path, simulator: SimulatorChild, transport: str,
+                   connections: int) -> Path:
+    """The product's config: the test one, this transport, a pool as large as the largest K
+    (its own directory: each server has its own history and ledger)."""
+    directory = directory / f"product-{transport}"
+    directory.mkdir()
+    path = write_config(directory, simulator_url=simulator.url, model=MODEL,
+                        server={"max_messages_per_minute": 100_000},
+                        chat={"history_db": str(directory / f"h-{uuid.uuid4().hex}.db")})
+    config = yaml.safe_load(path.read_text())
+    config["llm"]["providers"]["sim"].update(max_connections=connections,
+                                             max_keepalive_connections=connections,
+                                             transport=transport)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="paced streams per server process")
     parser.add_argument("--quick", action="store_true", help="smaller K, shorter runs")
-    options = parser.parse_args()
-    ks, duration = (QUICK_KS, QUICK_DURATION) if options.quick else (KS, DURATION)
+    parser.add_argument("--ks", help="comma-separated K values (default: by --quick)")
+    parser.add_argument("--duration", type=float, help="seconds per run (default: by --quick)")
+    parser.add_argument("--transports", default=",".join(TRANSPORTS),
+                        help=f"comma-separated, of {', '.join(TRANSPORTS)}")
+    parser.add_argument("--targets", default="product,floor", help="product, floor or both")
+    return parser.parse_args()
+
+
+async def main() -> None:
+    options = _options()
+    ks: tuple[int, ...] = QUICK_KS if options.quick else KS
+    duration = QUICK_DURATION if options.quick else DURATION
+    ks = tuple(int(k) for k in options.ks.split(",")) if options.ks else ks
+    duration = options.duration or duration
+    transports = [t for t in options.transports.split(",") if t]
+    kinds = [t for t in options.targets.split(",") if t]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     rows: list[list[Any]] = []
@@ -207,19 +244,21 @@ async def main() -> None:
                                "price_in": 0.15, "price_out": 0.6}},
             "faults": {"chunk_delay": PACE},
         }, directory=directory)
-        path = write_config(directory, simulator_url=simulator.url, model=MODEL,
-                            server={"max_messages_per_minute": 100_000},
-                            chat={"history_db": str(directory / f"h-{uuid.uuid4().hex}.db")})
-        config = yaml.safe_load(path.read_text())
-        config["llm"]["providers"]["sim"].update(max_connections=max(ks) + 16,
-                                                 max_keepalive_connections=max(ks) + 16)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        server: ServerChild | None = None
-        relay: _RelayChild | None = None
+        children: list[_Child] = []
         try:
-            server = ServerChild(path)
-            relay = _RelayChild(simulator.url.rstrip("/") + "/v1")
-            targets = [("product", server.pid, server.ws_url), ("floor", relay.pid, relay.ws_url)]
+            targets: list[tuple[str, int, str]] = []
+            for transport in transports:
+                if "product" in kinds:
+                    server = ServerChild(_server_config(directory, simulator, transport,
+                                                        max(ks) + 16))
+                    children.append(server)
+                    assert server.pid is not None
+                    targets.append((f"product {transport}", server.pid, server.ws_url))
+                if "floor" in kinds:
+                    relay = _RelayChild(simulator.url.rstrip("/") + "/v1", transport)
+                    children.append(relay)
+                    assert relay.pid is not None
+                    targets.append((f"floor {transport}", relay.pid, relay.ws_url))
             saturated: set[str] = set()
             for k in ks:
                 for target, pid, url in targets:
@@ -228,14 +267,12 @@ async def main() -> None:
                     rows.append(await _measure(target, pid, url, k, duration, simulator))
                     row = rows[-1]
                     print(f"{target} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
-                          f" p99 first text {row[7]:.0f} ms", flush=True)
+                          f" {row[5]:.0f} us/delta, p99 first text {row[7]:.0f} ms", flush=True)
                     if row[7] > GIVE_UP_TTFT * 1000 or row[2] == 0:
                         saturated.add(target)
         finally:
-            if relay is not None:
-                relay.stop()
-            if server is not None:
-                server.stop()
+            for child in reversed(children):
+                child.stop()
             simulator.stop()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run;"
@@ -243,7 +280,10 @@ async def main() -> None:
     print(table(["target", "K", "turns", "turns/s", "server CPU %", "CPU us/delta",
                  "CPU ms/turn", "p99 first text ms", "p50 gap ms", "p99 gap ms",
                  "server RSS MiB", "CPU s sim / client", "failures"], rows))
-    print(f"streams per core at 50 tok/s: {_best(rows, 'product')} (floor {_best(rows, 'floor')})")
+    for transport in transports:
+        print(f"streams per core at 50 tok/s on {transport}:"
+              f" {_best(rows, f'product {transport}')}"
+              f" (floor {_best(rows, f'floor {transport}')})")
 
 
 if __name__ == "__main__":
