@@ -52,9 +52,7 @@ from actors.llm import (
     LLMConfig,
     LLMRuntime,
     build_catalog,
-    configured_models,
     open_runtime,
-    preload_encodings,
 )
 from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_spec
 from runtime import ChildSpec, Clock, SupervisorSpec
@@ -130,11 +128,6 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             elif not config.llm.providers_with_credentials():
                 logger.warning("no provider has an API key and simulator.enabled is 'never':"
                                " every chat request will fail")
-            # The first count of a tokenizer parses its file for seconds holding the GIL: done
-            # here, before the server answers, not in the first turn (every socket and /health
-            # would freeze meanwhile). Only the configured models' encodings: each costs memory.
-            encodings = await anyio.to_thread.run_sync(preload_encodings, configured_models(llm))
-            logger.info("token encodings loaded: %s", ", ".join(encodings))
             servers = _mcp_servers(config)
             history = HistoryStore(config.chat.history_db)
             stack.callback(history.close)  # after the sessions stopped: they write to it
@@ -157,6 +150,8 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             tools = ToolCatalog(runtime.system, list(servers))
             await tools.refresh()  # logs, and shows in /health, tools beyond what is offered
             catalog = build_catalog(llm)
+            # Trimming counts with the model a turn gets when it names none: one encoding.
+            default_model = llm.providers[llm.candidate_order()[0]].model
 
             def spec_for(conversation_id: str) -> ChildSpec:
                 return session_child_spec(
@@ -167,6 +162,7 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                     chat=config.chat,
                     catalog=catalog,
                     leases=cluster.leases if cluster is not None else None,
+                    count_model=default_model,
                 )
 
             conversations = SessionDirectory(

@@ -114,9 +114,11 @@ class _Turn:
 class SessionActor(Actor["SessionMessage"]):
     """The conversation ``conversation_id``: history, trimming, the tool loop (module doc).
 
-    ``model`` ``None`` lets the router use each provider's configured model. ``catalog`` gives
-    the context window for the default budget; ``llm_timeout`` is each model call's budget;
-    ``leases`` serialise the conversation's turns across workers.
+    ``model`` ``None`` lets the router use each provider's configured model. ``count_model``: the
+    model whose tokenizer and context window size the history when a turn names no model
+    (default: ``model``; give the router's default model, so that only its encoding is loaded).
+    ``catalog`` gives the context window for the default budget; ``llm_timeout`` is each model
+    call's budget; ``leases`` serialise the conversation's turns across workers.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class SessionActor(Actor["SessionMessage"]):
         catalog: ModelCatalog | None = None,
         llm_timeout: float | None = None,
         leases: TurnLeases | None = None,
+        count_model: str | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self._leases = leases
@@ -140,7 +143,7 @@ class SessionActor(Actor["SessionMessage"]):
         self._chat = chat
         self._model = model
         self._llm_timeout = llm_timeout
-        self._count_model = model or ""
+        self._count_model = count_model or model or ""
         if chat.context_budget_tokens is not None:
             self._budget = chat.context_budget_tokens
         else:
@@ -376,6 +379,7 @@ def session_child_spec(
     catalog: ModelCatalog | None = None,
     llm_timeout: float | None = None,
     leases: TurnLeases | None = None,
+    count_model: str | None = None,
 ) -> ChildSpec:
     """The spec of a conversation's actor: ``temporary`` (never restarted; the history is in the
     store, so the next turn simply starts a new one) and never crashed by an error answer."""
@@ -391,6 +395,7 @@ def session_child_spec(
             catalog=catalog,
             llm_timeout=llm_timeout,
             leases=leases,
+            count_model=count_model,
         ),
         restart=Restart.TEMPORARY,
         crash_on=(),

@@ -4,11 +4,15 @@ tiktoken downloads its BPE files on first use; our machines have no network. The
 this package (``actors/llm/data/tiktoken/*.tiktoken``). An encoding is built by tiktoken's own
 definition of it (``tiktoken_ext.openai_public``: its pattern, special tokens and the sha256 it
 expects) with the ranks read from the shipped file by ``tiktoken.load.load_tiktoken_bpe`` instead
-of downloaded. Each encoding is loaded when a model that uses it is first counted, or by
-:func:`preload_encodings` (the server, for its configured models, before it answers: a load holds
-the GIL for seconds); encodings no configured model uses are never loaded.
-If the files are absent (a broken install), counting falls back to a ``chars / 4`` estimate and
-logs one warning.
+of downloaded. Each encoding is loaded when a model that uses it is first counted (or by
+:func:`preload_encodings`): about a second of CPU, ~45 MB resident once loaded (tiktoken's Python
+copy of the ranks, ~25 MB more, is dropped after the load); encodings no counted model uses are
+never loaded. If the files are absent (a broken install), counting falls back to a ``chars / 4``
+estimate and logs one warning.
+
+Counts are cached per message (see :func:`count_message_tokens`): a conversation's unchanged
+history is tokenized once, not once per turn and once more per layer (the session's trimming and
+the router's pre-flight count both read the cache).
 
 Message counting follows OpenAI's published recipe ("How to count tokens with tiktoken"): 3 tokens
 per message, +1 when it has a ``name``, +3 to prime the reply. Tool definitions and tool-call
@@ -17,10 +21,14 @@ arguments are an approximation of the same cookbook (see :func:`count_tools_toke
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import threading
+import time
 import types
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -117,8 +125,20 @@ def _load_encoding(name: str) -> _Encoder:
         with _loading:
             encoder = _encoders.get(name)
             if encoder is None:
+                started = time.perf_counter()
                 encoder = _encoders[name] = _read_encoding(name)
+                _release_freed_memory()
+                logger.info("token encoding %s loaded in %.2f s (first use)", name,
+                            time.perf_counter() - started)
     return encoder
+
+
+def _release_freed_memory() -> None:
+    # A load frees tens of MB of temporaries that glibc keeps in its heap; hand them back.
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 def _read_encoding(name: str) -> _Encoder:
@@ -142,7 +162,10 @@ def _read_encoding(name: str) -> _Encoder:
         definition = types.FunctionType(
             constructor.__code__, {**constructor.__globals__, "load_tiktoken_bpe": load_shipped}
         )()
-        encoding: _Encoder = tiktoken.Encoding(**definition)
+        encoding = tiktoken.Encoding(**definition)
+        # tiktoken keeps the ranks twice: in its Rust core and as this Python dict (~25 MB for
+        # o200k_base), which only pickling reads. Encoders here are never pickled.
+        encoding._mergeable_ranks = {}
         return encoding
 
 
@@ -226,20 +249,103 @@ def _tool_calls_tokens(encoder: _Encoder, tool_calls: object) -> int:
     return total
 
 
-def _message_tokens(encoder: _Encoder, messages: Sequence[Mapping[str, Any]]) -> int:
-    total = 0
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            if key == "tool_calls":
-                total += _tool_calls_tokens(encoder, value)
-            elif key == "content":
-                total += _content_tokens(encoder, value)
-            elif isinstance(value, str):
-                total += len(encoder.encode_ordinary(value))
-                if key == "name":
-                    total += TOKENS_PER_NAME
-    return total + REPLY_PRIMING_TOKENS
+def _one_message_tokens(encoder: _Encoder, message: Mapping[str, Any]) -> int:
+    total = TOKENS_PER_MESSAGE
+    for key, value in message.items():
+        if key == "tool_calls":
+            total += _tool_calls_tokens(encoder, value)
+        elif key == "content":
+            total += _content_tokens(encoder, value)
+        elif isinstance(value, str):
+            total += len(encoder.encode_ordinary(value))
+            if key == "name":
+                total += TOKENS_PER_NAME
+    return total
+
+
+def _message_key(message: Mapping[str, Any]) -> int | None:
+    """A hash of what :func:`_one_message_tokens` reads of ``message`` (``None``: not hashable).
+
+    Strings go in as they are (a history's strings are the same objects every turn, and a ``str``
+    keeps its hash: no rehashing); content parts and tool calls as their JSON.
+    """
+    parts: list[object] = []
+    for key, value in message.items():
+        if isinstance(value, str):
+            parts.append((key, value))
+        elif key in ("content", "tool_calls") and value is not None:
+            try:
+                parts.append((key, 1, json.dumps(value, sort_keys=True, default=str)))
+            except (TypeError, ValueError):
+                return None
+    return hash(tuple(parts))
+
+
+#: Entries of one encoding's count cache (least recently used out): ~100 bytes each.
+COUNT_CACHE_ENTRIES = 50_000
+
+
+class _Counts:
+    """One encoder's token counts of the messages (and tool lists) it already counted.
+
+    Keyed by a hash of the content, not by the message: it keeps no text alive, so its memory is
+    bounded by the entry count whatever the messages' sizes. Two different messages with the same
+    64-bit hash would share a count (an estimate off for one request; vanishingly unlikely).
+    """
+
+    def __init__(self, encoder: _Encoder) -> None:
+        self.encoder = encoder
+        self._counts: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.Lock()  # counts run on the loop and in worker threads
+
+    def get(self, key: int) -> int | None:
+        with self._lock:
+            count = self._counts.get(key)
+            if count is not None:
+                self._counts.move_to_end(key)
+            return count
+
+    def put(self, key: int, count: int) -> None:
+        with self._lock:
+            self._counts[key] = count
+            if len(self._counts) > COUNT_CACHE_ENTRIES:
+                self._counts.popitem(last=False)
+
+    def messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        total = REPLY_PRIMING_TOKENS
+        for message in messages:
+            key = _message_key(message)
+            count = self.get(key) if key is not None else None
+            if count is None:
+                count = _one_message_tokens(self.encoder, message)
+                if key is not None:
+                    self.put(key, count)
+            total += count
+        return total
+
+    def tools(self, tools: Sequence[Mapping[str, Any]], model: str) -> int:
+        try:
+            key = hash(("tools", encoding_name_for_model(model) == "cl100k_base",
+                        json.dumps(tools, sort_keys=True, default=str)))
+        except (TypeError, ValueError):
+            return _tools_tokens(self.encoder, tools, model)
+        count = self.get(key)
+        if count is None:
+            count = _tools_tokens(self.encoder, tools, model)
+            self.put(key, count)
+        return count
+
+
+_counts: dict[str, _Counts] = {}
+
+
+def _counter(model: str) -> _Counts:
+    name = encoding_name_for_model(model)
+    encoder = _load_encoding(name)
+    counts = _counts.get(name)
+    if counts is None or counts.encoder is not encoder:
+        counts = _counts[name] = _Counts(encoder)
+    return counts
 
 
 def _tools_tokens(encoder: _Encoder, tools: Sequence[Mapping[str, Any]], model: str) -> int:
@@ -282,7 +388,7 @@ def count_tools_tokens(tools: Sequence[Mapping[str, Any]], model: str) -> int:
     Uses the constants of OpenAI's cookbook (per function, property and enum item); exact for
     simple schemas, an estimate for nested ones (nested objects count only their top level).
     """
-    return _tools_tokens(_encoder(model), tools, model)
+    return _counter(model).tools(tools, model) if tools else 0
 
 
 def count_message_tokens(
@@ -292,13 +398,16 @@ def count_message_tokens(
 ) -> int:
     """Prompt tokens of a chat request: the messages (OpenAI's recipe) plus the tool definitions.
 
-    Blocks for as long as encoding takes (about a millisecond per 10k characters); in async code
-    use :func:`acount_message_tokens` for large inputs.
+    Each message's count is cached (by a hash of its content, per encoding, process-wide): a
+    message already counted, in this conversation's previous turn or by another layer in this
+    one, is not tokenized again. Blocks for as long as encoding the new messages takes (about a
+    millisecond per 10k characters; the first count of an encoding loads it, about a second): in
+    async code use :func:`acount_message_tokens`.
     """
-    encoder = _encoder(model)
-    total = _message_tokens(encoder, messages)
+    counts = _counter(model)
+    total = counts.messages(messages)
     if tools:
-        total += _tools_tokens(encoder, tools, model)
+        total += counts.tools(tools, model)
     return total
 
 
