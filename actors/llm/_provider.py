@@ -101,7 +101,8 @@ class ProviderActor(Actor[ProviderCall]):
     ``metrics`` receives the events of :mod:`actors.metrics._store` (dropped when its mailbox is
     full); ``catalog`` prices, sizes and knows the parameters of models (default: built-in tables
     plus the config's); ``api_key`` replaces the configured environment variable or key file;
-    ``transport`` is the HTTP transport under the SDK. Run
+    ``transport`` is the HTTP transport under the SDK (default: the config's, else
+    :data:`~actors.llm._http_pool.DEFAULT_TRANSPORT`). Run
     it with the spec of :func:`provider_child_spec`: it needs its ``crash_on`` and ``durable``.
     """
 
@@ -113,10 +114,10 @@ class ProviderActor(Actor[ProviderCall]):
         metrics: ActorRef | None = None,
         catalog: ModelCatalog | None = None,
         api_key: SecretStr | None = None,
-        transport: Transport = DEFAULT_TRANSPORT,
+        transport: Transport | None = None,
     ) -> None:
         self.name = name
-        self._transport: Transport = transport
+        self._transport: Transport = transport or config.transport or DEFAULT_TRANSPORT
         self.config = config
         self._api_key = api_key
         self._metrics = metrics
@@ -134,7 +135,8 @@ class ProviderActor(Actor[ProviderCall]):
 
     def __repr__(self) -> str:
         return (
-            f"<ProviderActor {self.name!r} [{self.config.kind} {self.config.base_url} | "
+            f"<ProviderActor {self.name!r} [{self.config.kind} {self.config.base_url}"
+            f" over {self._transport} | "
             f"{self._in_flight} in flight]>"
         )
 
@@ -387,7 +389,7 @@ def provider_child_spec(
     catalog: ModelCatalog | None = None,
     *,
     api_key: SecretStr | None = None,
-    transport: Transport = DEFAULT_TRANSPORT,
+    transport: Transport | None = None,
     actor_name: str | None = None,
     durable: Callable[[], ProviderState] = ProviderState,
 ) -> ChildSpec:
@@ -395,7 +397,7 @@ def provider_child_spec(
     (so it is restarted with a new key and pool); its limiter, breaker and health are durable.
 
     ``api_key`` given explicitly replaces the configured environment variable or key file;
-    ``transport`` chooses the HTTP transport under the SDK (see :mod:`._http_pool`);
+    ``transport`` overrides the config's HTTP transport under the SDK (see :mod:`._http_pool`);
     ``actor_name`` names the actor (default ``name``); ``durable`` makes the state that outlives
     restarts (a limiter shared through Redis, for one).
     """

@@ -140,6 +140,11 @@ class ProviderConfig(ClientSettings):
     top_logprobs: int | None = Field(
         default=None, ge=0, le=20, description="alternatives per token when enable_logprobs"
     )
+    transport: Literal["httpx2", "aiohttp"] | None = Field(
+        default=None,
+        description="HTTP transport under the SDK: httpx2's pool or the SDK's aiohttp one"
+        " (default: the project's measured choice, actors.llm._http_pool.DEFAULT_TRANSPORT)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import ValidationError
 
 from actors.llm import (
     ChatRequest,
@@ -31,8 +32,8 @@ from actors.llm import (
     StreamEnd,
     TextDelta,
 )
-from actors.llm._http_pool import DEFAULT_TRANSPORT, Transport, aiohttp_available
-from actors.llm._provider import ProviderState, provider_child_spec
+from actors.llm._http_pool import DEFAULT_TRANSPORT, Transport
+from actors.llm._provider import ProviderActor, ProviderState, provider_child_spec
 from actors.metrics import BreakerTransition, RequestFinished
 from runtime import (
     Actor,
@@ -709,10 +710,13 @@ async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: Simulator
         assert state.health.snapshot()["rate_limit_paused_for"] == 0.0
 
 
-# -- the other transport -------------------------------------------------------------------------
+# -- both transports ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not aiohttp_available(), reason="openai[aiohttp] is not installed")
+TRANSPORTS: tuple[Transport, ...] = ("httpx2", "aiohttp")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     ("fault", "stream", "error", "retryable"),
     [
@@ -726,14 +730,15 @@ async def test_a_huge_retry_after_pauses_for_five_minutes_at_most(sim: Simulator
         ("midstream_error", True, LLMStreamingError, False),
     ],
 )
-async def test_errors_map_the_same_on_the_aiohttp_transport(
-    sim: SimulatorProcess, fault: str, stream: bool, error: type[LLMClientError], retryable: bool
+async def test_errors_map_the_same_on_both_transports(
+    sim: SimulatorProcess, fault: str, stream: bool, error: type[LLMClientError], retryable: bool,
+    transport: Transport,
 ) -> None:
     # A reset too: the SDK's vendored aiohttp transport reports it as httpx ConnectTimeout with
     # the aiohttp error as its cause, and the mapping reads it as the connection error it is.
     await sim.configure(faults={"hang_seconds": 5, "retry_after": 2})
     config = provider_config(sim, extra_headers={"X-Sim-Fault": fault}, timeout=0.5)
-    async with running(config, transport="aiohttp") as (_, ref):
+    async with running(config, transport=transport) as (_, ref):
         with anyio.fail_after(5), pytest.raises(error) as info:
             if stream:
                 await collect(ref, call(stream=True))
@@ -744,9 +749,24 @@ async def test_errors_map_the_same_on_the_aiohttp_transport(
     assert info.value.retryable is retryable
 
 
-@pytest.mark.skipif(not aiohttp_available(), reason="openai[aiohttp] is not installed")
-async def test_the_aiohttp_transport_streams_and_answers(sim: SimulatorProcess) -> None:
-    async with running(provider_config(sim), transport="aiohttp") as (_, ref):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_both_transports_stream_and_answer(sim: SimulatorProcess,
+                                                 transport: Transport) -> None:
+    async with running(provider_config(sim), transport=transport) as (_, ref):
         plain = await ref.ask(call(), timeout=5)
         items = await collect(ref, call(stream=True))
     assert plain.content == items[-1].response.content == "Echo: hello there"
+
+
+async def test_the_config_chooses_the_transport_and_aiohttp_is_the_default(
+    sim: SimulatorProcess,
+) -> None:
+    assert DEFAULT_TRANSPORT == "aiohttp"
+    assert provider_config(sim).transport is None
+    where = f"openai-compatible {sim.base_url}"
+    assert repr(ProviderActor("sim", provider_config(sim))) == (
+        f"<ProviderActor 'sim' [{where} over aiohttp | 0 in flight]>")
+    assert repr(ProviderActor("sim", provider_config(sim, transport="httpx2"))) == (
+        f"<ProviderActor 'sim' [{where} over httpx2 | 0 in flight]>")
+    with pytest.raises(ValidationError, match=r"transport"):
+        provider_config(sim, transport="curl")
