@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
+from pydantic import TypeAdapter, ValidationError
 
 from ._errors import LLMClientError, LLMServerError, LLMStreamingError
 from ._messages import ToolCall
@@ -83,16 +84,39 @@ class Logprobs(msgspec.Struct, frozen=True, kw_only=True):
     content: list[TokenLogprob] | None = None
 
 
-class PromptTokensDetails(msgspec.Struct, frozen=True, kw_only=True):
+_Count = int | float | bool | str | None
+"""What a detail count may be sent as; :func:`_lax_count` leaves an ``int`` or ``None``."""
+_LAX_COUNT: TypeAdapter[int | None] = TypeAdapter(int | None)
+
+
+def _lax_count(value: _Count) -> int | None:
+    """A detail count read the way the SDK's typed objects read it (its optional ints are
+    pydantic's lax ``int``: ``True`` is 1, ``2.0`` and ``"2"`` are 2); anything else raises
+    ``ValueError``, which ``msgspec.convert`` reports as a malformed field."""
+    if value is None or type(value) is int:
+        return value
+    try:
+        return _LAX_COUNT.validate_python(value)
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a count") from None
+
+
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
     """``usage.prompt_tokens_details``."""
 
-    cached_tokens: int | None = None
+    cached_tokens: _Count = None
+
+    def __post_init__(self) -> None:
+        self.cached_tokens = _lax_count(self.cached_tokens)
 
 
-class CompletionTokensDetails(msgspec.Struct, frozen=True, kw_only=True):
+class CompletionTokensDetails(msgspec.Struct, kw_only=True):
     """``usage.completion_tokens_details``."""
 
-    reasoning_tokens: int | None = None
+    reasoning_tokens: _Count = None
+
+    def __post_init__(self) -> None:
+        self.reasoning_tokens = _lax_count(self.reasoning_tokens)
 
 
 class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,12 +137,12 @@ class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def cached_tokens(self) -> int | None:
         details = self.prompt_tokens_details
-        return details.cached_tokens if details is not None else None
+        return cast(int | None, details.cached_tokens) if details is not None else None
 
     @property
     def reasoning_tokens(self) -> int | None:
         details = self.completion_tokens_details
-        return details.reasoning_tokens if details is not None else None
+        return cast(int | None, details.reasoning_tokens) if details is not None else None
 
     @property
     def reported_cost(self) -> float | None:

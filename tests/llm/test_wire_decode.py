@@ -597,6 +597,13 @@ BODIES: dict[str, Any] = {
         {"type": "function", "function": {"name": "f", "arguments": "{}"}}]),
     "content_not_string": _with_message(content=["a"]),
     "body_is_string": "oops",
+    # The SDK reads its optional counts as pydantic's lax ints (found by the generated bodies).
+    "detail_counts_lax": {"choices": None, "usage": {
+        "prompt_tokens_details": {"cached_tokens": False},
+        "completion_tokens_details": {"reasoning_tokens": "3"}}},
+    "detail_count_float": {**BODY, "usage": {"prompt_tokens_details": {"cached_tokens": 2.0}}},
+    "detail_count_not_a_count": {**BODY, "usage": {
+        "completion_tokens_details": {"reasoning_tokens": 2.5}}},
 }
 
 
