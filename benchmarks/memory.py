@@ -1,0 +1,142 @@
+"""Resident memory of ``mcp-backend serve`` on its built-in defaults (issue 11, item 5).
+
+A real ``mcp-backend serve`` started in an empty directory with no API key: the built-in defaults,
+that is demo mode (the simulator and the demo MCP server run as child processes of their own;
+only the server's own process is measured). Its RSS (``VmRSS`` of ``/proc/PID/status``) is read:
+
+* after start (``/health`` answers, then ``SETTLE`` s);
+* after the first turn (the first count loads the model's token encoding), with that turn's time
+  to the first text frame and to its end, against the second turn's;
+* after ``TURNS`` turns, ``SOCKETS`` sockets (one conversation each) running turns back to back.
+
+Last line: ``rss after start: N MiB (target 100)``.
+
+Run: ``.venv/bin/python -m benchmarks.memory [--turns 100] [--sockets 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from websockets.asyncio.client import ClientConnection
+
+from benchmarks._report import table
+from tests.server_harness import (
+    ServerChild,
+    _Child,
+    chat_frame,
+    connect,
+    receive,
+    send,
+    server_env,
+)
+
+SETTLE = 1.0
+TARGET_MIB = 100
+TURN_TIMEOUT = 60.0
+
+
+def rss_mib(pid: int) -> float:
+    """``VmRSS`` of process ``pid``, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class DefaultServer(ServerChild):
+    """``mcp-backend serve --port 0`` in ``directory`` (no config file there: built-in defaults),
+    without API keys (demo mode); ready once ``/health`` answers."""
+
+    def __init__(self, directory: Path) -> None:
+        _Child.__init__(self, [sys.executable, "-m", "server", "serve", "--port", "0"],
+                        env=server_env(), cwd=directory,
+                        banner=re.compile(r"mcp-backend listening on (http://\S+)"))
+        self.wait_banner()
+        port = self.url.rsplit(":", 1)[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws/chat"
+        self.wait_healthy()
+
+
+async def timed_turn(ws_url: str, text: str) -> tuple[float, float]:
+    """One streaming turn on a new socket: (seconds to the first text frame, to the end)."""
+    async with await connect(ws_url) as ws:
+        return await _turn(ws, text)
+
+
+async def _turn(ws: ClientConnection, text: str) -> tuple[float, float]:
+    frame = chat_frame(text)
+    started = time.perf_counter()
+    await send(ws, frame)
+    first = 0.0
+    with anyio.fail_after(TURN_TIMEOUT):
+        while True:
+            envelope = await receive(ws, TURN_TIMEOUT)
+            if envelope.get("request_id") != frame["request_id"]:
+                continue
+            status = envelope["status"]
+            if status == "chunk" and not first and envelope["chunk"].get("type") == "text":
+                first = time.perf_counter() - started
+            if status == "error":
+                raise RuntimeError(f"turn failed: {envelope}")
+            if status == "complete":
+                return first, time.perf_counter() - started
+
+
+async def run_turns(ws_url: str, turns: int, sockets: int) -> None:
+    """``turns`` turns over ``sockets`` sockets, back to back on each."""
+    per_socket = [turns // sockets + (1 if i < turns % sockets else 0) for i in range(sockets)]
+
+    async def one(count: int, index: int) -> None:
+        async with await connect(ws_url) as ws:
+            for number in range(count):
+                await _turn(ws, f"socket {index} question {number}: say something")
+
+    async with anyio.create_task_group() as group:
+        for index, count in enumerate(per_socket):
+            group.start_soon(one, count, index)
+
+
+async def measure(turns: int, sockets: int) -> list[list[object]]:
+    with tempfile.TemporaryDirectory(prefix="mcp-backend-memory-") as directory:
+        server = DefaultServer(Path(directory))
+        try:
+            await anyio.sleep(SETTLE)
+            rows: list[list[object]] = [["after start", round(rss_mib(server.pid), 1), "", ""]]
+            first, total = await timed_turn(server.ws_url, "hello")
+            rows.append(["after the first turn", round(rss_mib(server.pid), 1),
+                         round(first * 1000, 1), round(total * 1000, 1)])
+            first, total = await timed_turn(server.ws_url, "hello again")
+            rows.append(["after the second turn", round(rss_mib(server.pid), 1),
+                         round(first * 1000, 1), round(total * 1000, 1)])
+            await run_turns(server.ws_url, turns - 2, sockets)
+            rows.append([f"after {turns} turns ({sockets} sockets)",
+                         round(rss_mib(server.pid), 1), "", ""])
+        finally:
+            server.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--turns", type=int, default=100)
+    parser.add_argument("--sockets", type=int, default=10)
+    options = parser.parse_args(argv)
+    rows = anyio.run(measure, options.turns, options.sockets)
+    print("mcp-backend serve, built-in defaults (demo mode), the server's process only")
+    print()
+    print(table(["moment", "RSS MiB", "turn's first text ms", "turn ms"], rows))
+    print()
+    print(f"rss after start: {rows[0][1]:.0f} MiB (target {TARGET_MIB})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
