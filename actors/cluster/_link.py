@@ -2,36 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import redis.asyncio as redis
-import redis.exceptions as redis_errors
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 
 from ._config import ClusterConfig, redact_url
 from ._errors import ClusterUnavailable
+
+# redis-py is imported by the first RedisLink, not here: ~6 MB that a server without
+# cluster.redis_url does not hold.
+if TYPE_CHECKING:
+    import redis.asyncio as redis
+    from redis.commands.core import AsyncScript
 
 __all__ = ["ClusterHealth", "RedisLink"]
 
 T = TypeVar("T")
 
-#: redis-py errors that mean "Redis could not answer now", as ``{class: reason}``. ``BusyLoading``
-#: is a restarting server reading its dump; ``ReadOnly`` a replica promoted too late.
-_UNAVAILABLE: dict[type[Exception], str] = {
-    redis_errors.TimeoutError: "timed out",
-    redis_errors.BusyLoadingError: "server loading",
-    redis_errors.ReadOnlyError: "server read-only",
-    redis_errors.AuthenticationError: "authentication failed",
-    redis_errors.ConnectionError: "connection failed",
-    ConnectionError: "connection failed",
-    OSError: "network error",
-}
+@functools.cache
+def _unavailable() -> dict[type[Exception], str]:
+    """redis-py errors that mean "Redis could not answer now", as ``{class: reason}``.
+
+    ``BusyLoading`` is a restarting server reading its dump; ``ReadOnly`` a replica promoted too
+    late.
+    """
+    import redis.exceptions as redis_errors
+
+    return {
+        redis_errors.TimeoutError: "timed out",
+        redis_errors.BusyLoadingError: "server loading",
+        redis_errors.ReadOnlyError: "server read-only",
+        redis_errors.AuthenticationError: "authentication failed",
+        redis_errors.ConnectionError: "connection failed",
+        ConnectionError: "connection failed",
+        OSError: "network error",
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +69,15 @@ class RedisLink:
     def __init__(self, config: ClusterConfig) -> None:
         if config.redis_url is None:
             raise ValueError("cluster.redis_url is not set")
+        import redis.asyncio as redis
+        import redis.exceptions as redis_errors
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         self.config = config
         self.prefix = config.key_prefix
+        self._response_error = redis_errors.ResponseError
+        self._unavailable = tuple(_unavailable())
         # A blocking pool: a burst larger than the pool waits for a connection (within the
         # call's timeout) instead of failing with "too many connections". One immediate retry on
         # a connection error only: after a Redis restart every pooled connection is stale and
@@ -108,9 +124,9 @@ class RedisLink:
                 return await make()
         except TimeoutError:
             raise ClusterUnavailable(operation, "timed out") from None
-        except redis_errors.ResponseError:
+        except self._response_error:
             raise  # a script bug or a wrong argument: not an outage
-        except tuple(_UNAVAILABLE) as exc:
+        except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
 
     async def ping(self) -> ClusterHealth:
@@ -150,7 +166,7 @@ class RedisLink:
 
 
 def _reason(exc: BaseException) -> str:
-    for cls, reason in _UNAVAILABLE.items():
+    for cls, reason in _unavailable().items():
         if isinstance(exc, cls):
             return reason
     return "error"  # pragma: no cover - every caught class is listed
