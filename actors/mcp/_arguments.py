@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp, shipped without types
 import regex  # type: ignore[import-untyped]  # a dependency of tiktoken: matches with a timeout
 
 from ._errors import McpToolError
@@ -33,6 +32,9 @@ def validate_arguments(
     the GIL released and at most until then: a backtracking pattern fails the arguments instead
     of freezing the process (call it in a worker thread).
     """
+    # Imported by the first tool call, not at start: ~2 MB. A dependency of mcp, without types.
+    import jsonschema  # type: ignore[import-untyped]
+
     prefix = f"Invalid arguments for tool {spec.name!r}"
     try:
         arguments = json.loads(arguments_json) if arguments_json.strip() else {}
@@ -79,6 +81,8 @@ def _too_deep(prefix: str) -> str:
 
 
 def _bounded_pattern(deadline: float) -> Callable[..., Iterator[Any]]:
+    import jsonschema
+
     def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
         if not validator.is_type(instance, "string"):
             return
