@@ -31,12 +31,13 @@ import types
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-import tiktoken
-import tiktoken.load
-from tiktoken_ext import openai_public
+
+# tiktoken itself (its Rust core, ~1.5 MB) is imported by the first load of an encoding.
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "OFFLOAD_THRESHOLD_CHARS",
@@ -142,6 +143,10 @@ def _release_freed_memory() -> None:
 
 
 def _read_encoding(name: str) -> _Encoder:
+    import tiktoken
+    import tiktoken.load
+    from tiktoken_ext import openai_public
+
     shipped = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken")
     with resources.as_file(shipped) as path:
         if not path.is_file():
@@ -202,6 +207,8 @@ def encoding_for_model(model: str) -> tiktoken.Encoding | None:
     Raises :class:`EncodingDataError` if the shipped file is corrupt.
     """
     encoder = _load_encoding(encoding_name_for_model(model))
+    import tiktoken
+
     return encoder if isinstance(encoder, tiktoken.Encoding) else None
 
 
