@@ -265,6 +265,7 @@ def _serve(options: argparse.Namespace) -> int:
             print("--workers must be at least 1", file=sys.stderr)
             return 1
         return serve_workers(config, _config_path(options.config), workers, options.log_level)
+    _limit_malloc_arenas()
     # Imported here: the app pulls in the whole runtime, which --help and check-config need not.
     from server.app import create_app
 
@@ -282,6 +283,29 @@ def _serve(options: argparse.Namespace) -> int:
     if refused is not None:
         print(refused, file=sys.stderr)  # the reason, last, after uvicorn's own report
     return 1 if failed else 0
+
+
+#: glibc's ``mallopt`` parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """At most :data:`MALLOC_ARENAS` glibc malloc arenas, unless ``MALLOC_ARENA_MAX`` says.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core), and an arena keeps
+    what it once held: the worker thread that loads a token encoding left ~3 MiB behind. Set
+    before the first worker thread starts; no effect on other C libraries.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
