@@ -3,43 +3,47 @@
 tiktoken downloads its BPE files on first use; our machines have no network. The files ship inside
 this package (``actors/llm/data/tiktoken/*.tiktoken``). An encoding is built by tiktoken's own
 definition of it (``tiktoken_ext.openai_public``: its pattern, special tokens and the sha256 it
-expects) with the ranks read from the shipped file by ``tiktoken.load.load_tiktoken_bpe`` instead
-of downloaded. Each encoding is loaded when a model that uses it is first counted (or by
-:func:`preload_encodings`): about a second of CPU, ~45 MB resident once loaded (tiktoken's Python
-copy of the ranks, ~25 MB more, is dropped after the load); encodings no counted model uses are
-never loaded. If the files are absent (a broken install), counting falls back to a ``chars / 4``
-estimate and logs one warning.
+expects) with the ranks read from the shipped file (``tiktoken.load.load_tiktoken_bpe``'s format,
+parsed in bulk) instead of downloaded. Each encoding is loaded when a model that uses it is
+first counted (or by :func:`preload_encodings`), not at start: ~0.6 s of CPU (a quarter of it
+holding the GIL, in tiktoken's Rust constructor) and ~45 MiB resident once loaded (tiktoken's
+Python copy of the ranks, ~25 MiB more, is dropped after the load); encodings no counted model
+uses are never loaded. If the files are absent (a broken install), counting falls back to a
+``chars / 4`` estimate and logs one warning.
 
 Counts are cached per message (see :func:`count_message_tokens`): a conversation's unchanged
 history is tokenized once, not once per turn and once more per layer (the session's trimming and
 the router's pre-flight count both read the cache).
 
-Message counting follows OpenAI's published recipe ("How to count tokens with tiktoken"): 3 tokens
-per message, +1 when it has a ``name``, +3 to prime the reply. Tool definitions and tool-call
-arguments are an approximation of the same cookbook (see :func:`count_tools_tokens`).
+Message counting follows OpenAI's published recipe (``_token_recipe``); tool definitions are an
+approximation of the same cookbook (see :func:`count_tools_tokens`).
 """
 
 from __future__ import annotations
 
+import binascii
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import logging
 import threading
 import time
 import types
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+
+from ._token_recipe import IMAGE_TOKENS, Encoder, MessageCounts
 
 # tiktoken itself (its Rust core, ~1.5 MB) is imported by the first load of an encoding.
 if TYPE_CHECKING:
     import tiktoken
 
 __all__ = [
+    "IMAGE_TOKENS",
     "OFFLOAD_THRESHOLD_CHARS",
     "EncodingDataError",
     "acount_message_tokens",
@@ -77,21 +81,8 @@ _FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("text-embedding-ada-002", "cl100k_base"),
 )
 _DEFAULT_ENCODING = "o200k_base"
-
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
-# Images are billed by size and detail, which a message does not tell us; 85 is the low-detail
-# price, so a request with images is under-estimated rather than refused.
-IMAGE_TOKENS = 85
-
-
 class EncodingDataError(RuntimeError):
     """A shipped encoding file is present but corrupt (not the sha256 tiktoken expects)."""
-
-
-class _Encoder(Protocol):
-    def encode_ordinary(self, text: str) -> list[int]: ...
 
 
 class _EstimateEncoder:
@@ -112,13 +103,13 @@ def encoding_name_for_model(model: str) -> str:
 
 # Loaded encoders by name. Filled once per name; a race between two threads loading the same file
 # only wastes the work of one of them.
-_encoders: dict[str, _Encoder] = {}
+_encoders: dict[str, Encoder] = {}
 
 
 _loading = threading.Lock()
 
 
-def _load_encoding(name: str) -> _Encoder:
+def _load_encoding(name: str) -> Encoder:
     encoder = _encoders.get(name)
     if encoder is None:
         # One load per encoding: concurrent first requests (each in a worker thread) wait for
@@ -142,9 +133,8 @@ def _release_freed_memory() -> None:
         trim(0)
 
 
-def _read_encoding(name: str) -> _Encoder:
+def _read_encoding(name: str) -> Encoder:
     import tiktoken
-    import tiktoken.load
     from tiktoken_ext import openai_public
 
     shipped = resources.files(__package__).joinpath(*_DATA_DIR, f"{name}.tiktoken")
@@ -154,12 +144,15 @@ def _read_encoding(name: str) -> _Encoder:
             return _EstimateEncoder()
 
         def load_shipped(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-            try:
-                return tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=expected_hash)
-            except ValueError as exc:  # tiktoken's "Hash mismatch": the file is not the one
+            contents = path.read_bytes()
+            if expected_hash is not None and hashlib.sha256(contents).hexdigest() != expected_hash:
                 raise EncodingDataError(
-                    f"{name}.tiktoken is corrupt: its sha256 is not {expected_hash}"
-                ) from exc
+                    f"{name}.tiktoken is corrupt: its sha256 is not {expected_hash}")
+            # tiktoken.load.load_tiktoken_bpe's format (``base64-token rank`` lines), parsed in
+            # bulk: the same dict in 60% of its time (this is on the first turn's path).
+            fields = contents.split()
+            return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]),
+                            strict=True))
 
         # tiktoken's constructor for ``name``, run with the shipped file in place of the download:
         # the same function over the same globals, except its loader.
@@ -212,7 +205,7 @@ def encoding_for_model(model: str) -> tiktoken.Encoding | None:
     return encoder if isinstance(encoder, tiktoken.Encoding) else None
 
 
-def _encoder(model: str) -> _Encoder:
+def _encoder(model: str) -> Encoder:
     return _load_encoding(encoding_name_for_model(model))
 
 
@@ -221,172 +214,21 @@ def count_text_tokens(text: str, model: str) -> int:
     return len(_encoder(model).encode_ordinary(text))
 
 
-def _content_tokens(encoder: _Encoder, content: object) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return len(encoder.encode_ordinary(content))
-    if isinstance(content, Sequence):
-        total = 0
-        for part in content:
-            if isinstance(part, Mapping):
-                if part.get("type") == "text":
-                    total += len(encoder.encode_ordinary(str(part.get("text", ""))))
-                elif part.get("type") in ("image_url", "input_image", "image"):
-                    total += IMAGE_TOKENS
-                else:
-                    total += len(encoder.encode_ordinary(json.dumps(part, default=str)))
-            else:
-                total += len(encoder.encode_ordinary(str(part)))
-        return total
-    return len(encoder.encode_ordinary(json.dumps(content, default=str)))
+_counts: dict[str, MessageCounts] = {}
 
 
-def _tool_calls_tokens(encoder: _Encoder, tool_calls: object) -> int:
-    # Approximation: the function name and its JSON arguments, plus 3 tokens of framing per call
-    # (OpenAI does not publish the exact rendering of an assistant's tool calls).
-    if not isinstance(tool_calls, Sequence):
-        return 0
-    total = 0
-    for call in tool_calls:
-        function = call.get("function", {}) if isinstance(call, Mapping) else {}
-        total += 3
-        total += len(encoder.encode_ordinary(str(function.get("name", ""))))
-        total += len(encoder.encode_ordinary(str(function.get("arguments", ""))))
-    return total
-
-
-def _one_message_tokens(encoder: _Encoder, message: Mapping[str, Any]) -> int:
-    total = TOKENS_PER_MESSAGE
-    for key, value in message.items():
-        if key == "tool_calls":
-            total += _tool_calls_tokens(encoder, value)
-        elif key == "content":
-            total += _content_tokens(encoder, value)
-        elif isinstance(value, str):
-            total += len(encoder.encode_ordinary(value))
-            if key == "name":
-                total += TOKENS_PER_NAME
-    return total
-
-
-def _message_key(message: Mapping[str, Any]) -> int | None:
-    """A hash of what :func:`_one_message_tokens` reads of ``message`` (``None``: not hashable).
-
-    Strings go in as they are (a history's strings are the same objects every turn, and a ``str``
-    keeps its hash: no rehashing); content parts and tool calls as their JSON.
-    """
-    parts: list[object] = []
-    for key, value in message.items():
-        if isinstance(value, str):
-            parts.append((key, value))
-        elif key in ("content", "tool_calls") and value is not None:
-            try:
-                parts.append((key, 1, json.dumps(value, sort_keys=True, default=str)))
-            except (TypeError, ValueError):
-                return None
-    return hash(tuple(parts))
-
-
-#: Entries of one encoding's count cache (least recently used out): ~100 bytes each.
-COUNT_CACHE_ENTRIES = 50_000
-
-
-class _Counts:
-    """One encoder's token counts of the messages (and tool lists) it already counted.
-
-    Keyed by a hash of the content, not by the message: it keeps no text alive, so its memory is
-    bounded by the entry count whatever the messages' sizes. Two different messages with the same
-    64-bit hash would share a count (an estimate off for one request; vanishingly unlikely).
-    """
-
-    def __init__(self, encoder: _Encoder) -> None:
-        self.encoder = encoder
-        self._counts: OrderedDict[int, int] = OrderedDict()
-        self._lock = threading.Lock()  # counts run on the loop and in worker threads
-
-    def get(self, key: int) -> int | None:
-        with self._lock:
-            count = self._counts.get(key)
-            if count is not None:
-                self._counts.move_to_end(key)
-            return count
-
-    def put(self, key: int, count: int) -> None:
-        with self._lock:
-            self._counts[key] = count
-            if len(self._counts) > COUNT_CACHE_ENTRIES:
-                self._counts.popitem(last=False)
-
-    def messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        total = REPLY_PRIMING_TOKENS
-        for message in messages:
-            key = _message_key(message)
-            count = self.get(key) if key is not None else None
-            if count is None:
-                count = _one_message_tokens(self.encoder, message)
-                if key is not None:
-                    self.put(key, count)
-            total += count
-        return total
-
-    def tools(self, tools: Sequence[Mapping[str, Any]], model: str) -> int:
-        try:
-            key = hash(("tools", encoding_name_for_model(model) == "cl100k_base",
-                        json.dumps(tools, sort_keys=True, default=str)))
-        except (TypeError, ValueError):
-            return _tools_tokens(self.encoder, tools, model)
-        count = self.get(key)
-        if count is None:
-            count = _tools_tokens(self.encoder, tools, model)
-            self.put(key, count)
-        return count
-
-
-_counts: dict[str, _Counts] = {}
-
-
-def _counter(model: str) -> _Counts:
+def _counter(model: str) -> MessageCounts:
     name = encoding_name_for_model(model)
     encoder = _load_encoding(name)
     counts = _counts.get(name)
     if counts is None or counts.encoder is not encoder:
-        counts = _counts[name] = _Counts(encoder)
+        counts = _counts[name] = MessageCounts(encoder)
     return counts
 
 
-def _tools_tokens(encoder: _Encoder, tools: Sequence[Mapping[str, Any]], model: str) -> int:
-    # OpenAI's cookbook approximation for function definitions: constants per function, per
-    # property and per enum item on top of the encoded names, types and descriptions.
-    cl100k = encoding_name_for_model(model) == "cl100k_base"
-    func_init, prop_init, prop_key, enum_init, enum_item, func_end = (
-        (10, 3, 3, -3, 3, 12) if cl100k else (7, 3, 3, -3, 3, 12)
-    )
-    if not tools:
-        return 0
-    total = 0
-    for tool in tools:
-        function = tool.get("function", tool)
-        total += func_init
-        name = str(function.get("name", ""))
-        description = str(function.get("description", "")).rstrip(".")
-        total += len(encoder.encode_ordinary(f"{name}:{description}"))
-        properties = (function.get("parameters") or {}).get("properties") or {}
-        if properties:
-            total += prop_init
-            for key, spec in properties.items():
-                total += prop_key
-                spec = spec if isinstance(spec, Mapping) else {}
-                prop_type = str(spec.get("type", ""))
-                prop_desc = str(spec.get("description", "")).rstrip(".")
-                enum = spec.get("enum")
-                if isinstance(enum, Sequence) and not isinstance(enum, str):
-                    total += enum_init
-                    for item in enum:
-                        total += enum_item
-                        total += len(encoder.encode_ordinary(str(item)))
-                total += len(encoder.encode_ordinary(f"{key}:{prop_type}:{prop_desc}"))
-    return total + func_end
+def _is_cl100k(model: str) -> bool:
+    # The cookbook's constants for tool definitions differ for cl100k_base.
+    return encoding_name_for_model(model) == "cl100k_base"
 
 
 def count_tools_tokens(tools: Sequence[Mapping[str, Any]], model: str) -> int:
@@ -395,7 +237,7 @@ def count_tools_tokens(tools: Sequence[Mapping[str, Any]], model: str) -> int:
     Uses the constants of OpenAI's cookbook (per function, property and enum item); exact for
     simple schemas, an estimate for nested ones (nested objects count only their top level).
     """
-    return _counter(model).tools(tools, model) if tools else 0
+    return _counter(model).tools(tools, cl100k=_is_cl100k(model)) if tools else 0
 
 
 def count_message_tokens(
@@ -414,7 +256,7 @@ def count_message_tokens(
     counts = _counter(model)
     total = counts.messages(messages)
     if tools:
-        total += counts.tools(tools, model)
+        total += counts.tools(tools, cl100k=_is_cl100k(model))
     return total
 
 
