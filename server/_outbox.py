@@ -8,12 +8,12 @@ the text and reasoning pieces of one turn joined into one frame each.
 
 from __future__ import annotations
 
-import contextlib
 import json
+from collections import deque
 from dataclasses import dataclass
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.llm import DeltaSink, ReasoningDelta, TextDelta
@@ -48,62 +48,95 @@ class Close:
 
 
 class Outbox:
-    """The bounded stream from a connection's tasks to its writer."""
+    """The bounded queue from a connection's tasks to its writer.
+
+    A deque and two events, not an anyio memory stream: a streamed delta crosses it once per
+    upstream chunk, and the stream's per-item bookkeeping (a checkpoint and a new ``Event`` per
+    receive, a cancellation check of the waiting receiver per send) cost more than the rest of
+    the handoff (``benchmarks/streams.py``).
+    """
 
     def __init__(self) -> None:
-        send, receive = anyio.create_memory_object_stream[Envelope | Close](OUTBOX_SIZE)
-        self._send: MemoryObjectSendStream[Envelope | Close] = send
-        self._receive: MemoryObjectReceiveStream[Envelope | Close] = receive
+        self._items: deque[Envelope | Close] = deque()
+        self._closed = False
+        self._writer_idle: anyio.Event | None = None  # set when an item comes
+        self._room: anyio.Event | None = None  # set when the writer takes the queue
         self.written = anyio.Event()
         """Set once the writer has stopped (close frame sent, or the peer gone)."""
 
+    def _put(self, item: Envelope | Close) -> None:
+        self._items.append(item)
+        idle = self._writer_idle
+        if idle is not None:
+            self._writer_idle = None
+            idle.set()
+
     async def send(self, envelope: Envelope) -> None:
-        # A closed outbox means the socket is gone and the turn is being cancelled with it.
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._send.send(envelope)
+        """Queue ``envelope``, waiting while the outbox is full (dropped once it is closed: the
+        socket is gone and the turn is being cancelled with it)."""
+        await anyio.lowlevel.checkpoint()
+        while not self._closed and len(self._items) >= OUTBOX_SIZE:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        if not self._closed:
+            self._put(envelope)
 
     def send_nowait(self, item: Envelope | Close) -> None:
-        """Queue ``item`` now; raises ``anyio.WouldBlock`` when the outbox is full."""
-        self._send.send_nowait(item)
+        """Queue ``item`` now; raises ``anyio.WouldBlock`` when the outbox is full,
+        ``anyio.ClosedResourceError`` once it is closed."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if len(self._items) >= OUTBOX_SIZE:
+            raise anyio.WouldBlock
+        self._put(item)
 
     def close(self) -> None:
-        self._send.close()
-        self._receive.close()
+        """Drop what is queued; the writer stops and senders return."""
+        self._closed = True
+        self._items.clear()
+        for event in (self._writer_idle, self._room):
+            if event is not None:
+                event.set()
+        self._writer_idle = self._room = None
 
     def deltas(self, request_id: str) -> DeltaSink:
         """A streaming turn's delta sink: the provider's reading task puts each delta straight
         into the outbox (one handoff, to the writer). Without a checkpoint while there is room,
         so the deltas of one network read queue up and the writer joins them; a full outbox
         makes the reader wait (backpressure)."""
-        outbox = self._send
+        items = self._items
+        put = self._put
 
         async def deliver(delta: TextDelta | ReasoningDelta) -> None:
             if type(delta) is TextDelta:
                 envelope = protocol.text_chunk(request_id, delta.text)
             else:
                 envelope = protocol.reasoning_chunk(request_id, delta.text)
-            try:
-                outbox.send_nowait(envelope)
-            except anyio.WouldBlock:
+            if len(items) < OUTBOX_SIZE and not self._closed:
+                put(envelope)
+            else:
                 await self.send(envelope)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass  # the socket is gone: the turn is being cancelled with it
 
         return deliver
 
     async def write(self, websocket: WebSocket) -> None:
-        """Send everything queued to ``websocket`` until a :class:`Close` or the peer is gone."""
-        receive = self._receive
+        """Send everything queued to ``websocket`` until a :class:`Close`, the outbox is closed
+        or the peer is gone."""
+        items = self._items
         try:
-            async for item in receive:
-                batch = [item]
-                while len(batch) < OUTBOX_SIZE:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                closing = await _write_batch(websocket, batch)
-                if closing:
+            while not self._closed:
+                if not items:
+                    self._writer_idle = idle = anyio.Event()
+                    await idle.wait()
+                    continue
+                batch = list(items)
+                items.clear()
+                room = self._room
+                if room is not None:
+                    self._room = None
+                    room.set()
+                if await _write_batch(websocket, batch):
                     break
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the peer went away; the reader sees the disconnect
