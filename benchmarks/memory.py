@@ -9,6 +9,10 @@ only the server's own process is measured). Its RSS (``VmRSS`` of ``/proc/PID/st
   to the first text frame and to its end, against the second turn's;
 * after ``TURNS`` turns, ``SOCKETS`` sockets (one conversation each) running turns back to back.
 
+A second table says what the RSS after start is made of: a fresh interpreter imports, layer by
+layer, what the server imports at start, and the RSS each layer adds is printed (the rest of the
+server's figure is what its start-up builds: actors, clients, threads).
+
 Last line: ``rss after start: N MiB (target 100)``.
 
 Run: ``.venv/bin/python -m benchmarks.memory [--turns 100] [--sockets 10]``
@@ -17,7 +21,9 @@ Run: ``.venv/bin/python -m benchmarks.memory [--turns 100] [--sockets 10]``
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +46,51 @@ from tests.server_harness import (
 SETTLE = 1.0
 TARGET_MIB = 100
 TURN_TIMEOUT = 60.0
+
+
+#: (label, modules) in import order: each row is what importing its modules adds to the RSS.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("Python 3.11 itself", []),
+    ("anyio, pydantic", ["anyio", "pydantic"]),
+    ("starlette, uvicorn, uvloop, httptools, websockets (and asyncio, ssl, email)",
+     ["starlette.applications", "starlette.staticfiles", "uvicorn", "uvicorn.loops.uvloop",
+      "uvicorn.protocols.http.httptools_impl",
+      "uvicorn.protocols.websockets.websockets_impl"]),
+    ("httpx2, httpcore2 (and trio, which httpcore2 imports when installed: a dev dependency)",
+     ["httpx2", "httpcore2"]),
+    ("openai SDK (its pydantic types, aiohttp)", ["openai"]),
+    ("mcp SDK (mcp_types; its server half: opentelemetry, cryptography, click, sse_starlette)",
+     ["mcp"]),
+    ("prometheus_client, yaml, msgspec, sqlite3, regex, dotenv",
+     ["prometheus_client", "yaml", "msgspec", "sqlite3", "regex", "dotenv"]),
+    ("the simulator's package (demo mode starts the simulator)", ["simulator.process"]),
+    ("ours: runtime, actors, server", ["server.cli", "server.app"]),
+]
+
+_LAYERS_SCRIPT = """
+import importlib, json, sys, warnings
+warnings.simplefilter("ignore")
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+rows, last = [], rss()
+for label, modules in json.loads(sys.argv[1]):
+    for module in modules:
+        importlib.import_module(module)
+    now = rss()
+    rows.append([label, round(now - (last if rows else 0), 1), round(now, 1)])
+    last = now
+print(json.dumps(rows))
+"""
+
+
+def import_layers() -> list[list[object]]:
+    """RSS added by each of :data:`LAYERS`, imported in order by a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-c", _LAYERS_SCRIPT, json.dumps(LAYERS)],
+                            capture_output=True, text=True, check=True, timeout=120)
+    rows: list[list[object]] = json.loads(result.stdout)
+    return rows
 
 
 def rss_mib(pid: int) -> float:
@@ -133,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     print("mcp-backend serve, built-in defaults (demo mode), the server's process only")
     print()
     print(table(["moment", "RSS MiB", "turn's first text ms", "turn ms"], rows))
+    print()
+    print("What is imported at start, layer by layer (a fresh interpreter)")
+    print()
+    print(table(["layer", "adds MiB", "RSS MiB"], import_layers()))
     print()
     print(f"rss after start: {rows[0][1]:.0f} MiB (target {TARGET_MIB})")
     return 0
