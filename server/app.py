@@ -173,6 +173,9 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                                         history)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
+                if cluster is not None:  # heartbeats from a worker that can serve
+                    await cluster.beat()
+                    task_group.start_soon(cluster.run)
                 try:
                     yield
                 finally:

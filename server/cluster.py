@@ -164,25 +164,20 @@ class ClusterNode:
 async def open_cluster(config: ClusterConfig, *, journal: str | Path | None,
                        lease_timeout: float,
                        worker: WorkerIdentity | None = None) -> AsyncIterator[ClusterNode | None]:
-    """This worker's :class:`ClusterNode` with its heartbeat running (``None`` without Redis).
+    """This worker's :class:`ClusterNode` (``None`` without Redis).
 
     ``journal``: this worker's ledger file (names its share of the day's totals). Starting does
-    not need Redis to be up: requests fail closed until it is.
+    not need Redis to be up: requests fail closed until it is. The caller runs
+    :meth:`ClusterNode.run` (the heartbeat) once the worker serves, so that ``workers_up`` never
+    counts a worker still starting.
     """
     if not config.enabled:
         yield None
         return
     async with RedisLink(config) as link:
-        node = ClusterNode(config, link, worker or WorkerIdentity.from_environment(),
-                           journal=None if journal is None else str(journal),
-                           lease_timeout=lease_timeout)
-        await node.beat()
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(node.run)
-            try:
-                yield node
-            finally:
-                task_group.cancel_scope.cancel()
+        yield ClusterNode(config, link, worker or WorkerIdentity.from_environment(),
+                          journal=None if journal is None else str(journal),
+                          lease_timeout=lease_timeout)
 
 
 class ClusterCollector(Collector):
