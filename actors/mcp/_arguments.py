@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import regex  # type: ignore[import-untyped]  # a dependency of tiktoken: matches with a timeout
-
 from ._errors import McpToolError
 from ._tool_types import ToolSpec
 
@@ -32,7 +30,7 @@ def validate_arguments(
     the GIL released and at most until then: a backtracking pattern fails the arguments instead
     of freezing the process (call it in a worker thread).
     """
-    # Imported by the first tool call, not at start: ~2 MB. A dependency of mcp, without types.
+    # Imported by the first tool call, not at start: ~2 MiB. A dependency of mcp, without types.
     import jsonschema  # type: ignore[import-untyped]
 
     prefix = f"Invalid arguments for tool {spec.name!r}"
@@ -81,7 +79,9 @@ def _too_deep(prefix: str) -> str:
 
 
 def _bounded_pattern(deadline: float) -> Callable[..., Iterator[Any]]:
+    # regex (a dependency of tiktoken) matches with a timeout; ~1.4 MiB, imported when first used.
     import jsonschema
+    import regex  # type: ignore[import-untyped]
 
     def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
         if not validator.is_type(instance, "string"):
