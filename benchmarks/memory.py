@@ -61,8 +61,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("openai SDK (its pydantic types, aiohttp)", ["openai"]),
     ("mcp SDK (mcp_types; its server half: opentelemetry, cryptography, click, sse_starlette)",
      ["mcp"]),
-    ("prometheus_client, yaml, msgspec, sqlite3, regex, dotenv",
-     ["prometheus_client", "yaml", "msgspec", "sqlite3", "regex", "dotenv"]),
+    ("prometheus_client, yaml, msgspec, sqlite3, dotenv",
+     ["prometheus_client", "yaml", "msgspec", "sqlite3", "dotenv"]),
     ("the simulator's package (demo mode starts the simulator)", ["simulator.process"]),
     ("ours: runtime, actors, server", ["server.cli", "server.app"]),
 ]
