@@ -44,7 +44,7 @@ TOOL_TIMEOUT = 3.0
 MAX_HOPS = 2
 # A turn: a model call per hop plus the last answer, and the tools of each hop.
 TURN_DEADLINE = (MAX_HOPS + 1) * REQUEST_TIMEOUT + MAX_HOPS * (TOOL_TIMEOUT + 5.0)
-LOAD_S = 24.0
+LOAD_S = 18.0
 CLIENTS = 10
 LIMITS = {"a": 300, "b": 60}
 
@@ -272,7 +272,7 @@ class ServerChaos:
                 async with anyio.create_task_group() as group:
                     for index in range(CLIENTS):
                         group.start_soon(self.client, index, stop_at)
-                    group.start_soon(self.faults_loop, 2.0, 1.0)
+                    group.start_soon(self.faults_loop, 2.0, 0.5)
                 await self.wait_healthy()
                 mcp_pids = [int(s["pid"]) for s in server.health()["mcp_servers"].values()
                             if s.get("pid")]
