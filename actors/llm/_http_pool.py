@@ -1,4 +1,5 @@
-"""The HTTP pool a provider owns: an ``httpx2`` client whose idle-connection probe is cheap.
+"""The HTTP client a provider owns: the SDK's aiohttp transport (the default), or an ``httpx2``
+client whose idle-connection probe is cheap (below).
 
 Before every request httpcore2's pool asks each *idle* connection whether the server closed it
 (``get_extra_info("is_readable")``). Its anyio stream answers by building anyio's whole
