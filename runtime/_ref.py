@@ -67,18 +67,20 @@ class ActorRef:
             if limit == math.inf:
                 reply = await request.wait()
                 return reply
-            with anyio.fail_after(max(0.0, limit - anyio.current_time())):
+            # A bare scope rather than fail_after (a generator context manager that reads the
+            # clock twice more): only its own deadline can cancel it, so a caught cancellation
+            # is the deadline.
+            with anyio.CancelScope(deadline=limit):
                 reply = await request.wait()
                 return reply
-        except TimeoutError:
-            if request.done and not request.abandoned:
-                reply = request.result()
-                return reply
-            request.abandon()
-            raise DeadlineExceeded(self._cell.name) from None
         except BaseException:
             request.abandon()
             raise
+        if request.done and not request.abandoned:
+            reply = request.result()
+            return reply
+        request.abandon()
+        raise DeadlineExceeded(self._cell.name)
 
     @asynccontextmanager
     async def ask_stream(
@@ -104,8 +106,8 @@ class ActorRef:
             yield items
         finally:
             request.abandon()
-            assert request._stream_recv is not None
-            request._stream_recv.close()
+            assert request._channel is not None
+            request._channel.break_()
 
     def __repr__(self) -> str:
         return f"<ActorRef {self._cell.name}>"
@@ -129,15 +131,23 @@ class _Items(AsyncIterator[T]):
 
     async def __anext__(self) -> T:
         request = self._request
-        receive = request._stream_recv
-        assert receive is not None
+        channel = request._channel
+        assert channel is not None
+        deadline = request.deadline
         item: T
         try:
-            if request.deadline == math.inf:
-                item = await receive.receive()
+            if deadline == math.inf:
+                item = await channel.receive()
+            elif channel.ready:
+                # Buffered (or ended): no cancel scope, but the deadline still wins.
+                if anyio.current_time() >= deadline:
+                    raise TimeoutError
+                item = channel.receive_nowait()
             else:
-                with anyio.fail_after(max(0.0, request.deadline - anyio.current_time())):
-                    item = await receive.receive()
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    item = await channel.receive()
+                if scope.cancelled_caught:
+                    raise TimeoutError
         except anyio.EndOfStream:
             if request._error is not None:
                 raise request._error from None

@@ -8,14 +8,14 @@ ignored, which is what makes "every request ends exactly once" a local property.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["Ask", "AskStream", "Outcome", "Request", "RequestKind"]
+__all__ = ["Ask", "AskStream", "Channel", "Outcome", "Request", "RequestKind"]
 
 R_co = TypeVar("R_co", covariant=True)
 T_co = TypeVar("T_co", covariant=True)
@@ -79,12 +79,11 @@ class Request:
     """
 
     __slots__ = (
+        "_channel",
         "_error",
         "_event",
         "_on_end",
         "_scope",
-        "_stream_recv",
-        "_stream_send",
         "_value",
         "abandoned",
         "deadline",
@@ -112,14 +111,11 @@ class Request:
         self._error: BaseException | None = None
         self._on_end: Callable[[Request], None] | None = None
         self._event: anyio.Event | None = None
-        self._stream_send: MemoryObjectSendStream[Any] | None = None
-        self._stream_recv: MemoryObjectReceiveStream[Any] | None = None
+        self._channel: Channel | None = None
         if kind is RequestKind.ASK:
             self._event = anyio.Event()
         elif kind is RequestKind.STREAM:
-            self._stream_send, self._stream_recv = anyio.create_memory_object_stream[Any](
-                stream_buffer
-            )
+            self._channel = Channel(stream_buffer)
 
     # -- the actor's side ---------------------------------------------------------------------
 
@@ -144,11 +140,11 @@ class Request:
 
         Raises :class:`anyio.BrokenResourceError` if the consumer went away.
         """
-        if self._stream_send is None:
+        if self._channel is None:
             raise TypeError("send() is only for requests made with ask_stream()")
         if self.done:
             raise anyio.BrokenResourceError
-        await self._stream_send.send(item)
+        await self._channel.send(item)
 
     @property
     def expired(self) -> bool:
@@ -158,8 +154,8 @@ class Request:
     def _finish(self) -> None:
         if self._event is not None:
             self._event.set()
-        elif self._stream_send is not None:
-            self._stream_send.close()
+        elif self._channel is not None:
+            self._channel.close()
         if self._on_end is not None:
             self._on_end(self)
 
@@ -173,8 +169,8 @@ class Request:
             return
         self.done = True
         self.abandoned = True
-        if self._stream_send is not None:
-            self._stream_send.close()
+        if self._channel is not None:
+            self._channel.close()
         if self._on_end is not None:
             self._on_end(self)
 
@@ -197,6 +193,97 @@ class Request:
     def __repr__(self) -> str:
         state = "abandoned" if self.abandoned else "done" if self.done else "pending"
         return f"<Request {self.kind.value} {type(self.message).__name__} {state}>"
+
+
+class Channel:
+    """The items of one streamed answer: one producer (the actor), one consumer (the caller).
+
+    Bounded like a memory object stream of ``capacity`` items (``0``: each ``send`` waits until
+    its item is taken), with the same endings: ``close()`` (the producer is done: the consumer
+    reads what is buffered, then ``EndOfStream``) and ``break_()`` (the consumer went away: a
+    sender gets ``BrokenResourceError``). Unlike the memory stream it yields to the loop only
+    when it has to wait: an item that fits, or one already buffered, costs no checkpoint.
+    """
+
+    __slots__ = ("_capacity", "_data", "_items", "_space", "broken", "closed")
+
+    def __init__(self, capacity: int) -> None:
+        self._items: deque[Any] = deque()
+        self._capacity = capacity
+        self._data: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+        self.closed = False
+        self.broken = False
+
+    @property
+    def ready(self) -> bool:
+        """True when :meth:`receive_nowait` would not block: an item is buffered, or the end."""
+        return bool(self._items) or self.closed or self.broken
+
+    async def send(self, item: Any) -> None:
+        items = self._items
+        while True:
+            if self.broken:
+                raise anyio.BrokenResourceError
+            if self.closed:
+                raise anyio.ClosedResourceError
+            if len(items) < self._capacity or (not self._capacity and not items):
+                break
+            self._space = event = anyio.Event()
+            await event.wait()
+        items.append(item)
+        self._wake_data()
+        if not self._capacity:
+            # A rendezvous: wait until the consumer has taken it (or is gone).
+            while items and not self.broken:
+                self._space = event = anyio.Event()
+                await event.wait()
+            if self.broken and items:
+                items.clear()
+                raise anyio.BrokenResourceError
+
+    def receive_nowait(self) -> Any:
+        """The next item; ``EndOfStream`` once closed and drained; ``WouldBlock`` if none yet."""
+        if self.broken:
+            raise anyio.ClosedResourceError
+        if self._items:
+            item = self._items.popleft()
+            space, self._space = self._space, None
+            if space is not None:
+                space.set()
+            return item
+        if self.closed:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def receive(self) -> Any:
+        while not self.ready:
+            self._data = event = anyio.Event()
+            await event.wait()
+        return self.receive_nowait()
+
+    def close(self) -> None:
+        """The producer's end: no more items."""
+        self.closed = True
+        self._wake_data()
+        self._wake_space()
+
+    def break_(self) -> None:
+        """The consumer's end: buffered items are dropped, a waiting sender is told."""
+        self.broken = True
+        self._items.clear()
+        self._wake_data()
+        self._wake_space()
+
+    def _wake_data(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            data.set()
+
+    def _wake_space(self) -> None:
+        space, self._space = self._space, None
+        if space is not None:
+            space.set()
 
 
 Then = Callable[[Outcome], Any | Awaitable[Any]]
