@@ -71,7 +71,8 @@ class AttemptSpend:
         if reservation is None or self._ledger is None:
             return usage.total_cost
         charged: float | None = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
+        # One scope, shielded from the caller's cancel and bounded by its own deadline.
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _SETTLE_TIMEOUT):
             charged = await self._ledger.ask(Settle(reservation.id, usage, usage.total_cost))
         return charged
 

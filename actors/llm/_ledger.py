@@ -72,7 +72,7 @@ from ._ledger_book import (
     write_batch,
 )
 from ._ledger_lock import LedgerUnavailable, ledger_path
-from ._ledger_store import LedgerStore, day_key
+from ._ledger_store import LedgerStore, day_span
 from ._messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot
 from ._provider_config import ProviderConfig
 
@@ -123,6 +123,7 @@ class LedgerActor(Actor[LedgerMessage]):
         self._store: LedgerStore | None = None
         self._writing = False
         self._book = LedgerBook()
+        self._day_span: tuple[datetime | None, datetime, str] = (None, _EPOCH, "")
         self._daily_limit = (
             None if config.daily_cost_limit is None else nanos(config.daily_cost_limit)
         )
@@ -263,7 +264,15 @@ class LedgerActor(Actor[LedgerMessage]):
     # -- days, warnings, expiry -----------------------------------------------------------------
 
     def _today(self) -> str:
-        return day_key(self._now(), self._config.day_timezone)
+        # The day is converted once per day, not per message: reused from the instant it was
+        # computed at until its end (recomputed too if the injected clock goes back).
+        now = self._now()
+        since, until, day = self._day_span
+        if since is not None and since <= now < until:
+            return day
+        day, until = day_span(now, self._config.day_timezone)
+        self._day_span = (now, until, day)
+        return day
 
     def _load(self, day: str) -> None:
         """Start ``day`` from the database's totals plus the charges not yet written."""
@@ -380,6 +389,9 @@ class LedgerActor(Actor[LedgerMessage]):
 
     def __repr__(self) -> str:
         return f"<LedgerActor {self._book!r}>"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _utc_now() -> datetime:

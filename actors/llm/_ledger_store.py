@@ -16,14 +16,15 @@ import math
 import sqlite3
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from types import TracebackType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runtime.sqlite import open_sqlite
 
-__all__ = ["LedgerStore", "day_key"]
+__all__ = ["LedgerStore", "day_key", "day_span"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -56,6 +57,21 @@ def day_key(now: datetime, tz: str) -> str:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {tz!r}") from exc
     return now.astimezone(zone).date().isoformat()
+
+
+def day_span(now: datetime, tz: str) -> tuple[str, datetime]:
+    """``day_key(now, tz)`` and the instant that day ends (the next local midnight, in UTC).
+
+    The day is the same for every instant from ``now`` up to (not including) the end, so a
+    caller may reuse it until then instead of converting every instant. The end is the first
+    instant whose local date is the next one, also where that midnight falls in a DST gap or
+    overlap (``fold=0``: its first occurrence). Raises like :func:`day_key`.
+    """
+    day = day_key(now, tz)
+    zone = ZoneInfo(tz)
+    midnight = datetime.combine(date.fromisoformat(day) + timedelta(days=1), dt_time(0),
+                                tzinfo=zone)
+    return day, midnight.astimezone(UTC)
 
 
 class LedgerStore:
