@@ -18,12 +18,15 @@ Rules a caller can rely on:
   another worker's reads the history again from the store.
 - **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
   and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
-- **What is persisted, and when**: each piece as it happens, so that a crash (even SIGKILL) loses
-  nothing already done: the user message when the turn starts, every *completed* step (an
-  assistant message that asked for tools together with all its tool results) when its last tool
-  ends, and the final assistant message *before* :class:`TurnComplete` is sent. A turn cancelled
-  or failed midway keeps what was written and drops the partial answer being streamed and tool
-  calls still running; an assistant ``tool_calls`` message is never stored without its results.
+- **What is persisted, and when**: every *completed* step (an assistant message that asked for
+  tools together with all its tool results) when its last tool ends, and the final assistant
+  message *before* :class:`TurnComplete` is sent, so that a crash (even SIGKILL) loses nothing
+  the client was told is done. The user message goes in the same transaction as the turn's first
+  step or answer (one worker-thread write for a plain turn, not two); a turn cancelled or failed
+  before that writes it alone as it ends. With ``leases`` it is written when the turn starts,
+  under the lease (a turn that lost its lease writes nothing more). A turn cancelled or failed
+  midway keeps what was written and drops the partial answer being streamed and tool calls still
+  running; an assistant ``tool_calls`` message is never stored without its results.
   The in-memory history takes a message only after its write succeeded; a failed write ends the
   turn with :class:`HistoryWriteError` (logged), never with a ``complete`` for an unsaved answer.
 - **Tool results are capped** at ``chat.max_tool_result_chars``, with a note telling the model
@@ -37,6 +40,7 @@ Rules a caller can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -57,7 +61,6 @@ from actors.llm import (
     ReasoningDelta,
     StreamEnd,
     TextDelta,
-    count_message_tokens,
 )
 from actors.mcp import ToolCatalog
 from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
@@ -76,7 +79,7 @@ from ._messages import (
     TurnText,
 )
 from ._tool_steps import run_tool_calls
-from ._trimming import trim_history
+from ._trimming import HistoryFit, trim_history
 
 __all__ = ["SessionActor", "session_actor_name", "session_child_spec"]
 
@@ -107,6 +110,8 @@ class _Turn:
     slot: _Slot = field(default_factory=_Slot)
     completed: list[Message] = field(default_factory=list)
     """Messages already written to the store, appended a whole step at a time after the write."""
+    pending: list[Message] = field(default_factory=list)
+    """The user message until it is written with the turn's first step (or as the turn ends)."""
     reloaded: tuple[Message, ...] | None = None
     """The history as re-read from the store under a new lease (another worker wrote it)."""
 
@@ -145,10 +150,11 @@ class SessionActor(Actor["SessionMessage"]):
         self._llm_timeout = llm_timeout
         self._count_model = count_model or model or ""
         if chat.context_budget_tokens is not None:
-            self._budget = chat.context_budget_tokens
+            budget = chat.context_budget_tokens
         else:
             window = (catalog or ModelCatalog()).context_window(self._count_model)
-            self._budget = int(window * DEFAULT_BUDGET_SHARE)
+            budget = int(window * DEFAULT_BUDGET_SHARE)
+        self._fit = HistoryFit(budget_tokens=budget, max_messages=chat.max_history_messages)
         self._messages: list[Message] = []
         self._queue: deque[_Slot] = deque()
         self._active: _Slot | None = None
@@ -227,9 +233,12 @@ class SessionActor(Actor["SessionMessage"]):
         self._unfinished.discard(turn)
         base = self._messages if turn.reloaded is None else list(turn.reloaded)
         self._messages = self._kept([*base, *turn.completed])
+        self._fit.added(turn.completed)
 
     async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
-        """Write ``messages`` (one whole step) now; only then do they count as done."""
+        """Write the pending user message and ``messages`` (one whole step) in one transaction;
+        only then do they count as done."""
+        messages = [*turn.pending, *messages]
         try:
             await anyio.to_thread.run_sync(self._history.append, self.conversation_id, messages)
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
@@ -240,7 +249,13 @@ class SessionActor(Actor["SessionMessage"]):
             raise HistoryWriteError(
                 "the conversation could not be saved; this answer was not completed"
             ) from exc
+        turn.pending.clear()
         turn.completed.extend(messages)
+
+    async def _persist_pending(self, turn: _Turn) -> None:
+        """As a turn ends early: write its user message if nothing of the turn was written."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(HistoryWriteError):  # logged
+            await self._persist(turn, [])
 
     async def _clear(self, slot: _Slot, outcome: Outcome) -> None:
         try:
@@ -265,34 +280,34 @@ class SessionActor(Actor["SessionMessage"]):
                 stored = await anyio.to_thread.run_sync(
                     self._history.load, self.conversation_id, self._chat.max_history_messages)
                 history = turn.reloaded = tuple(self._kept(stored))
+                self._fit.forget()
             await self._turn(turn, history)
 
     async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
+        user: Message = {"role": "user", "content": turn.message.text}
+        if self._leases is not None:
+            await self._persist(turn, [user])
+            await self._tool_loop(turn, history_now, user)
+            return
+        turn.pending.append(user)
+        try:
+            await self._tool_loop(turn, history_now, user)
+        finally:
+            if turn.pending:
+                await self._persist_pending(turn)
+
+    async def _tool_loop(
+        self, turn: _Turn, history_now: Sequence[Message], user: Message
+    ) -> None:
         chat = self._chat
         request = turn.request
-        user: Message = {"role": "user", "content": turn.message.text}
-        await self._persist(turn, [user])
         count_model = turn.message.model or self._count_model
         await self._tools.refresh()
         tools = self._tools.openai_tools() if chat.max_tool_hops > 0 else []
         head: list[Message] = (
             [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
         )
-        # In a thread, like the trimming: the first count of a process loads the tokenizer
-        # (over a second of CPU), which on the loop stalled every other turn's Redis round trip
-        # past its timeout.
-        reserved = await anyio.to_thread.run_sync(
-            count_message_tokens, [*head, user], count_model)
-        history = await anyio.to_thread.run_sync(
-            functools.partial(
-                trim_history,
-                history_now,
-                model=count_model,
-                budget_tokens=self._budget,
-                max_messages=chat.max_history_messages,
-                reserved_tokens=reserved,
-            )
-        )
+        history = await self._fit.fit(history_now, head, user, count_model)
         conversation = [*head, *history, user]
         answers: list[LLMResponse] = []
         hops = 0

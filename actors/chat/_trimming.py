@@ -7,14 +7,26 @@ or a share of the model's context window).
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
+
+import anyio.to_thread
 
 from actors.llm import count_message_tokens
 
-__all__ = ["trim_history"]
+__all__ = ["HistoryFit", "trim_history"]
 
 Message = dict[str, Any]
+
+#: New (not yet token-counted) characters a turn counts on the event loop; more go to a thread.
+_INLINE_COUNT_CHARS: Final = 20_000
+
+_UNCOUNTED: Final = sys.maxsize
+
+#: Models whose tokenizer a count in a worker thread has loaded in this process.
+_warm_models: set[str] = set()
 
 
 def _exchanges(history: Sequence[Message]) -> list[list[Message]]:
@@ -74,3 +86,69 @@ def trim_history(
         kept.append(unit)
         count += len(unit)
     return [message for unit in reversed(kept) for message in unit]
+
+
+class HistoryFit:
+    """One conversation's trimming to its token budget, in a worker thread only when it is long.
+
+    The first count of a model in a process loads its tokenizer (over a second of CPU, which on
+    the loop stalled every other turn's Redis round trip past its timeout), and a history read
+    back from the store is counted whole: both run in a worker thread. After that the history's
+    counts are cached (``actors.llm`` caches each message's count) and only the new messages are
+    tokenized: on the loop while they are short, where a thread round trip would cost more than
+    counting them. Use from the event loop only.
+    """
+
+    def __init__(self, *, budget_tokens: int, max_messages: int) -> None:
+        self.budget_tokens = budget_tokens
+        self.max_messages = max_messages
+        self._uncounted_chars = _UNCOUNTED  # all of it until the first count
+        self._counted_model = ""
+
+    def added(self, messages: Sequence[Message]) -> None:
+        """``messages`` joined the history since the last :meth:`fit`."""
+        self._uncounted_chars += sum(_size(message) for message in messages)
+
+    def forget(self) -> None:
+        """The history was read again from the store: count it whole next time."""
+        self._uncounted_chars = _UNCOUNTED
+
+    async def fit(
+        self, history: Sequence[Message], head: list[Message], user: Message, model: str
+    ) -> list[Message]:
+        """The newest part of ``history`` that fits the budget beside ``head`` and ``user``."""
+        fit = functools.partial(
+            _fit, history, head, user, model=model, budget=self.budget_tokens,
+            max_messages=self.max_messages,
+        )
+        new_chars = self._uncounted_chars + _size(user)
+        if (model in _warm_models and model == self._counted_model
+                and new_chars <= _INLINE_COUNT_CHARS):
+            kept = fit()
+        else:
+            kept = await anyio.to_thread.run_sync(fit)
+            _warm_models.add(model)
+        self._uncounted_chars, self._counted_model = 0, model
+        return kept
+
+
+def _fit(
+    history: Sequence[Message],
+    head: list[Message],
+    user: Message,
+    *,
+    model: str,
+    budget: int,
+    max_messages: int,
+) -> list[Message]:
+    reserved = count_message_tokens([*head, user], model)
+    return trim_history(
+        history, model=model, budget_tokens=budget, max_messages=max_messages,
+        reserved_tokens=reserved,
+    )
+
+
+def _size(message: Message) -> int:
+    """About how many characters counting ``message``'s tokens encodes."""
+    return sum(len(value) if isinstance(value, str) else len(str(value))
+               for value in message.values())

@@ -8,6 +8,7 @@ it is asked to encode.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -29,14 +30,16 @@ SYSTEM = "You are a terse assistant for the token counting test."
 
 
 class RecordingEncoding:
-    """The real tiktoken encoding; records every text it encodes."""
+    """The real tiktoken encoding; records every text it encodes, and on which thread."""
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding
         self.texts: Counter[str] = Counter()
+        self.threads: dict[str, set[int]] = {}
 
     def encode_ordinary(self, text: str) -> list[int]:
         self.texts[text] += 1
+        self.threads.setdefault(text, set()).add(threading.get_ident())
         return self._encoding.encode_ordinary(text)
 
 
@@ -87,3 +90,10 @@ async def test_a_conversation_tokenizes_each_message_once(
     expected.update(f"question number {n}" for n in range(TURNS))
     expected.update(answers[:-1])
     assert recording.texts == expected
+    # The first turn counts in a worker thread (the tokenizer may load; the history was read
+    # from the store); later turns count their few new messages on the loop, no thread trip.
+    loop = threading.get_ident()
+    assert loop not in recording.threads["question number 0"]
+    assert [loop in recording.threads[f"question number {n}"] for n in range(1, TURNS)] == [
+        True] * (TURNS - 1)
+    assert [loop in recording.threads[answer] for answer in answers[:-1]] == [True] * (TURNS - 1)
