@@ -65,11 +65,23 @@ def scrape(server: ServerChild) -> Scrape:
     return Scrape(body)
 
 
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorChild]:
-    sim = SimulatorChild(directory=tmp_path)
+QUIET = {"rate_429": 0.0, "retry_after": 1.0, "rate_401": 0.0, "chunk_delay": 0.0}
+"""Every fault these tests set, undone."""
+
+
+@pytest.fixture(scope="module")
+def module_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorChild]:
+    sim = SimulatorChild(directory=tmp_path_factory.mktemp("monitoring-sim"))
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def simulator(module_simulator: SimulatorChild) -> Iterator[SimulatorChild]:
+    """One simulator for the module (each test has its own server, so its own metrics), its
+    faults undone after every test."""
+    yield module_simulator
+    module_simulator.configure(faults=QUIET)
 
 
 @pytest.fixture
