@@ -345,9 +345,12 @@ class SessionActor(Actor["SessionMessage"]):
         self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str
     ) -> LLMResponse:
         request = turn.request
-        chat_request = ChatRequest.of(
-            conversation,
-            tools or None,
+        # Not ``ChatRequest.of``, which copies every message through JSON (the whole history,
+        # each hop): the session never changes a message once made, and the same string
+        # objects each turn keep their cached hashes for the token counts.
+        chat_request = ChatRequest(
+            messages=tuple(conversation),
+            tools=tuple(tools),
             model=turn.message.model or self._model,
             timeout=self._llm_timeout,
             reasoning_effort=turn.message.reasoning_effort,
