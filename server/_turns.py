@@ -20,7 +20,7 @@ from actors.chat import (
     TurnReasoning,
     TurnText,
 )
-from actors.llm import LLMClientError
+from actors.llm import DeltaSink, LLMClientError, ReasoningDelta, TextDelta
 from runtime import ActorCrashed, ActorError, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
 from server._outbox import Outbox
@@ -67,13 +67,24 @@ async def converse(
     send = outbox.send
     texts: list[str] = []
     thoughts: list[str] = []
+    deltas: DeltaSink | None = None
+    ended = False
+    if payload.streaming:
+        deliver = outbox.deltas(request_id)
+
+        async def deltas(delta: TextDelta | ReasoningDelta) -> None:
+            # The provider's reading task is not this one: a delta it read as the turn was
+            # cancelled must not follow the turn's last envelope.
+            if not ended:
+                await deliver(delta)
+
     message = RunTurn(
         text=payload.text,
         request_id=request_id,
         metadata=payload.metadata,
         model=payload.model,
         reasoning_effort=payload.reasoning_effort,
-        deltas=outbox.deltas(request_id) if payload.streaming else None,
+        deltas=deltas,
     )
     try:
         async with ordered(conversation_id, message, timeout) as events:
@@ -107,6 +118,8 @@ async def converse(
         # ending, and the bug is logged with its traceback rather than lost.
         logger.exception("turn %s of conversation %s failed", request_id, conversation_id)
         return protocol.error(request_id, "internal error", "internal_error")
+    finally:
+        ended = True
     return protocol.error(request_id, "the turn ended without an answer", "internal_error")
 
 
