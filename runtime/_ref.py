@@ -38,12 +38,20 @@ class ActorRef:
 
         Raises :class:`Overloaded` if the mailbox is full, :class:`ActorStopped` if it is closed.
         """
-        self._cell.enqueue(Request(message))
+        cell = self._cell
+        if cell.can_handle_now(message):
+            cell.handle_now(message, math.inf, tell=True)
+        else:
+            cell.enqueue(Request(message))
 
     def try_tell(self, message: object) -> bool:
         """Like :meth:`tell`, but a full or closed mailbox drops the message (counted) instead."""
+        cell = self._cell
         try:
-            self._cell.enqueue(Request(message))
+            if cell.can_handle_now(message):
+                cell.handle_now(message, math.inf, tell=True)
+            else:
+                cell.enqueue(Request(message))
         except (Overloaded, ActorStopped):
             self._cell.dropped += 1
             return False
@@ -60,8 +68,12 @@ class ActorRef:
         :class:`DeadlineExceeded`. Cancelling the caller cancels the work done for it.
         """
         limit = _deadline(timeout, deadline)
+        cell = self._cell
+        if cell.can_handle_now(message):
+            answer: R = cell.handle_now(message, limit, tell=False)
+            return answer
         request = Request(message, RequestKind.ASK, limit)
-        self._cell.enqueue(request)
+        cell.enqueue(request)
         reply: R
         try:
             if limit == math.inf:

@@ -151,7 +151,17 @@ class LedgerActor(Actor[LedgerMessage]):
             self._store.close()
             self._store = None
 
+    def immediate_messages(self) -> tuple[type, ...]:
+        # Every message is handled without awaiting: an idle ledger answers in the caller's task.
+        # A subclass with its own receive() (the shared ledger awaits Redis) goes through it.
+        if type(self).receive is not LedgerActor.receive:
+            return ()
+        return (Reserve, Settle, Release, GetSpend)
+
     async def receive(self, message: LedgerMessage) -> Any:
+        return self.handle_now(message)
+
+    def handle_now(self, message: LedgerMessage) -> Any:
         self._roll_day()
         match message:
             case Reserve():

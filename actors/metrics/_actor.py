@@ -66,6 +66,9 @@ class _Sample:
 
 MetricsMessage = MetricsEvent | GetSummary | GetPrometheus | _Sample
 
+_EVENTS: tuple[type, ...] = (RequestFinished, FallbackTaken, HedgeSent, BreakerTransition,
+                             ActorRestarted, GaugeSet, CostWarning, RequestCostWarning)
+
 
 class MetricsActor(Actor[MetricsMessage]):
     """Applies metrics events to a :class:`MetricsStore` and samples actor gauges.
@@ -95,7 +98,15 @@ class MetricsActor(Actor[MetricsMessage]):
         if self._sample_interval is not None:
             self.context.start_timer(self._sample_interval, _Sample())
 
+    def immediate_messages(self) -> tuple[type, ...]:
+        # Events are applied without awaiting: an idle metrics actor applies one in the sender's
+        # task (no task switch per event).
+        return _EVENTS
+
     async def receive(self, message: MetricsMessage) -> Any:
+        return self.handle_now(message)
+
+    def handle_now(self, message: MetricsMessage) -> Any:
         match message:
             case GetSummary():
                 self._sample_drops()

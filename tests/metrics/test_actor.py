@@ -84,16 +84,21 @@ async def test_a_malformed_event_is_logged_and_the_actor_keeps_serving(
 async def test_events_dropped_by_a_full_mailbox_are_counted_in_the_store() -> None:
     async with metrics_system(mailbox_size=2) as system:
         metrics = system.ref("metrics")
-        # No await in between: the actor cannot run, so the mailbox fills after two events.
+        # Idle, the actor applies an event at once, in the sender's task: never dropped.
+        assert metrics.try_tell(finished())
+        assert system.status()["metrics"].mailbox_depth == 0
+        # A queued message ahead of them makes it busy: events queue behind it. No await in
+        # between: the actor cannot run, so the mailbox (2) fills after one event.
+        assert metrics.try_tell(GetSummary())
         accepted = [metrics.try_tell(finished()) for _ in range(10)]
-        assert accepted == [True, True] + [False] * 8
-        assert system.status()["metrics"].dropped == 8
+        assert accepted == [True] + [False] * 9
+        assert system.status()["metrics"].dropped == 9
         await anyio.wait_all_tasks_blocked()
         summary = await metrics.ask(GetSummary(), timeout=5)
-        assert (summary["total_requests"], summary["dropped_events"]) == (2, 8)
+        assert (summary["total_requests"], summary["dropped_events"]) == (2, 9)
         # Counted once: asking again adds nothing.
         text: bytes = await metrics.ask(GetPrometheus(), timeout=5)
-        assert "mcp_backend_metrics_events_dropped_total 8.0" in text.decode().splitlines()
+        assert "mcp_backend_metrics_events_dropped_total 9.0" in text.decode().splitlines()
 
 
 async def test_the_sampler_records_mailbox_depths_and_restarts_once() -> None:
