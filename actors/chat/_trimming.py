@@ -97,6 +97,10 @@ class HistoryFit:
     counts are cached (``actors.llm`` caches each message's count) and only the new messages are
     tokenized: on the loop while they are short, where a thread round trip would cost more than
     counting them. Use from the event loop only.
+
+    A history that surely fits (an upper bound of its tokens, from its length, within the
+    budget) is taken whole without counting: a plain conversation's turn tokenizes nothing
+    here until it nears its budget.
     """
 
     def __init__(self, *, budget_tokens: int, max_messages: int) -> None:
@@ -116,7 +120,12 @@ class HistoryFit:
     async def fit(
         self, history: Sequence[Message], head: list[Message], user: Message, model: str
     ) -> list[Message]:
-        """The newest part of ``history`` that fits the budget beside ``head`` and ``user``."""
+        """The newest part of ``history`` (whole units, as :func:`trim_history` returns them)
+        that fits the budget beside ``head`` and ``user``."""
+        if len(history) <= self.max_messages:
+            bound = _tokens_at_most([*head, user, *history])
+            if bound is not None and bound <= self.budget_tokens:
+                return list(history)
         fit = functools.partial(
             _fit, history, head, user, model=model, budget=self.budget_tokens,
             max_messages=self.max_messages,
@@ -152,3 +161,34 @@ def _size(message: Message) -> int:
     """About how many characters counting ``message``'s tokens encodes."""
     return sum(len(value) if isinstance(value, str) else len(str(value))
                for value in message.values())
+
+
+#: More than OpenAI's recipe adds per message (3, and 1 for a name) and per request (3).
+_FRAMING_BOUND: Final = 8
+
+
+def _tokens_at_most(messages: Sequence[Message]) -> int | None:
+    """An upper bound of the recipe's token count of ``messages`` (a token is at least one
+    UTF-8 byte); ``None`` when a message has content parts (not bounded here)."""
+    total = _FRAMING_BOUND
+    for message in messages:
+        total += _FRAMING_BOUND
+        for key, value in message.items():
+            if isinstance(value, str):
+                total += _bytes_at_most(value)
+            elif key == "tool_calls":
+                if not isinstance(value, list):
+                    return None
+                for call in value:
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if not isinstance(function, dict):
+                        return None
+                    total += _FRAMING_BOUND + _bytes_at_most(str(function.get("name", "")))
+                    total += _bytes_at_most(str(function.get("arguments", "")))
+            elif key == "content" and value is not None:
+                return None
+    return total
+
+
+def _bytes_at_most(text: str) -> int:
+    return len(text) if text.isascii() else 4 * len(text)

@@ -16,8 +16,16 @@ import anyio
 import pytest
 import tiktoken
 
-from actors.chat import HistoryStore, RunTurn, TurnComplete, TurnText, session_child_spec
-from actors.llm import CostConfig, LLMConfig, open_runtime
+from actors.chat import (
+    HistoryStore,
+    RunTurn,
+    TurnComplete,
+    TurnText,
+    session_child_spec,
+    trim_history,
+)
+from actors.chat._trimming import HistoryFit
+from actors.llm import CostConfig, LLMConfig, count_message_tokens, open_runtime
 from actors.llm import _tokens as tokens
 from actors.mcp import ToolCatalog
 from runtime import SupervisorSpec
@@ -90,10 +98,39 @@ async def test_a_conversation_tokenizes_each_message_once(
     expected.update(f"question number {n}" for n in range(TURNS))
     expected.update(answers[:-1])
     assert recording.texts == expected
-    # The first turn counts in a worker thread (the tokenizer may load; the history was read
-    # from the store); later turns count their few new messages on the loop, no thread trip.
+    # The history surely fits the budget: the session counts nothing, and no turn takes a
+    # worker-thread trip to count (the encoding is loaded: the router counts on the loop).
     loop = threading.get_ident()
-    assert loop not in recording.threads["question number 0"]
-    assert [loop in recording.threads[f"question number {n}"] for n in range(1, TURNS)] == [
-        True] * (TURNS - 1)
-    assert [loop in recording.threads[answer] for answer in answers[:-1]] == [True] * (TURNS - 1)
+    assert all(threads == {loop} for threads in recording.threads.values())
+
+
+async def test_history_fit_counts_in_a_thread_first_then_new_messages_on_the_loop(
+        recording: RecordingEncoding) -> None:
+    model = "gpt-4o-mini"
+    history = [{"role": role, "content": f"old {role} message number {n}"}
+               for n in range(10) for role in ("user", "assistant")]
+    fit = HistoryFit(budget_tokens=60, max_messages=100)  # 20 messages cannot surely fit
+    loop = threading.get_ident()
+
+    def expected(user: dict[str, str], past: list[dict[str, str]]) -> list[dict[str, str]]:
+        reserved = count_message_tokens([user], model)
+        return trim_history(past, model=model, budget_tokens=60, max_messages=100,
+                            reserved_tokens=reserved)
+
+    first = {"role": "user", "content": "first new question"}
+    kept = await fit.fit(history, [], first, model)
+    assert recording.threads["first new question"] != {loop}  # read from the store: a thread
+    answer = {"role": "assistant", "content": "first new answer"}
+    fit.added([first, answer])
+    second = {"role": "user", "content": "second new question"}
+    history2 = [*history, first, answer]
+    kept2 = await fit.fit(history2, [], second, model)
+    assert (recording.threads["second new question"], recording.threads["first new answer"]) == (
+        {loop}, {loop})
+    fit.forget()  # read again from the store: counted in a thread again
+    third = {"role": "user", "content": "third new question"}
+    kept3 = await fit.fit(history2, [], third, model)
+    assert recording.threads["third new question"] != {loop}
+    assert (kept, kept2, kept3) == (
+        expected(first, history), expected(second, history2), expected(third, history2))
+    assert 0 < len(kept) < len(history) and kept3 == history2[-len(kept3):]
