@@ -13,7 +13,7 @@ from runtime._ref import ActorRef
 from runtime._request import Request, Then
 
 if TYPE_CHECKING:
-    from runtime._actor import ActorCell, ActorStatus
+    from runtime._actor import ActorCell, ActorState, ActorStatus
 
 __all__ = ["ActorContext"]
 
@@ -72,6 +72,11 @@ class ActorContext:
     def actor_status(self, name: str) -> ActorStatus | None:
         """State, restarts and mailbox of actor ``name`` (``None`` if there is none)."""
         return self._cell.registry.actor_status(name)
+
+    def actor_state(self, name: str) -> ActorState | None:
+        """Only the state of actor ``name`` (``None`` if there is none): no snapshot built."""
+        cell = self._cell.registry.cells.get(name)
+        return cell.state if cell is not None else None
 
     def status(self) -> dict[str, ActorStatus]:
         """The status of every actor in the system, by name."""

@@ -67,6 +67,8 @@ __all__ = ["RouterActor", "provider_actor_name"]
 
 logger = logging.getLogger(__name__)
 
+_GONE = frozenset({ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING})
+
 
 class _Trace:
     """What happened during one request, collected by its child task."""
@@ -331,15 +333,15 @@ class RouterActor(Actor[ChatRequest]):
         if provider not in self._providers:
             raise ProviderUnavailable(f"provider {provider!r} has no actor", provider=provider)
         actor = provider_actor_name(provider)
-        status = self.context.actor_status(actor)
-        if status is not None and status.state in (
-            ActorState.RESTARTING, ActorState.STOPPED, ActorState.STOPPING
-        ):
-            raise ProviderUnavailable(f"provider {provider!r} is {status.state.value}",
+        context = self.context
+        state = context.actor_state(actor)
+        if state in _GONE:
+            assert state is not None
+            raise ProviderUnavailable(f"provider {provider!r} is {state.value}",
                                       provider=provider)
-        ledger = self.context.actor_status("ledger") if self._ledger is not None else None
-        if ledger is not None and ledger.state is not ActorState.RUNNING:
-            raise LedgerUnavailable(f"the ledger is {ledger.state.value}", provider=provider)
+        ledger = context.actor_state("ledger") if self._ledger is not None else None
+        if ledger is not None and ledger is not ActorState.RUNNING:
+            raise LedgerUnavailable(f"the ledger is {ledger.value}", provider=provider)
         # The provider's own health (written only by it): skip an open breaker without asking.
         health = getattr(self.context.durable_of(actor), "health", None)
         if health is not None and not health.available():
