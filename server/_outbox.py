@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -71,15 +72,19 @@ class Outbox:
             self._writer_idle = None
             idle.set()
 
-    async def send(self, envelope: Envelope) -> None:
-        """Queue ``envelope``, waiting while the outbox is full (dropped once it is closed: the
-        socket is gone and the turn is being cancelled with it)."""
+    async def _has_room(self) -> bool:
+        """Wait while the outbox is full; ``False`` once it is closed."""
         await anyio.lowlevel.checkpoint()
         while not self._closed and len(self._items) >= OUTBOX_SIZE:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        if not self._closed:
+        return not self._closed
+
+    async def send(self, envelope: Envelope) -> None:
+        """Queue ``envelope``, waiting while the outbox is full (dropped once it is closed: the
+        socket is gone and the turn is being cancelled with it)."""
+        if await self._has_room():
             self._put(envelope)
 
     def send_nowait(self, item: Envelope | Close) -> None:
@@ -100,23 +105,28 @@ class Outbox:
                 event.set()
         self._writer_idle = self._room = None
 
-    def deltas(self, request_id: str) -> DeltaSink:
+    def deltas(self, request_id: str, live: Callable[[], bool]) -> DeltaSink:
         """A streaming turn's delta sink: the provider's reading task puts each delta straight
         into the outbox (one handoff, to the writer). Without a checkpoint while there is room,
         so the deltas of one network read queue up and the writer joins them; a full outbox
-        makes the reader wait (backpressure)."""
+        makes the reader wait (backpressure).
+
+        ``live()`` turns false when the turn has ended: the reading task is not the turn's, so a
+        delta it read (or waited to queue) as the turn was cancelled is dropped, never sent
+        after the turn's last envelope."""
         items = self._items
         put = self._put
 
         async def deliver(delta: TextDelta | ReasoningDelta) -> None:
+            if not live():
+                return
             if type(delta) is TextDelta:
                 envelope = protocol.text_chunk(request_id, delta.text)
             else:
                 envelope = protocol.reasoning_chunk(request_id, delta.text)
-            if len(items) < OUTBOX_SIZE and not self._closed:
+            room = len(items) < OUTBOX_SIZE and not self._closed
+            if room or (await self._has_room() and live()):  # re-checked after the wait
                 put(envelope)
-            else:
-                await self.send(envelope)
 
         return deliver
 

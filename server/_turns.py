@@ -20,7 +20,7 @@ from actors.chat import (
     TurnReasoning,
     TurnText,
 )
-from actors.llm import DeltaSink, LLMClientError, ReasoningDelta, TextDelta
+from actors.llm import LLMClientError
 from runtime import ActorCrashed, ActorError, ActorStopped, DeadlineExceeded, Overloaded
 from server import protocol
 from server._outbox import Outbox
@@ -67,16 +67,10 @@ async def converse(
     send = outbox.send
     texts: list[str] = []
     thoughts: list[str] = []
-    deltas: DeltaSink | None = None
     ended = False
-    if payload.streaming:
-        deliver = outbox.deltas(request_id)
-
-        async def deltas(delta: TextDelta | ReasoningDelta) -> None:
-            # The provider's reading task is not this one: a delta it read as the turn was
-            # cancelled must not follow the turn's last envelope.
-            if not ended:
-                await deliver(delta)
+    # The provider's reading task is not this one: a delta it read as the turn was cancelled
+    # must not follow the turn's last envelope.
+    deltas = outbox.deltas(request_id, lambda: not ended) if payload.streaming else None
 
     message = RunTurn(
         text=payload.text,
