@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
 
 from actors.cluster import (
     ClusterUnavailable,
@@ -52,6 +54,8 @@ from ._provider_config import ProviderConfig
 __all__ = ["SharedLedgerActor", "shared_limits"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Seconds between retries of shared settles that Redis did not take.
 _RETRY_INTERVAL = 1.0
@@ -98,6 +102,8 @@ class SharedLedgerActor(LedgerActor):
         # Reservations Redis granted: only these are re-declared by a seed. One still waiting
         # for its answer must pass the limits, not ride in on the seed.
         self._granted: set[int] = set()
+        self._freeing = 0  # releases and settles on their way to Redis
+        self._freed: anyio.Event | None = None  # set when the last of them has landed
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
@@ -123,7 +129,7 @@ class SharedLedgerActor(LedgerActor):
             reservation = self._reserve(message)
             entry = self._book.open[reservation.id]
             self.context.pipe(
-                self._shared.reserve, self._key(reservation.id), entry.amount,
+                self._reserve_shared, self._key(reservation.id), entry.amount,
                 entry.provider, self._book.day, reply_to=self.context.request,
                 then=lambda outcome: self._reserved(reservation, outcome))
             return None
@@ -173,13 +179,35 @@ class SharedLedgerActor(LedgerActor):
 
     # -- shared settles and releases, behind the answers -------------------------------------
 
+    # A release or settle frees money in Redis; a reserve sent while one is on its way could be
+    # refused for money already given back (the router releases an attempt its limiter refused
+    # and reserves the fallback at once). So a reserve waits for this worker's frees in flight.
+
+    async def _reserve_shared(self, key: str, amount: int, provider: str,
+                              day: str) -> ReserveResult:
+        while self._freeing:
+            if self._freed is None:
+                self._freed = anyio.Event()
+            await self._freed.wait()
+        return await self._shared.reserve(key, amount, provider, day)
+
+    async def _free(self, free: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        self._freeing += 1
+        try:
+            return await free(*args)
+        finally:
+            self._freeing -= 1
+            if not self._freeing and self._freed is not None:
+                self._freed.set()
+                self._freed = None
+
     def _share_release(self, reservation_id: int) -> None:
-        self.context.pipe(self._shared.release, self._key(reservation_id), reply_to=None,
-                          then=_ignore)
+        self.context.pipe(self._free, self._shared.release, self._key(reservation_id),
+                          reply_to=None, then=_ignore)
 
     def _share_settle(self, pending: _PendingSettle) -> None:
-        self.context.pipe(self._shared.settle, pending.key, pending.charge, pending.provider,
-                          pending.day, reply_to=None,
+        self.context.pipe(self._free, self._shared.settle, pending.key, pending.charge,
+                          pending.provider, pending.day, reply_to=None,
                           then=lambda outcome: self._settled(pending, outcome))
 
     def _settled(self, pending: _PendingSettle, outcome: Outcome) -> None:
