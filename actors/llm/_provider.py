@@ -158,7 +158,16 @@ class ProviderActor(Actor[ProviderCall]):
         self._build_client(self._read_key())
 
     async def on_stop(self) -> None:
-        self._state.on_transition = None
+        state = self._state
+        state.on_transition = None
+        # Calls still in flight were cancelled with this instance and their outcomes never come
+        # back to it: give their breaker permits back, or a half-open breaker (durable across
+        # restarts) would wait forever for trial calls that no longer exist.
+        if state.breaker is not None:
+            for _ in range(self._in_flight):
+                state.breaker.release()
+        self._in_flight = 0
+        state.health.pool_in_use = 0
         await self._close_client()
 
     def _read_key(self) -> str | None:

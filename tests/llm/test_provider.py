@@ -410,6 +410,35 @@ async def test_breaker_opens_rejects_without_calling_then_recovers(sim: Simulato
     assert finished[-1].prompt_tokens > 0 and finished[-1].cost > 0
 
 
+async def test_a_trial_call_cut_by_a_restart_gives_its_half_open_permit_back(
+        sim: SimulatorProcess) -> None:
+    clock = FakeClock()
+    config = provider_config(
+        sim, max_connection_failures=1,
+        breaker={"sliding_window_size": 2, "minimum_number_of_calls": 2,
+                 "wait_duration_in_open_state": 30, "permitted_calls_in_half_open_state": 2})
+    await sim.configure(faults={"rate_500": 1.0})
+    async with running(config, clock=clock) as (system, ref):
+        state: ProviderState = system.durable("sim")
+        for _ in range(2):
+            with pytest.raises(LLMServerError):
+                await ref.ask(call(), timeout=5)
+        await clock.advance(30)  # half-open: two trial calls
+        await sim.configure(faults={"rate_500": 0.0, "chunk_delay": 0.5})
+        async with ref.ask_stream(call(model="sim-long", stream=True), timeout=10) as items:
+            await items.__anext__()  # the first trial is in flight, streaming slowly
+            await sim.configure(faults={"chunk_delay": 0.0, "rate_reset": 1.0})
+            with pytest.raises(LLMConnectionError):  # the second: the instance restarts
+                await ref.ask(call(), timeout=5)
+            for _ in range(5):  # the supervisor's backoff runs on the clock
+                await clock.advance(1)
+            await restarted(system, 1)
+        await sim.configure(faults={"rate_reset": 0.0})
+        assert state.health.breaker == "half_open"
+        # The cut trial's permit is back: the next trial goes through.
+        assert (await ref.ask(call(), timeout=5)).content == "Echo: hello there"
+
+
 async def test_bad_requests_do_not_count_against_the_breaker(sim: SimulatorProcess) -> None:
     config = provider_config(sim, breaker={"sliding_window_size": 2, "minimum_number_of_calls": 2})
     async with running(config) as (system, ref):
