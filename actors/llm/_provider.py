@@ -231,6 +231,10 @@ class ProviderActor(Actor[ProviderCall]):
         await self._check_key(call.model)
         state = self._state
         assert state.breaker is not None
+        tokens = call.prompt_tokens + plan.max_tokens
+        self._refuse_if_wait_exceeds_budget(call, tokens)
+        # The permit last: nothing between it and the call's child task may raise, or a
+        # half-open breaker would lose a trial permit for good.
         if not state.breaker.try_acquire():
             retry_after = state.breaker.retry_after()
             raise ProviderUnavailable(
@@ -238,8 +242,6 @@ class ProviderActor(Actor[ProviderCall]):
                 f" (retry after {retry_after:.3g} s)",
                 provider=self.name, model=call.model, retry_after=retry_after,
             )
-        tokens = call.prompt_tokens + plan.max_tokens
-        self._refuse_if_wait_exceeds_budget(call, tokens)
         progress = Progress(started=time.perf_counter())
         request = self.context.request
         assert self._client is not None
