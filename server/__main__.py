@@ -1,7 +1,5 @@
 """``python -m server``: the same as the ``mcp-backend`` command."""
 
-import sys
+from server.cli import run
 
-from server.cli import main
-
-sys.exit(main())
+run()

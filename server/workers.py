@@ -242,4 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from server.cli import exit_now
+
+    exit_now(main())
