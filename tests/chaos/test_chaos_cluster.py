@@ -37,7 +37,7 @@ RPM = 15
 DAILY = 0.10  # ten answers of $0.01
 REQUEST_TIMEOUT = 5.0
 TURN_DEADLINE = 2 * REQUEST_TIMEOUT + 5.0  # a lease wait, the request, a fallback's margin
-LOAD_S = 16.0
+LOAD_S = 12.0
 CLIENTS = 6
 SHARED_CONVERSATIONS = 2
 
@@ -66,7 +66,8 @@ def _config(directory: Path, simulator_url: str, redis_url: str, history: Path) 
         # Quarantine: the window lost with a Redis restarted empty pauses the provider for one
         # window, so the upstream never sees more than RPM in 60 s.
         "cluster": {"redis_url": redis_url, "key_prefix": "chaos", "connect_timeout": 0.3,
-                    "op_timeout": 0.3, "lease_ttl": 3.0, "rate_quarantine_on_loss": True},
+                    "op_timeout": 0.3, "lease_ttl": 3.0, "rate_quarantine_on_loss": True,
+                    "journal_interval": 0.2},
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -168,7 +169,7 @@ class ClusterChaos:
             async with anyio.create_task_group() as group:
                 for index in range(CLIENTS):
                     group.start_soon(self.client, index, self.t0 + LOAD_S)
-                group.start_soon(self.faults_loop, 2.0, 3.0)
+                group.start_soon(self.faults_loop, 2.0, 2.0)
             await self.wait_workers(servers[0], 4, 20.0)
             for server in servers:
                 health = server.health()

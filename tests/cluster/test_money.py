@@ -75,7 +75,7 @@ def _config(directory: Path, sims: dict[str, SimulatorChild], redis_url: str, *,
         },
         # The default timeouts (1 s connect, 0.5 s a round trip): tighter ones fail turns on a
         # loaded 2-core machine, where a worker's loop may be late by more than that.
-        "cluster": {"redis_url": redis_url, "key_prefix": "m"},
+        "cluster": {"redis_url": redis_url, "key_prefix": "m", "journal_interval": 0.2},
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -57,7 +57,8 @@ def _config(directory: Path, simulator_url: str, redis_url: str | None, *,
         },
     }
     if redis_url is not None:
-        config["cluster"] = {"redis_url": redis_url, "key_prefix": "t", "lease_ttl": LEASE_TTL}
+        config["cluster"] = {"redis_url": redis_url, "key_prefix": "t", "lease_ttl": LEASE_TTL,
+                             "journal_interval": 0.2}
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
