@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +22,7 @@ import anyio.lowlevel
 
 from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
+from runtime._mailbox import Mailbox
 from runtime._ref import ActorRef
 from runtime._request import Outcome, Request, RequestKind, Then
 
@@ -38,7 +38,8 @@ logger = logging.getLogger("runtime")
 _STOP = object()
 
 #: Messages an actor handles in a row, when its mailbox is never empty, before it yields once to
-#: the other tasks (a mailbox that has items answers without a checkpoint: see :class:`_Mailbox`).
+#: the other tasks (a mailbox that has items answers without a checkpoint: see
+#: :class:`~runtime._mailbox.Mailbox`).
 _BURST = 64
 
 
@@ -130,52 +131,6 @@ class _ChildDone:
         self.generation = generation
 
 
-class _Mailbox:
-    """An unbounded FIFO with one waiting reader: a deque, and an event only while it is empty.
-
-    Cheaper than a memory object stream for the kernel's hot path: taking an item that is
-    already there costs no checkpoint (the stream's ``receive`` yields to the loop on every item,
-    one event-loop round trip per message); the reader waits on an event only when it is empty.
-    """
-
-    __slots__ = ("_closed", "_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[Any] = deque()
-        self._waiter: anyio.Event | None = None
-        self._closed = False
-
-    def put(self, item: Any) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
-
-    async def get(self) -> Any:
-        items = self._items
-        while not items:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
-        return items.popleft()
-
-    def get_nowait(self) -> Any:
-        if not self._items:
-            raise anyio.WouldBlock
-        return self._items.popleft()
-
-    def close(self) -> None:
-        self._closed = True
-        self._items.clear()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.set()
-
-
 class _Crash:
     """Queued by an immediate handler whose error matches ``crash_on``: the loop raises it."""
 
@@ -209,7 +164,7 @@ class ActorCell:
         self._accepting = True
         # Unbounded underneath: the bound is enforced for outside senders in enqueue(), so that
         # child outcomes and the stop marker can always be delivered.
-        self._mailbox = _Mailbox()
+        self._mailbox = Mailbox()
         self.in_flight: set[Request] = set()
         """Requests answered later by piped work (see :meth:`ActorContext.pipe`)."""
         self._current: Request | None = None
