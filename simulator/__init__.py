@@ -106,18 +106,24 @@ Statistics (``GET /_sim/stats``)
     window, rejected requests included: what the client sent, not what was admitted.
 """
 
-from ._app import Simulator
-from ._config import (
-    FAULT_KINDS,
-    FaultConfig,
-    Flavor,
-    ModelSpec,
-    ReasoningStyle,
-    SimulatorConfig,
-    load_config,
-    merge_patch,
-)
-from ._main import main, serve
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._app import Simulator
+    from ._config import (
+        FAULT_KINDS,
+        FaultConfig,
+        Flavor,
+        ModelSpec,
+        ReasoningStyle,
+        SimulatorConfig,
+        load_config,
+        merge_patch,
+    )
+    from ._main import main, serve
 
 __all__ = [
     "FAULT_KINDS",
@@ -132,3 +138,25 @@ __all__ = [
     "merge_patch",
     "serve",
 ]
+
+# Imported on first access (PEP 562): a program that only starts the simulator as a child
+# process (``simulator.process``) needs none of its app (~2 MiB of resident memory).
+_HOMES = {
+    "Simulator": "._app",
+    "main": "._main",
+    "serve": "._main",
+    **dict.fromkeys(
+        ["FAULT_KINDS", "FaultConfig", "Flavor", "ModelSpec", "ReasoningStyle",
+         "SimulatorConfig", "load_config", "merge_patch"],
+        "._config",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
 
 __all__ = [
+    "CONTROL_TOKEN_VARIABLE",
     "FAULT_KINDS",
     "FaultConfig",
     "Flavor",
@@ -24,6 +25,9 @@ __all__ = [
     "load_config",
     "merge_patch",
 ]
+
+CONTROL_TOKEN_VARIABLE = "SIMULATOR_CONTROL_TOKEN"
+"""When set, the ``/_sim/`` control endpoints (but ``/_sim/health``) need it as a bearer token."""
 
 Flavor = Literal["openai", "openrouter"]
 ReasoningStyle = Literal["openai", "openrouter", "deepseek"]

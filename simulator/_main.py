@@ -13,13 +13,10 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from ._app import Simulator
-from ._config import SimulatorConfig, load_config
+from ._config import CONTROL_TOKEN_VARIABLE, SimulatorConfig, load_config
 from ._http import serve_connection
 
 __all__ = ["CONTROL_TOKEN_VARIABLE", "main", "serve"]
-
-CONTROL_TOKEN_VARIABLE = "SIMULATOR_CONTROL_TOKEN"
-"""When set, the ``/_sim/`` control endpoints (but ``/_sim/health``) need it as a bearer token."""
 
 
 async def serve(

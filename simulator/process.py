@@ -32,8 +32,7 @@ from typing import Any, Self
 import anyio
 import httpx2
 
-from ._config import SimulatorConfig
-from ._main import CONTROL_TOKEN_VARIABLE
+from ._config import CONTROL_TOKEN_VARIABLE, SimulatorConfig
 
 __all__ = ["SimulatorProcess", "SimulatorStartError", "SyncSimulatorProcess"]
 
