@@ -6,11 +6,12 @@ import json
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 from starlette.websockets import WebSocket
 
 from actors.llm import DeltaSink, TextDelta
 from server import protocol
-from server._outbox import OUTBOX_SIZE, Close, Outbox
+from server._outbox import OUTBOX_SIZE, Close, Outbox, encode
 
 
 async def _put(sink: DeltaSink, text: str) -> None:
@@ -72,3 +73,97 @@ async def test_a_live_turns_delta_waits_for_room_and_is_sent_in_order() -> None:
     assert [frame for frame in socket.frames if frame.get("request_id") == "r1"] == [
         protocol.text_chunk("r1", "next")]
     assert len(socket.frames) == OUTBOX_SIZE + 1
+
+
+class _FastSocket(_Socket):
+    """A client that reads at once; records which task sent each frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go.set()
+        self.senders: list[str | None] = []
+
+    async def send_text(self, text: str) -> None:
+        self.senders.append(anyio.get_current_task().name)
+        await super().send_text(text)
+
+
+async def test_a_delta_is_sent_by_its_own_task_when_nothing_is_queued_or_being_sent() -> None:
+    outbox = Outbox()
+    socket = _FastSocket()
+    deliver = outbox.deltas("r1", lambda: True)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(outbox.write, cast(WebSocket, socket), name="writer")
+        await anyio.wait_all_tasks_blocked()
+        await deliver(TextDelta("a"))
+        await anyio.lowlevel.checkpoint()  # a paced stream: the next delta a loop turn later
+        await deliver(TextDelta("b"))
+        await anyio.lowlevel.checkpoint()
+        outbox.send_nowait(Close(1000, "bye"))
+    assert socket.frames == [protocol.text_chunk("r1", "a"), protocol.text_chunk("r1", "b")]
+    assert socket.senders == [anyio.get_current_task().name] * 2
+    assert socket.closed == (1000, "bye")
+
+
+async def test_the_rest_of_a_burst_goes_to_the_writer_joined() -> None:
+    outbox = Outbox()
+    socket = _FastSocket()
+    deliver = outbox.deltas("r1", lambda: True)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(outbox.write, cast(WebSocket, socket), name="writer")
+        await anyio.wait_all_tasks_blocked()
+        for word in ("one ", "network ", "read"):  # no loop turn between them
+            await deliver(TextDelta(word))
+        await anyio.wait_all_tasks_blocked()
+        outbox.send_nowait(Close(1000, "bye"))
+    assert socket.frames == [protocol.text_chunk("r1", "one "),
+                             protocol.text_chunk("r1", "network read")]
+    assert socket.senders == [anyio.get_current_task().name, "writer"]
+
+
+async def test_what_comes_during_a_direct_send_waits_for_it_and_keeps_its_order() -> None:
+    outbox = Outbox()
+    socket = _Socket()  # holds every send until `go`
+    deliver = outbox.deltas("r1", lambda: True)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(outbox.write, cast(WebSocket, socket))
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(_put, deliver, "first")  # sends itself, then waits in the socket
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(_put, outbox.deltas("r2", lambda: True), "other")  # queues
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(_put, deliver, "second")  # queues behind it
+        await anyio.wait_all_tasks_blocked()
+        await outbox.send(protocol.error("r1", "cancelled", "cancelled"))
+        assert socket.frames == []
+        socket.go.set()
+        await anyio.wait_all_tasks_blocked()
+        outbox.send_nowait(Close(1000, "bye"))
+    assert socket.frames == [protocol.text_chunk("r1", "first"), protocol.text_chunk("r2", "other"),
+                             protocol.text_chunk("r1", "second"),
+                             protocol.error("r1", "cancelled", "cancelled")]
+
+
+async def test_a_direct_send_to_a_gone_peer_loses_nothing_else_and_raises_nothing() -> None:
+    class _Gone(_FastSocket):
+        async def send_text(self, text: str) -> None:
+            raise OSError("connection reset")
+
+    outbox = Outbox()
+    deliver = outbox.deltas("r1", lambda: True)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(outbox.write, cast(WebSocket, _Gone()))
+        await anyio.wait_all_tasks_blocked()
+        await deliver(TextDelta("lost with the peer"))
+        await deliver(TextDelta("queued"))  # no more direct sends: the writer's to fail
+        await anyio.wait_all_tasks_blocked()
+        assert outbox.written.is_set()
+    outbox.close()
+
+
+def test_frames_are_compact_json_and_a_lone_surrogate_is_escaped_not_an_error() -> None:
+    envelope = protocol.text_chunk("r1", "caf\u00e9 \ud800")
+    text = encode(envelope)
+    assert json.loads(text) == envelope
+    assert encode(protocol.text_chunk("r1", "hi")) == (
+        '{"request_id":"r1","status":"chunk","chunk":{"type":"text","data":"hi"}}')
