@@ -1,11 +1,13 @@
-"""One connection pool to the shared Redis, with every failure translated in one place."""
+"""The connections to the shared Redis, with every failure translated in one place."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -17,11 +19,16 @@ from ._errors import ClusterUnavailable
 # cluster.redis_url does not hold.
 if TYPE_CHECKING:
     import redis.asyncio as redis
-    from redis.commands.core import AsyncScript
+    from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["ClusterHealth", "RedisLink"]
+__all__ = ["ClusterHealth", "LuaScript", "RedisLink"]
 
 T = TypeVar("T")
+
+#: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
+#: ``TIME`` use the link's own connections).
+_CLIENT_CONNECTIONS = 4
+
 
 @functools.cache
 def _unavailable() -> dict[type[Exception], str]:
@@ -56,14 +63,25 @@ class ClusterHealth:
         return {"ok": self.ok, "latency_ms": self.latency_ms, "error": self.error}
 
 
-class RedisLink:
-    """The shared Redis: a pool, the key namespace and a fail-fast call wrapper.
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A Lua script run by ``EVALSHA`` (``EVAL`` once after a ``NOSCRIPT``: a restarted server)."""
 
-    Every call runs under ``op_timeout`` (connect under ``connect_timeout``), retried at once only
-    after a broken connection, and raises :class:`ClusterUnavailable` on any transport failure:
-    callers fail closed at once and the next call simply tries again (recovery needs no action).
-    Scripts are registered once and run by ``EVALSHA``, reloaded by redis-py after a ``NOSCRIPT``
-    (a restarted server). Use ``async with RedisLink(config) as link`` or call :meth:`aclose`.
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+class RedisLink:
+    """The shared Redis: its connections, the key namespace and a fail-fast call wrapper.
+
+    Every call runs under ``op_timeout`` (plus ``connect_timeout`` when it opens a connection),
+    retried at once only after a broken connection, and raises :class:`ClusterUnavailable` on any
+    transport failure: callers fail closed at once and the next call simply tries again
+    (recovery needs no action). Use ``async with RedisLink(config) as link`` or call
+    :meth:`aclose`. asyncio only (redis-py's asyncio client).
     """
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -71,29 +89,28 @@ class RedisLink:
             raise ValueError("cluster.redis_url is not set")
         import redis.asyncio as redis
         import redis.exceptions as redis_errors
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
 
         self.config = config
         self.prefix = config.key_prefix
         self._response_error = redis_errors.ResponseError
+        self._no_script = redis_errors.NoScriptError
+        self._connection_error = redis_errors.ConnectionError
         self._unavailable = tuple(_unavailable())
-        # A blocking pool: a burst larger than the pool waits for a connection (within the
-        # call's timeout) instead of failing with "too many connections". One immediate retry on
-        # a connection error only: after a Redis restart every pooled connection is stale and
-        # would otherwise fail one call each. A timeout is never retried (fail fast). A script
-        # that ran before its connection broke may run twice: each is idempotent per permit,
-        # request or token, except a lease ticket, whose orphan leaves the queue in 5 s.
-        pool = redis.BlockingConnectionPool.from_url(
-            config.redis_url,
-            socket_connect_timeout=config.connect_timeout,
-            socket_timeout=config.op_timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
-            max_connections=config.max_connections,
-            timeout=config.connect_timeout + config.op_timeout,
-            decode_responses=False,
-        )
-        self._client: redis.Redis = redis.Redis(connection_pool=pool)
+        options = {"socket_connect_timeout": config.connect_timeout, "decode_responses": False}
+        self._client: redis.Redis = redis.Redis(connection_pool=(
+            redis.BlockingConnectionPool.from_url(
+                config.redis_url, socket_timeout=config.op_timeout,
+                max_connections=_CLIENT_CONNECTIONS,
+                timeout=config.connect_timeout + config.op_timeout, **options)))
+        # The link's own connections, one command at a time each, taken from a stack: redis-py's
+        # pool costs ~60 us a call here (a condition, a readiness poll, metrics), its per-write
+        # timeout a task. No socket timeout: each call's single deadline bounds its phases.
+        pool = redis.ConnectionPool.from_url(config.redis_url, socket_timeout=None, **options)
+        self._make: Callable[[], AbstractConnection] = functools.partial(
+            pool.connection_class, **pool.connection_kwargs)
+        self._idle: list[AbstractConnection] = []
+        self._open = 0
+        self._returned: anyio.Event | None = None
         self._closed = False
 
     def key(self, *parts: str) -> str:
@@ -101,27 +118,36 @@ class RedisLink:
         head, *rest = parts
         return ":".join([self.prefix + ":{" + head + "}", *rest])
 
-    def script(self, source: str) -> AsyncScript:
-        """Register a Lua script (loaded lazily, run by EVALSHA with a NOSCRIPT fallback)."""
-        return self._client.register_script(source)
+    def script(self, source: str) -> LuaScript:
+        """A Lua script for :meth:`run` (loaded into Redis by its first run)."""
+        return LuaScript(source)
 
-    async def run(self, script: AsyncScript, operation: str, keys: list[str],
+    async def run(self, script: LuaScript, operation: str, keys: list[str],
                   args: list[Any]) -> Any:
-        """Run ``script`` fail-fast (see the class docstring)."""
-        return await self.call(operation, lambda: script(keys=keys, args=args))
+        """Run ``script`` fail-fast (see the class docstring).
 
-    async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Await ``make()`` under the operation timeout, translating Redis failures.
-
-        Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
+        A script that ran before its connection broke may run twice (the immediate retry):
+        each is idempotent per permit, request or token, except a lease ticket, whose orphan
+        leaves the queue in 5 s. Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
         """
+        try:
+            return await self._command(operation, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except self._no_script:
+            return await self._command(operation, "EVAL", script.source, len(keys), *keys, *args)
+
+    async def _command(self, operation: str, *command: Any) -> Any:
         if self._closed:
             raise anyio.ClosedResourceError
-        # The outer bound covers connect + send + reply; one op_timeout per phase at most.
-        limit = self.config.connect_timeout + self.config.op_timeout
         try:
-            with anyio.fail_after(limit):
-                return await make()
+            # One deadline for the whole call (asyncio's: a third of anyio's cost).
+            async with asyncio.timeout(self.config.op_timeout) as deadline:
+                try:
+                    return await self._exchange(command, deadline)
+                except self._connection_error:
+                    # A connection broken since its last use: a Redis restart breaks them all,
+                    # so the idle ones go too, and the call runs once more on a new one.
+                    await self._drop_idle()
+                    return await self._exchange(command, deadline)
         except TimeoutError:
             raise ClusterUnavailable(operation, "timed out") from None
         except self._response_error:
@@ -129,18 +155,93 @@ class RedisLink:
         except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
 
+    async def _exchange(self, command: tuple[Any, ...], deadline: asyncio.Timeout) -> Any:
+        connection = await self._checkout(deadline)
+        try:
+            await connection.send_packed_command(connection.pack_command(*command),
+                                                 check_health=False)
+            answer = await connection.read_response()
+        except self._response_error:
+            await self._checkin(connection)
+            raise
+        except BaseException:
+            # Broken, timed out or cancelled mid-reply: its state is unknown.
+            await self._discard(connection)
+            raise
+        await self._checkin(connection)
+        return answer
+
+    async def _checkout(self, deadline: asyncio.Timeout) -> AbstractConnection:
+        while not self._idle:
+            if self._open < self.config.max_connections:
+                self._open += 1
+                connection = self._make()
+                when = deadline.when()
+                if when is not None:
+                    deadline.reschedule(when + self.config.connect_timeout)
+                try:
+                    await connection.connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    await self._discard(connection)
+                    raise
+                return connection
+            if self._returned is None:
+                self._returned = anyio.Event()
+            await self._returned.wait()
+        return self._idle.pop()
+
+    async def _checkin(self, connection: AbstractConnection) -> None:
+        if self._closed:
+            await self._discard(connection)
+            return
+        self._idle.append(connection)
+        self._wake()
+
+    async def _discard(self, connection: AbstractConnection) -> None:
+        self._open -= 1
+        self._wake()
+        with anyio.CancelScope(shield=True):
+            await connection.disconnect(nowait=True)  # nowait: closes without waiting
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._discard(connection)
+
+    def _wake(self) -> None:
+        if self._returned is not None:
+            self._returned.set()
+            self._returned = None
+
+    async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
+        Redis failures. Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        limit = self.config.connect_timeout + self.config.op_timeout
+        try:
+            with anyio.fail_after(limit):
+                return await make()
+        except TimeoutError:
+            raise ClusterUnavailable(operation, "timed out") from None
+        except self._response_error:
+            raise
+        except self._unavailable as exc:
+            raise ClusterUnavailable(operation, _reason(exc)) from None
+
     async def ping(self) -> ClusterHealth:
         """``PING`` Redis for ``/health``; never raises for an outage."""
         started = time.perf_counter()
         try:
-            await self.call("ping", self._client.ping)
+            await self._command("ping", "PING")
         except ClusterUnavailable as exc:
             return ClusterHealth(False, None, exc.reason)
         return ClusterHealth(True, round((time.perf_counter() - started) * 1000, 3))
 
     async def server_time(self) -> float:
         """Redis's own clock, in seconds since the epoch (what every script decides by)."""
-        seconds, micros = await self.call("time", self._client.time)
+        seconds, micros = await self._command("time", "TIME")
         return int(seconds) + int(micros) / 1_000_000
 
     @property
@@ -149,8 +250,9 @@ class RedisLink:
         return self._client
 
     async def aclose(self) -> None:
-        """Close the pool. Idempotent."""
+        """Close every connection. Idempotent."""
         self._closed = True
+        await self._drop_idle()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.op_timeout):
             await self._client.aclose(close_connection_pool=True)
 
