@@ -8,9 +8,10 @@ open, provider restarting) and on errors tied to one provider (bad key, quota, u
 returns at once on errors every candidate would repeat (bad request, token limit, cost limit, the
 ledger down, content refusal unless ``fallback_on_refusal``). A stream falls back only before its
 first item reached the caller; after that a failure is an :class:`LLMStreamingError` and what was
-delivered stays delivered. Asks (not streams) may be hedged (:mod:`._hedging`). A stream whose
-caller gave its own delta sink (``ChatRequest.deltas``) has the provider deliver to it directly,
-through :func:`_tracked` (which notes what was delivered): one handoff less per delta.
+delivered stays delivered. Asks (not streams) may be hedged (:mod:`._hedging`). A stream's
+provider delivers its deltas directly, through :func:`_tracked` (which notes what was delivered),
+to the caller's own delta sink (``ChatRequest.deltas``) when it gave one, else into the caller's
+stream: the router relays only the end (one handoff and the provider's relay task less per delta).
 
 Each request runs as a child task of the router (``pipe``), so the router serves any number of
 requests at once while its own state (rate-limit pauses, latency samples, hedge counts) has one
@@ -245,11 +246,12 @@ class RouterActor(Actor[ChatRequest]):
             Reserve(chat.request_id, provider, model, prompt_tokens, max_tokens,
                     turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit))
         await spend.reserve(deadline)
-        sink = chat.deltas
+        # A stream's deltas go from the provider's reading task straight to the caller's sink,
+        # or else into the caller's stream: no relay task in the provider, no hop here.
+        sink = None if caller is None else chat.deltas or caller.send
         call = ProviderCall(chat, model, prompt_tokens, stream=caller is not None,
                             fallback_models=candidate.fallback_models,
-                            deltas=None if caller is None or sink is None
-                            else _tracked(sink, spend, delivered))
+                            deltas=None if sink is None else _tracked(sink, spend, delivered))
         ref = self._providers[provider]
         failure: BaseException | None = None
         try:
