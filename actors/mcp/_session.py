@@ -1,6 +1,12 @@
 """A thin, well-behaved wrapper over the ``mcp`` SDK client, for the McpServerActor.
 
-It uses only the SDK's public modules, and translates the SDK's errors into ours (the tree is in
+It drives the SDK's ``ClientSession`` over its stdio or streamable HTTP transport and negotiates
+the protocol version as ``mcp.Client`` does (its default ``mode="auto"``), without importing
+``mcp.Client`` and with it the SDK's server half (see :mod:`actors.mcp._sdk`). Two things
+``mcp.Client.call_tool`` adds are not needed here: answering a server's input requests (we offer
+no sampling, elicitation or roots, so such a call fails either way) and re-listing a tool whose
+schema changed since start (the catalog the model sees is the start-time listing anyway). It
+translates the SDK's errors into ours (the tree is in
 :mod:`actors.mcp._errors`). A tool that *runs* and reports failure (``isError``) is not an
 exception: ``call_tool`` returns a ``ToolResult`` with ``is_error=True`` so the model can read the
 message and correct itself.
@@ -11,20 +17,26 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import anyio
 import httpx2
 import mcp_types
-from mcp import Client, MCPError, StdioServerParameters, stdio_client
-from mcp.client import Transport
-from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
 from ._errors import McpServerError, McpToolError, McpToolTimeout
+from ._sdk import (
+    ClientSession,
+    JSONRPCDispatcher,
+    MCPError,
+    StdioServerParameters,
+    get_default_environment,
+    negotiate_auto,
+    stdio_client,
+    streamable_http_client,
+)
 from ._stderr import StderrTail
 from ._tool_types import ToolResult, ToolSpec
 
@@ -49,7 +61,7 @@ class McpSession:
         self,
         name: str,
         config: McpServerConfig,
-        client: Client,
+        client: ClientSession,
         tools: list[ToolSpec],
         pid: int | None,
         stderr: StderrTail | None,
@@ -58,7 +70,7 @@ class McpSession:
         self.tools = tools
         self.pid = pid
         self.server_info: mcp_types.Implementation | None = client.server_info
-        self.protocol_version = client.protocol_version
+        self.protocol_version: str | None = client.protocol_version
         self._config = config
         self._client = client
         self._stderr = stderr
@@ -147,10 +159,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 # the task groups the SDK opened during start-up).
                 deadline = anyio.current_time() + config.startup_timeout
                 with anyio.CancelScope(deadline=deadline) as life:
-                    client = Client(
-                        _transport(config, stderr), cache=None, client_info=_CLIENT_INFO
-                    )
-                    async with client:
+                    async with _connect(config, stderr) as client:
                         tools = await _list_tools(name, client)
                         pid = stderr.find_child_pid() if stderr is not None else None
                         session = McpSession(name, config, client, tools, pid, stderr)
@@ -225,7 +234,22 @@ async def _drain(stderr: StderrTail | None) -> None:
             await stderr.eof.wait()
 
 
-def _transport(config: McpServerConfig, stderr: StderrTail | None) -> Transport:
+@asynccontextmanager
+async def _connect(
+    config: McpServerConfig, stderr: StderrTail | None
+) -> AsyncIterator[ClientSession]:
+    """An initialized session: what ``mcp.Client(transport)`` does on entering, but for
+    ``cache=None`` and no callbacks."""
+    async with _transport(config, stderr) as (read_stream, write_stream):
+        dispatcher = JSONRPCDispatcher(read_stream, write_stream)
+        async with ClientSession(dispatcher=dispatcher, client_info=_CLIENT_INFO) as session:
+            await negotiate_auto(session)
+            yield session
+
+
+def _transport(
+    config: McpServerConfig, stderr: StderrTail | None
+) -> AbstractAsyncContextManager[Any]:
     if config.transport == "stdio":
         assert config.command is not None and stderr is not None
         params = StdioServerParameters(
@@ -265,11 +289,11 @@ async def _http_transport(url: str, config: McpServerConfig) -> AsyncIterator[An
         yield streams
 
 
-async def _list_tools(server: str, client: Client) -> list[ToolSpec]:
+async def _list_tools(server: str, client: ClientSession) -> list[ToolSpec]:
     tools: list[ToolSpec] = []
     cursor: str | None = None
     for _ in range(_MAX_TOOL_PAGES):
-        page = await client.list_tools(cursor=cursor)
+        page = await client.list_tools(params=mcp_types.PaginatedRequestParams(cursor=cursor))
         tools.extend(
             ToolSpec(
                 server=server,

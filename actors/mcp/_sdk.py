@@ -1,0 +1,73 @@
+"""The ``mcp`` SDK's client half, imported without its server half.
+
+The SDK's package ``__init__`` (and ``mcp.client``'s) import ``mcp.client.client``, which
+imports the whole server side for in-process servers: starlette apps, sse_starlette,
+opentelemetry, the OAuth server and cryptography's Rust library (~11 MiB resident, 0.2 s of
+imports). A client over stdio or HTTP needs none of it. So, unless the SDK is already imported,
+the two packages are registered in ``sys.modules`` *before* their ``__init__`` runs (the module
+object the import system would make, from the installed package's own spec, with its
+``__path__``), and their ``__init__`` runs on the first access to a name they do not have yet
+(PEP 562 ``__getattr__``): ``from mcp import Client`` elsewhere in the process still gets the
+whole package, in the same module object. The submodules used here (``mcp.client.session``,
+``.stdio``, ``.streamable_http``, ``mcp.shared.*``, ``mcp_types``) import nothing of the server
+half; ``tests/mcp/test_sdk.py`` checks that against the installed SDK.
+
+``negotiate_auto`` is the SDK's own connect-time version negotiation (what ``mcp.Client`` runs in
+its default ``mode="auto"``); it lives in a private module of the SDK (``mcp>=2.3,<3``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+
+def _defer_package_init(name: str) -> None:
+    """Register package ``name`` without running its ``__init__`` until a missing name is read."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{name} is not an installed package")
+    module = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def __getattr__(attribute: str) -> Any:
+        # Once: the real __init__ runs in this very module object, then the lookup is retried.
+        del module.__dict__["__getattr__"]
+        loader.exec_module(module)
+        return getattr(module, attribute)
+
+    module.__dict__["__getattr__"] = __getattr__
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        # As the import system binds a submodule it loads to its parent package.
+        setattr(sys.modules[parent], child, module)
+
+
+_defer_package_init("mcp")
+_defer_package_init("mcp.client")
+
+from mcp.client._probe import negotiate_auto  # noqa: E402
+from mcp.client.session import ClientSession  # noqa: E402
+from mcp.client.stdio import (  # noqa: E402
+    StdioServerParameters,
+    get_default_environment,
+    stdio_client,
+)
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher  # noqa: E402
+
+__all__ = [
+    "ClientSession",
+    "JSONRPCDispatcher",
+    "MCPError",
+    "StdioServerParameters",
+    "get_default_environment",
+    "negotiate_auto",
+    "stdio_client",
+    "streamable_http_client",
+]
