@@ -77,15 +77,19 @@ class ToolCatalog:
         self._max_argument_bytes = max_argument_bytes
         self._validation_seconds = validation_seconds
         self._limits = ToolLimits(offered=0, omitted=(), descriptions_cut=())
+        # what the last refresh read, and openai_tools() of it
+        self._ready: tuple[tuple[str, tuple[ToolSpec, ...]], ...] | None = None
+        self._tools: list[dict[str, Any]] | None = None
 
     async def refresh(self) -> None:
         """Take the tools of every server that is ready now; the others' tools disappear."""
-        tools_by_server: dict[str, list[ToolSpec]] = {}
-        for server in self._servers:
-            health = self._health(server)
-            if health is not None and health.state == "ready":
-                tools_by_server[server] = list(health.tools)
-        exposed = exposed_tool_names(tools_by_server)
+        ready = tuple((server, health.tools) for server in self._servers
+                      if (health := self._health(server)) is not None and health.state == "ready")
+        if ready == self._ready:
+            return  # the same servers with the same tools: every turn's case, nothing to redo
+        self._ready = ready
+        self._tools = None
+        exposed = exposed_tool_names({server: list(tools) for server, tools in ready})
         names = list(exposed)
         kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
         cut: list[str] = []
@@ -126,8 +130,11 @@ class ToolCatalog:
         return self._exposed.get(exposed_name)
 
     def openai_tools(self) -> list[dict[str, Any]]:
-        """The ``tools`` list of a chat request, under the exposed names."""
-        return [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
+        """The ``tools`` list of a chat request, under the exposed names (built once per change
+        of the servers' tools; the list is new, its tool dicts are shared: do not mutate them)."""
+        if self._tools is None:
+            self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
+        return list(self._tools)
 
     async def call(
         self, exposed_name: str, arguments_json: str, timeout: float | None

@@ -301,6 +301,10 @@ async def test_catalog_reports_a_dead_server_as_an_error_result() -> None:
         assert status.pid is not None
         catalog = ToolCatalog(system, ["demo"])
         await catalog.refresh()
+        offered = catalog.openai_tools()
+        offered.clear()  # the caller's list: the catalog's own is untouched
+        await catalog.refresh()  # nothing changed: the same tools
+        assert len(catalog.openai_tools()) == len(DEMO_TOOLS)
         pid = status.pid
 
         async def kill_soon() -> None:
@@ -315,6 +319,9 @@ async def test_catalog_reports_a_dead_server_as_an_error_result() -> None:
                                       " unavailable (")
         await catalog.refresh()
         assert catalog.openai_tools() == []  # restarting: its tools are absent until ready
+        await wait_state(system, "demo", "ready")
+        await catalog.refresh()
+        assert len(catalog.openai_tools()) == len(DEMO_TOOLS)  # and back once it is
 
 
 @pytest.mark.skipif(not TIME_SERVER.exists(), reason="mcp-server-time is not installed")
