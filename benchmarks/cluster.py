@@ -8,8 +8,11 @@
    "Streams held" is the largest K whose run had no failure, a p99 gap <= 150 ms and a p99 time
    to the first text <= 1 s.
 2. **What Redis adds per request**: in this process, against the same redis-server, the round
-   trips one request makes (rate admission, ``sent`` stamp, ledger reserve, ledger settle),
-   timed one request at a time: p50/p99 of their sum and of each.
+   trips one request makes in the order the router makes them, timed one request at a time:
+   ledger reserve and rate admission, both awaited before the upstream call (the latency path),
+   then the ``sent`` stamp and the ledger settle (the server does not wait for either: the stamp
+   runs in the background, the settle behind the ledger's answer; timed here one after the
+   other). p50/p99 of each, of the latency path, and of all four.
 
 Targets: 2 workers hold >= 1.7x the streams of 1 worker; Redis adds <= 0.3 ms p50 per request.
 On this 2-core machine the clients and the simulator share the cores with the workers: the
@@ -51,6 +54,8 @@ QUICK_DURATION = 6.0
 #: Seconds: a K whose p99 time to the first text passes this is not "held" (issue 11's bound).
 FIRST_TEXT_LIMIT = 1.0
 ROUND_TRIPS = 3000
+#: The round trips a request waits for before its upstream call.
+LATENCY_PATH = "reserve + admit (latency path)"
 QUICK_ROUND_TRIPS = 500
 
 
@@ -139,33 +144,33 @@ def _held(rows: list[list[Any]], workers: int) -> int:
 
 
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
-    """Per request: admit + sent + reserve + settle, sequential, timed each and together."""
+    """Per request: reserve, admit (the latency path), sent, settle; timed each and summed."""
     async def journal(day: str) -> DaySeed:
         return DaySeed(0)
 
-    timings: dict[str, list[float]] = {"admit": [], "sent": [], "reserve": [], "settle": [],
-                                       "all four": []}
+    timings: dict[str, list[float]] = {name: [] for name in (
+        "reserve", "admit", "sent", "settle", LATENCY_PATH, "all four")}
     config = ClusterConfig(redis_url=redis.url, key_prefix="rt")
     async with RedisLink(config) as link:
         window = SharedRateWindow(link, "bench", requests_per_minute=10_000_000,
                                   tokens_per_minute=1_000_000_000)
         ledger = SharedLedger(link, "bench", journal,
                               LedgerLimits(daily_cost_limit=10**15, max_cost_per_request=10**12))
-        for index in range(count + 100):  # the first 100 warm the pool and load the scripts
+        for index in range(count + 100):  # the first 100 open connections and load the scripts
             t0 = time.perf_counter()
-            admission = await window.admit(500)
+            await ledger.reserve(f"r{index}", 1000, "bench", "2026-01-01")
             t1 = time.perf_counter()
+            admission = await window.admit(500)
+            t2 = time.perf_counter()
             assert admission.permit is not None
             await window.sent(admission.permit)
-            t2 = time.perf_counter()
-            await ledger.reserve(f"r{index}", 1000, "bench", "2026-01-01")
             t3 = time.perf_counter()
             await ledger.settle(f"r{index}", 900, "bench", "2026-01-01")
             t4 = time.perf_counter()
             if index >= 100:
-                for name, value in (("admit", t1 - t0), ("sent", t2 - t1),
-                                    ("reserve", t3 - t2), ("settle", t4 - t3),
-                                    ("all four", t4 - t0)):
+                for name, value in (("reserve", t1 - t0), ("admit", t2 - t1),
+                                    ("sent", t3 - t2), ("settle", t4 - t3),
+                                    (LATENCY_PATH, t2 - t0), ("all four", t4 - t0)):
                     timings[name].append(value * 1000)
     return [[name, percentile(values, 0.5), percentile(values, 0.99)]
             for name, values in timings.items()]
@@ -188,9 +193,11 @@ async def main() -> None:
     one, two = _held(rows, 1), _held(rows, 2)
     ratio = f"{two / one:.2f}x" if one else "n/a"
     print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
+    path = next(row for row in trips if row[0] == LATENCY_PATH)
     total = next(row for row in trips if row[0] == "all four")
-    print(f"Redis adds per request: p50 {total[1]:.3f} ms, p99 {total[2]:.3f} ms"
-          " (target <= 0.3 ms p50)")
+    print(f"Redis adds per request: p50 {path[1]:.3f} ms, p99 {path[2]:.3f} ms on the latency"
+          f" path (reserve + admit, before the upstream call; all four round trips: p50"
+          f" {total[1]:.3f} ms, p99 {total[2]:.3f} ms) (target <= 0.3 ms p50)")
 
 
 if __name__ == "__main__":

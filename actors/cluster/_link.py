@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["ClusterHealth", "LuaScript", "RedisLink"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
 #: ``TIME`` use the link's own connections).
@@ -111,6 +114,7 @@ class RedisLink:
         self._idle: list[AbstractConnection] = []
         self._open = 0
         self._returned: anyio.Event | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def key(self, *parts: str) -> str:
@@ -134,6 +138,34 @@ class RedisLink:
             return await self._command(operation, "EVALSHA", script.sha, len(keys), *keys, *args)
         except self._no_script:
             return await self._command(operation, "EVAL", script.source, len(keys), *keys, *args)
+
+    def run_soon(self, script: LuaScript, operation: str, keys: list[str],
+                 args: list[Any]) -> None:
+        """Run ``script`` in the background: the caller does not wait for it.
+
+        For writes whose failure the caller would drop anyway (a rate stamp: an unstamped
+        permit counts as sent at its in-flight deadline). Failures are logged, not raised;
+        :meth:`aclose` waits for the calls still running. Nothing runs after :meth:`aclose`.
+        """
+        if self._closed:
+            return
+        # An asyncio task, not one of a task group: the link is asyncio's (redis-py) and owns
+        # these calls (each bounded by its deadline) until aclose waits for them.
+        task = asyncio.get_running_loop().create_task(
+            self._run_quietly(script, operation, keys, args))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_quietly(self, script: LuaScript, operation: str, keys: list[str],
+                           args: list[Any]) -> None:
+        try:
+            await self.run(script, operation, keys, args)
+        except ClusterUnavailable as exc:
+            logger.debug("cluster: %s dropped: %s", operation, exc.reason)
+        except anyio.ClosedResourceError:
+            pass
+        except self._response_error as exc:
+            logger.error("cluster: %s failed: %r", operation, exc)
 
     async def _command(self, operation: str, *command: Any) -> Any:
         if self._closed:
@@ -250,11 +282,15 @@ class RedisLink:
         return self._client
 
     async def aclose(self) -> None:
-        """Close every connection. Idempotent."""
-        self._closed = True
-        await self._drop_idle()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.op_timeout):
-            await self._client.aclose(close_connection_pool=True)
+        """Wait for the background calls (each within its deadline), close every connection.
+        Idempotent."""
+        with anyio.CancelScope(shield=True):
+            if self._background:
+                await asyncio.wait(set(self._background))
+            self._closed = True
+            await self._drop_idle()
+            with anyio.move_on_after(self.config.op_timeout):
+                await self._client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> RedisLink:
         return self

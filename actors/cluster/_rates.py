@@ -139,6 +139,15 @@ class SharedRateWindow:
                                       [permit, self._window_us, self._key_ttl_ms])
         return bool(answer)
 
+    def sent_soon(self, permit: int) -> None:
+        """:meth:`sent` in the background: the caller does not wait for the round trip.
+
+        Until it lands the permit counts in flight (never an overshoot); a stamp that fails is
+        dropped (the permit counts as sent at ``in_flight_ttl`` at the latest).
+        """
+        self._link.run_soon(self._sent, "rate stamp", self._keys,
+                            [permit, self._window_us, self._key_ttl_ms])
+
     async def refund(self, permit: int) -> bool:
         """The request never left: forget it (only while it is in flight)."""
         answer = await self._link.run(self._refund, "rate refund", self._keys,

@@ -10,7 +10,10 @@ when the request's admission block ends, so every worker pauses.
 
 Why the stamp is sent when the block ends rather than at ``permit.sent()``: ``sent()`` is
 synchronous in the provider, and a stamp later than the arrival only keeps the request in the
-window longer (never an overshoot). A stream's block ends right after its response headers.
+window longer (never an overshoot). A stream's block ends right after its response headers. The
+stamp's round trip runs in the background (:meth:`SharedRateWindow.sent_soon`): it is not on the
+answer's path (a stream's first delta used to wait for it); until it lands the permit counts in
+flight, which never expires (never an overshoot either).
 
 Faults (policy in :mod:`actors.cluster`): Redis unavailable at admission refuses the request
 with a retryable :class:`ProviderUnavailable` (fail closed); a failed stamp or pause is dropped
@@ -86,13 +89,15 @@ class SharedProviderLimiter(ProviderRateLimiter):
             await self._after(admission.permit, paused)
 
     async def _after(self, permit: int, paused: float | None) -> None:
-        """Stamp the permit and share any pause the server asked for (shielded, bounded)."""
+        """Stamp the permit in the background (the answer or the stream's first delta does
+        not wait for it) and share any pause the server asked for (shielded, bounded)."""
+        self.shared.sent_soon(permit)
         pause = max(paused or 0.0, self.pause_remaining())
+        if pause <= 0:
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(_AFTER_TIMEOUT), \
                 contextlib.suppress(ClusterUnavailable):
-            await self.shared.sent(permit)
-            if pause > 0:
-                await self.shared.pause_for(pause)
+            await self.shared.pause_for(pause)
 
     def _stamp(self, permit: RatePermit) -> None:
         """Nothing is counted locally (the shared window counts, in :meth:`_after`)."""

@@ -156,3 +156,17 @@ async def test_windows_lost_after_use_pause_the_provider_for_one_window_in_quara
         # Another provider, first used now, is not paused.
         fresh = SharedRateWindow(link, "q", requests_per_minute=5, tokens_per_minute=None)
         assert (await fresh.admit()).admitted is True
+
+
+async def test_a_stamp_sent_in_the_background_has_landed_when_the_link_closes(
+    redis_server: object, cluster_config: ClusterConfig
+) -> None:
+    async with RedisLink(cluster_config) as link:
+        window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
+        assert (await window.admit(7)).permit == 1
+        window.sent_soon(1)  # returns at once; the link's close waits for it
+    window.sent_soon(1)  # after the close: nothing runs
+    async with RedisLink(cluster_config) as other:
+        assert await SharedRateWindow(other, "p", requests_per_minute=5,
+                                      tokens_per_minute=None).usage() == WindowUsage(1, 7, 0, 0.0)
+        assert await _stamp_us(other, "p", 1) > 0
