@@ -90,10 +90,13 @@ class RedisLink:
     def __init__(self, config: ClusterConfig) -> None:
         if config.redis_url is None:
             raise ValueError("cluster.redis_url is not set")
+        import hiredis
         import redis.asyncio as redis
         import redis.exceptions as redis_errors
 
         self.config = config
+        # hiredis's packer: ~10x faster than redis-py's asyncio one (~50 us for a script call).
+        self._pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
         self.prefix = config.key_prefix
         self._response_error = redis_errors.ResponseError
         self._no_script = redis_errors.NoScriptError
@@ -190,8 +193,7 @@ class RedisLink:
     async def _exchange(self, command: tuple[Any, ...], deadline: asyncio.Timeout) -> Any:
         connection = await self._checkout(deadline)
         try:
-            await connection.send_packed_command(connection.pack_command(*command),
-                                                 check_health=False)
+            await connection.send_packed_command(self._pack(command), check_health=False)
             answer = await connection.read_response()
         except self._response_error:
             await self._checkin(connection)
