@@ -48,6 +48,10 @@ TARGET_MIB = 100
 TURN_TIMEOUT = 60.0
 
 
+#: What actors.mcp imports of the mcp SDK (its client half, not its server half), run as a file
+#: so that the row holds the SDK's modules and none of ours.
+_MCP_CLIENT_HALF = str(Path(__file__).resolve().parents[1] / "actors" / "mcp" / "_sdk.py")
+
 #: (label, modules) in import order: each row is what importing its modules adds to the RSS.
 LAYERS: list[tuple[str, list[str]]] = [
     ("Python 3.11 itself", []),
@@ -59,17 +63,22 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("httpx2, httpcore2 (and trio, which httpcore2 imports when installed: a dev dependency)",
      ["httpx2", "httpcore2"]),
     ("openai SDK (its pydantic types, aiohttp)", ["openai"]),
-    ("mcp SDK (mcp_types; its server half: opentelemetry, cryptography, click, sse_starlette)",
-     ["mcp"]),
+    ("mcp SDK, its client half only (mcp_types: its pydantic types of two protocol versions)",
+     [_MCP_CLIENT_HALF]),
     ("prometheus_client, yaml, msgspec, sqlite3, dotenv",
      ["prometheus_client", "yaml", "msgspec", "sqlite3", "dotenv"]),
-    ("the simulator's package (demo mode starts the simulator)", ["simulator.process"]),
+    ("the simulator's launcher (demo mode starts it as a child process)", ["simulator.process"]),
     ("ours: runtime, actors, server", ["server.cli", "server.app"]),
 ]
 
 _LAYERS_SCRIPT = """
-import importlib, json, sys, warnings
+import importlib, importlib.util, json, sys, warnings
 warnings.simplefilter("ignore")
+def load(module):
+    if not module.endswith(".py"):
+        return importlib.import_module(module)
+    spec = importlib.util.spec_from_file_location("_layer_" + str(abs(hash(module))), module)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -77,7 +86,7 @@ def rss():
 rows, last = [], rss()
 for label, modules in json.loads(sys.argv[1]):
     for module in modules:
-        importlib.import_module(module)
+        load(module)
     now = rss()
     rows.append([label, round(now - (last if rows else 0), 1), round(now, 1)])
     last = now
