@@ -122,10 +122,13 @@ class ActorContext:
         """Run ``work(*args)`` as a child task; its outcome comes back through the mailbox.
 
         ``reply_to`` (normally :attr:`request`, or ``None`` for work that answers nobody) is
-        answered later: by ``then(outcome)`` run in the actor's own loop (its return value is the
-        reply, an exception it raises the error), or by the outcome itself when ``then`` is
-        ``None``. If the caller abandons the request, the child task is cancelled and ``then``
-        still runs with a cancelled outcome, so the actor can release what it reserved.
+        answered later: by ``then(outcome)`` run by the actor (its return value is the reply, an
+        exception it raises the error), or by the outcome itself when ``then`` is ``None``. An
+        idle actor completes the outcome at once in the child's task, like an immediate message
+        (the same order, the same single writer); otherwise its loop does, and an awaitable that
+        ``then`` returns is always awaited in the loop. If the caller abandons the request, the
+        child task is cancelled and ``then`` still runs (in the loop) with a cancelled outcome, so
+        the actor can release what it reserved.
         """
         scope = anyio.CancelScope()
         if reply_to is not None:

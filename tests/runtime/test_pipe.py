@@ -1,0 +1,160 @@
+"""Child tasks (``ActorContext.pipe``): their outcomes answer the request through ``then``.
+
+An idle actor completes an outcome at once in the child's task; a busy one in its loop, after
+what it is doing; either way one writer, in mailbox order. An awaitable ``then`` is awaited in
+the loop; a cancelled outcome still reaches ``then``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from runtime import (
+    Actor,
+    ActorSystem,
+    Ask,
+    ChildSpec,
+    DeadlineExceeded,
+    Outcome,
+    SupervisorSpec,
+)
+
+
+class Fail(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Job(Ask[int]):
+    """Piped to a child that waits for ``gate`` (when given) and returns ``value``."""
+
+    value: int
+    then: str = "sync"  # sync, async, fail, fatal, delegate
+    gate: anyio.Event | None = None
+
+
+@dataclass(frozen=True)
+class Hold(Ask[str]):
+    """Handled in the loop, which waits for ``release``: the actor is busy meanwhile."""
+
+    release: anyio.Event
+
+
+class Worker(Actor[Any]):
+    def __init__(self, log: list[tuple[str, object]]) -> None:
+        self.log = log
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Hold):
+            self.log.append(("hold", "start"))
+            await message.release.wait()
+            self.log.append(("hold", "end"))
+            return "held"
+        assert isinstance(message, Job)
+        self.context.pipe(self._work, message, reply_to=self.context.request,
+                          then=lambda outcome: self._then(message, outcome))
+        return None
+
+    async def _work(self, job: Job) -> int:
+        if job.gate is not None:
+            await job.gate.wait()
+        return job.value
+
+    def _then(self, job: Job, outcome: Outcome) -> Any:
+        self.log.append(("then", "cancelled" if outcome.cancelled else outcome.value))
+        if job.then == "fail":
+            raise Fail("refused")
+        if job.then == "fatal":
+            raise Fatal("broken")
+        if job.then == "delegate":
+            self.context.pipe(self._work, Job(job.value * 10), reply_to=self.context.request)
+            return None
+        if job.then == "async":
+            return self._later(outcome.unwrap())
+        return outcome.unwrap() * 2
+
+    async def _later(self, value: int) -> int:
+        self.log.append(("later", "start"))
+        await anyio.lowlevel.checkpoint()
+        self.log.append(("later", "end"))
+        return value * 3
+
+
+def system_of(log: list[tuple[str, object]]) -> ActorSystem:
+    spec = ChildSpec("w", lambda: Worker(log), crash_on=(Fatal,))
+    return ActorSystem(SupervisorSpec("root", [spec]))
+
+
+async def test_outcomes_answer_through_then_sync_async_and_delegated() -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log) as system:
+        ref = system.ref("w")
+        assert await ref.ask(Job(1), timeout=5) == 2
+        assert await ref.ask(Job(2, then="async"), timeout=5) == 6
+        assert await ref.ask(Job(3, then="delegate"), timeout=5) == 30
+        assert system.status()["w"].in_flight == 0
+    assert log == [("then", 1), ("then", 2), ("later", "start"), ("later", "end"),
+                   ("then", 3)]
+
+
+async def test_a_busy_actor_completes_an_outcome_after_what_it_is_doing() -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log) as system:
+        ref = system.ref("w")
+        gate, release = anyio.Event(), anyio.Event()
+        results: list[object] = []
+
+        async def job() -> None:
+            results.append(await ref.ask(Job(4, gate=gate), timeout=5))
+
+        async def hold() -> None:
+            results.append(await ref.ask(Hold(release), timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(hold)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()  # the child ends while the actor is in Hold's handler
+            await anyio.wait_all_tasks_blocked()
+            assert log == [("hold", "start")]
+            release.set()
+        assert sorted(map(str, results)) == ["8", "held"]
+    assert log == [("hold", "start"), ("hold", "end"), ("then", 4)]
+
+
+async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instance() -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log) as system:
+        ref = system.ref("w")
+        with pytest.raises(Fail, match="refused"):
+            await ref.ask(Job(5, then="fail"), timeout=5)
+        assert system.status()["w"].restart_count == 0
+        with pytest.raises(Fatal, match="broken"):
+            await ref.ask(Job(6, then="fatal"), timeout=5)
+        with anyio.fail_after(5):
+            while system.status()["w"].restart_count != 1:
+                await anyio.sleep(0.01)
+        assert await ref.ask(Job(7), timeout=5) == 14
+    assert log == [("then", 5), ("then", 6), ("then", 7)]
+
+
+async def test_an_abandoned_request_still_reaches_then_with_a_cancelled_outcome() -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log) as system:
+        ref = system.ref("w")
+        with pytest.raises(DeadlineExceeded):
+            await ref.ask(Job(8, gate=anyio.Event()), timeout=0.05)
+        with anyio.fail_after(5):
+            while not log:
+                await anyio.sleep(0.01)
+        assert system.status()["w"].in_flight == 0
+    assert log == [("then", "cancelled")]
