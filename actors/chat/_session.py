@@ -48,7 +48,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, assert_never
+from typing import Any, Final, NotRequired, TypedDict, Unpack, assert_never
 
 import anyio
 import anyio.to_thread
@@ -81,7 +81,7 @@ from ._messages import (
 from ._tool_steps import run_tool_calls
 from ._trimming import HistoryFit, trim_history
 
-__all__ = ["SessionActor", "session_actor_name", "session_child_spec"]
+__all__ = ["SessionActor", "SessionDeps", "session_actor_name", "session_child_spec"]
 
 Message = dict[str, Any]
 
@@ -386,35 +386,26 @@ def session_actor_name(conversation_id: str) -> str:
     return f"session:{conversation_id}"
 
 
-def session_child_spec(
-    conversation_id: str,
-    *,
-    router: ActorRef,
-    tools: ToolCatalog,
-    history: HistoryStore,
-    chat: ChatSettings,
-    model: str | None = None,
-    catalog: ModelCatalog | None = None,
-    llm_timeout: float | None = None,
-    leases: TurnLeases | None = None,
-    count_model: str | None = None,
-) -> ChildSpec:
+class SessionDeps(TypedDict):
+    """What a conversation's actor is built with (:class:`SessionActor`'s keyword arguments)."""
+
+    router: ActorRef
+    tools: ToolCatalog
+    history: HistoryStore
+    chat: ChatSettings
+    model: NotRequired[str | None]
+    catalog: NotRequired[ModelCatalog | None]
+    llm_timeout: NotRequired[float | None]
+    leases: NotRequired[TurnLeases | None]
+    count_model: NotRequired[str | None]
+
+
+def session_child_spec(conversation_id: str, **deps: Unpack[SessionDeps]) -> ChildSpec:
     """The spec of a conversation's actor: ``temporary`` (never restarted; the history is in the
     store, so the next turn simply starts a new one) and never crashed by an error answer."""
     return ChildSpec(
         name=session_actor_name(conversation_id),
-        factory=lambda: SessionActor(
-            conversation_id,
-            router=router,
-            tools=tools,
-            history=history,
-            chat=chat,
-            model=model,
-            catalog=catalog,
-            llm_timeout=llm_timeout,
-            leases=leases,
-            count_model=count_model,
-        ),
+        factory=lambda: SessionActor(conversation_id, **deps),
         restart=Restart.TEMPORARY,
         crash_on=(),
         mailbox_size=100,
