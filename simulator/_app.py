@@ -1,4 +1,8 @@
-"""The simulator's request handler: routes, authentication, limits and faults."""
+"""The simulator's request handler: routes, authentication, limits and faults.
+
+Which fault a request gets is in ``_faults``; how a streamed answer goes on the wire (delays,
+mid-stream faults) in ``_streaming``.
+"""
 
 from __future__ import annotations
 
@@ -14,35 +18,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from ._config import FAULT_KINDS, Flavor, ModelSpec, SimulatorConfig, merge_patch
-from ._http import ClientDisconnected, Exchange, Request
+from ._faults import INVALID_JSON, MIDSTREAM, STATUS_FAULTS, draw_fault
+from ._http import Exchange, Request
 from ._options import Options, Rejection, read_options
 from ._replies import Reply, estimate_prompt_tokens, plan_reply
 from ._stats import SlidingWindow, Stats, format_reset
+from ._streaming import stream_reply
 from ._wire import StreamEvents, completion_body, dumps, error_body, usage_of
 
 __all__ = ["Simulator"]
 
 UNLIMITED_REQUESTS = 10_000_000
 UNLIMITED_TOKENS = 1_000_000_000
-_BATCH = 32
 _JSON = ("content-type", "application/json")
-_SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
-_PROCESSING = b": OPENROUTER PROCESSING\n\n"
-_DONE = b"data: [DONE]\n\n"
-_MIDSTREAM = ("midstream_drop", "midstream_error")
-_INVALID_JSON = "invalid_json"
-_STATUS_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
-    "429": (429, "Rate limit reached for requests. Please try again later.", "requests",
-            "rate_limit_exceeded"),
-    "401": (401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    "402": (402, "Insufficient credits. Add more using https://openrouter.ai/credits",
-            "insufficient_quota", "insufficient_quota"),
-    "500": (500, "The server had an error while processing your request. Sorry about that!",
-            "server_error", None),
-    "502": (502, "Bad gateway.", "server_error", None),
-    "503": (503, "The engine is currently overloaded, please try again later.", "server_error",
-            None),
-}
 
 
 class Simulator:
@@ -196,14 +184,6 @@ class Simulator:
         accepted = self._config.api_keys
         return not accepted or key.strip() in accepted
 
-    def _draw_fault(self, draw: float) -> str | None:
-        cumulative = 0.0
-        for kind, rate in zip(FAULT_KINDS, self._config.faults.rates(), strict=True):
-            cumulative += rate
-            if draw < cumulative:
-                return kind
-        return None
-
     # -- chat completions -------------------------------------------------------------------
 
     async def _chat(self, request: Request, exchange: Exchange) -> None:
@@ -224,7 +204,7 @@ class Simulator:
         valid = isinstance(messages, list) and bool(messages)
         prompt_tokens = estimate_prompt_tokens(messages) if valid and messages else 0
         forced = request.headers.get("x-sim-fault")
-        broken_json = config.faults.invalid_json or forced == _INVALID_JSON
+        broken_json = config.faults.invalid_json or forced == INVALID_JSON
         spec: ModelSpec | None = None
         reply: Reply | None = None
         options: Options | Rejection | None = None
@@ -247,16 +227,16 @@ class Simulator:
         planned = reply.completion_tokens if reply else 0
         self.stats.arrivals.add(now, prompt_tokens + planned)
 
-        if forced is not None and forced != _INVALID_JSON:
+        if forced is not None and forced != INVALID_JSON:
             fault: str | None = forced.removeprefix("rate_")
             if fault not in FAULT_KINDS:
                 self.stats.record(400, prompt_tokens, 0, key_ok)
                 self._send_error(exchange, flavor, 400, f"Unknown X-Sim-Fault {forced!r}; "
-                                 f"expected one of {', '.join(FAULT_KINDS)} or {_INVALID_JSON}.",
+                                 f"expected one of {', '.join(FAULT_KINDS)} or {INVALID_JSON}.",
                                  "invalid_request_error", None)
                 return
         else:
-            fault = self._draw_fault(fault_draw)
+            fault = draw_fault(fault_draw, config.faults.rates())
 
         if config.faults.latency:
             await asyncio.sleep(config.faults.latency)
@@ -276,7 +256,7 @@ class Simulator:
             self._send_error(exchange, flavor, 400, "'messages' must be a non-empty array.",
                              "invalid_request_error", None, "messages")
             return
-        if fault is not None and fault not in _MIDSTREAM:
+        if fault is not None and fault not in MIDSTREAM:
             self.stats.count_fault(fault)
             await self._fault(exchange, flavor, fault, prompt_tokens, key_ok)
             return
@@ -324,8 +304,9 @@ class Simulator:
             )
             events = StreamEvents(flavor, completion_id, int(time.time()), model, include_usage,
                                   spec.reasoning, options.top_logprobs)
-            await self._stream(exchange, flavor, events, reply, usage if include_usage else None,
-                               fault, position_draw)
+            await stream_reply(exchange, self._headers(), flavor, events, reply,
+                               usage if include_usage else None, fault, position_draw,
+                               faults=self._config.faults, stats=self.stats, clock=self._clock)
             return
         payload = completion_body(flavor, completion_id, int(time.time()), model, reply, usage,
                                   spec.reasoning, options.top_logprobs)
@@ -374,82 +355,7 @@ class Simulator:
             self.stats.record(0, prompt, 0, key_ok)
             exchange.reset()
         else:
-            status, message, type_, code = _STATUS_FAULTS[fault]
+            status, message, type_, code = STATUS_FAULTS[fault]
             self.stats.record(status, prompt, 0, key_ok)
             retry = self._config.faults.retry_after if fault == "429" else None
             self._send_error(exchange, flavor, status, message, type_, code, retry_after=retry)
-
-    async def _stream(
-        self,
-        exchange: Exchange,
-        flavor: Flavor,
-        events: StreamEvents,
-        reply: Reply,
-        usage: dict[str, Any] | None,
-        fault: str | None,
-        position_draw: float,
-    ) -> None:
-        faults = self._config.faults
-        stats = self.stats
-        body = events.reply(reply)
-        # The fault strikes after the role chunk and at least one reasoning or content chunk,
-        # before the finishing chunk: a client has then already relayed output and may not
-        # fall back.
-        before_finish = len(body) - 1
-        cut = min(before_finish, 2 + int(position_draw * max(0, before_finish - 1)))
-        if usage is not None:
-            body.append(events.usage(usage))
-        headers = self._headers()
-        headers.extend(_SSE)
-        stats.streams_started += 1
-        stats.streams_open += 1
-        try:
-            await exchange.start_stream(200, headers)
-            await self._first_byte_delay(exchange, flavor, faults.first_byte_delay)
-            delay = faults.chunk_delay
-            pending: list[bytes] = []
-            for index, event in enumerate(body):
-                if fault is not None and index == cut:
-                    if pending:
-                        exchange.write_chunk(b"".join(pending))
-                    await self._strike(exchange, events, fault)
-                    return
-                if delay and index:
-                    await asyncio.sleep(delay)
-                pending.append(event)
-                if delay or len(pending) >= _BATCH:
-                    exchange.write_chunk(b"".join(pending))
-                    pending.clear()
-                    await exchange.flush()
-            pending.append(_DONE)
-            exchange.write_chunk(b"".join(pending))
-            await exchange.end_stream()
-            stats.streams_completed += 1
-        except ClientDisconnected:
-            stats.streams_aborted_by_client += 1
-        finally:
-            stats.streams_open -= 1
-
-    async def _strike(self, exchange: Exchange, events: StreamEvents, fault: str) -> None:
-        if fault == "midstream_drop":
-            self.stats.streams_dropped += 1
-            await exchange.drop()
-            return
-        exchange.write_chunk(events.error("Upstream error mid generation."))
-        await exchange.end_stream()
-        self.stats.streams_errored += 1
-
-    async def _first_byte_delay(self, exchange: Exchange, flavor: Flavor, seconds: float) -> None:
-        if flavor != "openrouter":
-            if seconds:
-                await asyncio.sleep(seconds)
-            return
-        exchange.write_chunk(_PROCESSING)
-        await exchange.flush()
-        interval = self._config.faults.keepalive_interval
-        deadline = self._clock() + seconds
-        while (left := deadline - self._clock()) > 0:
-            await asyncio.sleep(min(interval, left))
-            if self._clock() < deadline:
-                exchange.write_chunk(_PROCESSING)
-                await exchange.flush()
