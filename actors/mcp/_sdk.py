@@ -35,7 +35,7 @@ def _defer_package_init(name: str) -> None:
 
     def __getattr__(attribute: str) -> Any:
         # Once: the real __init__ runs in this very module object, then the lookup is retried.
-        del module.__dict__["__getattr__"]
+        module.__dict__.pop("__getattr__", None)
         loader.exec_module(module)
         return getattr(module, attribute)
 
