@@ -24,7 +24,7 @@ from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
 from runtime._mailbox import Mailbox
 from runtime._ref import ActorRef
-from runtime._request import Outcome, Request, RequestKind, Then
+from runtime._request import Delegated, Outcome, Request, RequestKind, Then
 
 if TYPE_CHECKING:
     from runtime._supervisor import ChildSpec, Registry
@@ -113,8 +113,9 @@ class Actor(Generic[M_contra]):
     def handle_now(self, message: M_contra) -> Any:
         """Handle one message of :meth:`immediate_messages` synchronously (see there).
 
-        Answers like :meth:`receive` (return value, or exception); it may not delegate its
-        answer with :meth:`ActorContext.pipe` (``reply_to`` the request).
+        Answers like :meth:`receive` (return value, or exception), or delegates its answer with
+        :meth:`ActorContext.pipe` (``reply_to`` the request): a sender's ``ask`` then waits for
+        the child's answer as for any ask (the child runs in the actor's task group).
         """
         raise NotImplementedError(f"{type(self).__name__} has no handle_now()")
 
@@ -221,6 +222,7 @@ class ActorCell:
         try:
             result = instance.handle_now(message)
         except Exception as exc:
+            request.fail(exc)  # answered: a child it started answers nobody
             if isinstance(exc, self.spec.crash_on):
                 self._mailbox.put(_Crash(exc))  # the loop raises it: the instance crashes
             if not tell:
@@ -232,8 +234,8 @@ class ActorCell:
             context.request = self._current = None
             if self._mailbox._waiter is not None and not self._mailbox._items:
                 self.parked = instance
-        if request.delegations:
-            raise RuntimeError(f"{type(instance).__name__}.handle_now() may not delegate")
+        if request.delegations and not tell:
+            return Delegated(request)  # a child answers it: the sender waits for that
         return result
 
     def status(self) -> ActorStatus:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from runtime._errors import ActorStopped, DeadlineExceeded, Overloaded
-from runtime._request import Ask, AskStream, Request, RequestKind
+from runtime._request import Ask, AskStream, Delegated, Request, RequestKind
 
 if TYPE_CHECKING:
     from runtime._actor import ActorCell
@@ -70,10 +70,14 @@ class ActorRef:
         limit = _deadline(timeout, deadline)
         cell = self._cell
         if cell.can_handle_now(message):
-            answer: R = cell.handle_now(message, limit, tell=False)
-            return answer
-        request = Request(message, RequestKind.ASK, limit)
-        cell.enqueue(request)
+            answer = cell.handle_now(message, limit, tell=False)
+            if type(answer) is not Delegated:
+                immediate: R = answer
+                return immediate
+            request: Request = answer.request
+        else:
+            request = Request(message, RequestKind.ASK, limit)
+            cell.enqueue(request)
         reply: R
         try:
             if limit == math.inf:

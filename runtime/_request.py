@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["Ask", "AskStream", "Channel", "Outcome", "Request", "RequestKind"]
+__all__ = ["Ask", "AskStream", "Channel", "Delegated", "Outcome", "Request", "RequestKind"]
 
 R_co = TypeVar("R_co", covariant=True)
 T_co = TypeVar("T_co", covariant=True)
@@ -110,11 +110,9 @@ class Request:
         self._value: Any = None
         self._error: BaseException | None = None
         self._on_end: Callable[[Request], None] | None = None
-        self._event: anyio.Event | None = None
+        self._event: anyio.Event | None = None  # made by wait(), when it has to wait
         self._channel: Channel | None = None
-        if kind is RequestKind.ASK:
-            self._event = anyio.Event()
-        elif kind is RequestKind.STREAM:
+        if kind is RequestKind.STREAM:
             self._channel = Channel(stream_buffer)
 
     # -- the actor's side ---------------------------------------------------------------------
@@ -176,8 +174,9 @@ class Request:
 
     async def wait(self) -> Any:
         """Wait for the single answer of an ask; return it or raise its error."""
-        assert self._event is not None
-        await self._event.wait()
+        if not self.done:
+            self._event = event = anyio.Event()
+            await event.wait()
         return self.result()
 
     def result(self) -> Any:
@@ -193,6 +192,16 @@ class Request:
     def __repr__(self) -> str:
         state = "abandoned" if self.abandoned else "done" if self.done else "pending"
         return f"<Request {self.kind.value} {type(self.message).__name__} {state}>"
+
+
+class Delegated:
+    """What an immediate handler's ask returns when the handler delegated its answer to a child
+    task: the request, whose answer the sender then waits for."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
 
 
 class Channel:

@@ -2,7 +2,8 @@
 
 An idle actor completes an outcome at once in the child's task; a busy one in its loop, after
 what it is doing; either way one writer, in mailbox order. An awaitable ``then`` is awaited in
-the loop; a cancelled outcome still reaches ``then``.
+the loop; a cancelled outcome still reaches ``then``. Each test runs with the piping message
+handled in the loop and as an immediate message (``handle_now`` delegating to the child).
 """
 
 from __future__ import annotations
@@ -49,8 +50,16 @@ class Hold(Ask[str]):
 
 
 class Worker(Actor[Any]):
-    def __init__(self, log: list[tuple[str, object]]) -> None:
+    def __init__(self, log: list[tuple[str, object]], immediate: bool) -> None:
         self.log = log
+        self.immediate = immediate
+
+    def immediate_messages(self) -> tuple[type, ...]:
+        return (Job,) if self.immediate else ()
+
+    def handle_now(self, message: Job) -> None:
+        self.log.append(("now", message.value))
+        self._start(message)
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Hold):
@@ -59,9 +68,12 @@ class Worker(Actor[Any]):
             self.log.append(("hold", "end"))
             return "held"
         assert isinstance(message, Job)
+        self._start(message)
+        return None
+
+    def _start(self, message: Job) -> None:
         self.context.pipe(self._work, message, reply_to=self.context.request,
                           then=lambda outcome: self._then(message, outcome))
-        return None
 
     async def _work(self, job: Job) -> int:
         if job.gate is not None:
@@ -88,27 +100,37 @@ class Worker(Actor[Any]):
         return value * 3
 
 
-def system_of(log: list[tuple[str, object]]) -> ActorSystem:
-    spec = ChildSpec("w", lambda: Worker(log), crash_on=(Fatal,))
+@pytest.fixture(params=[False, True], ids=["loop", "immediate"])
+def immediate(request: pytest.FixtureRequest) -> bool:
+    value: bool = request.param
+    return value
+
+
+def system_of(log: list[tuple[str, object]], immediate: bool) -> ActorSystem:
+    spec = ChildSpec("w", lambda: Worker(log, immediate), crash_on=(Fatal,))
     return ActorSystem(SupervisorSpec("root", [spec]))
 
 
-async def test_outcomes_answer_through_then_sync_async_and_delegated() -> None:
+async def test_outcomes_answer_through_then_sync_async_and_delegated(immediate: bool) -> None:
     log: list[tuple[str, object]] = []
-    async with system_of(log) as system:
+    async with system_of(log, immediate) as system:
         ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
         assert await ref.ask(Job(1), timeout=5) == 2
         assert await ref.ask(Job(2, then="async"), timeout=5) == 6
         assert await ref.ask(Job(3, then="delegate"), timeout=5) == 30
         assert system.status()["w"].in_flight == 0
-    assert log == [("then", 1), ("then", 2), ("later", "start"), ("later", "end"),
-                   ("then", 3)]
+    assert [entry for entry in log if entry[0] != "now"] == [
+        ("then", 1), ("then", 2), ("later", "start"), ("later", "end"), ("then", 3)]
+    assert [entry for entry in log if entry[0] == "now"] == (
+        [("now", 1), ("now", 2), ("now", 3)] if immediate else [])
 
 
-async def test_a_busy_actor_completes_an_outcome_after_what_it_is_doing() -> None:
+async def test_a_busy_actor_completes_an_outcome_after_what_it_is_doing(immediate: bool) -> None:
     log: list[tuple[str, object]] = []
-    async with system_of(log) as system:
+    async with system_of(log, immediate) as system:
         ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
         gate, release = anyio.Event(), anyio.Event()
         results: list[object] = []
 
@@ -125,16 +147,19 @@ async def test_a_busy_actor_completes_an_outcome_after_what_it_is_doing() -> Non
             await anyio.wait_all_tasks_blocked()
             gate.set()  # the child ends while the actor is in Hold's handler
             await anyio.wait_all_tasks_blocked()
-            assert log == [("hold", "start")]
+            assert log[-1] == ("hold", "start")
             release.set()
         assert sorted(map(str, results)) == ["8", "held"]
-    assert log == [("hold", "start"), ("hold", "end"), ("then", 4)]
+    assert [entry for entry in log if entry[0] != "now"] == [
+        ("hold", "start"), ("hold", "end"), ("then", 4)]
 
 
-async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instance() -> None:
+async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instance(
+        immediate: bool) -> None:
     log: list[tuple[str, object]] = []
-    async with system_of(log) as system:
+    async with system_of(log, immediate) as system:
         ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
         with pytest.raises(Fail, match="refused"):
             await ref.ask(Job(5, then="fail"), timeout=5)
         assert system.status()["w"].restart_count == 0
@@ -144,17 +169,19 @@ async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instanc
             while system.status()["w"].restart_count != 1:
                 await anyio.sleep(0.01)
         assert await ref.ask(Job(7), timeout=5) == 14
-    assert log == [("then", 5), ("then", 6), ("then", 7)]
+    assert [entry for entry in log if entry[0] != "now"] == [("then", 5), ("then", 6), ("then", 7)]
 
 
-async def test_an_abandoned_request_still_reaches_then_with_a_cancelled_outcome() -> None:
+async def test_an_abandoned_request_still_reaches_then_with_a_cancelled_outcome(
+        immediate: bool) -> None:
     log: list[tuple[str, object]] = []
-    async with system_of(log) as system:
+    async with system_of(log, immediate) as system:
         ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
         with pytest.raises(DeadlineExceeded):
             await ref.ask(Job(8, gate=anyio.Event()), timeout=0.05)
         with anyio.fail_after(5):
-            while not log:
+            while not any(entry[0] == "then" for entry in log):
                 await anyio.sleep(0.01)
         assert system.status()["w"].in_flight == 0
-    assert log == [("then", "cancelled")]
+    assert [entry for entry in log if entry[0] != "now"] == [("then", "cancelled")]
