@@ -2,7 +2,8 @@
 
 Money is integer nano-USD (exact in Lua's doubles below 9e15, i.e. $9 million). Keys: ``open``
 (request -> expiry ms), ``resv`` (request -> ``amount|provider|turn key``), ``reserved`` (running
-totals of open reservations: ``total``, ``p:<provider>``), ``day`` (settled on that day:
+totals of open reservations: ``total``, ``p:<provider>``; and the TTL bookkeeping:
+``kept_until``, ``expires_at``), ``day`` (settled on that day:
 ``settled``, ``p:<provider>``, and one ``seed:<instance>`` marker per instance that added its
 journal), ``turn`` (``settled``, ``reserved`` of one turn), ``ended`` (request -> ms: settled or
 released, so a repeated settle never charges twice), ``epoch`` (``born`` and ``open_at``: when Redis
@@ -30,13 +31,14 @@ local function forget(id, record)
   redis.call('ZREM', open, id)
   return amount, provider
 end
-local function sweep(res_ttl)
+local function sweep(res_ttl, lazy)
   -- Reservations of an instance that died stop holding money after their TTL.
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', open, '-inf', now)) do
     local record = redis.call('HGET', resv, id)
     if record then forget(id, record) else redis.call('ZREM', open, id) end
   end
-  redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - 2 * res_ttl)
+  -- The ended marks only stop a repeated settle: trimmed with the TTL refresh (keep).
+  if not lazy then redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - 2 * res_ttl) end
 end
 local function gathering(window, day_ttl)
   -- No epoch: first use, or Redis lost its data. Every instance offers its journal within
@@ -50,10 +52,13 @@ local function gathering(window, day_ttl)
   end
   return open_at - now
 end
+-- open, resv, reserved and ended expire together (at expires_at, ms, in reserved); every
+-- key's TTL is refreshed by each call but RESERVE, which refreshes at most once a minute
+-- (kept_until) and otherwise gives a key it may have created the same instant (keep_lazy).
 local function keep(res_ttl, day_ttl)
-  for _, key in ipairs({open, resv, reserved, ended}) do
-    redis.call('PEXPIRE', key, 2 * res_ttl + 60000)
-  end
+  local at = string.format('%d', now + 2 * res_ttl + 60000)
+  redis.call('HSET', reserved, 'kept_until', string.format('%d', now + 60000), 'expires_at', at)
+  for _, key in ipairs({open, resv, reserved, ended}) do redis.call('PEXPIREAT', key, at) end
   redis.call('PEXPIRE', day, day_ttl)
   redis.call('PEXPIRE', epoch, day_ttl)
   if turn ~= day then redis.call('PEXPIRE', turn, day_ttl) end
@@ -71,7 +76,16 @@ local id, amount, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local per_request, daily, provider_daily = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local turn_limit, res_ttl, day_ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local has_turn = ARGV[11] == '1'
-sweep(res_ttl)
+local pfield = 'p:' .. provider
+local function numbers(key, ...)
+  local values = redis.call('HMGET', key, ...)
+  for i = 1, #values do values[i] = tonumber(values[i] or '0') end
+  return values
+end
+-- The bookkeeping first: a sweep may change the totals, so they are read after it.
+local kept = numbers(reserved, 'kept_until', 'expires_at')
+local lazy = now < kept[1]
+sweep(res_ttl, lazy)
 local held = redis.call('HGET', resv, id)
 if held then return {1, tonumber(string.match(held, '^(%d+)'))} end
 if redis.call('ZSCORE', ended, id) then return {-1} end
@@ -80,30 +94,44 @@ if window >= 0 then
   local wait = gathering(window, day_ttl)
   if wait > 0 then return {-3, wait} end
 end
-if redis.call('HEXISTS', day, 'seed:' .. ARGV[10]) == 0 then return {-2} end
+local seeded, settled, p_settled = unpack(redis.call('HMGET', day, 'seed:' .. ARGV[10],
+                                                    'settled', pfield))
+if not seeded then return {-2} end
+settled, p_settled = tonumber(settled or '0'), tonumber(p_settled or '0')
 if per_request >= 0 and amount > per_request then return {0, 'request', amount, per_request} end
-local settled, open_total = num(day, 'settled'), num(reserved, 'total')
+local open_total, p_open = unpack(numbers(reserved, 'total', pfield))
 if daily >= 0 and settled + open_total + amount > daily then
   return {0, 'daily', settled, open_total}
 end
-local p_settled, p_open = num(day, 'p:' .. provider), num(reserved, 'p:' .. provider)
 if provider_daily >= 0 and p_settled + p_open + amount > provider_daily then
   return {0, 'provider', p_settled, p_open}
 end
 local turn_key = ''
+local new_turn = false
 if has_turn then
   turn_key = turn
-  local t_settled, t_open = num(turn, 'settled'), num(turn, 'reserved')
+  local t_settled, t_open = unpack(numbers(turn, 'settled', 'reserved'))
   if turn_limit >= 0 and t_settled + t_open + amount > turn_limit then
     return {0, 'turn', t_settled, t_open}
   end
+  new_turn = t_settled == 0 and t_open == 0
   redis.call('HINCRBY', turn, 'reserved', amount)
 end
 redis.call('HSET', resv, id, ARGV[2] .. '|' .. provider .. '|' .. turn_key)
 redis.call('ZADD', open, now + res_ttl, id)
-redis.call('HINCRBY', reserved, 'total', amount)
-redis.call('HINCRBY', reserved, 'p:' .. provider, amount)
-keep(res_ttl, day_ttl)
+redis.call('HSET', reserved, 'total', string.format('%d', open_total + amount),
+           pfield, string.format('%d', p_open + amount))
+if not lazy then
+  keep(res_ttl, day_ttl)
+else
+  -- open and resv are empty when nothing is held: this call may have created them.
+  local at = string.format('%d', kept[2])
+  if open_total == 0 then
+    redis.call('PEXPIREAT', open, at)
+    redis.call('PEXPIREAT', resv, at)
+  end
+  if new_turn then redis.call('PEXPIRE', turn, day_ttl) end
+end
 return {1, amount}
 """
 
