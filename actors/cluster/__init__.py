@@ -13,12 +13,14 @@ same ``key_prefix``) shares, exactly:
 
 Every decision is one Lua script (atomic in Redis, registered once and run by ``EVALSHA``) that
 reads Redis's own clock (``TIME``), never the callers'. Every key has a TTL. :class:`RedisLink`
-owns the connection pool; :meth:`RedisLink.ping` is the ``/health`` probe.
+owns the connections (one command at a time each, packed by hiredis); :meth:`RedisLink.ping` is
+the ``/health`` probe.
 
 Fault policy
 ------------
 Redis **stopped, unreachable or slow**: every call gives up after ``connect_timeout +
-op_timeout`` (1.5 s by default; no redis-py retries) with :class:`ClusterUnavailable`
+op_timeout`` (1.5 s by default, waiting for one of the ``max_connections`` included; one
+immediate retry, on a new connection, only after a broken one) with :class:`ClusterUnavailable`
 (``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed
@@ -27,13 +29,14 @@ op_timeout`` (1.5 s by default; no redis-py retries) with :class:`ClusterUnavail
   (``limit / N``) needs N, the number of live instances, which only Redis knows; a guessed N
   overshoots when instances were added, and refusing costs little since the budget (which a
   request needs too) is unavailable anyway. A ``sent``/``refund`` that fails is harmless:
-  the permit counts as sent at ``in_flight_ttl`` after admission at the latest.
+  the permit counts as sent at ``in_flight_ttl`` after admission at the latest (so the server
+  stamps in the background, :meth:`SharedRateWindow.sent_soon`).
 * **leases fail closed**: no new turn starts without a lease. A running turn whose renewals
   fail keeps its lease until the last renewal's TTL runs out, then is cancelled
   (:class:`LeaseLost`): nobody else can have been granted it before then.
 
-Recovery is automatic: the next call opens a new connection; scripts lost with a restarted server
-are reloaded by redis-py on ``NOSCRIPT``.
+Recovery is automatic: the next call opens a new connection; a script lost with a restarted
+server is sent whole (``EVAL``) after its ``NOSCRIPT``.
 
 Redis **restarted empty** (no persistence, or a failover that lost writes):
 
@@ -73,7 +76,7 @@ from ._ledger import (
     SettleResult,
     SharedLedger,
 )
-from ._link import ClusterHealth, RedisLink
+from ._link import ClusterHealth, LuaScript, RedisLink
 from ._rates import Admission, SharedRateWindow, WindowUsage
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "LeaseLost",
     "LeaseTimeout",
     "LedgerLimits",
+    "LuaScript",
     "OpenReservation",
     "RedisLink",
     "ReserveRefused",

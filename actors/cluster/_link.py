@@ -115,8 +115,9 @@ class RedisLink:
         self._make: Callable[[], AbstractConnection] = functools.partial(
             pool.connection_class, **pool.connection_kwargs)
         self._idle: list[AbstractConnection] = []
-        self._open = 0
-        self._returned: anyio.Event | None = None
+        # At most max_connections calls hold a connection; the others wait in order (fast: no
+        # checkpoint when a slot is free).
+        self._slots = anyio.Semaphore(config.max_connections, fast_acquire=True)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -173,16 +174,18 @@ class RedisLink:
     async def _command(self, operation: str, *command: Any) -> Any:
         if self._closed:
             raise anyio.ClosedResourceError
+        # One deadline for the whole call, wait for a connection included (asyncio's timeout:
+        # half of anyio's cost); one op_timeout per phase at most.
         try:
-            # One deadline for the whole call (asyncio's: a third of anyio's cost).
-            async with asyncio.timeout(self.config.op_timeout) as deadline:
+            async with asyncio.timeout(self.config.connect_timeout + self.config.op_timeout), \
+                    self._slots:
                 try:
-                    return await self._exchange(command, deadline)
+                    return await self._exchange(command)
                 except self._connection_error:
                     # A connection broken since its last use: a Redis restart breaks them all,
                     # so the idle ones go too, and the call runs once more on a new one.
                     await self._drop_idle()
-                    return await self._exchange(command, deadline)
+                    return await self._exchange(command)
         except TimeoutError:
             raise ClusterUnavailable(operation, "timed out") from None
         except self._response_error:
@@ -190,8 +193,9 @@ class RedisLink:
         except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
 
-    async def _exchange(self, command: tuple[Any, ...], deadline: asyncio.Timeout) -> Any:
-        connection = await self._checkout(deadline)
+    async def _exchange(self, command: tuple[Any, ...]) -> Any:
+        """One command on an idle or a new connection (the caller holds a slot)."""
+        connection = await self._checkout()
         try:
             await connection.send_packed_command(self._pack(command), check_health=False)
             answer = await connection.read_response()
@@ -205,35 +209,24 @@ class RedisLink:
         await self._checkin(connection)
         return answer
 
-    async def _checkout(self, deadline: asyncio.Timeout) -> AbstractConnection:
-        while not self._idle:
-            if self._open < self.config.max_connections:
-                self._open += 1
-                connection = self._make()
-                when = deadline.when()
-                if when is not None:
-                    deadline.reschedule(when + self.config.connect_timeout)
-                try:
-                    await connection.connect()  # type: ignore[no-untyped-call]
-                except BaseException:
-                    await self._discard(connection)
-                    raise
-                return connection
-            if self._returned is None:
-                self._returned = anyio.Event()
-            await self._returned.wait()
-        return self._idle.pop()
+    async def _checkout(self) -> AbstractConnection:
+        if self._idle:
+            return self._idle.pop()
+        connection = self._make()
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await self._discard(connection)
+            raise
+        return connection
 
     async def _checkin(self, connection: AbstractConnection) -> None:
         if self._closed:
             await self._discard(connection)
-            return
-        self._idle.append(connection)
-        self._wake()
+        else:
+            self._idle.append(connection)
 
     async def _discard(self, connection: AbstractConnection) -> None:
-        self._open -= 1
-        self._wake()
         with anyio.CancelScope(shield=True):
             await connection.disconnect(nowait=True)  # nowait: closes without waiting
 
@@ -241,11 +234,6 @@ class RedisLink:
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._discard(connection)
-
-    def _wake(self) -> None:
-        if self._returned is not None:
-            self._returned.set()
-            self._returned = None
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
