@@ -18,7 +18,9 @@ text, as the model sends it) and ends with one :class:`StreamEnd` carrying the a
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,9 +56,22 @@ Message = dict[str, Any]
 """One chat message in OpenAI's shape."""
 
 
+_ids = itertools.count()
+_id_prefix = uuid.uuid4().hex[:16]
+
+
+def _new_prefix() -> None:
+    global _id_prefix, _ids
+    _id_prefix, _ids = uuid.uuid4().hex[:16], itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_request_id() -> str:
-    """A fresh, unique request id."""
-    return uuid.uuid4().hex
+    """A fresh, unique request id: 32 hex digits, this process's random 64-bit prefix and a
+    counter (unique across processes and restarts; ``uuid4`` costs a system call per id)."""
+    return f"{_id_prefix}{next(_ids):016x}"
 
 
 class Usage(BaseModel):
@@ -195,7 +210,9 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     """What the router asks of one provider actor: one attempt with one model.
 
     ``ask`` it (``stream=False``) for an :class:`LLMResponse`; ``ask_stream`` it (``stream=True``)
-    for :class:`TextDelta` / :class:`ReasoningDelta` items and one :class:`StreamEnd`.
+    for :class:`TextDelta` / :class:`ReasoningDelta` items and one :class:`StreamEnd`; or, with
+    ``stream=True`` and ``deltas``, ``ask`` it: the deltas go to the sink as they stream, the
+    answer is the :class:`LLMResponse`.
 
     ``prompt_tokens`` is the router's estimate (already checked against the context window), the
     amount the provider's token limiter acquires.

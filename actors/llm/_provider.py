@@ -48,7 +48,7 @@ from actors.metrics import (
     GaugeSet,
     RequestFinished,
 )
-from runtime import Actor, ActorRef, ChildSpec, Outcome, unwrap_group
+from runtime import Actor, ActorRef, ChildSpec, Outcome, RequestKind, unwrap_group
 
 from ._breaker import BreakerState
 from ._catalog import ModelCatalog
@@ -249,7 +249,9 @@ class ProviderActor(Actor[ProviderCall]):
                         self._plan)
         work: Callable[..., Awaitable[Any]]
         if call.stream:
-            assert request is not None, "a stream needs ask_stream()"
+            assert request is not None
+            if call.deltas is None and request.kind is not RequestKind.STREAM:
+                raise TypeError("a stream without a delta sink needs ask_stream()")
             work = site.stream
             args: tuple[Any, ...] = (call, plan, tokens, progress, request)
         else:
@@ -349,7 +351,7 @@ class ProviderActor(Actor[ProviderCall]):
                                 status_code=error.status_code) from error
         if error is not None:
             raise error
-        return None if call.stream else response
+        return response  # an ask's answer (a stream's was its StreamEnd)
 
     def _report(self, call: ProviderCall, progress: Progress, latency: float,
                 response: LLMResponse | None, outcome: Outcome) -> None:

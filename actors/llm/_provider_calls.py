@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import openai
 
-from runtime import Request
+from runtime import Request, RequestKind
 
 from ._catalog import ModelCatalog
 from ._error_mapping import map_sdk_errors
@@ -135,8 +135,9 @@ class CallSite:
         return response
 
     async def stream(self, call: ProviderCall, plan: CallPlan, tokens: int,
-                     progress: Progress, request: Request) -> None:
-        """One streaming call: deltas to ``request`` as they come, then one :class:`StreamEnd`.
+                     progress: Progress, request: Request) -> LLMResponse:
+        """One streaming call: deltas to ``call.deltas`` (else to ``request``'s stream) as they
+        come; the answer is returned, and also sent as one :class:`StreamEnd` to a stream.
 
         Cancelled, it closes the upstream stream at once (an unread answer must not keep
         costing tokens).
@@ -183,4 +184,6 @@ class CallSite:
         progress.streamed = response
         if plan.json_mode:
             check_json(response, provider)
-        await request.send(StreamEnd(response))
+        if request.kind is RequestKind.STREAM:
+            await request.send(StreamEnd(response))
+        return response

@@ -11,7 +11,8 @@ first item reached the caller; after that a failure is an :class:`LLMStreamingEr
 delivered stays delivered. Asks (not streams) may be hedged (:mod:`._hedging`). A stream's
 provider delivers its deltas directly, through :func:`_tracked` (which notes what was delivered),
 to the caller's own delta sink (``ChatRequest.deltas``) when it gave one, else into the caller's
-stream: the router relays only the end (one handoff and the provider's relay task less per delta).
+stream; the provider answers a stream like an ask, with the assembled response, and the router
+sends the caller the :class:`StreamEnd` (no relay task, no hop through the router per delta).
 
 Each request runs as a child task of the router (``pipe``), so the router serves any number of
 requests at once while its own state (rate-limit pauses, latency samples, hedge counts) has one
@@ -265,10 +266,9 @@ class RouterActor(Actor[ChatRequest]):
         failure: BaseException | None = None
         try:
             spend.sent = True
-            if caller is None:
-                response: LLMResponse = await ref.ask(call, deadline=deadline)
-            else:
-                response = await self._relay(ref, call, deadline, caller, delivered, spend)
+            # A stream's deltas reach the caller through the sink: the provider answers the
+            # ask with the assembled response.
+            response: LLMResponse = await ref.ask(call, deadline=deadline)
         except BaseException as exc:
             failure = exc
             raise
@@ -289,28 +289,6 @@ class RouterActor(Actor[ChatRequest]):
                 self._metrics.try_tell(RequestCostWarning(provider, model, charged, threshold))
             return response.model_copy(update={"cost_warning": True})
         return response
-
-    async def _relay(
-        self,
-        ref: ActorRef,
-        call: ProviderCall,
-        deadline: float,
-        caller: Request,
-        delivered: list[object] | None,
-        spend: AttemptSpend,
-    ) -> LLMResponse:
-        async with ref.ask_stream(call, deadline=deadline) as items:
-            async for item in items:
-                if isinstance(item, StreamEnd):
-                    return item.response
-                text = getattr(item, "text", None)
-                if isinstance(text, str):
-                    spend.streamed.append(text)
-                if delivered is not None:
-                    delivered.append(item)
-                await caller.send(item)
-        raise LLMStreamingError(f"{call.request.request_id}: the stream ended without an answer",
-                                model=call.model)
 
     async def _hedged(
         self,
