@@ -80,11 +80,11 @@ class LuaScript:
 class RedisLink:
     """The shared Redis: its connections, the key namespace and a fail-fast call wrapper.
 
-    Every call runs under ``op_timeout`` (plus ``connect_timeout`` when it opens a connection),
-    retried at once only after a broken connection, and raises :class:`ClusterUnavailable` on any
-    transport failure: callers fail closed at once and the next call simply tries again
-    (recovery needs no action). Use ``async with RedisLink(config) as link`` or call
-    :meth:`aclose`. asyncio only (redis-py's asyncio client).
+    Every call runs under ``connect_timeout + op_timeout`` (the wait for one of the
+    ``max_connections`` included), retried at once only after a broken connection, and raises
+    :class:`ClusterUnavailable` on any transport failure: callers fail closed at once and the
+    next call simply tries again (recovery needs no action). Use ``async with RedisLink(config)
+    as link`` or call :meth:`aclose`. asyncio only (redis-py's asyncio client).
     """
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -174,8 +174,8 @@ class RedisLink:
     async def _command(self, operation: str, *command: Any) -> Any:
         if self._closed:
             raise anyio.ClosedResourceError
-        # One deadline for the whole call, wait for a connection included (asyncio's timeout:
-        # half of anyio's cost); one op_timeout per phase at most.
+        # One deadline for the whole call, its phases included (asyncio's timeout: half of
+        # anyio's cost, and no task per write as with redis-py's socket_timeout).
         try:
             async with asyncio.timeout(self.config.connect_timeout + self.config.op_timeout), \
                     self._slots:
