@@ -6,7 +6,8 @@
    through Redis in both runs, so the comparison is of workers only). Per N and K: turns/s,
    server CPU (the workers' sum, % of one core), p99 time to first text, p50/p99 gap, failures.
    "Streams held" is the largest K whose run had no failure, a p99 gap <= 150 ms and a p99 time
-   to the first text <= 1 s.
+   to the first text <= 1 s. Before the runs each worker serves a few turns (its once-per-
+   process costs, the token encoding's load on the first turn, are not a K's figures).
 2. **What Redis adds per request**: in this process, against the same redis-server, the round
    trips one request makes in the order the router makes them, timed one request at a time:
    ledger reserve and rate admission, both awaited before the upstream call (the latency path),
@@ -97,6 +98,12 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                                  wait_healthy=False)
             try:
                 await _until_workers(server, workers)
+                # Once-per-worker costs (each loads its token encoding on its first turn, ~1 s)
+                # out of the figures: a turn on each of 8 sockets per worker (the kernel spreads
+                # connections over the workers; all 16 on one of two: 1 in 32,768).
+                warm, _ = await _clients(server.ws_url, 8 * workers, 0.1)
+                if warm.failures:
+                    raise RuntimeError(f"warm-up turns failed: {warm.failures}")
                 for k in ks:
                     cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
                     cpu_client = time.process_time()
