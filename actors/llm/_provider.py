@@ -91,6 +91,18 @@ class _ConnectionFailuresExceeded(LLMConnectionError):
     """The last of ``max_connection_failures`` consecutive connection errors: crash, new pool."""
 
 
+async def _close(client: openai.AsyncOpenAI | None, http: httpx2.AsyncClient | None) -> None:
+    """Close a client and its pool (shielded, at most 5 s; a failure is only logged)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        try:
+            if client is not None:
+                await client.close()
+            if http is not None:
+                await http.aclose()
+        except Exception as exc:
+            logger.warning("closing an HTTP client failed: %s", type(exc).__name__)
+
+
 def _fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -214,21 +226,28 @@ class ProviderActor(Actor[ProviderCall]):
     async def _close_client(self) -> None:
         client, http = self._client, self._http
         self._client = self._http = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            if client is not None:
-                await client.close()
-            if http is not None:
-                await http.aclose()
+        await _close(client, http)
 
-    # -- in the actor's loop ------------------------------------------------------------------
+    # -- in the actor's loop, or at once in the caller's task (see immediate_messages) ----------
 
-    async def receive(self, message: ProviderCall) -> Any:
+    def immediate_messages(self) -> tuple[type, ...]:
+        # Handling a call never awaits (its work is a child task): an idle provider starts it in
+        # the caller's task, without a mailbox trip.
+        return (ProviderCall,)
+
+    def handle_now(self, message: ProviderCall) -> None:
+        self._start(message)
+
+    async def receive(self, message: ProviderCall) -> None:
         if type(message) is not ProviderCall:
             raise TypeError(f"{self.name} takes ProviderCall, not {type(message).__name__}")
+        self._start(message)
+
+    def _start(self, message: ProviderCall) -> None:
         call = message
         plan = self._plan(call)
         self._catalog.preflight_check(call.prompt_tokens, plan.max_tokens, call.model)
-        await self._check_key(call.model)
+        self._check_key(call.model)
         state = self._state
         assert state.breaker is not None
         tokens = call.prompt_tokens + plan.max_tokens
@@ -261,7 +280,6 @@ class ProviderActor(Actor[ProviderCall]):
         state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
         self.context.pipe(self._guarded, work, *args, reply_to=request,
                           then=lambda outcome: self._finished(call, progress, outcome))
-        return None
 
     def _plan(self, call: ProviderCall) -> CallPlan:
         learned = self._state.learned_params.get(call.model, frozenset())
@@ -295,7 +313,7 @@ class ProviderActor(Actor[ProviderCall]):
                 raise malformed_error(self.name, call.model, error) from error
             raise error from None
 
-    async def _check_key(self, model: str) -> None:
+    def _check_key(self, model: str) -> None:
         """Fail fast while the key is missing or is one the provider already rejected."""
         state = self._state
         if not state.health.auth_rejected and self._key != _PLACEHOLDER_KEY:
@@ -309,9 +327,11 @@ class ProviderActor(Actor[ProviderCall]):
         if _fingerprint(key) == state.rejected_key:
             raise LLMAuthError(f"{self.name} rejected this API key; waiting for a new one",
                                provider=self.name, model=model)
-        # A new key appeared: a new client for it (no call is in flight on the old one).
-        await self._close_client()
+        # A new key appeared: a new client for it (no call is in flight on the old one, which
+        # closes in a child task).
+        old = (self._client, self._http)
         self._build_client(key)
+        self.context.pipe(_close, *old, reply_to=None)
 
     def _finished(self, call: ProviderCall, progress: Progress, outcome: Outcome) -> Any:
         state = self._state
