@@ -13,7 +13,8 @@ from runtime._ref import ActorRef
 from runtime._request import Request, Then
 
 if TYPE_CHECKING:
-    from runtime._actor import ActorCell, ActorState, ActorStatus
+    from runtime._actor import ActorState, ActorStatus
+    from runtime._cell import ActorCell
 
 __all__ = ["ActorContext"]
 

@@ -13,7 +13,7 @@ from runtime._errors import ActorStopped, DeadlineExceeded, Overloaded
 from runtime._request import Ask, AskStream, Delegated, Request, RequestKind
 
 if TYPE_CHECKING:
-    from runtime._actor import ActorCell
+    from runtime._cell import ActorCell
 
 __all__ = ["ActorRef"]
 

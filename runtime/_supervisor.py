@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runtime._actor import Actor, ActorCell, ActorState, ActorStatus, Restart, unwrap_group
+from runtime._actor import Actor, ActorState, ActorStatus, Restart, unwrap_group
+from runtime._cell import ActorCell
 from runtime._clock import Clock
 from runtime._errors import RestartIntensityExceeded
 from runtime._ref import ActorRef
