@@ -51,16 +51,23 @@ class _ChildDone:
 
 
 class _Resume:
-    """The awaitable a ``then`` returned when it ran in its child's task: awaited by the loop."""
+    """The awaitable a ``then`` returned when it ran in its child's task: awaited by the loop
+    of the same instance (its request stays in flight until then)."""
 
-    __slots__ = ("awaitable", "delegations", "request")
+    __slots__ = ("awaitable", "delegations", "generation", "request")
 
-    def __init__(
-        self, request: Request | None, awaitable: Awaitable[Any], delegations: int
-    ) -> None:
+    def __init__(self, request: Request | None, awaitable: Awaitable[Any], delegations: int,
+                 generation: int) -> None:
         self.request = request
         self.awaitable = awaitable
         self.delegations = delegations
+        self.generation = generation
+
+    def drop(self) -> None:
+        """Never to be awaited (its instance ended, which answered the request): closed."""
+        close = getattr(self.awaitable, "close", None)
+        if close is not None:
+            close()
 
 
 class _Crash:
@@ -228,6 +235,8 @@ class ActorCell:
             if isinstance(item, Request):
                 self._depth -= 1
                 item.fail(ActorStopped(self.name, reason))
+            elif type(item) is _Resume:
+                item.drop()
         self._mailbox.close()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -266,7 +275,10 @@ class ActorCell:
                     return
                 continue
             if type(item) is _Resume:
-                await self._resume(instance, item, crash_on)
+                if item.generation == generation:
+                    await self._resume(instance, item, crash_on)
+                else:
+                    item.drop()
                 if self._stopping and not self.in_flight:
                     return
                 continue
@@ -321,7 +333,9 @@ class ActorCell:
         finally:
             context.request = None
         if inspect.isawaitable(result):
-            return _Resume(request, result, delegations)
+            if request is not None:
+                self.in_flight.add(request)  # until the loop has awaited it
+            return _Resume(request, result, delegations, done.generation)
         if request is not None and request.delegations == delegations:
             request.reply(result)
         return None
@@ -330,6 +344,8 @@ class ActorCell:
         self, instance: Actor[Any], resume: _Resume, crash_on: tuple[type[BaseException], ...]
     ) -> None:
         request = resume.request
+        if request is not None:
+            self.in_flight.discard(request)
         context = instance.context
         context.request = request
         try:

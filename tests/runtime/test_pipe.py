@@ -95,7 +95,11 @@ class Worker(Actor[Any]):
 
     async def _later(self, value: int) -> int:
         self.log.append(("later", "start"))
+        status = self.context.actor_status(self.context.name)
+        self.log.append(("in flight", status.in_flight if status is not None else -1))
         await anyio.lowlevel.checkpoint()
+        if value < 0:
+            raise Fatal("late")
         self.log.append(("later", "end"))
         return value * 3
 
@@ -121,7 +125,8 @@ async def test_outcomes_answer_through_then_sync_async_and_delegated(immediate: 
         assert await ref.ask(Job(3, then="delegate"), timeout=5) == 30
         assert system.status()["w"].in_flight == 0
     assert [entry for entry in log if entry[0] != "now"] == [
-        ("then", 1), ("then", 2), ("later", "start"), ("later", "end"), ("then", 3)]
+        ("then", 1), ("then", 2), ("later", "start"), ("in flight", 0), ("later", "end"),
+        ("then", 3)]
     assert [entry for entry in log if entry[0] == "now"] == (
         [("now", 1), ("now", 2), ("now", 3)] if immediate else [])
 
@@ -168,8 +173,15 @@ async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instanc
         with anyio.fail_after(5):
             while system.status()["w"].restart_count != 1:
                 await anyio.sleep(0.01)
+        with pytest.raises(Fatal, match="late"):  # raised by the awaited part, in the loop
+            await ref.ask(Job(-1, then="async"), timeout=5)
+        with anyio.fail_after(5):
+            while system.status()["w"].restart_count != 2:
+                await anyio.sleep(0.01)
         assert await ref.ask(Job(7), timeout=5) == 14
-    assert [entry for entry in log if entry[0] != "now"] == [("then", 5), ("then", 6), ("then", 7)]
+    assert [entry for entry in log if entry[0] != "now"] == [
+        ("then", 5), ("then", 6), ("then", -1), ("later", "start"), ("in flight", 0),
+        ("then", 7)]
 
 
 async def test_an_abandoned_request_still_reaches_then_with_a_cancelled_outcome(
