@@ -252,6 +252,10 @@ class ProviderActor(Actor[ProviderCall]):
         assert state.breaker is not None
         tokens = call.prompt_tokens + plan.max_tokens
         self._refuse_if_wait_exceeds_budget(call, tokens)
+        request = self.context.request
+        if call.stream and call.deltas is None and (
+                request is None or request.kind is not RequestKind.STREAM):
+            raise TypeError("a stream without a delta sink needs ask_stream()")
         # The permit last: nothing between it and the call's child task may raise, or a
         # half-open breaker would lose a trial permit for good.
         if not state.breaker.try_acquire():
@@ -262,15 +266,12 @@ class ProviderActor(Actor[ProviderCall]):
                 provider=self.name, model=call.model, retry_after=retry_after,
             )
         progress = Progress(started=time.perf_counter())
-        request = self.context.request
         assert self._client is not None
         site = CallSite(self.name, self._client, state, self._catalog, self._secrets(),
                         self._plan)
         work: Callable[..., Awaitable[Any]]
         if call.stream:
             assert request is not None
-            if call.deltas is None and request.kind is not RequestKind.STREAM:
-                raise TypeError("a stream without a delta sink needs ask_stream()")
             work = site.stream
             args: tuple[Any, ...] = (call, plan, tokens, progress, request)
         else:

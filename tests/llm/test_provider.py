@@ -439,6 +439,29 @@ async def test_a_trial_call_cut_by_a_restart_gives_its_half_open_permit_back(
         assert (await ref.ask(call(), timeout=5)).content == "Echo: hello there"
 
 
+async def test_a_call_refused_by_the_rate_budget_takes_no_half_open_permit(
+        sim: SimulatorProcess) -> None:
+    clock = FakeClock()
+    config = provider_config(
+        sim, rate_limits={"requests_per_minute": 2},
+        breaker={"sliding_window_size": 2, "minimum_number_of_calls": 2,
+                 "wait_duration_in_open_state": 30, "permitted_calls_in_half_open_state": 1})
+    await sim.configure(faults={"rate_500": 1.0})
+    async with running(config, clock=clock) as (system, ref):
+        state: ProviderState = system.durable("sim")
+        for _ in range(2):  # both slots of the minute, both failures: the breaker opens
+            with pytest.raises(LLMServerError):
+                await ref.ask(call(), timeout=5)
+        await sim.configure(faults={"rate_500": 0.0})
+        await clock.advance(30)  # half-open, one trial; the next slot is 30 s away
+        with pytest.raises(LLMRateLimitError, match="after this request's deadline"):
+            await ref.ask(call(), timeout=5)
+        await clock.advance(31)  # the slots are free again
+        # The refused call took no trial permit: the one trial goes through and closes it.
+        assert (await ref.ask(call(), timeout=5)).content == "Echo: hello there"
+        assert state.health.breaker == "closed"
+
+
 async def test_bad_requests_do_not_count_against_the_breaker(sim: SimulatorProcess) -> None:
     config = provider_config(sim, breaker={"sliding_window_size": 2, "minimum_number_of_calls": 2})
     async with running(config) as (system, ref):
