@@ -42,15 +42,8 @@ import httpx2
 import openai
 from pydantic import SecretStr
 
-from actors.metrics import (
-    POOL_CONNECTIONS_IN_USE,
-    BreakerTransition,
-    GaugeSet,
-    RequestFinished,
-)
 from runtime import Actor, ActorRef, ChildSpec, Outcome, RequestKind, unwrap_group
 
-from ._breaker import BreakerState
 from ._catalog import ModelCatalog
 from ._errors import (
     LLMAuthError,
@@ -59,10 +52,11 @@ from ._errors import (
     ProviderUnavailable,
 )
 from ._http_pool import DEFAULT_TRANSPORT, Transport, provider_http_client
-from ._messages import LLMResponse, ProviderCall, Usage
+from ._messages import LLMResponse, ProviderCall
 from ._provider_calls import CallSite
 from ._provider_config import ProviderConfig
 from ._provider_kinds import rules_for
+from ._provider_reports import ProviderReports
 from ._provider_state import ProviderHealth, ProviderState
 from ._sdk_call import (
     CallPlan,
@@ -77,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 # Without a key (``requires_api_key: false``, a local server) the SDK still wants one.
 _PLACEHOLDER_KEY = "no-key-required"
-_GAUGE_INTERVAL = 1.0
 # Shorter header values (``X-Title: demo``) are not credentials, and redacting them would mangle
 # every message that happens to contain the word.
 _MIN_SECRET_HEADER = 8
@@ -132,7 +125,7 @@ class ProviderActor(Actor[ProviderCall]):
         self._transport: Transport = transport or config.transport or DEFAULT_TRANSPORT
         self.config = config
         self._api_key = api_key
-        self._metrics = metrics
+        self._reports = ProviderReports(name, metrics)
         self._catalog = catalog or ModelCatalog(config.context_windows, config.prices,
                                                 params=config.model_params)
         self._kind = rules_for(config.kind)
@@ -141,7 +134,6 @@ class ProviderActor(Actor[ProviderCall]):
         self._client: openai.AsyncOpenAI | None = None
         self._connection_failures = 0
         self._in_flight = 0
-        self._gauge_sent_at = float("-inf")
         self._secret_headers = tuple(
             value for value in config.extra_headers.values() if len(value) >= _MIN_SECRET_HEADER)
 
@@ -160,11 +152,11 @@ class ProviderActor(Actor[ProviderCall]):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        if self._metrics is None:
-            self._metrics = self.context.find("metrics")
+        if self._reports.metrics is None:
+            self._reports.metrics = self.context.find("metrics")
         state = self._state
         state.ensure(self.name, self.config, self.context.clock)
-        state.on_transition = self._breaker_transition
+        state.on_transition = self._reports.breaker_transition
         state.health.restarting = False
         state.health.pool_in_use = 0
         self._build_client(self._read_key())
@@ -351,7 +343,8 @@ class ProviderActor(Actor[ProviderCall]):
         else:
             breaker.on_success()
             response = outcome.value
-        self._report(call, progress, latency, response, outcome)
+        self._reports.finished(call, progress, latency, response, outcome,
+                               now=self.context.clock.now(), pool_in_use=state.health.pool_in_use)
         if isinstance(error, LLMConnectionError):
             self._connection_failures += 1
             if self._connection_failures >= self.config.max_connection_failures:
@@ -373,43 +366,6 @@ class ProviderActor(Actor[ProviderCall]):
         if error is not None:
             raise error
         return response  # an ask's answer (a stream's was its StreamEnd)
-
-    def _report(self, call: ProviderCall, progress: Progress, latency: float,
-                response: LLMResponse | None, outcome: Outcome) -> None:
-        metrics = self._metrics
-        if metrics is None:
-            return
-        response = response if response is not None else progress.streamed
-        usage = response.usage if response is not None else Usage()
-        error_type = (
-            "cancelled" if outcome.cancelled
-            else type(outcome.error).__name__ if outcome.error is not None else None
-        )
-        metrics.try_tell(RequestFinished(
-            provider=self.name,
-            model=response.model if response is not None and response.model else call.model,
-            latency_s=latency,
-            ttft_s=progress.ttft,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost=usage.total_cost or 0.0,
-            error_type=error_type,
-            rate_limited=progress.rate_limited,
-            cached_tokens=usage.cached_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            ttfr_s=progress.ttfr,
-        ))
-        now = self.context.clock.now()
-        if now - self._gauge_sent_at >= _GAUGE_INTERVAL:
-            self._gauge_sent_at = now
-            metrics.try_tell(GaugeSet(POOL_CONNECTIONS_IN_USE, {"provider": self.name},
-                                      float(self._state.health.pool_in_use)))
-
-    def _breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
-        logger.info("%s: circuit breaker %s -> %s", self.name, old.value, new.value)
-        if self._metrics is not None:
-            self._metrics.try_tell(BreakerTransition(self.name, old.value.lower(),
-                                                     new.value.lower()))
 
     def _secrets(self) -> Sequence[str]:
         key = (self._key,) if self._key != _PLACEHOLDER_KEY else ()
