@@ -487,14 +487,26 @@ class ChaosRun:
             await anyio.sleep(0.3)
 
     async def exhaust_budget(self) -> None:
-        """Bursts of expensive requests until the ledger refuses one for the daily limit."""
+        """Bursts of expensive requests until the ledger refuses one for the daily limit (at most
+        24 bursts, 60 s). The load phase may have used every provider's requests of the minute:
+        a burst the rate limits refused is followed by a pause while the windows slide, so the
+        limit is reached by spending, whatever the load phase left."""
         rng = random.Random(self.rng.random())
-        for _ in range(12):
+        deadline = time.monotonic() + 60.0
+        burst: list[Operation] = []
+
+        async def one() -> None:
+            burst.append(await self.chat(rng, kind="budget", model=DEAR_MODEL))
+
+        for _ in range(24):
+            burst.clear()
             async with anyio.create_task_group() as group:
                 for _ in range(8):
-                    group.start_soon(lambda: self.chat(rng, kind="budget", model=DEAR_MODEL))
-            if self.cost_refusals:
+                    group.start_soon(one)
+            if self.cost_refusals or time.monotonic() > deadline:
                 return
+            if any("LLMRateLimitError" in op.outcomes for op in burst):
+                await anyio.sleep(3.0)
 
     # -- the run --------------------------------------------------------------------------------
 
