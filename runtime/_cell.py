@@ -17,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from runtime._actor import Actor, ActorState, ActorStatus, unwrap_group
+from runtime._cell_items import _STOP, _ChildDone, _Crash, _Resume
 from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
 from runtime._mailbox import Mailbox
@@ -30,53 +31,10 @@ __all__ = ["ActorCell"]
 
 logger = logging.getLogger("runtime")
 
-_STOP = object()
-
 #: Messages an actor handles in a row, when its mailbox is never empty, before it yields once to
 #: the other tasks (a mailbox that has items answers without a checkpoint: see
 #: :class:`~runtime._mailbox.Mailbox`).
 _BURST = 64
-
-
-class _ChildDone:
-    __slots__ = ("generation", "outcome", "request", "then")
-
-    def __init__(
-        self, request: Request | None, outcome: Outcome, then: Then | None, generation: int
-    ) -> None:
-        self.request = request
-        self.outcome = outcome
-        self.then = then
-        self.generation = generation
-
-
-class _Resume:
-    """The awaitable a ``then`` returned when it ran in its child's task: awaited by the loop
-    of the same instance (its request stays in flight until then)."""
-
-    __slots__ = ("awaitable", "delegations", "generation", "request")
-
-    def __init__(self, request: Request | None, awaitable: Awaitable[Any], delegations: int,
-                 generation: int) -> None:
-        self.request = request
-        self.awaitable = awaitable
-        self.delegations = delegations
-        self.generation = generation
-
-    def drop(self) -> None:
-        """Never to be awaited (its instance ended, which answered the request): closed."""
-        close = getattr(self.awaitable, "close", None)
-        if close is not None:
-            close()
-
-
-class _Crash:
-    """Queued by an immediate handler whose error matches ``crash_on``: the loop raises it."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
 
 
 class ActorCell:
