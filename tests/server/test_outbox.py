@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import pytest
 from starlette.websockets import WebSocket
 
 from actors.llm import DeltaSink, TextDelta
@@ -88,37 +89,31 @@ class _FastSocket(_Socket):
         await super().send_text(text)
 
 
-async def test_a_delta_is_sent_by_its_own_task_when_nothing_is_queued_or_being_sent() -> None:
+@pytest.mark.parametrize("paced", [True, False])
+async def test_a_delta_is_sent_by_its_own_task_unless_the_socket_is_busy(paced: bool) -> None:
+    """Paced deltas (a loop turn apart) are sent by the reading task itself; the rest of a burst
+    (no loop turn between them) queues behind the first and goes out joined, by the writer."""
     outbox = Outbox()
     socket = _FastSocket()
     deliver = outbox.deltas("r1", lambda: True)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(outbox.write, cast(WebSocket, socket), name="writer")
         await anyio.wait_all_tasks_blocked()
-        await deliver(TextDelta("a"))
-        await anyio.lowlevel.checkpoint()  # a paced stream: the next delta a loop turn later
-        await deliver(TextDelta("b"))
-        await anyio.lowlevel.checkpoint()
-        outbox.send_nowait(Close(1000, "bye"))
-    assert socket.frames == [protocol.text_chunk("r1", "a"), protocol.text_chunk("r1", "b")]
-    assert socket.senders == [anyio.get_current_task().name] * 2
-    assert socket.closed == (1000, "bye")
-
-
-async def test_the_rest_of_a_burst_goes_to_the_writer_joined() -> None:
-    outbox = Outbox()
-    socket = _FastSocket()
-    deliver = outbox.deltas("r1", lambda: True)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(outbox.write, cast(WebSocket, socket), name="writer")
-        await anyio.wait_all_tasks_blocked()
-        for word in ("one ", "network ", "read"):  # no loop turn between them
+        for word in ("one ", "network ", "read"):
             await deliver(TextDelta(word))
+            if paced:
+                await anyio.lowlevel.checkpoint()
         await anyio.wait_all_tasks_blocked()
         outbox.send_nowait(Close(1000, "bye"))
-    assert socket.frames == [protocol.text_chunk("r1", "one "),
-                             protocol.text_chunk("r1", "network read")]
-    assert socket.senders == [anyio.get_current_task().name, "writer"]
+    me = anyio.get_current_task().name
+    if paced:
+        assert socket.frames == [protocol.text_chunk("r1", w) for w in ("one ", "network ", "read")]
+        assert socket.senders == [me] * 3
+    else:
+        assert socket.frames == [protocol.text_chunk("r1", "one "),
+                                 protocol.text_chunk("r1", "network read")]
+        assert socket.senders == [me, "writer"]
+    assert socket.closed == (1000, "bye")
 
 
 async def test_what_comes_during_a_direct_send_waits_for_it_and_keeps_its_order() -> None:
