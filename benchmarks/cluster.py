@@ -8,7 +8,8 @@
    "Streams held" is the largest K whose run had no failure, a p99 gap <= 150 ms and a p99 time
    to the first text <= 1 s. Before the runs each worker serves a few turns (its once-per-
    process costs, the token encoding's load on the first turn, are not a K's figures).
-2. **What Redis adds per request**: in this process, against the same redis-server, the round
+2. **What Redis adds per request**: in this process (on uvloop, as the server), against the same
+   redis-server, the round
    trips one request makes in the order the router makes them, timed one request at a time:
    ledger reserve and rate admission, both awaited before the upstream call (the latency path),
    then the ``sent`` stamp and the ledger settle (the server does not wait for either: the stamp
@@ -25,6 +26,7 @@ Run: ``.venv/bin/python -m benchmarks.cluster [--quick]``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import resource
 import tempfile
 import time
@@ -219,4 +221,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    # The clients on uvloop too (the server runs on it): the load generator shares this machine's
+    # two cores with the server, and its CPU is not the product's.
+    anyio.run(main, backend_options={"use_uvloop": importlib.util.find_spec("uvloop") is not None})
