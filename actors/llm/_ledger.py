@@ -6,7 +6,8 @@ or releases the reservation (``Release``). The ledger refuses a reservation with
 :class:`LLMCostLimitError` when it would pass ``max_cost_per_request`` (the global one or the
 provider's own), or when settled + every open reservation + this one would pass a daily limit
 (``cost.daily_cost_limit``, or the provider's own ``daily_cost_limit``) or the turn's
-``max_cost_per_turn``. The bookkeeping itself is :class:`~actors.llm._ledger_book.LedgerBook`.
+``max_cost_per_turn``. The bookkeeping itself is :class:`~actors.llm._ledger_book.LedgerBook`;
+loading and writing it, :class:`~actors.llm._ledger_persistence.LedgerPersistence`.
 
 Decisions, and why:
 
@@ -52,9 +53,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
-import anyio
-import anyio.to_thread
-
 from actors.metrics import CostWarning
 from runtime import Actor, ActorRef, ChildSpec, Outcome
 
@@ -72,6 +70,7 @@ from ._ledger_book import (
     write_batch,
 )
 from ._ledger_lock import LedgerUnavailable, ledger_path
+from ._ledger_persistence import LedgerPersistence
 from ._ledger_store import LedgerStore, day_span
 from ._messages import GetSpend, Release, Reservation, Reserve, Settle, SpendSnapshot
 from ._provider_config import ProviderConfig
@@ -80,14 +79,11 @@ __all__ = ["LedgerActor", "LedgerBook", "ledger_child_spec"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between attempts to reopen an unusable database.
-_REOPEN_INTERVAL = 5.0
-
 
 LedgerMessage = Reserve | Settle | Release | GetSpend
 """What the ledger handles (each declares its answer)."""
 
-class LedgerActor(Actor[LedgerMessage]):
+class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
     """Reserves, settles and releases the cost of LLM calls against the configured limits.
 
     Messages: ``Reserve`` → :class:`Reservation` (raises :class:`LLMCostLimitError`, or
@@ -284,18 +280,6 @@ class LedgerActor(Actor[LedgerMessage]):
         self._day_span = (now, until, day)
         return day
 
-    def _load(self, day: str) -> None:
-        """Start ``day`` from the database's totals plus the charges not yet written."""
-        by_provider: dict[str, int] = {}
-        if self._store is not None:
-            for provider, total in self._store.provider_totals(day).items():
-                by_provider[provider] = nanos(total)
-        for charge in self._book.unwritten:
-            if charge.day == day:
-                by_provider[charge.provider] = by_provider.get(charge.provider, 0) + nanos(
-                    charge.cost)
-        self._book.new_day(day, sum(by_provider.values()), by_provider)
-
     def _roll_day(self) -> None:
         day = self._today()
         book = self._book
@@ -332,70 +316,6 @@ class LedgerActor(Actor[LedgerMessage]):
         for rid, entry in self._book.sweep(self.context.clock.now(), self._ttl):
             logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
                            rid, entry.request_id, self._ttl)
-
-    # -- persistence ----------------------------------------------------------------------------
-
-    def _open_store(self) -> None:
-        """Open the database and load the day; on failure run down and retry on the clock."""
-        book = self._book
-        if self._path is None:
-            return  # in memory only: the durable book is the whole truth
-        try:
-            self._store = LedgerStore(self._path)
-            self._load(book.day)
-        except (sqlite3.Error, OSError) as exc:
-            self._go_down(exc)
-            return
-        if book.down is not None:
-            logger.warning("ledger: database %r is usable again", str(self._path))
-        book.down = None
-        self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
-        self._write_charges()  # what a crashed instance (or a down spell) could not write
-
-    def _go_down(self, error: Exception) -> None:
-        """Close the database, refuse reservations, and try to reopen it after a while."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        reason = f"database {str(self._path)!r} cannot be used: {error}"
-        if self._book.down != reason:
-            logger.error("ledger: %s; reservations are refused until it can", reason)
-        self._book.down = reason
-        self.context.pipe(self.context.clock.sleep, _REOPEN_INTERVAL, reply_to=None,
-                          then=self._reopen)
-
-    def _reopen(self, outcome: Outcome) -> None:
-        if not outcome.cancelled and self._store is None:
-            self._open_store()
-
-    def _write_charges(self) -> None:
-        """Start writing the unwritten charges in a worker thread, unless a write is running."""
-        if self._writing or self._store is None or not self._book.unwritten:
-            return
-        self._writing = True
-        # The write serves every settle so far, not the message being handled: it must neither
-        # answer that request nor be cancelled when its caller gives up.
-        self.context.pipe(self._write, self._store, list(self._book.unwritten), reply_to=None,
-                          then=self._written)
-
-    async def _write(self, store: LedgerStore, batch: list[Charge]) -> None:
-        # Shielded: once handed to the thread, a batch is written even if the instance is ending,
-        # and the written prefix is removed here, right after the thread returns (no await in
-        # between), so nothing is written twice by on_stop or the next instance.
-        with anyio.CancelScope(shield=True):
-            written, error = await anyio.to_thread.run_sync(write_batch, store, batch)
-        del self._book.unwritten[:written]
-        if error is not None:
-            raise error
-
-    def _written(self, outcome: Outcome) -> None:
-        self._writing = False
-        if isinstance(outcome.error, sqlite3.Error):
-            self._go_down(outcome.error)  # the charges stay in the book, still counted
-        elif outcome.error is not None:
-            raise outcome.error
-        else:
-            self._write_charges()
 
     def __repr__(self) -> str:
         return f"<LedgerActor {self._book!r}>"
