@@ -24,7 +24,7 @@ OpenRouter's ``usage.cost`` counts when it is a number.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -32,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._errors import LLMClientError, LLMServerError, LLMStreamingError
 from ._messages import ToolCall
+from ._stream_assembly import StreamAssembly
 
 _T = TypeVar("_T")
 # Strict (no "1" for 1, no true for 1), as json.loads gave it: dicts, lists, str, int, float.
@@ -325,107 +326,3 @@ def decode_completion(data: Any) -> Completion:
         usage=usage,
         logprobs=tuple(logprobs.content or ()) if logprobs is not None else (),
     )
-
-
-@dataclass
-class _ToolCallBuilder:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class StreamAssembly:
-    """Accumulates a stream's chunks into the answer, with the provider's rules.
-
-    The last non-empty ``model``, ``finish_reason`` and ``usage`` win; text, reasoning and
-    refusal concatenate; tool calls are assembled per ``index`` (the id replaced when given, name
-    pieces joined, argument pieces joined) and listed by index. Not thread-safe (one stream).
-    """
-
-    model: str | None = None
-    finish_reason: str | None = None
-    usage: WireUsage | None = None
-    added_reasoning: str = ""
-    """The reasoning text the last :meth:`add` took in ("" if none)."""
-    _text: list[str] = field(default_factory=list)
-    _reasoning: list[str] = field(default_factory=list)
-    _refusal: list[str] = field(default_factory=list)
-    _reasoning_details: list[Any] = field(default_factory=list)
-    _logprobs: list[TokenLogprob] = field(default_factory=list)
-    _tools: dict[int, _ToolCallBuilder] = field(default_factory=dict)
-
-    def add(self, chunk: Chunk) -> str:
-        """Take in one decoded chunk; returns the answer text it adds ("" if none).
-
-        The reasoning it adds is :attr:`added_reasoning` until the next call.
-        """
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.model:
-            self.model = chunk.model
-        added = ""
-        self.added_reasoning = ""
-        for choice in chunk.choices:
-            delta = choice.delta
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
-            if delta.tool_calls:
-                self._add_tool_deltas(delta.tool_calls)
-            if delta.content:
-                self._text.append(delta.content)
-                added = delta.content if not added else added + delta.content
-            reasoning = delta.reasoning_text
-            if reasoning:
-                self._reasoning.append(reasoning)
-                self.added_reasoning += reasoning
-            if delta.refusal:
-                self._refusal.append(delta.refusal)
-            if delta.reasoning_details:
-                self._reasoning_details.extend(delta.reasoning_details)
-            if choice.logprobs is not None and choice.logprobs.content:
-                self._logprobs.extend(choice.logprobs.content)
-        return added
-
-    def _add_tool_deltas(self, pieces: list[ToolCallDelta]) -> None:
-        tools = self._tools
-        for piece in pieces:
-            builder = tools.setdefault(piece.index, _ToolCallBuilder())
-            if piece.id:
-                builder.id = piece.id
-            function = piece.function
-            if function is not None:
-                if function.name:
-                    builder.name += function.name
-                if function.arguments:
-                    builder.arguments.append(function.arguments)
-
-    @property
-    def text(self) -> str:
-        """The answer text so far (also the partial text of a failed stream)."""
-        return "".join(self._text)
-
-    @property
-    def reasoning(self) -> str:
-        """The reasoning text so far."""
-        return "".join(self._reasoning)
-
-    @property
-    def refusal(self) -> str:
-        """The refusal text so far."""
-        return "".join(self._refusal)
-
-    @property
-    def reasoning_details(self) -> tuple[Any, ...]:
-        """OpenRouter's ``reasoning_details`` items, in order."""
-        return tuple(self._reasoning_details)
-
-    @property
-    def logprobs(self) -> tuple[TokenLogprob, ...]:
-        """The tokens' log probabilities, in order."""
-        return tuple(self._logprobs)
-
-    def tool_calls(self) -> list[ToolCall]:
-        """The assembled tool calls, by index; empty arguments read as ``"{}"``."""
-        return [ToolCall(id=b.id, name=b.name, arguments="".join(b.arguments) or "{}")
-                for _, b in sorted(self._tools.items())]
