@@ -78,6 +78,9 @@ class Outbox:
 
     def _put(self, item: Envelope | Close) -> None:
         self._items.append(item)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         idle = self._writer_idle
         if idle is not None:
             self._writer_idle = None
@@ -110,6 +113,7 @@ class Outbox:
     def close(self) -> None:
         """Drop what is queued; the writer stops and senders return."""
         self._closed = True
+        self._socket = None  # no direct send either
         self._items.clear()
         for event in (self._writer_idle, self._room):
             if event is not None:
@@ -117,10 +121,11 @@ class Outbox:
         self._writer_idle = self._room = None
 
     def deltas(self, request_id: str, live: Callable[[], bool]) -> DeltaSink:
-        """A streaming turn's delta sink: the provider's reading task puts each delta straight
-        into the outbox (one handoff, to the writer). Without a checkpoint while there is room,
-        so the deltas of one network read queue up and the writer joins them; a full outbox
-        makes the reader wait (backpressure).
+        """A streaming turn's delta sink, awaited by the provider's reading task: a delta is sent
+        by that task itself when nothing is queued or being sent (no handoff), else queued for
+        the writer without a checkpoint while there is room, so the rest of a network read's
+        deltas queue up and the writer joins them; a full outbox or a busy socket makes the
+        reader wait (backpressure).
 
         ``live()`` turns false when the turn has ended: the reading task is not the turn's, so a
         delta it read (or waited to queue) as the turn was cancelled is dropped, never sent
@@ -160,10 +165,8 @@ class Outbox:
     def _sent(self) -> None:
         """A loop turn after a direct send: the socket is free; wake the writer for what came."""
         self._sending = False
-        idle = self._writer_idle
-        if self._items and idle is not None:
-            self._writer_idle = None
-            idle.set()
+        if self._items:
+            self._wake_writer()
 
     async def write(self, websocket: WebSocket) -> None:
         """Send everything queued to ``websocket`` until a :class:`Close`, the outbox is closed

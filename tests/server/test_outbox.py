@@ -139,20 +139,24 @@ async def test_what_comes_during_a_direct_send_waits_for_it_and_keeps_its_order(
                              protocol.error("r1", "cancelled", "cancelled")]
 
 
-async def test_a_direct_send_to_a_gone_peer_loses_nothing_else_and_raises_nothing() -> None:
+async def test_a_direct_send_to_a_gone_peer_stops_direct_sends_and_raises_nothing() -> None:
     class _Gone(_FastSocket):
         async def send_text(self, text: str) -> None:
+            self.senders.append(anyio.get_current_task().name)
             raise OSError("connection reset")
 
     outbox = Outbox()
+    socket = _Gone()
     deliver = outbox.deltas("r1", lambda: True)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(outbox.write, cast(WebSocket, _Gone()))
+        tasks.start_soon(outbox.write, cast(WebSocket, socket), name="writer")
         await anyio.wait_all_tasks_blocked()
-        await deliver(TextDelta("lost with the peer"))
-        await deliver(TextDelta("queued"))  # no more direct sends: the writer's to fail
+        await deliver(TextDelta("lost with the peer"))  # tried directly: fails, no raise
+        await anyio.lowlevel.checkpoint()
+        await deliver(TextDelta("queued"))  # no more direct sends: the writer's, which stops
         await anyio.wait_all_tasks_blocked()
         assert outbox.written.is_set()
+    assert socket.senders == [anyio.get_current_task().name, "writer"]
     outbox.close()
 
 
