@@ -5,7 +5,7 @@ For each chat frame it streams the upstream through the openai SDK's plain-data 
 product's own HTTP client (``actors.llm._http_pool.provider_http_client``, on the transport
 ``--transport`` names: httpx2's pool or the SDK's aiohttp one) and forwards each text delta as one
 ``chunk`` envelope of the chat protocol (``processing`` first, ``complete`` last). Served by
-uvicorn with the product's options (``ws="websockets"``, no per-message deflate). What the
+uvicorn with the product's options (its WebSocket protocol, no per-message deflate). What the
 product adds on top of this is its own cost.
 
 Run: ``python -m benchmarks._relay --upstream http://127.0.0.1:PORT/v1 --model M
@@ -29,6 +29,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.llm._http_pool import Transport, provider_http_client
+from server._ws_protocol import WS_PROTOCOL
 
 
 def _app(upstream: str, model: str, connections: int, transport: Transport) -> Starlette:
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--connections", type=int, default=512)
     parser.add_argument("--transport", choices=("httpx2", "aiohttp"), default="httpx2")
+    parser.add_argument("--ws", default=WS_PROTOCOL,
+                        help="uvicorn's WebSocket protocol (default: the product's)")
     options = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,7 +99,7 @@ def main() -> None:
     config = uvicorn.Config(_app(options.upstream, options.model, options.connections,
                                  options.transport),
                             log_config=None, log_level="warning", ws_per_message_deflate=False,
-                            ws="websockets", lifespan="on", server_header=False)
+                            ws=options.ws, lifespan="on", server_header=False)
     print(f"relay listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 

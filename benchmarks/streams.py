@@ -227,9 +227,10 @@ def _by_cpu(rows: list[list[Any]], name: str) -> int:
 
 
 class _RelayChild(_Child):
-    def __init__(self, upstream: str, transport: str) -> None:
+    def __init__(self, upstream: str, transport: str, ws: str | None = None) -> None:
         super().__init__([sys.executable, "-m", "benchmarks._relay", "--upstream", upstream,
-                          "--model", MODEL, "--transport", transport], banner=_RELAY_BANNER)
+                          "--model", MODEL, "--transport", transport,
+                          *(["--ws", ws] if ws else [])], banner=_RELAY_BANNER)
         self.wait_banner()
         self.ws_url = self.url.replace("http://", "ws://") + "/ws/chat"
 
@@ -258,7 +259,9 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per run (default: by --quick)")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help=f"comma-separated, of {', '.join(TRANSPORTS)}")
-    parser.add_argument("--targets", default="product,floor", help="product, floor or both")
+    parser.add_argument("--targets", default="product,floor",
+                        help="comma-separated, of product, floor and floor-legacy (the floor on"
+                             " uvicorn's legacy `websockets` protocol)")
     return parser.parse_args()
 
 
@@ -296,6 +299,11 @@ async def main() -> None:
                     children.append(relay)
                     assert relay.pid is not None
                     targets.append((f"floor {transport}", relay.pid, relay.ws_url))
+                if "floor-legacy" in kinds:
+                    relay = _RelayChild(simulator.url.rstrip("/") + "/v1", transport, "websockets")
+                    children.append(relay)
+                    assert relay.pid is not None
+                    targets.append((f"floor-legacy {transport}", relay.pid, relay.ws_url))
             for target, _, url in targets:
                 pace[target] = await _warm_up(url)
             saturated: set[str] = set()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import uvicorn
 
 from actors.llm import LedgerUnavailable, check_ledger, redact
+from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
 
@@ -336,9 +337,9 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         "log_config": None,
         "log_level": log_level,
         "ws_max_size": config.server.max_message_bytes,
-        # websockets' own implementation stops reading a client that does not read its pongs;
-        # the default (websockets-sansio) buffers every pong of a ping flood in memory.
-        "ws": "websockets",
+        # websockets-sansio that stops reading a peer whose writes are backed up (a ping flood
+        # from a client that never reads its pongs): server/_ws_protocol.py.
+        "ws": WS_PROTOCOL,
         # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_timeout),

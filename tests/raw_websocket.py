@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import struct
+from typing import BinaryIO
 
 
 def handshake(port: int, *, host: str, token: str, origin: str | None = None,
@@ -29,7 +30,30 @@ def handshake(port: int, *, host: str, token: str, origin: str | None = None,
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (payload shorter than 126 bytes)."""
+    """One masked client frame (payload shorter than 64 KiB)."""
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
+    if len(payload) < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))
+    else:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, len(payload))
+    return head + mask + masked
+
+
+def read_frame(stream: BinaryIO) -> tuple[int, bytes]:
+    """The next (unmasked) server frame from ``stream`` (``sock.makefile("rb")``):
+    ``(opcode, payload)``."""
+    first, second = _read_exactly(stream, 2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", _read_exactly(stream, 2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", _read_exactly(stream, 8))
+    return first & 0x0F, _read_exactly(stream, length)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) < size:
+        raise ConnectionError(f"the server closed the socket {size - len(data)} bytes short")
+    return data

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.raw_websocket import frame, handshake
+from tests.raw_websocket import frame, handshake, read_frame
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
@@ -192,9 +193,10 @@ async def test_an_encoded_token_in_the_query_string_never_reaches_the_log(
 def test_a_ping_flood_from_a_client_that_never_reads_does_not_grow_the_server(
     server: ServerChild,
 ) -> None:
+    """The server stops reading the flood once its pongs back up, and the connection works again
+    when the client reads: the pongs it owes, then a whole chat turn."""
     status, sock = handshake(_port(server), token=TOKEN, host=f"127.0.0.1:{_port(server)}")
     assert status == 101
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     before = _rss_kib(server.pid)
     ping = frame(0x9, b"p" * 125)
     batch = ping * 512  # 67 KB per send
@@ -219,8 +221,45 @@ def test_a_ping_flood_from_a_client_that_never_reads_does_not_grow_the_server(
             sent += written
             pending = pending[written:] or memoryview(batch)  # whole frames only
         grown_mib = (_rss_kib(server.pid) - before) / 1024
+        assert stalled_since is not None, f"the server read all {sent / 2**20:.1f} MiB of pings"
+        sock.setblocking(True)
+        sock.settimeout(20)
+        request_id = "after-the-flood"
+        reader = _TurnReader(sock, request_id)
+        reader.start()  # the client reads again: the pongs it owes, then the turn
+        sock.sendall(pending)  # the rest of the last batch: whole frames only
+        sock.sendall(frame(0x1, json.dumps(chat_frame("still here?",
+                                                      request_id=request_id)).encode()))
+        reader.join(30)
     assert grown_mib < 16, f"server grew {grown_mib:.1f} MiB after {sent / 2**20:.1f} MiB of pings"
+    assert reader.statuses[0] == "processing", reader.statuses
+    assert reader.statuses[-1] == "complete", reader.statuses
+    assert 0 < reader.pongs <= sent // len(ping) + 512
     assert server.health()["status"] == "ok"
+
+
+class _TurnReader(threading.Thread):
+    """Reads a raw socket: counts pongs, notes the statuses of ``request_id`` up to its end."""
+
+    def __init__(self, sock: socket.socket, request_id: str) -> None:
+        super().__init__(daemon=True)
+        self._stream, self._request_id = sock.makefile("rb"), request_id
+        self.pongs = 0
+        self.statuses: list[str] = []
+
+    def run(self) -> None:
+        for _ in range(2_000_000):  # every pong owed (at most 320,000 here), then the turn
+            opcode, payload = read_frame(self._stream)
+            if opcode == 0xA:
+                self.pongs += 1
+                continue
+            if opcode == 0x9:  # the server's keepalive: not answered, not needed here
+                continue
+            envelope = json.loads(payload)
+            if envelope.get("request_id") == self._request_id:
+                self.statuses.append(envelope["status"])
+                if envelope["status"] in ("complete", "error"):
+                    return
 
 
 # -- the demo simulator's control endpoints -----------------------------------------------------
