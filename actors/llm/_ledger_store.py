@@ -16,6 +16,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
@@ -131,6 +132,39 @@ class LedgerStore:
                     "INSERT INTO day_totals (day, total) VALUES (?, ?)"
                     " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
                     (day, cost),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def add_charges(self, charges: Sequence[tuple[str, float, str, str, str]]) -> None:
+        """Record several charges ``(day, cost, provider, model, request_id)`` in one transaction.
+
+        The same rows and day totals as :meth:`add_charge` once per charge (each total is added
+        to charge by charge, in order, so the sums are the same floats), but one commit for all:
+        either every charge is stored or none. Raises ``ValueError`` (before writing anything)
+        for a negative or non-finite cost.
+        """
+        for charge in charges:
+            cost = charge[1]
+            if not math.isfinite(cost) or cost < 0:
+                raise ValueError(f"a charge must be a finite, non-negative cost, got {cost!r}")
+        stamp = time.time()
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(day, stamp, provider, model, cost, request_id)
+                     for day, cost, provider, model, request_id in charges],
+                )
+                conn.executemany(
+                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                    [(charge[0], charge[1]) for charge in charges],
                 )
             except BaseException:
                 conn.execute("ROLLBACK")

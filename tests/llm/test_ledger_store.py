@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,44 @@ def test_reopening_continues_the_day(tmp_path: Path) -> None:
         store.add_charge("2026-11-25", 0.1, "openai", "gpt-4o-mini", "r2")
         assert store.day_total("2026-11-25") == pytest.approx(0.5)
         assert store.charge_count("2026-11-25") == 2
+
+
+def test_a_batch_of_charges_is_one_transaction_with_the_same_totals(tmp_path: Path) -> None:
+    costs = [0.1, 0.2, 0.3, 1e-7, 0.7]
+    one_by_one, batched = tmp_path / "one.sqlite3", tmp_path / "batch.sqlite3"
+    with LedgerStore(one_by_one) as store:
+        for i, cost in enumerate(costs):
+            store.add_charge("2026-11-25", cost, "openai", "gpt-4o-mini", f"r{i}")
+        expected = store.day_total("2026-11-25")
+    with LedgerStore(batched) as store:
+        store.add_charges([("2026-11-25", cost, "openai", "gpt-4o-mini", f"r{i}")
+                           for i, cost in enumerate(costs[:2])])
+        store.add_charges([("2026-11-25", cost, "openai", "gpt-4o-mini", f"r{i + 2}")
+                           for i, cost in enumerate(costs[2:])]
+                          + [("2026-11-26", 1.0, "p", "m", "x")])
+        # The same floats, added in the same order.
+        assert store.day_total("2026-11-25") == expected
+        assert store.provider_totals("2026-11-25") == {"openai": pytest.approx(sum(costs))}
+        assert store.charge_count("2026-11-25") == 5
+        assert store.day_total("2026-11-26") == 1.0
+        with pytest.raises(ValueError, match=r"^a charge must be a finite, non-negative cost"):
+            store.add_charges([("2026-11-25", 0.5, "p", "m", "y"),
+                               ("2026-11-25", -1.0, "p", "m", "z")])
+        assert store.charge_count("2026-11-25") == 5
+
+
+def test_a_failing_batch_stores_none_of_its_charges(tmp_path: Path) -> None:
+    with LedgerStore(tmp_path / "ledger.sqlite3") as store:
+        store.add_charge("2026-11-25", 0.5, "p", "m", "r0")
+        # The second row breaks a NOT NULL constraint after the first was inserted.
+        bad: Any = None
+        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+            store.add_charges([("2026-11-25", 0.25, "p", "m", "r1"),
+                               ("2026-11-25", 0.25, "p", "m", bad)])
+        assert store.day_total("2026-11-25") == 0.5
+        assert store.charge_count("2026-11-25") == 1
+        store.add_charges([("2026-11-25", 0.25, "p", "m", "r1")])  # usable after the rollback
+        assert store.day_total("2026-11-25") == 0.75
 
 
 def test_database_is_in_wal_mode(tmp_path: Path) -> None:
