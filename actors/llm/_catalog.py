@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -137,6 +137,17 @@ DEFAULT_CONTEXT_WINDOW = 128_000
 
 _SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
+#: Names whose lookups a catalog keeps (then it starts over).
+_RESOLVED_MAX = 1024
+
+
+class _Resolved(NamedTuple):
+    """What a catalog knows about one model name."""
+
+    window: int | None
+    price: ModelPrice | None
+    params: ModelParams
+
 
 def _candidates(model: str) -> Iterator[str]:
     """The names to look ``model`` up under, most specific first."""
@@ -180,37 +191,50 @@ class ModelCatalog:
         self._prices.update({k.lower(): v for k, v in (prices or {}).items()})
         self._params: dict[str, ModelParams] = {k.lower(): v for k, v in (params or {}).items()}
         self.default_context_window = default_context_window
+        # The tables never change after this, so a name resolves the same way every time: each
+        # lookup's answer is kept per name (a request looks its model up about ten times).
+        self._resolved: dict[str, _Resolved] = {}
+
+    def _resolve(self, model: str) -> _Resolved:
+        resolved = self._resolved.get(model)
+        if resolved is None:
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()  # names from upstreams: bounded, not trusted to be few
+            resolved = self._resolved[model] = self._lookup(model)
+        return resolved
+
+    def _lookup(self, model: str) -> _Resolved:
+        names = list(_candidates(model))
+        window = next((self._windows[name] for name in names if name in self._windows), None)
+        price = next((self._prices[name] for name in names if name in self._prices), None)
+        family = (_REASONING_PARAMS if any(_REASONING_FAMILY.match(name) for name in names)
+                  else _DEFAULT_PARAMS)
+        params = family
+        for name in names:
+            if name in self._params:
+                configured = self._params[name]
+                params = family.model_copy(update={
+                    field: getattr(configured, field) for field in configured.model_fields_set})
+                break
+        return _Resolved(window, price, params)
 
     def context_window(self, model: str) -> int:
         """Context window of ``model`` in tokens (:attr:`default_context_window` if unknown)."""
-        for name in _candidates(model):
-            if name in self._windows:
-                return self._windows[name]
-        return self.default_context_window
+        window = self._resolve(model).window
+        return self.default_context_window if window is None else window
 
     def knows_context_window(self, model: str) -> bool:
         """Whether ``model``'s context window is known rather than the default."""
-        return any(name in self._windows for name in _candidates(model))
+        return self._resolve(model).window is not None
 
     def price(self, model: str) -> ModelPrice | None:
         """Prices of ``model``, or ``None`` when unknown."""
-        for name in _candidates(model):
-            if name in self._prices:
-                return self._prices[name]
-        return None
+        return self._resolve(model).price
 
     def params(self, model: str) -> ModelParams:
         """The parameters ``model`` takes: its family's (else OpenAI's usual), with the fields a
         configured entry sets replaced by the entry's."""
-        names = list(_candidates(model))
-        family = (_REASONING_PARAMS if any(_REASONING_FAMILY.match(name) for name in names)
-                  else _DEFAULT_PARAMS)
-        for name in names:
-            if name in self._params:
-                configured = self._params[name]
-                return family.model_copy(update={
-                    field: getattr(configured, field) for field in configured.model_fields_set})
-        return family
+        return self._resolve(model).params
 
     def preflight_check(self, prompt_tokens: int, max_tokens: int | None, model: str) -> None:
         """Check that ``prompt_tokens`` plus ``max_tokens`` fit ``model``'s context window.

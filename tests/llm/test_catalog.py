@@ -137,3 +137,18 @@ def test_openrouter_names_are_priced_through_their_prefix() -> None:
 def test_repr() -> None:
     catalog = ModelCatalog(builtin=False, context_windows={"a": 1}, default_context_window=2)
     assert repr(catalog) == "<ModelCatalog windows=1 prices=0 default_context_window=2>"
+
+
+def test_lookups_are_the_same_when_repeated_and_past_the_kept_names() -> None:
+    catalog = ModelCatalog(context_windows={"my-model": 1000},
+                           prices={"my-model": ModelPrice(input=1.0, output=2.0)})
+    first = (catalog.context_window("openai/my-model:free"), catalog.price("my-model"),
+             catalog.params("o3-mini-2025-01-31"), catalog.knows_context_window("unknown"))
+    for i in range(1100):  # more names than a catalog keeps: it starts over, same answers
+        assert catalog.context_window(f"unknown-{i}") == DEFAULT_CONTEXT_WINDOW
+    again = (catalog.context_window("openai/my-model:free"), catalog.price("my-model"),
+             catalog.params("o3-mini-2025-01-31"), catalog.knows_context_window("unknown"))
+    assert first == again == (1000, ModelPrice(input=1.0, output=2.0),
+                              catalog.params("o3"), False)
+    assert first[2].max_tokens_param == "max_completion_tokens"
+    assert catalog.cost_of("my-model", 1000, 500) == 0.002
