@@ -67,8 +67,10 @@ QUICK_DURATION = 6.0
 #: Seconds: a K whose p99 time to the first text passes this is not "held" (issue 11's bound).
 FIRST_TEXT_LIMIT = 1.0
 ROUND_TRIPS = 3000
-#: The round trips a request waits for before its upstream call.
-LATENCY_PATH = "reserve + admit (latency path)"
+#: The round trips a request waits for before its upstream call, one after the other (as the
+#: product ran them until the overlap) and overlapped (as it runs them with shared limits).
+SEQUENTIAL_PATH = "reserve then admit (sequential)"
+LATENCY_PATH = "reserve || admit (latency path)"
 QUICK_ROUND_TRIPS = 500
 
 
@@ -164,19 +166,26 @@ def _held(rows: list[list[Any]], workers: int) -> int:
 
 
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
-    """Per request: reserve, admit (the latency path), sent, settle; timed each and summed."""
+    """Per request: reserve, admit, sent, settle; timed each, summed, and the latency path also
+    as the router runs it with a shared limiter (reserve and admit overlapped, see the doc)."""
     async def journal(day: str) -> DaySeed:
         return DaySeed(0)
 
     timings: dict[str, list[float]] = {name: [] for name in (
-        "reserve", "admit", "sent", "settle", LATENCY_PATH, "all four")}
+        "reserve", "admit", "sent", "settle", SEQUENTIAL_PATH, LATENCY_PATH, "all four")}
     config = ClusterConfig(redis_url=redis.url, key_prefix="rt")
     async with RedisLink(config) as link:
         window = SharedRateWindow(link, "bench", requests_per_minute=10_000_000,
                                   tokens_per_minute=1_000_000_000)
         ledger = SharedLedger(link, "bench", journal,
                               LedgerLimits(daily_cost_limit=10**15, max_cost_per_request=10**12))
-        for index in range(count + 100):  # the first 100 open connections and load the scripts
+
+        async def reserve(key: str, gate: anyio.Event) -> None:
+            await ledger.reserve(key, 1000, "bench", "2026-01-01")
+            gate.set()
+
+        # The first 100 of each open connections and load the scripts.
+        for index in range(count + 100):
             t0 = time.perf_counter()
             await ledger.reserve(f"r{index}", 1000, "bench", "2026-01-01")
             t1 = time.perf_counter()
@@ -187,10 +196,24 @@ async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
             t3 = time.perf_counter()
             await ledger.settle(f"r{index}", 900, "bench", "2026-01-01")
             t4 = time.perf_counter()
+            # The same two scripts as the product runs them now: the reservation in a task of
+            # the router's attempt, the admission in the provider's, which then waits for the
+            # gate the reservation opens (timed: from the start to the open gate).
+            gate = anyio.Event()
+            t5 = time.perf_counter()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(reserve, f"o{index}", gate)
+                overlapped = await window.admit(500)
+                await gate.wait()
+                t6 = time.perf_counter()
+            assert overlapped.permit is not None
+            await window.sent(overlapped.permit)
+            await ledger.settle(f"o{index}", 900, "bench", "2026-01-01")
             if index >= 100:
                 for name, value in (("reserve", t1 - t0), ("admit", t2 - t1),
                                     ("sent", t3 - t2), ("settle", t4 - t3),
-                                    (LATENCY_PATH, t2 - t0), ("all four", t4 - t0)):
+                                    (SEQUENTIAL_PATH, t2 - t0), (LATENCY_PATH, t6 - t5),
+                                    ("all four", t4 - t0)):
                     timings[name].append(value * 1000)
     return [[name, percentile(values, 0.5), percentile(values, 0.99)]
             for name, values in timings.items()]
@@ -199,26 +222,28 @@ async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description="streams with 1 and 2 workers; Redis's cost")
     parser.add_argument("--quick", action="store_true", help="smaller K, shorter runs")
+    parser.add_argument("--redis-only", action="store_true",
+                        help="only what Redis adds per request (no streams)")
     options = parser.parse_args()
     ks, duration = (QUICK_KS, QUICK_DURATION) if options.quick else (KS, DURATION)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-cluster-") as name:
         trips = await _round_trips(redis, QUICK_ROUND_TRIPS if options.quick else ROUND_TRIPS)
-        rows = await _streams(ks, duration, redis, Path(name))
-    print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run")
-    print(table(["workers", "K", "turns", "turns/s", "workers CPU %", "p99 first text ms",
-                 "p50 gap ms", "p99 gap ms", "CPU s sim / client", "failures"], rows))
+        rows = [] if options.redis_only else await _streams(ks, duration, redis, Path(name))
+    if rows:
+        print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run")
+        print(table(["workers", "K", "turns", "turns/s", "workers CPU %", "p99 first text ms",
+                     "p50 gap ms", "p99 gap ms", "CPU s sim / client", "failures"], rows))
+        one, two = _held(rows, 1), _held(rows, 2)
+        ratio = f"{two / one:.2f}x" if one else "n/a"
+        print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
     print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
-    one, two = _held(rows, 1), _held(rows, 2)
-    ratio = f"{two / one:.2f}x" if one else "n/a"
-    print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
     path = next(row for row in trips if row[0] == LATENCY_PATH)
-    total = next(row for row in trips if row[0] == "all four")
+    before = next(row for row in trips if row[0] == SEQUENTIAL_PATH)
     print(f"Redis adds per request: p50 {path[1]:.3f} ms, p99 {path[2]:.3f} ms on the latency"
-          f" path (reserve + admit, before the upstream call; all four round trips: p50"
-          f" {total[1]:.3f} ms, p99 {total[2]:.3f} ms) (target <= 0.3 ms p50)")
-
+          f" path (reserve and admit overlapped, before the upstream call; one after the other:"
+          f" p50 {before[1]:.3f} ms, p99 {before[2]:.3f} ms) (target <= 0.3 ms p50)")
 
 if __name__ == "__main__":
     # The clients on uvloop too (the server runs on it): the load generator shares this machine's

@@ -55,7 +55,9 @@ class ClusterConfig(BaseModel):
         default=False,
         description="after Redis lost a provider's windows, refuse it for one window",
     )
-    max_connections: int = Field(default=16, gt=0, description="per process; Redis is one thread")
+    max_connections: int = Field(
+        default=16, gt=0,
+        description="commands in flight per process (one pipelined connection); Redis: one thread")
 
     @field_validator("redis_url")
     @classmethod

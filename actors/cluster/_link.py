@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +28,10 @@ __all__ = ["ClusterHealth", "LuaScript", "RedisLink"]
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+#: Loop iterations between a command and the write that sends it with the ones made meanwhile:
+#: a request's rate admission and its reservation (issued a few hops apart) share one write.
+_FLUSH_TICKS = 1
 
 #: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
 #: ``TIME`` use the link's own connections).
@@ -80,8 +85,9 @@ class LuaScript:
 class RedisLink:
     """The shared Redis: its connections, the key namespace and a fail-fast call wrapper.
 
-    Every call runs under ``connect_timeout + op_timeout`` (the wait for one of the
-    ``max_connections`` included), retried at once only after a broken connection, and raises
+    Calls share one pipelined connection (at most ``max_connections`` in flight). Every call
+    runs under ``connect_timeout + op_timeout`` (the wait for a slot included), retried at once
+    only after a broken connection (a call that timed out breaks it too), and raises
     :class:`ClusterUnavailable` on any transport failure: callers fail closed at once and the
     next call simply tries again (recovery needs no action). Use ``async with RedisLink(config)
     as link`` or call :meth:`aclose`. asyncio only (redis-py's asyncio client).
@@ -108,14 +114,18 @@ class RedisLink:
                 config.redis_url, socket_timeout=config.op_timeout,
                 max_connections=_CLIENT_CONNECTIONS,
                 timeout=config.connect_timeout + config.op_timeout, **options)))
-        # The link's own connections, one command at a time each, taken from a stack: redis-py's
-        # pool costs ~60 us a call here (a condition, a readiness poll, metrics), its per-write
-        # timeout a task. No socket timeout: each call's single deadline bounds its phases.
+        # The link's own connection, pipelined: every call writes its command at once and a
+        # reader task hands the replies back in order, so calls made at about the same time (a
+        # request's reservation and its rate admission) share one round trip and one wakeup on
+        # each side (like ioredis). redis-py's pool costs ~60 us a call here (a condition, a
+        # readiness poll, metrics), its per-write timeout a task. No socket timeout: each call's
+        # single deadline bounds its phases.
         pool = redis.ConnectionPool.from_url(config.redis_url, socket_timeout=None, **options)
         self._make: Callable[[], AbstractConnection] = functools.partial(
             pool.connection_class, **pool.connection_kwargs)
-        self._idle: list[AbstractConnection] = []
-        # At most max_connections calls hold a connection; the others wait in order (fast: no
+        self._pipe: _Pipe | None = None
+        self._opening = asyncio.Lock()
+        # At most max_connections calls in flight; the others wait in order (fast: no
         # checkpoint when a slot is free).
         self._slots = anyio.Semaphore(config.max_connections, fast_acquire=True)
         self._background: set[asyncio.Task[None]] = set()
@@ -182,11 +192,13 @@ class RedisLink:
                 try:
                     return await self._exchange(command)
                 except self._connection_error:
-                    # A connection broken since its last use: a Redis restart breaks them all,
-                    # so the idle ones go too, and the call runs once more on a new one.
-                    await self._drop_idle()
+                    # The connection broke since the command was written (a Redis restart):
+                    # once more on a new one.
                     return await self._exchange(command)
         except TimeoutError:
+            # No answer in time: the connection is stuck or Redis is (frozen, overloaded);
+            # the calls waiting on it try a new one, this one fails closed.
+            self._break(self._pipe)
             raise ClusterUnavailable(operation, "timed out") from None
         except self._response_error:
             raise  # a script bug or a wrong argument: not an outage
@@ -194,46 +206,96 @@ class RedisLink:
             raise ClusterUnavailable(operation, _reason(exc)) from None
 
     async def _exchange(self, command: tuple[Any, ...]) -> Any:
-        """One command on an idle or a new connection (the caller holds a slot)."""
-        connection = await self._checkout()
+        """Write one command on the pipelined connection; its reply (the caller holds a slot).
+
+        A cancelled caller leaves its reply to the reader, which drops it.
+        """
+        pipe = self._pipe
+        if pipe is None or pipe.broken:
+            pipe = await self._open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        pipe.waiting.append(future)
+        pipe.unsent.append(self._pack(command))
+        if len(pipe.unsent) == 1:
+            loop.call_soon(self._flush, pipe, _FLUSH_TICKS)
+        return await future
+
+    def _flush(self, pipe: _Pipe, ticks: int) -> None:
+        """Write every command made since the last write in one write, ``ticks`` loop
+        iterations after the first of them (a system call costs more than a tick here)."""
+        if ticks > 1:
+            asyncio.get_running_loop().call_soon(self._flush, pipe, ticks - 1)
+            return
+        unsent, pipe.unsent = pipe.unsent, []
+        if pipe.broken or not unsent:
+            return  # the reader fails the calls waiting on it
+        writer = pipe.connection._writer
         try:
-            await connection.send_packed_command(self._pack(command), check_health=False)
-            answer = await connection.read_response()
-        except self._response_error:
-            await self._checkin(connection)
-            raise
-        except BaseException:
-            # Broken, timed out or cancelled mid-reply: its state is unknown.
-            await self._discard(connection)
-            raise
-        await self._checkin(connection)
-        return answer
+            assert writer is not None
+            writer.writelines(unsent)  # buffered by the transport: bounded by the call slots
+        except Exception as exc:
+            logger.debug("cluster: write failed: %r", exc)
+            self._break(pipe)
 
-    async def _checkout(self) -> AbstractConnection:
-        if self._idle:
-            return self._idle.pop()
-        connection = self._make()
+    async def _open(self) -> _Pipe:
+        """The pipelined connection, connected now if there is none (one at a time)."""
+        async with self._opening:
+            pipe = self._pipe
+            if pipe is not None and not pipe.broken:
+                return pipe
+            if self._closed:
+                raise anyio.ClosedResourceError
+            connection = self._make()
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                await _disconnect(connection)
+                raise
+            pipe = self._pipe = _Pipe(connection)
+            pipe.reader = asyncio.get_running_loop().create_task(self._read(pipe))
+            return pipe
+
+    async def _read(self, pipe: _Pipe) -> None:
+        """The pipe's reader: each reply to the oldest call waiting, until the connection ends
+        (then every waiting call gets a connection error and tries a new one)."""
+        connection, waiting = pipe.connection, pipe.waiting
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]
-        except BaseException:
-            await self._discard(connection)
-            raise
-        return connection
+            while True:
+                try:
+                    answer = await connection.read_response(disconnect_on_error=False)
+                except self._response_error as exc:
+                    answer = exc
+                if not waiting:  # a reply nobody asked for: the stream is out of step
+                    break
+                future = waiting.popleft()
+                if future.done():  # its caller gave up
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+        except Exception as exc:
+            logger.debug("cluster: connection ended: %r", exc)
+        finally:
+            pipe.broken = True
+            if self._pipe is pipe:
+                self._pipe = None
+            while waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_exception(self._connection_error("connection lost"))
+            await _disconnect(connection)
 
-    async def _checkin(self, connection: AbstractConnection) -> None:
-        if self._closed:
-            await self._discard(connection)
-        else:
-            self._idle.append(connection)
-
-    async def _discard(self, connection: AbstractConnection) -> None:
-        with anyio.CancelScope(shield=True):
-            await connection.disconnect(nowait=True)  # nowait: closes without waiting
-
-    async def _drop_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await self._discard(connection)
+    def _break(self, pipe: _Pipe | None) -> None:
+        """End ``pipe`` now (its reader fails the calls still waiting on it)."""
+        if pipe is None or pipe.broken:
+            return
+        pipe.broken = True
+        if self._pipe is pipe:
+            self._pipe = None
+        if pipe.reader is not None:
+            pipe.reader.cancel()
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
@@ -272,13 +334,16 @@ class RedisLink:
         return self._client
 
     async def aclose(self) -> None:
-        """Wait for the background calls (each within its deadline), close every connection.
+        """Wait for the background calls (each within its deadline), close the connections.
         Idempotent."""
         with anyio.CancelScope(shield=True):
             if self._background:
                 await asyncio.wait(set(self._background))
             self._closed = True
-            await self._drop_idle()
+            pipe = self._pipe
+            self._break(pipe)
+            if pipe is not None and pipe.reader is not None:
+                await asyncio.wait({pipe.reader})
             with anyio.move_on_after(self.config.op_timeout):
                 await self._client.aclose(close_connection_pool=True)
 
@@ -291,6 +356,24 @@ class RedisLink:
     def __repr__(self) -> str:
         url = redact_url(self.config.redis_url or "")
         return f"<RedisLink {url} prefix={self.prefix!r}>"
+
+
+class _Pipe:
+    """The link's connection, its calls waiting for replies in order, and its reader task."""
+
+    __slots__ = ("broken", "connection", "reader", "unsent", "waiting")
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.unsent: list[bytes] = []  # packed commands for the next write
+        self.reader: asyncio.Task[None] | None = None
+        self.broken = False
+
+
+async def _disconnect(connection: AbstractConnection) -> None:
+    with anyio.CancelScope(shield=True):
+        await connection.disconnect(nowait=True)  # nowait: closes without waiting
 
 
 def _reason(exc: BaseException) -> str:
