@@ -46,37 +46,24 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import yaml
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
+from benchmarks._load import PACE, run_clients, warm_up
 from benchmarks._report import percentile, table
-from tests.server_harness import (
-    ServerChild,
-    SimulatorChild,
-    _Child,
-    chat_frame,
-    connect,
-    receive,
-    send,
-    write_config,
-)
+from tests.server_harness import ServerChild, SimulatorChild, _Child, write_config
 
 DELTAS = 100
-PACE = 0.020
+_clients = run_clients  # benchmarks/cluster.py's name for it
 MODEL = "gpt-4o-mini"  # priced in the built-in catalog: the ledger admits it
 KS = (50, 100, 200, 400)
 QUICK_KS = (10, 25, 50)
 DURATION = 20.0
 QUICK_DURATION = 6.0
-TURN_TIMEOUT = 60.0
 GIVE_UP_TTFT = 10.0
-CONNECT_BATCH = 50
 CPU_LIMIT = 0.80
 GAP_LIMIT = 0.150
 TTFT_LIMIT = 1.0
@@ -100,98 +87,10 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-@dataclass
-class _Samples:
-    turns: int = 0
-    ttft: list[float] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)
-    failures: dict[str, int] = field(default_factory=dict)
-
-    def fail(self, kind: str) -> None:
-        self.failures[kind] = self.failures.get(kind, 0) + 1
-
-
-async def _turn(ws: ClientConnection, samples: _Samples) -> bool:
-    """One streaming turn; False when the socket is no longer usable."""
-    frame = chat_frame("hi")
-    started = time.perf_counter()
-    await send(ws, frame)
-    last: float | None = None
-    try:
-        while True:
-            envelope = await receive(ws, timeout=TURN_TIMEOUT)
-            now = time.perf_counter()
-            status = envelope.get("status")
-            if status == "chunk" and envelope["chunk"].get("type") == "text":
-                if last is None:
-                    samples.ttft.append(now - started)
-                else:
-                    samples.gaps.append(now - last)
-                last = now
-            elif status == "complete":
-                samples.turns += 1
-                return True
-            elif status == "error":
-                samples.fail(str(envelope["chunk"].get("error_type", "error")))
-                return True
-    except TimeoutError:
-        samples.fail("timeout")
-    except ConnectionClosed:
-        samples.fail("closed")
-    return False
-
-
-async def _clients(url: str, k: int, duration: float) -> tuple[_Samples, float]:
-    sockets: list[ClientConnection] = []
-    for start in range(0, k, CONNECT_BATCH):
-        async with anyio.create_task_group() as group:
-            for _ in range(min(CONNECT_BATCH, k - start)):
-                async def opened() -> None:
-                    sockets.append(await connect(url, ping_interval=None))
-                group.start_soon(opened)
-    samples = _Samples()
-    deadline = time.perf_counter() + duration
-
-    async def client(index: int, ws: ClientConnection) -> None:
-        # Staggered starts, so the K streams do not tick in lockstep.
-        await anyio.sleep(PACE * (index % 20) / 20)
-        while time.perf_counter() < deadline and await _turn(ws, samples):
-            pass
-
-    started = time.perf_counter()
-    with anyio.fail_after(duration + 2 * TURN_TIMEOUT):
-        async with anyio.create_task_group() as group:
-            for index, ws in enumerate(sockets):
-                group.start_soon(client, index, ws)
-    elapsed = time.perf_counter() - started
-    for ws in sockets:
-        await ws.close()
-    return samples, elapsed
-
-
-async def _warm_up(url: str) -> float:
-    """Two turns before any run, alone; the seconds the second took (the target's own pace).
-
-    Once-per-process costs (the product loads its token encoding on its first turn, ~1 s;
-    ``benchmarks/memory.py`` shows that turn) are not a K's figures. A K keeps pace when its
-    turns/s reach ``KEEP_UP`` of K turns at this pace: the upstream's 100 paced deltas take a
-    little more than 2 s (its timers, the role, finish and usage chunks), on either target."""
-    ws = await connect(url, ping_interval=None)
-    try:
-        samples = _Samples()
-        for _ in range(2):
-            started = time.perf_counter()
-            if not await _turn(ws, samples) or samples.failures:
-                raise RuntimeError(f"a warm-up turn at {url} failed: {samples.failures}")
-        return time.perf_counter() - started
-    finally:
-        await ws.close()
-
-
 async def _measure(name: str, pid: int, url: str, k: int, duration: float,
                    simulator: SimulatorChild) -> list[object]:
     cpu, cpu_sim, cpu_client = _cpu_seconds(pid), _cpu_seconds(simulator.pid), time.process_time()
-    samples, elapsed = await _clients(url, k, duration)
+    samples, elapsed = await run_clients(url, k, duration)
     cpu = _cpu_seconds(pid) - cpu
     cpu_sim = _cpu_seconds(simulator.pid) - cpu_sim
     cpu_client = time.process_time() - cpu_client
@@ -305,7 +204,7 @@ async def main() -> None:
                     assert relay.pid is not None
                     targets.append((f"floor-legacy {transport}", relay.pid, relay.ws_url))
             for target, _, url in targets:
-                pace[target] = await _warm_up(url)
+                pace[target] = await warm_up(url)
             saturated: set[str] = set()
             for k in ks:
                 for target, pid, url in targets:
