@@ -95,10 +95,17 @@ class ActorCell:
         # Not idle while it handles this: a message it sends that comes back is queued.
         self.parked = None
         context.request = self._current = request
+        if not tell:
+            context.asker_waits = request  # work it pipes for this runs in the asker's task
         try:
             result = instance.handle_now(message)
         except Exception as exc:
             request.fail(exc)  # answered: a child it started answers nobody
+            inline, request.inline = request.inline, None
+            if inline is not None:  # still runs, as a child task
+                context._task_group.start_soon(self.run_child, inline.scope, request,
+                                               inline.work, inline.args, inline.then,
+                                               inline.generation)
             if isinstance(exc, self.spec.crash_on):
                 self._mailbox.put(_Crash(exc))  # the loop raises it: the instance crashes
             if not tell:
@@ -107,7 +114,7 @@ class ActorCell:
                            type(exc).__name__)
             return None
         finally:
-            context.request = self._current = None
+            context.request = self._current = context.asker_waits = None
             if self._mailbox._waiter is not None and not self._mailbox._items:
                 self.parked = instance
         if request.delegations and not tell:
@@ -163,6 +170,8 @@ class ActorCell:
                 self._current = None
             for request in list(self.in_flight):
                 request.fail(ended)
+                if request._scope is not None:
+                    request._scope.cancel()  # work running in its asker's task ends too
             self.in_flight.clear()
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.spec.shutdown_timeout):
                 try:
@@ -372,6 +381,23 @@ class ActorCell:
         done = _ChildDone(request, outcome, then, generation)
         if not self._complete_now(done):
             self._mailbox.put(done)
+
+    async def run_inline(self, request: Request) -> None:
+        """Run the work piped for ``request`` in the asking task, like :meth:`run_child`; also
+        when the asker is cancelled (its deadline), the outcome (then cancelled) completes."""
+        inline, request.inline = request.inline, None
+        outcome: Outcome | None = None
+        try:
+            with inline.scope:
+                try:
+                    outcome = Outcome(await inline.work(*inline.args))
+                except Exception as exc:
+                    outcome = Outcome(error=exc)
+        finally:
+            done = _ChildDone(request, outcome or Outcome(cancelled=True), inline.then,
+                              inline.generation)
+            if not self._complete_now(done) and not self._mailbox._closed:
+                self._mailbox.put(done)
 
     async def run_timer(
         self, scope: anyio.CancelScope, interval: float, message: object, repeat: bool

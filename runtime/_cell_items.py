@@ -3,12 +3,14 @@ resume, a crash to raise, the stop marker."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import anyio
 
 from runtime._request import Outcome, Request, Then
 
-__all__ = ["_STOP", "_ChildDone", "_Crash", "_Resume"]
+__all__ = ["_STOP", "_ChildDone", "_Crash", "_Inline", "_Resume"]
 
 _STOP = object()
 
@@ -52,3 +54,18 @@ class _Crash:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+class _Inline:
+    """Work piped for the ask an immediate handler is answering: run by the asking task itself
+    (:meth:`ActorCell.run_inline`) instead of a child task, as the asker only waits for it."""
+
+    __slots__ = ("args", "generation", "scope", "then", "work")
+
+    def __init__(self, scope: anyio.CancelScope, work: Callable[..., Awaitable[Any]],
+                 args: tuple[Any, ...], then: Then | None, generation: int) -> None:
+        self.scope = scope
+        self.work = work
+        self.args = args
+        self.then = then
+        self.generation = generation

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from runtime._cell_items import _Inline
 from runtime._clock import Clock
 from runtime._ref import ActorRef
 from runtime._request import Request, Then
@@ -32,6 +33,8 @@ class ActorContext:
         self._generation = generation
         self.request: Request | None = None
         """The request being handled right now (``None`` outside :meth:`Actor.receive`)."""
+        self.asker_waits: Request | None = None
+        """The ask an immediate handler is handling in its sender's task (see :meth:`pipe`)."""
 
     @property
     def name(self) -> str:
@@ -130,11 +133,19 @@ class ActorContext:
         ``then`` returns is always awaited in the loop. If the caller abandons the request, the
         child task is cancelled and ``then`` still runs (in the loop) with a cancelled outcome, so
         the actor can release what it reserved.
+
+        Work for an ask that an idle actor handles at once (:meth:`Actor.handle_now`) runs in the
+        asking task itself rather than a child task (the first such work of that ask): the asker
+        only waits for it, so it is the same work with one task fewer. It is cancelled like a
+        child: by the caller giving up, or by the instance ending.
         """
         scope = anyio.CancelScope()
         if reply_to is not None:
             reply_to._bind(scope)
             self._cell.in_flight.add(reply_to)
+            if reply_to is self.asker_waits and reply_to.inline is None:
+                reply_to.inline = _Inline(scope, work, args, then, self._generation)
+                return
         self._task_group.start_soon(self._cell.run_child, scope, reply_to, work, args, then,
                                     self._generation)
 

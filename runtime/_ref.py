@@ -81,12 +81,16 @@ class ActorRef:
         reply: R
         try:
             if limit == math.inf:
+                if request.inline is not None:
+                    await cell.run_inline(request)  # the work piped for it, in this task
                 reply = await request.wait()
                 return reply
             # A bare scope rather than fail_after (a generator context manager that reads the
             # clock twice more): only its own deadline can cancel it, so a caught cancellation
             # is the deadline.
             with anyio.CancelScope(deadline=limit):
+                if request.inline is not None:
+                    await cell.run_inline(request)
                 reply = await request.wait()
                 return reply
         except BaseException:

@@ -89,6 +89,7 @@ class Request:
         "deadline",
         "delegations",
         "done",
+        "inline",
         "kind",
         "message",
     )
@@ -106,6 +107,8 @@ class Request:
         self.done = False
         self.abandoned = False
         self.delegations = 0
+        self.inline: Any = None
+        """Piped work the asking task runs itself (see ``ActorContext.pipe``), until it starts."""
         self._scope: anyio.CancelScope | None = None
         self._value: Any = None
         self._error: BaseException | None = None

@@ -16,6 +16,7 @@ import pytest
 
 from runtime import (
     Actor,
+    ActorCrashed,
     ActorSystem,
     Ask,
     ChildSpec,
@@ -40,6 +41,7 @@ class Job(Ask[int]):
     value: int
     then: str = "sync"  # sync, async, fail, fatal, delegate
     gate: anyio.Event | None = None
+    raise_after_pipe: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,17 @@ class Worker(Actor[Any]):
     def _start(self, message: Job) -> None:
         self.context.pipe(self._work, message, reply_to=self.context.request,
                           then=lambda outcome: self._then(message, outcome))
+        if message.raise_after_pipe:
+            raise Fail("after the pipe")
 
     async def _work(self, job: Job) -> int:
+        self.log.append(("task", anyio.get_current_task().id))
         if job.gate is not None:
-            await job.gate.wait()
+            try:
+                await job.gate.wait()
+            except anyio.get_cancelled_exc_class():
+                self.log.append(("work", "cancelled"))
+                raise
         return job.value
 
     def _then(self, job: Job, outcome: Outcome) -> Any:
@@ -124,7 +133,7 @@ async def test_outcomes_answer_through_then_sync_async_and_delegated(immediate: 
         assert await ref.ask(Job(2, then="async"), timeout=5) == 6
         assert await ref.ask(Job(3, then="delegate"), timeout=5) == 30
         assert system.status()["w"].in_flight == 0
-    assert [entry for entry in log if entry[0] != "now"] == [
+    assert [entry for entry in log if entry[0] not in ("now", "task")] == [
         ("then", 1), ("then", 2), ("later", "start"), ("in flight", 0), ("later", "end"),
         ("then", 3)]
     assert [entry for entry in log if entry[0] == "now"] == (
@@ -155,7 +164,7 @@ async def test_a_busy_actor_completes_an_outcome_after_what_it_is_doing(immediat
             assert log[-1] == ("hold", "start")
             release.set()
         assert sorted(map(str, results)) == ["8", "held"]
-    assert [entry for entry in log if entry[0] != "now"] == [
+    assert [entry for entry in log if entry[0] not in ("now", "task")] == [
         ("hold", "start"), ("hold", "end"), ("then", 4)]
 
 
@@ -179,7 +188,7 @@ async def test_errors_of_then_answer_the_caller_and_crash_on_crashes_the_instanc
             while system.status()["w"].restart_count != 2:
                 await anyio.sleep(0.01)
         assert await ref.ask(Job(7), timeout=5) == 14
-    assert [entry for entry in log if entry[0] != "now"] == [
+    assert [entry for entry in log if entry[0] not in ("now", "task")] == [
         ("then", 5), ("then", 6), ("then", -1), ("later", "start"), ("in flight", 0),
         ("then", 7)]
 
@@ -196,4 +205,67 @@ async def test_an_abandoned_request_still_reaches_then_with_a_cancelled_outcome(
             while not any(entry[0] == "then" for entry in log):
                 await anyio.sleep(0.01)
         assert system.status()["w"].in_flight == 0
-    assert [entry for entry in log if entry[0] != "now"] == [("then", "cancelled")]
+    assert [entry for entry in log if entry[0] not in ("now", "task")] == [
+        ("work", "cancelled"), ("then", "cancelled")]
+
+
+async def test_an_immediate_asks_work_runs_in_the_asking_task(immediate: bool) -> None:
+    # Handled at once, the work piped for an ask runs in the asker's own task (it only waits for
+    # it); handled in the loop, in a child task of the actor.
+    log: list[tuple[str, object]] = []
+    async with system_of(log, immediate) as system:
+        ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
+        asker = anyio.get_current_task().id
+        assert await ref.ask(Job(1), timeout=5) == 2
+        ref.tell(Job(2))  # a tell's work is a child task either way
+        with anyio.fail_after(5):
+            while ("then", 2) not in log:
+                await anyio.sleep(0.01)
+    tasks = [task for kind, task in log if kind == "task"]
+    assert len(tasks) == 2
+    assert (tasks[0] == asker) is immediate
+    assert tasks[1] != asker
+
+
+async def test_the_instance_ending_cancels_the_work_of_its_asks(immediate: bool) -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log, immediate) as system:
+        ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
+        errors: list[BaseException] = []
+
+        async def waiting() -> None:
+            try:
+                await ref.ask(Job(1, gate=anyio.Event()), timeout=5)
+            except ActorCrashed as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(Fatal, match="broken"):
+                await ref.ask(Job(2, then="fatal"), timeout=5)
+        assert [type(error) for error in errors] == [ActorCrashed]
+        with anyio.fail_after(5):
+            while system.status()["w"].restart_count != 1:
+                await anyio.sleep(0.01)
+        assert system.status()["w"].in_flight == 0
+        assert await ref.ask(Job(3), timeout=5) == 6
+    # The first job's outcome belongs to the crashed instance: its then never runs.
+    assert [entry for entry in log if entry[0] not in ("now", "task")] == [
+        ("then", 2), ("work", "cancelled"), ("then", 3)]
+
+
+async def test_work_piped_before_the_handler_failed_still_runs(immediate: bool) -> None:
+    log: list[tuple[str, object]] = []
+    async with system_of(log, immediate) as system:
+        ref = system.ref("w")
+        await anyio.wait_all_tasks_blocked()  # idle
+        with pytest.raises(Fail, match="after the pipe"):
+            await ref.ask(Job(4, raise_after_pipe=True), timeout=5)
+        with anyio.fail_after(5):
+            while ("then", 4) not in log:
+                await anyio.sleep(0.01)
+        assert system.status()["w"].in_flight == 0
+        assert system.status()["w"].restart_count == 0
