@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,11 +18,12 @@ import anyio.lowlevel
 
 from runtime._actor import Actor, ActorState, ActorStatus, unwrap_group
 from runtime._cell_items import _STOP, _ChildDone, _Crash, _Resume
+from runtime._cell_tasks import CellTasks
 from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
 from runtime._mailbox import Mailbox
 from runtime._ref import ActorRef
-from runtime._request import Delegated, Outcome, Request, RequestKind, Then
+from runtime._request import Delegated, Request, RequestKind
 
 if TYPE_CHECKING:
     from runtime._supervisor import ChildSpec, Registry
@@ -37,7 +38,7 @@ logger = logging.getLogger("runtime")
 _BURST = 64
 
 
-class ActorCell:
+class ActorCell(CellTasks):
     """Runs the instances of one actor over a mailbox that outlives them."""
 
     def __init__(self, spec: ChildSpec, registry: Registry) -> None:
@@ -360,61 +361,6 @@ class ActorCell:
         if request is None or request.kind is RequestKind.TELL:
             logger.warning("actor %s: %s while handling a message", self.name,
                            type(error).__name__)
-
-    async def run_child(
-        self,
-        scope: anyio.CancelScope,
-        request: Request | None,
-        work: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        then: Then | None,
-        generation: int,
-    ) -> None:
-        outcome: Outcome | None = None
-        with scope:
-            try:
-                outcome = Outcome(await work(*args))
-            except Exception as exc:
-                outcome = Outcome(error=exc)
-        if outcome is None:
-            outcome = Outcome(cancelled=True)
-        done = _ChildDone(request, outcome, then, generation)
-        if not self._complete_now(done):
-            self._mailbox.put(done)
-
-    async def run_inline(self, request: Request) -> None:
-        """Run the work piped for ``request`` in the asking task, like :meth:`run_child`; also
-        when the asker is cancelled (its deadline), the outcome (then cancelled) completes."""
-        inline, request.inline = request.inline, None
-        outcome: Outcome | None = None
-        try:
-            with inline.scope:
-                try:
-                    outcome = Outcome(await inline.work(*inline.args))
-                except Exception as exc:
-                    outcome = Outcome(error=exc)
-        finally:
-            done = _ChildDone(request, outcome or Outcome(cancelled=True), inline.then,
-                              inline.generation)
-            if not self._complete_now(done) and not self._mailbox._closed:
-                self._mailbox.put(done)
-
-    async def run_timer(
-        self, scope: anyio.CancelScope, interval: float, message: object, repeat: bool
-    ) -> None:
-        tick: Request | None = None
-        with scope:
-            while True:
-                await self.registry.clock.sleep(interval)
-                if not self._accepting:
-                    return
-                if tick is None or tick.done:
-                    # Past the bound, like a child's outcome: the actor asked for this message.
-                    tick = Request(message)
-                    self._depth += 1
-                    self._mailbox.put(tick)
-                if not repeat:
-                    return
 
     def __repr__(self) -> str:
         return (
