@@ -13,14 +13,16 @@ same ``key_prefix``) shares, exactly:
 
 Every decision is one Lua script (atomic in Redis, registered once and run by ``EVALSHA``) that
 reads Redis's own clock (``TIME``), never the callers'. Every key has a TTL. :class:`RedisLink`
-owns the connections (one command at a time each, packed by hiredis); :meth:`RedisLink.ping` is
-the ``/health`` probe.
+owns the connection (pipelined: calls are written as they come, those of one loop iteration in
+one write, packed by hiredis, and answered in order; Redis runs them in that order);
+:meth:`RedisLink.ping` is the ``/health`` probe.
 
 Fault policy
 ------------
 Redis **stopped, unreachable or slow**: every call gives up after ``connect_timeout +
-op_timeout`` (1.5 s by default, waiting for one of the ``max_connections`` included; one
-immediate retry, on a new connection, only after a broken one) with :class:`ClusterUnavailable`
+op_timeout`` (1.5 s by default, waiting for one of the ``max_connections`` slots included; one
+immediate retry, on a new connection, only after a broken one; a call that timed out breaks the
+connection, so the calls still waiting on it retry on a new one) with :class:`ClusterUnavailable`
 (``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed

@@ -102,8 +102,9 @@ class SharedLedgerActor(LedgerActor):
         # Reservations Redis granted: only these are re-declared by a seed. One still waiting
         # for its answer must pass the limits, not ride in on the seed.
         self._granted: set[int] = set()
-        self._freeing = 0  # releases and settles on their way to Redis
-        self._freed: anyio.Event | None = None  # set when the last of them has landed
+        # Releases and settles piped but not yet written to Redis (see _reserve_shared).
+        self._unwritten = 0
+        self._frees_written: anyio.Event | None = None  # set when the last of them is written
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
@@ -123,15 +124,30 @@ class SharedLedgerActor(LedgerActor):
         await super().on_start()
         self._arm_seed()
 
+    def immediate_messages(self) -> tuple[type, ...]:
+        # An idle ledger takes a reservation in the asker's task, its Redis call included (no
+        # mailbox trip, no child task): the script is written with the rate admission the
+        # router starts at the same time, in one write.
+        return (Reserve,)
+
+    def handle_now(self, message: Any) -> Any:
+        if isinstance(message, Reserve):
+            return self._reserve_both(message)
+        return super().handle_now(message)  # pragma: no cover - only Reserve is immediate
+
+    def _reserve_both(self, message: Reserve) -> None:
+        """The local check now, the shared one piped (its answer is the reservation)."""
+        self._roll_day()
+        reservation = self._reserve(message)
+        entry = self._book.open[reservation.id]
+        self.context.pipe(
+            self._reserve_shared, self._key(reservation.id), entry.amount,
+            entry.provider, self._book.day, reply_to=self.context.request,
+            then=lambda outcome: self._reserved(reservation, outcome))
+
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Reserve):
-            self._roll_day()
-            reservation = self._reserve(message)
-            entry = self._book.open[reservation.id]
-            self.context.pipe(
-                self._reserve_shared, self._key(reservation.id), entry.amount,
-                entry.provider, self._book.day, reply_to=self.context.request,
-                then=lambda outcome: self._reserved(reservation, outcome))
+            self._reserve_both(message)
             return None
         if isinstance(message, Settle):
             book = self._book
@@ -179,36 +195,39 @@ class SharedLedgerActor(LedgerActor):
 
     # -- shared settles and releases, behind the answers -------------------------------------
 
-    # A release or settle frees money in Redis; a reserve sent while one is on its way could be
+    # A release or settle frees money in Redis; a reserve that reached Redis before it could be
     # refused for money already given back (the router releases an attempt its limiter refused
-    # and reserves the fallback at once). So a reserve waits for this worker's frees in flight.
+    # and reserves the fallback at once). RedisLink runs this worker's calls in the order they
+    # are written (one pipelined connection), and a free's command is written in the first step
+    # of its task: so a reserve waits only until every free piped before it has started, not
+    # until it has landed (a round trip each, which serialized back-to-back requests).
 
     async def _reserve_shared(self, key: str, amount: int, provider: str,
                               day: str) -> ReserveResult:
-        while self._freeing:
-            if self._freed is None:
-                self._freed = anyio.Event()
-            await self._freed.wait()
+        while self._unwritten:
+            if self._frees_written is None:
+                self._frees_written = anyio.Event()
+            await self._frees_written.wait()
         return await self._shared.reserve(key, amount, provider, day)
 
     async def _free(self, free: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        self._freeing += 1
-        try:
-            return await free(*args)
-        finally:
-            self._freeing -= 1
-            if not self._freeing and self._freed is not None:
-                self._freed.set()
-                self._freed = None
+        call = free(*args)  # its command is written in the first step of ``call``, just below
+        self._unwritten -= 1
+        if not self._unwritten and self._frees_written is not None:
+            self._frees_written.set()
+            self._frees_written = None
+        return await call
+
+    def _pipe_free(self, *args: Any, then: Callable[[Outcome], Any]) -> None:
+        self._unwritten += 1
+        self.context.pipe(self._free, *args, reply_to=None, then=then)
 
     def _share_release(self, reservation_id: int) -> None:
-        self.context.pipe(self._free, self._shared.release, self._key(reservation_id),
-                          reply_to=None, then=_ignore)
+        self._pipe_free(self._shared.release, self._key(reservation_id), then=_ignore)
 
     def _share_settle(self, pending: _PendingSettle) -> None:
-        self.context.pipe(self._free, self._shared.settle, pending.key, pending.charge,
-                          pending.provider, pending.day, reply_to=None,
-                          then=lambda outcome: self._settled(pending, outcome))
+        self._pipe_free(self._shared.settle, pending.key, pending.charge, pending.provider,
+                        pending.day, then=lambda outcome: self._settled(pending, outcome))
 
     def _settled(self, pending: _PendingSettle, outcome: Outcome) -> None:
         if outcome.error is None and not outcome.cancelled:
