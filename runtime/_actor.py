@@ -1,8 +1,9 @@
 """Actors: the base class an actor derives from, its states and status.
 
 An actor handles one message at a time; long work runs as a child task started with
-:meth:`ActorContext.pipe`, whose outcome comes back to the actor, so the instance's state has a
-single writer while hundreds of requests are in flight. The cell that runs the instances is in
+:meth:`ActorContext.pipe` (or, for an ask handled at once, in the asking task), whose outcome comes
+back to the actor, so the instance's state has a single writer while hundreds of requests are in
+flight. The cell that runs the instances is in
 :mod:`runtime._cell`.
 """
 
@@ -91,8 +92,11 @@ class Actor(Generic[M_contra]):
         """Handle one message of :meth:`immediate_messages` synchronously (see there).
 
         Answers like :meth:`receive` (return value, or exception), or delegates its answer with
-        :meth:`ActorContext.pipe` (``reply_to`` the request): a sender's ``ask`` then waits for
-        the child's answer as for any ask (the child runs in the actor's task group).
+        :meth:`ActorContext.pipe` (``reply_to`` the request): a sender's ``ask`` then runs that
+        work itself, in its own task (it would only wait for it), and answers with its outcome as
+        for any ask; work piped for a ``tell``, and any further work, runs as a child task in the
+        actor's task group. Either way it is cancelled when the sender gives up or the instance
+        ends.
         """
         raise NotImplementedError(f"{type(self).__name__} has no handle_now()")
 
