@@ -7,11 +7,17 @@ runtime path is ``open_runtime`` with one provider (cost limits on, so every req
 and settles in the ledger, and every attempt is a metrics event). Each cell is the best of
 ``ROUNDS`` runs, the paths alternating, so all see the same machine.
 
-Run: ``.venv/bin/python -m benchmarks.runtime``
+``--gc-tuned``: the process runs with :func:`runtime.gc_tuning.tune_gc` (called once everything
+is started, so both paths get it): what a server that tunes its collector at start-up measures.
+Without it, CPython's defaults, where the collector's passes cost the streamed runtime ~400 us per
+request here (see that module).
+
+Run: ``.venv/bin/python -m benchmarks.runtime [--gc-tuned]``
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +31,7 @@ import openai
 from actors.llm import LLMConfig, open_runtime
 from actors.llm._http_pool import aiohttp_available
 from benchmarks._report import percentile, table
+from runtime.gc_tuning import tune_gc
 from simulator.process import SimulatorProcess
 
 MODEL = "gpt-4o-mini"
@@ -64,7 +71,7 @@ def _config(base_url: str, db: Path) -> LLMConfig:
     })
 
 
-async def main() -> None:
+async def main(gc_tuned: bool = False) -> None:
     rows: list[list[object]] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +84,8 @@ async def main() -> None:
                                              max_retries=0, http_client=client)
                     for name, client in http.items()}
             async with open_runtime(_config(sim.base_url, Path(tmp) / "ledger.sqlite3")) as rt:
+                if gc_tuned:
+                    tune_gc()
 
                 def sdk_call(sdk: openai.AsyncOpenAI) -> Callable[[], Awaitable[Any]]:
                     async def call() -> None:
@@ -125,10 +134,11 @@ async def main() -> None:
             for sdk in sdks.values():
                 await sdk.close()
     print(f"simulator subprocess, {DURATION:g}s per cell, best of {ROUNDS}; "
-          f"runtime recorded {summary['total_requests']} requests")
+          f"runtime recorded {summary['total_requests']} requests; garbage collector: "
+          f"{'tuned (runtime.gc_tuning)' if gc_tuned else 'CPython defaults'}")
     print(table(["mode", "concurrency", "path", "req/s", "p50 ms", "p99 ms", "vs SDK"], rows))
     print(f"runtime/sdk throughput ratio: {min(ratios):.2f}")
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, "--gc-tuned" in sys.argv[1:])
