@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import math
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import uvicorn
 
 from actors.llm import LedgerUnavailable, check_ledger, redact
+from runtime.gc_tuning import tune_gc
 from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
@@ -242,6 +244,11 @@ class _GracefulServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
+            # What start-up loaded lives as long as the process: out of the collector's sight,
+            # and the young generation's passes rarer (runtime/gc_tuning.py has the figures).
+            tune_gc()
+            logger.info("garbage collector tuned: %d start-up objects frozen, young threshold %d",
+                        gc.get_freeze_count(), gc.get_threshold()[0])
             for server in self.servers:
                 for bound in server.sockets:
                     host, port = bound.getsockname()[:2]

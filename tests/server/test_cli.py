@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from runtime.gc_tuning import YOUNG_THRESHOLD
 from tests.server_harness import ServerChild, server_env, write_config
 
 SECRET = "sk-test-abcdefghijklmnop0123"
@@ -118,3 +120,15 @@ def test_serve_refuses_a_ledger_held_by_another_server_with_exit_1(tmp_path: Pat
         " two servers on one ledger file would each spend the whole daily limit: give each its"
         " own cost.db_path, or share one budget through cluster.redis_url"
     )
+
+
+def test_serve_tunes_the_garbage_collector_once_started(tmp_path: Path) -> None:
+    server = ServerChild(write_config(tmp_path, simulator_url=None, mcp_servers={},
+                                      simulator="always"))
+    assert server.stop() == 0, server.output
+    tuned = re.findall(r"garbage collector tuned: (\d+) start-up objects frozen, young threshold"
+                       r" (\d+)", server.output)
+    assert len(tuned) == 1, server.output
+    frozen, threshold = map(int, tuned[0])
+    assert frozen > 10_000  # the modules, classes and config of a started server
+    assert threshold == YOUNG_THRESHOLD
