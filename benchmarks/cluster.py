@@ -12,14 +12,11 @@
    uvloop, as the server), against the same redis-server, one request at a time: ledger reserve
    and rate admission, then the ``sent`` stamp and the ledger settle (the server waits for
    neither: the stamp runs in the background, the settle behind the ledger's answer); the
-   latency path both one after the other and overlapped as the router now runs them (the
-   reservation in a task, the admission, then the wait for the reservation's gate). (b) The
-   latency path through the product: the wall time from the router's ask to the upstream call
-   (timed where the provider makes it), one request at a time on one simulator, without Redis,
-   with Redis and the two round trips one after the other, and with Redis as now (overlapped);
-   "Redis adds" is the difference with the run without Redis. Each request starts 5 ms after
-   the previous one's answer (its stamp and settle have landed): the figures are a quiet
-   worker's, and include what the actors do around each round trip.
+   latency path is the first two. (b) The latency path through the product: the wall time from
+   the router's ask to the upstream call (timed where the provider makes it), one request at a
+   time on one simulator, without Redis and with it; "Redis adds" is the difference. Each
+   request starts 5 ms after the previous one's answer (its stamp and settle have landed): the
+   figures are a quiet worker's, and include what the actors do around each round trip.
 
 Targets: 2 workers hold >= 1.7x the streams of 1 worker; Redis adds <= 0.3 ms p50 per request.
 On this 2-core machine the clients and the simulator share the cores with the workers: the
@@ -72,10 +69,8 @@ QUICK_DURATION = 6.0
 #: Seconds: a K whose p99 time to the first text passes this is not "held" (issue 11's bound).
 FIRST_TEXT_LIMIT = 1.0
 ROUND_TRIPS = 3000
-#: The round trips a request waits for before its upstream call, one after the other (as the
-#: product ran them until the overlap) and overlapped (as it runs them with shared limits).
-SEQUENTIAL_PATH = "reserve then admit (sequential)"
-LATENCY_PATH = "reserve || admit (latency path)"
+#: The round trips a request waits for before its upstream call.
+LATENCY_PATH = "reserve then admit (latency path)"
 QUICK_ROUND_TRIPS = 500
 #: Requests per variant through the product (router, ledger, provider) to the upstream call.
 PRODUCT_REQUESTS = 1000
@@ -173,23 +168,18 @@ def _held(rows: list[list[Any]], workers: int) -> int:
 
 
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
-    """Per request: reserve, admit, sent, settle; timed each, summed, and the latency path also
-    as the router runs it with a shared limiter (reserve and admit overlapped, see the doc)."""
+    """Per request: reserve, admit, sent, settle; timed each, the latency path and all four."""
     async def journal(day: str) -> DaySeed:
         return DaySeed(0)
 
     timings: dict[str, list[float]] = {name: [] for name in (
-        "reserve", "admit", "sent", "settle", SEQUENTIAL_PATH, LATENCY_PATH, "all four")}
+        "reserve", "admit", "sent", "settle", LATENCY_PATH, "all four")}
     config = ClusterConfig(redis_url=redis.url, key_prefix="rt")
     async with RedisLink(config) as link:
         window = SharedRateWindow(link, "bench", requests_per_minute=10_000_000,
                                   tokens_per_minute=1_000_000_000)
         ledger = SharedLedger(link, "bench", journal,
                               LedgerLimits(daily_cost_limit=10**15, max_cost_per_request=10**12))
-
-        async def reserve(key: str, gate: anyio.Event) -> None:
-            await ledger.reserve(key, 1000, "bench", "2026-01-01")
-            gate.set()
 
         # The first 100 of each open connections and load the scripts.
         for index in range(count + 100):
@@ -203,24 +193,10 @@ async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
             t3 = time.perf_counter()
             await ledger.settle(f"r{index}", 900, "bench", "2026-01-01")
             t4 = time.perf_counter()
-            # The same two scripts as the product runs them now: the reservation in a task of
-            # the router's attempt, the admission in the provider's, which then waits for the
-            # gate the reservation opens (timed: from the start to the open gate).
-            gate = anyio.Event()
-            t5 = time.perf_counter()
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(reserve, f"o{index}", gate)
-                overlapped = await window.admit(500)
-                await gate.wait()
-                t6 = time.perf_counter()
-            assert overlapped.permit is not None
-            await window.sent(overlapped.permit)
-            await ledger.settle(f"o{index}", 900, "bench", "2026-01-01")
             if index >= 100:
                 for name, value in (("reserve", t1 - t0), ("admit", t2 - t1),
                                     ("sent", t3 - t2), ("settle", t4 - t3),
-                                    (SEQUENTIAL_PATH, t2 - t0), (LATENCY_PATH, t6 - t5),
-                                    ("all four", t4 - t0)):
+                                    (LATENCY_PATH, t2 - t0), ("all four", t4 - t0)):
                     timings[name].append(value * 1000)
     return [[name, percentile(values, 0.5), percentile(values, 0.99)]
             for name, values in timings.items()]
@@ -228,11 +204,10 @@ async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
 
 async def _product_path(redis: RedisServer, directory: Path, count: int) -> list[list[Any]]:
     """Per request, through the product (router, ledger and provider actors, one request at a
-    time, on one simulator): the wall time from the ask to the upstream call, without Redis,
-    with it and the two round trips one after the other (the router before the overlap), and
-    with it as now. The upstream call is timed where the provider makes it (``post_completion``
+    time, on one simulator): the wall time from the ask to the upstream call, without Redis and
+    with it. The upstream call is timed where the provider makes it (``post_completion``
     wrapped here, in this process only)."""
-    from actors.llm import LLMConfig, SharedState, _provider_calls, _router, open_runtime
+    from actors.llm import LLMConfig, SharedState, _provider_calls, open_runtime
     from simulator.process import SimulatorProcess
 
     sent: list[float] = []
@@ -253,8 +228,7 @@ async def _product_path(redis: RedisServer, directory: Path, count: int) -> list
             "cost": {"db_path": str(directory / f"{name}.sqlite3"), "daily_cost_limit": 1e6,
                      "max_cost_per_request": 1.0}})
 
-    overlap = _router.RouterActor._shared_admission
-    variants = ("no Redis", "Redis, reserve then admit", "Redis, reserve || admit (now)")
+    variants = ("no Redis", "Redis")
     timings: dict[str, list[float]] = {name: [] for name in variants}
     messages = [{"role": "user", "content": "hello there"}]
     cluster = ClusterConfig(redis_url=redis.url, key_prefix="e2e")
@@ -264,11 +238,8 @@ async def _product_path(redis: RedisServer, directory: Path, count: int) -> list
                 open_runtime(config(sim, "local")) as local, \
                 open_runtime(config(sim, "shared"), shared=SharedState(link, "bench")) as shared:
             for index in range(count + 50):  # the first 50 warm every path up
-                for turn in range(3):
-                    name = variants[(index + turn) % 3]
-                    # The sequential variant: the router's test says "not shared", as before.
-                    _router.RouterActor._shared_admission = (  # type: ignore[method-assign]
-                        overlap if name != variants[1] else lambda self, provider: False)
+                for turn in range(2):
+                    name = variants[(index + turn) % 2]
                     # The previous request's stamp and settle (behind its answer) land first:
                     # timed is the latency path alone, as for a request to a quiet worker.
                     await anyio.sleep(0.005)
@@ -278,13 +249,12 @@ async def _product_path(redis: RedisServer, directory: Path, count: int) -> list
                         timings[name].append((sent[-1] - started) * 1000)
     finally:
         setattr(_provider_calls, "post_completion", post)  # noqa: B010
-        _router.RouterActor._shared_admission = overlap  # type: ignore[method-assign]
     figures = {name: (percentile(values, 0.5), percentile(values, 0.99))
                for name, values in timings.items()}
     base = figures[variants[0]]
+    with_redis = figures[variants[1]]
     return [[name, p50, p99] for name, (p50, p99) in figures.items()] + [
-        [f"Redis adds: {name.split(', ')[1]}", p50 - base[0], p99 - base[1]]
-        for name, (p50, p99) in list(figures.items())[1:]]
+        ["Redis adds", with_redis[0] - base[0], with_redis[1] - base[1]]]
 
 
 async def main() -> None:
@@ -311,12 +281,10 @@ async def main() -> None:
     print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
     print(table(["ask to upstream call, through the product", "p50 ms", "p99 ms"], product))
     path = next(row for row in trips if row[0] == LATENCY_PATH)
-    before = next(row for row in trips if row[0] == SEQUENTIAL_PATH)
-    now = product[-1]
-    print(f"Redis adds per request: p50 {now[1]:.3f} ms, p99 {now[2]:.3f} ms on the latency"
-          f" path through the product (ask to upstream call, against no Redis); its round trips"
-          f" alone: p50 {path[1]:.3f} ms overlapped, {before[1]:.3f} ms one after the other"
-          f" (target <= 0.3 ms p50)")
+    adds = product[-1]
+    print(f"Redis adds per request: p50 {adds[1]:.3f} ms, p99 {adds[2]:.3f} ms on the latency"
+          f" path through the product (ask to upstream call, against no Redis); its two round"
+          f" trips alone: p50 {path[1]:.3f} ms (target <= 0.3 ms p50)")
 
 if __name__ == "__main__":
     # The clients on uvloop too (the server runs on it): the load generator shares this machine's

@@ -9,12 +9,6 @@ streamed (text, reasoning, tool-call pieces), priced by the ledger; only what ne
 our limiter or breaker, or answered by an upstream error status, which bills nothing) is released.
 A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
 that failed after, and erring that way keeps the limit.
-
-With shared limits (Redis) the reservation and the provider's rate admission are each a round trip:
-:meth:`AttemptSpend.reserve_gated` runs the reservation while the provider admits the call, and
-opens a :class:`ReservationGate` that the provider awaits before sending (nothing leaves before
-both). A refused reservation never opens it: the router cancels the call (the provider's permit
-and breaker slot are given back as for any cancelled call) and raises the ledger's own error.
 """
 
 from __future__ import annotations
@@ -34,7 +28,7 @@ from ._errors import (
 from ._messages import Release, Reservation, Reserve, Settle, Usage
 from ._tokens import count_text_tokens
 
-__all__ = ["AttemptSpend", "ReservationGate", "billed_in_flight"]
+__all__ = ["AttemptSpend", "billed_in_flight"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +48,6 @@ def billed_in_flight(error: BaseException | None) -> bool:
     return type(error) is LLMClientError or not isinstance(error, LLMClientError)
 
 
-class ReservationGate:
-    """Opens when the attempt's money is reserved; :attr:`refused` when it never will."""
-
-    __slots__ = ("_open", "refused")
-
-    def __init__(self) -> None:
-        self._open = anyio.Event()
-        self.refused = False
-
-    async def wait(self) -> None:
-        """Return once the money is reserved (a refused reservation cancels the waiter)."""
-        await self._open.wait()
-
-    def open(self) -> None:
-        self._open.set()
-
-
 class AttemptSpend:
     """Reserves, settles or charges one attempt with the ledger (no ledger: does nothing).
 
@@ -83,26 +60,10 @@ class AttemptSpend:
         self.reservation: Reservation | None = None
         self.sent = False
         self.streamed: list[str] = []
-        #: Why :meth:`reserve_gated` could not reserve (the ledger's error, raised by the router).
-        self.refusal: Exception | None = None
 
     async def reserve(self, deadline: float) -> None:
         if self._ledger is not None:
             self.reservation = await self._ledger.ask(self._reserve, deadline=deadline)
-
-    async def reserve_gated(self, deadline: float, gate: ReservationGate,
-                            call: anyio.CancelScope) -> None:
-        """Reserve, then open ``gate``; on any failure keep the ledger's error in
-        :attr:`refusal`, mark the gate refused and cancel ``call`` (the provider's call).
-        Its own cancellation propagates (as :meth:`reserve`'s)."""
-        try:
-            await self.reserve(deadline)
-        except Exception as exc:
-            self.refusal = exc
-            gate.refused = True
-            call.cancel()
-            return
-        gate.open()
 
     async def settle(self, usage: Usage) -> float | None:
         """Settle at the answer's usage (its reported cost when present); the USD charged."""

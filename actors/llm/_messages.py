@@ -24,14 +24,11 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime import Ask, AskStream
-
-if TYPE_CHECKING:
-    from ._attempt_spend import ReservationGate
 
 __all__ = [
     "Attempt",
@@ -228,9 +225,6 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     fallback_models: tuple[str, ...] = ()
     deltas: DeltaSink | None = field(default=None, compare=False, repr=False)
     """Where the stream's deltas go instead of the stream (see :attr:`ChatRequest.deltas`)."""
-    gate: ReservationGate | None = field(default=None, compare=False, repr=False)
-    """Opens when the attempt's money is reserved (shared limits: the router reserves while the
-    provider admits); nothing is sent before (see :mod:`._attempt_spend`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -343,10 +343,8 @@ class ProviderActor(Actor[ProviderCall]):
         else:
             breaker.on_success()
             response = outcome.value
-        if call.gate is None or not call.gate.refused:  # refused money: the call never was
-            self._reports.finished(call, progress, latency, response, outcome,
-                                   now=self.context.clock.now(),
-                                   pool_in_use=state.health.pool_in_use)
+        self._reports.finished(call, progress, latency, response, outcome,
+                               now=self.context.clock.now(), pool_in_use=state.health.pool_in_use)
         if isinstance(error, LLMConnectionError):
             self._connection_failures += 1
             if self._connection_failures >= self.config.max_connection_failures:

@@ -86,28 +86,17 @@ class CallSite:
         parameter (at most ``_MAX_REFUSED`` of them: each is one more request)."""
         limiter = self.state.limiter
         assert limiter is not None
-        gate = call.gate
-        try:
-            for attempt in range(_MAX_REFUSED + 1):
-                try:
-                    async with limiter.admit(tokens) as permit:
-                        if gate is not None:  # the money is reserved: nothing leaves before
-                            await gate.wait()
-                        with map_sdk_errors(self.provider, call.model, self.secrets):
-                            answer = await send(plan.body)
-                        permit.sent()
-                    return answer, plan
-                except LLMBadRequestError as exc:
-                    if attempt == _MAX_REFUSED:
-                        raise
-                    plan = self._learn(call, exc, plan)
-        except Exception:
-            if gate is not None:
-                # A failure before the gate opened waits for the reservation: refused, the
-                # router cancels this call (the provider was not really asked, as without the
-                # overlap: no breaker outcome); granted, the error is the provider's.
-                await gate.wait()
-            raise
+        for attempt in range(_MAX_REFUSED + 1):
+            try:
+                async with limiter.admit(tokens) as permit:
+                    with map_sdk_errors(self.provider, call.model, self.secrets):
+                        answer = await send(plan.body)
+                    permit.sent()
+                return answer, plan
+            except LLMBadRequestError as exc:
+                if attempt == _MAX_REFUSED:
+                    raise
+                plan = self._learn(call, exc, plan)
         raise AssertionError("unreachable")
 
     async def complete(self, call: ProviderCall, plan: CallPlan, tokens: int,

@@ -38,7 +38,7 @@ from runtime import (
     RequestKind,
 )
 
-from ._attempt_spend import AttemptSpend, ReservationGate
+from ._attempt_spend import AttemptSpend
 from ._candidates import Candidate, build_candidates, provider_actor_name
 from ._catalog import ModelCatalog
 from ._config import LLMConfig
@@ -63,7 +63,6 @@ from ._messages import (
     StreamEnd,
     TextDelta,
 )
-from ._shared_limits import SharedProviderLimiter
 from ._tokens import acount_message_tokens, encoding_name_for_model
 
 __all__ = ["RouterActor", "provider_actor_name"]
@@ -96,31 +95,6 @@ def _tracked(sink: DeltaSink, spend: AttemptSpend, delivered: list[object] | Non
         await sink(delta)
 
     return deliver
-
-
-async def _ask_gated(ref: ActorRef, call: ProviderCall, spend: AttemptSpend,
-                     gate: ReservationGate, deadline: float) -> LLMResponse:
-    """Ask the provider while the attempt's money is reserved (``call.gate``).
-
-    A failed reservation cancels the call and its error is raised (as when reserving came
-    first: the provider sent nothing). Otherwise the provider's answer or error, once the
-    reservation has ended (a failed call then releases or charges it as usual).
-    """
-    response: LLMResponse | None = None
-    failure: Exception | None = None
-    async with anyio.create_task_group() as tasks:
-        with anyio.CancelScope() as asking:
-            tasks.start_soon(spend.reserve_gated, deadline, gate, asking)
-            try:
-                response = await ref.ask(call, deadline=deadline)
-            except Exception as exc:  # kept until the reservation has ended
-                failure = exc
-    if spend.refusal is not None:
-        raise spend.refusal
-    if failure is not None:
-        raise failure
-    assert response is not None
-    return response
 
 
 class RouterActor(Actor[ChatRequest]):
@@ -281,27 +255,20 @@ class RouterActor(Actor[ChatRequest]):
             self._ledger if tracked else None,
             Reserve(chat.request_id, provider, model, prompt_tokens, max_tokens,
                     turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit))
-        # Shared limits: the reservation runs while the provider admits the call (two Redis
-        # round trips at once); the provider sends once the gate opens. Else reserve first.
-        gate = ReservationGate() if tracked and self._shared_admission(provider) else None
-        if gate is None:
-            await spend.reserve(deadline)
+        await spend.reserve(deadline)
         # A stream's deltas go from the provider's reading task straight to the caller's sink,
         # or else into the caller's stream: no relay task in the provider, no hop here.
         sink = None if caller is None else chat.deltas or caller.send
         call = ProviderCall(chat, model, prompt_tokens, stream=caller is not None,
                             fallback_models=candidate.fallback_models,
-                            deltas=None if sink is None else _tracked(sink, spend, delivered),
-                            gate=gate)
+                            deltas=None if sink is None else _tracked(sink, spend, delivered))
         ref = self._providers[provider]
         failure: BaseException | None = None
         try:
             spend.sent = True
             # A stream's deltas reach the caller through the sink: the provider answers the
             # ask with the assembled response.
-            response: LLMResponse = (
-                await ref.ask(call, deadline=deadline) if gate is None
-                else await _ask_gated(ref, call, spend, gate, deadline))
+            response: LLMResponse = await ref.ask(call, deadline=deadline)
         except BaseException as exc:
             failure = exc
             raise
@@ -370,11 +337,6 @@ class RouterActor(Actor[ChatRequest]):
             raise ProviderUnavailable(
                 f"provider {provider!r} is unavailable (circuit breaker {health.breaker})",
                 provider=provider, retry_after=health.retry_after() or None)
-
-    def _shared_admission(self, provider: str) -> bool:
-        """Whether the provider's rate admission is a Redis round trip (``cluster.redis_url``)."""
-        state = self.context.durable_of(provider_actor_name(provider))
-        return isinstance(getattr(state, "limiter", None), SharedProviderLimiter)
 
     def _should_fall_back(self, error: LLMClientError) -> bool:
         if isinstance(error, ContentRefused):
