@@ -10,7 +10,8 @@ data (:mod:`._wire_decode`, :mod:`._stream`);
 what differs per provider kind is in :mod:`._provider_kinds`.
 
 Per call, in the actor's loop: the pre-flight context-window check, then the breaker's permit (an
-open breaker refuses at once with :class:`ProviderUnavailable`). In a child task: the rate
+open breaker refuses at once with :class:`ProviderUnavailable`). In the piped work (the caller's
+task or a child task): the rate
 limiter (one request, and the prompt's estimated tokens plus the output limit: what OpenAI counts
 against a tokens-per-minute limit when the request arrives), the SDK call; every response's
 ``x-ratelimit-*`` headers reach the limiter through a response hook. An "Unsupported
@@ -223,8 +224,8 @@ class ProviderActor(Actor[ProviderCall]):
     # -- in the actor's loop, or at once in the caller's task (see immediate_messages) ----------
 
     def immediate_messages(self) -> tuple[type, ...]:
-        # Handling a call never awaits (its work is a child task): an idle provider starts it in
-        # the caller's task, without a mailbox trip.
+        # Handling a call never awaits (its work is piped: run in the caller's task for an ask
+        # the idle provider takes at once, else a child task): no mailbox trip.
         return (ProviderCall,)
 
     def handle_now(self, message: ProviderCall) -> None:

@@ -14,7 +14,8 @@ to the caller's own delta sink (``ChatRequest.deltas``) when it gave one, else i
 stream; the provider answers a stream like an ask, with the assembled response, and the router
 sends the caller the :class:`StreamEnd` (no relay task, no hop through the router per delta).
 
-Each request runs as a child task of the router (``pipe``), so the router serves any number of
+Each request runs as piped work of the router (``pipe``: in the caller's task for an ask the idle
+router takes at once, else a child task), so the router serves any number of
 requests at once while its own state (rate-limit pauses, latency samples, hedge counts) has one
 writer: the actor's loop, through the ``then`` callbacks. Time (pauses, latencies, the hedge delay)
 comes from the runtime's clock.
@@ -124,7 +125,8 @@ class RouterActor(Actor[ChatRequest]):
         self._metrics = context.find("metrics")
 
     def immediate_messages(self) -> tuple[type, ...]:
-        # An ask of an idle router starts its child task in the caller's task: no mailbox trip.
+        # An ask of an idle router is taken in the caller's task, its work run there: no mailbox
+        # trip, no task.
         return (ChatRequest,)
 
     def handle_now(self, message: ChatRequest) -> None:
