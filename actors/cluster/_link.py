@@ -30,7 +30,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 #: Loop iterations between a command and the write that sends it with the ones made meanwhile:
-#: a request's rate admission and its reservation (issued a few hops apart) share one write.
+#: the commands of concurrent requests made in one iteration share one write.
 _FLUSH_TICKS = 1
 
 #: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
