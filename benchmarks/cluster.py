@@ -47,14 +47,13 @@ from actors.cluster import (
     SharedLedger,
     SharedRateWindow,
 )
-from benchmarks._load import PACE
+from benchmarks._load import PACE, run_clients
 from benchmarks._report import percentile, table
 from benchmarks.streams import (
     DELTAS,
     GAP_LIMIT,
     GIVE_UP_TTFT,
     MODEL,
-    _clients,
     _cpu_seconds,
 )
 from tests.redis_server import RedisServer
@@ -117,13 +116,13 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                 # Once-per-worker costs (each loads its token encoding on its first turn, ~1 s)
                 # out of the figures: a turn on each of 8 sockets per worker (the kernel spreads
                 # connections over the workers; all 16 on one of two: 1 in 32,768).
-                warm, _ = await _clients(server.ws_url, 8 * workers, 0.1)
+                warm, _ = await run_clients(server.ws_url, 8 * workers, 0.1)
                 if warm.failures:
                     raise RuntimeError(f"warm-up turns failed: {warm.failures}")
                 for k in ks:
                     cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
                     cpu_client = time.process_time()
-                    samples, elapsed = await _clients(server.ws_url, k, duration)
+                    samples, elapsed = await run_clients(server.ws_url, k, duration)
                     cpu = _workers_cpu(server.pid) - cpu
                     failures = ", ".join(f"{kind} {n}" for kind, n in
                                          sorted(samples.failures.items())) or "none"

@@ -57,7 +57,6 @@ from benchmarks._report import percentile, table
 from tests.server_harness import ServerChild, SimulatorChild, _Child, write_config
 
 DELTAS = 100
-_clients = run_clients  # benchmarks/cluster.py's name for it
 MODEL = "gpt-4o-mini"  # priced in the built-in catalog: the ledger admits it
 KS = (50, 100, 200, 400)
 QUICK_KS = (10, 25, 50)
