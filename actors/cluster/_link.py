@@ -115,10 +115,10 @@ class RedisLink:
                 max_connections=_CLIENT_CONNECTIONS,
                 timeout=config.connect_timeout + config.op_timeout, **options)))
         # The link's own connection, pipelined: every call writes its command at once and a
-        # reader task hands the replies back in order, so calls made at about the same time (a
-        # request's reservation and its rate admission) share one round trip and one wakeup on
-        # each side (like ioredis). redis-py's pool costs ~60 us a call here (a condition, a
-        # readiness poll, metrics), its per-write timeout a task. No socket timeout: each call's
+        # reader task hands the replies back in order, so calls made at about the same time
+        # (concurrent requests') share one round trip and one wakeup on each side (like
+        # ioredis). redis-py's pool costs ~60 us a call here (a condition, a readiness poll,
+        # metrics), its per-write timeout a task. No socket timeout: each call's
         # single deadline bounds its phases.
         pool = redis.ConnectionPool.from_url(config.redis_url, socket_timeout=None, **options)
         self._make: Callable[[], AbstractConnection] = functools.partial(
