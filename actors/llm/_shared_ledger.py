@@ -126,8 +126,7 @@ class SharedLedgerActor(LedgerActor):
 
     def immediate_messages(self) -> tuple[type, ...]:
         # An idle ledger takes a reservation in the asker's task, its Redis call included (no
-        # mailbox trip, no child task): the script is written with the rate admission the
-        # router starts at the same time, in one write.
+        # mailbox trip, no child task).
         return (Reserve,)
 
     def handle_now(self, message: Any) -> Any:
