@@ -9,7 +9,7 @@ is not read, whatever it sends, so what one read can bring in (a few hundred KiB
 what its answers can buffer. The app's own sends already wait for the buffer to drain.
 
 Chosen over uvicorn's legacy ``websockets`` implementation (which stops reading a ping flood the
-same way) by measurement: the floor relay of ``benchmarks/streams.py`` costs 5-15% less CPU per
+same way) by measurement: the floor relay of ``benchmarks/streams.py`` costs 3-10% less CPU per
 delta on it (README, "Streams per process").
 """
 
