@@ -122,6 +122,7 @@ class SharedLedger:
         self._settle = link.script(lua.SETTLE)
         self._release = link.script(lua.RELEASE)
         self._seed = link.script(lua.SEED)
+        self._allow = link.script(lua.ALLOW)
         self._day_keys: dict[str, list[str]] = {}
 
     def _keys(self, day: str, turn_id: str | None) -> list[str]:
@@ -188,6 +189,44 @@ class SharedLedger:
              "0" if turn_id is None else "1"])
         status, reserved = int(answer[0]), int(answer[1])
         return SettleResult(status > 0, status == 2, reserved)
+
+    async def allow(self, allowance_id: str, provider: str, day: str, *, charge: int, out: int,
+                    carry: int, want: int, min_free: int, call: int,
+                    share: int = 4) -> int | None:
+        """Resize this instance's allowance ``allowance_id`` for ``provider``; the new hold.
+
+        An allowance is money held in Redis like a reservation (counted in the day's open total,
+        expiring after ``reservation_ttl`` unless renewed by the next call) that the instance
+        grants its requests from without a call. ``charge`` (what it settled locally since the
+        last call) moves from the hold to ``day``'s settled. The new hold keeps ``out`` (its
+        requests' open reservations) plus ``carry`` (the free part it may draw from until this
+        answer) and grows to ``out + free``, ``free`` being at most ``want`` and ``1 / share`` of
+        the limits' room left without this allowance, or 0 when that is below ``min_free``.
+        ``call`` numbers the calls of one allowance (increasing): a call that Redis runs after a
+        later one changes nothing and answers ``-1`` (a call written on a connection that broke
+        may still run). Returns ``None`` while Redis gathers the journals after losing its data
+        (nothing changed). Raises :class:`ClusterUnavailable` when Redis does not answer (the
+        script may or may not have run).
+        """
+        if min(charge, out, carry, want, min_free) < 0 or share < 1:
+            raise ValueError("allowance amounts must not be negative")
+        limits = self.limits
+        shared = limits.daily_cost_limit is not None or bool(limits.provider_daily_limits)
+        args = [allowance_id, provider, charge, out, carry, want, min_free,
+                _or_none(limits.daily_cost_limit),
+                _or_none(limits.provider_daily_limits.get(provider)), self._res_ttl,
+                self._day_ttl, self.instance_id, self._window if shared else -1, share, call]
+        keys = [*self._keys(day, None), self._link.key("ledger", "alw", allowance_id)]
+        for _ in range(4):
+            answer = await self._link.run(self._allow, "ledger allowance", keys, args)
+            status = int(answer[0])
+            if status == -2:
+                await self.seed_day_total(day, await self._journal(day))
+                continue
+            if status == -3:
+                return None
+            return int(answer[1]) if status == 1 else -1
+        raise ClusterUnavailable("ledger allowance", "Redis lost its data again while re-seeding")
 
     async def release(self, request_id: str) -> bool:
         """End the reservation without a charge; ``True`` if one was open. Idempotent."""

@@ -7,12 +7,14 @@ totals of open reservations: ``total``, ``p:<provider>``; and the TTL bookkeepin
 ``settled``, ``p:<provider>``, and one ``seed:<instance>`` marker per instance that added its
 journal), ``turn`` (``settled``, ``reserved`` of one turn), ``ended`` (request -> ms: settled or
 released, so a repeated settle never charges twice), ``epoch`` (``born`` and ``open_at``: when Redis
-first held this ledger, and from when it grants money: see :data:`RESERVE`).
+first held this ledger, and from when it grants money: see :data:`RESERVE`). A worker's
+allowance (:data:`ALLOW`) is one open reservation like any other (``resv``, ``open``, counted in
+``reserved``): it expires with its TTL when its worker stops renewing it.
 """
 
 from __future__ import annotations
 
-__all__ = ["RELEASE", "RESERVE", "SEED", "SETTLE"]
+__all__ = ["ALLOW", "RELEASE", "RESERVE", "SEED", "SETTLE"]
 
 _PRELUDE = """
 local open, resv, reserved, day, turn, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -23,9 +25,11 @@ local function num(key, field) return tonumber(redis.call('HGET', key, field) or
 local function forget(id, record)
   local amount, provider, turn_key = string.match(record, '^(%d+)|(.-)|(.*)$')
   local minus = '-' .. amount  -- the stored digits: exact, and never Lua's '-0'
-  redis.call('HINCRBY', reserved, 'total', minus)
-  redis.call('HINCRBY', reserved, 'p:' .. provider, minus)
-  if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', minus) end
+  if amount ~= '0' then  -- Redis refuses '-0' as an integer
+    redis.call('HINCRBY', reserved, 'total', minus)
+    redis.call('HINCRBY', reserved, 'p:' .. provider, minus)
+    if turn_key ~= '' then redis.call('HINCRBY', turn_key, 'reserved', minus) end
+  end
   amount = tonumber(amount)
   redis.call('HDEL', resv, id)
   redis.call('ZREM', open, id)
@@ -199,4 +203,63 @@ while i + 3 <= #ARGV do
 end
 keep(res_ttl, day_ttl)
 return 1
+"""
+
+#: A worker's allowance for one provider: money it grants its requests from without a call.
+#: ARGV: allowance id, provider, charge (settled locally since the last call: moved to the day),
+#: out (what the worker's open requests drew from it: kept), carry (the free part the worker may
+#: still draw from until this answer: kept), want (the free part wished), min_free (a smaller free
+#: part is none), daily, provider_daily (-1: none), res_ttl_ms, day_ttl_ms, instance, gathering
+#: window ms (-1: none), share divisor, call number. KEYS[8]: the allowance's last call number: a
+#: call older than the last one that ran (written on a connection that broke, run late) changes
+#: nothing and answers {0, 0}. The new hold is ``out + max(carry, free)``, where
+#: ``free = min(want, (room - out) / share)`` (``room``: the limits' room without this
+#: allowance), or 0 when below ``min_free``: a free part never takes more than a share of what is
+#: left, and near a limit the worker reserves per request. Returns {1, hold}, {-2} (this
+#: instance has not seeded the day), {-3, ms} (gathering: nothing changed).
+ALLOW = _PRELUDE + """
+local id, provider = ARGV[1], ARGV[2]
+local charge, out, carry = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local want, min_free = tonumber(ARGV[6]), tonumber(ARGV[7])
+local daily, provider_daily = tonumber(ARGV[8]), tonumber(ARGV[9])
+local res_ttl, day_ttl, divisor = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[14])
+local pfield = 'p:' .. provider
+sweep(res_ttl)
+local window = tonumber(ARGV[13])
+if window >= 0 then
+  local wait = gathering(window, day_ttl)
+  if wait > 0 then return {-3, wait} end
+end
+if not redis.call('HGET', day, 'seed:' .. ARGV[12]) then return {-2} end
+if tonumber(ARGV[15]) <= tonumber(redis.call('GET', KEYS[8]) or '0') then return {0, 0} end
+redis.call('SET', KEYS[8], ARGV[15], 'PX', 2 * res_ttl + 60000)
+local record = redis.call('HGET', resv, id)
+if record then forget(id, record) end
+if charge > 0 then
+  redis.call('HINCRBY', day, 'settled', ARGV[3])
+  redis.call('HINCRBY', day, pfield, ARGV[3])
+end
+local settled, p_settled = unpack(redis.call('HMGET', day, 'settled', pfield))
+local open_total, p_open = unpack(redis.call('HMGET', reserved, 'total', pfield))
+local room = nil
+if daily >= 0 then
+  room = daily - tonumber(settled or '0') - tonumber(open_total or '0')
+end
+if provider_daily >= 0 then
+  local p_room = provider_daily - tonumber(p_settled or '0') - tonumber(p_open or '0')
+  if room == nil or p_room < room then room = p_room end
+end
+local free = want
+if room ~= nil then free = math.min(want, math.floor((room - out) / divisor)) end
+if free < min_free then free = 0 end
+local hold = out + math.max(carry, free)
+if hold > 0 then
+  local digits = string.format('%d', hold)
+  redis.call('HSET', resv, id, digits .. '|' .. provider .. '|')
+  redis.call('ZADD', open, now + res_ttl, id)
+  redis.call('HINCRBY', reserved, 'total', digits)
+  redis.call('HINCRBY', reserved, pfield, digits)
+end
+keep(res_ttl, day_ttl)
+return {1, hold}
 """

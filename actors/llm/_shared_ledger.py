@@ -23,6 +23,7 @@ costs one round trip a second).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +51,7 @@ from ._ledger_book import OpenReservation, nanos, usd
 from ._ledger_lock import LedgerUnavailable
 from ._messages import Release, Reservation, Reserve, Settle
 from ._provider_config import ProviderConfig
+from ._shared_allowance import Allowance
 
 __all__ = ["SharedLedgerActor", "shared_limits"]
 
@@ -105,6 +107,11 @@ class SharedLedgerActor(LedgerActor):
         # Releases and settles piped but not yet written to Redis (see _reserve_shared).
         self._unwritten = 0
         self._frees_written: anyio.Event | None = None  # set when the last of them is written
+        # This worker's allowance per provider (see _shared_allowance): drawn from while Redis
+        # renewed it within half a reservation's TTL, so every draw is counted for at least that.
+        self._allowances: dict[str, Allowance] = {}
+        self._fresh = link.config.reservation_ttl / 2
+        self._stop_timeout = link.config.connect_timeout + link.config.op_timeout
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
@@ -118,11 +125,27 @@ class SharedLedgerActor(LedgerActor):
         by_provider = dict(book.by_provider) if book.day == day else {}
         held = [SharedReservation(self._key(rid), entry.amount, entry.provider)
                 for rid, entry in book.open.items() if rid in self._granted]
+        held += [SharedReservation(allowance.key, allowance.held, provider)
+                 for provider, allowance in self._allowances.items() if allowance.held > 0]
         return DaySeed(sum(by_provider.values()), by_provider, held)
 
     async def on_start(self) -> None:
         await super().on_start()
         self._arm_seed()
+
+    async def on_stop(self) -> None:
+        """Push the allowances' charges and give their free parts back (best effort, bounded:
+        what is not given back returns at its TTL)."""
+        day = self._book.day
+        for provider, allowance in self._allowances.items():
+            if allowance.held == 0 and allowance.unshared == 0:
+                continue
+            with anyio.move_on_after(self._stop_timeout), contextlib.suppress(
+                    ClusterUnavailable, anyio.ClosedResourceError):
+                await self._shared.allow(allowance.key, provider, day,
+                                         charge=allowance.unshared, out=allowance.out, carry=0,
+                                         want=0, min_free=0, call=allowance.next_call())
+        await super().on_stop()
 
     def immediate_messages(self) -> tuple[type, ...]:
         # An idle ledger takes a reservation in the asker's task, its Redis call included (no
@@ -134,20 +157,41 @@ class SharedLedgerActor(LedgerActor):
             return self._reserve_both(message)
         return super().handle_now(message)  # pragma: no cover - only Reserve is immediate
 
-    def _reserve_both(self, message: Reserve) -> None:
-        """The local check now, the shared one piped (its answer is the reservation)."""
+    def _reserve_both(self, message: Reserve) -> Reservation | None:
+        """The local check now; then the allowance's free part (answered now, no call) or the
+        shared check piped (its answer is the reservation)."""
         self._roll_day()
         reservation = self._reserve(message)
         entry = self._book.open[reservation.id]
+        allowance = self._allowances.get(entry.provider)
+        if allowance is None:
+            allowance = self._allowances[entry.provider] = Allowance(
+                f"alw:{self._nonce}:{entry.provider}")
+        allowance.note(entry.amount)
+        if entry.amount <= allowance.free() and (
+                self.context.clock.now() - allowance.renewed < self._fresh):
+            allowance.draw(reservation.id, entry.amount)
+            if allowance.low():
+                self._resize(entry.provider, allowance)
+            return reservation
+        if not allowance.syncing:
+            self._resize(entry.provider, allowance)  # for the next ones
         self.context.pipe(
             self._reserve_shared, self._key(reservation.id), entry.amount,
             entry.provider, self._book.day, reply_to=self.context.request,
             then=lambda outcome: self._reserved(reservation, outcome))
+        return None
+
+    def _drawn(self, reservation_id: int, provider: str) -> Allowance | None:
+        """The allowance ``reservation_id`` drew from (it leaves it), or ``None``."""
+        allowance = self._allowances.get(provider)
+        if allowance is None or allowance.drawn.pop(reservation_id, None) is None:
+            return None
+        return allowance
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Reserve):
-            self._reserve_both(message)
-            return None
+            return self._reserve_both(message)
         if isinstance(message, Settle):
             book = self._book
             held: OpenReservation | None = book.open.get(message.reservation_id)
@@ -155,14 +199,23 @@ class SharedLedgerActor(LedgerActor):
                 held = book.swept.get(message.reservation_id)
             charged = await super().receive(message)
             self._granted.discard(message.reservation_id)
+            allowance = None if held is None else self._drawn(message.reservation_id,
+                                                              held.provider)
+            if allowance is not None and held is not None:
+                if charged is not None:  # pushed with the next resize, at once if none runs
+                    allowance.unshared += nanos(charged)
+                    self._resize(held.provider, allowance)
+                return charged
             if held is not None and charged is not None:
                 self._share_settle(_PendingSettle(self._key(message.reservation_id),
                                                   nanos(charged), held.provider, book.day))
             return charged
         if isinstance(message, Release):
+            entry = self._book.open.get(message.reservation_id)
             await super().receive(message)
             self._granted.discard(message.reservation_id)
-            self._share_release(message.reservation_id)
+            if entry is None or self._drawn(message.reservation_id, entry.provider) is None:
+                self._share_release(message.reservation_id)
             return None
         return await super().receive(message)
 
@@ -253,6 +306,60 @@ class SharedLedgerActor(LedgerActor):
             self._share_settle(item)
 
 
+    # -- allowances: resized (charges pushed, hold renewed) one call at a time each -------------
+
+    def _resize(self, provider: str, allowance: Allowance, *, idle: bool = False) -> None:
+        """Push the charges and resize; ``idle``: give the free part back (nothing is drawn
+        until the answer)."""
+        if allowance.syncing:
+            return  # _resized runs another when charges are waiting
+        out = allowance.out
+        carry = 0 if idle else allowance.free()
+        charge, allowance.unshared = allowance.unshared, 0
+        want, min_free = (0, 0) if idle else (allowance.want, allowance.largest)
+        allowance.syncing, allowance.budget = True, carry
+        self.context.pipe(
+            self._allow, allowance.key, provider, self._book.day, charge, out, carry, want,
+            min_free, allowance.next_call(), reply_to=None,
+            then=lambda outcome: self._resized(provider, allowance, charge, out + carry, outcome))
+
+    async def _allow(self, key: str, provider: str, day: str, charge: int, out: int, carry: int,
+                     want: int, min_free: int, call: int) -> int | None:
+        return await self._shared.allow(key, provider, day, charge=charge, out=out, carry=carry,
+                                        want=want, min_free=min_free, call=call)
+
+    def _resized(self, provider: str, allowance: Allowance, charge: int, kept: int,
+                 outcome: Outcome) -> None:
+        allowance.syncing, allowance.budget = False, 0
+        answered = outcome.error is None and not outcome.cancelled
+        hold: int | None = outcome.value if answered else None
+        if hold is not None and hold >= 0:
+            allowance.held = hold
+            allowance.renewed = self.context.clock.now()
+            if allowance.unshared:
+                self._resize(provider, allowance)
+            return
+        # Not pushed for sure: pushed again later (counted twice at worst, never missed).
+        allowance.unshared += charge
+        if hold is None and answered:
+            return  # Redis is gathering the journals: nothing changed
+        # It may have run (-1: an immediate retry found it ran): Redis may hold only what the
+        # call kept.
+        allowance.held = min(allowance.held, kept)
+        if outcome.error is not None and not isinstance(outcome.error, ClusterUnavailable):
+            logger.error("ledger: allowance of %s failed: %r", provider, outcome.error)
+
+    def _tick_allowances(self) -> None:
+        """Renew every allowance (its TTL), push its charges; an idle one gives back its free
+        part. Drawn reservations the local ledger expired no longer hold the allowance."""
+        open_ids = self._book.open
+        for provider, allowance in self._allowances.items():
+            for rid in [rid for rid in allowance.drawn if rid not in open_ids]:
+                del allowance.drawn[rid]
+            if allowance.held > 0 or allowance.unshared > 0:
+                self._resize(provider, allowance, idle=not allowance.drew)
+            allowance.drew = False
+
     # -- the journal offered to the shared day, on a timer ----------------------------------------
 
     def _arm_seed(self) -> None:
@@ -265,6 +372,7 @@ class SharedLedgerActor(LedgerActor):
         self._roll_day()
         day = self._book.day
         self._granted.intersection_update(self._book.open)  # forget the swept ones
+        self._tick_allowances()
         # The seed is read here, in the actor's loop, so it is one consistent snapshot.
         self.context.pipe(self._shared.seed_day_total, day, self._day_seed(day), reply_to=None,
                           then=self._seeded)

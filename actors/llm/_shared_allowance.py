@@ -1,0 +1,80 @@
+"""A worker's money allowance for one provider: reservations granted without a Redis call.
+
+The allowance is money Redis holds for this worker (:meth:`actors.cluster.SharedLedger.allow`:
+counted in the day's open total like any reservation, expiring after ``reservation_ttl`` unless
+renewed). The worker grants a request's reservation from its free part in the ledger's loop, with
+no call; settles are charged against it locally and pushed with the next resize (one at a time,
+the charges of all settles since the last one together).
+
+Exactness: at every moment Redis holds ``held >= out + unshared + free`` for the allowance, where
+``out`` is what open requests drew from it and ``unshared`` what they were charged and not yet
+pushed: Redis's settled + open total never counts less than the worker spent or may spend. While
+a resize is in flight, only its ``carry`` (the free part it keeps, whatever Redis answers) may be
+drawn from. A resize that failed may have run: the worker then assumes the smaller hold
+``out + carry`` (the charges it pushed are pushed again: counted twice, never missed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Allowance"]
+
+#: The free part wished, in reservations of the largest recent size.
+_WANT = 8
+
+
+@dataclass(slots=True)
+class Allowance:
+    """What this worker knows of its allowance for one provider (module docstring)."""
+
+    key: str
+    #: What Redis holds for it, as last answered (or assumed after a failed resize).
+    held: int = 0
+    #: Charges settled locally, not yet pushed.
+    unshared: int = 0
+    #: The local clock when Redis last answered a resize (draws stop ``fresh`` after it).
+    renewed: float = float("-inf")
+    #: A resize in flight: while it is, only ``budget`` may be drawn.
+    syncing: bool = False
+    budget: int = 0
+    #: Drawn from since the last tick (an idle allowance gives its free part back).
+    drew: bool = False
+    #: The largest recent reservation (decays by 1/8 a reservation): the unit of ``want``.
+    largest: int = 0
+    #: Open reservations drawn from it: reservation id -> amount.
+    drawn: dict[int, int] = field(default_factory=dict)
+    #: The number of the last resize asked for (Redis ignores an older one run late).
+    calls: int = 0
+
+    def next_call(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    @property
+    def out(self) -> int:
+        return sum(self.drawn.values())
+
+    def free(self) -> int:
+        """What may be drawn now."""
+        if self.syncing:
+            return self.budget
+        return max(0, self.held - self.out - self.unshared)
+
+    def note(self, amount: int) -> None:
+        """A reservation of ``amount`` was asked for (sizes ``want`` and ``min_free``)."""
+        self.largest = max(amount, self.largest - self.largest // 8)
+
+    @property
+    def want(self) -> int:
+        return _WANT * self.largest
+
+    def draw(self, reservation_id: int, amount: int) -> None:
+        self.drawn[reservation_id] = amount
+        self.drew = True
+        if self.syncing:
+            self.budget -= amount
+
+    def low(self) -> bool:
+        """Below half of the free part wished: time to resize (grow)."""
+        return not self.syncing and self.free() < self.want // 2
