@@ -23,6 +23,7 @@ OpenRouter's ``usage.cost`` counts when it is a number.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -236,7 +237,42 @@ def decode_chunk(data: Any) -> Chunk:
     try:
         return _convert(data, Chunk)
     except msgspec.ValidationError as exc:
+        usage = _lax_usage(data.get("usage")) if isinstance(data, Mapping) else None
+        if usage is not None:
+            with contextlib.suppress(msgspec.ValidationError):
+                return _convert({**data, "usage": usage}, Chunk)
         raise MalformedResponse(f"chunk: {exc}") from None
+
+
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_LAX_INT: TypeAdapter[int] = TypeAdapter(int)
+
+
+def _lax_usage(usage: Any) -> Mapping[str, Any] | None:
+    """``usage`` with its three counts read as the SDK reads them when one is not an ``int``,
+    or ``None`` when there is nothing lax to read (the strict rule stands).
+
+    The SDK first validates a whole ``usage`` as its ``CompletionUsage`` (pydantic's lax mode:
+    ``false`` is 0, ``2.0`` and ``"2"`` are 2) and keeps the values as sent only when that fails,
+    e.g. when a count is missing or null. Only a malformed response takes this path.
+    """
+    if not isinstance(usage, Mapping) or all(
+            type(usage.get(key)) is int for key in _USAGE_COUNTS):
+        return None
+    try:
+        return {**usage, **{key: _LAX_INT.validate_python(usage[key]) for key in _USAGE_COUNTS}}
+    except (KeyError, ValidationError):
+        return None
+
+
+def _decode_usage(raw: Any) -> WireUsage | None:
+    try:
+        return _optional(raw, WireUsage, "usage")
+    except MalformedResponse:
+        lax = _lax_usage(raw)
+        if lax is None:
+            raise
+        return _optional(lax, WireUsage, "usage")
 
 
 # -- non-streaming bodies: read once per call, field by field ----------------------------------
@@ -299,7 +335,7 @@ def decode_completion(data: Any) -> Completion:
     """
     body = _mapping(data, "body")
     model = _str(body, "model", "body")
-    usage = _optional(body.get("usage"), WireUsage, "usage")
+    usage = _decode_usage(body.get("usage"))
     choices = body.get("choices")
     if not choices:
         return Completion(model=model, usage=usage)

@@ -498,6 +498,12 @@ STREAMS: dict[str, bytes] = {
     "usage_not_object": _sse([{**_usage_chunk({}), "usage": [1]}]),
     "usage_tokens_not_int": _sse([_usage_chunk({"prompt_tokens": "12"})]),
     "cost_not_number": _sse([_usage_chunk({"prompt_tokens": 1, "cost": "0.1"})]),
+    # The SDK validates a whole usage in pydantic's lax mode first, so with all three counts
+    # present a false, 2.0 or "3" is a count; with one missing, the values stay as sent.
+    "usage_counts_lax": _sse([_usage_chunk(
+        {"prompt_tokens": "3", "completion_tokens": 2.0, "total_tokens": False})]),
+    "usage_counts_lax_one_missing": _sse([_usage_chunk(
+        {"prompt_tokens": 1, "total_tokens": False})]),
     "model_not_string": _sse([_chunk({"content": "x"}, model=7)]),  # type: ignore[arg-type]
 }
 
@@ -516,6 +522,7 @@ EXPECTED_ERRORS: dict[str, tuple[type[LLMClientError], str, bool]] = {
     "tool_index_missing": (LLMServerError, "", True),
     "usage_not_object": (LLMServerError, "", True),
     "usage_tokens_not_int": (LLMServerError, "", True),
+    "usage_counts_lax_one_missing": (LLMServerError, "", True),
     "model_not_string": (LLMServerError, "", True),
 }
 
@@ -601,6 +608,12 @@ BODIES: dict[str, Any] = {
     "detail_counts_lax": {"choices": None, "usage": {
         "prompt_tokens_details": {"cached_tokens": False},
         "completion_tokens_details": {"reasoning_tokens": "3"}}},
+    "usage_counts_lax": {"choices": None, "model": None, "usage": {
+        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": False}},
+    "usage_counts_lax_null": {**BODY, "usage": {
+        "prompt_tokens": None, "completion_tokens": 1, "total_tokens": True}},
+    "usage_count_fraction": {**BODY, "usage": {
+        "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2.5}},
     "detail_count_float": {**BODY, "usage": {"prompt_tokens_details": {"cached_tokens": 2.0}}},
     "detail_count_not_a_count": {**BODY, "usage": {
         "completion_tokens_details": {"reasoning_tokens": 2.5}}},
@@ -619,6 +632,17 @@ async def test_body_with_tool_calls_keeps_function_calls_only(client: openai.Asy
         tool_calls=(ToolCall(id="c1", name="f", arguments='{"x": 1}'),
                     ToolCall(id="c3", name="h", arguments="{}")))
     assert _plain_body(client, BODIES["tool_call_without_id"]) is LLMServerError
+
+
+async def test_usage_counts_are_lax_only_when_the_whole_usage_validates(
+        client: openai.AsyncOpenAI) -> None:
+    assert _plain_body(client, BODIES["usage_counts_lax"]) == Completion(
+        usage=WireUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0))
+    for name in ("usage_counts_lax_null", "usage_count_fraction"):
+        assert _plain_body(client, BODIES[name]) is LLMServerError
+    run = await _differential(client, STREAMS["usage_counts_lax"])
+    assert run.result is not None
+    assert run.result["usage"] == WireUsage(prompt_tokens=3, completion_tokens=2, total_tokens=0)
 
 
 # -- generated chunks and bodies ---------------------------------------------------------------
