@@ -26,8 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two pytest workers (xdist), a test file per worker at a time: most tests wait on child
+# processes, so one core is mostly idle with one worker. The long chaos files come first.
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --hypothesis-profile=ci
 
 # mypy (single-threaded, ~35 s without a cache, as on a fresh clone) runs beside pytest, whose
 # server processes leave the second core mostly idle; either failing fails the target.
