@@ -18,6 +18,7 @@ from runtime._errors import (
     RestartIntensityExceeded,
     SystemFailure,
 )
+from runtime._queue import Queue
 from runtime._ref import ActorRef
 from runtime._request import Ask, AskStream, Outcome, Request, RequestKind
 from runtime._supervisor import Backoff, ChildSpec, Strategy, SupervisorSpec
@@ -42,6 +43,7 @@ __all__ = [
     "MonotonicClock",
     "Outcome",
     "Overloaded",
+    "Queue",
     "Request",
     "RequestKind",
     "Restart",

@@ -21,7 +21,7 @@ from runtime._cell_items import _STOP, _ChildDone, _Crash, _Resume
 from runtime._cell_tasks import CellTasks
 from runtime._context import ActorContext
 from runtime._errors import ActorCrashed, ActorStopped, DeadlineExceeded, Overloaded
-from runtime._mailbox import Mailbox
+from runtime._queue import Queue
 from runtime._ref import ActorRef
 from runtime._request import Delegated, Request, RequestKind
 
@@ -34,7 +34,7 @@ logger = logging.getLogger("runtime")
 
 #: Messages an actor handles in a row, when its mailbox is never empty, before it yields once to
 #: the other tasks (a mailbox that has items answers without a checkpoint: see
-#: :class:`~runtime._mailbox.Mailbox`).
+#: :class:`~runtime._queue.Queue`).
 _BURST = 64
 
 
@@ -55,7 +55,7 @@ class ActorCell(CellTasks):
         self._accepting = True
         # Unbounded underneath: the bound is enforced for outside senders in enqueue(), so that
         # child outcomes and the stop marker can always be delivered.
-        self._mailbox = Mailbox()
+        self._mailbox: Queue[Any] = Queue()
         self.in_flight: set[Request] = set()
         """Requests answered later by piped work (see :meth:`ActorContext.pipe`)."""
         self._current: Request | None = None
@@ -79,7 +79,7 @@ class ActorCell(CellTasks):
     def can_handle_now(self, message: object) -> bool:
         """Whether :meth:`handle_now` may take ``message``: the actor is idle and declares it."""
         return (self.parked is not None and type(message) in self.immediate
-                and not self._mailbox._items)
+                and not self._mailbox.items)
 
     def handle_now(self, message: object, deadline: float, tell: bool) -> Any:
         """Handle ``message`` in the caller's task (checked by :meth:`can_handle_now`)."""
@@ -116,7 +116,7 @@ class ActorCell(CellTasks):
             return None
         finally:
             context.request = self._current = context.asker_waits = None
-            if self._mailbox._waiter is not None and not self._mailbox._items:
+            if self._mailbox.consumer_waiting and not self._mailbox.items:
                 self.parked = instance
         if request.delegations and not tell:
             return Delegated(request)  # a child answers it: the sender waits for that
@@ -195,17 +195,14 @@ class ActorCell(CellTasks):
         """Stop for good: fail everything still queued with :class:`ActorStopped`."""
         self._accepting = False
         self.state = ActorState.STOPPED
-        while True:
-            try:
-                item = self._mailbox.get_nowait()
-            except anyio.WouldBlock:
-                break
-            if isinstance(item, Request):
-                self._depth -= 1
-                item.fail(ActorStopped(self.name, reason))
-            elif type(item) is _Resume:
-                item.drop()
-        self._mailbox.close()
+        while batch := self._mailbox.take_all():  # what failing them queues too
+            for item in batch:
+                if isinstance(item, Request):
+                    self._depth -= 1
+                    item.fail(ActorStopped(self.name, reason))
+                elif type(item) is _Resume:
+                    item.drop()
+        self._mailbox.break_()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -216,7 +213,7 @@ class ActorCell(CellTasks):
         crash_on = self.spec.crash_on
         burst = 0
         while True:
-            if not mailbox._items:
+            if not mailbox.items:
                 burst = 0
                 self.parked = instance
                 try:
@@ -332,7 +329,7 @@ class ActorCell(CellTasks):
         mailbox, without the round trip. Not a cancelled outcome, nor while stopping: those go
         through the loop."""
         instance = self.parked
-        if (instance is None or done.outcome.cancelled or self._stopping or self._mailbox._items
+        if (instance is None or done.outcome.cancelled or self._stopping or self._mailbox.items
                 or done.generation != self._generation):
             return False
         self.parked = None  # a message it sends that comes back is queued
@@ -342,7 +339,7 @@ class ActorCell(CellTasks):
             self._mailbox.put(_Crash(exc))
             return True
         finally:
-            if self._mailbox._waiter is not None and not self._mailbox._items:
+            if self._mailbox.consumer_waiting and not self._mailbox.items:
                 self.parked = instance
         if resume is not None:
             self._mailbox.put(resume)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runtime._cell_items import _ChildDone
-from runtime._mailbox import Mailbox
+from runtime._queue import Queue
 from runtime._request import Outcome, Request, Then
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class CellTasks:
     """Runs a cell's child tasks, inline work and timers (see :class:`~runtime._cell.ActorCell`)."""
 
     registry: Registry
-    _mailbox: Mailbox
+    _mailbox: Queue[Any]
     _accepting: bool
     _depth: int
 
@@ -67,7 +67,7 @@ class CellTasks:
         finally:
             done = _ChildDone(request, outcome or Outcome(cancelled=True), inline.then,
                               inline.generation)
-            if not self._complete_now(done) and not self._mailbox._closed:
+            if not self._complete_now(done) and not self._mailbox.broken:
                 self._mailbox.put(done)
 
     async def run_timer(

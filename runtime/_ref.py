@@ -157,15 +157,15 @@ class _Items(AsyncIterator[T]):
         item: T
         try:
             if deadline == math.inf:
-                item = await channel.receive()
+                item = await channel.get()
             elif channel.ready:
                 # Buffered (or ended): no cancel scope, but the deadline still wins.
                 if anyio.current_time() >= deadline:
                     raise TimeoutError
-                item = channel.receive_nowait()
+                item = channel.get_nowait()
             else:
                 with anyio.CancelScope(deadline=deadline) as scope:
-                    item = await channel.receive()
+                    item = await channel.get()
                 if scope.cancelled_caught:
                     raise TimeoutError
         except anyio.EndOfStream:

@@ -8,14 +8,15 @@ ignored, which is what makes "every request ends exactly once" a local property.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["Ask", "AskStream", "Channel", "Delegated", "Outcome", "Request", "RequestKind"]
+from runtime._queue import Queue
+
+__all__ = ["Ask", "AskStream", "Delegated", "Outcome", "Request", "RequestKind"]
 
 R_co = TypeVar("R_co", covariant=True)
 T_co = TypeVar("T_co", covariant=True)
@@ -114,9 +115,9 @@ class Request:
         self._error: BaseException | None = None
         self._on_end: Callable[[Request], None] | None = None
         self._event: anyio.Event | None = None  # made by wait(), when it has to wait
-        self._channel: Channel | None = None
+        self._channel: Queue[Any] | None = None
         if kind is RequestKind.STREAM:
-            self._channel = Channel(stream_buffer)
+            self._channel = Queue(stream_buffer)
 
     # -- the actor's side ---------------------------------------------------------------------
 
@@ -205,97 +206,6 @@ class Delegated:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-
-
-class Channel:
-    """The items of one streamed answer: one producer (the actor), one consumer (the caller).
-
-    Bounded like a memory object stream of ``capacity`` items (``0``: each ``send`` waits until
-    its item is taken), with the same endings: ``close()`` (the producer is done: the consumer
-    reads what is buffered, then ``EndOfStream``) and ``break_()`` (the consumer went away: a
-    sender gets ``BrokenResourceError``). Unlike the memory stream it yields to the loop only
-    when it has to wait: an item that fits, or one already buffered, costs no checkpoint.
-    """
-
-    __slots__ = ("_capacity", "_data", "_items", "_space", "broken", "closed")
-
-    def __init__(self, capacity: int) -> None:
-        self._items: deque[Any] = deque()
-        self._capacity = capacity
-        self._data: anyio.Event | None = None
-        self._space: anyio.Event | None = None
-        self.closed = False
-        self.broken = False
-
-    @property
-    def ready(self) -> bool:
-        """True when :meth:`receive_nowait` would not block: an item is buffered, or the end."""
-        return bool(self._items) or self.closed or self.broken
-
-    async def send(self, item: Any) -> None:
-        items = self._items
-        while True:
-            if self.broken:
-                raise anyio.BrokenResourceError
-            if self.closed:
-                raise anyio.ClosedResourceError
-            if len(items) < self._capacity or (not self._capacity and not items):
-                break
-            self._space = event = anyio.Event()
-            await event.wait()
-        items.append(item)
-        self._wake_data()
-        if not self._capacity:
-            # A rendezvous: wait until the consumer has taken it (or is gone).
-            while items and not self.broken:
-                self._space = event = anyio.Event()
-                await event.wait()
-            if self.broken and items:
-                items.clear()
-                raise anyio.BrokenResourceError
-
-    def receive_nowait(self) -> Any:
-        """The next item; ``EndOfStream`` once closed and drained; ``WouldBlock`` if none yet."""
-        if self.broken:
-            raise anyio.ClosedResourceError
-        if self._items:
-            item = self._items.popleft()
-            space, self._space = self._space, None
-            if space is not None:
-                space.set()
-            return item
-        if self.closed:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def receive(self) -> Any:
-        while not self.ready:
-            self._data = event = anyio.Event()
-            await event.wait()
-        return self.receive_nowait()
-
-    def close(self) -> None:
-        """The producer's end: no more items."""
-        self.closed = True
-        self._wake_data()
-        self._wake_space()
-
-    def break_(self) -> None:
-        """The consumer's end: buffered items are dropped, a waiting sender is told."""
-        self.broken = True
-        self._items.clear()
-        self._wake_data()
-        self._wake_space()
-
-    def _wake_data(self) -> None:
-        data, self._data = self._data, None
-        if data is not None:
-            data.set()
-
-    def _wake_space(self) -> None:
-        space, self._space = self._space, None
-        if space is not None:
-            space.set()
 
 
 Then = Callable[[Outcome], Any | Awaitable[Any]]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.llm import DeltaSink, ReasoningDelta, TextDelta
+from runtime import Queue
 from server import protocol
 from server.protocol import Envelope
 
@@ -58,67 +58,38 @@ class Close:
 
 
 class Outbox:
-    """The bounded queue from a connection's tasks to its writer.
-
-    A deque and two events, not an anyio memory stream: a streamed delta crosses it once per
-    upstream chunk, and the stream's per-item bookkeeping (a checkpoint and a new ``Event`` per
-    receive, a cancellation check of the waiting receiver per send) cost more than the rest of
-    the handoff (``benchmarks/streams.py``).
-    """
+    """The bounded queue from a connection's tasks to its writer: the kernel's
+    :class:`runtime.Queue` (no anyio memory stream: a streamed delta crosses it once per upstream
+    chunk, and the stream's per-item checkpoint and ``Event`` cost more than the rest of the
+    handoff, ``benchmarks/streams.py``). The writer takes everything queued at once."""
 
     def __init__(self) -> None:
-        self._items: deque[Envelope | Close] = deque()
-        self._closed = False
-        self._writer_idle: anyio.Event | None = None  # set when an item comes
-        self._room: anyio.Event | None = None  # set when the writer takes the queue
+        self._queue: Queue[Envelope | Close] = Queue(OUTBOX_SIZE)
         self._socket: WebSocket | None = None  # while the writer runs: direct sends need it
         self._sending = False  # a send is in progress on the socket (the writer's or a delta's)
         self.written = anyio.Event()
         """Set once the writer has stopped (close frame sent, or the peer gone)."""
 
-    def _put(self, item: Envelope | Close) -> None:
-        self._items.append(item)
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        idle = self._writer_idle
-        if idle is not None:
-            self._writer_idle = None
-            idle.set()
-
     async def _has_room(self) -> bool:
         """Wait while the outbox is full; ``False`` once it is closed."""
         await anyio.lowlevel.checkpoint()
-        while not self._closed and len(self._items) >= OUTBOX_SIZE:
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
-        return not self._closed
+        return await self._queue.wait_room()
 
     async def send(self, envelope: Envelope) -> None:
         """Queue ``envelope``, waiting while the outbox is full (dropped once it is closed: the
         socket is gone and the turn is being cancelled with it)."""
         if await self._has_room():
-            self._put(envelope)
+            self._queue.put(envelope)
 
     def send_nowait(self, item: Envelope | Close) -> None:
         """Queue ``item`` now; raises ``anyio.WouldBlock`` when the outbox is full,
-        ``anyio.ClosedResourceError`` once it is closed."""
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if len(self._items) >= OUTBOX_SIZE:
-            raise anyio.WouldBlock
-        self._put(item)
+        ``anyio.BrokenResourceError`` once it is closed."""
+        self._queue.put(item)
 
     def close(self) -> None:
         """Drop what is queued; the writer stops and senders return."""
-        self._closed = True
         self._socket = None  # no direct send either
-        self._items.clear()
-        for event in (self._writer_idle, self._room):
-            if event is not None:
-                event.set()
-        self._writer_idle = self._room = None
+        self._queue.break_()
 
     def deltas(self, request_id: str, live: Callable[[], bool]) -> DeltaSink:
         """A streaming turn's delta sink, awaited by the provider's reading task: a delta is sent
@@ -130,8 +101,9 @@ class Outbox:
         ``live()`` turns false when the turn has ended: the reading task is not the turn's, so a
         delta it read (or waited to queue) as the turn was cancelled is dropped, never sent
         after the turn's last envelope."""
-        items = self._items
-        put = self._put
+        queue = self._queue
+        items = queue.items
+        put = queue.put
 
         async def deliver(delta: TextDelta | ReasoningDelta) -> None:
             if not live():
@@ -144,7 +116,7 @@ class Outbox:
             if socket is not None and not items and not self._sending:
                 await self._send_now(socket, envelope)
                 return
-            room = len(items) < OUTBOX_SIZE and not self._closed
+            room = len(items) < OUTBOX_SIZE and queue.open
             if room or (await self._has_room() and live()):  # re-checked after the wait
                 put(envelope)
 
@@ -165,26 +137,21 @@ class Outbox:
     def _sent(self) -> None:
         """A loop turn after a direct send: the socket is free; wake the writer for what came."""
         self._sending = False
-        if self._items:
-            self._wake_writer()
+        if self._queue.items:
+            self._queue.wake()
 
     async def write(self, websocket: WebSocket) -> None:
         """Send everything queued to ``websocket`` until a :class:`Close`, the outbox is closed
         or the peer is gone."""
-        items = self._items
+        queue = self._queue
+        items = queue.items
         self._socket = websocket
         try:
-            while not self._closed:
+            while queue.open:
                 if not items or self._sending:
-                    self._writer_idle = idle = anyio.Event()
-                    await idle.wait()
+                    await queue.wait()
                     continue
-                batch = list(items)
-                items.clear()
-                room = self._room
-                if room is not None:
-                    self._room = None
-                    room.set()
+                batch = queue.take_all()
                 self._sending = True
                 try:
                     if await _write_batch(websocket, batch):
