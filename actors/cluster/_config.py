@@ -45,6 +45,11 @@ class ClusterConfig(BaseModel):
         default=300.0, gt=0,
         description="an admitted request not yet sent counts as sent at this age at the latest",
     )
+    permit_lease: float = Field(
+        default=0.2, ge=0, le=1.0,
+        description="seconds a worker may use rate permits leased ahead (0: no pool); a pause "
+                    "set elsewhere stops its requests at most this late",
+    )
     day_ttl: float = Field(default=3 * 86_400.0, gt=0, description="day totals, seconds")
     journal_interval: float = Field(
         default=1.0, gt=0, le=60,

@@ -192,30 +192,36 @@ class SharedLedger:
 
     async def allow(self, allowance_id: str, provider: str, day: str, *, charge: int, out: int,
                     carry: int, want: int, min_free: int, call: int,
-                    share: int = 4) -> int | None:
-        """Resize this instance's allowance ``allowance_id`` for ``provider``; the new hold.
+                    unsure: Sequence[tuple[int, int]] = (),
+                    share: int = 4) -> tuple[int, int] | None:
+        """Resize this instance's allowance ``allowance_id`` for ``provider``; the new hold and
+        the free part Redis granted (at most ``carry`` of the hold's free part may be older).
 
         An allowance is money held in Redis like a reservation (counted in the day's open total,
-        expiring after ``reservation_ttl`` unless renewed by the next call) that the instance
-        grants its requests from without a call. ``charge`` (what it settled locally since the
-        last call) moves from the hold to ``day``'s settled. The new hold keeps ``out`` (its
-        requests' open reservations) plus ``carry`` (the free part it may draw from until this
-        answer) and grows to ``out + free``, ``free`` being at most ``want`` and ``1 / share`` of
-        the limits' room left without this allowance, or 0 when that is below ``min_free``.
-        ``call`` numbers the calls of one allowance (increasing): a call that Redis runs after a
-        later one changes nothing and answers ``-1`` (a call written on a connection that broke
-        may still run). Returns ``None`` while Redis gathers the journals after losing its data
-        (nothing changed). Raises :class:`ClusterUnavailable` when Redis does not answer (the
-        script may or may not have run).
+        expiring after ``reservation_ttl`` unless renewed by the next call) that the instance grants
+        its requests from without a call. ``charge`` (what it settled locally since the last call)
+        moves from the hold to ``day``'s settled. The new hold keeps ``out`` (its requests' open
+        reservations) plus ``carry`` (the free part it may draw from until this answer) and grows to
+        ``out + free``: ``free`` is ``want`` while that is at most ``1 / share`` of the limits' room
+        left without this allowance (and ``min_free`` at least), else 0. ``call`` numbers the calls
+        of one allowance (increasing): a call that Redis runs after a later one changes nothing and
+        answers ``(-1, 0)`` (a call written on a connection that broke may still run). ``unsure``:
+        ``(call, charge)`` of earlier calls whose answer was lost: each charge is added unless that
+        call ran (so a charge is counted exactly once). Returns ``None`` while Redis gathers the
+        journals after losing its data (nothing changed). Raises :class:`ClusterUnavailable` when
+        Redis does not answer (the script may or may not have run).
         """
         if min(charge, out, carry, want, min_free) < 0 or share < 1:
             raise ValueError("allowance amounts must not be negative")
         limits = self.limits
         shared = limits.daily_cost_limit is not None or bool(limits.provider_daily_limits)
-        args = [allowance_id, provider, charge, out, carry, want, min_free,
-                _or_none(limits.daily_cost_limit),
-                _or_none(limits.provider_daily_limits.get(provider)), self._res_ttl,
-                self._day_ttl, self.instance_id, self._window if shared else -1, share, call]
+        args: list[object] = [allowance_id, provider, charge, out, carry, want, min_free,
+                              _or_none(limits.daily_cost_limit),
+                              _or_none(limits.provider_daily_limits.get(provider)),
+                              self._res_ttl, self._day_ttl, self.instance_id,
+                              self._window if shared else -1, share, call]
+        for earlier in unsure:
+            args += earlier
         keys = [*self._keys(day, None), self._link.key("ledger", "alw", allowance_id)]
         for _ in range(4):
             answer = await self._link.run(self._allow, "ledger allowance", keys, args)
@@ -225,7 +231,7 @@ class SharedLedger:
                 continue
             if status == -3:
                 return None
-            return int(answer[1]) if status == 1 else -1
+            return (int(answer[1]), int(answer[2])) if status == 1 else (-1, 0)
         raise ClusterUnavailable("ledger allowance", "Redis lost its data again while re-seeding")
 
     async def release(self, request_id: str) -> bool:

@@ -205,17 +205,19 @@ keep(res_ttl, day_ttl)
 return 1
 """
 
-#: A worker's allowance for one provider: money it grants its requests from without a call.
-#: ARGV: allowance id, provider, charge (settled locally since the last call: moved to the day),
-#: out (what the worker's open requests drew from it: kept), carry (the free part the worker may
-#: still draw from until this answer: kept), want (the free part wished), min_free (a smaller free
-#: part is none), daily, provider_daily (-1: none), res_ttl_ms, day_ttl_ms, instance, gathering
-#: window ms (-1: none), share divisor, call number. KEYS[8]: the allowance's last call number: a
-#: call older than the last one that ran (written on a connection that broke, run late) changes
-#: nothing and answers {0, 0}. The new hold is ``out + max(carry, free)``, where
-#: ``free = min(want, (room - out) / share)`` (``room``: the limits' room without this
-#: allowance), or 0 when below ``min_free``: a free part never takes more than a share of what is
-#: left, and near a limit the worker reserves per request. Returns {1, hold}, {-2} (this
+#: A worker's allowance for one provider: money it grants its requests from without a call. ARGV:
+#: allowance id, provider, charge (settled locally since the last call: moved to the day), out (what
+#: the worker's open requests drew from it: kept), carry (the free part the worker may still draw
+#: from until this answer: kept), want (the free part wished), min_free (a smaller free part is
+#: none), daily, provider_daily (-1: none), res_ttl_ms, day_ttl_ms, instance, gathering window ms
+#: (-1: none), share divisor, call number, then (call, charge) pairs: the charges of earlier calls
+#: whose answer was lost (charged now unless that call ran). KEYS[8]: the allowance's last call
+#: number: a call older than the last one that ran (written on a connection that broke, run late)
+#: changes nothing and answers {0, 0}. The new hold is ``out + max(carry, free)``, where ``free`` is
+#: ``want`` while it is at most ``1 / share`` of ``room - out`` (``room``: the limits' room without
+#: this allowance) and at least ``min_free``, else 0: a free part never takes more than a share of
+#: what is left, and near a limit (a room below ``share x want``) the worker reserves per request.
+#: Returns {1, hold, free} (a free part below ``carry``: the worker gives the rest back), {-2} (this
 #: instance has not seeded the day), {-3, ms} (gathering: nothing changed).
 ALLOW = _PRELUDE + """
 local id, provider = ARGV[1], ARGV[2]
@@ -231,13 +233,20 @@ if window >= 0 then
   if wait > 0 then return {-3, wait} end
 end
 if not redis.call('HGET', day, 'seed:' .. ARGV[12]) then return {-2} end
-if tonumber(ARGV[15]) <= tonumber(redis.call('GET', KEYS[8]) or '0') then return {0, 0} end
+local last = tonumber(redis.call('GET', KEYS[8]) or '0')
+if tonumber(ARGV[15]) <= last then return {0, 0} end
 redis.call('SET', KEYS[8], ARGV[15], 'PX', 2 * res_ttl + 60000)
+-- Charges of earlier calls whose answer was lost: each is charged by the first call to run
+-- after it that finds it did not run (a call older than the last one never runs later).
+for i = 16, #ARGV, 2 do
+  if tonumber(ARGV[i]) > last then charge = charge + tonumber(ARGV[i + 1]) end
+end
 local record = redis.call('HGET', resv, id)
 if record then forget(id, record) end
 if charge > 0 then
-  redis.call('HINCRBY', day, 'settled', ARGV[3])
-  redis.call('HINCRBY', day, pfield, ARGV[3])
+  local digits = string.format('%d', charge)
+  redis.call('HINCRBY', day, 'settled', digits)
+  redis.call('HINCRBY', day, pfield, digits)
 end
 local settled, p_settled = unpack(redis.call('HMGET', day, 'settled', pfield))
 local open_total, p_open = unpack(redis.call('HMGET', reserved, 'total', pfield))
@@ -250,7 +259,7 @@ if provider_daily >= 0 then
   if room == nil or p_room < room then room = p_room end
 end
 local free = want
-if room ~= nil then free = math.min(want, math.floor((room - out) / divisor)) end
+if room ~= nil and room - out < divisor * want then free = 0 end
 if free < min_free then free = 0 end
 local hold = out + math.max(carry, free)
 if hold > 0 then
@@ -261,5 +270,5 @@ if hold > 0 then
   redis.call('HINCRBY', reserved, pfield, digits)
 end
 keep(res_ttl, day_ttl)
-return {1, hold}
+return {1, hold, free}
 """

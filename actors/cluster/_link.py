@@ -130,6 +130,7 @@ class RedisLink:
         self._slots = anyio.Semaphore(config.max_connections, fast_acquire=True)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closing: list[Callable[[], None]] = []
 
     def key(self, *parts: str) -> str:
         """``prefix:part:part``; the first part in braces makes one Redis Cluster hash slot."""
@@ -167,6 +168,11 @@ class RedisLink:
         # these calls (each bounded by its deadline) until aclose waits for them.
         task = asyncio.get_running_loop().create_task(
             self._run_quietly(script, operation, keys, args))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Own a background ``task`` of this link's calls: :meth:`aclose` waits for it."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -333,9 +339,20 @@ class RedisLink:
         """The redis-py client, for reads wrapped in :meth:`call` (tests, diagnostics)."""
         return self._client
 
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when :meth:`aclose` starts (it may still :meth:`run_soon`: e.g. give
+        back leased permits)."""
+        self._closing.append(hook)
+
     async def aclose(self) -> None:
-        """Wait for the background calls (each within its deadline), close the connections.
-        Idempotent."""
+        """Run the :meth:`on_close` hooks, wait for the background calls (each within its
+        deadline), close the connections. Idempotent."""
+        hooks, self._closing = self._closing, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # one hook's bug must not leave the connections open
+                logger.exception("cluster: a close hook failed")
         with anyio.CancelScope(shield=True):
             if self._background:
                 await asyncio.wait(set(self._background))

@@ -83,8 +83,16 @@ end
 """
 
 #: ARGV: tokens, rpm, tpm (0: unlimited), window_us, inflight_ttl_us, key_ttl_ms, quarantine
-#: (0/1), born_ttl_ms, the born value the caller saw last ('' none). KEYS[5]: born. Returns
-#: {1, permit, now, born} or {0, wait_us (-1: only when an in-flight request is sent), now, born}.
+#: (0/1), born_ttl_ms, the born value the caller saw last ('' none), extra (permits
+#: leased beyond the first, each counted in flight like it, for a worker's pool), extra_tokens
+#: (each extra permit's tokens), share, lease_only (0/1). Extras are granted from what is left
+#: beyond ``share x extra`` requests (and their tokens), at most 1 / share of it: the last stretch
+#: of a window is never leased (there every request asks for its own permit), and a lease never
+#: takes more than a share of what is left above it. lease_only '1': the first permit too (a
+#: refill of the pool, nobody waits for it), under the same rule.
+#: KEYS[5]: born. Returns {1, permit, now, born, extras} (the extras are permit + 1 ..
+#: permit + extras) or {0, wait_us (-1: only when an in-flight request is sent, -2: a lease_only
+#: that would take more than its share), now, born}.
 #: A loss is a born value other than the caller's: a first use (no value seen) is none.
 ADMIT = _PRELUDE + """
 local tokens, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -138,28 +146,59 @@ local function admit()
   if wait > 0 then return {0, wait, now, born}, lost end
   return nil, lost
 end
+local extra, extra_tokens = tonumber(ARGV[10] or '0'), tonumber(ARGV[11] or '0')
+local share = tonumber(ARGV[12] or '1')
+-- How many of `wanted` permits of n tokens each a lease may take (see ADMIT's comment).
+local function spare(n, wanted)
+  local count = wanted
+  if rpm > 0 then
+    local left = rpm - num('inflight_req') - num('stamped_req') - share * extra
+    count = math.min(count, math.floor(left / share))
+  end
+  if tpm > 0 and n > 0 then
+    local left = tpm - num('inflight_tok') - num('stamped_tok') - share * extra * n
+    count = math.min(count, math.floor(left / (share * n)))
+  end
+  return math.max(count, 0)
+end
 local answer, lost = admit()
-if answer == nil then
+if answer == nil and ARGV[13] == '1' and spare(tokens, 1) < 1 then
+  answer = {0, -2, now, born}
+end
+local function grant(n)
   move('seq', 1)
   local id = string.format('%d', num('seq'))
   if num('inflight_req') == 0 then fresh[3] = true end
   if num('inflight_req') + num('stamped_req') == 0 then fresh[4] = true end
   redis.call('ZADD', inflight, now + ttl, id)
-  redis.call('HSET', amounts, id, tokens)
-  move('inflight_req', 1); move('inflight_tok', tokens)
-  answer = {1, id, now, born}
+  redis.call('HSET', amounts, id, n)
+  move('inflight_req', 1); move('inflight_tok', n)
+  return id
+end
+if answer == nil then
+  local id = grant(tokens)
+  local extras = spare(extra_tokens, extra)
+  for _ = 1, extras do grant(extra_tokens) end
+  answer = {1, id, now, born, extras}
 end
 finish(key_ttl, born_ttl, lost)
 return answer
 """
 
-#: ARGV: permit, window_us, key_ttl_ms. Returns 1 if stamped now, 0 if unknown.
+#: ARGV: permit, window_us, key_ttl_ms, tokens (optional: an in-flight permit holding more, a
+#: leased one, counts only these from now). Returns 1 if stamped now, 0 if unknown.
 SENT = _PRELUDE + """
 local id = ARGV[1]
 expire(tonumber(ARGV[2]))
 local answer = 0
 if redis.call('ZSCORE', inflight, id) then
   local n = tonumber(redis.call('HGET', amounts, id) or '0')
+  local used = tonumber(ARGV[4] or '-1')
+  if used >= 0 and used < n then
+    redis.call('HSET', amounts, id, used)
+    move('inflight_tok', used - n)
+    n = used
+  end
   redis.call('ZREM', inflight, id)
   stamp_at(id, now)
   move('inflight_req', -1); move('inflight_tok', -n)
@@ -174,17 +213,19 @@ finish(tonumber(ARGV[3]))
 return answer
 """
 
-#: ARGV: permit, window_us. Returns 1 if the in-flight permit was forgotten, 0 otherwise.
+#: ARGV: permit, window_us, more permits. Returns how many in-flight permits were forgotten.
 REFUND = _PRELUDE + """
-local id = ARGV[1]
 expire(tonumber(ARGV[2]))
 local answer = 0
-if redis.call('ZSCORE', inflight, id) then
-  local n = tonumber(redis.call('HGET', amounts, id) or '0')
-  redis.call('ZREM', inflight, id)
-  redis.call('HDEL', amounts, id)
-  move('inflight_req', -1); move('inflight_tok', -n)
-  answer = 1
+for i = 1, #ARGV do
+  local id = ARGV[i]
+  if i ~= 2 and redis.call('ZSCORE', inflight, id) then
+    local n = tonumber(redis.call('HGET', amounts, id) or '0')
+    redis.call('ZREM', inflight, id)
+    redis.call('HDEL', amounts, id)
+    move('inflight_req', -1); move('inflight_tok', -n)
+    answer = answer + 1
+  end
 end
 finish(nil)
 return answer

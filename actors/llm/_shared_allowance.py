@@ -8,10 +8,11 @@ the charges of all settles since the last one together).
 
 Exactness: at every moment Redis holds ``held >= out + unshared + free`` for the allowance, where
 ``out`` is what open requests drew from it and ``unshared`` what they were charged and not yet
-pushed: Redis's settled + open total never counts less than the worker spent or may spend. While
-a resize is in flight, only its ``carry`` (the free part it keeps, whatever Redis answers) may be
-drawn from. A resize that failed may have run: the worker then assumes the smaller hold
-``out + carry`` (the charges it pushed are pushed again: counted twice, never missed).
+pushed: Redis's settled + open total never counts less than the worker spent or may spend. While a
+resize is in flight, only its ``carry`` (the free part it keeps, whatever Redis answers) may be
+drawn from. A resize that failed may have run: the worker then assumes the smaller hold ``out +
+carry``, and its charges are counted exactly once (the next resize carries them; Redis adds them
+unless that call ran).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = ["Allowance"]
 
 #: The free part wished, in reservations of the largest recent size.
 _WANT = 8
+#: Lost resizes remembered one by one (more are merged).
+_UNSURE = 32
 
 
 @dataclass(slots=True)
@@ -44,8 +47,15 @@ class Allowance:
     largest: int = 0
     #: Open reservations drawn from it: reservation id -> amount.
     drawn: dict[int, int] = field(default_factory=dict)
+    #: Redis granted no free part (the room is small): no resize to grow until the next tick.
+    starved: bool = False
     #: The number of the last resize asked for (Redis ignores an older one run late).
     calls: int = 0
+    #: The resize in flight: its number and the charges it pushes.
+    pushing: tuple[int, int] = (0, 0)
+    #: (call, charge) of resizes whose answer was lost: the next call charges each unless it
+    #: ran (exactly once).
+    unsure: list[tuple[int, int]] = field(default_factory=list)
 
     def next_call(self) -> int:
         self.calls += 1
@@ -74,6 +84,14 @@ class Allowance:
         self.drew = True
         if self.syncing:
             self.budget -= amount
+
+    def lost(self, call: int, charge: int) -> None:
+        """Resize ``call`` pushing ``charge`` may or may not have run."""
+        if charge:
+            self.unsure.append((call, charge))
+        if len(self.unsure) > _UNSURE:  # merged: the older charge may count twice, never less
+            (_, first), (second, other) = self.unsure[:2]
+            self.unsure[:2] = [(second, first + other)]
 
     def low(self) -> bool:
         """Below half of the free part wished: time to resize (grow)."""

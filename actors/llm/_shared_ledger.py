@@ -138,13 +138,17 @@ class SharedLedgerActor(LedgerActor):
         what is not given back returns at its TTL)."""
         day = self._book.day
         for provider, allowance in self._allowances.items():
-            if allowance.held == 0 and allowance.unshared == 0:
+            if allowance.held == 0 and allowance.unshared == 0 and not allowance.unsure \
+                    and not allowance.syncing:
                 continue
+            if allowance.syncing:  # cancelled with the instance: it may have run
+                allowance.lost(*allowance.pushing)
             with anyio.move_on_after(self._stop_timeout), contextlib.suppress(
                     ClusterUnavailable, anyio.ClosedResourceError):
                 await self._shared.allow(allowance.key, provider, day,
                                          charge=allowance.unshared, out=allowance.out, carry=0,
-                                         want=0, min_free=0, call=allowance.next_call())
+                                         want=0, min_free=0, call=allowance.next_call(),
+                                         unsure=list(allowance.unsure))
         await super().on_stop()
 
     def immediate_messages(self) -> tuple[type, ...]:
@@ -174,7 +178,7 @@ class SharedLedgerActor(LedgerActor):
             if allowance.low():
                 self._resize(entry.provider, allowance)
             return reservation
-        if not allowance.syncing:
+        if not allowance.syncing and not allowance.starved:
             self._resize(entry.provider, allowance)  # for the next ones
         self.context.pipe(
             self._reserve_shared, self._key(reservation.id), entry.amount,
@@ -318,33 +322,45 @@ class SharedLedgerActor(LedgerActor):
         charge, allowance.unshared = allowance.unshared, 0
         want, min_free = (0, 0) if idle else (allowance.want, allowance.largest)
         allowance.syncing, allowance.budget = True, carry
+        call = allowance.next_call()
+        allowance.pushing = (call, charge)
         self.context.pipe(
             self._allow, allowance.key, provider, self._book.day, charge, out, carry, want,
-            min_free, allowance.next_call(), reply_to=None,
-            then=lambda outcome: self._resized(provider, allowance, charge, out + carry, outcome))
+            min_free, call, list(allowance.unsure), reply_to=None,
+            then=lambda outcome: self._resized(provider, allowance, idle, out, out + carry,
+                                               outcome))
 
     async def _allow(self, key: str, provider: str, day: str, charge: int, out: int, carry: int,
-                     want: int, min_free: int, call: int) -> int | None:
+                     want: int, min_free: int, call: int,
+                     unsure: list[tuple[int, int]]) -> tuple[int, int] | None:
         return await self._shared.allow(key, provider, day, charge=charge, out=out, carry=carry,
-                                        want=want, min_free=min_free, call=call)
+                                        want=want, min_free=min_free, call=call, unsure=unsure)
 
-    def _resized(self, provider: str, allowance: Allowance, charge: int, kept: int,
+    def _resized(self, provider: str, allowance: Allowance, idle: bool, out: int, kept: int,
                  outcome: Outcome) -> None:
         allowance.syncing, allowance.budget = False, 0
+        call, charge = allowance.pushing
         answered = outcome.error is None and not outcome.cancelled
-        hold: int | None = outcome.value if answered else None
-        if hold is not None and hold >= 0:
-            allowance.held = hold
+        granted: tuple[int, int] | None = outcome.value if answered else None
+        if granted is not None and granted[0] >= 0:
+            allowance.unsure.clear()
+            allowance.held, free = granted
             allowance.renewed = self.context.clock.now()
-            if allowance.unshared:
+            if not idle:  # asked to grow: none until the next tick
+                allowance.starved = free == 0
+            if free < kept - out:  # the room shrank: give back the free part it kept
+                self._resize(provider, allowance, idle=True)
+            elif allowance.unshared:
                 self._resize(provider, allowance)
             return
-        # Not pushed for sure: pushed again later (counted twice at worst, never missed).
-        allowance.unshared += charge
-        if hold is None and answered:
-            return  # Redis is gathering the journals: nothing changed
-        # It may have run (-1: an immediate retry found it ran): Redis may hold only what the
-        # call kept.
+        if granted is None and answered:  # Redis is gathering the journals: nothing ran
+            allowance.unshared += charge
+            return
+        if granted is not None:  # -1: an immediate retry found that it ran
+            allowance.unsure.clear()
+        else:
+            allowance.lost(call, charge)
+        # It may have run: Redis may hold only what the call kept.
         allowance.held = min(allowance.held, kept)
         if outcome.error is not None and not isinstance(outcome.error, ClusterUnavailable):
             logger.error("ledger: allowance of %s failed: %r", provider, outcome.error)
@@ -356,9 +372,10 @@ class SharedLedgerActor(LedgerActor):
         for provider, allowance in self._allowances.items():
             for rid in [rid for rid in allowance.drawn if rid not in open_ids]:
                 del allowance.drawn[rid]
-            if allowance.held > 0 or allowance.unshared > 0:
+            if allowance.held > 0 or allowance.unshared > 0 or allowance.unsure:
                 self._resize(provider, allowance, idle=not allowance.drew)
             allowance.drew = False
+            allowance.starved = False
 
     # -- the journal offered to the shared day, on a timer ----------------------------------------
 

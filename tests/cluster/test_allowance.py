@@ -49,30 +49,52 @@ async def test_an_allowance_takes_at_most_a_quarter_of_the_room_and_counts_as_he
     await _open_epoch(link)
     a = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=100 * CENT))
     b = SharedLedger(link, "b", _journal, LedgerLimits(daily_cost_limit=100 * CENT))
-    hold = await a.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=40 * CENT,
-                         min_free=CENT, call=1)
-    assert hold == 25 * CENT  # a quarter of $1.00
-    assert await a.totals(DAY) == (0, 25 * CENT)
+    # $0.40 is more than a quarter of $1.00: nothing free; $0.20 is not.
+    assert await a.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=40 * CENT,
+                         min_free=CENT, call=1) == (0, 0)
+    assert await a.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=20 * CENT,
+                         min_free=CENT, call=2) == (20 * CENT, 20 * CENT)
+    assert await a.totals(DAY) == (0, 20 * CENT)
     # $0.05 charged, $0.10 drawn by open requests, $0.10 still free (kept while the call runs).
-    hold = await a.allow("alw", "p", DAY, charge=5 * CENT, out=10 * CENT, carry=10 * CENT,
-                         want=40 * CENT, min_free=CENT, call=2)
-    assert hold == 10 * CENT + (95 * CENT - 10 * CENT) // 4
-    assert await a.totals(DAY) == (5 * CENT, hold)
+    assert await a.allow("alw", "p", DAY, charge=5 * CENT, out=10 * CENT, carry=10 * CENT,
+                         want=20 * CENT, min_free=CENT, call=3) == (30 * CENT, 20 * CENT)
+    assert await a.totals(DAY) == (5 * CENT, 30 * CENT)
     # An older call run late changes nothing.
     assert await a.allow("alw", "p", DAY, charge=5 * CENT, out=0, carry=0, want=0, min_free=0,
-                         call=1) == -1
-    assert await a.totals(DAY) == (5 * CENT, hold)
+                         call=1) == (-1, 0)
+    assert await a.totals(DAY) == (5 * CENT, 30 * CENT)
     assert await b.reserve("b1", 60 * CENT, "p", DAY) == ReserveResult(True, 60 * CENT)
     # Near the limit the free part would be below one request ($0.10): none, only what is out.
-    hold = await a.allow("alw", "p", DAY, charge=0, out=10 * CENT, carry=0, want=40 * CENT,
-                         min_free=10 * CENT, call=3)
-    assert hold == 10 * CENT
+    # Near the limit ($0.35 left, less than 4 x $0.20): nothing free, only what is out.
+    assert await a.allow("alw", "p", DAY, charge=0, out=10 * CENT, carry=0, want=20 * CENT,
+                         min_free=CENT, call=4) == (10 * CENT, 0)
     # Everyone else reserves exactly up to the limit, per request.
     assert await b.reserve("b2", 25 * CENT + 1, "p", DAY) == ReserveResult(
         False, 0, ReserveRefused("daily", 5 * CENT, 70 * CENT))
     assert await b.reserve("b2", 25 * CENT, "p", DAY) == ReserveResult(True, 25 * CENT)
-    assert await a.allow("alw", "p", DAY, charge=0, out=10 * CENT, carry=0, want=40 * CENT,
-                         min_free=1, call=4) == 10 * CENT
+    assert await a.allow("alw", "p", DAY, charge=0, out=10 * CENT, carry=0, want=CENT,
+                         min_free=1, call=5) == (10 * CENT, 0)
+
+
+async def test_the_charges_of_a_resize_whose_answer_was_lost_count_exactly_once(
+    link: RedisLink,
+) -> None:
+    await _open_epoch(link)
+    a = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=100 * CENT))
+
+    async def resize(call: int, charge: int, unsure: list[tuple[int, int]]) -> tuple[int, int]:
+        granted = await a.allow("alw", "p", DAY, charge=charge, out=0, carry=0, want=0,
+                                min_free=0, call=call, unsure=unsure)
+        assert granted is not None
+        return granted
+
+    assert await resize(1, 2 * CENT, []) == (0, 0)  # ran, but its worker never heard
+    assert await resize(2, 0, [(1, 2 * CENT)]) == (0, 0)  # it ran: not charged again
+    assert await a.totals(DAY) == (2 * CENT, 0)
+    # Call 3 was written, then its connection broke: call 4 charges it, and it never runs late.
+    assert await resize(4, CENT, [(3, 5 * CENT)]) == (0, 0)
+    assert await resize(3, 5 * CENT, []) == (-1, 0)
+    assert await a.totals(DAY) == (8 * CENT, 0)
 
 
 async def test_a_dead_workers_allowance_comes_back_at_its_ttl_and_the_day_stays_exact(
@@ -85,9 +107,9 @@ async def test_a_dead_workers_allowance_comes_back_at_its_ttl_and_the_day_stays_
         other = SharedLedger(link, "other", _journal, limits)
         await _open_epoch(link)
         assert await dead.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=20 * CENT,
-                                min_free=CENT, call=1) == 20 * CENT
+                                min_free=CENT, call=1) == (20 * CENT, 20 * CENT)
         assert await dead.allow("alw", "p", DAY, charge=3 * CENT, out=0, carry=17 * CENT,
-                                want=20 * CENT, min_free=CENT, call=2) == 20 * CENT
+                                want=20 * CENT, min_free=CENT, call=2) == (20 * CENT, 20 * CENT)
         # The worker dies (nobody renews its allowance): $0.20 held until the TTL...
         assert (await other.reserve("o1", 78 * CENT, "p", DAY)).granted is False
         await anyio.sleep(0.4)
@@ -110,7 +132,7 @@ async def test_redis_restarted_empty_reseeds_an_allowance_from_the_workers_journ
         other = SharedLedger(link, "other", _journal, limits)
         await _open_epoch(link)
         assert await holder.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=20 * CENT,
-                                  min_free=CENT, call=1) == 20 * CENT
+                                  min_free=CENT, call=1) == (20 * CENT, 20 * CENT)
         redis_server.stop()
         redis_server.start()
 
@@ -126,7 +148,7 @@ async def test_redis_restarted_empty_reseeds_an_allowance_from_the_workers_journ
         assert await other.reserve("o1", 77 * CENT, "p", DAY) == ReserveResult(True, 77 * CENT)
         # The next resize replaces the re-declared hold (it does not add to it).
         assert await holder.allow("alw", "p", DAY, charge=0, out=0, carry=0, want=0,
-                                  min_free=0, call=2) == 0
+                                  min_free=0, call=2) == (0, 0)
         assert await other.totals(DAY) == (3 * CENT, 77 * CENT)
 
 
@@ -177,10 +199,16 @@ async def test_a_worker_grants_from_its_allowance_while_redis_is_frozen_then_fai
                     await ledger.ask(Reserve("r9", "p", "m", 0, 1), timeout=10)
             finally:
                 redis_server.resume()
-            for reservation in held:
+            # The first (reserved in Redis, settled there behind the answer) is charged a tenth.
+            assert await ledger.ask(Settle(first.id, Usage(), 0.001), timeout=10) == 0.001
+            for _ in range(200):  # bounded: 10 s
+                if (await observer.totals(DAY))[0] == CENT // 10:
+                    break
+                await anyio.sleep(0.05)
+            for reservation in held[1:]:
                 assert await ledger.ask(Settle(reservation.id, Usage(), 0.01), timeout=10) == 0.01
         # Stopped: its charges pushed, its allowance given back.
-        assert await observer.totals(DAY) == (9 * CENT, 0)
+        assert await observer.totals(DAY) == (8 * CENT + CENT // 10, 0)
 
 
 async def test_two_workers_allowances_never_pass_the_daily_limit_and_fall_back_near_it(
