@@ -1,11 +1,22 @@
 """Whole-runtime throughput (router, ledger, provider, metrics) against the bare SDK.
 
-Both paths talk to the same simulator subprocess in the same run, with the same pool limits:
+Both paths talk to the same simulator subprocess in the same run, with the same pool limits and
+the same request body (the provider's default generation parameters included):
 the bare path is one ``AsyncOpenAI`` client on an ``httpx2`` pool, and one on the SDK's aiohttp
 transport (``openai[aiohttp]``) when installed: the ratio is against the faster of the two; the
 runtime path is ``open_runtime`` with one provider (cost limits on, so every request reserves
-and settles in the ledger, and every attempt is a metrics event). Each cell is the best of
-``ROUNDS`` runs, the paths alternating, so all see the same machine.
+and settles in the ledger, and every attempt is a metrics event).
+
+Each cell (mode, concurrency) first warms every path up (``WARMUP`` seconds at the cell's
+concurrency: the pools open their connections outside the measurement), then runs ``ROUNDS``
+rounds of ``DURATION`` seconds per path, the paths in a rotated order each round (none always
+first). A round's ratio is the runtime's throughput over the faster bare SDK's in that same round
+(paired: the three ran back to back); the cell reports the **median of the rounds' ratios**, each
+path's median throughput, latencies over all its rounds, and its CPU per request (this process's
+CPU time, threads included, over the requests: steadier than throughput on a shared machine,
+where a starved simulator caps every path alike and pulls the throughput ratios towards 1.0);
+"vs SDK by CPU" is the cheaper bare SDK's CPU per request over the path's: what one core would
+serve, relative to it.
 
 ``--gc-tuned``: the process runs with :func:`runtime.gc_tuning.tune_gc` (called once everything
 is started, so both paths get it): what a server that tunes its collector at start-up measures.
@@ -17,6 +28,7 @@ Run: ``.venv/bin/python -m benchmarks.runtime [--gc-tuned]``
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -36,16 +48,22 @@ from simulator.process import SimulatorProcess
 
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "benchmark the whole runtime please"}]
-DURATION = 3.0
-ROUNDS = 2
+# What the runtime's provider sends from ProviderConfig's defaults: the bare SDK sends the same.
+GENERATION: Any = {"temperature": 0.7, "top_p": 1.0, "presence_penalty": 0.0,
+                   "frequency_penalty": 0.0}
+DURATION = 2.0
+WARMUP = 0.5
+ROUNDS = 5
 POOL = 256
 
 Call = Callable[[], Awaitable[Any]]
 
 
-async def _drive(call: Call, concurrency: int) -> tuple[float, list[float]]:
+async def _drive(call: Call, concurrency: int, seconds: float = DURATION
+                 ) -> tuple[float, list[float], float]:
+    """Closed-loop load: (requests/s, latencies, CPU seconds per request)."""
     latencies: list[float] = []
-    stop_at = time.perf_counter() + DURATION
+    stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
         while time.perf_counter() < stop_at:
@@ -53,11 +71,44 @@ async def _drive(call: Call, concurrency: int) -> tuple[float, list[float]]:
             await call()
             latencies.append(time.perf_counter() - start)
 
+    cpu = time.process_time()
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(worker)
-    return len(latencies) / (time.perf_counter() - start), latencies
+    count = max(1, len(latencies))
+    return (len(latencies) / (time.perf_counter() - start), latencies,
+            (time.process_time() - cpu) / count)
+
+
+async def _cell(mode: str, concurrency: int, paths: dict[str, Call],
+                ratios: list[float]) -> list[list[object]]:
+    """Warm every path up, run the rotated rounds, return the cell's rows (see the docstring)."""
+    names = list(paths)
+    for name in names:
+        await _drive(paths[name], concurrency, WARMUP)
+    runs: dict[str, list[tuple[float, list[float], float]]] = {name: [] for name in names}
+    round_ratios: list[float] = []
+    for index in range(ROUNDS):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            runs[name].append(await _drive(paths[name], concurrency))
+        # Against the SDK on whichever of its transports is faster in this round.
+        bare = max(runs[name][-1][0] for name in names if name != "runtime")
+        round_ratios.append(runs["runtime"][-1][0] / bare)
+    ratio = statistics.median(round_ratios)
+    ratios.append(ratio)
+    rates = {name: statistics.median(run[0] for run in runs[name]) for name in names}
+    floor = max(rate for name, rate in rates.items() if name != "runtime")
+    cpus = {name: statistics.median(run[2] for run in runs[name]) for name in names}
+    cheapest = min(cpu for name, cpu in cpus.items() if name != "runtime")
+    rows: list[list[object]] = []
+    for name in names:
+        latencies = [sample for run in runs[name] for sample in run[1]]
+        rows.append([mode, concurrency, name, rates[name], percentile(latencies, 0.5) * 1000,
+                     percentile(latencies, 0.99) * 1000, cpus[name] * 1e6,
+                     ratio if name == "runtime" else rates[name] / floor, cheapest / cpus[name],
+                     " ".join(f"{r:.2f}" for r in round_ratios) if name == "runtime" else ""])
+    return rows
 
 
 def _config(base_url: str, db: Path) -> LLMConfig:
@@ -90,13 +141,13 @@ async def main(gc_tuned: bool = False) -> None:
                 def sdk_call(sdk: openai.AsyncOpenAI) -> Callable[[], Awaitable[Any]]:
                     async def call() -> None:
                         await sdk.chat.completions.create(
-                            model=MODEL, messages=MESSAGES, max_tokens=64)
+                            model=MODEL, messages=MESSAGES, max_tokens=64, **GENERATION)
                     return call
 
                 def sdk_stream(sdk: openai.AsyncOpenAI) -> Callable[[], Awaitable[Any]]:
                     async def call() -> None:
                         stream = await sdk.chat.completions.create(
-                            model=MODEL, messages=MESSAGES, max_tokens=64,
+                            model=MODEL, messages=MESSAGES, max_tokens=64, **GENERATION,
                             stream=True, stream_options={"include_usage": True})
                         async with stream:
                             async for _ in stream:
@@ -116,28 +167,19 @@ async def main(gc_tuned: bool = False) -> None:
                     for concurrency in (16, 256):
                         paths = {f"bare SDK {name}": bare(sdk) for name, sdk in sdks.items()}
                         paths["runtime"] = ours
-                        best: dict[str, tuple[float, list[float]]] = {}
-                        for _ in range(ROUNDS):
-                            for name, call in paths.items():
-                                result = await _drive(call, concurrency)
-                                if name not in best or result[0] > best[name][0]:
-                                    best[name] = result
-                        # Against the SDK on whichever of its transports is faster here.
-                        floor = max(best[name][0] for name in paths if name != "runtime")
-                        for name in paths:
-                            rate, lat = best[name]
-                            rows.append([mode, concurrency, name, rate,
-                                         percentile(lat, 0.5) * 1000,
-                                         percentile(lat, 0.99) * 1000, rate / floor])
-                        ratios.append(best["runtime"][0] / floor)
+                        rows.extend(await _cell(mode, concurrency, paths, ratios))
                 summary = rt.metrics_summary()
             for sdk in sdks.values():
                 await sdk.close()
-    print(f"simulator subprocess, {DURATION:g}s per cell, best of {ROUNDS}; "
+    print(f"simulator subprocess; per cell {WARMUP:g}s warm-up per path, then {ROUNDS} rounds "
+          f"of {DURATION:g}s per path in rotated order, medians; "
           f"runtime recorded {summary['total_requests']} requests; garbage collector: "
           f"{'tuned (runtime.gc_tuning)' if gc_tuned else 'CPython defaults'}")
-    print(table(["mode", "concurrency", "path", "req/s", "p50 ms", "p99 ms", "vs SDK"], rows))
-    print(f"runtime/sdk throughput ratio: {min(ratios):.2f}")
+    print(table(["mode", "concurrency", "path", "req/s", "p50 ms", "p99 ms", "CPU us/req",
+                 "vs SDK", "vs SDK by CPU", "rounds' ratios"], rows))
+    by_cpu = [float(str(row[8])) for row in rows if row[2] == "runtime"]
+    print(f"runtime/sdk throughput ratio (median of rounds, worst cell): {min(ratios):.2f}; "
+          f"by CPU per request: {min(by_cpu):.2f}")
 
 
 if __name__ == "__main__":
