@@ -14,9 +14,14 @@
    neither: the stamp runs in the background, the settle behind the ledger's answer); the
    latency path is the first two. (b) The latency path through the product: the wall time from
    the router's ask to the upstream call (timed where the provider makes it), one request at a
-   time on one simulator, without Redis and with it; "Redis adds" is the difference. Each
-   request starts 5 ms after the previous one's answer (its stamp and settle have landed): the
-   figures are a quiet worker's, and include what the actors do around each round trip.
+   time on one simulator, without Redis, with Redis asked per request (``permit_lease: 0``,
+   ``allowances: false``: the reserve and admission round trips on the path, as before the
+   leases) and with the defaults (leased rate permits and money allowances: no round trip on the
+   path in the common case); "Redis adds" is the difference. Each request starts 5 ms after the
+   previous one's answer (its stamp and settle have landed): the figures are a quiet worker's,
+   and include what the actors do around each round trip. (c) The Redis calls per request of
+   both Redis variants, by operation, amortized (leases, refills and allowance resizes included,
+   though no request waits for them).
 
 Targets: 2 workers hold >= 1.7x the streams of 1 worker; Redis adds <= 0.3 ms p50 per request.
 On this 2-core machine the clients and the simulator share the cores with the workers: the
@@ -33,6 +38,7 @@ import resource
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,8 @@ LATENCY_PATH = "reserve then admit (latency path)"
 QUICK_ROUND_TRIPS = 500
 #: Requests per variant through the product (router, ledger, provider) to the upstream call.
 PRODUCT_REQUESTS = 1000
+PER_REQUEST = "Redis per request"
+LEASED = "Redis, leased"
 
 
 def _config(directory: Path, simulator: SimulatorChild, redis_url: str, workers: int,
@@ -201,11 +209,15 @@ async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
             for name, values in timings.items()]
 
 
-async def _product_path(redis: RedisServer, directory: Path, count: int) -> list[list[Any]]:
+async def _product_path(redis: RedisServer, directory: Path,
+                        count: int) -> tuple[list[list[Any]], list[list[Any]]]:
     """Per request, through the product (router, ledger and provider actors, one request at a
-    time, on one simulator): the wall time from the ask to the upstream call, without Redis and
-    with it. The upstream call is timed where the provider makes it (``post_completion``
-    wrapped here, in this process only)."""
+    time, on one simulator): the wall time from the ask to the upstream call, without Redis,
+    with Redis asked per request (``permit_lease: 0``, ``allowances: false``: every reservation
+    and admission a round trip) and with the defaults (leased permits and money allowances). The
+    upstream call is timed where the provider makes it (``post_completion`` wrapped here, in this
+    process only). Also the Redis calls per request of each (amortized: leases, refills and
+    resizes included, whether or not a request waits for them)."""
     from actors.llm import LLMConfig, SharedState, _provider_calls, open_runtime
     from simulator.process import SimulatorProcess
 
@@ -227,33 +239,49 @@ async def _product_path(redis: RedisServer, directory: Path, count: int) -> list
             "cost": {"db_path": str(directory / f"{name}.sqlite3"), "daily_cost_limit": 1e6,
                      "max_cost_per_request": 1.0}})
 
-    variants = ("no Redis", "Redis")
+    variants = ("no Redis", PER_REQUEST, LEASED)
     timings: dict[str, list[float]] = {name: [] for name in variants}
     messages = [{"role": "user", "content": "hello there"}]
-    cluster = ClusterConfig(redis_url=redis.url, key_prefix="e2e")
+    per_request = ClusterConfig(redis_url=redis.url, key_prefix="e2e-each", permit_lease=0,
+                                allowances=False)
+    leased = ClusterConfig(redis_url=redis.url, key_prefix="e2e-lease")
+    calls: dict[str, Counter[str]] = {}
     setattr(_provider_calls, "post_completion", timed_post)  # noqa: B010 - see above
     try:
-        async with SimulatorProcess() as sim, RedisLink(cluster) as link, \
+        async with SimulatorProcess() as sim, RedisLink(per_request) as each_link, \
+                RedisLink(leased) as lease_link, \
                 open_runtime(config(sim, "local")) as local, \
-                open_runtime(config(sim, "shared"), shared=SharedState(link, "bench")) as shared:
+                open_runtime(config(sim, "each"), shared=SharedState(each_link, "b1")) as each, \
+                open_runtime(config(sim, "lease"), shared=SharedState(lease_link, "b2")) as lease:
+            runtimes = dict(zip(variants, (local, each, lease), strict=True))
+            links = {PER_REQUEST: each_link, LEASED: lease_link}
             for index in range(count + 50):  # the first 50 warm every path up
-                for turn in range(2):
-                    name = variants[(index + turn) % 2]
+                if index == 50:
+                    calls = {name: Counter(link.calls) for name, link in links.items()}
+                for turn in range(3):
+                    name = variants[(index + turn) % 3]
                     # The previous request's stamp and settle (behind its answer) land first:
                     # timed is the latency path alone, as for a request to a quiet worker.
                     await anyio.sleep(0.005)
                     started = time.perf_counter()
-                    await (local if name == variants[0] else shared).chat(messages)
+                    await runtimes[name].chat(messages)
                     if index >= 50:
                         timings[name].append((sent[-1] - started) * 1000)
+            calls = {name: link.calls - calls[name] for name, link in links.items()}
     finally:
         setattr(_provider_calls, "post_completion", post)  # noqa: B010
     figures = {name: (percentile(values, 0.5), percentile(values, 0.99))
                for name, values in timings.items()}
     base = figures[variants[0]]
-    with_redis = figures[variants[1]]
-    return [[name, p50, p99] for name, (p50, p99) in figures.items()] + [
-        ["Redis adds", with_redis[0] - base[0], with_redis[1] - base[1]]]
+    rows = [[name, p50, p99] for name, (p50, p99) in figures.items()]
+    for name in (PER_REQUEST, LEASED):
+        rows.append([f"Redis adds ({name})", figures[name][0] - base[0],
+                     figures[name][1] - base[1]])
+    operations = sorted(set(calls[PER_REQUEST]) | set(calls[LEASED]))
+    trips = [[operation, calls[PER_REQUEST][operation] / count, calls[LEASED][operation] / count]
+             for operation in operations]
+    trips.append(["all", calls[PER_REQUEST].total() / count, calls[LEASED].total() / count])
+    return rows, trips
 
 
 async def main() -> None:
@@ -267,8 +295,8 @@ async def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="bench-cluster-") as name:
         trips = await _round_trips(redis, QUICK_ROUND_TRIPS if options.quick else ROUND_TRIPS)
-        product = await _product_path(redis, Path(name), QUICK_ROUND_TRIPS if options.quick
-                                      else PRODUCT_REQUESTS)
+        product, calls = await _product_path(redis, Path(name), QUICK_ROUND_TRIPS
+                                             if options.quick else PRODUCT_REQUESTS)
         rows = [] if options.redis_only else await _streams(ks, duration, redis, Path(name))
     if rows:
         print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run")
@@ -279,11 +307,14 @@ async def main() -> None:
         print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
     print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
     print(table(["ask to upstream call, through the product", "p50 ms", "p99 ms"], product))
+    print(table(["Redis calls per request (amortized)", PER_REQUEST, LEASED], calls))
     path = next(row for row in trips if row[0] == LATENCY_PATH)
-    adds = product[-1]
+    each, adds = product[-2], product[-1]
     print(f"Redis adds per request: p50 {adds[1]:.3f} ms, p99 {adds[2]:.3f} ms on the latency"
-          f" path through the product (ask to upstream call, against no Redis); its two round"
-          f" trips alone: p50 {path[1]:.3f} ms (target <= 0.3 ms p50)")
+          f" path through the product (ask to upstream call, against no Redis), with leased"
+          f" permits and money allowances; asked per request: p50 {each[1]:.3f} ms, p99"
+          f" {each[2]:.3f} ms; the two round trips alone: p50 {path[1]:.3f} ms (target <= 0.3 ms"
+          f" p50)")
 
 if __name__ == "__main__":
     # The clients on uvloop too (the server runs on it): the load generator shares this machine's

@@ -26,13 +26,17 @@ connection, so the calls still waiting on it retry on a new one) with :class:`Cl
 (``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed
-  ``unavailable`` error. Spending money we cannot count would break invariant 2.
+  ``unavailable`` error. Spending money we cannot count would break invariant 2. A worker may
+  still grant from its money allowance (:meth:`SharedLedger.allow`: counted in Redis) while it
+  was renewed within ``reservation_ttl / 2``; once empty, it fails closed.
 * **rate limits fail closed**: no admission without Redis. A "conservative local share"
   (``limit / N``) needs N, the number of live instances, which only Redis knows; a guessed N
   overshoots when instances were added, and refusing costs little since the budget (which a
   request needs too) is unavailable anyway. A ``sent``/``refund`` that fails is harmless:
   the permit counts as sent at ``in_flight_ttl`` after admission at the latest (so the server
-  stamps in the background, :meth:`SharedRateWindow.sent_soon`).
+  stamps in the background, :meth:`SharedRateWindow.sent_soon`). Permits leased ahead
+  (:meth:`SharedRateWindow.admit` ``extra``, counted in flight) may still be used within
+  ``permit_lease`` of their grant; a pause reaches a worker's pool at most that late.
 * **leases fail closed**: no new turn starts without a lease. A running turn whose renewals
   fail keeps its lease until the last renewal's TTL runs out, then is cancelled
   (:class:`LeaseLost`): nobody else can have been granted it before then.

@@ -50,6 +50,11 @@ class ClusterConfig(BaseModel):
         description="seconds a worker may use rate permits leased ahead (0: no pool); a pause "
                     "set elsewhere stops its requests at most this late",
     )
+    allowances: bool = Field(
+        default=True,
+        description="each worker grants reservations from a money allowance Redis holds for it "
+                    "(False: every reservation asks Redis)",
+    )
     day_ttl: float = Field(default=3 * 86_400.0, gt=0, description="day totals, seconds")
     journal_interval: float = Field(
         default=1.0, gt=0, le=60,

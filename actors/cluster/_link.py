@@ -7,7 +7,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -131,6 +131,8 @@ class RedisLink:
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self._closing: list[Callable[[], None]] = []
+        #: Script calls made, by operation (measurements: round trips per request).
+        self.calls: Counter[str] = Counter()
 
     def key(self, *parts: str) -> str:
         """``prefix:part:part``; the first part in braces makes one Redis Cluster hash slot."""
@@ -149,6 +151,7 @@ class RedisLink:
         each is idempotent per permit, request or token, except a lease ticket, whose orphan
         leaves the queue in 5 s. Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
         """
+        self.calls[operation] += 1
         try:
             return await self._command(operation, "EVALSHA", script.sha, len(keys), *keys, *args)
         except self._no_script:

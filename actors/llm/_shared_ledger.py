@@ -110,7 +110,7 @@ class SharedLedgerActor(LedgerActor):
         # This worker's allowance per provider (see _shared_allowance): drawn from while Redis
         # renewed it within half a reservation's TTL, so every draw is counted for at least that.
         self._allowances: dict[str, Allowance] = {}
-        self._fresh = link.config.reservation_ttl / 2
+        self._fresh = link.config.reservation_ttl / 2 if link.config.allowances else -1.0
         self._stop_timeout = link.config.connect_timeout + link.config.op_timeout
 
     def _key(self, reservation_id: int) -> str:
@@ -178,7 +178,7 @@ class SharedLedgerActor(LedgerActor):
             if allowance.low():
                 self._resize(entry.provider, allowance)
             return reservation
-        if not allowance.syncing and not allowance.starved:
+        if not allowance.syncing and not allowance.starved and self._fresh > 0:
             self._resize(entry.provider, allowance)  # for the next ones
         self.context.pipe(
             self._reserve_shared, self._key(reservation.id), entry.amount,
