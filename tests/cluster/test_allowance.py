@@ -4,6 +4,7 @@ allowance comes back at its TTL."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from actors.cluster import (
     ClusterConfig,
+    ClusterUnavailable,
     DaySeed,
     LedgerLimits,
     OpenReservation,
@@ -239,3 +241,33 @@ async def test_two_workers_allowances_never_pass_the_daily_limit_and_fall_back_n
         # $0.40 at one cent each: exactly 40 granted across both workers, none more.
         assert len(granted) == 40
         assert await observer.totals(DAY) == (40 * CENT, 0)
+
+
+async def test_a_restarted_empty_redis_gets_a_workers_allowance_back_from_its_journal(
+    tmp_path: Path, redis_server: RedisServer, cluster_config: ClusterConfig,
+) -> None:
+    async with RedisLink(cluster_config) as link:
+        await _open_epoch(link)
+        other = SharedLedger(link, "other", _journal, LedgerLimits(daily_cost_limit=100 * CENT))
+        async with ActorSystem(_spec(tmp_path, link, "w", 1.00)) as system:
+            ledger = system.ref("ledger")
+            first: Reservation = await ledger.ask(Reserve("r0", "p", "m", 0, 1), timeout=10)
+            await _until_held(other, 9 * CENT)  # r0 and an allowance of 8 cents
+            drawn = [await ledger.ask(Reserve(f"r{index}", "p", "m", 0, 1), timeout=10)
+                     for index in (1, 2)]
+            redis_server.stop()
+            redis_server.start()  # empty: the allowance lives only in the worker now
+            # The worker's timer re-declares r0 and its allowance (r1 and r2 drew from it)
+            # before the day grants money again: $0.98 more would pass the limit.
+            refused = await other.reserve("o1", 98 * CENT, "p", DAY)
+            assert (refused.granted, refused.refused is not None
+                    and refused.refused.limit) == (False, "daily")
+            assert await ledger.ask(Settle(first.id, Usage(), 0.01), timeout=10) == 0.01
+            for _ in range(200):  # bounded: 10 s (r0's settle is shared behind its answer)
+                with contextlib.suppress(ClusterUnavailable):  # a connection from before
+                    if (await other.totals(DAY))[0] == CENT:
+                        break
+                await anyio.sleep(0.05)
+            for reservation in drawn:
+                assert await ledger.ask(Settle(reservation.id, Usage(), 0.01), timeout=10) == 0.01
+        assert await other.totals(DAY) == (3 * CENT, 0)
