@@ -27,9 +27,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Two pytest workers (xdist), a test file per worker at a time: most tests wait on child
-# processes, so one core is mostly idle with one worker. The long chaos files come first.
+# processes, so one core is mostly idle with one worker. Files go in collection order, so the
+# long chaos files (tests/chaos) start first instead of trailing (xdist sorts by test count).
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile --hypothesis-profile=ci
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --hypothesis-profile=ci
 
 # mypy (single-threaded, ~35 s without a cache, as on a fresh clone) runs beside pytest, whose
 # server processes leave the second core mostly idle; either failing fails the target.
