@@ -357,7 +357,7 @@ class RedisLink:
             except Exception:  # one hook's bug must not leave the connections open
                 logger.exception("cluster: a close hook failed")
         with anyio.CancelScope(shield=True):
-            if self._background:
+            while self._background:  # a call that ends may start another (a refund)
                 await asyncio.wait(set(self._background))
             self._closed = True
             pipe = self._pipe

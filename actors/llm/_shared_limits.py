@@ -89,8 +89,9 @@ class SharedProviderLimiter(ProviderRateLimiter):
         #: Round trips of admission: on demand (a request waits) and refills (nobody waits).
         self.asked = 0
         self.refills = 0
+        self._closed = False
         if self._lease > 0:
-            window.link.on_close(self._drop_pool)
+            window.link.on_close(self._close)
 
     @asynccontextmanager
     async def admit(self, tokens: int = 0) -> AsyncIterator[RatePermit]:
@@ -164,6 +165,9 @@ class SharedProviderLimiter(ProviderRateLimiter):
     def _fill(self, permits: tuple[int, ...], size: int) -> None:
         if not permits:
             return
+        if self._closed:  # a refill that landed while the link closes
+            self.shared.refund_soon(list(permits))
+            return
         now = asyncio.get_running_loop().time()
         self._pool.extend((permit, size, now) for permit in permits)
         if self._expiry is None:
@@ -189,6 +193,10 @@ class SharedProviderLimiter(ProviderRateLimiter):
         if self._pool:
             self.shared.refund_soon([permit for permit, _, _ in self._pool])
             self._pool.clear()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._drop_pool()
 
     def _refill_soon(self) -> None:
         self._refilling = True

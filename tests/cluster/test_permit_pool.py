@@ -13,6 +13,12 @@ from actors.llm._shared_limits import SharedProviderLimiter
 from runtime import MonotonicClock
 
 
+@pytest.fixture
+def cluster_config(cluster_config: ClusterConfig) -> ClusterConfig:
+    """The longest lease: a loaded machine still sees a pool before it expires."""
+    return cluster_config.model_copy(update={"permit_lease": 1.0})
+
+
 def _limiter(link: RedisLink, rpm: int | None, tpm: int | None = None, *,
              timeout: float = 1.0) -> SharedProviderLimiter:
     window = SharedRateWindow(link, "p", requests_per_minute=rpm, tokens_per_minute=tpm)
@@ -114,3 +120,14 @@ async def test_a_pause_seen_by_this_worker_gives_its_pool_back_at_once(
     usage = await _until_in_flight(limiter.shared, 0)
     assert (usage.requests, usage.paused_for > 29.0) == (2, True)
     assert limiter.asked == 1
+
+
+async def test_a_closing_link_gives_the_pool_back(cluster_config: ClusterConfig) -> None:
+    async with RedisLink(cluster_config) as link:
+        limiter = _limiter(link, 100)
+        async with limiter.admit(1):
+            pass
+        await _until_in_flight(limiter.shared, 7)
+    async with RedisLink(cluster_config) as other:
+        window = SharedRateWindow(other, "p", requests_per_minute=100, tokens_per_minute=None)
+        assert await window.usage() == WindowUsage(1, 1, 0, 0.0)
