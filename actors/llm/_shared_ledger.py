@@ -8,8 +8,11 @@ are checked against the settled + reserved money of *all* senders in one atomic 
 depend on other workers, and a turn runs in one worker (its conversation's lease).
 
 A ``Reserve`` is granted only when both books grant it: the local check runs in the actor's loop,
-the shared one in a child task (so a slow Redis never stalls settles), and the local hold is
-released when Redis refuses or is unavailable. A settle answers at once from the local book and
+then the shared one: from this worker's money allowance for the provider when it has room (money
+Redis already holds for this worker: answered at once, no call; see :mod:`._shared_allowance`),
+else in Redis, in a child task (so a slow Redis never stalls settles), and the local hold is
+released when Redis refuses or is unavailable. A settle of a reservation drawn from the allowance
+is pushed with the allowance's next resize. A settle answers at once from the local book and
 is shared behind; a shared settle that fails is retried every second until Redis answers (until
 then its reservation stays held in Redis, so the shared total never undercounts).
 
