@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Allowance"]
+import anyio
+
+from actors.cluster import ClusterUnavailable, SharedLedger
+
+__all__ = ["Allowance", "give_back"]
 
 #: The free part wished, in reservations of the largest recent size.
 _WANT = 8
@@ -96,3 +100,26 @@ class Allowance:
     def low(self) -> bool:
         """Below half of the free part wished: time to resize (grow)."""
         return not self.syncing and self.free() < self.want // 2
+
+
+async def give_back(shared: SharedLedger, day: str, provider: str, allowance: Allowance) -> bool:
+    """Push ``allowance``'s charges and give its free part back (a stop: no resize in flight);
+    ``True`` unless Redis should be asked again (a lost answer's charge then rides, exactly
+    once, with the next try)."""
+    charge, allowance.unshared = allowance.unshared, 0
+    call = allowance.next_call()
+    try:
+        granted = await shared.allow(allowance.key, provider, day, charge=charge,
+                                     out=allowance.out, carry=0, want=0, min_free=0, call=call,
+                                     unsure=list(allowance.unsure))
+    except anyio.ClosedResourceError:
+        return True  # the link is closed: nothing more can be pushed
+    except ClusterUnavailable:
+        allowance.lost(call, charge)
+        return False
+    if granted is None:  # Redis is gathering the journals: nothing ran
+        allowance.unshared += charge
+        return False
+    allowance.unsure.clear()
+    allowance.held = granted[0]
+    return True

@@ -54,7 +54,7 @@ from ._ledger_book import OpenReservation, nanos, usd
 from ._ledger_lock import LedgerUnavailable
 from ._messages import Release, Reservation, Reserve, Settle
 from ._provider_config import ProviderConfig
-from ._shared_allowance import Allowance
+from ._shared_allowance import Allowance, give_back
 
 __all__ = ["SharedLedgerActor", "shared_limits"]
 
@@ -64,6 +64,11 @@ _T = TypeVar("_T")
 
 #: Seconds between retries of shared settles that Redis did not take.
 _RETRY_INTERVAL = 1.0
+#: A stop pushes what Redis has not taken for at most this long (below the ledger's
+#: shutdown_timeout), in at most _STOP_ATTEMPTS tries _STOP_RETRY seconds apart.
+_STOP_PUSH = 3.0
+_STOP_ATTEMPTS = 8
+_STOP_RETRY = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,8 @@ class SharedLedgerActor(LedgerActor):
         self._seed_interval = link.config.journal_interval
         # Reservation ids restart with each process: a nonce keeps the shared keys unique.
         self._nonce = secrets.token_hex(4)
-        self._unshared: list[_PendingSettle] = []
+        self._unshared: list[_PendingSettle] = []  # failed: retried on a timer
+        self._sharing: dict[str, _PendingSettle] = {}  # shared settles running
         self._retrying = False
         # Reservations Redis granted: only these are re-declared by a seed. One still waiting
         # for its answer must pass the limits, not ride in on the seed.
@@ -114,7 +120,6 @@ class SharedLedgerActor(LedgerActor):
         # renewed it within half a reservation's TTL, so every draw is counted for at least that.
         self._allowances: dict[str, Allowance] = {}
         self._fresh = link.config.reservation_ttl / 2 if link.config.allowances else -1.0
-        self._stop_timeout = link.config.connect_timeout + link.config.op_timeout
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
@@ -137,22 +142,39 @@ class SharedLedgerActor(LedgerActor):
         self._arm_seed()
 
     async def on_stop(self) -> None:
-        """Push the allowances' charges and give their free parts back (best effort, bounded:
-        what is not given back returns at its TTL)."""
+        """Push what Redis has not taken yet (the settles still shared behind their answers, the
+        allowances' charges) and give the allowances' free parts back, retried for up to
+        :data:`_STOP_PUSH` seconds: a slow round trip on a loaded machine must not lose the
+        charges of a graceful stop. What is still not taken then: an allowance's hold returns
+        at its TTL; its charges count again only through a seed of this worker's journal."""
         day = self._book.day
-        for provider, allowance in self._allowances.items():
-            if allowance.held == 0 and allowance.unshared == 0 and not allowance.unsure \
-                    and not allowance.syncing:
-                continue
+        settles = [*self._sharing.values(), *self._unshared]
+        allowances = [(provider, allowance) for provider, allowance in self._allowances.items()
+                      if allowance.held or allowance.unshared or allowance.unsure
+                      or allowance.syncing]
+        for _, allowance in allowances:
             if allowance.syncing:  # cancelled with the instance: it may have run
                 allowance.lost(*allowance.pushing)
-            with anyio.move_on_after(self._stop_timeout), contextlib.suppress(
-                    ClusterUnavailable, anyio.ClosedResourceError):
-                await self._shared.allow(allowance.key, provider, day,
-                                         charge=allowance.unshared, out=allowance.out, carry=0,
-                                         want=0, min_free=0, call=allowance.next_call(),
-                                         unsure=list(allowance.unsure))
+                allowance.syncing = False
+        with anyio.move_on_after(_STOP_PUSH):
+            for _ in range(_STOP_ATTEMPTS):
+                settles = [item for item in settles if not await self._settle_now(item)]
+                allowances = [item for item in allowances
+                              if not await give_back(self._shared, day, *item)]
+                if not settles and not allowances:
+                    break
+                await anyio.sleep(_STOP_RETRY)
         await super().on_stop()
+
+    async def _settle_now(self, pending: _PendingSettle) -> bool:
+        """Share ``pending`` now (idempotent); ``True`` unless Redis should be asked again."""
+        with contextlib.suppress(anyio.ClosedResourceError):
+            try:
+                await self._shared.settle(pending.key, pending.charge, pending.provider,
+                                          pending.day)
+            except ClusterUnavailable:
+                return False
+        return True
 
     def immediate_messages(self) -> tuple[type, ...]:
         # An idle ledger takes a reservation in the asker's task, its Redis call included (no
@@ -285,10 +307,12 @@ class SharedLedgerActor(LedgerActor):
         self._pipe_free(self._shared.release, self._key(reservation_id), then=_ignore)
 
     def _share_settle(self, pending: _PendingSettle) -> None:
+        self._sharing[pending.key] = pending
         self._pipe_free(self._shared.settle, pending.key, pending.charge, pending.provider,
                         pending.day, then=lambda outcome: self._settled(pending, outcome))
 
     def _settled(self, pending: _PendingSettle, outcome: Outcome) -> None:
+        self._sharing.pop(pending.key, None)
         if outcome.error is None and not outcome.cancelled:
             return
         if isinstance(outcome.error, ClusterUnavailable) or outcome.cancelled:
