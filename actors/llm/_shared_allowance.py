@@ -23,12 +23,32 @@ import anyio
 
 from actors.cluster import ClusterUnavailable, SharedLedger
 
-__all__ = ["Allowance", "give_back"]
+__all__ = ["Allowance", "Resize", "give_back"]
 
 #: The free part wished, in reservations of the largest recent size.
 _WANT = 8
 #: Lost resizes remembered one by one (more are merged).
 _UNSURE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Resize:
+    """One resize call: what it pushes, keeps and asks for (see ``SharedLedger.allow``)."""
+
+    call: int
+    charge: int
+    out: int
+    carry: int
+    want: int
+    min_free: int
+    idle: bool
+    unsure: list[tuple[int, int]]
+
+    async def run(self, shared: SharedLedger, key: str, provider: str,
+                  day: str) -> tuple[int, int] | None:
+        return await shared.allow(key, provider, day, charge=self.charge, out=self.out,
+                                  carry=self.carry, want=self.want, min_free=self.min_free,
+                                  call=self.call, unsure=self.unsure)
 
 
 @dataclass(slots=True)
@@ -42,8 +62,8 @@ class Allowance:
     unshared: int = 0
     #: The local clock when Redis last answered a resize (draws stop ``fresh`` after it).
     renewed: float = float("-inf")
-    #: A resize in flight: while it is, only ``budget`` may be drawn.
-    syncing: bool = False
+    #: The resize in flight: while there is one, only ``budget`` may be drawn.
+    resizing: Resize | None = None
     budget: int = 0
     #: Drawn from since the last tick (an idle allowance gives its free part back).
     drew: bool = False
@@ -55,15 +75,13 @@ class Allowance:
     starved: bool = False
     #: The number of the last resize asked for (Redis ignores an older one run late).
     calls: int = 0
-    #: The resize in flight: its number and the charges it pushes.
-    pushing: tuple[int, int] = (0, 0)
     #: (call, charge) of resizes whose answer was lost: the next call charges each unless it
     #: ran (exactly once).
     unsure: list[tuple[int, int]] = field(default_factory=list)
 
-    def next_call(self) -> int:
-        self.calls += 1
-        return self.calls
+    @property
+    def syncing(self) -> bool:
+        return self.resizing is not None
 
     @property
     def out(self) -> int:
@@ -101,25 +119,57 @@ class Allowance:
         """Below half of the free part wished: time to resize (grow)."""
         return not self.syncing and self.free() < self.want // 2
 
+    def start(self, *, idle: bool) -> Resize:
+        """The next resize: it pushes the charges and keeps what is drawn plus (unless ``idle``:
+        the free part goes back) the free part, which alone may be drawn until its answer."""
+        carry = 0 if idle else self.free()
+        charge, self.unshared = self.unshared, 0
+        self.calls += 1
+        resize = Resize(self.calls, charge, self.out, carry, 0 if idle else self.want,
+                        0 if idle else self.largest, idle, list(self.unsure))
+        self.resizing, self.budget = resize, carry
+        return resize
 
-async def give_back(shared: SharedLedger, day: str, provider: str, allowance: Allowance) -> bool:
+    def finish(self, resize: Resize, answered: bool, granted: tuple[int, int] | None,
+               now: float) -> bool | None:
+        """``resize`` ended: ``answered`` with ``granted`` (``None``: Redis was gathering the
+        journals, nothing ran), or not (it may have run). Returns the resize to run next:
+        ``True`` an idle one (the room shrank: give back the free part kept), ``False`` one
+        pushing the charges waiting, ``None`` none."""
+        self.resizing, self.budget = None, 0
+        if granted is not None and granted[0] >= 0:
+            self.unsure.clear()
+            self.held, free = granted
+            self.renewed = now
+            if not resize.idle:  # asked to grow: none until the next tick
+                self.starved = free == 0
+            if free < resize.carry:
+                return True
+            return False if self.unshared else None
+        if granted is None and answered:
+            self.unshared += resize.charge
+            return None
+        if granted is not None:  # -1: an immediate retry found that it ran
+            self.unsure.clear()
+        else:
+            self.lost(resize.call, resize.charge)
+        # It may have run: Redis may hold only what the call kept.
+        self.held = min(self.held, resize.out + resize.carry)
+        return None
+
+
+async def give_back(shared: SharedLedger, day: str, provider: str, allowance: Allowance,
+                    now: float) -> bool:
     """Push ``allowance``'s charges and give its free part back (a stop: no resize in flight);
     ``True`` unless Redis should be asked again (a lost answer's charge then rides, exactly
     once, with the next try)."""
-    charge, allowance.unshared = allowance.unshared, 0
-    call = allowance.next_call()
+    resize = allowance.start(idle=True)
     try:
-        granted = await shared.allow(allowance.key, provider, day, charge=charge,
-                                     out=allowance.out, carry=0, want=0, min_free=0, call=call,
-                                     unsure=list(allowance.unsure))
+        granted = await resize.run(shared, allowance.key, provider, day)
     except anyio.ClosedResourceError:
         return True  # the link is closed: nothing more can be pushed
     except ClusterUnavailable:
-        allowance.lost(call, charge)
+        allowance.finish(resize, False, None, now)
         return False
-    if granted is None:  # Redis is gathering the journals: nothing ran
-        allowance.unshared += charge
-        return False
-    allowance.unsure.clear()
-    allowance.held = granted[0]
-    return True
+    allowance.finish(resize, True, granted, now)
+    return granted is not None

@@ -54,7 +54,7 @@ from ._ledger_book import OpenReservation, nanos, usd
 from ._ledger_lock import LedgerUnavailable
 from ._messages import Release, Reservation, Reserve, Settle
 from ._provider_config import ProviderConfig
-from ._shared_allowance import Allowance, give_back
+from ._shared_allowance import Allowance, Resize, give_back
 
 __all__ = ["SharedLedgerActor", "shared_limits"]
 
@@ -153,14 +153,14 @@ class SharedLedgerActor(LedgerActor):
                       if allowance.held or allowance.unshared or allowance.unsure
                       or allowance.syncing]
         for _, allowance in allowances:
-            if allowance.syncing:  # cancelled with the instance: it may have run
-                allowance.lost(*allowance.pushing)
-                allowance.syncing = False
+            if allowance.resizing is not None:  # cancelled with the instance: it may have run
+                allowance.finish(allowance.resizing, False, None, 0.0)
         with anyio.move_on_after(_STOP_PUSH):
             for _ in range(_STOP_ATTEMPTS):
                 settles = [item for item in settles if not await self._settle_now(item)]
                 allowances = [item for item in allowances
-                              if not await give_back(self._shared, day, *item)]
+                              if not await give_back(self._shared, day, *item,
+                                                     self.context.clock.now())]
                 if not settles and not allowances:
                     break
                 await anyio.sleep(_STOP_RETRY)
@@ -344,51 +344,18 @@ class SharedLedgerActor(LedgerActor):
         until the answer)."""
         if allowance.syncing:
             return  # _resized runs another when charges are waiting
-        out = allowance.out
-        carry = 0 if idle else allowance.free()
-        charge, allowance.unshared = allowance.unshared, 0
-        want, min_free = (0, 0) if idle else (allowance.want, allowance.largest)
-        allowance.syncing, allowance.budget = True, carry
-        call = allowance.next_call()
-        allowance.pushing = (call, charge)
-        self.context.pipe(
-            self._allow, allowance.key, provider, self._book.day, charge, out, carry, want,
-            min_free, call, list(allowance.unsure), reply_to=None,
-            then=lambda outcome: self._resized(provider, allowance, idle, out, out + carry,
-                                               outcome))
+        resize = allowance.start(idle=idle)
+        self.context.pipe(resize.run, self._shared, allowance.key, provider, self._book.day,
+                          reply_to=None,
+                          then=lambda outcome: self._resized(provider, allowance, resize, outcome))
 
-    async def _allow(self, key: str, provider: str, day: str, charge: int, out: int, carry: int,
-                     want: int, min_free: int, call: int,
-                     unsure: list[tuple[int, int]]) -> tuple[int, int] | None:
-        return await self._shared.allow(key, provider, day, charge=charge, out=out, carry=carry,
-                                        want=want, min_free=min_free, call=call, unsure=unsure)
-
-    def _resized(self, provider: str, allowance: Allowance, idle: bool, out: int, kept: int,
+    def _resized(self, provider: str, allowance: Allowance, resize: Resize,
                  outcome: Outcome) -> None:
-        allowance.syncing, allowance.budget = False, 0
-        call, charge = allowance.pushing
         answered = outcome.error is None and not outcome.cancelled
-        granted: tuple[int, int] | None = outcome.value if answered else None
-        if granted is not None and granted[0] >= 0:
-            allowance.unsure.clear()
-            allowance.held, free = granted
-            allowance.renewed = self.context.clock.now()
-            if not idle:  # asked to grow: none until the next tick
-                allowance.starved = free == 0
-            if free < kept - out:  # the room shrank: give back the free part it kept
-                self._resize(provider, allowance, idle=True)
-            elif allowance.unshared:
-                self._resize(provider, allowance)
-            return
-        if granted is None and answered:  # Redis is gathering the journals: nothing ran
-            allowance.unshared += charge
-            return
-        if granted is not None:  # -1: an immediate retry found that it ran
-            allowance.unsure.clear()
-        else:
-            allowance.lost(call, charge)
-        # It may have run: Redis may hold only what the call kept.
-        allowance.held = min(allowance.held, kept)
+        after = allowance.finish(resize, answered, outcome.value if answered else None,
+                                 self.context.clock.now())
+        if after is not None:
+            self._resize(provider, allowance, idle=after)
         if outcome.error is not None and not isinstance(outcome.error, ClusterUnavailable):
             logger.error("ledger: allowance of %s failed: %r", provider, outcome.error)
 
