@@ -7,7 +7,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,22 +16,18 @@ import anyio
 
 from ._config import ClusterConfig, redact_url
 from ._errors import ClusterUnavailable
+from ._pipeline import Pipeline
 
 # redis-py is imported by the first RedisLink, not here: ~6 MB that a server without
 # cluster.redis_url does not hold.
 if TYPE_CHECKING:
     import redis.asyncio as redis
-    from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["ClusterHealth", "LuaScript", "RedisLink"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-#: Loop iterations between a command and the write that sends it with the ones made meanwhile:
-#: the commands of concurrent requests made in one iteration share one write.
-_FLUSH_TICKS = 1
 
 #: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
 #: ``TIME`` use the link's own connections).
@@ -101,8 +97,6 @@ class RedisLink:
         import redis.exceptions as redis_errors
 
         self.config = config
-        # hiredis's packer: ~10x faster than redis-py's asyncio one (~50 us for a script call).
-        self._pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
         self.prefix = config.key_prefix
         self._response_error = redis_errors.ResponseError
         self._no_script = redis_errors.NoScriptError
@@ -114,17 +108,12 @@ class RedisLink:
                 config.redis_url, socket_timeout=config.op_timeout,
                 max_connections=_CLIENT_CONNECTIONS,
                 timeout=config.connect_timeout + config.op_timeout, **options)))
-        # The link's own connection, pipelined: every call writes its command at once and a
-        # reader task hands the replies back in order, so calls made at about the same time
-        # (concurrent requests') share one round trip and one wakeup on each side (like
-        # ioredis). redis-py's pool costs ~60 us a call here (a condition, a readiness poll,
-        # metrics), its per-write timeout a task. No socket timeout: each call's
+        # The link's own connection, pipelined (see _pipeline): no socket timeout, each call's
         # single deadline bounds its phases.
         pool = redis.ConnectionPool.from_url(config.redis_url, socket_timeout=None, **options)
-        self._make: Callable[[], AbstractConnection] = functools.partial(
-            pool.connection_class, **pool.connection_kwargs)
-        self._pipe: _Pipe | None = None
-        self._opening = asyncio.Lock()
+        self._pipeline = Pipeline(
+            functools.partial(pool.connection_class, **pool.connection_kwargs),
+            hiredis.pack_command, redis_errors.ConnectionError, redis_errors.ResponseError)
         # At most max_connections calls in flight; the others wait in order (fast: no
         # checkpoint when a slot is free).
         self._slots = anyio.Semaphore(config.max_connections, fast_acquire=True)
@@ -199,112 +188,20 @@ class RedisLink:
             async with asyncio.timeout(self.config.connect_timeout + self.config.op_timeout), \
                     self._slots:
                 try:
-                    return await self._exchange(command)
+                    return await self._pipeline.exchange(command)
                 except self._connection_error:
                     # The connection broke since the command was written (a Redis restart):
                     # once more on a new one.
-                    return await self._exchange(command)
+                    return await self._pipeline.exchange(command)
         except TimeoutError:
             # No answer in time: the connection is stuck or Redis is (frozen, overloaded);
             # the calls waiting on it try a new one, this one fails closed.
-            self._break(self._pipe)
+            self._pipeline.break_()
             raise ClusterUnavailable(operation, "timed out") from None
         except self._response_error:
             raise  # a script bug or a wrong argument: not an outage
         except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
-
-    async def _exchange(self, command: tuple[Any, ...]) -> Any:
-        """Write one command on the pipelined connection; its reply (the caller holds a slot).
-
-        A cancelled caller leaves its reply to the reader, which drops it.
-        """
-        pipe = self._pipe
-        if pipe is None or pipe.broken:
-            pipe = await self._open()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        pipe.waiting.append(future)
-        pipe.unsent.append(self._pack(command))
-        if len(pipe.unsent) == 1:
-            loop.call_soon(self._flush, pipe, _FLUSH_TICKS)
-        return await future
-
-    def _flush(self, pipe: _Pipe, ticks: int) -> None:
-        """Write every command made since the last write in one write, ``ticks`` loop
-        iterations after the first of them (a system call costs more than a tick here)."""
-        if ticks > 1:
-            asyncio.get_running_loop().call_soon(self._flush, pipe, ticks - 1)
-            return
-        unsent, pipe.unsent = pipe.unsent, []
-        if pipe.broken or not unsent:
-            return  # the reader fails the calls waiting on it
-        writer = pipe.connection._writer
-        try:
-            assert writer is not None
-            writer.writelines(unsent)  # buffered by the transport: bounded by the call slots
-        except Exception as exc:
-            logger.debug("cluster: write failed: %r", exc)
-            self._break(pipe)
-
-    async def _open(self) -> _Pipe:
-        """The pipelined connection, connected now if there is none (one at a time)."""
-        async with self._opening:
-            pipe = self._pipe
-            if pipe is not None and not pipe.broken:
-                return pipe
-            if self._closed:
-                raise anyio.ClosedResourceError
-            connection = self._make()
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
-                await _disconnect(connection)
-                raise
-            pipe = self._pipe = _Pipe(connection)
-            pipe.reader = asyncio.get_running_loop().create_task(self._read(pipe))
-            return pipe
-
-    async def _read(self, pipe: _Pipe) -> None:
-        """The pipe's reader: each reply to the oldest call waiting, until the connection ends
-        (then every waiting call gets a connection error and tries a new one)."""
-        connection, waiting = pipe.connection, pipe.waiting
-        try:
-            while True:
-                try:
-                    answer = await connection.read_response(disconnect_on_error=False)
-                except self._response_error as exc:
-                    answer = exc
-                if not waiting:  # a reply nobody asked for: the stream is out of step
-                    break
-                future = waiting.popleft()
-                if future.done():  # its caller gave up
-                    continue
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
-        except Exception as exc:
-            logger.debug("cluster: connection ended: %r", exc)
-        finally:
-            pipe.broken = True
-            if self._pipe is pipe:
-                self._pipe = None
-            while waiting:
-                future = waiting.popleft()
-                if not future.done():
-                    future.set_exception(self._connection_error("connection lost"))
-            await _disconnect(connection)
-
-    def _break(self, pipe: _Pipe | None) -> None:
-        """End ``pipe`` now (its reader fails the calls still waiting on it)."""
-        if pipe is None or pipe.broken:
-            return
-        pipe.broken = True
-        if self._pipe is pipe:
-            self._pipe = None
-        if pipe.reader is not None:
-            pipe.reader.cancel()
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
@@ -360,10 +257,7 @@ class RedisLink:
             while self._background:  # a call that ends may start another (a refund)
                 await asyncio.wait(set(self._background))
             self._closed = True
-            pipe = self._pipe
-            self._break(pipe)
-            if pipe is not None and pipe.reader is not None:
-                await asyncio.wait({pipe.reader})
+            await self._pipeline.aclose()
             with anyio.move_on_after(self.config.op_timeout):
                 await self._client.aclose(close_connection_pool=True)
 
@@ -376,24 +270,6 @@ class RedisLink:
     def __repr__(self) -> str:
         url = redact_url(self.config.redis_url or "")
         return f"<RedisLink {url} prefix={self.prefix!r}>"
-
-
-class _Pipe:
-    """The link's connection, its calls waiting for replies in order, and its reader task."""
-
-    __slots__ = ("broken", "connection", "reader", "unsent", "waiting")
-
-    def __init__(self, connection: AbstractConnection) -> None:
-        self.connection = connection
-        self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.unsent: list[bytes] = []  # packed commands for the next write
-        self.reader: asyncio.Task[None] | None = None
-        self.broken = False
-
-
-async def _disconnect(connection: AbstractConnection) -> None:
-    with anyio.CancelScope(shield=True):
-        await connection.disconnect(nowait=True)  # nowait: closes without waiting
 
 
 def _reason(exc: BaseException) -> str:
