@@ -154,6 +154,10 @@ async def test_two_instances_of_two_workers_share_limits_leases_and_survive_faul
         assert [status for status, _ in results] == ["error"] * 2  # the window is still full
         assert simulator.stats()["total_requests"] == RPM
         assert simulator.stats()["max_requests_in_window"] == RPM
+    except AssertionError as exc:  # a flake under load: what the servers said
+        tails = "\n".join(f"--- instance {index} ---\n" + "\n".join(child.lines[-40:])
+                          for index, child in enumerate(children))
+        raise AssertionError(f"{exc}\n{tails}") from exc
     finally:
         assert [child.stop() for child in children] == [0] * len(children)
 
