@@ -12,13 +12,20 @@ full passes per 1,000 streamed requests, 412-454 us of collector time per reques
 object alive now out of the collector's sight (:func:`gc.freeze`: they live as long as the process
 anyway), and raise the young threshold so that short-lived objects die by reference counting
 before a pass looks at them. Cyclic garbage is still collected, only in larger batches.
+
+:func:`collector_paused` is for the start-up itself: importing the SDKs builds ~150,000 objects
+that all live as long as the process, and the passes during the imports walk them in vain.
+Measured here, importing the server's modules and one full collection after: 0.2-0.6 s less CPU
+with the collector paused (7-15%, five interleaved pairs on a loaded machine).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["YOUNG_THRESHOLD", "tune_gc"]
+__all__ = ["YOUNG_THRESHOLD", "collector_paused", "tune_gc"]
 
 #: Net allocations of container objects between two young-generation passes (CPython: 700).
 YOUNG_THRESHOLD = 10_000
@@ -36,3 +43,19 @@ def tune_gc(young_threshold: int = YOUNG_THRESHOLD) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, old)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off for a block that builds long-lived objects (imports at start-up).
+
+    It is enabled again when the block ends (however it ends) if it was enabled when it began;
+    nothing is collected meanwhile, so keep the block to work whose objects outlive it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -1,5 +1,5 @@
 """``python -m server``: the same as the ``mcp-backend`` command."""
 
-from server.cli import run
+from server.launch import run
 
 run()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import uvicorn
 
 from actors.llm import LedgerUnavailable, check_ledger, redact
-from runtime.gc_tuning import tune_gc
+from runtime.gc_tuning import collector_paused, tune_gc
 from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
@@ -297,7 +297,8 @@ def _serve(options: argparse.Namespace) -> int:
         return serve_workers(config, _config_path(options.config), workers, options.log_level)
     _limit_malloc_arenas()
     # Imported here: the app pulls in the whole runtime, which --help and check-config need not.
-    from server.app import create_app
+    with collector_paused():
+        from server.app import create_app
 
     app = create_app(config)
     uvicorn_config = uvicorn.Config(

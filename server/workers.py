@@ -1,6 +1,6 @@
 """``mcp-backend serve --workers N``: N worker processes on one host:port, supervised.
 
-The parent binds the listening socket once and starts N workers (``python -m server.workers``)
+The parent binds the listening socket once and starts N workers (``python -m server.launch``)
 that inherit it: the kernel hands each new connection to one of them. The parent serves nothing
 itself; it
 
@@ -168,7 +168,7 @@ class _Parent:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _run_worker(self, index: int) -> int | None:
-        command = [sys.executable, "-m", "server.workers", "--fd", str(self.listener.fileno()),
+        command = [sys.executable, "-m", "server.launch", "--fd", str(self.listener.fileno()),
                    "--worker", str(index), "--log-level", self.log_level]
         if self.config_path is not None:
             command += ["--config", self.config_path]
@@ -216,8 +216,8 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One worker: serve the inherited socket until SIGTERM (``python -m server.workers``)."""
-    parser = argparse.ArgumentParser(prog="python -m server.workers")
+    """One worker: serve the inherited socket until SIGTERM (``python -m server.launch``)."""
+    parser = argparse.ArgumentParser(prog="python -m server.launch")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--config")
@@ -239,9 +239,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                              app=app, app_config=config)
     server.run(sockets=[listener])
     return 0 if server.started else 1
-
-
-if __name__ == "__main__":
-    from server.cli import exit_now
-
-    exit_now(main())
