@@ -73,6 +73,9 @@ class Allowance:
     drawn: dict[int, int] = field(default_factory=dict)
     #: Redis granted no free part (the room is small): no resize to grow until the next tick.
     starved: bool = False
+    #: A resize asked to grow and got no answer (or Redis was gathering the journals): the next
+    #: tick asks again, without waiting for a request to go to Redis.
+    regrow: bool = False
     #: The number of the last resize asked for (Redis ignores an older one run late).
     calls: int = 0
     #: (call, charge) of resizes whose answer was lost: the next call charges each unless it
@@ -137,6 +140,7 @@ class Allowance:
         ``True`` an idle one (the room shrank: give back the free part kept), ``False`` one
         pushing the charges waiting, ``None`` none."""
         self.resizing, self.budget = None, 0
+        self.regrow = not resize.idle and (granted is None or granted[0] < 0)
         if granted is not None and granted[0] >= 0:
             self.unsure.clear()
             self.held, free = granted

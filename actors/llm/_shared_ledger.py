@@ -366,8 +366,9 @@ class SharedLedgerActor(LedgerActor):
         for provider, allowance in self._allowances.items():
             for rid in [rid for rid in allowance.drawn if rid not in open_ids]:
                 del allowance.drawn[rid]
-            if allowance.held > 0 or allowance.unshared > 0 or allowance.unsure:
-                self._resize(provider, allowance, idle=not allowance.drew)
+            if allowance.held > 0 or allowance.unshared > 0 or allowance.unsure \
+                    or allowance.regrow:
+                self._resize(provider, allowance, idle=not (allowance.drew or allowance.regrow))
             allowance.drew = False
             allowance.starved = False
 
