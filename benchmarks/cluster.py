@@ -123,10 +123,14 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                 await _until_workers(server, workers)
                 # Once-per-worker costs (each loads its token encoding on its first turn, ~1 s)
                 # out of the figures: a turn on each of 8 sockets per worker (the kernel spreads
-                # connections over the workers; all 16 on one of two: 1 in 32,768).
-                warm, _ = await run_clients(server.ws_url, 8 * workers, 0.1)
-                if warm.failures:
-                    raise RuntimeError(f"warm-up turns failed: {warm.failures}")
+                # connections over the workers; all 16 on one of two: 1 in 32,768), then a
+                # burst of 16 per worker. Without the burst, the first K's first burst saw ~5
+                # turns wait ~0.9 s together (p99 first text 0.7-0.95 s at K = 25 with 2
+                # workers, leased or not; 0.11-0.13 s with it: cause not found).
+                for sockets in (8 * workers, 16 * workers):
+                    warm, _ = await run_clients(server.ws_url, sockets, 0.1)
+                    if warm.failures:
+                        raise RuntimeError(f"warm-up turns failed: {warm.failures}")
                 for k in ks:
                     cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
                     cpu_client = time.process_time()
