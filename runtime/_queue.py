@@ -68,10 +68,8 @@ class Queue(Generic[T]):
                 raise anyio.ClosedResourceError
             raise anyio.WouldBlock
         items.append(item)
-        data = self._data
-        if data is not None:
-            self._data = None
-            data.set()
+        if self._data is not None:
+            self.wake()
 
     async def wait_room(self) -> bool:
         """Wait while the queue is full; ``False`` once it has ended."""
@@ -118,10 +116,8 @@ class Queue(Generic[T]):
         items = self.items
         if items:
             item = items.popleft()
-            space = self._space
-            if space is not None:
-                self._space = None
-                space.set()
+            if self._space is not None:
+                self._room()
             return item
         if self.closed:
             raise anyio.EndOfStream
@@ -136,20 +132,15 @@ class Queue(Generic[T]):
             self._data = event = anyio.Event()
             await event.wait()
         item = items.popleft()
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
+        if self._space is not None:
+            self._room()
         return item
 
     def take_all(self) -> list[T]:
         """Everything queued, in order; the producers waiting for room wake."""
         batch = list(self.items)
         self.items.clear()
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
+        self._room()
         return batch
 
     async def wait(self) -> None:
@@ -182,6 +173,10 @@ class Queue(Generic[T]):
 
     def _wake_all(self) -> None:
         self.wake()
+        self._room()
+
+    def _room(self) -> None:
+        """Wake the producers waiting for room."""
         space = self._space
         if space is not None:
             self._space = None
