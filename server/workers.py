@@ -1,8 +1,13 @@
 """``mcp-backend serve --workers N``: N worker processes on one host:port, supervised.
 
-The parent binds the listening socket once and starts N workers (``python -m server.launch``)
-that inherit it: the kernel hands each new connection to one of them. The parent serves nothing
-itself; it
+The parent binds one listening socket per worker, all on one port with ``SO_REUSEPORT``, and
+starts N workers (``python -m server.launch``), worker ``i`` inheriting socket ``i``: the kernel
+spreads new connections evenly over the sockets by a hash of their addresses. (One socket shared
+by every worker split bursts unevenly: an event loop accepts every queued connection per wake-up,
+so whichever worker woke first took most of a burst.) The parent keeps the sockets open, so the
+connections that reach a worker's socket while it restarts wait in its backlog and are served by
+its successor. Where ``SO_REUSEPORT`` does not exist, the workers share one socket. The parent
+serves nothing itself; it
 
 * refuses N > 1 without ``cluster.redis_url`` (exit 1): each worker would count rate limits and
   money alone, so the limits would be N times the configured ones;
@@ -40,8 +45,8 @@ from anyio.abc import Process
 
 from server.config import AppConfig
 
-__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "check_workers", "main", "serve_workers",
-           "worker_config"]
+__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "check_workers", "listen", "main",
+           "serve_workers", "worker_config"]
 
 logger = logging.getLogger("server.workers")
 
@@ -84,35 +89,54 @@ def serve_workers(config: AppConfig, config_path: str | None, workers: int,
     except WorkersRefused as exc:
         print(exc, file=sys.stderr)
         return 1
-    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((config.server.host, config.server.port))
-        listener.listen(2048)
-        listener.set_inheritable(True)
+        listeners = listen(config.server.host, config.server.port, workers)
     except OSError as exc:
-        listener.close()
         print(f"cannot listen on {config.server.host}:{config.server.port}: {exc}",
               file=sys.stderr)
         return 1
-    host, port = listener.getsockname()[:2]
+    host, port = listeners[0].getsockname()[:2]
     try:
-        return anyio.run(_Parent(config, config_path, workers, log_level, listener,
+        return anyio.run(_Parent(config, config_path, workers, log_level, listeners,
                                  f"{socket.gethostname()}:{port}").run)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         logger.info("mcp-backend on %s:%d stopped", host, port)
+
+
+def listen(host: str, port: int, workers: int) -> list[socket.socket]:
+    """The inheritable listening socket of each worker: ``workers`` sockets on one port with
+    ``SO_REUSEPORT`` (the first one picks the port when ``port`` is 0), or one socket for all
+    where the platform has no ``SO_REUSEPORT``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    listeners: list[socket.socket] = []
+    try:
+        for _ in range(workers if reuse_port is not None else 1):
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port is not None:
+                listener.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+            listener.bind((host, listeners[0].getsockname()[1] if len(listeners) > 1 else port))
+            listener.listen(2048)
+            listener.set_inheritable(True)
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners * (workers // len(listeners))
 
 
 class _Parent:
     def __init__(self, config: AppConfig, config_path: str | None, workers: int,
-                 log_level: str, listener: socket.socket, instance: str) -> None:
+                 log_level: str, listeners: list[socket.socket], instance: str) -> None:
         self.config = config
         self.config_path = config_path
         self.workers = workers
         self.log_level = log_level
-        self.listener = listener
+        self.listeners = listeners
         self.instance = instance
         self.stopping = False
         self.failed = False
@@ -127,7 +151,7 @@ class _Parent:
             if wants_simulator(self.config):
                 self.simulator_url = await stack.enter_async_context(
                     run_simulator(self.config.simulator.port))
-            host, port = self.listener.getsockname()[:2]
+            host, port = self.listeners[0].getsockname()[:2]
             logger.info("mcp-backend listening on http://%s:%d (%d workers)", host, port,
                         self.workers)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -168,7 +192,8 @@ class _Parent:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _run_worker(self, index: int) -> int | None:
-        command = [sys.executable, "-m", "server.launch", "--fd", str(self.listener.fileno()),
+        listener = self.listeners[index]
+        command = [sys.executable, "-m", "server.launch", "--fd", str(listener.fileno()),
                    "--worker", str(index), "--log-level", self.log_level]
         if self.config_path is not None:
             command += ["--config", self.config_path]
@@ -178,7 +203,7 @@ class _Parent:
                "MCP_BACKEND_WORKER": str(index)}
         process = await anyio.open_process(
             command, stdin=subprocess.DEVNULL, stdout=None, stderr=None, env=env,
-            pass_fds=(self.listener.fileno(),), start_new_session=True)
+            pass_fds=(listener.fileno(),), start_new_session=True)
         self.processes[index] = process
         logger.info("worker %d started (pid %d)", index, process.pid)
         try:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from server.workers import listen
 from tests.redis_server import RedisServer
 from tests.server_harness import (
     ROOT,
@@ -80,6 +84,44 @@ def test_two_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
         cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("refusing to start 2 workers without cluster.redis_url:")
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+def test_each_worker_gets_its_own_socket_on_one_port_and_the_kernel_spreads_connections() -> None:
+    listeners = listen("127.0.0.1", 0, 3)
+    clients: list[socket.socket] = []
+    try:
+        port = listeners[0].getsockname()[1]
+        assert len({id(listener) for listener in listeners}) == 3
+        assert [listener.getsockname() for listener in listeners] == [("127.0.0.1", port)] * 3
+        assert all(listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+                   and listener.get_inheritable() for listener in listeners)
+        for _ in range(60):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        accepted = [0, 0, 0]
+        deadline = time.monotonic() + 10
+        while sum(accepted) < 60 and time.monotonic() < deadline:
+            ready, _, _ = select.select(listeners, [], [], 1.0)
+            for listener in ready:
+                connection, _ = listener.accept()
+                connection.close()
+                accepted[listeners.index(listener)] += 1
+        # Every connection is accepted exactly once, and the kernel's hash spreads them: a socket
+        # left without one of 60 happens with probability 3 * (2/3)**60, about 1e-10.
+        assert sum(accepted) == 60 and min(accepted) >= 1, accepted
+    finally:
+        for sock in [*clients, *listeners]:
+            sock.close()
+
+
+def test_without_reuse_port_every_worker_shares_one_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(socket, "SO_REUSEPORT", raising=False)
+    listeners = listen("127.0.0.1", 0, 3)
+    try:
+        assert len({id(listener) for listener in listeners}) == 1 and len(listeners) == 3
+    finally:
+        listeners[0].close()
 
 
 def _holder(redis_server: RedisServer, conversation_id: str) -> str | None:
