@@ -122,11 +122,11 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
             try:
                 await _until_workers(server, workers)
                 # Once-per-worker costs (each loads its token encoding on its first turn, ~1 s)
-                # out of the figures: a turn on each of 8 sockets per worker (the kernel spreads
-                # connections over the workers; all 16 on one of two: 1 in 32,768), then a
-                # burst of 16 per worker. Without the burst, the first K's first burst saw ~5
-                # turns wait ~0.9 s together (p99 first text 0.7-0.95 s at K = 25 with 2
-                # workers, leased or not; 0.11-0.13 s with it: cause not found).
+                # out of the figures: a turn on each of 8 sockets per worker (each worker has
+                # its own SO_REUSEPORT socket: the kernel spreads connections by hash), then a
+                # burst of 16 per worker. Without the burst, runs on one shared socket once saw
+                # ~5 turns of the first K's first burst wait ~0.9 s together (cause not found;
+                # not seen in 8 fresh starts since, with or without the shared socket).
                 for sockets in (8 * workers, 16 * workers):
                     warm, _ = await run_clients(server.ws_url, sockets, 0.1)
                     if warm.failures:
