@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 #: Connections of :attr:`RedisLink.client` (diagnostic reads and tests; the scripts, ``PING`` and
 #: ``TIME`` use the link's own connections).
 _CLIENT_CONNECTIONS = 4
+#: A call on a connection that keeps answering (Redis slow, or this process's loop behind under
+#: overload) waits up to this many ``connect_timeout + op_timeout`` in all, its wait for a slot
+#: included; a stuck connection fails its calls after one.
+_PATIENT_CALLS = 4
 
 
 @functools.cache
@@ -81,12 +85,13 @@ class LuaScript:
 class RedisLink:
     """The shared Redis: its connections, the key namespace and a fail-fast call wrapper.
 
-    Calls share one pipelined connection (at most ``max_connections`` in flight). Every call
-    runs under ``connect_timeout + op_timeout`` (the wait for a slot included), retried at once
-    only after a broken connection (a call that timed out breaks it too), and raises
-    :class:`ClusterUnavailable` on any transport failure: callers fail closed at once and the
-    next call simply tries again (recovery needs no action). Use ``async with RedisLink(config)
-    as link`` or call :meth:`aclose`. asyncio only (redis-py's asyncio client).
+    Calls share one pipelined connection (at most ``max_connections`` in flight). A connection
+    that does not answer for ``connect_timeout + op_timeout`` is stuck: its calls fail and it is
+    replaced; a call on one that keeps answering waits up to :data:`_PATIENT_CALLS` times that in
+    all (the wait for a slot included). A call is retried at once only after a broken connection,
+    and raises :class:`ClusterUnavailable` on any transport failure: callers fail closed at once
+    and the next call simply tries again (recovery needs no action). Use ``async with
+    RedisLink(config) as link`` or call :meth:`aclose`. asyncio only (redis-py's asyncio client).
     """
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -113,10 +118,12 @@ class RedisLink:
         pool = redis.ConnectionPool.from_url(config.redis_url, socket_timeout=None, **options)
         self._pipeline = Pipeline(
             functools.partial(pool.connection_class, **pool.connection_kwargs),
-            hiredis.pack_command, redis_errors.ConnectionError, redis_errors.ResponseError)
+            hiredis.pack_command, redis_errors.ConnectionError, redis_errors.ResponseError,
+            patience=config.connect_timeout + config.op_timeout)
         # At most max_connections calls in flight; the others wait in order (fast: no
         # checkpoint when a slot is free).
         self._slots = anyio.Semaphore(config.max_connections, fast_acquire=True)
+        self._longest_call = _PATIENT_CALLS * (config.connect_timeout + config.op_timeout)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self._closing: list[Callable[[], None]] = []
@@ -182,11 +189,12 @@ class RedisLink:
     async def _command(self, operation: str, *command: Any) -> Any:
         if self._closed:
             raise anyio.ClosedResourceError
-        # One deadline for the whole call, its phases included (asyncio's timeout: half of
-        # anyio's cost, and no task per write as with redis-py's socket_timeout).
+        # A stuck connection (no reply for connect + op timeout) fails its calls at once (the
+        # pipeline's watchdog); one that keeps answering is waited for, up to
+        # _PATIENT_CALLS deadlines in all (the call's phases included; asyncio's timeout: half
+        # of anyio's cost, and no task per write as with redis-py's socket_timeout).
         try:
-            async with asyncio.timeout(self.config.connect_timeout + self.config.op_timeout), \
-                    self._slots:
+            async with asyncio.timeout(self._longest_call), self._slots:
                 try:
                     return await self._pipeline.exchange(command)
                 except self._connection_error:
@@ -194,9 +202,6 @@ class RedisLink:
                     # once more on a new one.
                     return await self._pipeline.exchange(command)
         except TimeoutError:
-            # No answer in time: the connection is stuck or Redis is (frozen, overloaded);
-            # the calls waiting on it try a new one, this one fails closed.
-            self._pipeline.break_()
             raise ClusterUnavailable(operation, "timed out") from None
         except self._response_error:
             raise  # a script bug or a wrong argument: not an outage

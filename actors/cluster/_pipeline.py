@@ -5,6 +5,14 @@ made at about the same time (concurrent requests') share one round trip and one 
 side (like ioredis). redis-py's pool costs ~60 us a call here (a condition, a readiness poll,
 metrics), its per-write timeout a task. No socket timeout: each call's single deadline (the
 link's) bounds its phases.
+
+A connection is **stuck** when calls wait on it and no reply came for ``patience`` seconds: a
+watchdog (one timer per connection, not per call) then fails every waiting call with
+:class:`TimeoutError` and ends the connection. While replies keep coming the calls wait: Redis is
+slow, or this process is (an event loop hundreds of ms behind under overload reads a reply late,
+and a per-call deadline would call that an outage, fail the turn closed and mark ``/health``
+failing). Before it fails the calls, the watchdog lets the loop run a few more iterations, so
+that replies that arrived with its timer are read first.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: Loop iterations between a command and the write that sends it with the ones made meanwhile:
 #: the commands of concurrent requests made in one iteration share one write.
 _FLUSH_TICKS = 1
+#: Loop iterations the watchdog waits, once its time is up, for replies already received to be
+#: read (the bytes' callback, the reader's wakeup, its parse) before it calls the connection stuck.
+_STUCK_TICKS = 3
 
 
 class Pipeline:
@@ -34,16 +45,19 @@ class Pipeline:
 
     ``make`` builds an unconnected redis-py connection, ``pack`` packs a command,
     ``connection_error`` is redis-py's ``ConnectionError`` (raised to the calls still waiting
-    when the connection ends: they may try a new one).
+    when the connection ends: they may try a new one), ``patience`` the seconds without a reply
+    after which a connection is stuck (and the longest wait for a connection to be made).
     """
 
     def __init__(self, make: Callable[[], AbstractConnection],
                  pack: Callable[[tuple[Any, ...]], bytes],
-                 connection_error: type[Exception], response_error: type[Exception]) -> None:
+                 connection_error: type[Exception], response_error: type[Exception], *,
+                 patience: float) -> None:
         self._make = make
         self._pack = pack
         self._connection_error = connection_error
         self._response_error = response_error
+        self._patience = patience
         self._pipe: _Pipe | None = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -51,13 +65,20 @@ class Pipeline:
     async def exchange(self, command: tuple[Any, ...]) -> Any:
         """Write one command on the pipelined connection; its reply (the caller holds a slot).
 
-        A cancelled caller leaves its reply to the reader, which drops it.
+        A cancelled caller leaves its reply to the reader, which drops it. Raises
+        :class:`TimeoutError` when the connection is stuck (module docstring) or cannot be made
+        within ``patience``.
         """
         pipe = self._pipe
         if pipe is None or pipe.broken:
             pipe = await self._open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if not pipe.waiting:
+            pipe.last_reply = loop.time()  # an idle connection owes nothing: its clock starts
+            if not pipe.watched:
+                pipe.watched = True
+                loop.call_at(pipe.last_reply + self._patience, self._watch, pipe, _STUCK_TICKS)
         pipe.waiting.append(future)
         pipe.unsent.append(self._pack(command))
         if len(pipe.unsent) == 1:
@@ -81,6 +102,25 @@ class Pipeline:
             logger.debug("cluster: write failed: %r", exc)
             self._break(pipe)
 
+    def _watch(self, pipe: _Pipe, ticks: int) -> None:
+        """The connection's watchdog: re-armed while replies come, stuck after ``patience``
+        without one (then ``ticks`` more loop iterations without one)."""
+        loop = asyncio.get_running_loop()
+        if pipe.broken or not pipe.waiting:
+            pipe.watched = False
+            return
+        due = pipe.last_reply + self._patience
+        if loop.time() < due:
+            loop.call_at(due, self._watch, pipe, _STUCK_TICKS)
+        elif ticks:
+            loop.call_soon(self._watch, pipe, ticks - 1)
+        else:
+            pipe.watched = False
+            for future in pipe.waiting:
+                if not future.done():
+                    future.set_exception(TimeoutError())
+            self._break(pipe)
+
     async def _open(self) -> _Pipe:
         """The pipelined connection, connected now if there is none (one at a time)."""
         async with self._opening:
@@ -91,7 +131,8 @@ class Pipeline:
                 raise anyio.ClosedResourceError
             connection = self._make()
             try:
-                await connection.connect()  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(self._patience):
+                    await connection.connect()  # type: ignore[no-untyped-call]
             except BaseException:
                 await _disconnect(connection)
                 raise
@@ -103,6 +144,7 @@ class Pipeline:
         """The pipe's reader: each reply to the oldest call waiting, until the connection ends
         (then every waiting call gets a connection error and tries a new one)."""
         connection, waiting = pipe.connection, pipe.waiting
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -111,6 +153,7 @@ class Pipeline:
                     answer = exc
                 if not waiting:  # a reply nobody asked for: the stream is out of step
                     break
+                pipe.last_reply = loop.time()
                 future = waiting.popleft()
                 if future.done():  # its caller gave up
                     continue
@@ -129,11 +172,6 @@ class Pipeline:
                 if not future.done():
                     future.set_exception(self._connection_error("connection lost"))
             await _disconnect(connection)
-
-    def break_(self) -> None:
-        """End the connection now (a call timed out on it: it or Redis is stuck); the calls
-        waiting on it fail with ``connection_error``, the next call connects anew."""
-        self._break(self._pipe)
 
     async def aclose(self) -> None:
         """End the connection and wait for its reader; no call connects after this."""
@@ -155,9 +193,10 @@ class Pipeline:
 
 
 class _Pipe:
-    """The link's connection, its calls waiting for replies in order, and its reader task."""
+    """The link's connection, its calls waiting for replies in order, its reader task and
+    its watchdog's state."""
 
-    __slots__ = ("broken", "connection", "reader", "unsent", "waiting")
+    __slots__ = ("broken", "connection", "last_reply", "reader", "unsent", "waiting", "watched")
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
@@ -165,6 +204,9 @@ class _Pipe:
         self.unsent: list[bytes] = []  # packed commands for the next write
         self.reader: asyncio.Task[None] | None = None
         self.broken = False
+        #: Loop time of the last reply read, or of the first call made while none was owed.
+        self.last_reply = 0.0
+        self.watched = False  # a watchdog timer is armed
 
 
 async def _disconnect(connection: AbstractConnection) -> None:
