@@ -19,11 +19,14 @@ one write, packed by hiredis, and answered in order; Redis runs them in that ord
 
 Fault policy
 ------------
-Redis **stopped, unreachable or slow**: every call gives up after ``connect_timeout +
-op_timeout`` (1.5 s by default, waiting for one of the ``max_connections`` slots included; one
-immediate retry, on a new connection, only after a broken one; a call that timed out breaks the
-connection, so the calls still waiting on it retry on a new one) with :class:`ClusterUnavailable`
-(``retryable = True``, ``error_type = "unavailable"``), and the caller fails closed:
+Redis **stopped, unreachable or frozen**: a connection that gives no reply for
+``connect_timeout + op_timeout`` (1.5 s by default; a connection not made within it alike) is
+stuck: every call waiting on it gives up, and the next call connects anew (one immediate retry,
+on a new connection, only after a broken one). A connection that keeps answering is waited for,
+up to 4 times that in all (the wait for one of the ``max_connections`` slots included): Redis is
+slow then, or this process is, and an overloaded worker whose loop reads replies late is not an
+outage. A call that gives up raises :class:`ClusterUnavailable` (``retryable = True``,
+``error_type = "unavailable"``), and the caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed
   ``unavailable`` error. Spending money we cannot count would break invariant 2. A worker may
