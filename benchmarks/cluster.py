@@ -5,9 +5,11 @@
    2, both with ``cluster.redis_url`` set (every request's admission, reservation and settle go
    through Redis in both runs, so the comparison is of workers only). Per N and K: turns/s,
    server CPU (the workers' sum, % of one core), p99 time to first text, p50/p99 gap, failures.
-   "Streams held" is the largest K whose run had no failure, a p99 gap <= 150 ms and a p99 time
-   to the first text <= 1 s. Before the runs each worker serves a few turns (its once-per-
-   process costs, the token encoding's load on the first turn, are not a K's figures).
+   "Streams held" is the largest K whose run, and every smaller K's, had no failure, a p99 gap
+   <= 150 ms and a p99 time to the first text <= 1 s: K rises in steps of 25, then in steps of 5
+   between the last K held and the first K not. Before the runs each worker serves a few turns
+   (its once-per-process costs, the token encoding's load on the first turn, are not a K's
+   figures).
 2. **What Redis adds per request**, two ways. (a) The round trips alone, in this process (on
    uvloop, as the server), against the same redis-server, one request at a time: ledger reserve
    and rate admission, then the ``sent`` stamp and the ledger settle (the server waits for
@@ -65,10 +67,12 @@ from benchmarks.streams import (
 from tests.redis_server import RedisServer
 from tests.server_harness import ServerChild, SimulatorChild, child_pids, write_config
 
-# Steps of 25 where 1 and 2 workers give out on this machine: the ratio of streams held is only
-# as fine as the steps (50 -> 100 would read 2.0x for anything between 1.5x and 2.9x).
+# Steps of 25 where 1 and 2 workers give out on this machine, then steps of FINE_STEP between
+# the last K held and the first K not: the ratio of streams held is only as fine as the steps
+# (with steps of 25, 75 -> 125 read 1.67x for anything between 1.33x and 2.0x).
 KS = (25, 50, 75, 100, 125, 150, 200, 300)
 QUICK_KS = (25, 50, 75, 100, 150)
+FINE_STEP = 5
 DURATION = 15.0
 QUICK_DURATION = 6.0
 #: Seconds: a K whose p99 time to the first text passes this is not "held" (issue 11's bound).
@@ -131,32 +135,53 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                     warm, _ = await run_clients(server.ws_url, sockets, 0.1)
                     if warm.failures:
                         raise RuntimeError(f"warm-up turns failed: {warm.failures}")
+                held, refined = 0, False
                 for k in ks:
-                    cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
-                    cpu_client = time.process_time()
-                    samples, elapsed = await run_clients(server.ws_url, k, duration)
-                    cpu = _workers_cpu(server.pid) - cpu
-                    failures = ", ".join(f"{kind} {n}" for kind, n in
-                                         sorted(samples.failures.items())) or "none"
-                    rows.append([
-                        workers, k, samples.turns, samples.turns / elapsed, cpu / elapsed * 100,
-                        percentile(samples.ttft, 0.99) * 1000,
-                        percentile(samples.gaps, 0.50) * 1000,
-                        percentile(samples.gaps, 0.99) * 1000,
-                        f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / "
-                        f"{time.process_time() - cpu_client:.1f}",
-                        failures])
-                    row = rows[-1]
-                    print(f"workers={workers} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
-                          f" p99 gap {row[7]:.0f} ms, failures {failures}", flush=True)
-                    if (failures != "none" or row[7] > 4 * GAP_LIMIT * 1000
+                    row = await _measure(server, sim_pid, workers, k, duration)
+                    rows.append(row)
+                    if _fits(row) and not refined:
+                        held = k
+                    elif not refined:
+                        # The first K not held: the ones between it and the last K held.
+                        refined = True
+                        for fine in range(held + FINE_STEP, k, FINE_STEP):
+                            rows.append(await _measure(server, sim_pid, workers, fine, duration))
+                            if not _fits(rows[-1]):
+                                break
+                    if (row[9] != "none" or row[7] > 4 * GAP_LIMIT * 1000
                             or row[5] > GIVE_UP_TTFT * 1000):
                         break  # saturated: larger K would only take longer
             finally:
                 server.stop()
     finally:
         simulator.stop()
-    return rows
+    return sorted(rows, key=lambda row: (row[0], row[1]))
+
+
+async def _measure(server: ServerChild, sim_pid: int, workers: int, k: int,
+                   duration: float) -> list[Any]:
+    """One K's row (the table's columns)."""
+    cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
+    cpu_client = time.process_time()
+    samples, elapsed = await run_clients(server.ws_url, k, duration)
+    cpu = _workers_cpu(server.pid) - cpu
+    failures = ", ".join(f"{kind} {n}" for kind, n in
+                         sorted(samples.failures.items())) or "none"
+    row = [workers, k, samples.turns, samples.turns / elapsed, cpu / elapsed * 100,
+           percentile(samples.ttft, 0.99) * 1000, percentile(samples.gaps, 0.50) * 1000,
+           percentile(samples.gaps, 0.99) * 1000,
+           f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / {time.process_time() - cpu_client:.1f}",
+           failures]
+    print(f"workers={workers} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
+          f" p99 first text {row[5]:.0f} ms, p99 gap {row[7]:.0f} ms, failures {failures}",
+          flush=True)
+    return row
+
+
+def _fits(row: list[Any]) -> bool:
+    """Whether a row's K is held: no failure, p99 gap and p99 first text within bounds."""
+    return bool(row[9] == "none" and row[7] <= GAP_LIMIT * 1000
+                and row[5] <= FIRST_TEXT_LIMIT * 1000 and row[2] > 0)
 
 
 async def _until_workers(server: ServerChild, workers: int) -> None:
@@ -172,10 +197,14 @@ async def _until_workers(server: ServerChild, workers: int) -> None:
 
 
 def _held(rows: list[list[Any]], workers: int) -> int:
-    fits = [row[1] for row in rows if row[0] == workers and row[9] == "none"
-            and row[7] <= GAP_LIMIT * 1000 and row[5] <= FIRST_TEXT_LIMIT * 1000
-            and row[2] > 0]
-    return max(fits, default=0)
+    """The largest K held with every smaller K measured held too (``rows`` sorted by K)."""
+    held = 0
+    for row in rows:
+        if row[0] == workers:
+            if not _fits(row):
+                break
+            held = row[1]
+    return held
 
 
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
