@@ -3,8 +3,8 @@
 Every call writes its command at once and a reader task hands the replies back in order, so calls
 made at about the same time (concurrent requests') share one round trip and one wakeup on each
 side (like ioredis). redis-py's pool costs ~60 us a call here (a condition, a readiness poll,
-metrics), its per-write timeout a task. No socket timeout: each call's single deadline (the
-link's) bounds its phases.
+metrics), its per-write timeout a task. No socket timeout: the watchdog below and the link's
+deadline per call bound a call's phases.
 
 A connection is **stuck** when calls wait on it and no reply came for ``patience`` seconds: a
 watchdog (one timer per connection, not per call) then fails every waiting call with
@@ -60,6 +60,7 @@ class Pipeline:
         self._patience = patience
         self._pipe: _Pipe | None = None
         self._opening = asyncio.Lock()
+        self._connects_timed_out = 0
         self._closed = False
 
     async def exchange(self, command: tuple[Any, ...]) -> Any:
@@ -122,18 +123,25 @@ class Pipeline:
             self._break(pipe)
 
     async def _open(self) -> _Pipe:
-        """The pipelined connection, connected now if there is none (one at a time)."""
+        """The pipelined connection, connected now if there is none (one at a time). The calls
+        that waited for a connect that timed out fail with it (each trying its own would fail
+        one ``patience`` after the other)."""
+        attempts = self._connects_timed_out
         async with self._opening:
             pipe = self._pipe
             if pipe is not None and not pipe.broken:
                 return pipe
             if self._closed:
                 raise anyio.ClosedResourceError
+            if self._connects_timed_out != attempts:
+                raise TimeoutError
             connection = self._make()
             try:
                 async with asyncio.timeout(self._patience):
                     await connection.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, TimeoutError):
+                    self._connects_timed_out += 1
                 await _disconnect(connection)
                 raise
             pipe = self._pipe = _Pipe(connection)

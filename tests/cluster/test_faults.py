@@ -103,6 +103,30 @@ async def test_a_frozen_redis_answers_timed_out_within_the_op_timeout(
         assert (await window.admit()).admitted is True
 
 
+async def test_calls_that_need_a_new_connection_to_a_frozen_redis_fail_together(
+    redis_server: RedisServer, cluster_config: ClusterConfig
+) -> None:
+    # Connections are made one at a time: the calls queued behind a connect that timed out fail
+    # with it, instead of each trying its own (four calls would take four bounds).
+    config = cluster_config.model_copy(update=FAST)
+    redis_server.pause()
+    try:
+        async with RedisLink(config) as link:
+            reasons: list[str] = []
+
+            async def call() -> None:
+                health = await link.ping()  # no connection yet: each call needs one
+                reasons.append(f"{health.ok} {health.error}")
+
+            with anyio.fail_after(BOUND):
+                async with anyio.create_task_group() as group:
+                    for _ in range(4):
+                        group.start_soon(call)
+    finally:
+        redis_server.resume()
+    assert reasons == ["False timed out"] * 4
+
+
 async def test_a_reply_read_late_because_this_process_was_busy_is_not_an_outage(
     redis_server: RedisServer, cluster_config: ClusterConfig
 ) -> None:
