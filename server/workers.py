@@ -107,10 +107,20 @@ def serve_workers(config: AppConfig, config_path: str | None, workers: int,
 
 def listen(host: str, port: int, workers: int) -> list[socket.socket]:
     """The inheritable listening socket of each worker: ``workers`` sockets on one port with
-    ``SO_REUSEPORT`` (the first one picks the port when ``port`` is 0), or one socket for all
-    where the platform has no ``SO_REUSEPORT``."""
+    ``SO_REUSEPORT``, or one socket for all where the platform has no ``SO_REUSEPORT``.
+
+    The port is first bound without ``SO_REUSEPORT`` (which also picks it when ``port`` is 0):
+    a port another process listens on fails with "address in use", as with one socket. Without
+    this check the sockets would join the group of another instance started with the same
+    user on that port (a second ``serve`` started by mistake), and the two would silently
+    share its connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    if reuse_port is not None:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            port = probe.getsockname()[1]
     listeners: list[socket.socket] = []
     try:
         for _ in range(workers if reuse_port is not None else 1):
@@ -119,7 +129,7 @@ def listen(host: str, port: int, workers: int) -> list[socket.socket]:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port is not None:
                 listener.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
-            listener.bind((host, listeners[0].getsockname()[1] if len(listeners) > 1 else port))
+            listener.bind((host, port))
             listener.listen(2048)
             listener.set_inheritable(True)
     except OSError:

@@ -6,6 +6,7 @@ is counted at the simulator (its ``max_requests_in_window``), never inferred fro
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -112,6 +113,23 @@ def test_each_worker_gets_its_own_socket_on_one_port_and_the_kernel_spreads_conn
     finally:
         for sock in [*clients, *listeners]:
             sock.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+def test_a_second_service_on_a_port_in_use_is_refused_instead_of_sharing_its_connections(
+) -> None:
+    first = listen("127.0.0.1", 0, 2)
+    try:
+        port = first[0].getsockname()[1]
+        with pytest.raises(OSError) as refused:
+            listen("127.0.0.1", port, 2)
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in first:
+            sock.close()
+    # Free again once the first one is gone.
+    for sock in listen("127.0.0.1", port, 2):
+        sock.close()
 
 
 def test_without_reuse_port_every_worker_shares_one_socket(
