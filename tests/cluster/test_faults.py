@@ -36,6 +36,11 @@ DAY = "2026-11-30"
 CENT = 10_000_000
 FAST = {"connect_timeout": 0.3, "op_timeout": 0.3}
 BOUND = 0.6 + 1.0  # connect + op timeout, plus scheduling slack of a loaded test machine
+#: The link's timing on asyncio's loop and on uvloop's (the server's): they order timers and I/O
+#: differently within an iteration.
+BOTH_LOOPS = pytest.mark.parametrize("anyio_backend", [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
 
 
 async def _journal(day: str) -> DaySeed:
@@ -74,6 +79,7 @@ async def test_every_part_fails_closed_with_a_typed_error_while_redis_is_stopped
         assert await ledger.reserve("r2", CENT, "openai", DAY) == ReserveResult(True, CENT)
 
 
+@BOTH_LOOPS
 async def test_a_frozen_redis_answers_timed_out_within_the_op_timeout(
     redis_server: RedisServer, cluster_config: ClusterConfig
 ) -> None:
@@ -103,6 +109,7 @@ async def test_a_frozen_redis_answers_timed_out_within_the_op_timeout(
         assert (await window.admit()).admitted is True
 
 
+@BOTH_LOOPS
 async def test_calls_that_need_a_new_connection_to_a_frozen_redis_fail_together(
     redis_server: RedisServer, cluster_config: ClusterConfig
 ) -> None:
@@ -127,6 +134,7 @@ async def test_calls_that_need_a_new_connection_to_a_frozen_redis_fail_together(
     assert reasons == ["False timed out"] * 4
 
 
+@BOTH_LOOPS
 async def test_a_reply_read_late_because_this_process_was_busy_is_not_an_outage(
     redis_server: RedisServer, cluster_config: ClusterConfig
 ) -> None:
