@@ -130,7 +130,8 @@ class SessionDirectory:
         self._idle_seconds = idle_seconds
         self._clock = clock or MonotonicClock()
         self._entries: dict[str, _Entry] = {}
-        self._lock = anyio.Lock()
+        self._starting: dict[str, anyio.Event] = {}
+        """Conversations whose actor is starting: :meth:`session` waits for it."""
         self._stopping: dict[str, anyio.Event] = {}
         """Conversations whose actor is stopping: :meth:`session` waits before starting it."""
 
@@ -178,21 +179,28 @@ class SessionDirectory:
         stopping = self._stopping.get(conversation_id)
         if stopping is not None:  # evicted a moment ago and used again: not the stopping actor
             await stopping.wait()
-        try:
-            return self._system.ref(name)
-        except KeyError:
-            pass
-        async with self._lock:  # two sockets resuming one conversation must not both spawn it
+        while True:
             try:
                 return self._system.ref(name)
             except KeyError:
                 pass
+            # Two sockets resuming one conversation must not both start it; different
+            # conversations start at once (each start reads its history from SQLite: a burst
+            # of new conversations waited for every start before its own behind one lock).
+            starting = self._starting.get(conversation_id)
+            if starting is None:
+                break
+            await starting.wait()  # then its actor, or a start that failed: try again
+        started = self._starting[conversation_id] = anyio.Event()
+        try:
             # Shielded: a turn cancelled while its conversation's actor starts must not cancel
             # the start, which would leave a registered actor that never serves its mailbox.
-            # Starting is quick: the actor reads the conversation's history from SQLite.
             with anyio.CancelScope(shield=True):
                 ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
             return ref
+        finally:
+            del self._starting[conversation_id]
+            started.set()
 
     async def sweep(self, interval: float = _SWEEP_INTERVAL) -> None:
         """Call :meth:`sweep_once` every ``interval`` seconds, until cancelled."""
