@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -79,6 +80,14 @@ async def test_every_part_fails_closed_with_a_typed_error_while_redis_is_stopped
         assert await ledger.reserve("r2", CENT, "openai", DAY) == ReserveResult(True, CENT)
 
 
+async def _four_at_once(call: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Four concurrent ``call()``, all ended within :data:`BOUND`."""
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(call)
+
+
 @BOTH_LOOPS
 async def test_a_frozen_redis_answers_timed_out_within_the_op_timeout(
     redis_server: RedisServer, cluster_config: ClusterConfig
@@ -98,11 +107,7 @@ async def test_a_frozen_redis_answers_timed_out_within_the_op_timeout(
             failures.append(str(raised.value))
 
         try:
-            # Every call waiting on the stuck connection fails, not only the first one.
-            with anyio.fail_after(BOUND):
-                async with anyio.create_task_group() as group:
-                    for _ in range(4):
-                        group.start_soon(admit)
+            await _four_at_once(admit)  # every call waiting on the stuck connection fails
         finally:
             redis_server.resume()
         assert failures == ["shared state unavailable during rate admission: timed out"] * 4
@@ -125,10 +130,7 @@ async def test_calls_that_need_a_new_connection_to_a_frozen_redis_fail_together(
                 health = await link.ping()  # no connection yet: each call needs one
                 reasons.append(f"{health.ok} {health.error}")
 
-            with anyio.fail_after(BOUND):
-                async with anyio.create_task_group() as group:
-                    for _ in range(4):
-                        group.start_soon(call)
+            await _four_at_once(call)
     finally:
         redis_server.resume()
     assert reasons == ["False timed out"] * 4
