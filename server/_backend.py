@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 
-from actors.chat import HistoryStore, session_child_spec
+from actors.chat import GroupCommit, HistoryStore, session_child_spec
 from actors.llm import (
     LedgerUnavailable,
     LLMConfig,
@@ -116,7 +116,9 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             # Trimming counts with the model a turn gets when it names none: one encoding.
             default_model = llm.providers[llm.candidate_order()[0]].model
 
-            def spec_for(conversation_id: str) -> ChildSpec:
+            appends = GroupCommit(history)  # every conversation's appends, committed together
+
+            def spec_for(conversation_id: str, new: bool) -> ChildSpec:
                 return session_child_spec(
                     conversation_id,
                     router=runtime.router,
@@ -126,6 +128,8 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                     catalog=catalog,
                     leases=cluster.leases if cluster is not None else None,
                     count_model=default_model,
+                    appends=appends,
+                    new=new,
                 )
 
             conversations = SessionDirectory(

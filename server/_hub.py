@@ -27,8 +27,9 @@ CLOSE_GRACE = 2.0
 class Conversations(Protocol):
     """Where a connection finds the SessionActor of a conversation."""
 
-    async def acquire(self, conversation_id: str) -> None:
-        """This socket uses the conversation (its actor is kept alive meanwhile).
+    async def acquire(self, conversation_id: str, *, new: bool = False) -> None:
+        """This socket uses the conversation (its actor is kept alive meanwhile); ``new``: it
+        was issued just now.
 
         Raises :class:`~server.conversations.TooManyConversations` when there is no room.
         """

@@ -104,6 +104,8 @@ class ConversationOwners:
 class _Entry:
     idle_since: float
     users: int = 0
+    new: bool = False
+    """Issued just now and its actor not started yet: it has no history to read."""
 
 
 class SessionDirectory:
@@ -113,12 +115,15 @@ class SessionDirectory:
     :meth:`sweep`); its history is in the store, so its next turn starts a fresh actor that reads
     it back. At most ``max_conversations`` are live: :meth:`acquire` stops idle ones to make room
     and raises :class:`TooManyConversations` when every one is in use.
+
+    ``spec_for(conversation_id, new)`` builds an actor's spec; ``new`` says the conversation was
+    issued just now (``acquire(..., new=True)``) and this is its first actor.
     """
 
     def __init__(
         self,
         system: ActorSystem,
-        spec_for: Callable[[str], ChildSpec],
+        spec_for: Callable[[str, bool], ChildSpec],
         *,
         max_conversations: int = 1000,
         idle_seconds: float = _SESSION_IDLE_SECONDS,
@@ -138,9 +143,10 @@ class SessionDirectory:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def acquire(self, conversation_id: str) -> None:
+    async def acquire(self, conversation_id: str, *, new: bool = False) -> None:
         """A socket uses the conversation: its actor is kept alive until :meth:`release`.
 
+        ``new``: the server issued the conversation just now (its actor will read no history).
         Raises :class:`TooManyConversations` if it is not live and no live one is idle.
         """
         entry = self._entries.get(conversation_id)
@@ -158,7 +164,7 @@ class SessionDirectory:
             del self._entries[evicted]
         # The slot is taken before anything awaits: a socket that comes while the idle one
         # stops finds the directory full, instead of evicting the same one and entering too.
-        self._entries[conversation_id] = _Entry(self._clock.now(), users=1)
+        self._entries[conversation_id] = _Entry(self._clock.now(), users=1, new=new)
         if evicted is not None:
             try:
                 await self._stop(evicted)
@@ -192,11 +198,16 @@ class SessionDirectory:
                 break
             await starting.wait()  # then its actor, or a start that failed: try again
         started = self._starting[conversation_id] = anyio.Event()
+        entry = self._entries.get(conversation_id)
+        new = entry is not None and entry.new
+        if entry is not None:
+            entry.new = False  # a later start (after an eviction) reads what this one wrote
         try:
             # Shielded: a turn cancelled while its conversation's actor starts must not cancel
             # the start, which would leave a registered actor that never serves its mailbox.
             with anyio.CancelScope(shield=True):
-                ref = await self._system.spawn(self._spec_for(conversation_id), under="sessions")
+                ref = await self._system.spawn(self._spec_for(conversation_id, new),
+                                               under="sessions")
             return ref
         finally:
             del self._starting[conversation_id]

@@ -253,6 +253,7 @@ class ChatConnection:
 
         ``requested`` ``None`` means the socket's current conversation, or a new one.
         """
+        new = requested is None and self.conversation_id is None
         if requested is None:
             conversation_id = self.conversation_id or self._owners.create(self._owner)
         elif requested in self._held or self._owners.owned_by(requested, self._owner):
@@ -266,20 +267,20 @@ class ChatConnection:
             )
             return None
         try:
-            await self._hold(conversation_id)
+            await self._hold(conversation_id, new=new)
         except TooManyConversations as exc:
             await self._reject(request_id, str(exc), "too_many_conversations")
             return None
         return conversation_id
 
-    async def _hold(self, conversation_id: str) -> None:
+    async def _hold(self, conversation_id: str, *, new: bool = False) -> None:
         if conversation_id not in self._held:
             if len(self._held) >= self._limits.max_conversations_per_socket:
                 raise TooManyConversations(
                     f"at most {self._limits.max_conversations_per_socket} conversations may be"
                     " in use on one connection"
                 )
-            await self._conversations.acquire(conversation_id)
+            await self._conversations.acquire(conversation_id, new=new)
             self._held[conversation_id] = 0
         self._held[conversation_id] += 1
 

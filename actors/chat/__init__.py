@@ -1,5 +1,6 @@
 """Conversations: one actor per conversation, its persisted history, the tool loop of a turn."""
 
+from ._group_commit import GroupCommit
 from ._history import HistoryStore
 from ._leases import ConversationUnavailable, SharedTurnLeases, TurnLeases
 from ._messages import (
@@ -20,6 +21,7 @@ __all__ = [
     "ClearHistory",
     "ConversationUnavailable",
     "GetHistory",
+    "GroupCommit",
     "HistoryStore",
     "HistoryWriteError",
     "RunTurn",

@@ -4,7 +4,8 @@ The database runs in WAL mode, so readers never wait for the writer and a crash 
 transaction being written. Every method is one short transaction on one connection shared by all
 threads behind a lock: the SessionActor calls them through ``anyio.to_thread.run_sync``, so they
 must not block the event loop, and they are quick enough (milliseconds) that a single connection
-is never the bottleneck.
+is never the bottleneck. Appends go through :class:`~actors.chat.GroupCommit`, which hands the
+appends of many conversations to :meth:`HistoryStore.append_batch` as one transaction.
 """
 
 from __future__ import annotations
@@ -78,29 +79,50 @@ class HistoryStore:
 
     def append(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` to the conversation (created if new), all or none."""
-        encoded = [json.dumps(message, ensure_ascii=False) for message in messages]
+        error = self.append_batch([(conversation_id, messages)])[0]
+        if error is not None:
+            raise error
+
+    def append_batch(
+        self, appends: Sequence[tuple[str, Sequence[Message]]]
+    ) -> list[Exception | None]:
+        """Several :meth:`append` calls in one transaction (one commit for all): each one's error,
+        or ``None`` when it was written.
+
+        Each append is still all or none on its own (a savepoint each): one that fails leaves
+        the others written. An error of the whole transaction (the store closed, the database
+        locked past its timeout, a failed commit) raises and writes none.
+        """
+        encoded: list[list[str] | Exception] = []
+        for _, messages in appends:
+            try:
+                encoded.append([json.dumps(message, ensure_ascii=False) for message in messages])
+            except (TypeError, ValueError) as exc:
+                encoded.append(exc)
+        errors: list[Exception | None] = [
+            texts if isinstance(texts, Exception) else None for texts in encoded
+        ]
         now = time.time()
         with self._lock:
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(
-                    "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
-                    (conversation_id, now, now),
-                )
-                (last,) = db.execute(
-                    "SELECT COALESCE(MAX(seq), -1) FROM messages WHERE conversation_id = ?",
-                    (conversation_id,),
-                ).fetchone()
-                db.executemany(
-                    "INSERT INTO messages (conversation_id, seq, message) VALUES (?, ?, ?)",
-                    [(conversation_id, last + 1 + i, text) for i, text in enumerate(encoded)],
-                )
+                for index, texts in enumerate(encoded):
+                    if isinstance(texts, Exception):
+                        continue
+                    conversation_id = appends[index][0]
+                    db.execute("SAVEPOINT one_append")
+                    try:
+                        _insert(db, conversation_id, texts, now)
+                    except sqlite3.Error as exc:
+                        db.execute("ROLLBACK TO one_append")
+                        errors[index] = exc
+                    db.execute("RELEASE one_append")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        return errors
 
     def clear(self, conversation_id: str) -> None:
         """Forget the conversation and its messages (nothing happens if it is unknown)."""
@@ -161,3 +183,19 @@ class HistoryStore:
 
     def __repr__(self) -> str:
         return f"<HistoryStore {self.path!r} [{'closed' if self._db is None else 'open'}]>"
+
+
+def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now: float) -> None:
+    db.execute(
+        "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+        (conversation_id, now, now),
+    )
+    (last,) = db.execute(
+        "SELECT COALESCE(MAX(seq), -1) FROM messages WHERE conversation_id = ?",
+        (conversation_id,),
+    ).fetchone()
+    db.executemany(
+        "INSERT INTO messages (conversation_id, seq, message) VALUES (?, ?, ?)",
+        [(conversation_id, last + 1 + i, text) for i, text in enumerate(texts)],
+    )

@@ -48,8 +48,11 @@ class ConversationUnavailable(HistoryWriteError):
 class TurnLeases(Protocol):
     """What a session needs around a turn: exclusive use of its conversation."""
 
-    def hold(self, conversation_id: str) -> AbstractAsyncContextManager[bool]:
+    def hold(self, conversation_id: str, *, new: bool = False) -> AbstractAsyncContextManager[bool]:
         """Hold the conversation for one turn; yields whether the history must be re-read.
+
+        ``new``: the conversation was issued by this worker just now and not held since, so its
+        history is known empty: it must be re-read only if another holder came first.
 
         Raises :class:`ConversationUnavailable` when it cannot be held (or is lost during the
         turn); the turn's own errors pass through unchanged.
@@ -66,11 +69,13 @@ class SharedTurnLeases:
         self._last: OrderedDict[str, int] = OrderedDict()
 
     @asynccontextmanager
-    async def hold(self, conversation_id: str) -> AsyncIterator[bool]:
+    async def hold(self, conversation_id: str, *, new: bool = False) -> AsyncIterator[bool]:
         in_body = False
         try:
             async with self._leases.hold(conversation_id, timeout=self._timeout) as lease:
-                stale = self._last.pop(conversation_id, None) != lease.token - 1
+                last = self._last.pop(conversation_id, None)
+                # A new conversation's first grant is token 1 (its fence starts at 0).
+                stale = (0 if new else last) != lease.token - 1
                 self._last[conversation_id] = lease.token
                 while len(self._last) > _REMEMBERED:
                     self._last.popitem(last=False)

@@ -22,7 +22,8 @@ Rules a caller can rely on:
   tools together with all its tool results) when its last tool ends, and the final assistant
   message *before* :class:`TurnComplete` is sent, so that a crash (even SIGKILL) loses nothing
   the client was told is done. The user message goes in the same transaction as the turn's first
-  step or answer (one worker-thread write for a plain turn, not two); a turn cancelled or failed
+  step or answer (one write for a plain turn, not two; the appends of every conversation that
+  arrive while one is written are committed together: ``appends``); a turn cancelled or failed
   before that writes it alone as it ends. With ``leases`` it is written when the turn starts,
   under the lease (a turn that lost its lease writes nothing more). A turn cancelled or failed
   midway keeps what was written and drops the partial answer being streamed and tool calls still
@@ -65,6 +66,7 @@ from actors.llm import (
 from actors.mcp import ToolCatalog
 from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
+from ._group_commit import GroupCommit
 from ._history import HistoryStore, HistoryStoreClosed
 from ._leases import TurnLeases
 from ._messages import (
@@ -123,7 +125,11 @@ class SessionActor(Actor["SessionMessage"]):
     model whose tokenizer and context window size the history when a turn names no model
     (default: ``model``; give the router's default model, so that only its encoding is loaded).
     ``catalog`` gives the context window for the default budget; ``llm_timeout`` is each model
-    call's budget; ``leases`` serialise the conversation's turns across workers.
+    call's budget; ``leases`` serialise the conversation's turns across workers. ``appends``
+    writes the history (give every session of a process the same one, so that appends arriving
+    together are committed together; default: one of its own). ``new``: the conversation was
+    just issued, so it has no history and no other worker has held it: its start reads nothing,
+    and its first lease is stale only if another holder came first.
     """
 
     def __init__(
@@ -139,12 +145,17 @@ class SessionActor(Actor["SessionMessage"]):
         llm_timeout: float | None = None,
         leases: TurnLeases | None = None,
         count_model: str | None = None,
+        appends: GroupCommit | None = None,
+        new: bool = False,
     ) -> None:
         self.conversation_id = conversation_id
         self._leases = leases
         self._router = router
         self._tools = tools
         self._history = history
+        self._appends = appends or GroupCommit(history)
+        self._new = new
+        """Until the first turn takes its lease: the conversation was issued just now."""
         self._chat = chat
         self._model = model
         self._llm_timeout = llm_timeout
@@ -161,6 +172,8 @@ class SessionActor(Actor["SessionMessage"]):
         self._unfinished: set[_Turn] = set()
 
     async def on_start(self) -> None:
+        if self._new:
+            return
         stored = await anyio.to_thread.run_sync(
             self._history.load, self.conversation_id, self._chat.max_history_messages
         )
@@ -240,7 +253,7 @@ class SessionActor(Actor["SessionMessage"]):
         only then do they count as done."""
         messages = [*turn.pending, *messages]
         try:
-            await anyio.to_thread.run_sync(self._history.append, self.conversation_id, messages)
+            await self._appends.append(self.conversation_id, messages)
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error(
                 "conversation %s: history write failed (%s: %s); the turn ends unsaved",
@@ -274,7 +287,8 @@ class SessionActor(Actor["SessionMessage"]):
             return
         # Other workers may run this conversation too: hold its lease for the turn, and read
         # the history again when another holder came in between.
-        async with self._leases.hold(self.conversation_id) as stale:
+        new, self._new = self._new, False
+        async with self._leases.hold(self.conversation_id, new=new) as stale:
             history = turn.slot.history
             if stale:
                 stored = await anyio.to_thread.run_sync(
@@ -398,6 +412,8 @@ class SessionDeps(TypedDict):
     llm_timeout: NotRequired[float | None]
     leases: NotRequired[TurnLeases | None]
     count_model: NotRequired[str | None]
+    appends: NotRequired[GroupCommit | None]
+    new: NotRequired[bool]
 
 
 def session_child_spec(conversation_id: str, **deps: Unpack[SessionDeps]) -> ChildSpec:

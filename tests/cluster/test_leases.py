@@ -135,3 +135,26 @@ async def test_a_turn_that_cannot_hold_its_conversation_ends_typed_as_unavailabl
             pass
     assert down.value.error_type == "unavailable"
     assert isinstance(down.value.__cause__, ClusterUnavailable)
+
+
+async def test_the_history_is_read_again_exactly_when_another_holder_came_in_between(
+    link: RedisLink,
+) -> None:
+    a = SharedTurnLeases(ConversationLeases(link, "a"), timeout=1.0)
+    b = SharedTurnLeases(ConversationLeases(link, "b"), timeout=1.0)
+
+    async def stale(turns: SharedTurnLeases, conversation_id: str, *, new: bool = False) -> bool:
+        async with turns.hold(conversation_id, new=new) as result:
+            return result
+
+    # Issued by worker a just now: its first turn has nothing to read, nor its next ones ...
+    assert [await stale(a, "c-new", new=True), await stale(a, "c-new")] == [False, False]
+    # ... until worker b took a turn in between (b had never read it either).
+    assert [await stale(b, "c-new"), await stale(a, "c-new"), await stale(a, "c-new")] == [
+        True, True, False]
+    # A new conversation whose first turn ran on another worker (a client quick to resume it
+    # there) is read again.
+    assert await stale(b, "c-raced") is True
+    assert await stale(a, "c-raced", new=True) is True
+    # A conversation this worker does not remember is read again.
+    assert await stale(a, "c-old") is True

@@ -18,7 +18,7 @@ class _Echo(Actor):
         return message
 
 
-def _spec(conversation_id: str) -> ChildSpec:
+def _spec(conversation_id: str, new: bool = False) -> ChildSpec:
     return ChildSpec(f"session:{conversation_id}", _Echo, restart=Restart.TEMPORARY)
 
 
@@ -57,7 +57,7 @@ async def test_new_conversations_start_their_actors_at_once_and_one_conversation
         async def receive(self, message: Any) -> Any:
             return message
 
-    def spec(conversation_id: str) -> ChildSpec:
+    def spec(conversation_id: str, new: bool = False) -> ChildSpec:
         return ChildSpec(f"session:{conversation_id}", _SlowStart, restart=Restart.TEMPORARY)
 
     async with _system() as system:
@@ -186,3 +186,28 @@ async def test_a_conversation_used_again_while_its_actor_stops_gets_a_new_actor(
             task_group.start_soon(resume)
         assert refs[0] is not first
         assert await refs[0].ask("back", timeout=5) == "back"
+
+
+async def test_only_the_first_actor_of_a_conversation_issued_just_now_is_told_it_is_new() -> None:
+    # Its first actor reads no history (there is none): one SQLite trip less per new
+    # conversation; an actor started later (after an eviction) reads what the first one wrote.
+    told: list[tuple[str, bool]] = []
+
+    def spec(conversation_id: str, new: bool = False) -> ChildSpec:
+        told.append((conversation_id, new))
+        return _spec(conversation_id)
+
+    clock = FakeClock()
+    async with _system() as system:
+        directory = SessionDirectory(system, spec, idle_seconds=60, clock=clock)
+        await directory.acquire("issued", new=True)
+        await directory.acquire("resumed")
+        await directory.session("issued")
+        await directory.session("resumed")
+        await directory.session("issued")  # running: not started again
+        directory.release("issued")
+        await clock.advance(61)
+        assert await directory.sweep_once() == ["issued"]  # its actor stopped
+        await directory.acquire("issued")
+        await directory.session("issued")
+    assert told == [("issued", True), ("resumed", False), ("issued", False)]
