@@ -3,8 +3,9 @@ still all or none, every caller answered once, with its own result."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,33 +50,47 @@ class _WriteLock:
         self._db.close()
 
 
-async def _until_batches(store: _CountedStore, count: int) -> None:
-    with anyio.fail_after(10):
-        while len(store.batches) < count:
-            await anyio.sleep(0.005)
+async def _behind_a_write(
+    store: _CountedStore,
+    first: Callable[[], Awaitable[None]],
+    *then: Callable[[], Awaitable[None]],
+    while_queued: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``first``, whose write waits for another connection's lock; meanwhile start ``then``
+    (their appends queue behind it) and run ``while_queued``; then free the lock and wait for
+    them all."""
+    lock = _WriteLock(Path(store.path))
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(first)
+        with anyio.fail_after(10):
+            while not store.batches:  # its thread waits for the lock
+                await anyio.sleep(0.005)
+        for call in then:
+            task_group.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        if while_queued is not None:
+            await while_queued()
+        lock.release()
 
 
 async def test_appends_waiting_for_a_write_are_committed_together_in_arrival_order(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "history.db"
-    with _CountedStore(path) as store:
+    with _CountedStore(tmp_path / "history.db") as store:
         commit = GroupCommit(store)
-        lock = _WriteLock(path)
         done: list[str] = []
 
         async def append(conversation_id: str, text: str) -> None:
             await commit.append(conversation_id, [_message(text)])
             done.append(text)
 
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(append, "c1", "first")
-            await _until_batches(store, 1)  # its thread waits for the lock
-            for index in range(5):
-                task_group.start_soon(append, f"c{index % 2}", f"then {index}")
-            await anyio.wait_all_tasks_blocked()
+        async def nothing_done_yet() -> None:
             assert done == []
-            lock.release()
+
+        await _behind_a_write(
+            store, functools.partial(append, "c1", "first"),
+            *(functools.partial(append, f"c{index % 2}", f"then {index}") for index in range(5)),
+            while_queued=nothing_done_yet)
         assert store.batches == [["c1"], ["c0", "c1", "c0", "c1", "c0"]]
         assert sorted(done) == ["first", *(f"then {i}" for i in range(5))]
         assert store.load("c0") == [_message("then 0"), _message("then 2"), _message("then 4")]
@@ -94,10 +109,8 @@ async def test_an_append_alone_is_written_at_once(tmp_path: Path) -> None:
 async def test_one_bad_append_fails_alone_and_the_others_of_its_batch_are_written(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "history.db"
-    with _CountedStore(path) as store:
+    with _CountedStore(tmp_path / "history.db") as store:
         commit = GroupCommit(store)
-        lock = _WriteLock(path)
         outcomes: dict[str, str] = {}
 
         async def append(conversation_id: str, message: dict[str, Any]) -> None:
@@ -108,14 +121,11 @@ async def test_one_bad_append_fails_alone_and_the_others_of_its_batch_are_writte
             else:
                 outcomes[conversation_id] = "written"
 
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(append, "lead", _message("x"))
-            await _until_batches(store, 1)
-            task_group.start_soon(append, "good", _message("y"))
-            task_group.start_soon(append, "bad", {"role": "user", "content": object()})
-            task_group.start_soon(append, "also good", _message("z"))
-            await anyio.wait_all_tasks_blocked()
-            lock.release()
+        await _behind_a_write(
+            store, functools.partial(append, "lead", _message("x")),
+            functools.partial(append, "good", _message("y")),
+            functools.partial(append, "bad", {"role": "user", "content": object()}),
+            functools.partial(append, "also good", _message("z")))
         assert store.batches == [["lead"], ["good", "bad", "also good"]]
         assert outcomes == {"lead": "written", "good": "written",
                             "bad": "TypeError: Object of type object is not JSON serializable",
@@ -128,10 +138,8 @@ async def test_one_bad_append_fails_alone_and_the_others_of_its_batch_are_writte
 async def test_a_failed_transaction_fails_every_append_of_its_batch_and_the_next_batch_runs(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "history.db"
-    with _CountedStore(path, failing=[2]) as store:
+    with _CountedStore(tmp_path / "history.db", failing=[2]) as store:
         commit = GroupCommit(store)
-        lock = _WriteLock(path)
         outcomes: dict[str, str] = {}
 
         async def append(conversation_id: str) -> None:
@@ -142,13 +150,8 @@ async def test_a_failed_transaction_fails_every_append_of_its_batch_and_the_next
             else:
                 outcomes[conversation_id] = "written"
 
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(append, "lead")
-            await _until_batches(store, 1)
-            for name in ("b", "c"):
-                task_group.start_soon(append, name)
-            await anyio.wait_all_tasks_blocked()
-            lock.release()
+        await _behind_a_write(store, functools.partial(append, "lead"),
+                              functools.partial(append, "b"), functools.partial(append, "c"))
         assert outcomes == {"lead": "written", "b": "disk I/O error", "c": "disk I/O error"}
         assert (store.load("b"), store.load("c")) == ([], [])
         await commit.append("d", [_message("d")])  # not stuck: the next append is written
@@ -159,10 +162,8 @@ async def test_a_failed_transaction_fails_every_append_of_its_batch_and_the_next
 async def test_a_cancelled_caller_sees_its_append_written_before_the_cancellation(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "history.db"
-    with _CountedStore(path) as store:
+    with _CountedStore(tmp_path / "history.db") as store:
         commit = GroupCommit(store)
-        lock = _WriteLock(path)
         after_append: list[str] = []
 
         async def append(conversation_id: str, scope: anyio.CancelScope) -> None:
@@ -171,17 +172,17 @@ async def test_a_cancelled_caller_sees_its_append_written_before_the_cancellatio
                 after_append.append(conversation_id)
 
         leader, follower, other = anyio.CancelScope(), anyio.CancelScope(), anyio.CancelScope()
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(append, "leader", leader)
-            await _until_batches(store, 1)
-            task_group.start_soon(append, "follower", follower)
-            task_group.start_soon(append, "other", other)
-            await anyio.wait_all_tasks_blocked()
+
+        async def cancel_two() -> None:
             leader.cancel()
             follower.cancel()
             await anyio.wait_all_tasks_blocked()
             assert store.batches == [["leader"]]  # cancelled, both still wait for their write
-            lock.release()
+
+        await _behind_a_write(
+            store, functools.partial(append, "leader", leader),
+            functools.partial(append, "follower", follower),
+            functools.partial(append, "other", other), while_queued=cancel_two)
         assert store.batches == [["leader"], ["follower", "other"]]
         assert after_append == ["other"]
         assert leader.cancelled_caught and follower.cancelled_caught
