@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from runtime.sqlite import open_sqlite
 
@@ -170,7 +170,7 @@ class HistoryStore:
             raise HistoryStoreClosed(f"history store {self.path!r} is closed")
         return self._db
 
-    def __enter__(self) -> HistoryStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

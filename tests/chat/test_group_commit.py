@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,8 @@ class _WriteLock:
 
 async def _behind_a_write(
     store: _CountedStore,
-    first: Callable[[], Awaitable[None]],
-    *then: Callable[[], Awaitable[None]],
+    first: Callable[[], Coroutine[Any, Any, None]],
+    *then: Callable[[], Coroutine[Any, Any, None]],
     while_queued: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run ``first``, whose write waits for another connection's lock; meanwhile start ``then``
