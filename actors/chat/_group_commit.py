@@ -42,13 +42,18 @@ class _Append:
 
 
 class GroupCommit:
-    """Appends to ``store`` from any number of tasks of one event loop, written in batches.
+    """Appends to ``store`` from any number of tasks of one event loop, written in batches of at
+    most ``max_batch`` (a transaction holds the database's write lock: other workers' writes wait
+    for it, so it stays short).
 
     One per store and process: the server gives every conversation's actor the same one.
     """
 
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, *, max_batch: int = 128) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._store = store
+        self._max_batch = max_batch
         self._queue: list[_Append] = []
         self._writing = False
 
@@ -70,7 +75,7 @@ class GroupCommit:
 
     async def _write_queued(self) -> None:
         self._writing = True
-        batch, self._queue = self._queue, []
+        batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
         errors: Sequence[Exception | None] | None = None
         try:
             errors = await anyio.to_thread.run_sync(

@@ -188,3 +188,20 @@ async def test_a_cancelled_caller_sees_its_append_written_before_the_cancellatio
         assert leader.cancelled_caught and follower.cancelled_caught
         for name in ("leader", "follower", "other"):
             assert store.load(name) == [_message(name)]
+
+
+async def test_a_batch_holds_at_most_max_batch_appends_and_the_rest_follow_in_order(
+    tmp_path: Path,
+) -> None:
+    with _CountedStore(tmp_path / "history.db") as store:
+        commit = GroupCommit(store, max_batch=2)
+
+        async def append(text: str) -> None:
+            await commit.append("c", [_message(text)])
+
+        await _behind_a_write(store, functools.partial(append, "0"),
+                              *(functools.partial(append, str(n)) for n in range(1, 6)))
+        assert store.batches == [["c"], ["c", "c"], ["c", "c"], ["c"]]
+        assert [m["content"] for m in store.load("c")] == ["0", "1", "2", "3", "4", "5"]
+    with pytest.raises(ValueError, match=r"^max_batch must be at least 1, not 0$"):
+        GroupCommit(store, max_batch=0)
