@@ -4,7 +4,9 @@
    paced simulator, imported, not copied) against ``mcp-backend serve --workers N`` for N = 1 and
    2, both with ``cluster.redis_url`` set (every request's admission, reservation and settle go
    through Redis in both runs, so the comparison is of workers only). Per N and K: turns/s,
-   server CPU (the workers' sum, % of one core), p99 time to first text, p50/p99 gap, failures.
+   server CPU (the workers' sum, % of one core), p99 time to first text, p50/p99 gap, the CPU
+   seconds of the simulator, the clients and redis-server, the cores the whole machine was busy
+   (``/proc/stat``: the kernel's work included), failures.
    "Streams held" is the largest K whose run, and every smaller K's, had no failure, a p99 gap
    <= 150 ms and a p99 time to the first text <= 1 s: K rises in steps of 25, then in steps of 5
    between the last K held and the first K not. Before the runs each worker serves a few turns
@@ -26,8 +28,8 @@
    though no request waits for them).
 
 Targets: 2 workers hold >= 1.7x the streams of 1 worker; Redis adds <= 0.3 ms p50 per request.
-On this 2-core machine the clients and the simulator share the cores with the workers: the
-table shows their CPU too.
+On this 2-core machine the clients, the simulator and Redis share the cores with the workers:
+the table shows their CPU too, and when the machine is full.
 
 Run: ``.venv/bin/python -m benchmarks.cluster [--quick]``
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import resource
 import tempfile
 import time
@@ -103,6 +106,15 @@ def _config(directory: Path, simulator: SimulatorChild, redis_url: str, workers:
     return path
 
 
+def _machine_busy() -> tuple[int, int]:
+    """The whole machine's busy and total CPU time so far (``/proc/stat``, clock ticks, all
+    cores; kernel work such as the loopback's packet processing included)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    total = sum(ticks[:8])  # user .. steal (guest time is inside user already)
+    return total - idle, total
+
+
 def _workers_cpu(parent: int) -> float:
     """CPU seconds of the serving processes: the parent (it serves itself with one worker, and
     only supervises with more) and its workers."""
@@ -112,6 +124,7 @@ def _workers_cpu(parent: int) -> float:
 async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                    directory: Path) -> list[list[Any]]:
     rows: list[list[Any]] = []
+    redis_pid = redis.pid
     simulator = SimulatorChild({
         "models": {MODEL: {"context_window": 128_000, "reply_words": DELTAS,
                            "price_in": 0.15, "price_out": 0.6}},
@@ -137,7 +150,7 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                         raise RuntimeError(f"warm-up turns failed: {warm.failures}")
                 held, refined = 0, False
                 for k in ks:
-                    row = await _measure(server, sim_pid, workers, k, duration)
+                    row = await _measure(server, sim_pid, redis_pid, workers, k, duration)
                     rows.append(row)
                     if _fits(row) and not refined:
                         held = k
@@ -145,10 +158,11 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
                         # The first K not held: the ones between it and the last K held.
                         refined = True
                         for fine in range(held + FINE_STEP, k, FINE_STEP):
-                            rows.append(await _measure(server, sim_pid, workers, fine, duration))
+                            rows.append(await _measure(server, sim_pid, redis_pid, workers, fine,
+                                                       duration))
                             if not _fits(rows[-1]):
                                 break
-                    if (row[9] != "none" or row[7] > 4 * GAP_LIMIT * 1000
+                    if (row[-1] != "none" or row[7] > 4 * GAP_LIMIT * 1000
                             or row[5] > GIVE_UP_TTFT * 1000):
                         break  # saturated: larger K would only take longer
             finally:
@@ -158,19 +172,23 @@ async def _streams(ks: tuple[int, ...], duration: float, redis: RedisServer,
     return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
-async def _measure(server: ServerChild, sim_pid: int, workers: int, k: int,
+async def _measure(server: ServerChild, sim_pid: int, redis_pid: int, workers: int, k: int,
                    duration: float) -> list[Any]:
     """One K's row (the table's columns)."""
-    cpu, cpu_sim = _workers_cpu(server.pid), _cpu_seconds(sim_pid)
-    cpu_client = time.process_time()
+    cpu, cpu_sim, cpu_redis = _workers_cpu(server.pid), _cpu_seconds(sim_pid), _cpu_seconds(
+        redis_pid)
+    cpu_client, (busy, total) = time.process_time(), _machine_busy()
     samples, elapsed = await run_clients(server.ws_url, k, duration)
     cpu = _workers_cpu(server.pid) - cpu
+    busy_now, total_now = _machine_busy()
     failures = ", ".join(f"{kind} {n}" for kind, n in
                          sorted(samples.failures.items())) or "none"
     row = [workers, k, samples.turns, samples.turns / elapsed, cpu / elapsed * 100,
            percentile(samples.ttft, 0.99) * 1000, percentile(samples.gaps, 0.50) * 1000,
            percentile(samples.gaps, 0.99) * 1000,
-           f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / {time.process_time() - cpu_client:.1f}",
+           f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / {time.process_time() - cpu_client:.1f}"
+           f" / {_cpu_seconds(redis_pid) - cpu_redis:.1f}",
+           (busy_now - busy) / max(1, total_now - total) * (os.cpu_count() or 1),
            failures]
     print(f"workers={workers} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
           f" p99 first text {row[5]:.0f} ms, p99 gap {row[7]:.0f} ms, failures {failures}",
@@ -180,7 +198,7 @@ async def _measure(server: ServerChild, sim_pid: int, workers: int, k: int,
 
 def _fits(row: list[Any]) -> bool:
     """Whether a row's K is held: no failure, p99 gap and p99 first text within bounds."""
-    return bool(row[9] == "none" and row[7] <= GAP_LIMIT * 1000
+    return bool(row[-1] == "none" and row[7] <= GAP_LIMIT * 1000
                 and row[5] <= FIRST_TEXT_LIMIT * 1000 and row[2] > 0)
 
 
@@ -334,7 +352,8 @@ async def main() -> None:
     if rows:
         print(f"{DELTAS} deltas {PACE * 1000:.0f} ms apart per turn; {duration:.0f} s per run")
         print(table(["workers", "K", "turns", "turns/s", "workers CPU %", "p99 first text ms",
-                     "p50 gap ms", "p99 gap ms", "CPU s sim / client", "failures"], rows))
+                     "p50 gap ms", "p99 gap ms", "CPU s sim / client / Redis",
+                     f"machine: cores busy of {os.cpu_count()}", "failures"], rows))
         one, two = _held(rows, 1), _held(rows, 2)
         ratio = f"{two / one:.2f}x" if one else "n/a"
         print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")

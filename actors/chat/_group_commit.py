@@ -29,6 +29,7 @@ __all__ = ["GroupCommit"]
 
 Message = dict[str, Any]
 
+
 class _Append:
     __slots__ = ("conversation_id", "done", "error", "messages", "woken")
 
@@ -97,4 +98,3 @@ class GroupCommit:
     def __repr__(self) -> str:
         state = "writing" if self._writing else "idle"
         return f"<GroupCommit {self._store.path!r} [{state}, {len(self._queue)} queued]>"
-
