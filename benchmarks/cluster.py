@@ -225,6 +225,20 @@ def _held(rows: list[list[Any]], workers: int) -> int:
     return held
 
 
+def _per_turn(rows: list[list[Any]], one: int, two: int) -> str:
+    """The workers' CPU per turn at the K each held, and what that projects for 2 workers with 2
+    cores of their own (on this machine the load generator takes a share of them)."""
+    cost = {workers: next((row[4] / 100 / row[3] * 1000 for row in rows
+                           if row[0] == workers and row[1] == held and row[3]), 0.0)
+            for workers, held in ((1, one), (2, two))}
+    if not cost[1] or not cost[2]:
+        return "workers' CPU per turn: n/a"
+    projected = 2 * cost[1] / cost[2]
+    return (f"workers' CPU per turn at the K held: 1 worker {cost[1]:.1f} ms, 2 workers"
+            f" {cost[2]:.1f} ms: 2 workers on 2 cores of their own would hold ~{projected:.2f}x"
+            f" the streams of 1 (a projection from the CPU a turn costs, not a measurement)")
+
+
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
     """Per request: reserve, admit, sent, settle; timed each, the latency path and all four."""
     async def journal(day: str) -> DaySeed:
@@ -357,6 +371,7 @@ async def main() -> None:
         one, two = _held(rows, 1), _held(rows, 2)
         ratio = f"{two / one:.2f}x" if one else "n/a"
         print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
+        print(_per_turn(rows, one, two))
     print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
     print(table(["ask to upstream call, through the product", "p50 ms", "p99 ms"], product))
     print(table(["Redis calls per request (amortized)", PER_REQUEST, LEASED], calls))
