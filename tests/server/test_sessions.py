@@ -211,3 +211,46 @@ async def test_only_the_first_actor_of_a_conversation_issued_just_now_is_told_it
         await directory.acquire("issued")
         await directory.session("issued")
     assert told == [("issued", True), ("resumed", False), ("issued", False)]
+
+
+async def test_a_conversation_evicted_while_its_actor_starts_does_not_keep_that_actor() -> None:
+    # A socket left while its conversation's actor was starting (the start is shielded), and
+    # another conversation needed the room: the stop ends that actor too (the runtime registers
+    # an actor before its on_start), else it would run on outside the directory's count, past
+    # max_conversations. (A race the last review suspected; this pins that it is not one.)
+    release = anyio.Event()
+
+    class _SlowStart(Actor):
+        async def on_start(self) -> None:
+            await release.wait()
+
+        async def receive(self, message: Any) -> Any:
+            return message
+
+    def spec(conversation_id: str, new: bool = False) -> ChildSpec:
+        factory = _SlowStart if conversation_id == "slow" else _Echo
+        return ChildSpec(f"session:{conversation_id}", factory, restart=Restart.TEMPORARY)
+
+    clock = FakeClock()
+    async with _system() as system:
+        directory = SessionDirectory(system, spec, max_conversations=1, clock=clock)
+        await directory.acquire("slow")
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                starting = anyio.CancelScope()
+
+                async def start_then_leave() -> None:
+                    with starting:
+                        await directory.session("slow")
+
+                task_group.start_soon(start_then_leave)
+                await anyio.wait_all_tasks_blocked()
+                starting.cancel()  # the socket left; the start goes on (shielded)
+                directory.release("slow")
+                task_group.start_soon(directory.acquire, "other")  # evicts "slow"
+                await anyio.wait_all_tasks_blocked()
+                release.set()
+            await directory.session("other")
+        assert len(directory) == 1
+        assert "session:slow" not in system.status()
+        assert "session:other" in system.status()
