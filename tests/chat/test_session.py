@@ -167,7 +167,8 @@ class Backend:
     tools: ToolCatalog
     history: HistoryStore
 
-    async def session(self, conversation_id: str = "c1", **chat: Any) -> ActorRef:
+    async def session(self, conversation_id: str = "c1", *, new: bool = False,
+                      **chat: Any) -> ActorRef:
         return await self.system.spawn(
             session_child_spec(
                 conversation_id,
@@ -175,6 +176,7 @@ class Backend:
                 tools=self.tools,
                 history=self.history,
                 chat=ChatConfig(**chat),
+                new=new,
             ),
             under="sessions",
         )
@@ -226,6 +228,23 @@ def of_type(events: list[Any], kind: type[Any]) -> list[Any]:
 
 
 # ---------------------------------------------------------------- turns
+
+
+async def test_a_conversation_issued_just_now_starts_without_reading_the_store(
+    tmp_path: Path,
+) -> None:
+    # ``new`` (the server created the id in this request) skips the start's history read. The
+    # store holds rows for both ids here, which a real new conversation never has: only a
+    # session that read them can show them to the model.
+    async with backend(tmp_path, servers={}) as b:
+        for conversation_id in ("issued", "resumed"):
+            b.history.append(conversation_id, [{"role": "user", "content": "stored before"},
+                                               {"role": "assistant", "content": "ok"}])
+        await turn(await b.session("issued", new=True), "hi")
+        await turn(await b.session("resumed"), "hi")
+    seen = [[m["content"] for m in request.messages if m["role"] == "user"]
+            for request in b.model.requests]
+    assert seen == [["hi"], ["stored before", "hi"]]
 
 
 async def test_plain_turn_streams_the_answer_and_completes(tmp_path: Path) -> None:
