@@ -21,6 +21,7 @@ from ._config import FAULT_KINDS, Flavor, ModelSpec, SimulatorConfig, merge_patc
 from ._faults import INVALID_JSON, MIDSTREAM, STATUS_FAULTS, draw_fault
 from ._http import Exchange, Request
 from ._options import Options, Rejection, read_options
+from ._pacing import Pacer
 from ._replies import Reply, estimate_prompt_tokens, plan_reply
 from ._stats import SlidingWindow, Stats, format_reset
 from ._streaming import stream_reply
@@ -55,6 +56,7 @@ class Simulator:
         self.stats = Stats(clock)
         self._next_call = 1
         self._next_completion = 1
+        self._pacer = Pacer()
 
     def __repr__(self) -> str:
         return f"<Simulator [{self._config.flavor}, seed {self._config.seed} | {self.stats!r}]>"
@@ -306,7 +308,8 @@ class Simulator:
                                   spec.reasoning, options.top_logprobs)
             await stream_reply(exchange, self._headers(), flavor, events, reply,
                                usage if include_usage else None, fault, position_draw,
-                               faults=self._config.faults, stats=self.stats, clock=self._clock)
+                               faults=self._config.faults, stats=self.stats, clock=self._clock,
+                               pacer=self._pacer)
             return
         payload = completion_body(flavor, completion_id, int(time.time()), model, reply, usage,
                                   spec.reasoning, options.top_logprobs)

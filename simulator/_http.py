@@ -59,6 +59,13 @@ class Exchange:
     def client_gone(self) -> bool:
         return self._reader.at_eof() or self._writer.transport.is_closing()
 
+    @property
+    def send_buffer_full(self) -> bool:
+        """Whether the connection's unsent output is over the transport's high-water mark (a
+        :meth:`flush` would wait)."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
     def _write(self, data: bytes) -> None:
         """Buffer ``data``; raises :class:`ClientDisconnected` once the connection is closing
         (asyncio's transport drops such writes, uvloop's raises ``RuntimeError``)."""

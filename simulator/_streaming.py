@@ -9,6 +9,7 @@ from typing import Any
 
 from ._config import FaultConfig, Flavor
 from ._http import ClientDisconnected, Exchange
+from ._pacing import Pacer
 from ._replies import Reply
 from ._stats import Stats
 from ._wire import StreamEvents
@@ -34,9 +35,11 @@ async def stream_reply(
     faults: FaultConfig,
     stats: Stats,
     clock: Callable[[], float],
+    pacer: Pacer,
 ) -> None:
     """Stream ``reply`` (then ``usage``, when given) as ``events``; a mid-stream ``fault`` strikes
-    at the chunk ``position_draw`` picks. Counted in ``stats``'s stream counters."""
+    at the chunk ``position_draw`` picks. Counted in ``stats``'s stream counters; paced by
+    ``pacer`` when ``faults.chunk_delay`` is set."""
     body = events.reply(reply)
     # The fault strikes after the role chunk and at least one reasoning or content chunk,
     # before the finishing chunk: a client has then already relayed output and may not
@@ -50,21 +53,21 @@ async def stream_reply(
     try:
         await exchange.start_stream(200, [*headers, *SSE_HEADERS])
         await _first_byte_delay(exchange, flavor, faults, clock)
-        delay = faults.chunk_delay
+        end = cut if fault is not None else len(body)
         pending: list[bytes] = []
-        for index, event in enumerate(body):
-            if fault is not None and index == cut:
-                if pending:
-                    exchange.write_chunk(b"".join(pending))
-                await _strike(exchange, events, fault, stats)
-                return
-            if delay and index:
-                await asyncio.sleep(delay)
-            pending.append(event)
-            if delay or len(pending) >= _BATCH:
-                exchange.write_chunk(b"".join(pending))
-                pending.clear()
+        if faults.chunk_delay:
+            await _paced(exchange, body, end, faults.chunk_delay, pacer)
+        else:
+            pending = body[:end]
+            for start in range(0, end - _BATCH, _BATCH):
+                exchange.write_chunk(b"".join(body[start:start + _BATCH]))
                 await exchange.flush()
+                del pending[:_BATCH]
+        if fault is not None:
+            if pending:
+                exchange.write_chunk(b"".join(pending))
+            await _strike(exchange, events, fault, stats)
+            return
         pending.append(_DONE)
         exchange.write_chunk(b"".join(pending))
         await exchange.end_stream()
@@ -73,6 +76,18 @@ async def stream_reply(
         stats.streams_aborted_by_client += 1
     finally:
         stats.streams_open -= 1
+
+
+async def _paced(
+    exchange: Exchange, body: list[bytes], end: int, delay: float, pacer: Pacer
+) -> None:
+    """The first ``end`` events: the first at once, then one every ``delay`` seconds."""
+    exchange.write_chunk(body[0])
+    await exchange.flush()
+    index = 1
+    while index < end:
+        index = await pacer.write(exchange, body, index, end, delay)
+        await exchange.flush()  # waits while the client does not read
 
 
 async def _strike(exchange: Exchange, events: StreamEvents, fault: str, stats: Stats) -> None:
