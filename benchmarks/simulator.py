@@ -10,6 +10,11 @@ For scale, the same non-streaming load runs against a minimal Starlette endpoint
 (``h11``, the parser uvicorn uses when ``httptools`` is absent) answering a fixed JSON body: the
 ceiling a Starlette simulator could not exceed.
 
+Then the workload the stream benchmarks put on it: ``PACED_STREAMS`` streams at once, each of
+``PACED_WORDS`` words ``PACE`` s apart (a model at ~50 tokens/s), back to back for
+``PACED_SECONDS``: the simulator's CPU per paced event is what it takes from a server it shares a
+machine with (``simulator/_pacing.py`` writes them all from one timer).
+
 Run: ``.venv/bin/python -m benchmarks.simulator``
 """
 
@@ -34,6 +39,8 @@ SECONDS = 3.0
 KEY = "sk-bench"
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 STREAM_REQUEST = {**REQUEST, "model": "sim-long", "stream": True}
+PACED_STREAMS, PACED_WORDS, PACE, PACED_SECONDS = 100, 100, 0.020, 10.0
+PACED_REQUEST = {**REQUEST, "model": "paced", "stream": True}
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 _STARLETTE_APP = """
@@ -71,16 +78,24 @@ async def _stream(http: httpx2.AsyncClient) -> int:
     return data.count(b"data: ")
 
 
-async def _load(base_url: str, server_pid: int, call: Call) -> dict[str, float]:
+async def _paced_stream(http: httpx2.AsyncClient) -> int:
+    async with http.stream("POST", "/chat/completions", json=PACED_REQUEST) as response:
+        response.raise_for_status()
+        data = await response.aread()
+    return data.count(b"data: ")
+
+
+async def _load(base_url: str, server_pid: int, call: Call, concurrency: int = CONCURRENCY,
+                seconds: float = SECONDS) -> dict[str, float]:
     latencies: list[float] = []
     chunks = 0
-    limits = httpx2.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(
         base_url=base_url, limits=limits, timeout=30,
         headers={"Authorization": f"Bearer {KEY}"},
     ) as http:
         await call(http)
-        deadline = time.perf_counter() + SECONDS
+        deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal chunks
@@ -93,8 +108,10 @@ async def _load(base_url: str, server_pid: int, call: Call) -> dict[str, float]:
         server_cpu, client_cpu = _cpu_seconds(server_pid), time.process_time()
         start = time.perf_counter()
         async with anyio.create_task_group() as tg:
-            for _ in range(CONCURRENCY):
+            for _ in range(concurrency):
                 tg.start_soon(worker)
+                if call is _paced_stream:  # staggered: the streams do not tick in lockstep
+                    await anyio.sleep(PACE / concurrency)
         elapsed = time.perf_counter() - start
         server_cpu = _cpu_seconds(server_pid) - server_cpu
         client_cpu = time.process_time() - client_cpu
@@ -106,6 +123,7 @@ async def _load(base_url: str, server_pid: int, call: Call) -> dict[str, float]:
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "server_cpu": 100 * server_cpu / elapsed,
         "server_us_per_request": 1e6 * server_cpu / max(1, len(latencies)),
+        "server_us_per_chunk": 1e6 * server_cpu / max(1, chunks),
         "client_cpu": 100 * client_cpu / elapsed,
     }
 
@@ -141,30 +159,38 @@ async def _starlette_reference(body: bytes) -> dict[str, float]:
             await process.aclose()
 
 
-async def run() -> tuple[float, float]:
+async def run() -> tuple[float, float, float]:
     async with SimulatorProcess() as sim:
         assert sim.pid is not None
         plain = await _load(sim.base_url, sim.pid, _completion)
         streamed = await _load(sim.base_url, sim.pid, _stream)
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http:
             sample = (await http.post(f"{sim.base_url}/chat/completions", json=REQUEST)).content
+    async with SimulatorProcess({"models": {"paced": {"reply_words": PACED_WORDS}},
+                                 "faults": {"chunk_delay": PACE}}) as sim:
+        assert sim.pid is not None
+        paced = await _load(sim.base_url, sim.pid, _paced_stream, PACED_STREAMS, PACED_SECONDS)
     reference = await _starlette_reference(sample)
     rows = [
         [name, int(r["requests"]), r["rps"], r["chunks_per_s"], r["p50_ms"], r["p99_ms"],
          f"{r['server_cpu']:.0f}%", r["server_us_per_request"], f"{r['client_cpu']:.0f}%"]
         for name, r in (("simulator, non-streaming", plain),
                         ("simulator, streaming 200 words", streamed),
+                        (f"simulator, {PACED_STREAMS} paced streams ({PACED_WORDS} words,"
+                         f" {PACE * 1000:.0f} ms apart)", paced),
                         ("reference: Starlette+uvicorn(h11), fixed JSON", reference))
     ]
-    print(f"concurrency {CONCURRENCY}, {SECONDS:g} s per workload, raw httpx2 client")
+    print(f"concurrency {CONCURRENCY}, {SECONDS:g} s per workload ({PACED_STREAMS} streams,"
+          f" {PACED_SECONDS:g} s paced), raw httpx2 client")
     print(table(["workload", "requests", "req/s", "chunks/s", "p50 ms", "p99 ms",
                  "server CPU", "server us/request", "client CPU"], rows))
-    return plain["rps"], streamed["chunks_per_s"]
+    return plain["rps"], streamed["chunks_per_s"], paced["server_us_per_chunk"]
 
 
 def main() -> None:
-    rps, chunks = anyio.run(run)
-    print(f"simulator: {rps:,.0f} req/s non-streaming, {chunks:,.0f} chunks/s streaming")
+    rps, chunks, paced = anyio.run(run)
+    print(f"simulator: {rps:,.0f} req/s non-streaming, {chunks:,.0f} chunks/s streaming,"
+          f" {paced:.1f} us of CPU per paced event")
 
 
 if __name__ == "__main__":
