@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -171,7 +172,8 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
 def loads_bounded(text: str) -> Any:
     """``json.loads`` for untrusted text: nesting beyond :data:`MAX_JSON_DEPTH` is refused.
 
-    Raises :class:`ProtocolError` (``invalid_json``). The stdlib parser recurses, so a few
+    Raises :class:`ProtocolError` (``invalid_json``), also for an integer over the interpreter's
+    digit limit (``sys.get_int_max_str_digits()``). The stdlib parser recurses, so a few
     kilobytes of ``[`` raise ``RecursionError`` inside it; values nested a few hundred levels
     deep would do the same later, in validation or ``dumps``, far from the socket that sent them.
     """
@@ -180,6 +182,13 @@ def loads_bounded(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ProtocolError(
             f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            error_type="invalid_json",
+        ) from None
+    except ValueError:
+        # Legal JSON the stdlib still refuses: an integer longer than the interpreter's
+        # int/str conversion limit (a guard against quadratic conversion time).
+        raise ProtocolError(
+            f"invalid JSON: an integer longer than {sys.get_int_max_str_digits()} digits",
             error_type="invalid_json",
         ) from None
     except RecursionError:

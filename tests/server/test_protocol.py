@@ -50,6 +50,15 @@ def test_invalid_json_is_reported_with_its_position() -> None:
     assert caught.value.request_id is None
 
 
+def test_an_integer_over_the_digit_limit_is_invalid_json() -> None:
+    # Legal JSON, but Python refuses to convert integers this long (a plain ValueError).
+    with pytest.raises(ProtocolError, match=r"^invalid JSON: an integer longer than 4300 digits$"
+                       ) as caught:
+        parse_frame('{"action": "chat", "request_id": "r1", "n": ' + "1" * 5000 + "}")
+    assert caught.value.error_type == "invalid_json"
+    assert caught.value.request_id is None
+
+
 def test_a_frame_that_is_not_an_object_is_invalid() -> None:
     with pytest.raises(ProtocolError, match=r"^a frame must be a JSON object, not an array$"):
         parse_frame("[1, 2]")

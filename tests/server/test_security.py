@@ -149,6 +149,26 @@ async def test_a_deeply_nested_frame_is_invalid_json_and_the_socket_stays(
         assert (await chat(ws, "still here"))[-1]["status"] == "complete"
 
 
+async def test_an_integer_over_the_digit_limit_is_invalid_json_and_the_socket_stays(
+    server: ServerChild,
+) -> None:
+    huge = '{"action": "chat", "request_id": "r1", "n": ' + "1" * 5000 + "}"  # 5 KB, legal JSON
+    invalid = {"request_id": None, "status": "error",
+               "chunk": {"error": "invalid JSON: an integer longer than 4300 digits",
+                         "error_type": "invalid_json"}}
+    limited = {"request_id": None, "status": "error",
+               "chunk": {"error": "more than 5 messages in a minute", "error_type": "rate_limited"}}
+    async with await connect(server.ws_url, token=TOKEN) as ws:
+        await send(ws, huge)
+        assert await receive(ws) == invalid
+        assert (await chat(ws, "still here"))[-1]["status"] == "complete"
+        for _ in range(3):
+            await send(ws, {"action": "ping"})
+            assert (await receive(ws))["chunk"]["error_type"] == "unknown_action"
+        await send(ws, huge)  # the sixth frame: over the rate limit, its request_id unreadable
+        assert await receive(ws) == limited
+
+
 # -- 21. binary frames count against the rate limit ---------------------------------------------
 
 
