@@ -25,8 +25,11 @@ stuck: every call waiting on it gives up, and the next call connects anew (one i
 on a new connection, only after a broken one). A connection that keeps answering is waited for,
 up to 4 times that in all (the wait for one of the ``max_connections`` slots included): Redis is
 slow then, or this process is, and an overloaded worker whose loop reads replies late is not an
-outage. A call that gives up raises :class:`ClusterUnavailable` (``retryable = True``,
-``error_type = "unavailable"``), and the caller fails closed:
+outage. Redis **refusing** a command (an error reply meaning "not now": ``OOM`` at
+``maxmemory`` with ``noeviction``, ``BUSY`` while a script runs past ``busy-reply-threshold``,
+``READONLY``, ``LOADING``) is an outage too, at once. A call that gives up raises
+:class:`ClusterUnavailable` (``retryable = True``, ``error_type = "unavailable"``), and the
+caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed
   ``unavailable`` error. Spending money we cannot count would break invariant 2. A worker may

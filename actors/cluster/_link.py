@@ -43,7 +43,8 @@ def _unavailable() -> dict[type[Exception], str]:
     """redis-py errors that mean "Redis could not answer now", as ``{class: reason}``.
 
     ``BusyLoading`` is a restarting server reading its dump; ``ReadOnly`` a replica promoted too
-    late.
+    late; ``OutOfMemory`` a server at ``maxmemory`` that evicts nothing (it refuses every script
+    that may write). Those two are error replies (``ResponseError``): matched before it.
     """
     import redis.exceptions as redis_errors
 
@@ -51,11 +52,18 @@ def _unavailable() -> dict[type[Exception], str]:
         redis_errors.TimeoutError: "timed out",
         redis_errors.BusyLoadingError: "server loading",
         redis_errors.ReadOnlyError: "server read-only",
+        redis_errors.OutOfMemoryError: "server out of memory",
         redis_errors.AuthenticationError: "authentication failed",
         redis_errors.ConnectionError: "connection failed",
         ConnectionError: "connection failed",
         OSError: "network error",
     }
+
+
+#: Error replies that mean "Redis could not run the command now" and have no redis-py class,
+#: by their code (the reply's first word, which the protocol fixes): ``BUSY``, a script running
+#: past ``busy-reply-threshold`` (Redis answers nothing else until it ends or is killed).
+_REFUSAL_CODES = {"BUSY": "server busy"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +211,13 @@ class RedisLink:
                     return await self._pipeline.exchange(command)
         except TimeoutError:
             raise ClusterUnavailable(operation, "timed out") from None
-        except self._response_error:
-            raise  # a script bug or a wrong argument: not an outage
         except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
+        except self._response_error as exc:
+            reason = _refusal(exc)
+            if reason is None:
+                raise  # a script bug or a wrong argument: not an outage
+            raise ClusterUnavailable(operation, reason) from None
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
@@ -220,10 +231,13 @@ class RedisLink:
                 return await make()
         except TimeoutError:
             raise ClusterUnavailable(operation, "timed out") from None
-        except self._response_error:
-            raise
         except self._unavailable as exc:
             raise ClusterUnavailable(operation, _reason(exc)) from None
+        except self._response_error as exc:
+            reason = _refusal(exc)
+            if reason is None:
+                raise  # a script bug or a wrong argument: not an outage
+            raise ClusterUnavailable(operation, reason) from None
 
     async def ping(self) -> ClusterHealth:
         """``PING`` Redis for ``/health``; never raises for an outage."""
@@ -275,6 +289,12 @@ class RedisLink:
     def __repr__(self) -> str:
         url = redact_url(self.config.redis_url or "")
         return f"<RedisLink {url} prefix={self.prefix!r}>"
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The reason of an error reply of a server refusing now (:data:`_REFUSAL_CODES`), else
+    ``None``."""
+    return _REFUSAL_CODES.get(str(exc).partition(" ")[0])
 
 
 def _reason(exc: BaseException) -> str:

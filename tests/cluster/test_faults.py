@@ -11,13 +11,17 @@ from typing import Any
 
 import anyio
 import pytest
+import redis.asyncio as redis
+import redis.exceptions as redis_errors
 
+from actors.chat import ConversationUnavailable, SharedTurnLeases
 from actors.cluster import (
     ClusterConfig,
     ClusterHealth,
     ClusterUnavailable,
     ConversationLeases,
     DaySeed,
+    Lease,
     LedgerLimits,
     OpenReservation,
     RedisLink,
@@ -77,6 +81,72 @@ async def test_every_part_fails_closed_with_a_typed_error_while_redis_is_stopped
         assert health.latency_ms is not None
         assert (await window.admit()).admitted is True
         assert await leases.acquire("c", timeout=1.0) is not None
+        assert await ledger.reserve("r2", CENT, "openai", DAY) == ReserveResult(True, CENT)
+
+
+async def test_a_redis_that_refuses_writes_or_is_busy_fails_closed_with_a_typed_error(
+    redis_server: RedisServer, cluster_config: ClusterConfig
+) -> None:
+    config = cluster_config.model_copy(update=FAST)
+    async with RedisLink(config) as link:
+        ledger = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=10 * CENT))
+        window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
+        leases = ConversationLeases(link, "a")
+        turns = SharedTurnLeases(leases, timeout=1.0)
+        assert (await ledger.reserve("r1", CENT, "openai", DAY)).granted
+        calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("ledger reserve", lambda: ledger.reserve("r2", CENT, "openai", DAY)),
+            ("rate admission", lambda: window.admit()),
+            ("lease acquire", lambda: leases.acquire("c", timeout=1.0)),
+        ]
+
+        async def refused_with(reason: str) -> list[str]:
+            raised: list[str] = []
+            for operation, call in calls:
+                with anyio.fail_after(BOUND), pytest.raises(ClusterUnavailable) as caught:
+                    await call()
+                assert (caught.value.operation, caught.value.error_type) == (
+                    operation, "unavailable")
+                raised.append(str(caught.value))
+            with anyio.fail_after(BOUND), pytest.raises(ConversationUnavailable) as turn:
+                async with turns.hold("c"):
+                    pass
+            assert turn.value.error_type == "unavailable"
+            assert str(turn.value.__cause__) == (
+                f"shared state unavailable during lease acquire: {reason}")
+            return raised
+
+        # maxmemory reached and nothing may be evicted: Redis refuses every script that writes.
+        await link.client.config_set("maxmemory-policy", "noeviction")
+        await link.client.config_set("maxmemory", "1")
+        assert await refused_with("server out of memory") == [
+            f"shared state unavailable during {operation}: server out of memory"
+            for operation, _ in calls]
+        await link.client.config_set("maxmemory", "0")
+
+        # A script running past busy-reply-threshold: Redis answers BUSY to everything else.
+        await link.client.config_set("busy-reply-threshold", "100")
+        blocker = redis.Redis.from_url(redis_server.url)
+        try:
+            async with anyio.create_task_group() as group:
+                async def run_forever() -> None:
+                    with pytest.raises(redis_errors.ResponseError):  # killed below
+                        await blocker.eval("while true do end", 0)
+
+                group.start_soon(run_forever)
+                await anyio.sleep(0.2)
+                try:
+                    assert await refused_with("server busy") == [
+                        f"shared state unavailable during {operation}: server busy"
+                        for operation, _ in calls]
+                finally:
+                    with anyio.fail_after(BOUND):
+                        await link.client.script_kill()
+        finally:
+            await blocker.aclose()
+
+        assert (await window.admit()).admitted is True
+        assert await leases.acquire("c", timeout=1.0) == Lease("c", "a", 1)
         assert await ledger.reserve("r2", CENT, "openai", DAY) == ReserveResult(True, CENT)
 
 
