@@ -48,11 +48,19 @@ class Owners(Protocol):
     """Which conversation ids were issued, and to whom."""
 
     def create(self, owner: str) -> str:
-        """A new, unguessable conversation id recorded as ``owner``'s."""
+        """A new, unguessable conversation id recorded as ``owner``'s.
+
+        Raises :class:`~server.conversations.ConversationStoreUnavailable` when it cannot be
+        recorded now.
+        """
         ...
 
     def owned_by(self, conversation_id: str, owner: str) -> bool:
-        """Whether ``conversation_id`` was issued to ``owner``."""
+        """Whether ``conversation_id`` was issued to ``owner``.
+
+        Raises :class:`~server.conversations.ConversationStoreUnavailable` when it cannot be
+        read now.
+        """
         ...
 
 

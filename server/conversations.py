@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import secrets
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,19 @@ from runtime.sqlite import open_sqlite
 
 __all__ = [
     "ConversationOwners",
+    "ConversationStoreUnavailable",
     "SessionDirectory",
     "TooManyConversations",
     "owner_of_token",
 ]
 
+logger = logging.getLogger("server.conversations")
+
+_BUSY_TIMEOUT_MS = 500
+"""How long an owners statement waits for another connection's write lock. The statements run
+on the event loop (a thread per INSERT was measured slower for bursts of new conversations), so
+this bounds how long a locked database (a backup, another process's long write) freezes the
+server; past it the request is answered ``unavailable``."""
 _SESSION_IDLE_SECONDS = 600.0
 _SWEEP_INTERVAL = 30.0
 _SCHEMA = """
@@ -52,6 +62,10 @@ class TooManyConversations(RuntimeError):
     """Every live conversation is in use: no new one can start now."""
 
 
+class ConversationStoreUnavailable(RuntimeError):
+    """The owners' table cannot be read or written now (its database is locked or failing)."""
+
+
 def owner_of_token(token: SecretStr | None) -> str:
     """The owner recorded for conversations created with ``token`` (``""``: no auth)."""
     if token is None:
@@ -64,18 +78,22 @@ class ConversationOwners:
     """Issued conversation ids and their owners, in a table of the history database.
 
     Thread-safe (one connection behind a lock); each call is one short statement, like the
-    history store's, so it runs on the event loop.
+    history store's, so it runs on the event loop, waiting at most half a second for another
+    connection's write lock. :meth:`create` and :meth:`owned_by` raise
+    :class:`ConversationStoreUnavailable` when the database is locked past that, or failing.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
+        # The schema is made with the default (long) wait: workers starting together share it.
         self._db = open_sqlite(self.path, _SCHEMA)
+        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def create(self, owner: str) -> str:
         """A new conversation id, recorded as ``owner``'s."""
         conversation_id = secrets.token_hex(16)
-        with self._lock:
+        with self._lock, self._unavailable_on_error():
             self._db.execute(
                 "INSERT INTO conversation_owners VALUES (?, ?, ?)",
                 (conversation_id, owner, time.time()),
@@ -84,12 +102,22 @@ class ConversationOwners:
 
     def owned_by(self, conversation_id: str, owner: str) -> bool:
         """Whether the server issued ``conversation_id`` to ``owner``."""
-        with self._lock:
+        with self._lock, self._unavailable_on_error():
             row = self._db.execute(
                 "SELECT owner FROM conversation_owners WHERE conversation_id = ?",
                 (conversation_id,),
             ).fetchone()
         return row is not None and secrets.compare_digest(row[0], owner)
+
+    @contextlib.contextmanager
+    def _unavailable_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            logger.warning("conversation owners in %s: %s", self.path, exc)
+            raise ConversationStoreUnavailable(
+                "the conversation store is not available right now; try again shortly"
+            ) from None
 
     def close(self) -> None:
         """Close the connection; idempotent."""

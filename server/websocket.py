@@ -34,7 +34,7 @@ from server._outbox import (
     Outbox,
 )
 from server._turns import CANCEL_MESSAGES, Turn, converse, describe, error_type_of
-from server.conversations import TooManyConversations
+from server.conversations import ConversationStoreUnavailable, TooManyConversations
 from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
 
 __all__ = [
@@ -254,17 +254,21 @@ class ChatConnection:
         ``requested`` ``None`` means the socket's current conversation, or a new one.
         """
         new = requested is None and self.conversation_id is None
-        if requested is None:
-            conversation_id = self.conversation_id or self._owners.create(self._owner)
-        elif requested in self._held or self._owners.owned_by(requested, self._owner):
-            conversation_id = requested
-        else:
-            await self._reject(
-                request_id,
-                "no conversation with this id for this client (conversation ids are issued by"
-                " the server)",
-                "unknown_conversation",
-            )
+        try:
+            if requested is None:
+                conversation_id = self.conversation_id or self._owners.create(self._owner)
+            elif requested in self._held or self._owners.owned_by(requested, self._owner):
+                conversation_id = requested
+            else:
+                await self._reject(
+                    request_id,
+                    "no conversation with this id for this client (conversation ids are issued"
+                    " by the server)",
+                    "unknown_conversation",
+                )
+                return None
+        except ConversationStoreUnavailable as exc:
+            await self._reject(request_id, str(exc), "unavailable")
             return None
         try:
             await self._hold(conversation_id, new=new)

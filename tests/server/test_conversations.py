@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
+from server.conversations import ConversationOwners, ConversationStoreUnavailable
 from tests.server_harness import (
     ServerChild,
     SimulatorChild,
     chat,
     chat_frame,
     connect,
+    http_get,
     receive,
     send,
     until_end,
@@ -173,3 +177,59 @@ async def _new_conversation_with(server: ServerChild, token: str) -> str:
         envelopes = await chat(ws, "hello")
     conversation: str = envelopes[0]["chunk"]["metadata"]["conversation_id"]
     return conversation
+
+
+UNAVAILABLE = "the conversation store is not available right now; try again shortly"
+
+
+def test_owners_in_a_locked_database_are_unavailable_after_a_short_wait(tmp_path: Path) -> None:
+    owners = ConversationOwners(tmp_path / "history.sqlite3")
+    issued = owners.create("owner-a")
+    lock = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None, timeout=1)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # another process's long write
+        started = time.monotonic()
+        with pytest.raises(ConversationStoreUnavailable, match=rf"^{UNAVAILABLE}$"):
+            owners.create("owner-a")
+        waited = time.monotonic() - started
+        assert owners.owned_by(issued, "owner-a") is True  # WAL: reads do not wait for the lock
+        lock.execute("ROLLBACK")
+        assert owners.owned_by(owners.create("owner-a"), "owner-a") is True
+    finally:
+        lock.close()
+        owners.close()
+    assert waited < 2.0
+
+
+async def test_a_locked_history_database_neither_freezes_the_server_nor_drops_the_socket(
+    tmp_path: Path, simulator: SimulatorChild
+) -> None:
+    server = ServerChild(write_config(tmp_path, simulator_url=simulator.url, mcp_servers={}))
+    lock = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None, timeout=1)
+    health_seconds: list[float] = []
+
+    async def health() -> None:
+        await anyio.sleep(0.1)  # while the new conversation's owner is being written
+        started = time.monotonic()
+        status, _, _ = await anyio.to_thread.run_sync(http_get, server.url + "/health")
+        health_seconds.append(time.monotonic() - started)
+        assert status == 200
+
+    try:
+        async with await connect(server.ws_url) as ws:
+            lock.execute("BEGIN IMMEDIATE")  # a backup, another worker's long write
+            try:
+                started = time.monotonic()
+                async with anyio.create_task_group() as group:
+                    group.start_soon(health)
+                    await send(ws, chat_frame("hello", request_id="r1"))
+                    assert await receive(ws) == _error("r1", UNAVAILABLE, "unavailable")
+                answered = time.monotonic() - started
+            finally:
+                lock.execute("ROLLBACK")
+            assert (await chat(ws, "the lock is gone"))[-1]["status"] == "complete"
+    finally:
+        lock.close()
+        assert server.stop() == 0, server.output
+    assert answered < 2.0
+    assert health_seconds[0] < 2.0
