@@ -265,6 +265,7 @@ class BaseLLMClient:
                     kwargs: dict[str, Any], *, stream: bool) -> ProviderCall:
         params = dict(kwargs)
         model = str(params.pop("model", None) or self.config.model)
+        self.config.output_limit(params)  # refuses a bad limit with a typed error, before a call
         prompt_tokens = await acount_message_tokens(list(messages), model,
                                                     tools=list(tools) if tools else None)
         chat = ChatRequest.of(list(messages), list(tools) if tools else None, model=model,

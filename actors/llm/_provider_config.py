@@ -14,6 +14,7 @@ again on every call, so a provider restarted by its supervisor picks up a rotate
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from pydantic import Field, PositiveInt, SecretStr, field_validator, model_valid
 from ._breaker import BreakerConfig
 from ._catalog import ModelParams, ModelPrice, ReasoningEffort
 from ._client_settings import ClientSettings
-from ._errors import LLMAuthError
+from ._errors import LLMAuthError, LLMBadRequestError
 from ._limits import RateLimitConfig
 
 __all__ = ["DEFAULT_BASE_URLS", "ProviderConfig", "ProviderKind", "infer_kind"]
@@ -197,6 +198,25 @@ class ProviderConfig(ClientSettings):
         duplicates: the order to try them in."""
         fallbacks = self.fallback_models if self.enable_fallback_models else []
         return list(dict.fromkeys([self.model, *fallbacks]))
+
+    def output_limit(self, params: Mapping[str, Any]) -> int:
+        """The most completion tokens a call with the request's ``params`` may produce: their
+        ``max_tokens`` or ``max_completion_tokens``, else this provider's ``max_tokens``.
+
+        The ledger reserves for it and the provider's token limiter acquires it, so it must be
+        what the body lets the upstream produce. Raises :class:`LLMBadRequestError` for a limit
+        that is not a positive integer.
+        """
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = params.get(name)
+            if value is None:
+                continue
+            if type(value) is not int or value < 1:
+                # Only a number is shown: a caller's text could be anything, a secret too.
+                shown = repr(value) if isinstance(value, int | float) else type(value).__name__
+                raise LLMBadRequestError(f"{name} must be a positive integer, not {shown}")
+            return value
+        return self.max_tokens
 
     def read_api_key(self, *, provider: str | None = None) -> SecretStr | None:
         """Read the API key now: ``api_key_env`` first, then ``api_key_file``.

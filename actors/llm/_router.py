@@ -361,8 +361,7 @@ class RouterActor(Actor[ChatRequest]):
         return chat.timeout if chat.timeout is not None else self._config.request_timeout
 
     def _max_tokens(self, chat: ChatRequest, provider: str) -> int:
-        value = chat.params.get("max_tokens") or chat.params.get("max_completion_tokens")
-        return int(value) if value else self._config.providers[provider].max_tokens
+        return self._config.providers[provider].output_limit(chat.params)
 
     async def _prompt_tokens(self, chat: ChatRequest, model: str, trace: _Trace) -> int:
         key = encoding_name_for_model(model)
