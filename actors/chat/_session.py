@@ -14,8 +14,8 @@ Rules a caller can rely on:
 - **Serialised turns.** Turns of one conversation run one at a time, in the order they arrived; a
   second ``RunTurn`` (from any socket) waits for the first to end, then sees its messages.
   ``ClearHistory`` takes its place in the same queue. With ``leases`` (several workers) a turn
-  also holds its conversation's lease, so this holds across workers, and a turn that follows
-  another worker's reads the history again from the store.
+  or a clear also holds its conversation's lease, so this holds across workers, and a turn that
+  follows another worker's turn or clear reads the history again from the store.
 - **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
   and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
 - **What is persisted, and when**: every *completed* step (an assistant message that asked for
@@ -200,8 +200,8 @@ class SessionActor(Actor["SessionMessage"]):
                 slot = _Slot()
                 self._enqueue(slot)
                 self.context.pipe(
-                    slot.granted.wait, reply_to=self.context.request,
-                    then=functools.partial(self._clear, slot),
+                    self._run_clear, slot, reply_to=self.context.request,
+                    then=functools.partial(self._clear_ended, slot),
                 )
                 return None
             case GetHistory():
@@ -270,15 +270,28 @@ class SessionActor(Actor["SessionMessage"]):
         with anyio.CancelScope(shield=True), contextlib.suppress(HistoryWriteError):  # logged
             await self._persist(turn, [])
 
-    async def _clear(self, slot: _Slot, outcome: Outcome) -> None:
-        try:
-            if not outcome.cancelled:
-                await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
-                self._messages = []
-        finally:
-            self._release(slot)
+    async def _clear_ended(self, slot: _Slot, outcome: Outcome) -> Any:
+        self._release(slot)
+        return None if outcome.cancelled else outcome.unwrap()
 
-    # -- a turn (child task) --------------------------------------------------------------------
+    # -- a turn or a clear (child task) ---------------------------------------------------------
+
+    async def _run_clear(self, slot: _Slot) -> None:
+        await slot.granted.wait()
+        if self._leases is None:
+            await self._clear()
+            return
+        # Under the lease, like a turn: its fencing token moves on, so another worker's next
+        # turn reads the (now empty) history again instead of sending what it has in memory.
+        new, self._new = self._new, False
+        async with self._leases.hold(self.conversation_id, new=new):
+            await self._clear()
+
+    async def _clear(self) -> None:
+        await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
+        # Here, not in _clear_ended: a clear done must be forgotten in memory even if its asker
+        # gives up now. The slot is held, so nothing else uses the history in memory meanwhile.
+        self._messages = []
 
     async def _run_turn(self, turn: _Turn) -> None:
         await turn.slot.granted.wait()

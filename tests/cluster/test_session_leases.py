@@ -1,0 +1,71 @@
+"""Two workers' sessions of one conversation on one redis-server and one SQLite history.
+
+Each worker is an ActorSystem of its own with a :class:`SessionActor` for the conversation, its
+own :class:`SharedTurnLeases` and its own connection to the history database: what one writes
+(or clears) reaches the other's model only if the leases make it read the store again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from actors.chat import ClearHistory, HistoryStore, SharedTurnLeases, session_child_spec
+from actors.cluster import ConversationLeases, RedisLink
+from actors.mcp import ToolCatalog
+from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
+from server.config import ChatConfig
+from tests.chat.test_session import ScriptedModel, turn
+
+
+@dataclass
+class Worker:
+    system: ActorSystem
+    model: ScriptedModel
+    history: HistoryStore
+    leases: SharedTurnLeases
+
+    async def session(self, conversation_id: str = "c1") -> ActorRef:
+        return await self.system.spawn(session_child_spec(
+            conversation_id, router=self.system.ref("router"),
+            tools=ToolCatalog(self.system, []), history=self.history, chat=ChatConfig(),
+            leases=self.leases), under="sessions")
+
+    def users_seen(self) -> list[str]:
+        """The user messages of the last request this worker's model received."""
+        return [m["content"] for m in self.model.requests[-1].messages if m["role"] == "user"]
+
+
+@asynccontextmanager
+async def worker(db: Path, link: RedisLink, owner: str) -> AsyncIterator[Worker]:
+    model = ScriptedModel()
+    root = SupervisorSpec("root", [
+        ChildSpec("router", lambda: model),
+        SupervisorSpec("sessions", [], max_restarts=100, max_seconds=1.0),
+    ])
+    leases = SharedTurnLeases(ConversationLeases(link, owner), timeout=5.0)
+    with HistoryStore(db) as history:
+        async with ActorSystem(root) as system:
+            yield Worker(system, model, history, leases)
+
+
+async def test_a_clear_on_one_worker_is_seen_by_the_next_turn_on_another(
+    tmp_path: Path, link: RedisLink,
+) -> None:
+    db = tmp_path / "history.sqlite3"
+    async with worker(db, link, "a") as a, worker(db, link, "b") as b:
+        session_a, session_b = await a.session(), await b.session()
+        await turn(session_a, "secret")
+        await turn(session_b, "two")
+        assert b.users_seen() == ["secret", "two"]
+        with anyio.fail_after(5):
+            assert await session_a.ask(ClearHistory(), timeout=5) is None
+        assert a.history.load("c1") == []
+        await turn(session_b, "three")
+        assert b.users_seen() == ["three"]
+        await turn(session_a, "four")
+        assert a.users_seen() == ["three", "four"]
