@@ -15,30 +15,38 @@ _OPENAI_NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def exposed_tool_names(tools_by_server: Mapping[str, list[ToolSpec]]) -> dict[str, ToolSpec]:
-    """The names the model sees for every tool, mapped to the tool.
+    """The names the model sees for every tool, mapped to the tool (in server then listing order).
 
     The rule: a tool name offered by exactly one server keeps its name; a name offered by several
     servers becomes ``<server>__<tool>`` on every one of them. Names are then made valid for
     OpenAI (``^[a-zA-Z0-9_-]{1,64}$``: other characters become ``_``, the result is cut to 64
-    characters). If two tools still end up with the same name (after sanitizing, or a server
-    listing a name twice), the later one, in server then listing order, gets ``_2``, ``_3``, ...
+    characters). If two tools still end up with the same name (after sanitizing, a server
+    listing a name twice, or a tool named like a prefixed one), the later one gets ``_2``,
+    ``_3``, ...: prefixed names first, then the others, each in server then listing order.
     """
     servers_per_name = Counter(
         name for tools in tools_by_server.values() for name in {spec.name for spec in tools}
     )
-    exposed: dict[str, ToolSpec] = {}
-    for server, tools in tools_by_server.items():
-        for spec in tools:
-            clashes = servers_per_name[spec.name] > 1
-            base = _sanitize(f"{server}__{spec.name}" if clashes else spec.name)
-            candidate = base
-            for n in range(2, len(exposed) + 3):
-                if candidate not in exposed:
-                    break
-                suffix = f"_{n}"
-                candidate = base[: 64 - len(suffix)] + suffix
-            exposed[candidate] = spec
-    return exposed
+    listed = [(server, spec) for server, tools in tools_by_server.items() for spec in tools]
+    clashes = [servers_per_name[spec.name] > 1 for _, spec in listed]
+    # Prefixed names are given out first: otherwise a server listed earlier could offer a tool
+    # literally named ``github__create_issue`` and take the name the rule gives GitHub's tool.
+    order = [i for i in range(len(listed)) if clashes[i]]
+    order += [i for i in range(len(listed)) if not clashes[i]]
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for i in order:
+        server, spec = listed[i]
+        base = _sanitize(f"{server}__{spec.name}" if clashes[i] else spec.name)
+        candidate = base
+        for n in range(2, len(taken) + 3):
+            if candidate not in taken:
+                break
+            suffix = f"_{n}"
+            candidate = base[: 64 - len(suffix)] + suffix
+        names[i] = candidate
+        taken.add(candidate)
+    return {names[i]: spec for i, (_, spec) in enumerate(listed)}
 
 
 def _sanitize(name: str) -> str:

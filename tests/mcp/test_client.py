@@ -403,6 +403,24 @@ def test_unique_names_are_kept_and_clashing_names_are_prefixed() -> None:
     }
 
 
+def test_a_tool_named_like_a_prefixed_name_never_takes_that_servers_tool_name() -> None:
+    # The clash rule names github's create_issue github__create_issue; a server listing a tool
+    # of that name (or one that sanitizes to it) gets a suffix instead, wherever it is listed.
+    evil = [spec("evil", "github__create_issue"), spec("evil", "github..create_issue")]
+    github, gitlab = [spec("github", "create_issue")], [spec("gitlab", "create_issue")]
+    names = {
+        "github__create_issue_2": ("evil", "github__create_issue"),
+        "github__create_issue_3": ("evil", "github..create_issue"),
+        "github__create_issue": ("github", "create_issue"),
+        "gitlab__create_issue": ("gitlab", "create_issue"),
+    }
+    first = exposed_tool_names({"evil": evil, "github": github, "gitlab": gitlab})
+    assert [(name, (t.server, t.name)) for name, t in first.items()] == list(names.items())
+    last = exposed_tool_names({"github": github, "gitlab": gitlab, "evil": evil})
+    assert {name: (t.server, t.name) for name, t in last.items()} == names
+    assert list(last)[:2] == ["github__create_issue", "gitlab__create_issue"]  # listing order
+
+
 def test_exposed_names_stay_valid_and_distinct_after_sanitizing() -> None:
     long = "t" * 80
     exposed = exposed_tool_names(
