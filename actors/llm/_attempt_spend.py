@@ -4,11 +4,15 @@ Why a failed or cancelled attempt is charged: once the request has left for the 
 provider bills the prompt and whatever it generated, whether or not the answer reached anyone.
 Releasing such a reservation would let repeated cancels spend past ``daily_cost_limit`` with the
 ledger showing $0. So an attempt that was sent and then failed in flight (cancelled, timed out,
-connection lost, stream broken, malformed answer) is settled at its prompt cost plus everything it
-streamed (text, reasoning, tool-call pieces), priced by the ledger; only what never left (refused by
-our limiter or breaker, or answered by an upstream error status, which bills nothing) is released.
+connection lost, stream broken) is settled at its prompt cost plus everything it streamed (text,
+reasoning, tool-call pieces), priced by the ledger; only what never left (refused by our limiter or
+breaker, or answered by an upstream error status, which bills nothing) is released.
 A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
 that failed after, and erring that way keeps the limit.
+
+An answer that arrived but that we cannot use (malformed, or not the JSON asked for: its error
+has a 2xx ``status_code``) was billed whole, and its error does not say how much it produced: it
+is charged as if it used its whole output limit (``Reserve.max_tokens``), the bound it reserved.
 """
 
 from __future__ import annotations
@@ -42,10 +46,16 @@ def billed_in_flight(error: BaseException | None) -> bool:
     ``None`` stands for a cancelled attempt.
     """
     if error is None or isinstance(error, (LLMTimeoutError, LLMConnectionError,
-                                           LLMStreamingError)):
+                                           LLMStreamingError)) or _answered(error):
         return True
     # The bare base class is what an answer we could not read becomes: it was produced (billed).
     return type(error) is LLMClientError or not isinstance(error, LLMClientError)
+
+
+def _answered(error: BaseException | None) -> bool:
+    """Whether ``error`` is about an answer that arrived (a 2xx status) but cannot be used."""
+    status = error.status_code if isinstance(error, LLMClientError) else None
+    return status is not None and 200 <= status < 300
 
 
 class AttemptSpend:
@@ -79,8 +89,9 @@ class AttemptSpend:
     def fail(self, error: BaseException | None) -> None:
         """The attempt ended without an answer (``error``; ``None``: cancelled).
 
-        Charges the prompt plus what was streamed if it was sent and may have been billed,
-        releases the reservation otherwise. Never awaits, so it is safe while cancelled.
+        Charges the prompt plus what was streamed (an unusable answer: at least its output limit)
+        if it was sent and may have been billed, releases the reservation otherwise. Never
+        awaits, so it is safe while cancelled.
         """
         reservation, self.reservation = self.reservation, None
         if reservation is None or self._ledger is None:
@@ -89,6 +100,8 @@ class AttemptSpend:
             prompt = self._reserve.prompt_tokens
             text = "".join(self.streamed)
             completion = count_text_tokens(text, self._reserve.model) if text else 0
+            if _answered(error):
+                completion = max(completion, self._reserve.max_tokens)
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
                           total_tokens=prompt + completion)
             if self._ledger.try_tell(Settle(reservation.id, usage)):

@@ -135,7 +135,8 @@ async def open_stream(client: openai.AsyncOpenAI,
 
 def check_json(response: LLMResponse, provider: str) -> None:
     """Raise :class:`LLMInvalidJSONError` unless the answer's text is JSON (a tool-call answer
-    without text passes: the tool calls carry JSON of their own)."""
+    without text passes: the tool calls carry JSON of their own). Its ``status_code`` is 200:
+    the answer arrived, and was billed."""
     if not response.content and response.tool_calls:
         return
     try:
@@ -144,7 +145,7 @@ def check_json(response: LLMResponse, provider: str) -> None:
         raise LLMInvalidJSONError(
             f"{provider} answered with text that is not JSON ({len(response.content)} characters,"
             f" finish_reason {response.finish_reason})",
-            provider=provider, model=response.model) from None
+            provider=provider, model=response.model, status_code=200) from None
 
 
 def logprobs_of(tokens: tuple[WireLogprob, ...], asked: bool) -> list[TokenLogprob] | None:

@@ -221,12 +221,16 @@ class Completion:
 def malformed_error(provider: str, model: str, error: Exception,
                     partial_text: str = "") -> LLMClientError:
     """The typed error for a response of the wrong shape: :class:`LLMStreamingError` (not
-    retryable) when ``partial_text`` already reached the caller, :class:`LLMServerError` else."""
+    retryable) when ``partial_text`` already reached the caller, :class:`LLMServerError` else.
+
+    The latter has ``status_code`` 200: the upstream answered (and billed) what we cannot read,
+    so the attempt is charged (see :mod:`~actors.llm._attempt_spend`).
+    """
     detail = f"{provider} sent a malformed response ({type(error).__name__})"
     if partial_text:
         return LLMStreamingError(detail, provider=provider, model=model,
                                  partial_text=partial_text, retryable=False)
-    return LLMServerError(detail, provider=provider, model=model)
+    return LLMServerError(detail, provider=provider, model=model, status_code=200)
 
 
 def decode_chunk(data: Any) -> Chunk:
