@@ -22,7 +22,9 @@ Decisions, and why:
   later reservation sees the higher settled total, and none is granted while settled + reserved is
   at the limit; but the attempts already in flight were granted against the lower total, so the
   day may end past the limit by at most the sum of the overages of the attempts in flight
-  together. A test drives many concurrent overages and checks exactly that bound.
+  together. A test drives many concurrent overages and checks exactly that bound. One charge is
+  at most ``MAX_CHARGE`` ($1M): a reported cost past it is garbage, charged the cap rather than
+  crashing the settle (the day still closes under any smaller limit).
 - **Open reservations are durable state** (kept by the cell across restarts): a crashed ledger
   keeps counting the money its callers may still spend. The settled totals are reloaded on every
   start from SQLite plus the charges not yet written, so a new process continues the day. One
@@ -60,10 +62,12 @@ from ._catalog import ModelCatalog
 from ._config import CostConfig
 from ._errors import LLMCostLimitError
 from ._ledger_book import (
+    MAX_CHARGE,
     Budget,
     Charge,
     LedgerBook,
     OpenReservation,
+    charge_nanos,
     nanos,
     nanos_up,
     usd,
@@ -224,7 +228,11 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         if entry is None:
             logger.debug("ledger: settle of unknown reservation %s ignored", message.reservation_id)
             return None
-        charge = max(0, nanos(self._actual_cost(entry, message)))  # negative usage is garbage
+        charge = charge_nanos(self._actual_cost(entry, message))
+        if charge == MAX_CHARGE:
+            logger.warning("ledger: %s on %s cost the cap $%.2f or more (reported: %r): "
+                           "charged the cap", entry.request_id, entry.model, usd(MAX_CHARGE),
+                           message.cost)
         book.settle(message.reservation_id, charge, self.context.clock.now())
         if self._path is not None:
             book.unwritten.append(
@@ -247,8 +255,11 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         if reported is not None and math.isfinite(reported) and reported >= 0:
             return reported
         usage = message.usage
-        priced = self._catalog.cost_of(entry.model, usage.prompt_tokens, usage.completion_tokens,
-                                       usage.cached_tokens)
+        try:
+            priced = self._catalog.cost_of(entry.model, usage.prompt_tokens,
+                                           usage.completion_tokens, usage.cached_tokens)
+        except OverflowError:  # counts past any float: garbage, charged the cap
+            return math.inf
         if priced is not None:
             return priced
         self._book.unpriced += 1

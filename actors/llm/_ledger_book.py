@@ -9,7 +9,8 @@ processes) implements the same four operations with the same refusals.
 Budgets, all checked as *settled + reserved + this worst case*: the global day, each provider's
 own day, and a turn (a conversation turn's ``max_cost_per_turn``). Money is counted in integer
 nano-USD: reservations rounded up, charges to the nearest; running totals never drift, so the check
-at the limit is exact after millions of reserves and releases.
+at the limit is exact after millions of reserves and releases. One charge is at most
+:data:`MAX_CHARGE` (see :func:`charge_nanos`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from ._errors import LLMCostLimitError
 from ._ledger_store import LedgerStore
 
 __all__ = [
+    "MAX_CHARGE",
     "Bookkeeping",
     "Budget",
     "Charge",
     "LedgerBook",
     "OpenReservation",
+    "charge_nanos",
     "nanos",
     "nanos_up",
     "usd",
@@ -47,6 +50,25 @@ def nanos_up(amount: float) -> int:
 def nanos(amount: float) -> int:
     """``amount`` USD in nano-USD, rounded to the nearest."""
     return round(amount * _NANO)
+
+
+MAX_CHARGE = 1_000_000 * _NANO
+"""The most one settle charges, nano-USD ($1M: no model call costs that much)."""
+
+
+def charge_nanos(amount: float) -> int:
+    """The charge for a cost of ``amount`` USD, in nano-USD: to the nearest, at least 0 (NaN is
+    0) and at most :data:`MAX_CHARGE`.
+
+    Why a cap: a reported cost is believed (the money is spent), but one of $1e300 is garbage
+    that would overflow the conversion and crash the settle. Charging the cap still closes every
+    smaller daily limit, and keeps the totals exact in 64-bit integers (as Redis keeps them).
+    """
+    if not amount > 0:
+        return 0
+    if amount >= MAX_CHARGE / _NANO:
+        return MAX_CHARGE
+    return nanos(amount)
 
 
 def usd(amount: int) -> float:
