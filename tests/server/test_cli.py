@@ -48,6 +48,24 @@ def test_check_config_of_the_repository_file_prints_ok_and_a_masked_summary() ->
     assert SECRET not in result.stdout + result.stderr
 
 
+def test_check_config_hides_the_credentials_of_a_base_url(tmp_path: Path) -> None:
+    password = "hunter2supersecret"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "llm:\n  providers:\n    proxy:\n      kind: openai-compatible\n"
+        f"      base_url: http://admin:{password}@127.0.0.1:9/v1?key={SECRET}\n"
+        "      model: gpt-4o-mini\n      requires_api_key: false\n"
+        f"  cost: {{db_path: {tmp_path}/ledger.sqlite3}}\n"
+        f"chat: {{history_db: {tmp_path}/history.sqlite3}}\nmcpServers: {{}}\n"
+    )
+    result = _run("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "  provider proxy: openai-compatible http://***@127.0.0.1:9/v1?key=[REDACTED] model" \
+        " gpt-4o-mini (no key needed)" in result.stdout.splitlines()
+    assert password not in result.stdout + result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
 def test_check_config_without_a_path_uses_the_built_in_defaults(tmp_path: Path) -> None:
     result = _run("check-config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
