@@ -42,6 +42,13 @@ _DEFAULT_KEY_ENV: dict[str, str] = {
     "openrouter": "OPENROUTER_API_KEY",
 }
 
+_BOUND_KEYS: dict[str, str] = {
+    "max_tokens": "use the provider's max_tokens",
+    "max_completion_tokens": "use the provider's max_tokens",
+    "n": "one answer per request",
+}
+"""``extra_params`` keys that would change the output a call may produce, and what to do instead."""
+
 _KIND_BY_HOST: dict[str, ProviderKind] = {
     "api.openai.com": "openai",
     "openrouter.ai": "openrouter",
@@ -173,6 +180,17 @@ class ProviderConfig(ClientSettings):
             data["api_key_env"] = _DEFAULT_KEY_ENV[kind]
         return data
 
+    @field_validator("extra_params")
+    @classmethod
+    def _no_output_bound_in_extra_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The body is the defaults, then extra_params, then the request's params: a limit or an
+        # ``n`` here would let a call produce more than the ledger reserved and the token limiter
+        # acquired (both use output_limit()).
+        for name in _BOUND_KEYS:
+            if name in value:
+                raise ValueError(f"{name} is not allowed in extra_params ({_BOUND_KEYS[name]})")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -204,9 +222,15 @@ class ProviderConfig(ClientSettings):
         ``max_tokens`` or ``max_completion_tokens``, else this provider's ``max_tokens``.
 
         The ledger reserves for it and the provider's token limiter acquires it, so it must be
-        what the body lets the upstream produce. Raises :class:`LLMBadRequestError` for a limit
-        that is not a positive integer.
+        what the body lets the upstream produce (``extra_params`` cannot change it: see
+        :meth:`_no_output_bound_in_extra_params`). Raises :class:`LLMBadRequestError` for a limit
+        that is not a positive integer, and for ``n`` other than 1 (``n`` answers cost ``n``
+        times the limit, and an answer is read from one choice).
         """
+        n = params.get("n")
+        if n is not None and (type(n) is not int or n != 1):
+            shown = repr(n) if isinstance(n, int | float) else type(n).__name__
+            raise LLMBadRequestError(f"n must be 1 (one answer per request), not {shown}")
         for name in ("max_completion_tokens", "max_tokens"):
             value = params.get(name)
             if value is None:
