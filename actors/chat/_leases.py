@@ -4,8 +4,9 @@ With several workers (``cluster.redis_url``), two sockets of one conversation ma
 workers, each with its own SessionActor. :class:`SharedTurnLeases` makes the turns of a
 conversation run one at a time, in arrival order, across every worker and instance
 (:class:`actors.cluster.ConversationLeases`), and says when the history must be read again: a
-lease whose fencing token is not the successor of the one this worker last held means another
-worker (or a Redis that lost its data) came in between, so the history in memory may be stale.
+lease whose fencing token is not the successor of the one this worker last held, in the same
+lease epoch, means another worker came in between (or Redis lost the conversation's counter, and
+so whether one did), so the history in memory may be stale.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class SharedTurnLeases:
     def __init__(self, leases: ConversationLeases, *, timeout: float) -> None:
         self._leases = leases
         self._timeout = timeout
-        self._last: OrderedDict[str, int] = OrderedDict()
+        self._last: OrderedDict[str, tuple[str, int]] = OrderedDict()  # (epoch, token)
 
     @asynccontextmanager
     async def hold(self, conversation_id: str, *, new: bool = False) -> AsyncIterator[bool]:
@@ -74,9 +75,11 @@ class SharedTurnLeases:
         try:
             async with self._leases.hold(conversation_id, timeout=self._timeout) as lease:
                 last = self._last.pop(conversation_id, None)
-                # A new conversation's first grant is token 1 (its fence starts at 0).
-                stale = (0 if new else last) != lease.token - 1
-                self._last[conversation_id] = lease.token
+                # A new conversation's first grant is token 1 (its fence starts at 0). Tokens
+                # restart under a new epoch: one of another epoch follows nothing.
+                previous = (lease.epoch, 0) if new else last
+                stale = previous != (lease.epoch, lease.token - 1)
+                self._last[conversation_id] = (lease.epoch, lease.token)
                 while len(self._last) > _REMEMBERED:
                     self._last.popitem(last=False)
                 in_body = True

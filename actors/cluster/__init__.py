@@ -73,7 +73,9 @@ Redis **restarted empty** (no persistence, or a failover that lost writes):
   day without traffic expires the marker, which counts as a loss. Otherwise the provider's own
   429 + ``Retry-After`` pauses everyone.
 * *Leases*: lost; running turns lose them at their next renewal (:class:`LeaseLost`), and fencing
-  tokens restart, so stores must compare tokens only within one lease epoch.
+  tokens restart under a new lease epoch (:attr:`Lease.epoch`; likewise after a day unused):
+  tokens compare only within one epoch, and a holder from before the loss can neither renew nor
+  release a lease granted after it.
 """
 
 from ._config import ClusterConfig, redact_url

@@ -1,9 +1,12 @@
 """Lua of conversation leases (one conversation's keys share one hash slot).
 
-Keys: ``holder`` (a hash ``owner``, ``token``; its Redis TTL is the lease: a dead owner's lease
-simply expires), ``fence`` (the token counter: never reset while the conversation is in use, so a
-token is never reused), ``tickets`` (the ticket counter), ``queue`` (ticket -> ticket number: FIFO
-order), ``alive`` (ticket -> ms after which a waiter that stopped polling is dropped).
+Keys: ``holder`` (a hash ``owner``, ``token``, ``epoch``; its Redis TTL is the lease: a dead
+owner's lease simply expires), ``fence`` (the token counter: never reset while the conversation is
+in use), ``tickets`` (the ticket counter), ``queue`` (ticket -> ticket number: FIFO order),
+``alive`` (ticket -> ms after which a waiter that stopped polling is dropped), ``epoch`` (a random
+id given when the fence is created). A fence lost with Redis's data, or expired after a day
+unused, restarts at 0 under a new epoch: a token is never reused within one epoch, and a lease is
+its token *and* epoch (a holder from before the loss renews or releases nothing).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 __all__ = ["ABANDON", "ACQUIRE", "RELEASE", "RENEW"]
 
 _PRELUDE = """
-local holder, fence, tickets, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local holder, fence, tickets, queue, alive, epoch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function keep(ttl_ms)
-  for i = 2, 5 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
+  for i = 2, 6 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
 end
 """
 
-#: ARGV: owner, ticket ('' for a new one), lease_ttl_ms, waiter_ttl_ms, keep_ms.
-#: Returns {1, ticket, token} granted or {0, ticket, lease ms left (-1: others queued first)}.
+#: ARGV: owner, ticket ('' for a new one), lease_ttl_ms, waiter_ttl_ms, keep_ms, a new random
+#: epoch (used if the fence is created now). Returns {1, ticket, token, epoch} granted or
+#: {0, ticket, lease ms left (-1: others queued first)}.
 ACQUIRE = _PRELUDE + """
 local owner, ticket = ARGV[1], ARGV[2]
 local lease_ttl, waiter_ttl, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -38,26 +43,39 @@ local left = redis.call('PTTL', holder)
 if left > 0 then return {0, ticket, left} end
 local head = redis.call('ZRANGE', queue, 0, 0)[1]
 if head ~= ticket then return {0, ticket, -1} end
+if redis.call('EXISTS', fence, epoch) < 2 then
+  redis.call('SET', epoch, ARGV[6])  -- the fence restarts (or starts): a new epoch
+end
 local token = redis.call('INCR', fence)
+local era = redis.call('GET', epoch)
+keep(keep_ms)  -- again: the fence and the epoch may be new
 redis.call('DEL', holder)
-redis.call('HSET', holder, 'owner', owner, 'token', token)
+redis.call('HSET', holder, 'owner', owner, 'token', token, 'epoch', era)
 redis.call('PEXPIRE', holder, lease_ttl)
 redis.call('ZREM', queue, ticket)
 redis.call('ZREM', alive, ticket)
-return {1, ticket, token}
+return {1, ticket, token, era}
 """
 
-#: ARGV: token, lease_ttl_ms, keep_ms. Returns 1 if the lease is still ours (renewed), else 0.
-RENEW = _PRELUDE + """
-if redis.call('HGET', holder, 'token') ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', holder, tonumber(ARGV[2]))
-keep(tonumber(ARGV[3]))
+_HELD = """
+local function held(token, era)
+  local lease = redis.call('HMGET', holder, 'token', 'epoch')
+  return lease[1] == token and lease[2] == era
+end
+"""
+
+#: ARGV: token, epoch, lease_ttl_ms, keep_ms. Returns 1 if the lease is still ours (renewed),
+#: else 0.
+RENEW = _PRELUDE + _HELD + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
+redis.call('PEXPIRE', holder, tonumber(ARGV[3]))
+keep(tonumber(ARGV[4]))
 return 1
 """
 
-#: ARGV: token. Returns 1 if the lease was ours and is released, else 0.
-RELEASE = _PRELUDE + """
-if redis.call('HGET', holder, 'token') ~= ARGV[1] then return 0 end
+#: ARGV: token, epoch. Returns 1 if the lease was ours and is released, else 0.
+RELEASE = _PRELUDE + _HELD + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
 redis.call('DEL', holder)
 return 1
 """

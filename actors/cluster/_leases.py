@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ __all__ = ["ConversationLeases", "Lease", "LeaseTimeout"]
 #: A waiter that has not polled for this long loses its place (it died): polls come every
 #: ``poll`` seconds, so this is many polls.
 _WAITER_TTL_MS = 5_000
-#: The counters and queue of a conversation outlive its last use by a day (then tokens restart;
-#: by then no holder of an old token is alive).
+#: The counters and queue of a conversation outlive its last use by a day (then tokens restart,
+#: in a new epoch).
 _KEEP_MS = 86_400_000
 
 
@@ -35,12 +36,15 @@ class LeaseTimeout(TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A granted lease. ``token`` is the fencing token: it grows with every grant, so a write
-    stamped with an older token than the store has seen comes from a holder that lost it."""
+    """A granted lease. ``token`` is the fencing token: it grows with every grant within one
+    ``epoch``, so a write stamped with an older token than the store has seen comes from a holder
+    that lost it. The tokens restart under a new ``epoch`` when Redis loses the conversation's
+    counter (restarted empty, or a day unused): compare tokens only within one epoch."""
 
     conversation_id: str
     owner: str
     token: int
+    epoch: str
 
 
 class ConversationLeases:
@@ -67,7 +71,7 @@ class ConversationLeases:
     def _keys(self, conversation_id: str) -> list[str]:
         base = f"lease:{conversation_id}"
         return [self._link.key(base, name)
-                for name in ("holder", "fence", "tickets", "queue", "alive")]
+                for name in ("holder", "fence", "tickets", "queue", "alive", "epoch")]
 
     async def acquire(self, conversation_id: str, *, timeout: float) -> Lease:
         """Wait (bounded) for the lease; turns asked earlier are granted first.
@@ -81,13 +85,14 @@ class ConversationLeases:
         ticket = ""
         try:
             while True:
-                granted, ticket_raw, value = await self._link.run(
+                granted, ticket_raw, value, *epoch = await self._link.run(
                     self._acquire, "lease acquire", keys,
-                    [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS])
-                ticket = ticket_raw.decode() if isinstance(ticket_raw, bytes) else str(ticket_raw)
+                    [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS,
+                     secrets.token_hex(8)])
+                ticket = _text(ticket_raw)
                 if granted:
                     ticket = ""
-                    return Lease(conversation_id, self.owner, int(value))
+                    return Lease(conversation_id, self.owner, int(value), _text(epoch[0]))
                 if self._clock.now() + self._poll > deadline:
                     raise LeaseTimeout(conversation_id, timeout)
                 await self._clock.sleep(self._poll)
@@ -105,14 +110,15 @@ class ConversationLeases:
         """Extend the lease by ``lease_ttl`` from now. Raises :class:`LeaseLost` if it is gone."""
         answer = await self._link.run(
             self._renew, "lease renew", self._keys(lease.conversation_id),
-            [lease.token, round(self.ttl * 1000), _KEEP_MS])
+            [lease.token, lease.epoch, round(self.ttl * 1000), _KEEP_MS])
         if not answer:
             raise LeaseLost(lease.conversation_id, lease.token)
 
     async def release(self, lease: Lease) -> bool:
         """Give the lease back; ``False`` if it was no longer ours. Idempotent."""
         answer = await self._link.run(self._release, "lease release",
-                                      self._keys(lease.conversation_id), [lease.token])
+                                      self._keys(lease.conversation_id),
+                                      [lease.token, lease.epoch])
         return bool(answer)
 
     @asynccontextmanager
@@ -162,3 +168,7 @@ class ConversationLeases:
 
     def __repr__(self) -> str:
         return f"<ConversationLeases owner={self.owner!r} ttl={self.ttl:g}s>"
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from actors.cluster import DaySeed, LedgerLimits, RedisLink, SharedLedger, SharedRateWindow
+import anyio
+
+from actors.cluster import (
+    ConversationLeases,
+    DaySeed,
+    LedgerLimits,
+    RedisLink,
+    SharedLedger,
+    SharedRateWindow,
+)
 
 DAY = "2026-11-30"
 
@@ -57,3 +66,22 @@ async def test_keys_get_a_ttl_when_created_and_a_window_s_keys_expire_together(
                 await ledger.release(request)
             await check()
     assert checked == 16
+
+
+async def test_every_key_of_a_conversation_lease_has_a_ttl_after_each_step(
+    link: RedisLink,
+) -> None:
+    a, b = ConversationLeases(link, "a"), ConversationLeases(link, "b")
+    first = await a.acquire("c", timeout=1.0)  # a new conversation: its fence is created
+    expiries = await _expiries(link)
+    assert sorted(key.rsplit(":", 1)[1] for key in expiries) == [
+        "epoch", "fence", "holder", "tickets"]
+    assert [key for key, at in expiries.items() if at < 0] == []
+    with anyio.move_on_after(0.1):
+        await b.acquire("c", timeout=5.0)  # queued, then gives up its place
+    await a.renew(first)
+    assert [key for key, at in (await _expiries(link)).items() if at < 0] == []
+    assert await a.release(first) is True
+    expiries = await _expiries(link)
+    assert sorted(key.rsplit(":", 1)[1] for key in expiries) == ["epoch", "fence", "tickets"]
+    assert [key for key, at in expiries.items() if at < 0] == []

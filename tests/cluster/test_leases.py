@@ -23,13 +23,15 @@ async def test_a_lease_is_exclusive_and_each_grant_has_a_larger_fencing_token(
 ) -> None:
     worker_a, worker_b = ConversationLeases(link, "a"), ConversationLeases(link, "b")
     first = await worker_a.acquire("c1", timeout=1.0)
-    assert first == Lease("c1", "a", 1)
+    assert first == Lease("c1", "a", 1, first.epoch)
+    assert len(first.epoch) == 16
     with pytest.raises(LeaseTimeout, match=r"^no lease on conversation 'c1' within 0.1 s$"):
         await worker_b.acquire("c1", timeout=0.1)
     assert await worker_a.release(first) is True
     assert await worker_a.release(first) is False
-    assert await worker_b.acquire("c1", timeout=1.0) == Lease("c1", "b", 2)
-    assert await worker_a.acquire("c2", timeout=1.0) == Lease("c2", "a", 1)
+    assert await worker_b.acquire("c1", timeout=1.0) == Lease("c1", "b", 2, first.epoch)
+    other = await worker_a.acquire("c2", timeout=1.0)
+    assert (other.token, other.epoch != first.epoch) == (1, True)  # an epoch per conversation
 
 
 async def test_waiting_turns_are_granted_in_arrival_order(link: RedisLink) -> None:
@@ -59,7 +61,7 @@ async def test_the_lease_of_a_dead_owner_expires_after_its_ttl(
         dead, alive = ConversationLeases(link, "dead"), ConversationLeases(link, "alive")
         stale = await dead.acquire("c", timeout=1.0)
         taken = await alive.acquire("c", timeout=2.0)  # granted once the TTL ran out
-        assert taken == Lease("c", "alive", 2)
+        assert taken == Lease("c", "alive", 2, stale.epoch)
         with pytest.raises(LeaseLost, match=r"^lease on conversation 'c' \(token 1\) was lost$"):
             await dead.renew(stale)
         assert await dead.release(stale) is False
@@ -72,7 +74,7 @@ async def test_a_cancelled_waiter_gives_up_its_place(link: RedisLink) -> None:
     with anyio.move_on_after(0.1):
         await leases.acquire("c", timeout=5.0)
     await leases.release(holder)
-    assert await leases.acquire("c", timeout=0.5) == Lease("c", "w", 2)
+    assert await leases.acquire("c", timeout=0.5) == Lease("c", "w", 2, holder.epoch)
 
 
 async def test_hold_renews_while_the_turn_runs_and_releases_after(
@@ -84,7 +86,7 @@ async def test_hold_renews_while_the_turn_runs_and_releases_after(
         async with leases.hold("c", timeout=1.0) as lease:
             await anyio.sleep(0.5)  # longer than the TTL: renewals keep it
             await leases.renew(lease)
-        assert await leases.acquire("c", timeout=0.1) == Lease("c", "w", 2)
+        assert await leases.acquire("c", timeout=0.1) == Lease("c", "w", 2, lease.epoch)
 
 
 async def test_hold_cancels_the_turn_and_raises_when_the_lease_is_lost(
@@ -158,3 +160,42 @@ async def test_the_history_is_read_again_exactly_when_another_holder_came_in_bet
     assert await stale(a, "c-raced", new=True) is True
     # A conversation this worker does not remember is read again.
     assert await stale(a, "c-old") is True
+
+
+async def test_a_holder_from_before_redis_restarted_empty_cannot_renew_or_release_the_new_grant(
+    link: RedisLink, redis_server: RedisServer,
+) -> None:
+    a, b = ConversationLeases(link, "a"), ConversationLeases(link, "b")
+    before = await a.acquire("c", timeout=1.0)
+    redis_server.stop()
+    redis_server.start()
+    after = await b.acquire("c", timeout=1.0)
+    assert (before.token, after.token) == (1, 1)  # the fence restarted with the data
+    assert before.epoch != after.epoch
+    with pytest.raises(LeaseLost, match=r"^lease on conversation 'c' \(token 1\) was lost$"):
+        await a.renew(before)
+    assert await a.release(before) is False
+    await b.renew(after)
+    assert await b.release(after) is True
+
+
+async def test_the_history_is_read_again_after_the_fence_was_lost(
+    link: RedisLink, redis_server: RedisServer,
+) -> None:
+    # Each time, a's next token is the successor of its last one, but from another fence.
+    a = SharedTurnLeases(ConversationLeases(link, "a"), timeout=1.0)
+    b = SharedTurnLeases(ConversationLeases(link, "b"), timeout=1.0)
+
+    async def stale(turns: SharedTurnLeases, conversation_id: str) -> bool:
+        async with turns.hold(conversation_id) as result:
+            return result
+
+    assert await stale(a, "restarted") is True  # token 1
+    redis_server.stop()
+    redis_server.start()  # empty
+    assert [await stale(b, "restarted"), await stale(a, "restarted"),
+            await stale(a, "restarted")] == [True, True, False]  # tokens 1, 2, 3
+    assert await stale(a, "expired") is True  # token 1
+    # The fence and its epoch expired (a day without a turn), then b took a turn.
+    await link.client.delete(*[link.key("lease:expired", name) for name in ("fence", "epoch")])
+    assert [await stale(b, "expired"), await stale(a, "expired")] == [True, True]  # tokens 1, 2

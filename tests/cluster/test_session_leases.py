@@ -20,6 +20,7 @@ from actors.mcp import ToolCatalog
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
 from server.config import ChatConfig
 from tests.chat.test_session import ScriptedModel, turn
+from tests.redis_server import RedisServer
 
 
 @dataclass
@@ -69,3 +70,19 @@ async def test_a_clear_on_one_worker_is_seen_by_the_next_turn_on_another(
         assert b.users_seen() == ["three"]
         await turn(session_a, "four")
         assert a.users_seen() == ["three", "four"]
+
+
+async def test_after_redis_restarted_empty_a_worker_reads_what_another_wrote_meanwhile(
+    tmp_path: Path, link: RedisLink, redis_server: RedisServer,
+) -> None:
+    # The fencing tokens restart with the data: b's grant is token 1 again, and a's next one,
+    # token 2, follows a's own token 1 of before the loss. Only the lease epoch tells them apart.
+    db = tmp_path / "history.sqlite3"
+    async with worker(db, link, "a") as a, worker(db, link, "b") as b:
+        session_a = await a.session()
+        await turn(session_a, "one")
+        redis_server.stop()
+        redis_server.start()
+        await turn(await b.session(), "two")
+        await turn(session_a, "three")
+        assert a.users_seen() == ["one", "two", "three"]
