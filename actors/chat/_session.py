@@ -329,8 +329,10 @@ class SessionActor(Actor["SessionMessage"]):
         chat = self._chat
         request = turn.request
         count_model = turn.message.model or self._count_model
-        await self._tools.refresh()
-        tools = self._tools.openai_tools() if chat.max_tool_hops > 0 else []
+        # This turn's tools: calls resolve against the names its model was offered, whatever
+        # other conversations' refreshes do to the shared catalog meanwhile.
+        offered = await self._tools.refresh()
+        tools = offered.openai_tools() if chat.max_tool_hops > 0 else []
         head: list[Message] = (
             [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
         )
@@ -361,7 +363,7 @@ class SessionActor(Actor["SessionMessage"]):
                 return
             hops += 1
             results = await run_tool_calls(
-                response.tool_calls, tools=self._tools, timeout=chat.tool_timeout,
+                response.tool_calls, tools=offered, timeout=chat.tool_timeout,
                 max_result_chars=chat.max_tool_result_chars, send=request.send,
             )
             step = [response.message, *results]

@@ -1,10 +1,13 @@
 """The tools of every MCP server, as one catalog the model sees.
 
 :class:`ToolCatalog` names tools by the clash rule of :func:`exposed_tool_names` (a name offered
-by several servers becomes ``<server>__<tool>`` on each) and calls them. A tool problem never
-aborts a turn: an unknown tool, invalid arguments, a timeout or a server that is down all come
-back as an error :class:`ToolResult` whose text tells the model what happened, so it can correct
-itself or answer without the tool.
+by several servers becomes ``<server>__<tool>`` on each) and calls them. A turn calls the tools
+through the copy its :meth:`~ToolCatalog.refresh` returned: another conversation's refresh may
+give a name that turn was offered to another tool (a server restarted meanwhile).
+
+A tool problem never aborts a turn: an unknown tool, invalid arguments, a timeout or a server
+that is down all come back as an error :class:`ToolResult` whose text tells the model what
+happened, so it can correct itself or answer without the tool.
 
 What the catalog bounds, because the model (or a server) controls it:
 
@@ -18,6 +21,7 @@ What the catalog bounds, because the model (or a server) controls it:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -56,7 +60,8 @@ class ToolCatalog:
 
     :meth:`refresh` reads which servers are ready (from their actors' durable state, so it never
     waits on a server that is starting or restarting); :meth:`openai_tools` and :meth:`call` use
-    the names of the last refresh. Not thread-safe; use it from the event loop.
+    the names of the last refresh, and :meth:`refresh` returns a copy that keeps them. Not
+    thread-safe; use it from the event loop.
     """
 
     def __init__(
@@ -79,16 +84,21 @@ class ToolCatalog:
         self._limits = ToolLimits(offered=0, omitted=(), descriptions_cut=())
         # what the last refresh read, and openai_tools() of it
         self._ready: tuple[tuple[str, tuple[ToolSpec, ...]], ...] | None = None
-        self._tools: list[dict[str, Any]] | None = None
+        self._tools: list[dict[str, Any]] = []
 
-    async def refresh(self) -> None:
-        """Take the tools of every server that is ready now; the others' tools disappear."""
+    async def refresh(self) -> ToolCatalog:
+        """Take the tools of every server that is ready now; the others' tools disappear.
+
+        Returns a copy of the catalog as of now: later refreshes of this one never change its
+        names. A turn offers the model the copy's :meth:`openai_tools` and calls tools with the
+        copy's :meth:`call`, so a name it was offered runs the tool it named then (or fails as
+        that tool would), never the tool a later refresh gave the name to.
+        """
         ready = tuple((server, health.tools) for server in self._servers
                       if (health := self._health(server)) is not None and health.state == "ready")
         if ready == self._ready:
-            return  # the same servers with the same tools: every turn's case, nothing to redo
+            return self._snapshot()  # the same servers with the same tools: every turn's case
         self._ready = ready
-        self._tools = None
         exposed = exposed_tool_names({server: list(tools) for server, tools in ready})
         names = list(exposed)
         kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
@@ -102,6 +112,7 @@ class ToolCatalog:
                     spec, description=spec.description[: self._max_description_chars - 1] + "…"
                 )
             self._exposed[name] = spec
+        self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
         limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut))
         if (limits.omitted, limits.descriptions_cut) != (
             self._limits.omitted,
@@ -114,6 +125,11 @@ class ToolCatalog:
                 self._max_description_chars, ", ".join(cut) or "none",
             )
         self._limits = limits
+        return self._snapshot()
+
+    def _snapshot(self) -> ToolCatalog:
+        # A shallow copy is enough: a refresh replaces _exposed and _tools, never changes them.
+        return copy.copy(self)
 
     @property
     def limits(self) -> ToolLimits:
@@ -132,8 +148,6 @@ class ToolCatalog:
     def openai_tools(self) -> list[dict[str, Any]]:
         """The ``tools`` list of a chat request, under the exposed names (built once per change
         of the servers' tools; the list is new, its tool dicts are shared: do not mutate them)."""
-        if self._tools is None:
-            self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
         return list(self._tools)
 
     async def call(

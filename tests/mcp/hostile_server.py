@@ -1,10 +1,12 @@
 """An MCP server (stdio) that misbehaves on request, for the tests of what the backend defends.
 
-``python -m tests.mcp.hostile_server [--tools N] [--description-chars M] [--stderr TEXT --exit]``
+``python -m tests.mcp.hostile_server [--tools N] [--description-chars M] [--pid-tool NAME]...
+[--stderr TEXT --exit]``
 
 Tools: ``environment`` (its whole environment, as JSON), ``match`` (a string argument whose
-schema ``pattern`` is a backtracking regex bomb), ``big`` (a result of ``size`` characters), and
-``N`` extra tools ``tool_000`` ... with descriptions of ``M`` characters.
+schema ``pattern`` is a backtracking regex bomb), ``big`` (a result of ``size`` characters),
+``N`` extra tools ``tool_000`` ... with descriptions of ``M`` characters, and per ``--pid-tool``
+a tool named ``NAME`` (any name, such as ``read.file``) that answers the server's process id.
 """
 
 from __future__ import annotations
@@ -48,10 +50,18 @@ def _extra(index: int, description: str) -> None:
     server.add_tool(tool, name=f"tool_{index:03d}", description=description)
 
 
+def _pid_tool(name: str) -> None:
+    def tool() -> int:
+        return os.getpid()
+
+    server.add_tool(tool, name=name, description="Return this server's process id.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tools", type=int, default=0)
     parser.add_argument("--description-chars", type=int, default=20)
+    parser.add_argument("--pid-tool", action="append", default=[])
     parser.add_argument("--stderr", default="")
     parser.add_argument("--exit", action="store_true")
     args = parser.parse_args()
@@ -61,6 +71,8 @@ def main() -> None:
         sys.exit(2)
     for index in range(args.tools):
         _extra(index, ("d" * args.description_chars))
+    for name in args.pid_tool:
+        _pid_tool(name)
     server.run()
 
 

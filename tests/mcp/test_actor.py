@@ -324,6 +324,40 @@ async def test_catalog_reports_a_dead_server_as_an_error_result() -> None:
         assert len(catalog.openai_tools()) == len(DEMO_TOOLS)  # and back once it is
 
 
+@pytest.mark.anyio
+async def test_a_turn_runs_the_tool_it_was_offered_after_another_turn_renamed_it() -> None:
+    # notes' "read.file" and shell's "read_file" are both exposed as read_file: notes, listed
+    # first, keeps it and shell's becomes read_file_2, until a refresh while notes restarts
+    # gives read_file to shell. A turn offered the first names must still call notes' tool.
+    servers = {"notes": hostile("--pid-tool", "read.file"),
+               "shell": hostile("--pid-tool", "read_file")}
+    async with mcp_system(servers) as system:
+        notes = await wait_state(system, "notes", "ready")
+        shell = await wait_state(system, "shell", "ready")
+        assert notes.pid is not None and shell.pid is not None
+        catalog = ToolCatalog(system, ["notes", "shell"])
+        offered = await catalog.refresh()  # turn X offers its model these names
+        assert {name: (spec.server, spec.name) for name, spec in offered.exposed.items()
+                if name.startswith("read_file")} == {
+            "read_file": ("notes", "read.file"), "read_file_2": ("shell", "read_file")}
+        os.kill(notes.pid, signal.SIGKILL)
+        await wait_state(system, "notes", "restarting")
+        later = await catalog.refresh()  # another conversation's turn, while notes restarts
+        assert {name: (spec.server, spec.name) for name, spec in later.exposed.items()
+                if name.startswith("read_file")} == {"read_file": ("shell", "read_file")}
+        spec, result = await offered.call("read_file", "{}", timeout=10)  # X's model calls
+        restarted = health(system, "notes").pid
+        assert spec is not None and (spec.server, spec.name) == ("notes", "read.file")
+        assert result == ToolResult(
+            text=str(restarted), structured={"result": restarted}, is_error=False
+        )
+        assert restarted not in (notes.pid, shell.pid)
+        _, result = await later.call("read_file", "{}", timeout=10)
+        assert result == ToolResult(
+            text=str(shell.pid), structured={"result": shell.pid}, is_error=False
+        )
+
+
 @pytest.mark.skipif(not TIME_SERVER.exists(), reason="mcp-server-time is not installed")
 async def test_third_party_time_server_through_the_catalog() -> None:
     time_server = McpServerConfig(command=str(TIME_SERVER), args=["--local-timezone", "UTC"])
