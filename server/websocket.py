@@ -11,6 +11,7 @@ block, which abandons the request and cancels the upstream call.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors.chat import ClearHistory
+from actors.chat import ClearHistory, HistoryWriteError
 from actors.llm import LLMClientError
 from runtime import ActorError, ActorRef, Clock, MonotonicClock
 from server import protocol
@@ -50,6 +51,8 @@ __all__ = [
     "error_type_of",
 ]
 
+
+logger = logging.getLogger("server.websocket")
 
 _CLEAR_TIMEOUT = 10.0
 
@@ -150,7 +153,12 @@ class ChatConnection:
                 len(text.encode()) > self._limits.max_message_bytes
             ):
                 return self._oversized()
-            await self._on_text(text)
+            try:
+                await self._on_text(text)
+            except Exception:
+                # A bug in serving one frame must not take the socket and its turns down.
+                logger.exception("a chat frame could not be served")
+                await self._reject(_request_id_of(text), "internal error", "internal_error")
 
     def _oversized(self) -> None:
         self._hub.frame_rejected("too_big")
@@ -302,6 +310,15 @@ class ChatConnection:
                     pass  # no items: the stream ends once the history is cleared
         except (ActorError, LLMClientError) as exc:
             await self._reject(request_id, describe(exc), error_type_of(exc))
+            return
+        except HistoryWriteError as exc:  # logged by the session
+            await self._reject(request_id, str(exc), exc.error_type)
+            return
+        except Exception:
+            # As in a turn: the clear still gets its single ending (a failing store raises
+            # sqlite3 errors here), and the bug is logged rather than taking the socket down.
+            logger.exception("clear_history of conversation %s failed", conversation_id)
+            await self._reject(request_id, "internal error", "internal_error")
             return
         finally:
             self._unhold(conversation_id)

@@ -7,6 +7,7 @@ this module; tests that slow the simulator down restore it afterwards.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +253,36 @@ async def test_conversation_resumes_on_a_new_socket_and_clear_history_forgets_it
     async with await connect(server.ws_url) as ws:
         other = await chat(ws, "the same question")
     assert other[0]["chunk"]["metadata"]["conversation_id"] != conversation
+
+
+async def test_a_clear_history_whose_delete_fails_gets_an_error_and_the_socket_stays(
+    server: ServerChild, workdir: Path
+) -> None:
+    async with await connect(server.ws_url) as ws:
+        first = await chat(ws, "remember this")
+        conversation = first[0]["chunk"]["metadata"]["conversation_id"]
+        # The database refuses to delete this conversation's messages, as a failing disk would.
+        db = sqlite3.connect(workdir / "history.sqlite3", isolation_level=None)
+        db.execute(f"CREATE TRIGGER failing_clear BEFORE DELETE ON messages"
+                   f" WHEN old.conversation_id = '{conversation}'"
+                   f" BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        try:
+            await send(ws, {"action": "clear_history", "request_id": "clear-fails"})
+            assert await receive(ws) == {
+                "request_id": "clear-fails",
+                "status": "error",
+                "chunk": {"error": "internal error", "error_type": "internal_error"},
+            }
+            assert (await chat(ws, "still serving"))[-1]["status"] == "complete"
+        finally:
+            db.execute("DROP TRIGGER failing_clear")
+            db.close()
+        await send(ws, {"action": "clear_history", "request_id": "clear-works"})
+        assert await receive(ws) == {
+            "request_id": "clear-works",
+            "status": "complete",
+            "chunk": {"type": "history_cleared", "conversation_id": conversation},
+        }
 
 
 async def test_pipelined_turns_and_clear_of_one_conversation_run_in_the_order_sent(
