@@ -14,6 +14,7 @@ timeouts, typed status errors and SSE decoding are the SDK's; the answer is read
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ _UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
 # OpenAI refuses ``json_object`` unless a message says "json"; a short system line says it.
 _JSON_INSTRUCTION = {"role": "system", "content": "Answer in json: one JSON object."}
 _STREAM_CLS = openai.AsyncStream[object]
+# More tokens than any answer has: a count past it is garbage (and would overflow a price).
+_MAX_COUNT = 2**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +163,23 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
     """Usage as reported (estimated when absent), priced: OpenRouter's cost, else the table.
 
     Reasoning tokens are part of ``completion_tokens`` (OpenAI and OpenRouter count them there),
-    so they are priced as output once, not added.
+    so they are priced as output once, not added. A reported count that is not one (negative, or
+    past :data:`_MAX_COUNT`) is estimated, and a reported cost that is not a finite amount >= 0
+    is priced from the table: no NaN or negative reaches the caller, the ledger or metrics.
     """
     reported_cost: float | None = None
-    reasoning = 0
+    prompt = completion = None
+    cached = reasoning_tokens = 0
     if usage is not None:
-        prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
-        cached = usage.cached_tokens or 0
-        reasoning = usage.reasoning_tokens or 0
-        reported_cost = usage.reported_cost
-    else:
-        prompt, cached = call.prompt_tokens, 0
+        prompt, completion = _count(usage.prompt_tokens or 0), _count(usage.completion_tokens or 0)
+        cached = _count(usage.cached_tokens or 0) or 0
+        reasoning_tokens = _count(usage.reasoning_tokens or 0) or 0
+        cost = usage.reported_cost
+        reported_cost = cost if cost is not None and 0 <= cost < math.inf else None
+    if prompt is None:
+        prompt = call.prompt_tokens
+    if completion is None:
+        reasoning_tokens = 0
         text = content + "".join(c.name + c.arguments for c in tool_calls)
         completion = count_text_tokens(text, model) if text else 0
     if reported_cost is None:
@@ -179,4 +188,9 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
             reported_cost = catalog.cost_of(call.model, prompt, completion, cached)
     return Usage(prompt_tokens=prompt, completion_tokens=completion,
                  total_tokens=prompt + completion, cached_tokens=cached,
-                 reasoning_tokens=reasoning, total_cost=reported_cost)
+                 reasoning_tokens=reasoning_tokens, total_cost=reported_cost)
+
+
+def _count(value: int) -> int | None:
+    """``value`` if it can be a token count, else ``None``."""
+    return value if 0 <= value <= _MAX_COUNT else None

@@ -31,7 +31,10 @@ CANCELLED = "cancelled"
 
 @dataclass(frozen=True, slots=True)
 class RequestFinished:
-    """One call to a provider ended, successfully (``error_type is None``) or not."""
+    """One call to a provider ended, successfully (``error_type is None``) or not.
+
+    Times, counts and ``cost`` are finite and >= 0 (the store refuses the event otherwise).
+    """
 
     provider: str
     model: str

@@ -129,6 +129,15 @@ class MetricsStore(Collector):
             raise ValueError(f"invalid ttft_s {event.ttft_s!r}")
         if event.ttfr_s is not None and (not math.isfinite(event.ttfr_s) or event.ttfr_s < 0):
             raise ValueError(f"invalid ttfr_s {event.ttfr_s!r}")
+        # Counters only grow: a NaN would stick for good, a negative would decrease them.
+        if not math.isfinite(event.cost) or event.cost < 0:
+            raise ValueError(f"invalid cost {event.cost!r}")
+        counts = {"prompt_tokens": event.prompt_tokens,
+                  "completion_tokens": event.completion_tokens,
+                  "cached_tokens": event.cached_tokens, "reasoning_tokens": event.reasoning_tokens}
+        for name, count in counts.items():
+            if count < 0:
+                raise ValueError(f"invalid {name} {count!r}")
         stats = self._stats(event.provider, event.model)
         stats.requests += 1
         if event.error_type is None:
