@@ -159,13 +159,15 @@ def logprobs_of(tokens: tuple[WireLogprob, ...], asked: bool) -> list[TokenLogpr
 
 
 def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | None,
-                content: str, tool_calls: list[ToolCall], model: str) -> Usage:
+                content: str, tool_calls: list[ToolCall], model: str,
+                reasoning: str = "") -> Usage:
     """Usage as reported (estimated when absent), priced: OpenRouter's cost, else the table.
 
     Reasoning tokens are part of ``completion_tokens`` (OpenAI and OpenRouter count them there),
-    so they are priced as output once, not added. A reported count that is not one (negative, or
-    past :data:`_MAX_COUNT`) is estimated, and a reported cost that is not a finite amount >= 0
-    is priced from the table: no NaN or negative reaches the caller, the ledger or metrics.
+    so they are priced as output once, not added. The estimate counts all the model produced:
+    its ``reasoning``, text and tool calls. A reported count that is not one (negative, or past
+    :data:`_MAX_COUNT`) is estimated likewise, and a reported cost that is not a finite amount
+    >= 0 is priced from the table: no NaN or negative reaches the caller, the ledger or metrics.
     """
     reported_cost: float | None = None
     prompt = completion = None
@@ -179,9 +181,9 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
     if prompt is None:
         prompt = call.prompt_tokens
     if completion is None:
-        reasoning_tokens = 0
+        reasoning_tokens = count_text_tokens(reasoning, model) if reasoning else 0
         text = content + "".join(c.name + c.arguments for c in tool_calls)
-        completion = count_text_tokens(text, model) if text else 0
+        completion = reasoning_tokens + (count_text_tokens(text, model) if text else 0)
     if reported_cost is None:
         reported_cost = catalog.cost_of(model, prompt, completion, cached)
         if reported_cost is None and model != call.model:

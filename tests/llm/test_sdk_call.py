@@ -1,7 +1,7 @@
-"""price_usage: what an answer cost, as reported or estimated. A reported count or cost that
-cannot be one (NaN, negative, past any answer) is estimated or priced instead, so the caller, the
-ledger and the metrics never see it. Unit tests on a real catalog, and a runtime in front of a
-raw upstream reporting garbage usage."""
+"""price_usage: what an answer cost, as reported or estimated. The estimate counts the reasoning
+too; a reported count or cost that cannot be one (NaN, negative, past any answer) is estimated or
+priced instead, so the caller, the ledger and the metrics never see it. Unit tests on a real
+catalog, and a runtime in front of a raw upstream reporting garbage usage."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from actors.llm import (
     ModelCatalog,
     ModelPrice,
     ProviderCall,
+    ToolCall,
     build_catalog,
     count_message_tokens,
     open_runtime,
@@ -34,11 +35,30 @@ from tests.llm.test_attempt_spend import HELLO, MODEL, garbage_config, settled
 # $1 per million input tokens, $2 per million output.
 CATALOG = ModelCatalog(prices={"m": ModelPrice(input=1.0, output=2.0)}, builtin=False)
 CALL = ProviderCall(ChatRequest.of(HELLO, []), "m", 8)
+THOUGHT = "first I weigh the options, then I compare their costs " * 20
 
 
 def wire_usage(**fields: Any) -> WireUsage | None:
     """``usage`` as read from a body that carries ``fields``."""
     return decode_completion({"usage": fields}).usage
+
+
+def test_an_answer_without_usage_is_estimated_with_its_reasoning() -> None:
+    call = ToolCall(id="c1", name="lookup", arguments='{"q": "costs"}')
+    usage = price_usage(CATALOG, CALL, None, "42", [call], "m", reasoning=THOUGHT)
+    thought = count_text_tokens(THOUGHT, "m")
+    output = thought + count_text_tokens('42lookup{"q": "costs"}', "m")
+    assert thought == 221
+    assert usage == Usage(prompt_tokens=8, completion_tokens=output, total_tokens=8 + output,
+                          reasoning_tokens=thought, total_cost=(8 + 2 * output) / 1e6)
+
+
+def test_a_reported_usage_is_kept_and_the_reasoning_is_not_counted_twice() -> None:
+    usage = wire_usage(prompt_tokens=30, completion_tokens=250, total_tokens=280,
+                       completion_tokens_details={"reasoning_tokens": 200}, cost=0.125)
+    assert price_usage(CATALOG, CALL, usage, "42", [], "m", reasoning=THOUGHT) == Usage(
+        prompt_tokens=30, completion_tokens=250, total_tokens=280, reasoning_tokens=200,
+        total_cost=0.125)
 
 
 @pytest.mark.parametrize("cost", [math.nan, math.inf, -math.inf, -5.0])
