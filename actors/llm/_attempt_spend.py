@@ -26,6 +26,7 @@ from runtime import ActorRef
 from ._errors import (
     LLMClientError,
     LLMConnectionError,
+    LLMInvalidJSONError,
     LLMStreamingError,
     LLMTimeoutError,
 )
@@ -96,7 +97,12 @@ class AttemptSpend:
         reservation, self.reservation = self.reservation, None
         if reservation is None or self._ledger is None:
             return
-        if self.sent and (self.streamed or billed_in_flight(error)):
+        if isinstance(error, LLMInvalidJSONError) and error.usage is not None:
+            # The answer arrived whole: charged as any answer, at its own usage and cost.
+            usage = error.usage
+            if self._ledger.try_tell(Settle(reservation.id, usage, usage.total_cost)):
+                return
+        elif self.sent and (self.streamed or billed_in_flight(error)):
             prompt = self._reserve.prompt_tokens
             text = "".join(self.streamed)
             completion = count_text_tokens(text, self._reserve.model) if text else 0

@@ -59,9 +59,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runtime import ActorCrashed, ActorError, DeadlineExceeded, Overloaded
+
+if TYPE_CHECKING:
+    from ._messages import Usage
 
 __all__ = [
     "ContentRefused",
@@ -280,10 +283,20 @@ class LLMBadRequestError(LLMClientError):
 
 class LLMInvalidJSONError(LLMClientError):
     """JSON mode was asked for (``response_format``, ``enable_json_mode``) and the answer is not
-    JSON. Another model may do better; the same one, asked again, may not."""
+    JSON. Another model may do better; the same one, asked again, may not.
+
+    ``usage`` is the answer's own (priced), when it arrived whole: the attempt is charged that.
+    """
 
     error_type = "invalid_json_response"
     provider_specific = True
+
+    def __init__(self, message: str, *, usage: Usage | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.usage = usage
+
+    def _extra(self) -> dict[str, Any]:
+        return {"usage": self.usage} if self.usage is not None else {}
 
 
 class ContentRefused(LLMClientError):

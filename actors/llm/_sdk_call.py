@@ -148,7 +148,8 @@ def check_json(response: LLMResponse, provider: str) -> None:
         raise LLMInvalidJSONError(
             f"{provider} answered with text that is not JSON ({len(response.content)} characters,"
             f" finish_reason {response.finish_reason})",
-            provider=provider, model=response.model, status_code=200) from None
+            provider=provider, model=response.model, status_code=200,
+            usage=response.usage) from None
 
 
 def logprobs_of(tokens: tuple[WireLogprob, ...], asked: bool) -> list[TokenLogprob] | None:

@@ -1,6 +1,7 @@
 """AttemptSpend: an answer that arrived but that we cannot use (malformed, or not the JSON asked
-for) was billed, so it is charged, at its output limit (its error does not say how much it
-produced), on every provider it reached. A raw upstream for the malformed answers, simulators
+for) was billed, so it is charged on every provider it reached: an answer not the JSON asked for
+at its own usage (it arrived whole), a malformed one at its output limit (its error does not say
+how much it produced). A raw upstream for the malformed answers, simulators
 for JSON mode; the real ledger on SQLite."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from actors.llm import (
     LLMConfig,
+    LLMInvalidJSONError,
     LLMRuntime,
     LLMServerError,
     LLMStreamingError,
@@ -24,6 +26,7 @@ from actors.llm import (
     open_runtime,
 )
 from actors.llm._messages import SpendSnapshot
+from actors.llm._tokens import count_text_tokens
 from simulator.process import SimulatorProcess
 from tests.chaos.upstream import GarbageUpstream, Reply, good_completion, sse
 from tests.llm.test_router import llm_config
@@ -119,6 +122,16 @@ async def json_mode(tmp_path: Path) -> AsyncIterator[tuple[LLMRuntime, Simulator
             yield rt, primary
 
 
+def answers_cost(rt: LLMRuntime, log: list[list[Any]], models: list[str]) -> float:
+    """The table price of the answers a simulator logged (its reported token counts), one model
+    per logged request in order."""
+    catalog = build_catalog(rt.config)
+    costs = [catalog.cost_of(model, entry[2], entry[3]) for model, entry in
+             zip(models, log, strict=True)]
+    assert None not in costs
+    return sum(cost for cost in costs if cost is not None)
+
+
 async def test_answers_that_are_not_the_json_asked_for_are_charged_then_the_next_answers(
         tmp_path: Path) -> None:
     async with json_mode(tmp_path) as (rt, primary):
@@ -130,14 +143,17 @@ async def test_answers_that_are_not_the_json_asked_for_are_charged_then_the_next
         ]
         assert json.loads(answer.content) == {"answer": "Echo: hello there"}
         assert answer.usage.total_cost is not None
-        expected = (output_limit_cost(rt, "gpt-4o-mini") + output_limit_cost(rt, "gpt-4.1-mini")
+        stats = await primary.stats()
+        assert stats["total_requests"] == 2
+        # Each unusable answer at its own reported usage, not at its output limit.
+        expected = (answers_cost(rt, stats["log"], ["gpt-4o-mini", "gpt-4.1-mini"])
                     + answer.usage.total_cost)
         assert (await settled(rt)).settled == pytest.approx(expected, abs=3e-9)
-        assert (await primary.stats())["total_requests"] == 2
+        assert expected < (output_limit_cost(rt, "gpt-4o-mini")
+                           + output_limit_cost(rt, "gpt-4.1-mini") + answer.usage.total_cost)
 
 
-async def test_a_streamed_answer_that_is_not_json_is_charged_its_output_limit(
-        tmp_path: Path) -> None:
+async def test_a_streamed_answer_that_is_not_json_is_charged_its_usage(tmp_path: Path) -> None:
     async with json_mode(tmp_path) as (rt, primary):
         with pytest.raises(LLMStreamingError, match=(
                 r"^the stream from primary failed after the first chunk: primary answered with "
@@ -147,5 +163,52 @@ async def test_a_streamed_answer_that_is_not_json_is_charged_its_output_limit(
                     pass
         assert info.value.partial_text == '{"answer": "Echo: hello there"'
         snapshot = await settled(rt)
-        assert snapshot.settled == pytest.approx(output_limit_cost(rt, "gpt-4o-mini"), abs=1e-9)
-        assert (await primary.stats())["total_requests"] == 1
+        stats = await primary.stats()
+        assert stats["total_requests"] == 1
+        assert snapshot.settled == pytest.approx(
+            answers_cost(rt, stats["log"], ["gpt-4o-mini"]), abs=1e-9)
+
+
+async def test_an_answer_not_the_json_asked_for_is_charged_its_reported_cost(
+        tmp_path: Path) -> None:
+    """OpenRouter reports what an answer cost: an unusable one is charged exactly that."""
+    answer = good_completion("not json at all")
+    answer["usage"]["cost"] = 0.5
+    async with GarbageUpstream() as upstream:
+        upstream.reply = Reply(body=json.dumps(answer).encode())
+        config = garbage_config(upstream, tmp_path)
+        providers = {name: settings.model_copy(update={"enable_json_mode": True})
+                     for name, settings in config.providers.items()}
+        async with open_runtime(config.model_copy(update={"providers": providers})) as rt:
+            with pytest.raises(LLMInvalidJSONError):
+                await rt.chat(HELLO)
+            assert (await settled(rt)).settled == pytest.approx(0.5, abs=1e-9)
+
+
+THOUGHT = "step " * 400
+
+
+async def test_an_answer_without_usage_is_priced_with_its_reasoning(tmp_path: Path) -> None:
+    """No usage reported: the estimate counts the reasoning the model produced, not only its
+    text (a reasoning model's thoughts are billed as output)."""
+    body = good_completion("42")
+    del body["usage"]
+    body["choices"][0]["message"]["reasoning_content"] = THOUGHT
+    delta = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    events = [{**delta, "choices": [{"index": 0, "delta": {"reasoning_content": "step " * 40},
+                                     "finish_reason": None}]} for _ in range(10)]
+    events += [{**delta, "choices": [{"index": 0, "delta": {"content": "42"},
+                                      "finish_reason": "stop"}]}]
+    expected = count_text_tokens(THOUGHT, MODEL) + count_text_tokens("42", MODEL)
+    async with GarbageUpstream() as upstream:
+        upstream.reply = Reply(body=json.dumps(body).encode())
+        upstream.stream_reply = Reply(content_type="text/event-stream", chunked_stream=True,
+                                      body=sse(events))
+        async with open_runtime(garbage_config(upstream, tmp_path)) as rt:
+            answer = await rt.chat(HELLO)
+            assert answer.usage.completion_tokens == expected
+            async with rt.stream(HELLO) as items:
+                async for _ in items:
+                    pass
+            streamed = (await settled(rt)).settled - (answer.usage.total_cost or 0.0)
+            assert streamed == pytest.approx(answer.usage.total_cost, abs=1e-12)
