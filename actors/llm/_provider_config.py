@@ -46,8 +46,10 @@ _BOUND_KEYS: dict[str, str] = {
     "max_tokens": "use the provider's max_tokens",
     "max_completion_tokens": "use the provider's max_tokens",
     "n": "one answer per request",
+    "models": "use fallback_models with use_native_fallbacks",
 }
-"""``extra_params`` keys that would change the output a call may produce, and what to do instead."""
+"""``extra_params`` keys that would change the output a call may produce, or the models that may
+produce it, and what to do instead."""
 
 _KIND_BY_HOST: dict[str, ProviderKind] = {
     "api.openai.com": "openai",
@@ -183,9 +185,10 @@ class ProviderConfig(ClientSettings):
     @field_validator("extra_params")
     @classmethod
     def _no_output_bound_in_extra_params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # The body is the defaults, then extra_params, then the request's params: a limit or an
-        # ``n`` here would let a call produce more than the ledger reserved and the token limiter
-        # acquired (both use output_limit()).
+        # The body is the defaults, then extra_params, then the request's params: a limit, an
+        # ``n`` or a ``models`` list here would let a call produce more, or costlier, output than
+        # the ledger reserved and the token limiter acquired (output_limit(), the models that
+        # the provider kind's rules say may answer).
         for name in _BOUND_KEYS:
             if name in value:
                 raise ValueError(f"{name} is not allowed in extra_params ({_BOUND_KEYS[name]})")

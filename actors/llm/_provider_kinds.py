@@ -7,7 +7,9 @@ Everything else about a call is the same OpenAI wire format. The differences we 
 * **reasoning effort**: OpenAI-style endpoints take ``reasoning_effort``; OpenRouter takes its
   ``reasoning`` object (``effort``, or a ``max_tokens`` budget when the effort is a number of
   tokens; ``exclude`` is left to ``extra_params``/request params).
-* **native fallbacks**: OpenRouter may try ``models`` itself (``use_native_fallbacks``).
+* **native fallbacks**: OpenRouter may try ``models`` itself (``use_native_fallbacks``); any of
+  them may then answer (and be billed), so the router reserves the costliest and checks each
+  one's context window (:meth:`ProviderKindRules.models`).
 
 JSON mode and logprobs are asked the same way everywhere; a model that refuses them says so with
 OpenAI's "Unsupported parameter" error, which the provider learns from (see ``_sdk_call``).
@@ -34,10 +36,17 @@ class ProviderKindRules:
         """The body fields asking for this reasoning effort."""
         return {"reasoning_effort": effort}
 
+    def models(self, config: ProviderConfig, model: str,
+               fallback_models: tuple[str, ...]) -> tuple[str, ...]:
+        """Every model that may answer a call to ``model``: only it, unless the upstream falls
+        back by itself."""
+        return (model,)
+
     def fallbacks(self, config: ProviderConfig, model: str,
                   fallback_models: tuple[str, ...]) -> Mapping[str, Any]:
-        """Body fields letting the upstream fall back by itself (none by default)."""
-        return {}
+        """Body fields letting the upstream fall back by itself, to the other :meth:`models`."""
+        models = self.models(config, model, fallback_models)
+        return {"models": list(models)} if len(models) > 1 else {}
 
 
 class _OpenRouterRules(ProviderKindRules):
@@ -54,11 +63,11 @@ class _OpenRouterRules(ProviderKindRules):
             return {"reasoning": {"max_tokens": int(effort)}}
         return {"reasoning": {"effort": effort}}
 
-    def fallbacks(self, config: ProviderConfig, model: str,
-                  fallback_models: tuple[str, ...]) -> Mapping[str, Any]:
-        if config.use_native_fallbacks and fallback_models:
-            return {"models": [model, *fallback_models]}
-        return {}
+    def models(self, config: ProviderConfig, model: str,
+               fallback_models: tuple[str, ...]) -> tuple[str, ...]:
+        if config.use_native_fallbacks:
+            return (model, *fallback_models)
+        return (model,)
 
 
 _DEFAULT = ProviderKindRules()

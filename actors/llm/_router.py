@@ -45,6 +45,7 @@ from ._catalog import ModelCatalog
 from ._config import LLMConfig
 from ._errors import (
     ContentRefused,
+    LLMBadRequestError,
     LLMClientError,
     LLMStreamingError,
     LLMTimeoutError,
@@ -64,6 +65,7 @@ from ._messages import (
     StreamEnd,
     TextDelta,
 )
+from ._provider_kinds import rules_for
 from ._tokens import acount_message_tokens, encoding_name_for_model
 
 __all__ = ["RouterActor", "provider_actor_name"]
@@ -164,6 +166,9 @@ class RouterActor(Actor[ChatRequest]):
     async def _route(self, chat: ChatRequest, deadline: float, trace: _Trace,
                      caller: Request | None) -> LLMResponse:
         """The fallback loop: try each candidate until one answers or an error must be final."""
+        if "models" in chat.params:
+            raise LLMBadRequestError("models is not a request parameter (a provider's "
+                                     "fallback_models, with use_native_fallbacks, send it)")
         last: LLMClientError | None = None
         previous: Candidate | None = None
         candidates = build_candidates(self._config, chat, self._paused)
@@ -248,14 +253,14 @@ class RouterActor(Actor[ChatRequest]):
                 f"the request's {self._timeout(chat):g}s budget ran out before trying "
                 f"{provider}:{model}", provider=provider, model=model)
         self._check_available(provider)
-        prompt_tokens = await self._prompt_tokens(chat, model, trace)
-        max_tokens = self._max_tokens(chat, provider)
-        self._catalog.preflight_check(prompt_tokens, max_tokens, model)
         settings = self._config.providers[provider]
+        max_tokens = settings.output_limit(chat.params)
+        prompt_tokens = await self._prompt_tokens(chat, model, trace)
+        reserved, reserved_prompt = await self._costliest(chat, candidate, max_tokens, trace)
         tracked = settings.enable_cost_tracking
         spend = AttemptSpend(
             self._ledger if tracked else None,
-            Reserve(chat.request_id, provider, model, prompt_tokens, max_tokens,
+            Reserve(chat.request_id, provider, reserved, reserved_prompt, max_tokens,
                     turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit))
         await spend.reserve(deadline)
         # A stream's deltas go from the provider's reading task straight to the caller's sink,
@@ -360,8 +365,25 @@ class RouterActor(Actor[ChatRequest]):
     def _timeout(self, chat: ChatRequest) -> float:
         return chat.timeout if chat.timeout is not None else self._config.request_timeout
 
-    def _max_tokens(self, chat: ChatRequest, provider: str) -> int:
-        return self._config.providers[provider].output_limit(chat.params)
+    async def _costliest(self, chat: ChatRequest, candidate: Candidate, max_tokens: int,
+                         trace: _Trace) -> tuple[str, int]:
+        """The model an attempt reserves for, with its prompt tokens: of every model that may
+        answer it (OpenRouter's native fallbacks too; each checked against its context window),
+        the costliest, or one without a price (its cost has no bound: the ledger refuses it
+        under a limit)."""
+        settings = self._config.providers[candidate.provider]
+        models = rules_for(settings.kind).models(settings, candidate.model,
+                                                 candidate.fallback_models)
+        chosen: tuple[str, int] | None = None
+        worst: float | None = 0.0
+        for model in models:
+            tokens = await self._prompt_tokens(chat, model, trace)
+            self._catalog.preflight_check(tokens, max_tokens, model)
+            cost = self._catalog.cost_of(model, tokens, max_tokens)
+            if chosen is None or (worst is not None and (cost is None or cost > worst)):
+                chosen, worst = (model, tokens), cost
+        assert chosen is not None
+        return chosen
 
     async def _prompt_tokens(self, chat: ChatRequest, model: str, trace: _Trace) -> int:
         key = encoding_name_for_model(model)

@@ -100,6 +100,7 @@ async def test_n_other_than_one_is_a_bad_request(tmp_path: Path) -> None:
     ("max_tokens", "use the provider's max_tokens"),
     ("max_completion_tokens", "use the provider's max_tokens"),
     ("n", "one answer per request"),
+    ("models", "use fallback_models with use_native_fallbacks"),
 ])
 def test_extra_params_may_not_change_the_output_bound(key: str, instead: str) -> None:
     provider = {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m",
