@@ -23,12 +23,15 @@ are optional too. Server to client, envelopes
     chunk       {"type": "tool_call_finished", "data": {"server", "tool", "call_id", "is_error",
                                                          "result_preview", "duration_ms"}}
     error       {"error": "message", "error_type": "rate_limited"}
+                (a frame refused while a request with its request_id is still running is
+                answered with request_id null and "refused_request_id" in the chunk)
     complete    {"usage", "cost", "provider", "model", "hops", "finish_reason", "conversation_id"}
                 (and "cost_warning": true when a call of the turn passed its provider's
                 cost_warning_threshold)
     complete    {"type": "history_cleared", "conversation_id": "..."}   (answers clear_history)
 
-Every chat request ends with exactly one ``complete`` or one ``error`` envelope.
+Every chat request ends with exactly one ``complete`` or one ``error`` envelope. A ``cancel`` is
+never answered, and never refused by the message rate limit.
 """
 
 from __future__ import annotations
@@ -297,13 +300,15 @@ def tool_call_finished(
     }
 
 
-def error(request_id: str | None, message: str, error_type: str) -> Envelope:
-    """A failed request (or a rejected frame, ``request_id`` ``None`` when it had none)."""
-    return {
-        "request_id": request_id,
-        "status": "error",
-        "chunk": {"error": message, "error_type": error_type},
-    }
+def error(
+    request_id: str | None, message: str, error_type: str, *, refused_request_id: str | None = None
+) -> Envelope:
+    """A failed request, or a rejected frame (``request_id`` ``None`` when it had none, or when
+    its id is that of a request still running: then ``refused_request_id`` names it)."""
+    chunk = {"error": message, "error_type": error_type}
+    if refused_request_id is not None:
+        chunk["refused_request_id"] = refused_request_id
+    return {"request_id": request_id, "status": "error", "chunk": chunk}
 
 
 def complete(

@@ -55,6 +55,7 @@ __all__ = [
 logger = logging.getLogger("server.websocket")
 
 _CLEAR_TIMEOUT = 10.0
+_STILL_RUNNING = "a request with this request_id is still running"
 
 
 class ChatConnection:
@@ -83,6 +84,7 @@ class ChatConnection:
         self._models = frozenset(models)
         self._clock = clock or MonotonicClock()
         self._turns: dict[str, Turn] = {}
+        self._clears: set[str] = set()  # request ids of clear_history frames not answered yet
         self._held: dict[str, int] = {}  # conversation -> holds (current one, running requests)
         self._recent: deque[float] = deque()
         self.conversation_id: str | None = None
@@ -167,33 +169,29 @@ class ChatConnection:
         )
 
     async def _on_text(self, text: str) -> None:
-        if self._over_rate():
-            await self._reject_rate(_request_id_of(text))
-            return
         try:
             frame = protocol.parse_frame(text)
         except ProtocolError as exc:
-            await self._reject(exc.request_id, exc.message, exc.error_type)
+            if self._over_rate():
+                await self._reject_rate(exc.request_id)
+            else:
+                await self._reject(exc.request_id, exc.message, exc.error_type)
             return
-        if isinstance(frame, ChatFrame):
-            await self._start_turn(frame)
-        elif isinstance(frame, CancelFrame):
+        if isinstance(frame, CancelFrame):
+            # Neither counted nor refused by the rate limit: a cancel is never answered and only
+            # stops work, which a client that has used up its budget must still be able to do.
             turn = self._turns.get(frame.request_id)
             if turn is not None:
                 turn.cancel("cancelled")
             # A cancel that crosses the turn's last envelope is not an error: the turn has
             # already ended exactly once and must not get a second ending.
+            return
+        if self._over_rate():
+            await self._reject_rate(frame.request_id)
+        elif isinstance(frame, ChatFrame):
+            await self._start_turn(frame)
         elif isinstance(frame, ClearHistoryFrame):
-            if frame.conversation_id is None and self.conversation_id is None:
-                await self._send(protocol.history_cleared(frame.request_id, None))
-                return
-            conversation_id = await self._claim(frame.request_id, frame.conversation_id)
-            if conversation_id is None:
-                return
-            # In a task of its own: it waits behind the conversation's running turns, and the
-            # reader must stay free for a cancel meanwhile.
-            assert self._task_group is not None
-            self._task_group.start_soon(self._clear_history, frame.request_id, conversation_id)
+            await self._start_clear(frame)
 
     def _over_rate(self) -> bool:
         now = self._clock.now()
@@ -212,18 +210,27 @@ class ChatConnection:
         )
 
     async def _reject(self, request_id: str | None, message: str, error_type: str) -> None:
+        """Refuse a frame with an ``error`` envelope addressed to its ``request_id``, or to none
+        (``chunk.refused_request_id`` names it) while a request with that id is still running
+        here: the refusal must not look like that request's ending."""
         self._hub.frame_rejected(error_type)
-        await self._send(protocol.error(request_id, message, error_type))
+        if request_id is not None and self._running(request_id):
+            envelope = protocol.error(None, message, error_type, refused_request_id=request_id)
+        else:
+            envelope = protocol.error(request_id, message, error_type)
+        await self._send(envelope)
+
+    def _running(self, request_id: str) -> bool:
+        """Whether a turn or a clear with this ``request_id`` has yet to end on this socket."""
+        return request_id in self._turns or request_id in self._clears
 
     async def _start_turn(self, frame: ChatFrame) -> None:
         request_id = frame.request_id
         if self._hub.draining:
             await self._reject(request_id, CANCEL_MESSAGES["shutting_down"], "shutting_down")
             return
-        if request_id in self._turns:
-            await self._reject(
-                request_id, "a request with this request_id is still running", "duplicate_request"
-            )
+        if self._running(request_id):
+            await self._reject(request_id, _STILL_RUNNING, "duplicate_request")
             return
         model = frame.payload.model
         if model is not None and self._models and model not in self._models:
@@ -255,6 +262,24 @@ class ChatConnection:
         self._hub.turn_started()
         assert self._task_group is not None
         self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
+
+    async def _start_clear(self, frame: ClearHistoryFrame) -> None:
+        request_id = frame.request_id
+        if request_id is not None and self._running(request_id):
+            await self._reject(request_id, _STILL_RUNNING, "duplicate_request")
+            return
+        if frame.conversation_id is None and self.conversation_id is None:
+            await self._send(protocol.history_cleared(request_id, None))
+            return
+        conversation_id = await self._claim(request_id, frame.conversation_id)
+        if conversation_id is None:
+            return
+        if request_id is not None:
+            self._clears.add(request_id)
+        # In a task of its own: it waits behind the conversation's running turns, and the
+        # reader must stay free for a cancel meanwhile.
+        assert self._task_group is not None
+        self._task_group.start_soon(self._clear_history, request_id, conversation_id)
 
     async def _claim(self, request_id: str | None, requested: str | None) -> str | None:
         """The conversation a frame is for, held for its request; ``None``: refused, answered.
@@ -305,24 +330,31 @@ class ChatConnection:
 
     async def _clear_history(self, request_id: str | None, conversation_id: str) -> None:
         try:
+            ending = await self._clear(request_id, conversation_id)
+            if ending["status"] == "error":
+                self._hub.frame_rejected(ending["chunk"]["error_type"])
+            await self._send(ending)
+        finally:
+            self._unhold(conversation_id)
+            if request_id is not None:
+                self._clears.discard(request_id)
+
+    async def _clear(self, request_id: str | None, conversation_id: str) -> Envelope:
+        """Clear the conversation's history; returns the envelope that answers the frame."""
+        try:
             async with self._ordered(conversation_id, ClearHistory(), _CLEAR_TIMEOUT) as done:
                 async for _ in done:
                     pass  # no items: the stream ends once the history is cleared
         except (ActorError, LLMClientError) as exc:
-            await self._reject(request_id, describe(exc), error_type_of(exc))
-            return
+            return protocol.error(request_id, describe(exc), error_type_of(exc))
         except HistoryWriteError as exc:  # logged by the session
-            await self._reject(request_id, str(exc), exc.error_type)
-            return
+            return protocol.error(request_id, str(exc), exc.error_type)
         except Exception:
             # As in a turn: the clear still gets its single ending (a failing store raises
             # sqlite3 errors here), and the bug is logged rather than taking the socket down.
             logger.exception("clear_history of conversation %s failed", conversation_id)
-            await self._reject(request_id, "internal error", "internal_error")
-            return
-        finally:
-            self._unhold(conversation_id)
-        await self._send(protocol.history_cleared(request_id, conversation_id))
+            return protocol.error(request_id, "internal error", "internal_error")
+        return protocol.history_cleared(request_id, conversation_id)
 
     @asynccontextmanager
     async def _ordered(

@@ -357,7 +357,8 @@ async def test_oversized_frame_closes_with_1009(server: ServerChild) -> None:
 async def test_messages_above_the_rate_limit_get_rate_limited_errors(server: ServerChild) -> None:
     async with await connect(server.ws_url) as ws:
         for i in range(MESSAGES_PER_MINUTE):
-            await send(ws, {"action": "cancel", "request_id": f"nothing-{i}"})  # no answer
+            await send(ws, {"action": "ping", "request_id": f"ping-{i}"})
+            assert (await receive(ws))["chunk"]["error_type"] == "unknown_action"
         frame = chat_frame("one too many")
         await send(ws, frame)
         assert await receive(ws) == {
@@ -366,6 +367,76 @@ async def test_messages_above_the_rate_limit_get_rate_limited_errors(server: Ser
             "chunk": {"error": f"more than {MESSAGES_PER_MINUTE} messages in a minute",
                       "error_type": "rate_limited"},
         }
+
+
+async def _until_ended(ws: Any, *request_ids: str, timeout: float = 10) -> list[dict[str, Any]]:
+    """Every envelope received until each of ``request_ids`` has had a final one."""
+    envelopes: list[dict[str, Any]] = []
+    pending = set(request_ids)
+    with anyio.fail_after(timeout):
+        while pending:
+            envelopes.append(await receive(ws, timeout))
+            if envelopes[-1]["status"] in ("complete", "error"):
+                pending.discard(envelopes[-1]["request_id"])
+    return envelopes
+
+
+def _finals(envelopes: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
+    return [e for e in envelopes
+            if e["request_id"] == request_id and e["status"] in ("complete", "error")]
+
+
+CANCELLED = {"status": "error",
+             "chunk": {"error": "the request was cancelled", "error_type": "cancelled"}}
+
+
+async def test_a_cancel_over_the_rate_limit_still_cancels_and_the_turn_ends_once(
+    server: ServerChild, slow_stream: None
+) -> None:
+    async with await connect(server.ws_url) as ws:
+        await send(ws, chat_frame(LONG_TEXT, request_id="long"))
+        assert (await receive(ws))["status"] == "processing"
+        for _ in range(MESSAGES_PER_MINUTE - 1):  # the chat frame was the first of the minute
+            await send(ws, {"action": "ping"})
+        await send(ws, {"action": "cancel", "request_id": "long"})
+        await send(ws, {"action": "ping", "request_id": "marker"})
+        envelopes = await _until_ended(ws, "long", "marker")
+        await send(ws, {"action": "ping", "request_id": "marker-2"})  # after a late ending
+        envelopes += await _until_ended(ws, "marker-2")
+    assert _finals(envelopes, "long") == [{"request_id": "long", **CANCELLED}]
+    assert _finals(envelopes, "marker") == [{
+        "request_id": "marker", "status": "error",
+        "chunk": {"error": f"more than {MESSAGES_PER_MINUTE} messages in a minute",
+                  "error_type": "rate_limited"},
+    }]
+    assert [e["chunk"]["error_type"] for e in envelopes if e["request_id"] is None] == [
+        "unknown_action"] * (MESSAGES_PER_MINUTE - 1)
+
+
+async def test_frames_reusing_a_running_request_id_are_refused_without_ending_it(
+    server: ServerChild, slow_stream: None
+) -> None:
+    async with await connect(server.ws_url) as ws:
+        await send(ws, chat_frame(LONG_TEXT, request_id="dup"))
+        assert (await receive(ws))["status"] == "processing"
+        await send(ws, chat_frame("again", request_id="dup"))
+        await send(ws, {"action": "clear_history", "request_id": "dup"})
+        await send(ws, {"action": "chat", "request_id": "dup", "payload": {"streaming": True}})
+        await send(ws, {"action": "cancel", "request_id": "dup"})
+        envelopes = await _until_ended(ws, "dup")
+        await send(ws, {"action": "ping", "request_id": "marker"})  # after a late ending
+        envelopes += await _until_ended(ws, "marker")
+    duplicate = {"request_id": None, "status": "error",
+                 "chunk": {"error": "a request with this request_id is still running",
+                           "error_type": "duplicate_request", "refused_request_id": "dup"}}
+    assert [e for e in envelopes if e["request_id"] is None] == [
+        duplicate,
+        duplicate,
+        {"request_id": None, "status": "error",
+         "chunk": {"error": "invalid frame: payload.text: required",
+                   "error_type": "invalid_request", "refused_request_id": "dup"}},
+    ]
+    assert _finals(envelopes, "dup") == [{"request_id": "dup", **CANCELLED}]
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
