@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ._limits import RateLimitConfig
 from ._provider_config import DEFAULT_BASE_URLS, ProviderConfig, infer_kind
 
-__all__ = ["CostConfig", "HedgingConfig", "LLMConfig"]
+__all__ = ["RESERVATION_TTL", "CostConfig", "HedgingConfig", "LLMConfig"]
+
+RESERVATION_TTL = 600.0
+"""Seconds the ledger holds an unsettled reservation before it sweeps it (a lost settle must not
+block the budget for good). Every request's timeout is below it: a call still running when its
+hold is swept would let the ledger grant its money a second time."""
 
 
 class CostConfig(BaseModel):
@@ -121,6 +126,14 @@ class LLMConfig(BaseModel):
         if "fallback_order" not in data and isinstance(data.get("active"), str):
             data["fallback_order"] = list(dict.fromkeys([data["active"], *names]))
         return data
+
+    @field_validator("request_timeout")
+    @classmethod
+    def _below_reservation_ttl(cls, value: float) -> float:
+        if value >= RESERVATION_TTL:
+            raise ValueError(f"must be below the ledger's reservation TTL ({RESERVATION_TTL:g} s): "
+                             "a longer call would lose its cost reservation while it runs")
+        return value
 
     @field_validator("active")
     @classmethod

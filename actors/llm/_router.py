@@ -42,7 +42,7 @@ from runtime import (
 from ._attempt_spend import AttemptSpend
 from ._candidates import Candidate, build_candidates, provider_actor_name
 from ._catalog import ModelCatalog
-from ._config import LLMConfig
+from ._config import RESERVATION_TTL, LLMConfig
 from ._errors import (
     ContentRefused,
     LLMBadRequestError,
@@ -140,6 +140,11 @@ class RouterActor(Actor[ChatRequest]):
     def _start(self, message: ChatRequest) -> None:
         request = self.context.request
         assert request is not None
+        timeout = message.timeout
+        if timeout is not None and not 0 < timeout < RESERVATION_TTL:
+            raise LLMBadRequestError(
+                f"timeout must be above 0 s and below the ledger's reservation TTL "
+                f"({RESERVATION_TTL:g} s), not {timeout!r}")
         self._hedging.requests += 1
         trace = _Trace()
         deadline = min(request.deadline, anyio.current_time() + self._timeout(message))

@@ -39,7 +39,7 @@ from runtime import (
 )
 
 from ._catalog import ModelCatalog
-from ._config import LLMConfig
+from ._config import RESERVATION_TTL, LLMConfig
 from ._errors import translate_actor_errors
 from ._ledger import LedgerBook, ledger_child_spec
 from ._ledger_lock import LedgerLock, check_ledger
@@ -200,7 +200,7 @@ def runtime_children(
     ``shared``: the providers' windows and the ledger's day totals are shared through Redis.
     """
     ledger = ledger_child_spec(
-        config.cost, catalog, providers=config.providers,
+        config.cost, catalog, providers=config.providers, reservation_ttl=RESERVATION_TTL,
         actor=None if shared is None else lambda: shared.ledger(
             config.cost, catalog, providers=config.providers, metrics=None),
     )
