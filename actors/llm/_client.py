@@ -36,8 +36,15 @@ from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
 
 from ._catalog import ModelCatalog
 from ._client_settings import LLMClientConfig
-from ._errors import translate_actor_errors
-from ._messages import ChatRequest, LLMResponse, ProviderCall, StreamEnd, TextDelta
+from ._errors import LLMStreamingError, translate_actor_errors
+from ._messages import (
+    ChatRequest,
+    LLMResponse,
+    ProviderCall,
+    ReasoningDelta,
+    StreamEnd,
+    TextDelta,
+)
 from ._provider import provider_child_spec
 from ._provider_config import ProviderConfig, ProviderKind
 from ._spec_metrics import CostInfo, LLMMetrics, cost_info
@@ -241,7 +248,8 @@ class BaseLLMClient:
     def stream_response(
         self, messages: Sequence[Message], tools: Sequence[Message] | None = None, **kwargs: Any
     ) -> ResponseStream:
-        """Stream an answer: ``str`` text deltas, then one final :class:`LLMResponse`.
+        """Stream an answer: ``str`` text deltas, then one final :class:`LLMResponse` (a
+        reasoning model's reasoning is not streamed here: it is the response's ``reasoning``).
 
         Use as ``async with client.stream_response(...) as stream: async for item in stream``
         so that leaving early closes the upstream stream at once; a plain ``async for`` closes it
@@ -289,7 +297,8 @@ class OpenRouterClient(BaseLLMClient):
 
 
 class ResponseStream:
-    """The items of one streamed answer: ``str`` deltas, then the final :class:`LLMResponse`."""
+    """The items of one streamed answer: ``str`` deltas of its text, then the final
+    :class:`LLMResponse` (a reasoning model's reasoning is its ``reasoning``, not a delta)."""
 
     def __init__(self, client: BaseLLMClient, messages: Sequence[Message],
                  tools: Sequence[Message] | None, kwargs: dict[str, Any]) -> None:
@@ -319,19 +328,23 @@ class ResponseStream:
         if self._items is None:
             await self._open()
         assert self._items is not None
-        try:
-            with translate_actor_errors(provider=self._client.provider):
-                item = await self._items.__anext__()
-        except BaseException:
+        while True:
+            try:
+                with translate_actor_errors(provider=self._client.provider):
+                    item = await self._items.__anext__()
+            except BaseException:
+                await self.aclose()
+                raise
+            if isinstance(item, TextDelta):
+                return item.text
+            if isinstance(item, ReasoningDelta):
+                continue  # the specification's stream is text; the reasoning is the response's
             await self.aclose()
-            raise
-        if isinstance(item, TextDelta):
-            return item.text
-        if isinstance(item, StreamEnd):
-            await self.aclose()
-            return item.response
-        await self.aclose()
-        raise TypeError(f"unexpected stream item {type(item).__name__}")
+            if isinstance(item, StreamEnd):
+                return item.response
+            raise LLMStreamingError(f"the stream from {self._client.provider} sent an item of "
+                                    f"unknown type {type(item).__name__}",
+                                    provider=self._client.provider, retryable=False)
 
     async def _open(self) -> None:
         messages, tools, kwargs = self._args
