@@ -84,6 +84,7 @@ class ChatHub:
         self.connections: set[ChatConnection] = set()
         self.draining = False
         self.turns_in_flight = 0
+        self.clears_in_flight = 0
         self.turns_total: dict[str, int] = {}
         self.frames_rejected: dict[str, int] = {}
         self.connections_total = 0
@@ -96,6 +97,17 @@ class ChatHub:
         self.turns_in_flight -= 1
         self.turns_total[outcome] = self.turns_total.get(outcome, 0) + 1
         self._changed.set()
+
+    def clear_started(self) -> None:
+        self.clears_in_flight += 1
+
+    def clear_ended(self) -> None:
+        self.clears_in_flight -= 1
+        self._changed.set()
+
+    def _idle(self) -> bool:
+        """No turn and no clear_history has yet to be answered."""
+        return not self.turns_in_flight and not self.clears_in_flight
 
     def connection_opened(self, connection: ChatConnection) -> None:
         self.connections.add(connection)
@@ -115,18 +127,20 @@ class ChatHub:
         self.frames_rejected[reason] = self.frames_rejected.get(reason, 0) + 1
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new turns, let running ones finish within ``timeout``, then cancel the rest.
+        """Refuse new turns and clears, let running ones finish within ``timeout``, then cancel
+        the turns left.
 
-        Every socket is closed with 1001 (going away) afterwards, each turn having got its last
-        envelope first.
+        Every socket is closed with 1001 (going away) afterwards, each turn and clear having got
+        its last envelope first (a clear still waiting behind a turn is answered once the turn
+        ends).
         """
         self.draining = True
-        await self._until(lambda: not self.turns_in_flight, timeout)
+        await self._until(self._idle, timeout)
         if self.turns_in_flight:
             logger.warning("cancelling %d turns still running at shutdown", self.turns_in_flight)
         for connection in list(self.connections):
             connection.cancel_turns("shutting_down")
-        await self._until(lambda: not self.turns_in_flight, CLOSE_GRACE)
+        await self._until(self._idle, CLOSE_GRACE)
         for connection in list(self.connections):
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         await self._until(lambda: not self.connections, CLOSE_GRACE)

@@ -265,6 +265,9 @@ class ChatConnection:
 
     async def _start_clear(self, frame: ClearHistoryFrame) -> None:
         request_id = frame.request_id
+        if self._hub.draining:
+            await self._reject(request_id, CANCEL_MESSAGES["shutting_down"], "shutting_down")
+            return
         if request_id is not None and self._running(request_id):
             await self._reject(request_id, _STILL_RUNNING, "duplicate_request")
             return
@@ -276,6 +279,7 @@ class ChatConnection:
             return
         if request_id is not None:
             self._clears.add(request_id)
+        self._hub.clear_started()
         # In a task of its own: it waits behind the conversation's running turns, and the
         # reader must stay free for a cancel meanwhile.
         assert self._task_group is not None
@@ -338,6 +342,7 @@ class ChatConnection:
             self._unhold(conversation_id)
             if request_id is not None:
                 self._clears.discard(request_id)
+            self._hub.clear_ended()
 
     async def _clear(self, request_id: str | None, conversation_id: str) -> Envelope:
         """Clear the conversation's history; returns the envelope that answers the frame."""

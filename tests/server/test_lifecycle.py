@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -105,6 +106,45 @@ async def test_sigterm_cancels_a_turn_past_the_timeout_and_exits_0_in_demo_mode(
         assert not pid_alive(simulators[0])
     finally:
         server.kill()
+
+
+async def test_sigterm_answers_a_clear_queued_behind_a_turn_and_refuses_new_ones_before_closing(
+    tmp_path: Path, simulator: SimulatorChild
+) -> None:
+    simulator.configure(faults={"chunk_delay": 0.05})
+    config = write_config(tmp_path, simulator_url=simulator.url, mcp_servers={},
+                          server={"shutdown_timeout": 10})
+    server = ServerChild(config)
+    envelopes: list[dict[str, Any]] = []
+    try:
+        async with await connect(server.ws_url) as ws:
+            await send(ws, chat_frame(" ".join(f"w{i}" for i in range(40)), request_id="t1"))
+            processing = await receive(ws)
+            conversation = processing["chunk"]["metadata"]["conversation_id"]
+            await send(ws, {"action": "clear_history", "request_id": "c1"})  # waits behind t1
+            await send(ws, {"action": "ping", "request_id": "read"})
+            envelopes += await until_end(ws, "read")  # the server has read c1 too
+            os.kill(server.pid, signal.SIGTERM)
+            for _ in range(200):
+                if "shutting down: draining connections" in server.output:
+                    break
+                await anyio.sleep(0.05)
+            await send(ws, {"action": "clear_history", "request_id": "c2"})
+            with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(20):
+                for _ in range(1000):
+                    envelopes.append(await receive(ws))
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001
+        assert server.stop(timeout=15) == 0, server.output
+    finally:
+        server.kill()
+    finals = {e["request_id"]: e for e in envelopes if e["status"] in ("complete", "error")}
+    assert finals["t1"]["status"] == "complete"
+    assert finals["c1"] == {"request_id": "c1", "status": "complete",
+                            "chunk": {"type": "history_cleared", "conversation_id": conversation}}
+    assert finals["c2"] == {"request_id": "c2", "status": "error",
+                            "chunk": {"error": "the server is shutting down",
+                                      "error_type": "shutting_down"}}
 
 
 async def test_mcp_server_killed_mid_session_is_restarted(
