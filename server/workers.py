@@ -13,8 +13,8 @@ serves nothing itself; it
   money alone, so the limits would be N times the configured ones;
 * in demo mode runs the one simulator every worker uses;
 * restarts a worker that exits on its own, after a backoff (0.5 s doubling to 10 s, reset after
-  a minute up), at most :data:`MAX_RESTARTS` times in :data:`RESTART_PERIOD` seconds, beyond which
-  it stops every worker and exits 1;
+  a minute up), at most :data:`MAX_RESTARTS` times in :data:`RESTART_PERIOD` seconds of its
+  running time (the backoff not counted), beyond which it stops every worker and exits 1;
 * on SIGINT/SIGTERM sends SIGTERM to every worker once (each drains its turns within
   ``server.shutdown_timeout``), waits for them all and exits 0.
 
@@ -43,6 +43,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
+from runtime import Clock, MonotonicClock
 from server.config import AppConfig
 
 __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "check_workers", "listen", "main",
@@ -141,7 +142,10 @@ def listen(host: str, port: int, workers: int) -> list[socket.socket]:
 
 class _Parent:
     def __init__(self, config: AppConfig, config_path: str | None, workers: int,
-                 log_level: str, listeners: list[socket.socket], instance: str) -> None:
+                 log_level: str, listeners: list[socket.socket], instance: str,
+                 clock: Clock | None = None) -> None:
+        """``clock``: what the restart policy (backoff, restarts per period) counts on."""
+        self._clock = clock or MonotonicClock()
         self.config = config
         self.config_path = config_path
         self.workers = workers
@@ -177,28 +181,34 @@ class _Parent:
         return 1 if self.failed else 0
 
     async def _keep_running(self, index: int, scope: anyio.CancelScope) -> None:
+        # The exits, on a clock that stops during our backoff: the restart period counts the
+        # worker's own time. Counted in wall time, the backoff alone (65.5 s over ten restarts)
+        # would spread a worker that dies at once beyond RESTART_PERIOD, never escalated.
         restarts: deque[float] = deque()
         backoff = _BACKOFF_INITIAL
+        backed_off = 0.0
         while not self.stopping:
-            started = time.monotonic()
+            started = self._clock.now()
             code = await self._run_worker(index)
             if self.stopping:
                 return
-            now = time.monotonic()
-            if now - started > RESTART_PERIOD:
+            ended = self._clock.now()
+            if ended - started > RESTART_PERIOD:
                 backoff = _BACKOFF_INITIAL
+            now = ended - backed_off
             while restarts and now - restarts[0] > RESTART_PERIOD:
                 restarts.popleft()
             if len(restarts) >= MAX_RESTARTS:
-                logger.error("worker %d exited %d times in %.0f s: stopping the service", index,
-                             MAX_RESTARTS + 1, RESTART_PERIOD)
+                logger.error("worker %d exited %d times in %.0f s of running: stopping the"
+                             " service", index, MAX_RESTARTS + 1, RESTART_PERIOD)
                 self.failed = self.stopping = True
                 await self._stop_all(scope)
                 return
             restarts.append(now)
             logger.warning("worker %d exited with %s; restarting it in %.1f s", index, code,
                            backoff)
-            await anyio.sleep(backoff)
+            await self._clock.sleep(backoff)
+            backed_off += self._clock.now() - ended
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _run_worker(self, index: int) -> int | None:

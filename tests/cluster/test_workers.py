@@ -19,10 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
-from server.workers import listen
+from runtime.testing import FakeClock
+from server.config import AppConfig
+from server.workers import MAX_RESTARTS, _Parent, listen
 from tests.redis_server import RedisServer
 from tests.server_harness import (
     ROOT,
@@ -147,6 +150,54 @@ def _holder(redis_server: RedisServer, conversation_id: str) -> str | None:
                           f"t:{{lease:{conversation_id}}}:holder", "owner"],
                          capture_output=True, text=True, timeout=10).stdout.strip()
     return out or None
+
+
+class _CrashingParent(_Parent):
+    """The parent of one worker that runs ``runs_for`` seconds of clock time, then exits 1."""
+
+    def __init__(self, clock: FakeClock, runs_for: float) -> None:
+        super().__init__(AppConfig(), None, 1, "info", [], "test", clock=clock)
+        self.runs_for = runs_for
+        self.starts = 0
+
+    async def _run_worker(self, index: int) -> int | None:
+        self.starts += 1
+        await self._clock.sleep(self.runs_for)
+        return 1
+
+
+async def _crash_loop(clock: FakeClock, parent: _CrashingParent, seconds: float) -> None:
+    """Step the clock by 0.5 s for at most ``seconds`` while the parent keeps worker 0 running."""
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(parent._keep_running, 0, group.cancel_scope)
+            await anyio.wait_all_tasks_blocked()  # the first start, at time 0
+            for _ in range(int(seconds / 0.5)):
+                await clock.advance(0.5)
+                if parent.failed:
+                    break
+            group.cancel_scope.cancel()
+
+
+async def test_a_worker_crashing_at_start_is_escalated_after_max_restarts_despite_the_backoff(
+) -> None:
+    clock = FakeClock()
+    parent = _CrashingParent(clock, runs_for=1.0)
+    await _crash_loop(clock, parent, seconds=600)
+    assert parent.failed is True
+    assert parent.stopping is True
+    assert parent.starts == MAX_RESTARTS + 1
+    # 11 s of running and the backoffs between (0.5, 1, 2, 4, 8, then 10 s five times: 65.5 s
+    # of waiting, more than RESTART_PERIOD, which must not hide the crash loop).
+    assert clock.now() == 76.5
+
+
+async def test_a_worker_that_runs_a_while_between_crashes_is_restarted_without_end() -> None:
+    clock = FakeClock()
+    parent = _CrashingParent(clock, runs_for=7.0)  # at most 9 exits in 60 s of running
+    await _crash_loop(clock, parent, seconds=600)
+    assert parent.failed is False
+    assert parent.starts > 2 * MAX_RESTARTS
 
 
 # Six processes start on a shared 2-core machine: slower than the 60 s default allows.
