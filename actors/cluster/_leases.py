@@ -77,32 +77,34 @@ class ConversationLeases:
         """Wait (bounded) for the lease; turns asked earlier are granted first.
 
         Raises :class:`LeaseTimeout` after ``timeout`` seconds, :class:`ClusterUnavailable`.
-        Cancellation gives up the place in the queue.
+        Cancellation (or a failure) gives up the place in the queue, and the lease if the last
+        request granted it unseen.
         """
         keys = self._keys(conversation_id)
         ttl_ms = round(self.ttl * 1000)
         deadline = self._clock.now() + timeout
-        ticket = ""
+        # This wait's identity in Redis: every poll, and a request the link sends again after
+        # a lost connection, asks as the same waiter (and is answered its grant, if it had one).
+        ticket = secrets.token_hex(8)
+        granted = False
         try:
             while True:
-                granted, ticket_raw, value, *epoch = await self._link.run(
+                granted, value, *epoch = await self._link.run(
                     self._acquire, "lease acquire", keys,
-                    [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS,
-                     secrets.token_hex(8)])
-                ticket = _text(ticket_raw)
+                    [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS])
                 if granted:
-                    ticket = ""
                     return Lease(conversation_id, self.owner, int(value), _text(epoch[0]))
                 if self._clock.now() + self._poll > deadline:
                     raise LeaseTimeout(conversation_id, timeout)
                 await self._clock.sleep(self._poll)
         finally:
-            if ticket:
+            if not granted:
                 await self._give_up(keys, ticket)
 
     async def _give_up(self, keys: list[str], ticket: str) -> None:
+        # Sent after the last ACQUIRE on the same pipelined connection, so Redis runs it after.
         with anyio.CancelScope(shield=True):
-            # Unavailable: the place expires with its waiter TTL.
+            # Unavailable: the place expires with its waiter TTL, a grant with the lease TTL.
             with contextlib.suppress(ClusterUnavailable):
                 await self._link.run(self._abandon, "lease abandon", keys, [ticket])
 
@@ -170,5 +172,5 @@ class ConversationLeases:
         return f"<ConversationLeases owner={self.owner!r} ttl={self.ttl:g}s>"
 
 
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

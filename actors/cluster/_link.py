@@ -152,8 +152,8 @@ class RedisLink:
         """Run ``script`` fail-fast (see the class docstring).
 
         A script that ran before its connection broke may run twice (the immediate retry):
-        each is idempotent per permit, request or token, except a lease ticket, whose orphan
-        leaves the queue in 5 s. Raises :class:`anyio.ClosedResourceError` after :meth:`aclose`.
+        each is idempotent per permit, request, token or lease ticket. Raises
+        :class:`anyio.ClosedResourceError` after :meth:`aclose`.
         """
         self.calls[operation] += 1
         try:

@@ -15,6 +15,7 @@ from actors.cluster import (
     LeaseTimeout,
     RedisLink,
 )
+from tests.cluster.reply_proxy import ReplyProxy
 from tests.redis_server import RedisServer
 
 
@@ -199,3 +200,45 @@ async def test_the_history_is_read_again_after_the_fence_was_lost(
     # The fence and its epoch expired (a day without a turn), then b took a turn.
     await link.client.delete(*[link.key("lease:expired", name) for name in ("fence", "epoch")])
     assert [await stale(b, "expired"), await stale(a, "expired")] == [True, True]  # tokens 1, 2
+
+
+async def test_a_grant_whose_reply_was_lost_with_its_connection_is_granted_again_to_its_asker(
+    redis_server: RedisServer, cluster_config: ClusterConfig,
+) -> None:
+    # The link sends the command again on a new connection: the same ticket asks again.
+    proxy = ReplyProxy(redis_server.port)
+    async with anyio.create_task_group() as group:
+        await group.start(proxy.serve)
+        config = cluster_config.model_copy(update={"redis_url": proxy.url})
+        async with RedisLink(config) as link:
+            leases, other = ConversationLeases(link, "a"), ConversationLeases(link, "b")
+            await leases.release(await leases.acquire("warm-up", timeout=1.0))  # loads it
+            proxy.drop_next = True
+            with anyio.fail_after(1.0):
+                lease = await leases.acquire("c", timeout=5.0)
+            assert (proxy.dropped, lease) == (1, Lease("c", "a", 1, lease.epoch))
+            assert await leases.release(lease) is True
+            with anyio.fail_after(1.0):  # nobody else holds it, nobody is queued before
+                assert await other.acquire("c", timeout=0.1) == Lease("c", "b", 2, lease.epoch)
+        group.cancel_scope.cancel()
+
+
+async def test_an_acquire_cancelled_while_its_grant_is_on_the_wire_leaves_no_lease_behind(
+    redis_server: RedisServer, cluster_config: ClusterConfig, link: RedisLink,
+) -> None:
+    proxy = ReplyProxy(redis_server.port)
+    async with anyio.create_task_group() as group:
+        await group.start(proxy.serve)
+        slow = cluster_config.model_copy(update={"redis_url": proxy.url})
+        async with RedisLink(slow) as slow_link:
+            leases, other = ConversationLeases(slow_link, "a"), ConversationLeases(link, "b")
+            await leases.release(await leases.acquire("warm-up", timeout=1.0))  # loads it
+            proxy.delay = 0.3
+            with anyio.fail_after(2.0):
+                with anyio.move_on_after(0.1) as cancelled:  # the client gave up its turn
+                    await leases.acquire("c", timeout=5.0)
+                assert cancelled.cancelled_caught is True
+            with anyio.fail_after(1.0):  # granted to a, then given back by a's cleanup
+                taken = await other.acquire("c", timeout=0.1)
+            assert taken == Lease("c", "b", 2, taken.epoch)
+        group.cancel_scope.cancel()
