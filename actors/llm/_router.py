@@ -140,14 +140,16 @@ class RouterActor(Actor[ChatRequest]):
     def _start(self, message: ChatRequest) -> None:
         request = self.context.request
         assert request is not None
-        timeout = message.timeout
-        if timeout is not None and not 0 < timeout < RESERVATION_TTL:
+        # The request's own timeout, else the config's (validated too, but a model_copy skips
+        # validation): a call outliving its reservation could be granted its money twice.
+        timeout = self._timeout(message)
+        if not 0 < timeout < RESERVATION_TTL:
             raise LLMBadRequestError(
                 f"timeout must be above 0 s and below the ledger's reservation TTL "
                 f"({RESERVATION_TTL:g} s), not {timeout!r}")
         self._hedging.requests += 1
         trace = _Trace()
-        deadline = min(request.deadline, anyio.current_time() + self._timeout(message))
+        deadline = min(request.deadline, anyio.current_time() + timeout)
         caller = request if request.kind is RequestKind.STREAM else None
         self.context.pipe(self._route, message, deadline, trace, caller, reply_to=request,
                           then=lambda outcome: self._done(outcome, trace, caller))

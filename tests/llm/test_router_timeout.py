@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from actors.llm import LLMBadRequestError, LLMConfig, describe_validation_error
+from actors.llm import LLMBadRequestError, LLMConfig, describe_validation_error, open_runtime
 from actors.llm._config import RESERVATION_TTL
+from simulator.process import SimulatorProcess
 from tests.llm.test_router import HELLO, two_providers
 
 pytestmark = pytest.mark.anyio
@@ -52,3 +53,22 @@ async def test_a_per_request_timeout_outside_the_reservation_ttl_is_a_bad_reques
         assert (spend.settled, spend.open_reservations) == (0.0, 0)
         answer = await rt.chat(HELLO, timeout=599.0)
         assert answer.content == "Echo: hello there"
+
+
+async def test_a_config_copied_past_validation_cannot_outlive_the_reservation_ttl(
+        tmp_path: Path) -> None:
+    async with SimulatorProcess() as sim:
+        config = LLMConfig.model_validate({
+            "providers": {"p": {**PROVIDERS["p"], "base_url": sim.base_url,
+                                "model": "gpt-4o-mini"}},
+            "cost": {"db_path": str(tmp_path / "ledger.sqlite3")}})
+        # model_copy(update=...) does not validate: the router checks the timeout it uses.
+        config = config.model_copy(update={"request_timeout": 1800.0})
+        async with open_runtime(config) as rt:
+            with pytest.raises(LLMBadRequestError, match=(
+                    r"^timeout must be above 0 s and below the ledger's reservation TTL "
+                    r"\(600 s\), not 1800\.0$")):
+                await rt.chat(HELLO)
+            answer = await rt.chat(HELLO, timeout=30)
+            assert answer.content == "Echo: hello there"
+        assert (await sim.stats())["total_requests"] == 1
