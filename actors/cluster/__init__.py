@@ -44,8 +44,11 @@ caller fails closed:
   (:meth:`SharedRateWindow.admit` ``extra``, counted in flight) may still be used within
   ``permit_lease`` of their grant; a pause reaches a worker's pool at most that late.
 * **leases fail closed**: no new turn starts without a lease. A running turn whose renewals
-  fail keeps its lease until the last renewal's TTL runs out, then is cancelled
-  (:class:`LeaseLost`): nobody else can have been granted it before then.
+  fail is cancelled (:class:`LeaseLost`) by a timer a tenth of ``lease_ttl`` before the lease
+  can expire in Redis, counted from when its last successful renewal (or its grant) was *sent*
+  (Redis ran it no earlier): nobody else can have been granted it before then, provided the
+  turn reaches a checkpoint within that tenth (cancellation is cooperative; a history write
+  already in a thread finishes).
 
 Recovery is automatic: the next call opens a new connection; a script lost with a restarted
 server is sent whole (``EVAL``) after its ``NOSCRIPT``.

@@ -24,6 +24,9 @@ _WAITER_TTL_MS = 5_000
 #: The counters and queue of a conversation outlive its last use by a day (then tokens restart,
 #: in a new epoch).
 _KEEP_MS = 86_400_000
+#: A holder stops this share of ``lease_ttl`` before the lease can expire in Redis: room for its
+#: timer to fire late and for the turn to reach a checkpoint (its cancellation is cooperative).
+_MARGIN = 0.1
 
 
 class LeaseTimeout(TimeoutError):
@@ -63,7 +66,7 @@ class ConversationLeases:
         self.ttl = link.config.lease_ttl
         self._poll = poll
         self._clock = clock or MonotonicClock()
-        self._acquire = link.script(lua.ACQUIRE)
+        self._acquire_script = link.script(lua.ACQUIRE)
         self._renew = link.script(lua.RENEW)
         self._release = link.script(lua.RELEASE)
         self._abandon = link.script(lua.ABANDON)
@@ -80,6 +83,12 @@ class ConversationLeases:
         Cancellation (or a failure) gives up the place in the queue, and the lease if the last
         request granted it unseen.
         """
+        lease, _ = await self._acquire(conversation_id, timeout=timeout)
+        return lease
+
+    async def _acquire(self, conversation_id: str, *, timeout: float) -> tuple[Lease, float]:
+        """:meth:`acquire`, and when (this clock) the granting request was sent: Redis cannot
+        have granted it earlier, so the lease lasts at least ``lease_ttl`` from then."""
         keys = self._keys(conversation_id)
         ttl_ms = round(self.ttl * 1000)
         deadline = self._clock.now() + timeout
@@ -89,11 +98,13 @@ class ConversationLeases:
         granted = False
         try:
             while True:
+                asked = self._clock.now()
                 granted, value, *epoch = await self._link.run(
-                    self._acquire, "lease acquire", keys,
+                    self._acquire_script, "lease acquire", keys,
                     [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS])
                 if granted:
-                    return Lease(conversation_id, self.owner, int(value), _text(epoch[0]))
+                    lease = Lease(conversation_id, self.owner, int(value), _text(epoch[0]))
+                    return lease, asked
                 if self._clock.now() + self._poll > deadline:
                     raise LeaseTimeout(conversation_id, timeout)
                 await self._clock.sleep(self._poll)
@@ -127,35 +138,47 @@ class ConversationLeases:
     async def hold(self, conversation_id: str, *, timeout: float) -> AsyncIterator[Lease]:
         """``async with leases.hold(cid, timeout=...) as lease:`` run one turn inside.
 
-        Renews every third of ``lease_ttl`` while the body runs. If the lease is lost (or Redis
-        stays unavailable until it would have expired) the body is cancelled and
-        :class:`LeaseLost` raised. The lease is released on exit (shielded, bounded).
+        Renews every third of ``lease_ttl`` while the body runs. If the lease is lost, or no
+        renewal succeeded in time, the body is cancelled and :class:`LeaseLost` raised: a timer
+        ends the body a margin (a tenth of ``lease_ttl``) before the lease can expire in Redis,
+        counted from when the last successful renewal (or the grant) was *sent*, so that it stops
+        before the lease can be granted elsewhere (if it reaches a checkpoint within the margin).
+        The lease is released on exit (shielded, bounded).
         """
-        lease = await self.acquire(conversation_id, timeout=timeout)
+        lease, asked = await self._acquire(conversation_id, timeout=timeout)
+        margin = self.ttl * _MARGIN
+        held_until = asked + self.ttl - margin
         lost = False
         try:
             async with anyio.create_task_group() as group:
                 async def renew_forever() -> None:
-                    nonlocal lost
-                    held_until = self._clock.now() + self.ttl
+                    nonlocal held_until, lost
                     while True:
                         await self._clock.sleep(self.ttl / 3)
+                        asked = self._clock.now()
                         try:
                             await self.renew(lease)
-                            held_until = self._clock.now() + self.ttl
                         except LeaseLost:
                             lost = True
-                        except ClusterUnavailable:
-                            lost = self._clock.now() >= held_until
-                        if lost:
                             group.cancel_scope.cancel()
                             return
+                        except ClusterUnavailable:
+                            continue  # try again: the timer ends the turn if none succeeds
+                        held_until = asked + self.ttl - margin
+
+                async def expire() -> None:
+                    nonlocal lost
+                    while (left := held_until - self._clock.now()) > 0:
+                        await self._clock.sleep(left)
+                    lost = True
+                    group.cancel_scope.cancel()
 
                 group.start_soon(renew_forever)
+                group.start_soon(expire)
                 yield lease
                 group.cancel_scope.cancel()
         except BaseExceptionGroup as grouped:
-            # The body's own error (the renewal task never raises), unwrapped: callers match
+            # The body's own error (the renewal tasks never raise), unwrapped: callers match
             # its type (a cost limit must reach the client as a cost limit).
             if len(grouped.exceptions) == 1:
                 raise grouped.exceptions[0] from None

@@ -1,9 +1,8 @@
 """A TCP proxy on 127.0.0.1 in front of a redis-server that tampers with its replies.
 
-Commands always reach Redis (and run); only the way back is faulty: a reply lost with its
-connection (:attr:`ReplyProxy.drop_next`), replies late (:attr:`ReplyProxy.delay`), or no reply
-at all until :meth:`ReplyProxy.thaw` (a network partition of this client only, Redis serving the
-others).
+A reply lost with its connection after its command ran (:attr:`ReplyProxy.drop_next`), replies
+late (:attr:`ReplyProxy.delay`), or nothing either way until :meth:`ReplyProxy.thaw` (a network
+partition of this client only, Redis serving the others).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class ReplyProxy:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def freeze(self) -> None:
-        """Relay no reply (the commands still run) until :meth:`thaw`."""
+        """Relay nothing, neither commands nor replies, until :meth:`thaw`."""
         if self._flowing.is_set():
             self._flowing = anyio.Event()
 
@@ -62,11 +61,11 @@ class ReplyProxy:
             await self._replies(server, client)
             group.cancel_scope.cancel()
 
-    @staticmethod
-    async def _commands(client: ByteStream, server: ByteStream,
+    async def _commands(self, client: ByteStream, server: ByteStream,
                         scope: anyio.CancelScope) -> None:
         try:
             async for chunk in client:
+                await self._flowing.wait()
                 await server.send(chunk)
         except _CLOSED:
             pass  # either side went away: the connection ends

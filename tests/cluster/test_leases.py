@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 
@@ -242,3 +244,47 @@ async def test_an_acquire_cancelled_while_its_grant_is_on_the_wire_leaves_no_lea
                 taken = await other.acquire("c", timeout=0.1)
             assert taken == Lease("c", "b", 2, taken.epoch)
         group.cancel_scope.cancel()
+
+
+async def test_a_holder_cut_off_from_redis_stops_its_turn_before_the_lease_can_go_elsewhere(
+    redis_server: RedisServer, cluster_config: ClusterConfig, link: RedisLink,
+) -> None:
+    # a's renewals hang (a partition of a only) until the link calls its connection stuck
+    # (0.4 s), while Redis counts the lease down from the last renewal that reached it.
+    fast = {"lease_ttl": 0.9, "connect_timeout": 0.2, "op_timeout": 0.2}
+    proxy = ReplyProxy(redis_server.port)
+    stopped_at = granted_at = 0.0
+    ended: list[str] = []
+
+    async def turn_of_a(cut_off: anyio.Event) -> None:
+        nonlocal stopped_at
+        try:
+            async with a.hold("c", timeout=1.0):
+                await anyio.sleep(0.35)  # one renewal (at 0.3 s) reached Redis
+                proxy.freeze()
+                cut_off.set()
+                try:
+                    await anyio.sleep(5.0)  # the turn streams and writes its history
+                finally:
+                    stopped_at = time.monotonic()
+        except LeaseLost as exc:
+            ended.append(str(exc))
+
+    async with anyio.create_task_group() as group:
+        await group.start(proxy.serve)
+        partitioned = cluster_config.model_copy(update={**fast, "redis_url": proxy.url})
+        async with RedisLink(partitioned) as a_link:
+            a = ConversationLeases(a_link, "a")
+            b = ConversationLeases(link, "b")
+            with anyio.fail_after(5.0):
+                async with anyio.create_task_group() as turns:
+                    cut_off = anyio.Event()
+                    turns.start_soon(turn_of_a, cut_off)
+                    await cut_off.wait()
+                    taken = await b.acquire("c", timeout=3.0)
+                    granted_at = time.monotonic()
+            proxy.thaw()
+        group.cancel_scope.cancel()
+    assert ended == ["lease on conversation 'c' (token 1) was lost"]
+    assert (taken.owner, taken.token) == ("b", 2)
+    assert stopped_at < granted_at, f"a ran {stopped_at - granted_at:.3f} s after b's grant"
