@@ -213,8 +213,11 @@ class _Parent:
 
     async def _run_worker(self, index: int) -> int | None:
         listener = self.listeners[index]
+        # The worker reads the file again: the host and port the parent bound (--host and
+        # --port included) go along, or its Host allowlist would be the file's.
         command = [sys.executable, "-m", "server.launch", "--fd", str(listener.fileno()),
-                   "--worker", str(index), "--log-level", self.log_level]
+                   "--worker", str(index), "--log-level", self.log_level,
+                   "--host", self.config.server.host, "--port", str(self.config.server.port)]
         if self.config_path is not None:
             command += ["--config", self.config_path]
         if self.simulator_url is not None:
@@ -266,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--config")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
     parser.add_argument("--simulator-url")
     parser.add_argument("--log-level", default="info")
     options = parser.parse_args(argv)
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.cli import _configure_logging, _GracefulServer, _load, uvicorn_settings
 
     _configure_logging(options.log_level)
-    config = worker_config(_load(options.config), options.worker)
+    config = worker_config(_load(options.config, options.host, options.port), options.worker)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     app = create_app(config, simulator_url=options.simulator_url)
     listener = socket.socket(fileno=options.fd)

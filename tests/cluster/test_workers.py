@@ -152,6 +152,43 @@ def _holder(redis_server: RedisServer, conversation_id: str) -> str | None:
     return out or None
 
 
+def _loopback_name() -> str:
+    """This machine's name, when it resolves to 127.0.0.1 (the tests reach nothing else)."""
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = None
+    if address != "127.0.0.1":
+        pytest.skip(f"the host name {name!r} does not resolve to 127.0.0.1 here")
+    return name
+
+
+def test_workers_serve_the_host_name_given_with_host_as_one_process_does(
+        tmp_path: Path, simulator: SimulatorChild, redis_server: RedisServer) -> None:
+    name = _loopback_name()  # a name, not an address: only server.host lets it in
+    config = _config(tmp_path, simulator.url, redis_server.url)  # server.host: 127.0.0.1
+    token = "workers-host-token-1234"  # a name is not a loopback address: a token is required
+    server = ServerChild(config, host=name, env={"MCP_BACKEND_TOKEN": token}, wait_healthy=False)
+
+    def workers_up() -> int | None:
+        try:
+            up: int | None = server.health(token).get("cluster", {}).get("workers_up")
+        except OSError:  # no worker accepts yet
+            return None
+        return up
+
+    try:
+        wait_for(lambda: workers_up() == 2, "2 workers heartbeat", 90)
+        port = server.url.rsplit(":", 1)[1]
+        # New connections, spread over both workers' sockets by the kernel.
+        statuses = [http_get(server.url + "/health", headers={"Host": f"{name}:{port}"})[0]
+                    for _ in range(20)]
+    finally:
+        assert server.stop() == 0, server.output
+    assert statuses == [200] * 20
+
+
 class _CrashingParent(_Parent):
     """The parent of one worker that runs ``runs_for`` seconds of clock time, then exits 1."""
 
