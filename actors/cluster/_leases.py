@@ -66,7 +66,7 @@ class ConversationLeases:
         self.ttl = link.config.lease_ttl
         self._poll = poll
         self._clock = clock or MonotonicClock()
-        self._acquire_script = link.script(lua.ACQUIRE)
+        self._acquire = link.script(lua.ACQUIRE)
         self._renew = link.script(lua.RENEW)
         self._release = link.script(lua.RELEASE)
         self._abandon = link.script(lua.ABANDON)
@@ -83,10 +83,10 @@ class ConversationLeases:
         Cancellation (or a failure) gives up the place in the queue, and the lease if the last
         request granted it unseen.
         """
-        lease, _ = await self._acquire(conversation_id, timeout=timeout)
+        lease, _ = await self._wait_for_lease(conversation_id, timeout=timeout)
         return lease
 
-    async def _acquire(self, conversation_id: str, *, timeout: float) -> tuple[Lease, float]:
+    async def _wait_for_lease(self, conversation_id: str, *, timeout: float) -> tuple[Lease, float]:
         """:meth:`acquire`, and when (this clock) the granting request was sent: Redis cannot
         have granted it earlier, so the lease lasts at least ``lease_ttl`` from then."""
         keys = self._keys(conversation_id)
@@ -100,7 +100,7 @@ class ConversationLeases:
             while True:
                 asked = self._clock.now()
                 granted, value, *epoch = await self._link.run(
-                    self._acquire_script, "lease acquire", keys,
+                    self._acquire, "lease acquire", keys,
                     [self.owner, ticket, ttl_ms, _WAITER_TTL_MS, _KEEP_MS])
                 if granted:
                     lease = Lease(conversation_id, self.owner, int(value), _text(epoch[0]))
@@ -145,7 +145,7 @@ class ConversationLeases:
         before the lease can be granted elsewhere (if it reaches a checkpoint within the margin).
         The lease is released on exit (shielded, bounded).
         """
-        lease, asked = await self._acquire(conversation_id, timeout=timeout)
+        lease, asked = await self._wait_for_lease(conversation_id, timeout=timeout)
         margin = self.ttl * _MARGIN
         held_until = asked + self.ttl - margin
         lost = False
