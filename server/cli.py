@@ -27,8 +27,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
+from pydantic import ValidationError
 
-from actors.llm import LedgerUnavailable, check_ledger, redact
+from actors.llm import LedgerUnavailable, check_ledger, describe_validation_error, redact
 from runtime.gc_tuning import collector_paused, tune_gc
 from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config, mask_credentials
@@ -189,7 +190,12 @@ def _load(path: str | None, host: str | None = None, port: int | None = None) ->
     config = load_config(_config_path(path))
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if overrides:
-        server = config.server.model_validate({**config.server.model_dump(), **overrides})
+        try:
+            server = config.server.model_validate({**config.server.model_dump(), **overrides})
+        except ValidationError as exc:  # only the overrides can be wrong: the file was valid
+            raise ConfigError(
+                "\n".join(f"--{problem}" for problem in describe_validation_error(exc))
+            ) from None
         config = config.model_copy(update={"server": server})
     return config
 

@@ -110,6 +110,18 @@ def test_serve_with_an_invalid_config_exits_1_with_the_error(tmp_path: Path) -> 
     assert f"{config}: llm.active: unknown provider 'nobody'" in result.stderr
 
 
+def test_serve_with_a_port_out_of_range_exits_1_with_one_line_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, simulator_url=None, mcp_servers={})
+    for port, problem in (("70000", "less than or equal to 65535"),
+                          ("-1", "greater than or equal to 0")):
+        result = _run("serve", "--config", str(config), "--port", port)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [f"--port: Input should be {problem}"]
+
+
 def test_check_config_refuses_a_ledger_database_that_cannot_be_used(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger-is-a-directory"
     ledger.mkdir()
