@@ -249,6 +249,9 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     fallback_models: tuple[str, ...] = ()
     deltas: DeltaSink | None = field(default=None, compare=False, repr=False)
     """Where the stream's deltas go instead of the stream (see :attr:`ChatRequest.deltas`)."""
+    on_output: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    """Told each piece of a stream's output that is not a delta (a tool call's name and
+    arguments) as it is read: the router charges a failed or cancelled attempt for it."""
 
 
 @dataclass(frozen=True, slots=True)

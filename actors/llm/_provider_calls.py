@@ -154,7 +154,7 @@ class CallSite:
                     stream, request, assembly, progress,
                     lambda: map_sdk_errors(provider, call.model, self.secrets,
                                            partial_text=lambda: assembly.text),
-                    provider, call.model, call.deltas)
+                    provider, call.model, call.deltas, call.on_output)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await stream.close()

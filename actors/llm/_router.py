@@ -87,8 +87,9 @@ class _Trace:
 
 
 def _tracked(sink: DeltaSink, spend: AttemptSpend, delivered: list[object] | None) -> DeltaSink:
-    """The caller's sink, noting what reached it: the text a cancelled attempt is charged for,
-    and whether anything was delivered (then the attempt can no longer fall back)."""
+    """The caller's sink, noting what reached it: the text a cancelled attempt is charged for
+    (with the tool-call pieces the provider notes: ``ProviderCall.on_output``), and whether
+    anything was delivered (then the attempt can no longer fall back)."""
     streamed = spend.streamed
 
     async def deliver(delta: TextDelta | ReasoningDelta) -> None:
@@ -275,7 +276,8 @@ class RouterActor(Actor[ChatRequest]):
         sink = None if caller is None else chat.deltas or caller.send
         call = ProviderCall(chat, model, prompt_tokens, stream=caller is not None,
                             fallback_models=candidate.fallback_models,
-                            deltas=None if sink is None else _tracked(sink, spend, delivered))
+                            deltas=None if sink is None else _tracked(sink, spend, delivered),
+                            on_output=spend.streamed.append)
         ref = self._providers[provider]
         failure: BaseException | None = None
         try:

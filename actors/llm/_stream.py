@@ -122,6 +122,7 @@ async def read_stream(
     provider: str,
     model: str,
     deliver: DeltaSink | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> LLMClientError | None:
     """Read ``events`` into ``assembly``, relaying text and reasoning as they come.
 
@@ -129,6 +130,7 @@ async def read_stream(
     and a slow sink slows the read), else to ``request``'s stream through a :class:`Relay`.
     Returns the typed error that ended the stream (the text read before it has reached the
     caller), or ``None``. ``sdk_errors()`` wraps the iteration (the SDK's errors become ours).
+    ``note`` is told each tool-call piece as it is read (what a failed attempt is charged for).
     """
     if deliver is not None:
         sink = deliver
@@ -136,12 +138,12 @@ async def read_stream(
         async def push(text: str, reasoning: bool = False) -> None:
             await sink(ReasoningDelta(text) if reasoning else TextDelta(text))
 
-        return await _read(events, assembly, progress, sdk_errors, provider, model, push)
+        return await _read(events, assembly, progress, sdk_errors, provider, model, push, note)
     relay = Relay(request)
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(relay.run)
         failure = await _read(events, assembly, progress, sdk_errors, provider, model,
-                              relay.push)
+                              relay.push, note)
         relay.finish()
     return failure
 
@@ -154,6 +156,7 @@ async def _read(
     provider: str,
     model: str,
     push: Callable[[str, bool], Awaitable[None]],
+    note: Callable[[str], None] | None,
 ) -> LLMClientError | None:
     started = progress.started
     add = assembly.add
@@ -173,6 +176,8 @@ async def _read(
                     await push(text, False)
                 elif progress.ttft is None and chunk.has_output:
                     progress.ttft = time.perf_counter() - started  # a tool-call piece
+                if note is not None and assembly.added_tool_text:
+                    note(assembly.added_tool_text)
     except LLMClientError as exc:
         return exc
     except MalformedResponse as exc:

@@ -35,6 +35,7 @@ class StreamAssembly:
     finish_reason: str | None = None
     usage: WireUsage | None = None
     added_reasoning: str = ""
+    added_tool_text: str = ""
     """The reasoning text the last :meth:`add` took in ("" if none)."""
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
@@ -46,7 +47,8 @@ class StreamAssembly:
     def add(self, chunk: Chunk) -> str:
         """Take in one decoded chunk; returns the answer text it adds ("" if none).
 
-        The reasoning it adds is :attr:`added_reasoning` until the next call.
+        The reasoning it adds is :attr:`added_reasoning`, the tool-call names and argument
+        pieces :attr:`added_tool_text`, until the next call.
         """
         if chunk.usage is not None:
             self.usage = chunk.usage
@@ -54,6 +56,7 @@ class StreamAssembly:
             self.model = chunk.model
         added = ""
         self.added_reasoning = ""
+        self.added_tool_text = ""
         for choice in chunk.choices:
             delta = choice.delta
             if choice.finish_reason:
@@ -85,8 +88,10 @@ class StreamAssembly:
             if function is not None:
                 if function.name:
                     builder.name += function.name
+                    self.added_tool_text += function.name
                 if function.arguments:
                     builder.arguments.append(function.arguments)
+                    self.added_tool_text += function.arguments
 
     @property
     def text(self) -> str:
