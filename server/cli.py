@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from actors.llm import LedgerUnavailable, check_ledger, describe_validation_error, redact
 from runtime.gc_tuning import collector_paused, tune_gc
 from server._ws_protocol import WS_PROTOCOL
-from server.config import AppConfig, ConfigError, load_config, mask_credentials
+from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def _summary(config: AppConfig) -> str:
         key = "key available" if provider.has_api_key() else "NO KEY"
         if not provider.requires_api_key:
             key = "no key needed"
-        lines.append(f"  provider {name}: {provider.kind} {mask_credentials(provider.base_url)}"
+        lines.append(f"  provider {name}: {provider.kind} {redact(provider.base_url)}"
                      f" model {provider.model} ({key})")
     if wants_simulator(config):
         lines.append(f"  simulator: will be used (simulator.enabled: {config.simulator.enabled})")
@@ -232,7 +232,7 @@ def _summary(config: AppConfig) -> str:
     for name, entry in config.mcp_servers.items():
         where = " ".join([entry.command or "", *entry.args]) if entry.url is None else entry.url
         state = "" if entry.enabled else " (disabled)"
-        lines.append(f"mcp server {name}: {entry.transport} {mask_credentials(where)}{state}")
+        lines.append(f"mcp server {name}: {entry.transport} {redact(where)}{state}")
     lines.append(f"chat: history {config.chat.history_db}, max_tool_hops"
                  f" {config.chat.max_tool_hops}")
     return "\n".join(lines)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +52,6 @@ __all__ = [
     "SimulatorDefaults",
     "base_url_variable",
     "load_config",
-    "mask_credentials",
 ]
 
 
@@ -184,21 +182,10 @@ class AppConfig(BaseModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # MCP server entries may carry tokens in ``env`` or ``headers``, and a base_url a
-        # proxy's password or key: show them masked.
+        # MCP server entries may carry tokens in ``env`` or ``headers``: show them masked (a
+        # provider's base_url masks itself).
         for name, value in super().__repr_args__():
-            if name == "llm":
-                value = value.model_copy(
-                    update={
-                        "providers": {
-                            provider: entry.model_copy(
-                                update={"base_url": mask_credentials(entry.base_url)}
-                            )
-                            for provider, entry in value.providers.items()
-                        }
-                    }
-                )
-            elif name == "mcp_servers":
+            if name == "mcp_servers":
                 value = {
                     server: entry.model_copy(
                         update={
@@ -233,19 +220,8 @@ def _mask(value: Any, parent: str = "") -> Any:
     if isinstance(value, list):
         return [_mask(v, parent) for v in value]
     if isinstance(value, str):
-        return mask_credentials(value)
+        return redact(value)
     return value
-
-
-# A URL's user info: everything between "://" and the authority's last "@" (a password may hold
-# an unencoded "@"; urlsplit also splits at the last one).
-_USER_INFO = re.compile(r"(?<=://)[^/?#\s]*@")
-
-
-def mask_credentials(text: str) -> str:
-    """``text`` fit for display: the user info of any URL in it (``https://user:pw@host``,
-    ``redis://:pw@host``) replaced by ``***``, and anything shaped like a key redacted."""
-    return redact(_USER_INFO.sub("***@", text))
 
 
 def load_config(path: str | Path | None) -> AppConfig:

@@ -35,7 +35,8 @@ def mask_secrets(values: Mapping[str, str]) -> dict[str, str]:
 class ClientSettings(BaseModel):
     """Validated settings of one OpenAI-style client: sampling, timeouts, HTTP pool."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a rejected base_url may hold a proxy's password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str = Field(min_length=1)
     temperature: float = Field(default=0.7, ge=0, le=2)

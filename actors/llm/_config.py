@@ -97,7 +97,7 @@ class LLMConfig(BaseModel):
     (0.50 USD per request, 10 USD per day): an unconfigured service must not run up a bill.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     providers: dict[str, ProviderConfig] = Field(default_factory=_builtin_providers, min_length=1)
     active: str = "openrouter"

@@ -98,12 +98,20 @@ _SECRET_PATTERNS = re.compile(
 )
 
 
+# A URL's user info: everything between "://" and the authority's last "@" (a password may hold
+# an unencoded "@"; urlsplit also splits at the last one).
+_USER_INFO = re.compile(r"(?<=://)[^/?#\s]*@")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Return ``text`` with every given secret and anything shaped like a key replaced.
+    """Return ``text`` with every given secret, anything shaped like a key and the user info of
+    any URL in it (``https://user:pw@host``, ``redis://:pw@host``: ``***@``) replaced.
 
     Secrets shorter than 4 characters are ignored (replacing them would garble the message and
     they are not credentials anyway).
     """
+    if "@" in text:
+        text = _USER_INFO.sub("***@", text)
     for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return _SECRET_PATTERNS.sub(REDACTED, text)

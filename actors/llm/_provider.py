@@ -51,6 +51,7 @@ from ._errors import (
     LLMConnectionError,
     LLMRateLimitError,
     ProviderUnavailable,
+    redact,
 )
 from ._http_pool import DEFAULT_TRANSPORT, Transport, provider_http_client
 from ._messages import LLMResponse, ProviderCall
@@ -140,7 +141,7 @@ class ProviderActor(Actor[ProviderCall]):
 
     def __repr__(self) -> str:
         return (
-            f"<ProviderActor {self.name!r} [{self.config.kind} {self.config.base_url}"
+            f"<ProviderActor {self.name!r} [{self.config.kind} {redact(self.config.base_url)}"
             f" over {self._transport} | "
             f"{self._in_flight} in flight]>"
         )

@@ -14,7 +14,7 @@ again on every call, so a provider restarted by its supervisor picks up a rotate
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,7 +24,7 @@ from pydantic import Field, PositiveInt, SecretStr, field_validator, model_valid
 from ._breaker import BreakerConfig
 from ._catalog import ModelParams, ModelPrice, ReasoningEffort
 from ._client_settings import ClientSettings
-from ._errors import LLMAuthError, LLMBadRequestError
+from ._errors import LLMAuthError, LLMBadRequestError, redact
 from ._limits import RateLimitConfig
 
 __all__ = ["DEFAULT_BASE_URLS", "ProviderConfig", "ProviderKind", "infer_kind"]
@@ -198,8 +198,14 @@ class ProviderConfig(ClientSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+            raise ValueError("base_url must start with http:// or https://, got"
+                             f" {redact(value)!r}")
         return value.rstrip("/")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A base_url may carry a proxy's user and password (https://user:pw@proxy/v1).
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "base_url" else value
 
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:

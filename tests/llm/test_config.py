@@ -447,3 +447,22 @@ def test_missing_json_file_is_reported_against_the_config(tmp_path: Path) -> Non
         f"config.yaml: mcp_servers_file: cannot read {tmp_path / 'missing.json'}"
         " (No such file or directory)"
     )
+
+
+PROXY_PASSWORD = "pr0xy-pa55word"
+
+
+def test_a_base_url_with_credentials_is_masked_in_every_repr_and_error() -> None:
+    url = f"https://team:{PROXY_PASSWORD}@proxy.example/v1"
+    provider = ProviderConfig(kind="openai-compatible", base_url=url, model="m",
+                              requires_api_key=False)
+    config = LLMConfig(providers={"proxy": provider}, active="proxy", fallback_order=["proxy"])
+    assert provider.base_url == url  # used as given
+    for shown in (repr(provider), str(provider), repr(config), repr(AppConfig(llm=config))):
+        assert PROXY_PASSWORD not in shown and "team" not in shown, shown
+        assert "https://***@proxy.example/v1" in shown
+    with pytest.raises(ValidationError) as info:
+        ProviderConfig(kind="openai-compatible", base_url=f"ftp://team:{PROXY_PASSWORD}@host/",
+                       model="m")
+    assert PROXY_PASSWORD not in str(info.value)
+    assert "got 'ftp://***@host/'" in str(info.value)
