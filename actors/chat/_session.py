@@ -288,7 +288,12 @@ class SessionActor(Actor["SessionMessage"]):
             await self._clear()
 
     async def _clear(self) -> None:
-        await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
+        try:
+            await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
+        except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
+            logger.error("conversation %s: history clear failed (%s: %s)",
+                         self.conversation_id, type(exc).__name__, exc)
+            raise HistoryWriteError("the conversation's history could not be cleared") from exc
         # Here, not in _clear_ended: a clear done must be forgotten in memory even if its asker
         # gives up now. The slot is held, so nothing else uses the history in memory meanwhile.
         self._messages = []

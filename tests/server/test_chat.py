@@ -271,7 +271,8 @@ async def test_a_clear_history_whose_delete_fails_gets_an_error_and_the_socket_s
             assert await receive(ws) == {
                 "request_id": "clear-fails",
                 "status": "error",
-                "chunk": {"error": "internal error", "error_type": "internal_error"},
+                "chunk": {"error": "the conversation's history could not be cleared",
+                          "error_type": "history_unavailable"},
             }
             assert (await chat(ws, "still serving"))[-1]["status"] == "complete"
         finally:
