@@ -81,7 +81,7 @@ Redis **restarted empty** (no persistence, or a failover that lost writes):
   release a lease granted after it.
 """
 
-from ._config import ClusterConfig, redact_url
+from ._config import RESERVATION_TTL, ClusterConfig, redact_url
 from ._errors import ClusterError, ClusterUnavailable, LeaseLost
 from ._leases import ConversationLeases, Lease, LeaseTimeout
 from ._ledger import (
@@ -97,6 +97,7 @@ from ._link import ClusterHealth, LuaScript, RedisLink
 from ._rates import Admission, SharedRateWindow, WindowUsage
 
 __all__ = [
+    "RESERVATION_TTL",
     "Admission",
     "ClusterConfig",
     "ClusterError",

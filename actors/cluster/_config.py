@@ -6,7 +6,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ClusterConfig", "redact_url"]
+__all__ = ["RESERVATION_TTL", "ClusterConfig", "redact_url"]
+
+#: Seconds an unsettled reservation is held before it is swept, here and in the local ledger. A
+#: request may run up to (not including) this long: the router refuses a longer timeout, so a call
+#: never outlives its reservation (whose money could then be granted twice).
+RESERVATION_TTL = 600.0
 
 
 def redact_url(url: str) -> str:
@@ -40,7 +45,10 @@ class ClusterConfig(BaseModel):
     connect_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds")
     op_timeout: float = Field(default=0.5, gt=0, le=30, description="seconds, one round trip")
     lease_ttl: float = Field(default=30.0, gt=0, description="conversation lease, seconds")
-    reservation_ttl: float = Field(default=600.0, gt=0, description="an unsettled reservation")
+    reservation_ttl: float = Field(
+        default=RESERVATION_TTL, ge=RESERVATION_TTL,
+        description="an unsettled reservation; no shorter than the longest request may run",
+    )
     in_flight_ttl: float = Field(
         default=300.0, gt=0,
         description="an admitted request not yet sent counts as sent at this age at the latest",

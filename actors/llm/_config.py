@@ -12,15 +12,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from actors.cluster import RESERVATION_TTL
+
 from ._limits import RateLimitConfig
 from ._provider_config import DEFAULT_BASE_URLS, ProviderConfig, infer_kind
 
 __all__ = ["RESERVATION_TTL", "CostConfig", "HedgingConfig", "LLMConfig"]
-
-RESERVATION_TTL = 600.0
-"""Seconds the ledger holds an unsettled reservation before it sweeps it (a lost settle must not
-block the budget for good). Every request's timeout is below it: a call still running when its
-hold is swept would let the ledger grant its money a second time."""
 
 
 class CostConfig(BaseModel):

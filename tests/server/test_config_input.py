@@ -105,3 +105,15 @@ def test_a_history_db_that_cannot_be_created_exits_1_with_one_line(
     assert (result.returncode, result.stdout, result.stderr) == (
         1, "", f"chat.history_db: cannot use {blocker / 'history.sqlite3'}:"
                f" {blocker} is not a directory\n")
+
+
+def test_a_shared_reservation_ttl_shorter_than_a_request_may_run_is_a_config_error(
+        tmp_path: Path) -> None:
+    """A request may run up to the ledger's reservation TTL (600 s): a shared reservation that
+    expired sooner would let its money be granted twice while the call still runs."""
+    path = _config(tmp_path, "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n"
+                             "  reservation_ttl: 120\n")
+    assert _error(path) == (f"{path}: cluster.reservation_ttl: Input should be greater than or"
+                            " equal to 600")
+    assert load_config(_config(tmp_path / "ok", "cluster:\n  reservation_ttl: 600\n")
+                       ).cluster.reservation_ttl == 600
