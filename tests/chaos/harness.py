@@ -375,10 +375,12 @@ class ChaosRun:
         op = self.books.begin(kind, timeout + 5.0)
         with anyio.move_on_after(self._watchdog(timeout + 5.0)):
             try:
-                await self.catalog.refresh()
-                exposed = next((name for name, spec in self.catalog.exposed.items()
+                # As a turn does: the names and the call of one refresh (another task's refresh
+                # may rename the tool between the two).
+                offered = await self.catalog.refresh()
+                exposed = next((name for name, spec in offered.exposed.items()
                                 if (spec.server, spec.name) == (server, tool)), tool)
-                _, result = await self.catalog.call(exposed, arguments, timeout)
+                _, result = await offered.call(exposed, arguments, timeout)
             except Exception as exc:  # the catalog promises never to raise for a tool problem
                 self.books.end(op, "untyped", untyped=exc)
             else:
