@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,6 +73,8 @@ class ScriptedModel(Actor):
         self.requests: list[ChatRequest] = []
         self.cancelled = 0
         self.calls = 0
+        #: Awaited before each answer is planned: what else happens while the model thinks.
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
 
     async def receive(self, message: Any) -> Any:
         assert isinstance(message, ChatRequest)
@@ -82,6 +86,8 @@ class ScriptedModel(Actor):
 
     async def _stream(self, chat: ChatRequest, request: Any) -> None:
         try:
+            if self.meanwhile is not None:
+                await self.meanwhile()
             response = self._plan(chat)
             delay = 0.2 if "slowly" in _last_user(chat.messages) else 0.0
             if response.reasoning:
@@ -283,6 +289,43 @@ async def test_tool_call_runs_and_its_result_goes_back_to_the_model(tmp_path: Pa
             "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "5.0"},
     )
+
+
+async def test_a_turn_calls_the_tool_it_offered_even_after_another_turn_renamed_it(
+    tmp_path: Path,
+) -> None:
+    # notes' "read.file" and shell's "read_file" are both offered as read_file: notes, listed
+    # first, keeps it (shell's is read_file_2). While this turn's model thinks, notes restarts
+    # and another conversation's refresh gives read_file to shell; the model then calls
+    # read_file, meaning notes' tool. The call must reach notes, never shell.
+    hostile = functools.partial(McpServerConfig, command=sys.executable, cwd=str(ROOT),
+                                call_timeout=10)
+    servers = {"notes": hostile(args=["-m", "tests.mcp.hostile_server", "--pid-tool",
+                                      "read.file"]),
+               "shell": hostile(args=["-m", "tests.mcp.hostile_server", "--pid-tool",
+                                      "read_file"])}
+    async with backend(tmp_path, servers) as b:
+        shell = _health(b.system, "shell").pid
+
+        async def notes_restart_and_another_turn_refreshes() -> None:
+            b.model.meanwhile = None
+            pid = _health(b.system, "notes").pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with anyio.fail_after(10):
+                while _health(b.system, "notes").state == "ready":
+                    await anyio.sleep(0.01)
+            later = await b.tools.refresh()
+            assert (later.exposed["read_file"].server, "read_file_2" in later.exposed) == (
+                "shell", False)
+
+        b.model.meanwhile = notes_restart_and_another_turn_refreshes
+        session = await b.session()
+        events = await turn(session, "call read_file")
+        finished = of_type(events, ToolCallFinished)
+        assert [(f.server, f.tool) for f in finished] == [("notes", "read.file")]
+        assert finished[0].result_preview != str(shell)
+        assert of_type(events, TurnComplete)
 
 
 async def test_independent_tool_calls_run_in_parallel(tmp_path: Path) -> None:
