@@ -83,7 +83,13 @@ class SharedTurnLeases:
                 while len(self._last) > _REMEMBERED:
                     self._last.popitem(last=False)
                 in_body = True
-                yield stale
+                try:
+                    yield stale
+                except BaseException:
+                    # The body may not have brought the history in memory up to date (a clear
+                    # that failed ignores ``stale``): the next turn here reads it again.
+                    self._last.pop(conversation_id, None)
+                    raise
         except (ClusterUnavailable, LeaseTimeout, LeaseLost) as exc:
             if in_body and not isinstance(exc, LeaseLost):
                 raise  # the turn's own error (the lease machinery raises LeaseLost only)

@@ -7,14 +7,22 @@ own :class:`SharedTurnLeases` and its own connection to the history database: wh
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import pytest
 
-from actors.chat import ClearHistory, HistoryStore, SharedTurnLeases, session_child_spec
+from actors.chat import (
+    ClearHistory,
+    HistoryStore,
+    HistoryWriteError,
+    SharedTurnLeases,
+    session_child_spec,
+)
 from actors.cluster import ConversationLeases, RedisLink
 from actors.mcp import ToolCatalog
 from runtime import ActorRef, ActorSystem, ChildSpec, SupervisorSpec
@@ -70,6 +78,30 @@ async def test_a_clear_on_one_worker_is_seen_by_the_next_turn_on_another(
         assert b.users_seen() == ["three"]
         await turn(session_a, "four")
         assert a.users_seen() == ["three", "four"]
+
+
+async def test_a_clear_that_fails_after_another_workers_turn_leaves_nothing_stale(
+    tmp_path: Path, link: RedisLink,
+) -> None:
+    # a's clear takes the lease after b's turn (a's memory is stale) and its delete fails: the
+    # clear ignores staleness (it was to empty the history), so the token it was granted must not
+    # count as read: a's next turn reads the history again and sees b's turn.
+    db = tmp_path / "history.sqlite3"
+    async with worker(db, link, "a") as a, worker(db, link, "b") as b:
+        session_a, session_b = await a.session(), await b.session()
+        await turn(session_a, "one")
+        await turn(session_b, "two")
+        refuse = sqlite3.connect(db, isolation_level=None)
+        refuse.execute("CREATE TRIGGER refuse_clear BEFORE DELETE ON messages"
+                       " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        try:
+            with anyio.fail_after(5), pytest.raises(HistoryWriteError):
+                await session_a.ask(ClearHistory(), timeout=5)
+        finally:
+            refuse.execute("DROP TRIGGER refuse_clear")
+            refuse.close()
+        await turn(session_a, "three")
+        assert a.users_seen() == ["one", "two", "three"]
 
 
 async def test_after_redis_restarted_empty_a_worker_reads_what_another_wrote_meanwhile(
