@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -63,16 +64,19 @@ __all__ = [
     "Envelope",
     "Frame",
     "ProtocolError",
+    "RawFrame",
     "complete",
     "error",
     "history_cleared",
     "loads_bounded",
     "parse_frame",
     "processing",
+    "read_frame",
     "reasoning_chunk",
     "text_chunk",
     "tool_call_finished",
     "tool_call_started",
+    "validate_frame",
 ]
 
 Envelope = dict[str, Any]
@@ -147,6 +151,22 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
 
     ``error_type`` is ``invalid_json``, ``unknown_action`` or ``invalid_request``.
     """
+    return validate_frame(read_frame(text))
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """A frame's JSON object with its ``action`` (a known one) and ``request_id`` (a non-empty
+    string, else ``None``), before the rest of it is validated."""
+
+    data: dict[str, Any]
+    action: str
+    request_id: str | None
+
+
+def read_frame(text: str) -> RawFrame:
+    """The cheap first half of :func:`parse_frame`: the JSON and the action, so that a frame
+    can be counted and refused before its validation is paid for. Raises :class:`ProtocolError`."""
     raw = loads_bounded(text)
     if not isinstance(raw, dict):
         raise ProtocolError(
@@ -162,13 +182,18 @@ def parse_frame(text: str) -> ChatFrame | CancelFrame | ClearHistoryFrame:
             error_type="unknown_action",
             request_id=known_id,
         )
+    return RawFrame(raw, action, known_id)
+
+
+def validate_frame(frame: RawFrame) -> ChatFrame | CancelFrame | ClearHistoryFrame:
+    """The second half of :func:`parse_frame`. Raises :class:`ProtocolError`."""
     try:
-        return _FRAME.validate_python(raw)
+        return _FRAME.validate_python(frame.data)
     except ValidationError as exc:
         raise ProtocolError(
             # Input values are never echoed: a frame may carry anything, a pasted secret too.
             "invalid frame: " + "; ".join(describe_validation_error(exc, drop=1)),
-            error_type="invalid_request", request_id=known_id,
+            error_type="invalid_request", request_id=frame.request_id,
         ) from None
 
 

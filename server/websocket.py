@@ -36,7 +36,7 @@ from server._outbox import (
 )
 from server._turns import CANCEL_MESSAGES, Turn, converse, describe, error_type_of
 from server.conversations import ConversationStoreUnavailable, TooManyConversations
-from server.protocol import CancelFrame, ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
+from server.protocol import ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -169,29 +169,36 @@ class ChatConnection:
         )
 
     async def _on_text(self, text: str) -> None:
+        # The JSON and the action first: a frame over the rate limit is refused before its
+        # validation is paid for (a flood of large frames costs a parse each, no more).
         try:
-            frame = protocol.parse_frame(text)
+            raw = protocol.read_frame(text)
         except ProtocolError as exc:
             if self._over_rate():
                 await self._reject_rate(exc.request_id)
             else:
                 await self._reject(exc.request_id, exc.message, exc.error_type)
             return
-        if isinstance(frame, CancelFrame):
-            # Neither counted nor refused by the rate limit: a cancel is never answered and only
-            # stops work, which a client that has used up its budget must still be able to do.
-            turn = self._turns.get(frame.request_id)
-            if turn is not None:
-                turn.cancel("cancelled")
-            # A cancel that crosses the turn's last envelope is not an error: the turn has
-            # already ended exactly once and must not get a second ending.
+        if raw.action == "cancel" and raw.request_id in self._turns:
+            # Always served, neither counted nor refused: it only stops work, which a client
+            # that has used up its budget must still be able to do, and it is never answered
+            # (the turn it stops ends once, with its own envelope).
+            self._turns[raw.request_id].cancel("cancelled")
             return
         if self._over_rate():
-            await self._reject_rate(frame.request_id)
-        elif isinstance(frame, ChatFrame):
+            await self._reject_rate(raw.request_id)
+            return
+        try:
+            frame = protocol.validate_frame(raw)
+        except ProtocolError as exc:
+            await self._reject(exc.request_id, exc.message, exc.error_type)
+            return
+        if isinstance(frame, ChatFrame):
             await self._start_turn(frame)
         elif isinstance(frame, ClearHistoryFrame):
             await self._start_clear(frame)
+        # A cancel of no running turn (one that crossed its turn's last envelope) is counted and
+        # otherwise not an error: that turn has already ended exactly once.
 
     def _over_rate(self) -> bool:
         now = self._clock.now()

@@ -414,6 +414,26 @@ async def test_a_cancel_over_the_rate_limit_still_cancels_and_the_turn_ends_once
         "unknown_action"] * (MESSAGES_PER_MINUTE - 1)
 
 
+async def test_cancels_of_nothing_running_count_and_frames_over_the_limit_skip_validation(
+    server: ServerChild,
+) -> None:
+    # A cancel of no running turn is silent but counted (a flood of them is a flood of frames,
+    # each parsed); past the budget it is refused like any frame. A frame over the budget is
+    # refused before its validation: rate_limited, not invalid_request.
+    rate_limited = {"error": f"more than {MESSAGES_PER_MINUTE} messages in a minute",
+                    "error_type": "rate_limited"}
+    async with await connect(server.ws_url) as ws:
+        for index in range(MESSAGES_PER_MINUTE):
+            await send(ws, {"action": "cancel", "request_id": f"nothing-{index}"})
+        await send(ws, {"action": "cancel", "request_id": "one-too-many"})
+        await send(ws, {"action": "chat", "request_id": "invalid", "payload": {}})
+        envelopes = await _until_ended(ws, "one-too-many", "invalid")
+    assert envelopes == [
+        {"request_id": "one-too-many", "status": "error", "chunk": rate_limited},
+        {"request_id": "invalid", "status": "error", "chunk": rate_limited},
+    ]
+
+
 async def test_frames_reusing_a_running_request_id_are_refused_without_ending_it(
     server: ServerChild, slow_stream: None
 ) -> None:
