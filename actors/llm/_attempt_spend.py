@@ -10,9 +10,11 @@ breaker, or answered by an upstream error status, which bills nothing) is releas
 A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
 that failed after, and erring that way keeps the limit.
 
-An answer that arrived but that we cannot use (malformed, or not the JSON asked for: its error
-has a 2xx ``status_code``) was billed whole, and its error does not say how much it produced: it
-is charged as if it used its whole output limit (``Reserve.max_tokens``), the bound it reserved.
+What streamed is counted up to the output limit (``Reserve.max_tokens``): the body capped the
+output there, so the upstream cannot have billed more. An answer that arrived but that we cannot
+use was billed whole: one that is not the JSON asked for is charged its own usage (its error
+carries it); a malformed one (its error has a 2xx ``status_code``) does not say how much it
+produced and is charged its whole output limit, the bound it reserved.
 """
 
 from __future__ import annotations
@@ -105,9 +107,12 @@ class AttemptSpend:
         elif self.sent and (self.streamed or billed_in_flight(error)):
             prompt = self._reserve.prompt_tokens
             text = "".join(self.streamed)
-            completion = count_text_tokens(text, self._reserve.model) if text else 0
+            # The body capped the output at max_tokens: the upstream cannot have billed more, so
+            # neither is charged (an estimate of garbage could otherwise charge past the limit).
+            completion = min(count_text_tokens(text, self._reserve.model) if text else 0,
+                             self._reserve.max_tokens)
             if _answered(error):
-                completion = max(completion, self._reserve.max_tokens)
+                completion = self._reserve.max_tokens
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
                           total_tokens=prompt + completion)
             if self._ledger.try_tell(Settle(reservation.id, usage)):

@@ -35,8 +35,9 @@ class StreamAssembly:
     finish_reason: str | None = None
     usage: WireUsage | None = None
     added_reasoning: str = ""
-    added_tool_text: str = ""
     """The reasoning text the last :meth:`add` took in ("" if none)."""
+    added_tool_text: str = ""
+    """The tool-call names and argument pieces the last :meth:`add` took in ("" if none)."""
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
     _refusal: list[str] = field(default_factory=list)
