@@ -26,7 +26,7 @@ from server import protocol
 from server._outbox import Outbox
 from server.protocol import ChatFrame, Envelope
 
-__all__ = ["CANCEL_MESSAGES", "Ordered", "Turn", "converse", "describe", "error_type_of"]
+__all__ = ["CANCEL_MESSAGES", "Ordered", "Turn", "converse", "describe", "error_type_of", "failure"]
 
 logger = logging.getLogger("server.websocket")
 
@@ -103,18 +103,25 @@ async def converse(
                     if texts:
                         await send(protocol.text_chunk(request_id, "".join(texts)))
                     return _complete(request_id, conversation_id, event)
-    except (LLMClientError, ActorError) as exc:
-        return protocol.error(request_id, describe(exc), error_type_of(exc))
-    except HistoryWriteError as exc:  # logged by the session
-        return protocol.error(request_id, str(exc), exc.error_type)
-    except Exception:
-        # The one place an unexpected error may land: the client still gets its single
-        # ending, and the bug is logged with its traceback rather than lost.
-        logger.exception("turn %s of conversation %s failed", request_id, conversation_id)
-        return protocol.error(request_id, "internal error", "internal_error")
+    except Exception as exc:
+        return failure(request_id, exc, f"turn {request_id} of conversation {conversation_id}")
     finally:
         ended = True
     return protocol.error(request_id, "the turn ended without an answer", "internal_error")
+
+
+def failure(request_id: str | None, exc: Exception, what: str) -> Envelope:
+    """The single ending of a turn or a clear (``what``, for the log) that failed with ``exc``.
+
+    An unexpected error lands here too: the client still gets its ending, and the bug is logged
+    with its traceback rather than lost.
+    """
+    if isinstance(exc, LLMClientError | ActorError):
+        return protocol.error(request_id, describe(exc), error_type_of(exc))
+    if isinstance(exc, HistoryWriteError):  # logged by the session
+        return protocol.error(request_id, str(exc), exc.error_type)
+    logger.error("%s failed", what, exc_info=exc)
+    return protocol.error(request_id, "internal error", "internal_error")
 
 
 def _started(request_id: str, event: ToolCallStarted) -> Envelope:

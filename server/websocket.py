@@ -21,9 +21,8 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors.chat import ClearHistory, HistoryWriteError
-from actors.llm import LLMClientError
-from runtime import ActorError, ActorRef, Clock, MonotonicClock
+from actors.chat import ClearHistory
+from runtime import ActorRef, Clock, MonotonicClock
 from server import protocol
 from server._hub import CLOSE_GRACE, ChatHub, ConnectionLimits, Conversations, Owners
 from server._outbox import (
@@ -34,7 +33,7 @@ from server._outbox import (
     Close,
     Outbox,
 )
-from server._turns import CANCEL_MESSAGES, Turn, converse, describe, error_type_of
+from server._turns import CANCEL_MESSAGES, Turn, converse, error_type_of, failure
 from server.conversations import ConversationStoreUnavailable, TooManyConversations
 from server.protocol import ChatFrame, ClearHistoryFrame, Envelope, ProtocolError
 
@@ -357,15 +356,8 @@ class ChatConnection:
             async with self._ordered(conversation_id, ClearHistory(), _CLEAR_TIMEOUT) as done:
                 async for _ in done:
                     pass  # no items: the stream ends once the history is cleared
-        except (ActorError, LLMClientError) as exc:
-            return protocol.error(request_id, describe(exc), error_type_of(exc))
-        except HistoryWriteError as exc:  # logged by the session
-            return protocol.error(request_id, str(exc), exc.error_type)
-        except Exception:
-            # As in a turn: the clear still gets its single ending (a failing store raises
-            # sqlite3 errors here), and the bug is logged rather than taking the socket down.
-            logger.exception("clear_history of conversation %s failed", conversation_id)
-            return protocol.error(request_id, "internal error", "internal_error")
+        except Exception as exc:
+            return failure(request_id, exc, f"clear_history of conversation {conversation_id}")
         return protocol.history_cleared(request_id, conversation_id)
 
     @asynccontextmanager

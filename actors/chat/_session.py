@@ -47,7 +47,7 @@ import logging
 import sqlite3
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, TypedDict, Unpack, assert_never
 
@@ -276,15 +276,23 @@ class SessionActor(Actor["SessionMessage"]):
 
     # -- a turn or a clear (child task) ---------------------------------------------------------
 
-    async def _run_clear(self, slot: _Slot) -> None:
+    @contextlib.asynccontextmanager
+    async def _held(self, slot: _Slot) -> AsyncIterator[bool]:
+        """A turn's or a clear's hold on the conversation: its slot here and, with ``leases``
+        (other workers may run this conversation too), its lease; yields whether another holder
+        came in between (the history in memory may be stale)."""
         await slot.granted.wait()
         if self._leases is None:
-            await self._clear()
+            yield False
             return
+        new, self._new = self._new, False
+        async with self._leases.hold(self.conversation_id, new=new) as stale:
+            yield stale
+
+    async def _run_clear(self, slot: _Slot) -> None:
         # Under the lease, like a turn: its fencing token moves on, so another worker's next
         # turn reads the (now empty) history again instead of sending what it has in memory.
-        new, self._new = self._new, False
-        async with self._leases.hold(self.conversation_id, new=new):
+        async with self._held(slot):
             await self._clear()
 
     async def _clear(self) -> None:
@@ -299,16 +307,9 @@ class SessionActor(Actor["SessionMessage"]):
         self._messages = []
 
     async def _run_turn(self, turn: _Turn) -> None:
-        await turn.slot.granted.wait()
-        if self._leases is None:
-            await self._turn(turn, turn.slot.history)
-            return
-        # Other workers may run this conversation too: hold its lease for the turn, and read
-        # the history again when another holder came in between.
-        new, self._new = self._new, False
-        async with self._leases.hold(self.conversation_id, new=new) as stale:
+        async with self._held(turn.slot) as stale:
             history = turn.slot.history
-            if stale:
+            if stale:  # another worker's turn or clear came in between: read the store again
                 stored = await anyio.to_thread.run_sync(
                     self._history.load, self.conversation_id, self._chat.max_history_messages)
                 history = turn.reloaded = tuple(self._kept(stored))

@@ -209,15 +209,11 @@ class RedisLink:
                     # The connection broke since the command was written (a Redis restart):
                     # once more on a new one.
                     return await self._pipeline.exchange(command)
-        except TimeoutError:
-            raise ClusterUnavailable(operation, "timed out") from None
-        except self._unavailable as exc:
-            raise ClusterUnavailable(operation, _reason(exc)) from None
-        except self._response_error as exc:
-            reason = _refusal(exc)
-            if reason is None:
+        except Exception as exc:
+            outage = self._outage(operation, exc)
+            if outage is None:
                 raise  # a script bug or a wrong argument: not an outage
-            raise ClusterUnavailable(operation, reason) from None
+            raise outage from None
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await ``make()`` (calls of :attr:`client`) under the operation timeout, translating
@@ -229,15 +225,22 @@ class RedisLink:
         try:
             with anyio.fail_after(limit):
                 return await make()
-        except TimeoutError:
-            raise ClusterUnavailable(operation, "timed out") from None
-        except self._unavailable as exc:
-            raise ClusterUnavailable(operation, _reason(exc)) from None
-        except self._response_error as exc:
-            reason = _refusal(exc)
-            if reason is None:
+        except Exception as exc:
+            outage = self._outage(operation, exc)
+            if outage is None:
                 raise  # a script bug or a wrong argument: not an outage
-            raise ClusterUnavailable(operation, reason) from None
+            raise outage from None
+
+    def _outage(self, operation: str, exc: Exception) -> ClusterUnavailable | None:
+        """``exc`` as the outage it means for ``operation`` (Redis could not answer now: timed
+        out, unreachable, loading, read-only, out of memory, busy), else ``None``."""
+        if isinstance(exc, TimeoutError):
+            return ClusterUnavailable(operation, "timed out")
+        if isinstance(exc, self._unavailable):
+            return ClusterUnavailable(operation, _reason(exc))
+        if isinstance(exc, self._response_error) and (reason := _refusal(exc)) is not None:
+            return ClusterUnavailable(operation, reason)
+        return None
 
     async def ping(self) -> ClusterHealth:
         """``PING`` Redis for ``/health``; never raises for an outage."""

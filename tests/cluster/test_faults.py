@@ -51,21 +51,31 @@ async def _journal(day: str) -> DaySeed:
     return DaySeed(0)
 
 
+Calls = list[tuple[str, Callable[[], Awaitable[object]]]]
+
+
+async def _parts(link: RedisLink) -> tuple[SharedLedger, SharedRateWindow, ConversationLeases,
+                                            Calls]:
+    """A ledger (one reservation made while Redis is fine), a rate window and leases on
+    ``link``, with the call of each that a fault must refuse, by its operation's name."""
+    ledger = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=10 * CENT))
+    window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
+    leases = ConversationLeases(link, "a")
+    assert (await ledger.reserve("r1", CENT, "openai", DAY)).granted
+    return ledger, window, leases, [
+        ("ledger reserve", lambda: ledger.reserve("r2", CENT, "openai", DAY)),
+        ("rate admission", lambda: window.admit()),
+        ("lease acquire", lambda: leases.acquire("c", timeout=1.0)),
+    ]
+
+
 async def test_every_part_fails_closed_with_a_typed_error_while_redis_is_stopped_then_recovers(
     redis_server: RedisServer, cluster_config: ClusterConfig
 ) -> None:
     config = cluster_config.model_copy(update=FAST)
     async with RedisLink(config) as link:
-        ledger = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=10 * CENT))
-        window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
-        leases = ConversationLeases(link, "a")
-        assert (await ledger.reserve("r1", CENT, "openai", DAY)).granted
+        ledger, window, leases, calls = await _parts(link)
         redis_server.stop()
-        calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("ledger reserve", lambda: ledger.reserve("r2", CENT, "openai", DAY)),
-            ("rate admission", lambda: window.admit()),
-            ("lease acquire", lambda: leases.acquire("c", timeout=1.0)),
-        ]
         for operation, call in calls:
             with anyio.fail_after(BOUND), pytest.raises(ClusterUnavailable) as caught:
                 await call()
@@ -88,16 +98,8 @@ async def test_a_redis_that_refuses_writes_or_is_busy_fails_closed_with_a_typed_
 ) -> None:
     config = cluster_config.model_copy(update=FAST)
     async with RedisLink(config) as link:
-        ledger = SharedLedger(link, "a", _journal, LedgerLimits(daily_cost_limit=10 * CENT))
-        window = SharedRateWindow(link, "p", requests_per_minute=5, tokens_per_minute=None)
-        leases = ConversationLeases(link, "a")
+        ledger, window, leases, calls = await _parts(link)
         turns = SharedTurnLeases(leases, timeout=1.0)
-        assert (await ledger.reserve("r1", CENT, "openai", DAY)).granted
-        calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("ledger reserve", lambda: ledger.reserve("r2", CENT, "openai", DAY)),
-            ("rate admission", lambda: window.admit()),
-            ("lease acquire", lambda: leases.acquire("c", timeout=1.0)),
-        ]
 
         async def refused_with(reason: str) -> list[str]:
             raised: list[str] = []

@@ -120,11 +120,15 @@ async def json_mode(tmp_path: Path) -> AsyncIterator[tuple[LLMRuntime, Simulator
     """Two simulators in JSON mode; the primary's answers are not JSON."""
     async with SimulatorProcess() as primary, SimulatorProcess() as backup:
         await primary.configure(faults={"invalid_json": True})
-        config = llm_config(primary, backup, tmp_path)
-        providers = {name: settings.model_copy(update={"enable_json_mode": True})
-                     for name, settings in config.providers.items()}
-        async with open_runtime(config.model_copy(update={"providers": providers})) as rt:
+        async with open_runtime(in_json_mode(llm_config(primary, backup, tmp_path))) as rt:
             yield rt, primary
+
+
+def in_json_mode(config: LLMConfig) -> LLMConfig:
+    """``config`` with JSON mode asked of every provider."""
+    providers = {name: settings.model_copy(update={"enable_json_mode": True})
+                 for name, settings in config.providers.items()}
+    return config.model_copy(update={"providers": providers})
 
 
 def answers_cost(rt: LLMRuntime, log: list[list[Any]], models: list[str]) -> float:
@@ -181,10 +185,7 @@ async def test_an_answer_not_the_json_asked_for_is_charged_its_reported_cost(
     answer["usage"]["cost"] = 0.5
     async with GarbageUpstream() as upstream:
         upstream.reply = Reply(body=json.dumps(answer).encode())
-        config = garbage_config(upstream, tmp_path)
-        providers = {name: settings.model_copy(update={"enable_json_mode": True})
-                     for name, settings in config.providers.items()}
-        async with open_runtime(config.model_copy(update={"providers": providers})) as rt:
+        async with open_runtime(in_json_mode(garbage_config(upstream, tmp_path))) as rt:
             with pytest.raises(LLMInvalidJSONError):
                 await rt.chat(HELLO)
             assert (await settled(rt)).settled == pytest.approx(0.5, abs=1e-9)
