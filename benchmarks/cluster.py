@@ -88,6 +88,8 @@ QUICK_ROUND_TRIPS = 500
 PRODUCT_REQUESTS = 1000
 PER_REQUEST = "Redis per request"
 LEASED = "Redis, leased"
+#: CPU seconds of the load generator (simulator, clients, redis-server) per (workers, K) run.
+_LOAD_CPU: dict[tuple[int, int], float] = {}
 
 
 def _config(directory: Path, simulator: SimulatorChild, redis_url: str, workers: int,
@@ -183,11 +185,13 @@ async def _measure(server: ServerChild, sim_pid: int, redis_pid: int, workers: i
     busy_now, total_now = _machine_busy()
     failures = ", ".join(f"{kind} {n}" for kind, n in
                          sorted(samples.failures.items())) or "none"
+    load = [_cpu_seconds(sim_pid) - cpu_sim, time.process_time() - cpu_client,
+            _cpu_seconds(redis_pid) - cpu_redis]
+    _LOAD_CPU[workers, k] = sum(load)
     row = [workers, k, samples.turns, samples.turns / elapsed, cpu / elapsed * 100,
            percentile(samples.ttft, 0.99) * 1000, percentile(samples.gaps, 0.50) * 1000,
            percentile(samples.gaps, 0.99) * 1000,
-           f"{_cpu_seconds(sim_pid) - cpu_sim:.1f} / {time.process_time() - cpu_client:.1f}"
-           f" / {_cpu_seconds(redis_pid) - cpu_redis:.1f}",
+           " / ".join(f"{seconds:.1f}" for seconds in load),
            (busy_now - busy) / max(1, total_now - total) * (os.cpu_count() or 1),
            failures]
     print(f"workers={workers} K={k}: {row[3]:.1f} turns/s, CPU {row[4]:.0f}%,"
@@ -237,6 +241,28 @@ def _per_turn(rows: list[list[Any]], one: int, two: int) -> str:
     return (f"workers' CPU per turn at the K held: 1 worker {cost[1]:.1f} ms, 2 workers"
             f" {cost[2]:.1f} ms: 2 workers on 2 cores of their own would hold ~{projected:.2f}x"
             f" the streams of 1 (a projection from the CPU a turn costs, not a measurement)")
+
+
+def _load_bound(rows: list[list[Any]], two: int) -> str:
+    """What the load generator's share allows on this machine's cores.
+
+    One worker is bound by its own core (the load generator runs on the other). Two workers
+    share both cores with the load generator, whose CPU grows with the streams: with ``L`` its
+    CPU per turn over the workers', 2 workers can hold at most ``cores / (1 + L)`` times the
+    streams of 1 (both figures at the same use of a core). 1.7x on 2 cores needs ``L`` <= 17.6%.
+    """
+    row = next((row for row in rows if row[0] == 2 and row[1] == two and row[2]), None)
+    if row is None or (2, two) not in _LOAD_CPU:
+        return "load generator's share: n/a"
+    elapsed = row[2] / row[3]
+    workers = row[4] / 100 * elapsed
+    share = _LOAD_CPU[2, two] / workers
+    cores = os.cpu_count() or 1
+    return (f"load generator (simulator, clients, Redis) at 2 workers' K held: "
+            f"{_LOAD_CPU[2, two] / row[2] * 1000:.1f} ms per turn, {share:.0%} of the workers'"
+            f" {workers / row[2] * 1000:.1f} ms: on {cores} shared cores 2 workers can hold at"
+            f" most ~{cores / (1 + share):.2f}x the streams of 1 (1.7x needs <= "
+            f"{cores / 1.7 - 1:.1%})")
 
 
 async def _round_trips(redis: RedisServer, count: int) -> list[list[Any]]:
@@ -372,6 +398,7 @@ async def main() -> None:
         ratio = f"{two / one:.2f}x" if one else "n/a"
         print(f"streams held: 1 worker {one}, 2 workers {two} ({ratio}; target >= 1.7x)")
         print(_per_turn(rows, one, two))
+        print(_load_bound(rows, two))
     print(table(["Redis round trips per request", "p50 ms", "p99 ms"], trips))
     print(table(["ask to upstream call, through the product", "p50 ms", "p99 ms"], product))
     print(table(["Redis calls per request (amortized)", PER_REQUEST, LEASED], calls))
