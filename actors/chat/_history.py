@@ -96,7 +96,7 @@ class HistoryStore:
         encoded: list[list[str] | Exception] = []
         for _, messages in appends:
             try:
-                encoded.append([json.dumps(message, ensure_ascii=False) for message in messages])
+                encoded.append([_encoded(message) for message in messages])
             except (TypeError, ValueError) as exc:
                 encoded.append(exc)
         errors: list[Exception | None] = [
@@ -183,6 +183,18 @@ class HistoryStore:
 
     def __repr__(self) -> str:
         return f"<HistoryStore {self.path!r} [{'closed' if self._db is None else 'open'}]>"
+
+
+def _encoded(message: Message) -> str:
+    """The JSON text of ``message``, UTF-8 as written, or all ASCII when it holds a lone
+    surrogate (a tool result, a model's split escape): SQLite cannot bind that as UTF-8, and the
+    error would fail every append of its transaction. ``\\udXXX`` escapes load back exactly."""
+    text = json.dumps(message, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(message)
+    return text
 
 
 def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now: float) -> None:
