@@ -35,6 +35,7 @@ from ._errors import (
     redact,
 )
 from ._limits import MAX_SERVER_PAUSE
+from ._wire_decode import malformed_error
 
 __all__ = ["error_from_sdk", "map_sdk_errors", "parse_retry_after"]
 
@@ -42,6 +43,22 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _TOKEN_LIMIT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _REFUSAL_CODES = frozenset({"content_filter", "content_policy_violation", "moderation"})
 _MODEL_CODES = frozenset({"model_not_found"})
+
+# What the SDK lets through for an answer it cannot decode: bytes that are not UTF-8 in an SSE
+# stream, JSON nested deeper than the parser's recursion limit.
+_UNDECODABLE = (UnicodeDecodeError, RecursionError)
+_TRANSLATED = (openai.OpenAIError, httpx2.HTTPError, json.JSONDecodeError, *_UNDECODABLE)
+
+
+def _translated() -> tuple[type[BaseException], ...]:
+    """The exceptions :func:`map_sdk_errors` translates (looked up only when one is raised).
+
+    With the SDK's aiohttp transport, aiohttp's own errors too: its exception map covers
+    connection, timeout and payload errors only, so a malformed status line, header or chunk
+    size (``ClientResponseError``) comes through raw.
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    return _TRANSLATED if aiohttp is None else (*_TRANSLATED, aiohttp.ClientError)
 
 
 @contextmanager
@@ -57,12 +74,12 @@ def map_sdk_errors(
     Pass ``partial_text`` (a callable returning the text delivered so far) around the iteration
     of a stream: failures there become :class:`LLMStreamingError` carrying that text. Errors that
     are already ours, cancellation and unrelated exceptions pass through unchanged. Keep only the
-    SDK call (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError` there
-    is taken for upstream garbage.
+    SDK call (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError`,
+    :class:`UnicodeDecodeError` or :class:`RecursionError` there is taken for upstream garbage.
     """
     try:
         yield
-    except (openai.OpenAIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
+    except _translated() as exc:
         text = partial_text() if partial_text is not None else None
         raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
 
@@ -82,6 +99,9 @@ def error_from_sdk(
     where: dict[str, Any] = {"provider": provider, "model": model}
     if isinstance(exc, LLMClientError):
         return exc
+    if isinstance(exc, _UNDECODABLE):
+        # An answer arrived (and was billed) that we cannot read, as a malformed chunk.
+        return malformed_error(provider, model or "", exc, partial_text or "")
     if isinstance(exc, openai.ContentFilterFinishReasonError):
         return ContentRefused(f"{provider} stopped the answer: content filter", **where)
     if isinstance(exc, openai.LengthFinishReasonError):
@@ -100,7 +120,8 @@ def error_from_sdk(
     reset = _aiohttp_reset(exc)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not reset:
         return LLMTimeoutError(f"request to {provider} timed out", **where)
-    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError) or reset:
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError) or reset or (
+            _from_aiohttp(exc)):
         return LLMConnectionError(
             f"connection to {provider} failed: {_describe(exc, secrets)}", **where
         )
@@ -129,6 +150,13 @@ def _aiohttp_reset(exc: BaseException) -> bool:
             return not isinstance(cause, TimeoutError)
         cause = cause.__cause__
     return False
+
+
+def _from_aiohttp(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of aiohttp's errors that the SDK's transport let through raw (a
+    response that is not valid HTTP: what httpx2 reports as a ``RemoteProtocolError``)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -264,7 +292,11 @@ def _upstream_message(exc: openai.APIError, secrets: Sequence[str]) -> str:
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
         return _upstream_message(exc, secrets)
-    text = str(exc) or type(exc).__name__
+    message = getattr(exc, "message", None)
+    if _from_aiohttp(exc) and isinstance(message, str):
+        text = f"{type(exc).__name__}: {message}"  # its str() adds the request's URL
+    else:
+        text = str(exc) or type(exc).__name__
     cause = exc.__cause__
     if isinstance(exc, openai.APIConnectionError) and cause is not None:
         text = f"{text} ({type(cause).__name__}: {cause})" if str(cause) else text
