@@ -23,6 +23,7 @@ from typing import Any, Final
 import anyio
 import httpx2
 import mcp_types
+import pydantic
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
@@ -122,6 +123,14 @@ class McpSession:
             raise McpToolError(
                 f"Tool {name!r} returned an invalid result: {exc}", server=self.name, tool=name
             ) from exc
+        except pydantic.ValidationError as exc:
+            # The answer was read whole and broke the protocol's schema: the session is intact.
+            raise McpToolError(
+                f"Tool {name!r} returned a result that breaks the MCP protocol"
+                f" ({_schema_breaks(exc)}).",
+                server=self.name,
+                tool=name,
+            ) from None
         return ToolResult.from_call_result(result)
 
     def _died_reason(self) -> str:
@@ -196,6 +205,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
 
 _STARTUP_FAILURES: Final = (
     MCPError,
+    pydantic.ValidationError,
     OSError,
     httpx2.HTTPError,
     anyio.BrokenResourceError,
@@ -220,7 +230,20 @@ def _startup_failure(exc: BaseException, config: McpServerConfig) -> str:
         return "exited during start-up"
     if isinstance(exc, MCPError):
         return f"failed to initialize: {exc.message}"
+    if isinstance(exc, pydantic.ValidationError):
+        return f"failed to initialize: its answer breaks the MCP protocol ({_schema_breaks(exc)})"
     return f"could not be reached during start-up: {exc!r}"
+
+
+def _schema_breaks(error: pydantic.ValidationError) -> str:
+    """Where and how an answer broke the protocol's schema: pydantic's words without the values
+    (the server's text), at most three of them."""
+    breaks = [
+        f"{'.'.join(map(str, detail['loc']))}: {detail['msg']}"
+        for detail in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    more = f"; {len(breaks) - 3} more" if len(breaks) > 3 else ""
+    return "; ".join(breaks[:3]) + more
 
 
 def _with_tail(reason: str, stderr: StderrTail | None) -> str:

@@ -1,0 +1,74 @@
+"""An MCP server over stdio written as raw JSON-RPC lines, for what the SDK's server never sends.
+
+``python -m tests.mcp.raw_server MODE [SIZE]``. It answers ``initialize`` as any server would;
+``tools/list`` lists ``get`` (no arguments) and, in mode ``bloated``, a tool ``bloated`` whose
+input schema is an object whose property description has ``SIZE`` characters, in mode
+``scalar`` a tool ``scalar`` whose input schema is ``type: string`` (which the protocol forbids).
+Any call answers by ``MODE``:
+
+- ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
+- ``malformed``: a result whose ``content`` is not a list (breaks the protocol's schema).
+- otherwise: the text ``ok``.
+
+Any other method is answered with an empty result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _answer(request_id: Any, result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + "\n")
+    sys.stdout.flush()
+
+
+def _call_result(mode: str, size: int) -> dict[str, Any]:
+    if mode == "huge":
+        return {"content": [{"type": "text", "text": "x" * size}], "isError": False}
+    if mode == "malformed":
+        return {"content": "not a list", "isError": False}
+    return {"content": [{"type": "text", "text": "ok"}], "isError": False}
+
+
+def _tools(mode: str, size: int) -> list[dict[str, Any]]:
+    schemas: dict[str, dict[str, Any]] = {"get": {"type": "object", "properties": {}}}
+    if mode == "scalar":
+        schemas["scalar"] = {"type": "string"}
+    if mode == "bloated":
+        schemas["bloated"] = {
+            "type": "object",
+            "properties": {"a": {"type": "string", "description": "d" * size}},
+        }
+    return [
+        {"name": name, "description": "Answer by the server's mode.", "inputSchema": schema}
+        for name, schema in schemas.items()
+    ]
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    size = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    for line in sys.stdin:
+        message = json.loads(line)
+        if "id" not in message:
+            continue  # a notification
+        method = message.get("method")
+        if method == "initialize":
+            _answer(message["id"], {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw", "version": "1"},
+            })
+        elif method == "tools/list":
+            _answer(message["id"], {"tools": _tools(mode, size)})
+        elif method == "tools/call":
+            _answer(message["id"], _call_result(mode, size))
+        else:
+            _answer(message["id"], {})
+
+
+if __name__ == "__main__":
+    main()

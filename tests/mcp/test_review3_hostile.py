@@ -1,0 +1,88 @@
+"""What a hostile (or broken) MCP server sends that the SDK's own servers never do: raw JSON-RPC
+lines from ``tests/mcp/raw_server.py``, through the real actors, catalog and session."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from actors.mcp import (
+    McpServerConfig,
+    McpServerHealth,
+    ToolCatalog,
+    ToolResult,
+    mcp_supervisor_spec,
+)
+from runtime import ActorSystem, SupervisorSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def raw_server(mode: str, size: int = 0) -> McpServerConfig:
+    return McpServerConfig(
+        command=sys.executable, args=["-m", "tests.mcp.raw_server", mode, str(size)],
+        cwd=str(ROOT), call_timeout=10,
+    )
+
+
+@asynccontextmanager
+async def mcp_system(servers: Mapping[str, McpServerConfig]) -> AsyncIterator[ActorSystem]:
+    async with ActorSystem(SupervisorSpec("root", [mcp_supervisor_spec(servers)])) as system:
+        yield system
+
+
+def health(system: ActorSystem, server: str) -> McpServerHealth:
+    state = system.durable(f"mcp:{server}")
+    assert isinstance(state, McpServerHealth)
+    return state
+
+
+async def wait_ready(system: ActorSystem, server: str) -> None:
+    with anyio.fail_after(15):
+        while health(system, server).state != "ready":
+            await anyio.sleep(0.02)
+
+
+async def test_a_result_that_breaks_the_protocol_is_a_tool_error_and_the_server_keeps_serving(
+) -> None:
+    # The SDK raised its pydantic ValidationError from call_tool, untranslated: it ended the
+    # session task, so one malformed answer restarted the server and failed every call in flight.
+    async with mcp_system({"raw": raw_server("malformed")}) as system:
+        await wait_ready(system, "raw")
+        pid = health(system, "raw").pid
+        catalog = ToolCatalog(system, ["raw"])
+        offered = await catalog.refresh()
+        for _ in range(2):
+            _, result = await offered.call("get", "{}", 5)
+            assert result == ToolResult(
+                text="Tool 'get' returned a result that breaks the MCP protocol"
+                " (content: Input should be a valid list).",
+                structured=None,
+                is_error=True,
+            )
+        await anyio.sleep(0.6)  # past a liveness poll
+        after = health(system, "raw")
+        assert (after.state, after.pid, after.restarts) == ("ready", pid, 0)
+        assert system.status()["mcp:raw"].restart_count == 0
+
+
+async def test_a_tool_list_that_breaks_the_protocol_fails_the_start_with_its_reason() -> None:
+    # It crashed the actor ("session task ended unexpectedly" and pydantic's whole report, with
+    # the server's values, in /health), a supervisor restart loop instead of a failed start.
+    async with mcp_system({"raw": raw_server("scalar")}) as system:
+        with anyio.fail_after(15):
+            while health(system, "raw").state != "failed":
+                await anyio.sleep(0.02)
+        error = health(system, "raw").error
+        assert error is not None
+        assert re.fullmatch(
+            r"MCP server 'raw' failed to initialize: its answer breaks the MCP protocol"
+            r" \(tools\.1\.inputSchema\.type: Input should be 'object'\); retrying in [0-9.]+ s",
+            error,
+        ), error
+        assert system.status()["mcp:raw"].restart_count == 0
