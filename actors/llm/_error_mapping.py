@@ -216,6 +216,12 @@ def _from_status(
     if status == 403:
         if _is_refusal(exc, code, err_type):
             return ContentRefused(f"{provider} refused the content: {message}", **where)
+        if code in _MODEL_CODES:
+            # OpenAI's "Project ... does not have access to model ...": one model, not the key
+            # (an auth error would crash the provider and refuse the key for every model).
+            return LLMModelNotFoundError(
+                f"model {where['model']!r} not found at {provider}: {message}", **where
+            )
         return LLMAuthError(f"{provider} denied access: {message}", **where)
     if status == 404:
         return LLMModelNotFoundError(
