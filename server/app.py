@@ -15,7 +15,8 @@ need it too, and
 ``/health`` then shows details only to authorized callers. Binding a non-loopback address without
 a token is refused before the app is built (``server.cli.check_bind``). Every route answers only
 an allowed ``Host`` and browsers may open a socket only from loopback pages or
-``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence).
+``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence). Every HTTP response
+carries the page's security headers (a Content-Security-Policy among them: server/guard.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from server._backend import Backend, _lifespan
 from server.cluster import ClusterCollector, ClusterNode
 from server.config import AppConfig
 from server.conversations import owner_of_token
-from server.guard import HostAllowlist, HostGuard, origin_allowed
+from server.guard import HostAllowlist, HostGuard, SecurityHeaders, origin_allowed
 from server.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
@@ -201,10 +202,11 @@ def create_app(
         ],
         lifespan=_lifespan(config, hub, simulator_url, clock),
         middleware=[
+            Middleware(SecurityHeaders),
             Middleware(
                 HostGuard,
                 allowlist=HostAllowlist([config.server.host, *config.server.allowed_hosts]),
-            )
+            ),
         ],
     )
     app.state.hub = hub

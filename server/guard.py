@@ -8,6 +8,11 @@ address (rebinding needs a name), ``localhost``, ``server.host`` or a name in
 ``server.allowed_hosts``. ``Origin`` is never compared with ``Host`` (a rebinding page makes them
 agree): a browser may open a chat socket only from a loopback page or an origin listed in
 ``server.allowed_origins``.
+
+Every HTTP response also carries the page's security headers (:class:`SecurityHeaders`): a model's
+answer is rendered as Markdown, so a prompt-injected answer may hold an image whose URL carries
+the conversation to another site; the Content-Security-Policy lets the page load nothing but the
+server's own files (and ``data:`` images), and no other site may frame it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.cli import is_loopback
 
-__all__ = ["HostAllowlist", "HostGuard", "origin_allowed"]
+__all__ = ["SECURITY_HEADERS", "HostAllowlist", "HostGuard", "SecurityHeaders", "origin_allowed"]
 
 
 class HostAllowlist:
@@ -76,6 +81,41 @@ class HostGuard:
             return
         response = PlainTextResponse("host not allowed\n", status_code=400)
         await response(scope, receive, send)
+
+
+SECURITY_HEADERS: dict[str, str] = {
+    # Script and style from the server's files only (the page has none inline), a socket to the
+    # server itself, images from it or data: URLs: nothing a rendered answer holds can send the
+    # page's content elsewhere.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers without CSP level 2
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""The headers :class:`SecurityHeaders` adds to every HTTP response."""
+
+
+class SecurityHeaders:
+    """ASGI middleware: every HTTP response gets :data:`SECURITY_HEADERS`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *self._headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def origin_allowed(origin: str | None, allowed: Iterable[str]) -> bool:
