@@ -429,7 +429,11 @@
       send({ action: "cancel", request_id: current.id });
       failCurrent("Stopped: the conversation was cleared.");
     }
-    send({ action: "clear_history" });
+    // The stored conversation, not the socket's: after a reload or a reconnect the socket has
+    // none yet, and a bare clear_history would leave the history the next message resumes.
+    const conversationId = storage.get(localStorage, CONVERSATION_KEY);
+    send(conversationId ? { action: "clear_history", conversation_id: conversationId }
+      : { action: "clear_history" });
     messages.replaceChildren();
   });
 

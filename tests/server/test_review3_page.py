@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
@@ -144,3 +145,22 @@ async def test_a_markdown_image_in_an_answer_never_fetches_another_origin(
         assert listener.paths == []
     finally:
         listener.close()
+
+
+async def test_clear_after_a_reload_clears_the_stored_conversation(
+    server: _Server, page: Page
+) -> None:
+    await _ask(page, "remember the number 41")
+    conversation_id = await page.evaluate(f"() => localStorage.getItem({CONVERSATION_KEY!r})")
+    assert isinstance(conversation_id, str)
+    assert server.stored(conversation_id) == 2
+    await page.reload()
+    await _connected(page)
+    await page.click("#clear")
+    with anyio.fail_after(10):
+        while server.stored(conversation_id) != 0:  # the server writes it in its own process
+            await anyio.sleep(0.05)
+    await _ask(page, "what was the number?")
+    assert await page.evaluate(f"() => localStorage.getItem({CONVERSATION_KEY!r})") == (
+        conversation_id)
+    assert server.stored(conversation_id) == 2  # the new turn alone: nothing of before
