@@ -12,8 +12,10 @@ happened, so it can correct itself or answer without the tool.
 What the catalog bounds, because the model (or a server) controls it:
 
 - **Tools offered**: at most ``max_tools`` (OpenAI refuses a request with more than 128), in the
-  configured server order, each description cut to ``max_description_chars``; what was left out
-  is logged once and shown by :attr:`ToolCatalog.limits` (``/health``).
+  configured server order, each description cut to ``max_description_chars``; a tool whose input
+  schema has more than ``max_schema_chars`` characters of JSON is left out (it goes with every
+  request, and cannot be cut and stay valid). What was left out is logged once and shown by
+  :attr:`ToolCatalog.limits` (``/health``).
 - **Arguments**: at most ``max_argument_bytes`` of JSON, validated in a worker thread; a schema's
   ``pattern`` is matched with a time limit (``validation_seconds``) and without the GIL, so a
   backtracking regex with a model-made argument fails that call instead of freezing every socket.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -71,6 +74,7 @@ class ToolCatalog:
         *,
         max_tools: int = MAX_TOOLS,
         max_description_chars: int = 1024,
+        max_schema_chars: int = 16384,
         max_argument_bytes: int = 65536,
         validation_seconds: float = 1.0,
     ) -> None:
@@ -79,6 +83,7 @@ class ToolCatalog:
         self._exposed: dict[str, ToolSpec] = {}
         self._max_tools = max_tools
         self._max_description_chars = max_description_chars
+        self._max_schema_chars = max_schema_chars
         self._max_argument_bytes = max_argument_bytes
         self._validation_seconds = validation_seconds
         self._limits = ToolLimits(offered=0, omitted=(), descriptions_cut=())
@@ -100,7 +105,10 @@ class ToolCatalog:
             return self._snapshot()  # the same servers with the same tools: every turn's case
         self._ready = ready
         exposed = exposed_tool_names({server: list(tools) for server, tools in ready})
-        names = list(exposed)
+        too_big = {name for name, spec in exposed.items()
+                   if _schema_chars(spec) > self._max_schema_chars}
+        refused = tuple(name for name in exposed if name in too_big)
+        names = [name for name in exposed if name not in too_big]
         kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
         cut: list[str] = []
         self._exposed = {}
@@ -113,16 +121,18 @@ class ToolCatalog:
                 )
             self._exposed[name] = spec
         self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
-        limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut))
-        if (limits.omitted, limits.descriptions_cut) != (
-            self._limits.omitted,
-            self._limits.descriptions_cut,
-        ) and (omitted or cut):
+        limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut),
+                            schemas_refused=refused)
+        if dataclasses.replace(limits, offered=0) != dataclasses.replace(
+            self._limits, offered=0
+        ) and (omitted or cut or refused):
             logger.warning(
                 "MCP tools: offering %d of %d (at most %d per request); left out: %s;"
-                " descriptions cut to %d characters: %s",
-                len(kept), len(names), self._max_tools, ", ".join(omitted) or "none",
+                " descriptions cut to %d characters: %s%s",
+                len(kept), len(exposed), self._max_tools, ", ".join(omitted) or "none",
                 self._max_description_chars, ", ".join(cut) or "none",
+                f"; input schemas over {self._max_schema_chars} characters, left out:"
+                f" {', '.join(refused)}" if refused else "",
             )
         self._limits = limits
         return self._snapshot()
@@ -217,11 +227,13 @@ class ToolCatalog:
 @dataclass(frozen=True)
 class ToolLimits:
     """What the catalog offers the model: ``offered`` tools; ``omitted`` (exposed names) beyond
-    the limit; ``descriptions_cut``: tools whose description was shortened."""
+    the limit; ``descriptions_cut``: tools whose description was shortened; ``schemas_refused``:
+    tools left out because their input schema is too big."""
 
     offered: int
     omitted: tuple[str, ...]
     descriptions_cut: tuple[str, ...]
+    schemas_refused: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``/health``."""
@@ -229,7 +241,12 @@ class ToolLimits:
             "offered": self.offered,
             "omitted": list(self.omitted),
             "descriptions_cut": list(self.descriptions_cut),
+            "schemas_refused": list(self.schemas_refused),
         }
+
+
+def _schema_chars(spec: ToolSpec) -> int:
+    return len(json.dumps(spec.input_schema, ensure_ascii=False, separators=(",", ":")))
 
 
 def _error(message: str) -> ToolResult:

@@ -3,6 +3,7 @@ lines from ``tests/mcp/raw_server.py``, through the real actors, catalog and ses
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -10,11 +11,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 
 from actors.mcp import (
     McpServerConfig,
     McpServerHealth,
     ToolCatalog,
+    ToolLimits,
     ToolResult,
     mcp_supervisor_spec,
 )
@@ -86,3 +89,43 @@ async def test_a_tool_list_that_breaks_the_protocol_fails_the_start_with_its_rea
             error,
         ), error
         assert system.status()["mcp:raw"].restart_count == 0
+
+
+async def test_a_tool_whose_input_schema_is_too_big_is_not_offered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Descriptions were cut, but the input schema (descriptions of its own included) went out
+    # whole with every request of every conversation: one server's 1 MB schema put every turn
+    # over the model's context window (the router's count includes the tools).
+    async with mcp_system({"raw": raw_server("bloated", 1_000_000)}) as system:
+        await wait_ready(system, "raw")
+        catalog = ToolCatalog(system, ["raw"])
+        offered = await catalog.refresh()
+        assert [tool["function"]["name"] for tool in offered.openai_tools()] == ["get"]
+        assert offered.limits == ToolLimits(
+            offered=1, omitted=(), descriptions_cut=(), schemas_refused=("bloated",)
+        )
+        assert offered.limits.as_dict()["schemas_refused"] == ["bloated"]
+        assert [r.getMessage() for r in caplog.records if r.name == "actors.mcp._tools"] == [
+            "MCP tools: offering 1 of 2 (at most 128 per request); left out: none;"
+            " descriptions cut to 1024 characters: none;"
+            " input schemas over 16384 characters, left out: bloated"
+        ]
+        spec, result = await offered.call("bloated", "{}", 5)
+        assert spec is None
+        assert result == ToolResult(
+            text="Unknown tool 'bloated'. Available tools: get.", structured=None, is_error=True
+        )
+        _, result = await offered.call("get", "{}", 5)
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+
+
+async def test_an_input_schema_at_the_limit_is_offered() -> None:
+    async with mcp_system({"raw": raw_server("bloated", 100)}) as system:
+        await wait_ready(system, "raw")
+        schema = health(system, "raw").tools[1].input_schema
+        size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
+        offered = await ToolCatalog(system, ["raw"], max_schema_chars=size).refresh()
+        assert sorted(offered.exposed) == ["bloated", "get"]
+        offered = await ToolCatalog(system, ["raw"], max_schema_chars=size - 1).refresh()
+        assert sorted(offered.exposed) == ["get"]
