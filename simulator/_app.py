@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ._config import FAULT_KINDS, Flavor, ModelSpec, SimulatorConfig, merge_patch
 from ._faults import INVALID_JSON, MIDSTREAM, STATUS_FAULTS, draw_fault
 from ._http import Exchange, Request
-from ._options import Options, Rejection, read_options
+from ._options import Options, Rejection, mistyped, read_options
 from ._pacing import Pacer
 from ._replies import Reply, estimate_prompt_tokens, plan_reply
 from ._stats import SlidingWindow, Stats, format_reset
@@ -200,17 +200,19 @@ class Simulator:
         body: Any = None
         try:
             body = json.loads(request.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
             body = None
         messages = body.get("messages") if isinstance(body, dict) else None
         valid = isinstance(messages, list) and bool(messages)
-        prompt_tokens = estimate_prompt_tokens(messages) if valid and messages else 0
+        wrong_type = mistyped(body, messages) if valid and isinstance(messages, list) else None
+        planned_ok = valid and wrong_type is None
+        prompt_tokens = estimate_prompt_tokens(messages) if planned_ok and messages else 0
         forced = request.headers.get("x-sim-fault")
         broken_json = config.faults.invalid_json or forced == INVALID_JSON
         spec: ModelSpec | None = None
         reply: Reply | None = None
         options: Options | Rejection | None = None
-        if valid and isinstance(body, dict) and messages:
+        if planned_ok and isinstance(body, dict) and messages:
             spec = config.models.get(str(body.get("model"))) if config.models else ModelSpec()
             if spec is not None:
                 options = read_options(body, messages, spec, flavor == "openai")
@@ -257,6 +259,11 @@ class Simulator:
             self.stats.record(400, 0, 0, key_ok)
             self._send_error(exchange, flavor, 400, "'messages' must be a non-empty array.",
                              "invalid_request_error", None, "messages")
+            return
+        if wrong_type is not None:
+            self.stats.record(400, 0, 0, key_ok)
+            self._send_error(exchange, flavor, 400, wrong_type.message, "invalid_request_error",
+                             wrong_type.code, wrong_type.param)
             return
         if fault is not None and fault not in MIDSTREAM:
             self.stats.count_fault(fault)

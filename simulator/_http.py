@@ -11,6 +11,7 @@ chunked.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,14 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the response ended."""
+
+
+class _Unreadable(ValueError):
+    """A request whose framing we cannot read: answered with ``status``, then closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -152,21 +161,45 @@ class Exchange:
             return
 
 
+def _size(text: bytes | str, base: int, what: str) -> int:
+    """A non-negative size (``Content-Length``, a chunk's) of at most ``_MAX_BODY`` bytes."""
+    try:
+        size = int(text, base)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise _Unreadable(400, f"invalid {what}")
+    if size > _MAX_BODY:
+        raise _Unreadable(413, f"request body over {_MAX_BODY} bytes")
+    return size
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts: list[bytes] = []
+        total = 0
         while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            size = _size((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16, "chunk size")
             if size == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass
                 return b"".join(parts)
+            total += size
+            if total > _MAX_BODY:
+                raise _Unreadable(413, f"request body over {_MAX_BODY} bytes")
             parts.append(await reader.readexactly(size))
             await reader.readexactly(2)
-    length = int(headers.get("content-length", "0"))
-    if length < 0 or length > _MAX_BODY:
-        raise ValueError("body too large")
+    length = _size(headers.get("content-length", "0"), 10, "Content-Length")
     return await reader.readexactly(length) if length else b""
+
+
+def _refuse(writer: asyncio.StreamWriter, error: _Unreadable) -> None:
+    """Answer a request we could not read (the connection closes after it)."""
+    body = json.dumps({"error": {"message": str(error), "type": "invalid_request_error",
+                                 "param": None, "code": None}}).encode()
+    writer.write(f"HTTP/1.1 {error.status} {_PHRASES[error.status]}\r\n"
+                 "content-type: application/json\r\n"
+                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
 
 
 async def serve_connection(
@@ -178,7 +211,10 @@ async def serve_connection(
         while exchange is None or not exchange.closed:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ", 2)
+            request_line = lines[0].split(" ", 2)
+            if len(request_line) != 3:
+                raise _Unreadable(400, "malformed request line")
+            method, target, version = request_line
             headers: dict[str, str] = {}
             for line in lines[1:]:
                 if line:
@@ -190,6 +226,8 @@ async def serve_connection(
             await handler(Request(method, target.split("?", 1)[0], headers, body), exchange)
             if not exchange.closed:
                 await exchange.flush()
+    except _Unreadable as exc:
+        _refuse(writer, exc)
     except (
         ClientDisconnected,
         ConnectionError,

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from ._config import ModelSpec
 
-__all__ = ["EFFORT_WORDS", "JsonFormat", "Options", "Rejection", "read_options"]
+__all__ = ["EFFORT_WORDS", "JsonFormat", "Options", "Rejection", "mistyped", "read_options"]
 
 EFFORT_WORDS: dict[str, int] = {"minimal": 2, "low": 8, "medium": 16, "high": 32}
 """Reasoning tokens planned per effort; ``medium`` when the request names none."""
@@ -168,6 +168,36 @@ def _logprobs(body: dict[str, Any]) -> int | Rejection | None:
                              "top_logprobs", None)
         return None
     return top or 0
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "null"
+
+
+def _not_an_array(param: str, value: Any) -> Rejection:
+    return Rejection(f"Invalid type for '{param}': expected an array, but got "
+                     f"{_json_type(value)} instead.", param, "invalid_type")
+
+
+def mistyped(body: dict[str, Any], messages: list[Any]) -> Rejection | None:
+    """The API's 400 for a list field of the request that is not a list (``tools``, a message's
+    ``tool_calls``): the fields the simulator iterates."""
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        return _not_an_array("tools", tools)
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is not None and not isinstance(calls, list):
+            return _not_an_array(f"messages[{index}].tool_calls", calls)
+    return None
 
 
 def read_options(
