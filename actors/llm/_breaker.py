@@ -13,6 +13,12 @@
 Exceptions in ``ignored_exceptions`` (a bad request says nothing about the provider's health) are
 not recorded and return their permit, like a cancelled call (:meth:`CircuitBreaker.release`).
 
+A call reports to the state it was admitted in (its :attr:`CircuitBreaker.epoch`): one admitted
+before a transition (a slow call let through while closed, still running when the breaker is half
+open) is not a trial call, so its outcome changes nothing and its end returns no trial permit.
+Otherwise a straggler's success could close the breaker before any trial reported, and its
+cancellation could let one more trial through than ``permitted_calls_in_half_open_state``.
+
 The breaker belongs to one actor and is used from that actor's loop only: it has no locks.
 """
 
@@ -72,8 +78,9 @@ class BreakerConfig(BaseModel):
 class CircuitBreaker:
     """Decides whether a provider may be called, from the outcomes of recent calls.
 
-    Protocol for each call: ``try_acquire()``; if it returned ``True``, exactly one of
-    ``on_success()``, ``on_error(exc)`` or ``release()`` (cancelled: nothing to record).
+    Protocol for each call: ``try_acquire()``; if it returned ``True``, note :attr:`epoch`, then
+    exactly one of ``on_success(epoch)``, ``on_error(exc, epoch)`` or ``release(epoch)``
+    (cancelled: nothing to record). Without ``epoch`` an outcome counts for the current state.
     Not thread-safe; meant for one actor's loop. ``on_transition`` is called synchronously on every
     state change with ``(old, new)``; it must not raise.
     """
@@ -99,6 +106,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._half_open_permits = 0
+        self._epoch = 0
 
     @property
     def state(self) -> BreakerState:
@@ -109,6 +117,12 @@ class CircuitBreaker:
         ):
             self._transition(BreakerState.HALF_OPEN)
         return self._state
+
+    @property
+    def epoch(self) -> int:
+        """The current state's number (it changes on every transition): read it right after a
+        successful :meth:`try_acquire` and report the call's end with it."""
+        return self._epoch
 
     @property
     def failure_rate(self) -> float:
@@ -139,32 +153,32 @@ class CircuitBreaker:
         elapsed = self._clock.now() - self._opened_at
         return max(0.0, self.config.wait_duration_in_open_state - elapsed)
 
-    def on_success(self) -> None:
-        """Record a successful call."""
-        self._record(failed=False)
+    def on_success(self, epoch: int | None = None) -> None:
+        """Record a successful call admitted in ``epoch`` (see the class docstring)."""
+        self._record(failed=False, epoch=epoch)
 
-    def on_error(self, exc: BaseException) -> None:
+    def on_error(self, exc: BaseException, epoch: int | None = None) -> None:
         """Record a failed call, unless ``exc`` is ignored (then it is like :meth:`release`).
 
         Cancellation and other non-``Exception`` errors are treated as :meth:`release` too: they
         say nothing about the provider.
         """
         if isinstance(exc, self.config.ignored_exceptions) or not isinstance(exc, Exception):
-            self.release()
+            self.release(epoch)
         else:
-            self._record(failed=True)
+            self._record(failed=True, epoch=epoch)
 
-    def release(self) -> None:
+    def release(self, epoch: int | None = None) -> None:
         """Return the permit of a call that ends without an outcome (cancelled or ignored)."""
-        if self._state is BreakerState.HALF_OPEN:
+        if self._state is BreakerState.HALF_OPEN and epoch in (None, self._epoch):
             self._half_open_permits = min(
                 self._half_open_permits + 1, self.config.permitted_calls_in_half_open_state
             )
 
-    def _record(self, *, failed: bool) -> None:
+    def _record(self, *, failed: bool, epoch: int | None) -> None:
         state = self.state
-        if state is BreakerState.OPEN:
-            # A call let through before the breaker opened: its outcome changes nothing now.
+        if state is BreakerState.OPEN or epoch not in (None, self._epoch):
+            # A call admitted before the last transition: its outcome changes nothing now.
             return
         if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
             self._failures -= 1
@@ -181,6 +195,7 @@ class CircuitBreaker:
 
     def _transition(self, new: BreakerState) -> None:
         old, self._state = self._state, new
+        self._epoch += 1
         if new is BreakerState.OPEN:
             # The window that opened the breaker stays visible (repr, metrics) until half-open.
             self._opened_at = self._clock.now()

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -136,6 +137,7 @@ class ProviderActor(Actor[ProviderCall]):
         self._client: openai.AsyncOpenAI | None = None
         self._connection_failures = 0
         self._in_flight = 0
+        self._permits: Counter[int] = Counter()  # breaker epoch -> calls in flight admitted in it
         self._secret_headers = tuple(
             value for value in config.extra_headers.values() if len(value) >= _MIN_SECRET_HEADER)
 
@@ -170,8 +172,10 @@ class ProviderActor(Actor[ProviderCall]):
         # back to it: give their breaker permits back, or a half-open breaker (durable across
         # restarts) would wait forever for trial calls that no longer exist.
         if state.breaker is not None:
-            for _ in range(self._in_flight):
-                state.breaker.release()
+            for epoch, calls in self._permits.items():
+                for _ in range(calls):
+                    state.breaker.release(epoch)
+        self._permits.clear()
         self._in_flight = 0
         state.health.pool_in_use = 0
         await self._close_client()
@@ -259,6 +263,7 @@ class ProviderActor(Actor[ProviderCall]):
                 f" (retry after {retry_after:.3g} s)",
                 provider=self.name, model=call.model, retry_after=retry_after,
             )
+        epoch = state.breaker.epoch
         progress = Progress(started=time.perf_counter())
         assert self._client is not None
         site = CallSite(self.name, self._client, state, self._catalog, self._secrets(),
@@ -272,9 +277,10 @@ class ProviderActor(Actor[ProviderCall]):
             work = site.complete
             args = (call, plan, tokens, progress)
         self._in_flight += 1
+        self._permits[epoch] += 1
         state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
         self.context.pipe(self._guarded, work, *args, reply_to=request,
-                          then=lambda outcome: self._finished(call, progress, outcome))
+                          then=lambda outcome: self._finished(call, progress, outcome, epoch))
 
     def _plan(self, call: ProviderCall) -> CallPlan:
         learned = self._state.learned_params.get(call.model, frozenset())
@@ -328,22 +334,26 @@ class ProviderActor(Actor[ProviderCall]):
         self._build_client(key)
         self.context.pipe(_close, *old, reply_to=None)
 
-    def _finished(self, call: ProviderCall, progress: Progress, outcome: Outcome) -> Any:
+    def _finished(self, call: ProviderCall, progress: Progress, outcome: Outcome,
+                  epoch: int) -> Any:
         state = self._state
         breaker = state.breaker
         assert breaker is not None
         self._in_flight -= 1
+        self._permits[epoch] -= 1
+        if not self._permits[epoch]:
+            del self._permits[epoch]
         state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
         latency = time.perf_counter() - progress.started
         error = outcome.error
         response: LLMResponse | None = None
         if outcome.cancelled:
-            breaker.release()
+            breaker.release(epoch)
         elif error is not None:
-            breaker.on_error(error)
+            breaker.on_error(error, epoch)
             state.health.last_error_type = type(error).__name__
         else:
-            breaker.on_success()
+            breaker.on_success(epoch)
             response = outcome.value
         self._reports.finished(call, progress, latency, response, outcome,
                                now=self.context.clock.now(), pool_in_use=state.health.pool_in_use)
