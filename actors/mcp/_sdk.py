@@ -13,7 +13,9 @@ whole package, in the same module object. The submodules used here (``mcp.client
 half; ``tests/mcp/test_sdk.py`` checks that against the installed SDK.
 
 ``negotiate_auto`` is the SDK's own connect-time version negotiation (what ``mcp.Client`` runs in
-its default ``mode="auto"``); it lives in a private module of the SDK (``mcp>=2.3,<3``).
+its default ``mode="auto"``); it lives in a private module of the SDK (``mcp>=2.3,<3``). So do
+the stdio helpers :mod:`actors.mcp._stdio` reuses around its own line reader (spawning the
+process in its own group, parsing a line, the shutdown sequence).
 """
 
 from __future__ import annotations
@@ -53,21 +55,37 @@ _defer_package_init("mcp.client")
 from mcp.client._probe import negotiate_auto  # noqa: E402
 from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import (  # noqa: E402
+    _WRITER_FLUSH_TIMEOUT as writer_flush_timeout,
+)
+from mcp.client.stdio import (  # noqa: E402
     StdioServerParameters,
     get_default_environment,
-    stdio_client,
 )
+from mcp.client.stdio import (  # noqa: E402
+    _create_platform_compatible_process as create_stdio_process,
+)
+from mcp.client.stdio import _drain_stdout as drain_stdout  # noqa: E402
+from mcp.client.stdio import _get_executable_command as get_executable_command  # noqa: E402
+from mcp.client.stdio import _parse_line as parse_line  # noqa: E402
+from mcp.client.stdio import _stop_server_process as stop_server_process  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher  # noqa: E402
+from mcp.shared.message import SessionMessage  # noqa: E402
 
 __all__ = [
     "ClientSession",
     "JSONRPCDispatcher",
     "MCPError",
+    "SessionMessage",
     "StdioServerParameters",
+    "create_stdio_process",
+    "drain_stdout",
     "get_default_environment",
+    "get_executable_command",
     "negotiate_auto",
-    "stdio_client",
+    "parse_line",
+    "stop_server_process",
     "streamable_http_client",
+    "writer_flush_timeout",
 ]

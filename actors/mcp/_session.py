@@ -35,10 +35,10 @@ from ._sdk import (
     StdioServerParameters,
     get_default_environment,
     negotiate_auto,
-    stdio_client,
     streamable_http_client,
 )
 from ._stderr import StderrTail
+from ._stdio import StdioTransport
 from ._tool_types import ToolResult, ToolSpec
 
 __all__ = ["McpSession", "open_mcp_session"]
@@ -66,6 +66,7 @@ class McpSession:
         tools: list[ToolSpec],
         pid: int | None,
         stderr: StderrTail | None,
+        stdio: StdioTransport | None,
     ) -> None:
         self.name = name
         self.tools = tools
@@ -75,6 +76,7 @@ class McpSession:
         self._config = config
         self._client = client
         self._stderr = stderr
+        self._stdio = stdio
         self._closed = False
 
     @property
@@ -134,6 +136,8 @@ class McpSession:
         return ToolResult.from_call_result(result)
 
     def _died_reason(self) -> str:
+        if self._stdio is not None and self._stdio.fault is not None:
+            return self._stdio.fault  # we closed it
         tail = self._stderr.tail() if self._stderr is not None else ""
         reason = "closed the connection (the server process exited or was killed)"
         return f"{reason}; stderr tail: {tail}" if tail else reason
@@ -157,6 +161,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
     if not config.enabled:
         raise McpServerError(name, "is disabled in the configuration (enabled: false)")
     stderr = StderrTail(name) if config.transport == "stdio" else None
+    stdio = _stdio(config, stderr) if stderr is not None else None
     started = False
     try:
         async with anyio.create_task_group() as tg:
@@ -168,10 +173,10 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 # the task groups the SDK opened during start-up).
                 deadline = anyio.current_time() + config.startup_timeout
                 with anyio.CancelScope(deadline=deadline) as life:
-                    async with _connect(config, stderr) as client:
+                    async with _connect(config, stdio, stderr) as client:
                         tools = await _list_tools(name, client)
                         pid = stderr.find_child_pid() if stderr is not None else None
-                        session = McpSession(name, config, client, tools, pid, stderr)
+                        session = McpSession(name, config, client, tools, pid, stderr, stdio)
                         started = True
                         life.deadline = math.inf
                         try:
@@ -188,6 +193,8 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 if started or not isinstance(failure, _STARTUP_FAILURES):
                     raise
                 await _drain(stderr)
+                if stdio is not None and stdio.fault is not None:
+                    raise McpServerError(name, stdio.fault) from failure
                 reason = _with_tail(_startup_failure(failure, config), stderr)
                 raise McpServerError(name, reason) from failure
             finally:
@@ -259,41 +266,44 @@ async def _drain(stderr: StderrTail | None) -> None:
 
 @asynccontextmanager
 async def _connect(
-    config: McpServerConfig, stderr: StderrTail | None
+    config: McpServerConfig, stdio: StdioTransport | None, stderr: StderrTail | None
 ) -> AsyncIterator[ClientSession]:
     """An initialized session: what ``mcp.Client(transport)`` does on entering, but for
     ``cache=None`` and no callbacks."""
-    async with _transport(config, stderr) as (read_stream, write_stream):
+    async with _transport(config, stdio, stderr) as (read_stream, write_stream):
         dispatcher = JSONRPCDispatcher(read_stream, write_stream)
         async with ClientSession(dispatcher=dispatcher, client_info=_CLIENT_INFO) as session:
             await negotiate_auto(session)
             yield session
 
 
+def _stdio(config: McpServerConfig, stderr: StderrTail) -> StdioTransport:
+    assert config.command is not None
+    params = StdioServerParameters(
+        command=config.command,
+        args=config.args,
+        # The SDK's safe default (HOME, PATH, ... and nothing else) plus the entry's own
+        # env: our environment holds provider API keys that no MCP server may read.
+        env={**get_default_environment(), **config.env},
+        cwd=config.cwd,
+    )
+    return StdioTransport(params, stderr.writer, config.max_message_bytes)
+
+
 def _transport(
-    config: McpServerConfig, stderr: StderrTail | None
+    config: McpServerConfig, stdio: StdioTransport | None, stderr: StderrTail | None
 ) -> AbstractAsyncContextManager[Any]:
-    if config.transport == "stdio":
-        assert config.command is not None and stderr is not None
-        params = StdioServerParameters(
-            command=config.command,
-            args=config.args,
-            # The SDK's safe default (HOME, PATH, ... and nothing else) plus the entry's own
-            # env: our environment holds provider API keys that no MCP server may read.
-            env={**get_default_environment(), **config.env},
-            cwd=config.cwd,
-        )
-        return _stdio_transport(params, stderr)
+    if stdio is not None:
+        assert stderr is not None
+        return _stdio_transport(stdio, stderr)
     assert config.url is not None
     return _http_transport(config.url, config)
 
 
 @asynccontextmanager
-async def _stdio_transport(
-    params: StdioServerParameters, stderr: StderrTail
-) -> AsyncIterator[Any]:
+async def _stdio_transport(stdio: StdioTransport, stderr: StderrTail) -> AsyncIterator[Any]:
     try:
-        async with stdio_client(params, errlog=stderr.writer) as streams:
+        async with stdio.streams() as streams:
             # Our copy of the pipe's write end must go, or the reader never sees end-of-file.
             stderr.close_writer()
             yield streams

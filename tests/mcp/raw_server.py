@@ -7,6 +7,7 @@ input schema is an object whose property description has ``SIZE`` characters, in
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
+- ``line``: a text result of as many ``x`` as make its JSON line ``SIZE`` bytes long.
 - ``malformed``: a result whose ``content`` is not a list (breaks the protocol's schema).
 - otherwise: the text ``ok``.
 
@@ -20,8 +21,12 @@ import sys
 from typing import Any
 
 
+def _line(request_id: Any, result: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
 def _answer(request_id: Any, result: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + "\n")
+    sys.stdout.write(_line(request_id, result) + "\n")
     sys.stdout.flush()
 
 
@@ -64,6 +69,9 @@ def main() -> None:
             })
         elif method == "tools/list":
             _answer(message["id"], {"tools": _tools(mode, size)})
+        elif method == "tools/call" and mode == "line":
+            frame = len(_line(message["id"], _call_result("huge", 0)))
+            _answer(message["id"], _call_result("huge", size - frame))
         elif method == "tools/call":
             _answer(message["id"], _call_result(mode, size))
         else:

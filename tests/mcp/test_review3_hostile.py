@@ -21,6 +21,8 @@ from actors.mcp import (
     ToolResult,
     mcp_supervisor_spec,
 )
+from actors.mcp._errors import McpServerError
+from actors.mcp._session import open_mcp_session
 from runtime import ActorSystem, SupervisorSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +131,55 @@ async def test_an_input_schema_at_the_limit_is_offered() -> None:
         assert sorted(offered.exposed) == ["bloated", "get"]
         offered = await ToolCatalog(system, ["raw"], max_schema_chars=size - 1).refresh()
         assert sorted(offered.exposed) == ["get"]
+
+
+async def test_a_message_over_max_message_bytes_ends_the_session_and_the_server_restarts(
+) -> None:
+    # The SDK's reader re-joined the unfinished line with every 64 KiB read: O(n²) CPU on the
+    # event loop (a 16 MB result: 4.4 s; 64 MB: over a minute) and memory without bound (a
+    # server writing without a newline grew it forever).
+    async with mcp_system({"raw": raw_server("huge", 17_000_000)}) as system:
+        await wait_ready(system, "raw")
+        pid = health(system, "raw").pid
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        started = anyio.current_time()
+        _, result = await offered.call("get", "{}", 10)
+        assert result == ToolResult(
+            text="Tool 'get' could not run: its MCP server 'raw' is unavailable (wrote a message"
+            " longer than max_message_bytes (16777216 bytes)). Try again later or answer"
+            " without it.",
+            structured=None,
+            is_error=True,
+        )
+        assert anyio.current_time() - started < 5
+        with anyio.fail_after(15):
+            while health(system, "raw").state != "ready" or health(system, "raw").pid == pid:
+                await anyio.sleep(0.02)
+        assert health(system, "raw").restarts == 1
+
+
+async def test_a_message_of_max_message_bytes_is_read_and_one_byte_more_is_not() -> None:
+    fits = raw_server("line", 4096).model_copy(update={"max_message_bytes": 4096})
+    async with open_mcp_session("raw", fits) as session:
+        result = await session.call_tool("get", {})
+        assert result.text == "x" * (4096 - 100)  # the line less its 100-byte JSON-RPC frame
+    over = raw_server("line", 4097).model_copy(update={"max_message_bytes": 4096})
+    async with open_mcp_session("raw", over) as session:
+        with pytest.raises(McpServerError, match=(
+            r"^MCP server 'raw' wrote a message longer than max_message_bytes \(4096 bytes\)$"
+        )):
+            await session.call_tool("get", {})
+
+
+async def test_a_line_over_max_message_bytes_at_start_up_is_the_start_up_failure() -> None:
+    code = "import time; print('x' * 2000, flush=True); time.sleep(30)"
+    config = McpServerConfig(
+        command=sys.executable, args=["-c", code], max_message_bytes=1024, startup_timeout=10
+    )
+    started = anyio.current_time()
+    with pytest.raises(McpServerError, match=(
+        r"^MCP server 'raw' wrote a message longer than max_message_bytes \(1024 bytes\)$"
+    )):
+        async with open_mcp_session("raw", config):
+            pytest.fail("the session must not open")
+    assert anyio.current_time() - started < 8  # not the start-up timeout
