@@ -43,6 +43,9 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _TOKEN_LIMIT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _REFUSAL_CODES = frozenset({"content_filter", "content_policy_violation", "moderation"})
 _MODEL_CODES = frozenset({"model_not_found"})
+# An upstream's own words in our errors: enough to say what went wrong (a hostile upstream's
+# megabyte of "message" is not relayed to the client and the logs).
+_MAX_UPSTREAM_MESSAGE = 500
 
 # What the SDK lets through for an answer it cannot decode: bytes that are not UTF-8 in an SSE
 # stream, JSON nested deeper than the parser's recursion limit.
@@ -289,10 +292,11 @@ def _upstream_message(exc: openai.APIError, secrets: Sequence[str]) -> str:
     if isinstance(body, Mapping):
         message = body.get("message")
     elif isinstance(body, str) and body:
-        message = body[:500]
+        message = body
     if not isinstance(message, str) or not message:
         message = exc.message
-    return redact(message, secrets)
+    # Redacted whole, then cut: a secret across the cut must not leave its first characters.
+    return redact(message, secrets)[:_MAX_UPSTREAM_MESSAGE]
 
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
