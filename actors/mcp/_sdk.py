@@ -15,7 +15,7 @@ half; ``tests/mcp/test_sdk.py`` checks that against the installed SDK.
 ``negotiate_auto`` is the SDK's own connect-time version negotiation (what ``mcp.Client`` runs in
 its default ``mode="auto"``); it lives in a private module of the SDK (``mcp>=2.3,<3``). So do
 the stdio helpers :mod:`actors.mcp._stdio` reuses around its own line reader (spawning the
-process in its own group, parsing a line, the shutdown sequence).
+process in its own group, the shutdown sequence).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from mcp.client.stdio import (  # noqa: E402
 )
 from mcp.client.stdio import _drain_stdout as drain_stdout  # noqa: E402
 from mcp.client.stdio import _get_executable_command as get_executable_command  # noqa: E402
-from mcp.client.stdio import _parse_line as parse_line  # noqa: E402
 from mcp.client.stdio import _stop_server_process as stop_server_process  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
@@ -84,7 +83,6 @@ __all__ = [
     "get_default_environment",
     "get_executable_command",
     "negotiate_auto",
-    "parse_line",
     "stop_server_process",
     "streamable_http_client",
     "writer_flush_timeout",

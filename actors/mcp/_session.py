@@ -161,7 +161,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
     if not config.enabled:
         raise McpServerError(name, "is disabled in the configuration (enabled: false)")
     stderr = StderrTail(name) if config.transport == "stdio" else None
-    stdio = _stdio(config, stderr) if stderr is not None else None
+    stdio = _stdio(name, config, stderr) if stderr is not None else None
     started = False
     try:
         async with anyio.create_task_group() as tg:
@@ -277,7 +277,7 @@ async def _connect(
             yield session
 
 
-def _stdio(config: McpServerConfig, stderr: StderrTail) -> StdioTransport:
+def _stdio(name: str, config: McpServerConfig, stderr: StderrTail) -> StdioTransport:
     assert config.command is not None
     params = StdioServerParameters(
         command=config.command,
@@ -287,7 +287,7 @@ def _stdio(config: McpServerConfig, stderr: StderrTail) -> StdioTransport:
         env={**get_default_environment(), **config.env},
         cwd=config.cwd,
     )
-    return StdioTransport(params, stderr.writer, config.max_message_bytes)
+    return StdioTransport(name, params, stderr.writer, config.max_message_bytes)
 
 
 def _transport(

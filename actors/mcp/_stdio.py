@@ -6,18 +6,22 @@ The SDK's reader keeps the unfinished line in a string and re-joins it with ever
 is unbounded (a server writing without a newline grows it forever). This reader collects a line
 in pieces, joins it once, and ends the connection when a message exceeds ``max_message_bytes``:
 the session then sees the connection close, as if the server had died, and
-:attr:`StdioTransport.fault` says why. Spawning and shutdown are the SDK's own (its private
-helpers, ``mcp>=2.3,<3``; see :mod:`actors.mcp._sdk`).
+:attr:`StdioTransport.fault` says why. A line that is not a JSON-RPC message is dropped, the
+first of a session logged without its text (the SDK logged each with a traceback quoting it: a
+server printing its token to stdout put it in our logs). Spawning and shutdown are the SDK's own
+(its private helpers, ``mcp>=2.3,<3``; see :mod:`actors.mcp._sdk`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 import anyio
 import anyio.lowlevel
+import mcp_types
 
 from ._sdk import (
     SessionMessage,
@@ -26,21 +30,26 @@ from ._sdk import (
     drain_stdout,
     get_default_environment,
     get_executable_command,
-    parse_line,
     stop_server_process,
     writer_flush_timeout,
 )
 
 __all__ = ["StdioTransport"]
 
+logger = logging.getLogger(__name__)
+
 
 class StdioTransport:
     """One stdio server process and the streams the SDK's session reads and writes."""
 
-    def __init__(self, params: StdioServerParameters, errlog: TextIO, max_message_bytes: int):
+    def __init__(
+        self, server: str, params: StdioServerParameters, errlog: TextIO, max_message_bytes: int
+    ) -> None:
+        self._server = server
         self._params = params
         self._errlog = errlog
         self._max_message_bytes = max_message_bytes
+        self._garbage_seen = False
         self.fault: str | None = None
         """Why we closed the connection, when the server broke a limit (``None``: we did not)."""
 
@@ -118,14 +127,27 @@ class StdioTransport:
                 if len(line) > limit:
                     self._over_limit()
                     return
-                # "replace": a stray byte spoils its message, not the connection.
-                await read_writer.send(parse_line(line.decode(self._params.encoding, "replace")))
+                try:
+                    message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except ValueError:
+                    self._not_json_rpc(len(line))
+                    continue
+                await read_writer.send(SessionMessage(message))
             if start < len(chunk):
                 pieces.append(chunk[start:])
                 size += len(chunk) - start
                 if size > limit:
                     self._over_limit()
                     return
+
+    def _not_json_rpc(self, size: int) -> None:
+        if not self._garbage_seen:
+            self._garbage_seen = True
+            logger.warning(
+                "MCP server %r wrote a line that is not a JSON-RPC message to stdout (%d bytes,"
+                " not shown); this session's later ones are dropped without a word",
+                self._server, size,
+            )
 
     def _over_limit(self) -> None:
         self.fault = (

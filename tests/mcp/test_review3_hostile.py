@@ -183,3 +183,29 @@ async def test_a_line_over_max_message_bytes_at_start_up_is_the_start_up_failure
         async with open_mcp_session("raw", config):
             pytest.fail("the session must not open")
     assert anyio.current_time() - started < 8  # not the start-up timeout
+
+
+async def test_stdout_garbage_is_logged_once_without_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SDK logged every line that is not JSON-RPC with logger.exception: a traceback and
+    # pydantic's report quoting the line (a server printing its token to stdout put it in our
+    # logs), kilobytes of log per line of garbage.
+    code = (
+        "import runpy\n"
+        "for _ in range(200): print('token=sk-live-abcdef123456 is not JSON', flush=True)\n"
+        "runpy.run_module('server.demo_mcp_server', run_name='__main__')\n"
+    )
+    config = McpServerConfig(command=sys.executable, args=["-c", code], cwd=str(ROOT))
+    caplog.set_level("DEBUG")
+    async with open_mcp_session("noisy", config) as session:
+        assert (await session.call_tool("add", {"a": 1, "b": 2})).text == "3.0"
+    assert "sk-live" not in caplog.text
+    assert [
+        (r.levelname, r.getMessage()) for r in caplog.records if "JSON-RPC" in r.getMessage()
+    ] == [(
+        "WARNING",
+        "MCP server 'noisy' wrote a line that is not a JSON-RPC message to stdout (38 bytes,"
+        " not shown); this session's later ones are dropped without a word",
+    )]
+
