@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from actors.llm import LedgerUnavailable, check_ledger, describe_validation_error, redact
 from runtime.gc_tuning import collector_paused, tune_gc
+from server._http_protocol import http_protocol
 from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
@@ -354,6 +355,8 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         # websockets-sansio that stops reading a peer whose writes are backed up (a ping flood
         # from a client that never reads its pongs): server/_ws_protocol.py.
         "ws": WS_PROTOCOL,
+        # httptools with a deadline for reading each request (slowloris): server/_http_protocol.py.
+        "http": http_protocol(config.server.request_read_timeout),
         # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_timeout),

@@ -90,6 +90,11 @@ class ServerConfig(BaseModel):
         " included (switching holds the previous one until its running requests end)"
     )
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    request_read_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a client may take to send a request (headers"
+        " and body, a WebSocket's handshake), counted from its first byte or, for a connection's"
+        " first request, from connecting; a slower connection is closed"
+    )
     workers: int = Field(
         default=1, ge=1, le=64,
         description="worker processes serving host:port (more than 1 needs cluster.redis_url)",
