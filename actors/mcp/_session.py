@@ -14,6 +14,7 @@ message and correct itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
 from ._errors import McpServerError, McpToolError, McpToolTimeout
+from ._redact import redact_server_text
 from ._sdk import (
     ClientSession,
     JSONRPCDispatcher,
@@ -160,7 +162,10 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
     """
     if not config.enabled:
         raise McpServerError(name, "is disabled in the configuration (enabled: false)")
-    stderr = StderrTail(name) if config.transport == "stdio" else None
+    stderr = (
+        StderrTail(name, functools.partial(redact_server_text, config=config))
+        if config.transport == "stdio" else None
+    )
     stdio = _stdio(name, config, stderr) if stderr is not None else None
     started = False
     try:

@@ -1,10 +1,12 @@
-"""A stdio MCP server's stderr, through a pipe: logged at DEBUG, its last bytes kept for errors."""
+"""A stdio MCP server's stderr, through a pipe: logged at DEBUG (redacted), its last bytes kept
+for errors."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Final, TextIO
 
 import anyio
@@ -17,10 +19,14 @@ _STDERR_TAIL_BYTES: Final = 2000
 
 
 class StderrTail:
-    """The server's stderr, through a pipe: logged at DEBUG, its last bytes kept for errors."""
+    """The server's stderr, through a pipe: logged at DEBUG, its last bytes kept for errors.
 
-    def __init__(self, server: str) -> None:
+    ``redact`` masks the secrets of each line logged (the tail is redacted where it is shown).
+    """
+
+    def __init__(self, server: str, redact: Callable[[str], str]) -> None:
         self._server = server
+        self._redact = redact
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         self._read_fd = read_fd
@@ -61,7 +67,7 @@ class StderrTail:
     def _record(self, data: bytes) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             for line in data.decode(errors="replace").splitlines():
-                logger.debug("MCP server %r stderr: %s", self._server, line)
+                logger.debug("MCP server %r stderr: %s", self._server, self._redact(line))
         self._tail.append(data)
         self._tail_size += len(data)
         while self._tail_size - len(self._tail[0]) >= _STDERR_TAIL_BYTES:

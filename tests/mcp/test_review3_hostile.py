@@ -209,3 +209,23 @@ async def test_stdout_garbage_is_logged_once_without_its_text(
         " not shown); this session's later ones are dropped without a word",
     )]
 
+
+async def test_stderr_lines_logged_at_debug_are_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    code = (
+        "import runpy, sys\n"
+        "print('using s3cr3t-entry-value and sk-live1234567890', file=sys.stderr, flush=True)\n"
+        "runpy.run_module('server.demo_mcp_server', run_name='__main__')\n"
+    )
+    config = McpServerConfig(
+        command=sys.executable, args=["-c", code], cwd=str(ROOT),
+        env={"UPSTREAM_SECRET": "s3cr3t-entry-value"},
+    )
+    caplog.set_level("DEBUG", logger="actors.mcp._stderr")
+    async with open_mcp_session("chatty", config) as session:
+        assert (await session.call_tool("add", {"a": 1, "b": 2})).text == "3.0"
+    assert "s3cr3t" not in caplog.text and "sk-live" not in caplog.text
+    assert "MCP server 'chatty' stderr: using [REDACTED] and [REDACTED]" in [
+        r.getMessage() for r in caplog.records
+    ]
