@@ -62,7 +62,10 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The wait before restart number ``attempt`` (1-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        try:
+            base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        except OverflowError:  # the 1025th restart of a loop never quiet for reset_after
+            base = self.maximum
         return base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
 
 
