@@ -1,7 +1,9 @@
 """The model's tool arguments: parsed, checked against the tool's input schema, explained.
 
 Every problem is an ``McpToolError`` whose message is written for the model, so it can correct
-its call; a schema's ``pattern`` may be matched with a time limit, without the GIL.
+its call; a schema's ``pattern`` may be matched with a time limit, without the GIL. What we
+cannot check is left to the server, which judges its arguments anyway: a broken schema, and one
+whose ``$ref`` does not resolve.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def validate_arguments(
             server=spec.server,
             tool=spec.name,
         )
+    import referencing.exceptions
+
     validator_class = jsonschema.validators.validator_for(spec.input_schema)
     try:
         validator_class.check_schema(spec.input_schema)
@@ -68,6 +72,8 @@ def validate_arguments(
         )
     except RecursionError:
         raise McpToolError(_too_deep(prefix), server=spec.server, tool=spec.name) from None
+    except referencing.exceptions.Unresolvable:
+        return arguments  # a $ref the schema does not resolve (remote ones are never fetched)
     if errors:
         messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
         raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)

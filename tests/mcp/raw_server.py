@@ -4,6 +4,8 @@
 ``tools/list`` lists ``get`` (no arguments) and, in mode ``bloated``, a tool ``bloated`` whose
 input schema is an object whose property description has ``SIZE`` characters, in mode
 ``scalar`` a tool ``scalar`` whose input schema is ``type: string`` (which the protocol forbids).
+In mode ``dangling-ref`` the schema of ``get`` refers to a definition it lacks; in mode
+``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``.
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+BOMB = r"^(a|aa)+$"  # backtracks exponentially on 'aaaa...b'
 
 
 def _line(request_id: Any, result: dict[str, Any]) -> str:
@@ -40,6 +44,10 @@ def _call_result(mode: str, size: int) -> dict[str, Any]:
 
 def _tools(mode: str, size: int) -> list[dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {"get": {"type": "object", "properties": {}}}
+    if mode == "dangling-ref":
+        schemas["get"] = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    if mode == "pattern-keys":
+        schemas["get"] = {"type": "object", "patternProperties": {BOMB: {"type": "integer"}}}
     if mode == "scalar":
         schemas["scalar"] = {"type": "string"}
     if mode == "bloated":

@@ -229,3 +229,14 @@ async def test_stderr_lines_logged_at_debug_are_redacted(
     assert "MCP server 'chatty' stderr: using [REDACTED] and [REDACTED]" in [
         r.getMessage() for r in caplog.records
     ]
+
+
+async def test_a_schema_with_a_dangling_ref_lets_the_server_judge_the_arguments() -> None:
+    # jsonschema raised its reference error out of the catalog's call: the tool step's task
+    # group failed and the turn ended in an internal error instead of a tool result.
+    async with mcp_system({"raw": raw_server("dangling-ref")}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        _, result = await offered.call("get", '{"a": 1}', 5)
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+
