@@ -2,8 +2,10 @@
 
 Every problem is an ``McpToolError`` whose message is written for the model, so it can correct
 its call; a schema's ``pattern`` may be matched with a time limit, without the GIL. What we
-cannot check is left to the server, which judges its arguments anyway: a broken schema, and one
-whose ``$ref`` does not resolve.
+cannot check safely is left to the server, which judges its arguments anyway: a broken schema,
+one whose ``$ref`` does not resolve, and one with ``patternProperties`` (jsonschema matches
+those with ``re``, holding the GIL without a time limit: a model-made key could freeze the
+process).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def validate_arguments(
     except jsonschema.SchemaError:
         # The server's schema is broken; let the server judge the arguments itself.
         return arguments
+    if _has_key(spec.input_schema, "patternProperties"):
+        return arguments
     if deadline is not None:
         validator_class = jsonschema.validators.extend(
             validator_class, {"pattern": _bounded_pattern(deadline)}
@@ -78,6 +82,20 @@ def validate_arguments(
         messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
         raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)
     return arguments
+
+
+def _has_key(schema: Any, key: str) -> bool:
+    """Whether ``key`` is a key of any object within ``schema``."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if key in node:
+                return True
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
 
 
 def _too_deep(prefix: str) -> str:

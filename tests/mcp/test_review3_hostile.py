@@ -240,3 +240,27 @@ async def test_a_schema_with_a_dangling_ref_lets_the_server_judge_the_arguments(
         _, result = await offered.call("get", '{"a": 1}', 5)
         assert result == ToolResult(text="ok", structured=None, is_error=False)
 
+
+async def test_pattern_properties_never_block_the_loop() -> None:
+    # jsonschema matches patternProperties with ``re``, which holds the GIL and has no time
+    # limit: a model-made key froze every task of the process (the ``pattern`` keyword was
+    # already matched without the GIL and under a deadline).
+    async with mcp_system({"raw": raw_server("pattern-keys")}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            for _ in range(1000):
+                before = anyio.current_time()
+                await anyio.sleep(0.01)
+                gaps.append(anyio.current_time() - before)
+
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            _, result = await offered.call("get", json.dumps({"a" * 38 + "b": 1}), 5)
+            tg.cancel_scope.cancel()
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+        assert anyio.current_time() - started < 3
+        assert max(gaps, default=0.0) < 1
