@@ -189,7 +189,7 @@ def _parse_retry_after(headers: Mapping[str, str], now: float | None) -> float |
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # overflow: a year or zone past a C int
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
