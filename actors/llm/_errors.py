@@ -139,6 +139,7 @@ class LLMClientError(Exception):
         status_code: int | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        provider_specific: bool | None = None,
     ) -> None:
         # Key-shaped text is scrubbed even from messages built by our own code.
         message = redact(message)
@@ -150,6 +151,8 @@ class LLMClientError(Exception):
         self.retry_after = retry_after
         if retryable is not None:
             self.retryable = retryable
+        if provider_specific is not None:
+            self.provider_specific = provider_specific
 
     def _extra(self) -> dict[str, Any]:
         """Subclass-specific keyword arguments, for pickling and repr."""
@@ -164,6 +167,8 @@ class LLMClientError(Exception):
         }
         if self.retryable is not type(self).retryable:
             kwargs["retryable"] = self.retryable
+        if self.provider_specific is not type(self).provider_specific:
+            kwargs["provider_specific"] = self.provider_specific
         kwargs.update(self._extra())
         return kwargs
 

@@ -289,9 +289,9 @@ class ProviderRateLimiter:
 
         Waits until one request with ``tokens`` estimated tokens fits. Call ``permit.sent()``
         when the provider has the request (its response headers arrived); leaving the block does
-        it otherwise. Raises :class:`LLMTokenLimitError` at once when ``tokens`` exceeds the whole
-        tokens-per-minute budget (it could never be served). Cancellation while waiting takes
-        nothing.
+        it otherwise. Raises :class:`LLMTokenLimitError` (``provider_specific``) at once when
+        ``tokens`` exceeds the whole tokens-per-minute budget (it could never be served here).
+        Cancellation while waiting takes nothing.
         """
         permit = await self._admit(tokens)
         try:
@@ -304,10 +304,11 @@ class ProviderRateLimiter:
             raise ValueError("tokens must not be negative")
         tpm = self.config.tokens_per_minute
         if tpm is not None and tokens > tpm:
+            # This provider's budget, not the request's size: another provider may serve it.
             raise LLMTokenLimitError(
                 f"estimated {tokens} tokens exceed the whole budget of {tpm} tokens per minute"
                 + (f" of {self.name}" if self.name else ""),
-                provider=self.name,
+                provider=self.name, provider_specific=True,
             )
         # Check everything, then take everything with no await in between: a cancellation can
         # only happen while nothing is taken. Nobody waiting and room now: no lock needed.
