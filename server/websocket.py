@@ -87,6 +87,9 @@ class ChatConnection:
         self._held: dict[str, int] = {}  # conversation -> holds (current one, running requests)
         self._recent: deque[float] = deque()
         self.conversation_id: str | None = None
+        self._issued: str | None = None
+        """The id issued for the socket's first conversation while no room could be found for
+        it: a socket retrying in a full server must not record a new id with every frame."""
         self._outbox = Outbox()
         self._task_group: TaskGroup | None = None
         self._closing = False
@@ -299,7 +302,9 @@ class ChatConnection:
         new = requested is None and self.conversation_id is None
         try:
             if requested is None:
-                conversation_id = self.conversation_id or self._owners.create(self._owner)
+                conversation_id = self.conversation_id or self._issued or self._owners.create(
+                    self._owner
+                )
             elif requested in self._held or self._owners.owned_by(requested, self._owner):
                 conversation_id = requested
             else:
@@ -316,8 +321,11 @@ class ChatConnection:
         try:
             await self._hold(conversation_id, new=new)
         except TooManyConversations as exc:
+            if new:
+                self._issued = conversation_id
             await self._reject(request_id, str(exc), "too_many_conversations")
             return None
+        self._issued = None
         return conversation_id
 
     async def _hold(self, conversation_id: str, *, new: bool = False) -> None:
