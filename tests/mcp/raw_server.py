@@ -5,7 +5,9 @@
 input schema is an object whose property description has ``SIZE`` characters, in mode
 ``scalar`` a tool ``scalar`` whose input schema is ``type: string`` (which the protocol forbids).
 In mode ``dangling-ref`` the schema of ``get`` refers to a definition it lacks; in mode
-``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``.
+``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``; in
+mode ``unique`` its property ``a`` is an array with ``uniqueItems``; in mode ``exponential``
+``a`` is a nested array whose every level is checked twice (``anyOf`` of two ``$ref`` branches).
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
@@ -48,6 +50,17 @@ def _tools(mode: str, size: int) -> list[dict[str, Any]]:
         schemas["get"] = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
     if mode == "pattern-keys":
         schemas["get"] = {"type": "object", "patternProperties": {BOMB: {"type": "integer"}}}
+    if mode == "unique":
+        schemas["get"] = {
+            "type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}},
+        }
+    if mode == "exponential":
+        nested = {"type": "array", "items": {"$ref": "#/$defs/nested"}}
+        schemas["get"] = {
+            "type": "object",
+            "properties": {"a": {"$ref": "#/$defs/nested"}},
+            "$defs": {"nested": {"anyOf": [{**nested, "maxItems": 0}, nested]}},
+        }
     if mode == "scalar":
         schemas["scalar"] = {"type": "string"}
     if mode == "bloated":

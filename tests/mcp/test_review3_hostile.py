@@ -264,3 +264,44 @@ async def test_pattern_properties_never_block_the_loop() -> None:
         assert result == ToolResult(text="ok", structured=None, is_error=False)
         assert anyio.current_time() - started < 3
         assert max(gaps, default=0.0) < 1
+
+
+async def test_unique_items_are_checked_in_linear_time() -> None:
+    # jsonschema compares objects (or mixed types) pairwise: 50 KB of model-made arguments took
+    # 45 s of a worker thread, beyond any timeout (a tool call's bounds only its server's part).
+    async with mcp_system({"raw": raw_server("unique")}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        items: list[object] = [{"k": i} for i in range(4000)]
+        started = anyio.current_time()
+        _, result = await offered.call("get", json.dumps({"a": items}), 5)
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+        assert anyio.current_time() - started < 3
+        for same in ([{"k": 1, "j": [1]}, {"j": [1.0], "k": 1}], [1, "1", 1.0]):
+            _, result = await offered.call("get", json.dumps({"a": same}), 5)
+            assert result == ToolResult(
+                text="Invalid arguments for tool 'get': 'a': has non-unique elements.",
+                structured=None,
+                is_error=True,
+            )
+        _, result = await offered.call("get", json.dumps({"a": [[True], [1], 0, False]}), 5)
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+
+
+async def test_a_check_that_would_outlast_its_deadline_fails_the_arguments_at_the_deadline(
+) -> None:
+    async with mcp_system({"raw": raw_server("exponential")}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"], validation_seconds=1.0).refresh()
+        _, result = await offered.call("get", json.dumps({"a": [[[]]]}), 5)
+        assert result == ToolResult(text="ok", structured=None, is_error=False)
+        started = anyio.current_time()
+        deep = "[" * 18 + "]" * 18  # 2**18 checks: about 16 s
+        _, result = await offered.call("get", f'{{"a": {deep}}}', 5)
+        assert result == ToolResult(
+            text="Invalid arguments for tool 'get': they could not be checked in time. Send"
+            " smaller or simpler arguments.",
+            structured=None,
+            is_error=True,
+        )
+        assert anyio.current_time() - started < 3
