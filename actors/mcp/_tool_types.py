@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import mcp_types
 
 __all__ = ["ToolResult", "ToolSpec"]
+
+_WORD: Final = re.compile(r"\S+")  # what str.split() splits off (the same whitespace)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,15 @@ class ToolResult:
 
     def preview(self, n: int = 200) -> str:
         """The first ``n`` characters of the model-facing content, on one line."""
-        flat = " ".join(self.as_tool_message_content().split())
+        # Word by word, only as far as the preview goes: a result may be megabytes of words.
+        words: list[str] = []
+        size = -1
+        for word in _WORD.finditer(self.as_tool_message_content()):
+            words.append(word.group())
+            size += len(words[-1]) + 1
+            if size > n:
+                break
+        flat = " ".join(words)
         return flat if len(flat) <= n else flat[: max(n - 1, 0)] + "…"
 
     @classmethod

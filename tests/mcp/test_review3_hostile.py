@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -305,3 +306,24 @@ async def test_a_check_that_would_outlast_its_deadline_fails_the_arguments_at_th
             is_error=True,
         )
         assert anyio.current_time() - started < 3
+
+
+def test_a_preview_of_a_big_result_reads_only_its_beginning() -> None:
+    # preview() split the whole result into words to keep 200 characters: a 15 MB result of
+    # short words took 360 MB and 0.7 s of the event loop (the tool step makes one per call).
+    result = ToolResult(text="ab\n\t " * 3_000_000, structured=None, is_error=False)
+    tracemalloc.start()
+    try:
+        preview = result.preview(200)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert preview == "ab " * 66 + "a…"
+    assert peak < 100_000
+    assert ToolResult(text=" a  b\u2003c\x1fd ", structured=None, is_error=False).preview(7) == (
+        "a b c d"
+    )
+    assert ToolResult(text="a b c d e", structured=None, is_error=False).preview(8) == "a b c d…"
+    assert ToolResult(text="", structured={"k": "v  w"}, is_error=False).preview() == (
+        '{"k": "v w"}'
+    )
