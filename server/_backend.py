@@ -32,7 +32,7 @@ from actors.mcp import McpServerConfig, ToolCatalog, mcp_status, mcp_supervisor_
 from runtime import ChildSpec, Clock, SupervisorSpec
 from server.cluster import open_cluster
 from server.config import AppConfig
-from server.conversations import ConversationOwners, SessionDirectory
+from server.conversations import ConversationOwners, SessionDirectory, retention_sweep
 from server.simulated import run_simulator, simulated_llm_config, wants_simulator
 from server.websocket import ChatHub
 
@@ -92,7 +92,7 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                 logger.warning("no provider has an API key and simulator.enabled is 'never':"
                                " every chat request will fail")
             servers = _mcp_servers(config)
-            history = HistoryStore(config.chat.history_db)
+            history = HistoryStore(config.chat.history_db, config.chat.max_stored_messages)
             stack.callback(history.close)  # after the sessions stopped: they write to it
             owners = ConversationOwners(config.chat.history_db)
             stack.callback(owners.close)
@@ -140,6 +140,9 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
                                         history)
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
+                if config.chat.retention_days is not None:
+                    task_group.start_soon(retention_sweep, history, owners, conversations,
+                                          config.chat.retention_days * 86400)
                 if cluster is not None:  # heartbeats from a worker that can serve
                     await cluster.beat()
                     task_group.start_soon(cluster.run)

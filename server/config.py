@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from actors.cluster import ClusterConfig
 from actors.llm import LLMConfig, describe_validation_error, mask_secrets, redact
@@ -129,12 +137,29 @@ class ChatConfig(BaseModel):
         default=None, gt=0, description="history budget; default: the model's context window"
     )
     max_history_messages: int = Field(default=200, ge=1)
+    max_stored_messages: int = Field(
+        default=1000, ge=1,
+        description="messages a conversation keeps in history_db; older ones are deleted",
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0,
+        description="a conversation not written for this long is deleted; default: kept",
+    )
     max_tool_result_chars: int = Field(
         default=20000, ge=100, description="a tool result beyond this is cut, with a note"
     )
     max_cost_per_turn: float | None = Field(
         default=None, gt=0, description="USD one turn may spend over all its model calls"
     )
+
+
+    @model_validator(mode="after")
+    def _stores_what_turns_read(self) -> ChatConfig:
+        if self.max_stored_messages < self.max_history_messages:
+            raise ValueError(
+                f"max_stored_messages ({self.max_stored_messages}) must be at least"
+                f" max_history_messages ({self.max_history_messages}): a turn reads that many")
+        return self
 
 
 class MetricsConfig(BaseModel):

@@ -21,14 +21,14 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from pydantic import SecretStr
 
-from actors.chat import session_actor_name
+from actors.chat import EXPIRE_BATCH, HistoryStore, HistoryStoreClosed, session_actor_name
 from runtime import ActorRef, ActorSystem, ChildSpec, Clock, MonotonicClock
 from runtime.sqlite import open_sqlite
 
@@ -37,7 +37,9 @@ __all__ = [
     "ConversationStoreUnavailable",
     "SessionDirectory",
     "TooManyConversations",
+    "expire_conversations",
     "owner_of_token",
+    "retention_sweep",
 ]
 
 logger = logging.getLogger("server.conversations")
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS conversation_owners (
     owner TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS conversation_owners_by_age ON conversation_owners (created_at);
 """
 
 
@@ -119,6 +122,23 @@ class ConversationOwners:
                 "the conversation store is not available right now; try again shortly"
             ) from None
 
+    def expire(self, before: float, keep: Collection[str] = ()) -> int:
+        """Forget up to :data:`EXPIRE_BATCH` ids issued before ``before`` (epoch seconds) whose
+        conversation is not in the history (never written, or expired), except ``keep``; how
+        many. The history's table is in the same database file; with ``":memory:"`` it is not
+        (each connection has its own), so nothing is forgotten."""
+        if self.path == ":memory:":
+            return 0
+        kept = list(keep)
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM conversation_owners WHERE rowid IN (SELECT o.rowid FROM"
+                " conversation_owners AS o LEFT JOIN conversations AS c ON c.id ="
+                " o.conversation_id WHERE o.created_at < ? AND c.id IS NULL AND"
+                f" o.conversation_id NOT IN ({','.join('?' * len(kept))}) LIMIT ?)",
+                (before, *kept, EXPIRE_BATCH))
+        return cursor.rowcount
+
     def close(self) -> None:
         """Close the connection; idempotent."""
         with self._lock:
@@ -126,6 +146,42 @@ class ConversationOwners:
 
     def __repr__(self) -> str:
         return f"<ConversationOwners [{self.path}]>"
+
+
+async def expire_conversations(history: HistoryStore, owners: ConversationOwners,
+                               live: Collection[str], before: float) -> tuple[int, int]:
+    """One retention pass: delete the conversations last written before ``before`` (epoch
+    seconds) and forget the ids issued before it and never written, except ``live`` ones, in
+    short batches (each its own transaction, in a worker thread); how many of each."""
+    expired = forgotten = 0
+    while len(ids := await anyio.to_thread.run_sync(history.expire, before, live)) > 0:
+        expired += len(ids)
+        if len(ids) < EXPIRE_BATCH:
+            break
+    while (count := await anyio.to_thread.run_sync(owners.expire, before, live)) > 0:
+        forgotten += count
+        if count < EXPIRE_BATCH:
+            break
+    return expired, forgotten
+
+
+async def retention_sweep(history: HistoryStore, owners: ConversationOwners,
+                          directory: SessionDirectory, retention: float) -> None:
+    """Every tenth of ``retention`` seconds (at most hourly), :func:`expire_conversations`
+    what has not been written for ``retention`` seconds, sparing live conversations; until
+    cancelled. A locked or failing database is logged and tried again at the next pass."""
+    interval = max(0.5, min(3600.0, retention / 10))
+    while True:
+        try:
+            expired, forgotten = await expire_conversations(
+                history, owners, directory.live(), time.time() - retention)
+        except (sqlite3.Error, HistoryStoreClosed) as exc:
+            logger.warning("history retention: %s", exc)
+        else:
+            if expired or forgotten:
+                logger.info("history retention: %d conversations deleted, %d unused ids"
+                            " forgotten", expired, forgotten)
+        await anyio.sleep(interval)
 
 
 @dataclass
@@ -167,6 +223,13 @@ class SessionDirectory:
         """Conversations whose actor is starting: :meth:`session` waits for it."""
         self._stopping: dict[str, anyio.Event] = {}
         """Conversations whose actor is stopping: :meth:`session` waits before starting it."""
+
+    def live(self) -> set[str]:
+        """The conversations in use now (a socket is on it, or a request runs in it), and those
+        whose actor is starting."""
+        in_use = {conversation_id for conversation_id, entry in self._entries.items()
+                  if entry.users}
+        return in_use | set(self._starting)
 
     def __len__(self) -> int:
         return len(self._entries)

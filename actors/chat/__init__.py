@@ -1,7 +1,7 @@
 """Conversations: one actor per conversation, its persisted history, the tool loop of a turn."""
 
 from ._group_commit import GroupCommit
-from ._history import HistoryStore
+from ._history import EXPIRE_BATCH, HistoryStore, HistoryStoreClosed
 from ._leases import ConversationUnavailable, SharedTurnLeases, TurnLeases
 from ._messages import (
     ClearHistory,
@@ -18,11 +18,13 @@ from ._session import session_actor_name, session_child_spec
 from ._trimming import trim_history
 
 __all__ = [
+    "EXPIRE_BATCH",
     "ClearHistory",
     "ConversationUnavailable",
     "GetHistory",
     "GroupCommit",
     "HistoryStore",
+    "HistoryStoreClosed",
     "HistoryWriteError",
     "RunTurn",
     "SharedTurnLeases",

@@ -14,14 +14,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from runtime.sqlite import open_sqlite
 
-__all__ = ["HistoryStore", "HistoryStoreClosed"]
+__all__ = ["EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed"]
 
 Message = dict[str, Any]
 
@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS messages (
     message          TEXT NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 );
+CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at);
 """
+EXPIRE_BATCH = 500
+"""Conversations deleted per transaction by :meth:`HistoryStore.expire` (short write locks)."""
 
 
 class HistoryStoreClosed(RuntimeError):
@@ -45,16 +48,18 @@ class HistoryStoreClosed(RuntimeError):
 
 
 class HistoryStore:
-    """Persistent conversations: ``load``, ``append``, ``clear``, ``exists``.
+    """Persistent conversations: ``load``, ``append``, ``clear``, ``exists``, ``expire``.
 
     Thread-safe (one connection behind a lock). ``path`` ``":memory:"`` keeps everything in
-    memory; any other path has its parent directory created. Close it (or use it as a context
-    manager) when done.
+    memory; any other path has its parent directory created. ``max_stored_messages`` bounds what
+    a conversation keeps: an append deletes what falls before its newest ``max_stored_messages``
+    (``None``: everything is kept). Close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_stored_messages: int | None = None) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
+        self._keep = max_stored_messages
         self._db: sqlite3.Connection | None = open_sqlite(self.path, _SCHEMA)
 
     def load(self, conversation_id: str, limit: int | None = None) -> list[Message]:
@@ -113,7 +118,7 @@ class HistoryStore:
                     conversation_id = appends[index][0]
                     db.execute("SAVEPOINT one_append")
                     try:
-                        _insert(db, conversation_id, texts, now)
+                        _insert(db, conversation_id, texts, now, self._keep)
                     except sqlite3.Error as exc:
                         db.execute("ROLLBACK TO one_append")
                         errors[index] = exc
@@ -136,6 +141,25 @@ class HistoryStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def expire(self, before: float, keep: Collection[str] = ()) -> list[str]:
+        """Delete up to :data:`EXPIRE_BATCH` conversations last written before ``before`` (epoch
+        seconds), with their messages, except those in ``keep``; returns their ids, oldest
+        first. One short transaction: call again while it returns a full batch."""
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at"
+                    " LIMIT ?", (before, EXPIRE_BATCH + len(keep))).fetchall()
+                ids = [row[0] for row in rows if row[0] not in keep][:EXPIRE_BATCH]
+                db.executemany("DELETE FROM conversations WHERE id = ?", [(i,) for i in ids])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return ids
 
     def exists(self, conversation_id: str) -> bool:
         """Whether the conversation has been stored (and not cleared)."""
@@ -197,7 +221,8 @@ def _encoded(message: Message) -> str:
     return text
 
 
-def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now: float) -> None:
+def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now: float,
+            keep: int | None) -> None:
     db.execute(
         "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
         " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -211,3 +236,7 @@ def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now:
         "INSERT INTO messages (conversation_id, seq, message) VALUES (?, ?, ?)",
         [(conversation_id, last + 1 + i, text) for i, text in enumerate(texts)],
     )
+    newest = last + len(texts)
+    if keep is not None and newest >= keep:  # the messages the newest ``keep`` leave out
+        db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq <= ?",
+                   (conversation_id, newest - keep))
