@@ -50,10 +50,24 @@ __all__ = [
     "RateLimitConfig",
     "RatePermit",
     "SlidingWindowLimit",
+    "check_within_budget",
     "parse_reset_duration",
 ]
 
 WINDOW_SECONDS = 60.0
+
+
+def check_within_budget(config: RateLimitConfig, tokens: int, name: str | None) -> None:
+    """Raise :class:`LLMTokenLimitError` (``provider_specific``) when ``tokens`` exceeds the
+    provider's whole tokens-per-minute budget: it could never be served here, though another
+    provider's budget may take it (the router falls back)."""
+    tpm = config.tokens_per_minute
+    if tpm is not None and tokens > tpm:
+        raise LLMTokenLimitError(
+            f"estimated {tokens} tokens exceed the whole budget of {tpm} tokens per minute"
+            + (f" of {name}" if name else ""),
+            provider=name, provider_specific=True,
+        )
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -302,14 +316,7 @@ class ProviderRateLimiter:
     async def _admit(self, tokens: int) -> RatePermit:
         if tokens < 0:
             raise ValueError("tokens must not be negative")
-        tpm = self.config.tokens_per_minute
-        if tpm is not None and tokens > tpm:
-            # This provider's budget, not the request's size: another provider may serve it.
-            raise LLMTokenLimitError(
-                f"estimated {tokens} tokens exceed the whole budget of {tpm} tokens per minute"
-                + (f" of {self.name}" if self.name else ""),
-                provider=self.name, provider_specific=True,
-            )
+        check_within_budget(self.config, tokens, self.name)
         # Check everything, then take everything with no await in between: a cancellation can
         # only happen while nothing is taken. Nobody waiting and room now: no lock needed.
         if self._turn.locked() or self._wait_time(tokens) > 0:

@@ -48,8 +48,8 @@ import anyio
 from actors.cluster import ClusterUnavailable, RedisLink, SharedRateWindow
 from runtime import Clock
 
-from ._errors import LLMRateLimitError, LLMTokenLimitError, ProviderUnavailable
-from ._limits import ProviderRateLimiter, RateLimitConfig, RatePermit
+from ._errors import LLMRateLimitError, ProviderUnavailable
+from ._limits import ProviderRateLimiter, RateLimitConfig, RatePermit, check_within_budget
 
 __all__ = ["SharedProviderLimiter", "shared_limiter_factory"]
 
@@ -95,11 +95,7 @@ class SharedProviderLimiter(ProviderRateLimiter):
 
     @asynccontextmanager
     async def admit(self, tokens: int = 0) -> AsyncIterator[RatePermit]:
-        tpm = self.config.tokens_per_minute
-        if tpm is not None and tokens > tpm:
-            raise LLMTokenLimitError(
-                f"estimated {tokens} tokens exceed the whole budget of {tpm} tokens per minute"
-                f" of {self.name}", provider=self.name)
+        check_within_budget(self.config, tokens, self.name)
         self._recent.append(tokens)
         leased = self._take_leased(tokens)
         if leased is None:

@@ -183,3 +183,23 @@ async def test_a_refused_admission_releases_the_reservation_and_falls_back(
         other = SharedLedger(link, "other", _no_journal, LedgerLimits())
         assert await _shared_open(other, day) == 0
         assert await other.totals(day) == (nanos(answer.usage.total_cost), 0)
+
+
+async def test_over_one_providers_whole_shared_tpm_budget_it_falls_back(
+        tmp_path: Path, cluster_config: ClusterConfig) -> None:
+    # The shared limiter refuses what exceeds primary's whole budget as the local one does: a
+    # fact about primary, so the router goes on to backup.
+    async with SimulatorProcess() as primary, SimulatorProcess() as backup, \
+            RedisLink(cluster_config) as link:
+        llm = _config(primary, backup, tmp_path)
+        settings = llm.model_dump()
+        settings["providers"]["primary"]["rate_limits"]["tokens_per_minute"] = 50  # < 64 + prompt
+        async with open_runtime(LLMConfig.model_validate(settings),
+                                shared=SharedState(link, "w1")) as rt:
+            with anyio.fail_after(15):
+                answer = await rt.chat(HELLO)
+        assert (answer.provider, answer.content) == ("backup", "Echo: hello there")
+        assert [(a.provider, a.error_type) for a in answer.attempts] == [
+            ("primary", "LLMTokenLimitError"), ("backup", None)]
+        assert (await primary.stats())["total_requests"] == 0
+        assert (await backup.stats())["total_requests"] == 1
