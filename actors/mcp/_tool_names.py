@@ -35,15 +35,19 @@ def exposed_tool_names(tools_by_server: Mapping[str, list[ToolSpec]]) -> dict[st
     order += [i for i in range(len(listed)) if not clashes[i]]
     names: dict[int, str] = {}
     taken: set[str] = set()
+    # Per base, the suffix to try next: those below it were taken, and names are never freed, so
+    # a server listing thousands of tools of one name is named in linear time.
+    next_suffix: dict[str, int] = {}
     for i in order:
         server, spec = listed[i]
         base = _sanitize(f"{server}__{spec.name}" if clashes[i] else spec.name)
         candidate = base
-        for n in range(2, len(taken) + 3):
-            if candidate not in taken:
-                break
+        n = next_suffix.get(base, 2)
+        while candidate in taken:
             suffix = f"_{n}"
             candidate = base[: 64 - len(suffix)] + suffix
+            n += 1
+        next_suffix[base] = n
         names[i] = candidate
         taken.add(candidate)
     return {names[i]: spec for i, (_, spec) in enumerate(listed)}

@@ -8,6 +8,7 @@ In mode ``dangling-ref`` the schema of ``get`` refers to a definition it lacks; 
 ``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``; in
 mode ``unique`` its property ``a`` is an array with ``uniqueItems``; in mode ``exponential``
 ``a`` is a nested array whose every level is checked twice (``anyOf`` of two ``$ref`` branches).
+In mode ``same-name`` it lists ``SIZE`` tools more, every one named ``x``.
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
@@ -68,10 +69,13 @@ def _tools(mode: str, size: int) -> list[dict[str, Any]]:
             "type": "object",
             "properties": {"a": {"type": "string", "description": "d" * size}},
         }
-    return [
+    tools = [
         {"name": name, "description": "Answer by the server's mode.", "inputSchema": schema}
         for name, schema in schemas.items()
     ]
+    if mode == "same-name":
+        tools += [{"name": "x", "inputSchema": {"type": "object"}}] * size
+    return tools
 
 
 def main() -> None:

@@ -327,3 +327,15 @@ def test_a_preview_of_a_big_result_reads_only_its_beginning() -> None:
     assert ToolResult(text="", structured={"k": "v  w"}, is_error=False).preview() == (
         '{"k": "v w"}'
     )
+
+
+async def test_many_tools_of_one_name_are_named_in_linear_time() -> None:
+    # Each duplicate tried every suffix taken before it: quadratic, on the event loop (a server
+    # listing 8000 tools named x froze the process for 20 s at the first refresh).
+    async with mcp_system({"raw": raw_server("same-name", 10_000)}) as system:
+        await wait_ready(system, "raw")
+        started = anyio.current_time()
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        assert anyio.current_time() - started < 3
+        assert list(offered.exposed) == ["get", "x", *(f"x_{n}" for n in range(2, 128))]
+        assert offered.limits.omitted == tuple(f"x_{n}" for n in range(128, 10_001))
