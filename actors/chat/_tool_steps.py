@@ -2,8 +2,10 @@
 
 Every call yields a tool message, whatever happens to it (unknown tool, invalid arguments, error,
 timeout, server down: ``actors.mcp.ToolCatalog`` turns each into a result), capped at
-``max_result_chars`` with a note to the model. Events reach the caller through ``send``:
-every :class:`ToolCallStarted` first, then one :class:`ToolCallFinished` per call as it ends.
+``max_result_chars`` with a note to the model. At most :data:`MAX_CALLS_PER_STEP` calls of one
+step run; the others are answered at once with an error asking for them in the next step.
+Events reach the caller through ``send``: every :class:`ToolCallStarted` first, then one
+:class:`ToolCallFinished` per call as it ends.
 """
 
 from __future__ import annotations
@@ -15,15 +17,27 @@ from typing import Any, Final
 import anyio
 
 from actors.llm import ToolCall
-from actors.mcp import ToolCatalog
+from actors.mcp import ToolCatalog, ToolResult
 
 from ._messages import ToolCallFinished, ToolCallStarted
 
-__all__ = ["run_tool_calls"]
+__all__ = ["MAX_CALLS_PER_STEP", "run_tool_calls"]
 
 Message = dict[str, Any]
 
 _PREVIEW_CHARS: Final = 200
+
+#: Calls of one model answer that run. Only the model's output limit bounds how many it asks
+#: for: hundreds would all run at once on third-party servers, and their results (each up to
+#: ``max_result_chars``) would all join the next request.
+MAX_CALLS_PER_STEP: Final = 32
+
+_NOT_RUN: Final = ToolResult(
+    text=f"Not run: at most {MAX_CALLS_PER_STEP} tool calls run in one step. Call the others"
+    " in your next step if you still need them.",
+    structured=None,
+    is_error=True,
+)
 
 
 async def run_tool_calls(
@@ -53,7 +67,10 @@ async def run_tool_calls(
 
     async def run(index: int, call: ToolCall) -> None:
         begun = anyio.current_time()
-        _, result = await tools.call(call.name, call.arguments, timeout)
+        if index < MAX_CALLS_PER_STEP:
+            _, result = await tools.call(call.name, call.arguments, timeout)
+        else:
+            result = _NOT_RUN
         content = _capped(result.as_tool_message_content(), max_result_chars)
         if result.is_error and not content.startswith("Error"):
             content = f"Error: {content}"
