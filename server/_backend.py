@@ -141,8 +141,10 @@ def _lifespan(config: AppConfig, hub: ChatHub, simulator_url: str | None,
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(conversations.sweep)
                 if config.chat.retention_days is not None:
-                    task_group.start_soon(retention_sweep, history, owners, conversations,
-                                          config.chat.retention_days * 86400)
+                    task_group.start_soon(
+                        retention_sweep, history, owners,
+                        lambda: conversations.live() | hub.conversations_on(),
+                        config.chat.retention_days * 86400)
                 if cluster is not None:  # heartbeats from a worker that can serve
                     await cluster.beat()
                     task_group.start_soon(cluster.run)

@@ -72,7 +72,7 @@ class ConnectionLimits:
     max_messages_per_minute: int
     max_concurrent_turns: int
     max_conversations_per_socket: int = 8
-    """Conversations the socket uses at once: the one it is on and those its requests use."""
+    """Conversations the socket's running requests use at once."""
     turn_timeout: float | None = None
     """Seconds a turn may take from its frame to its end (queueing included); then ``timeout``."""
 
@@ -108,6 +108,11 @@ class ChatHub:
     def _idle(self) -> bool:
         """No turn and no clear_history has yet to be answered."""
         return not self.turns_in_flight and not self.clears_in_flight
+
+    def conversations_on(self) -> set[str]:
+        """The conversations open sockets are on."""
+        return {connection.conversation_id for connection in self.connections
+                if connection.conversation_id is not None}
 
     def connection_opened(self, connection: ChatConnection) -> None:
         self.connections.add(connection)

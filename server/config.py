@@ -91,11 +91,12 @@ class ServerConfig(BaseModel):
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
     max_conversations: int = Field(
-        default=1000, ge=1, description="live conversations in total; idle ones make room"
+        default=1000, ge=1, description="live conversations in total; those with no request"
+        " running make room, least recently used first"
     )
     max_conversations_per_socket: int = Field(
-        default=8, ge=2, description="conversations one socket may use at once, the one it is on"
-        " included (switching holds the previous one until its running requests end)"
+        default=8, ge=2, description="conversations one socket's running requests may use at"
+        " once (the one it is on, when idle, holds nothing)"
     )
     shutdown_timeout: float = Field(default=10.0, gt=0)
     request_read_timeout: float = Field(

@@ -7,9 +7,10 @@ token, never the token; ``""`` when authentication is off), and a socket may res
 conversations created under its own credential. An id the server did not issue, or issued to
 another credential, is answered ``unknown_conversation`` alike, so that probing learns nothing.
 
-Live conversations are bounded: in total (``server.max_conversations`` actors; idle ones are
-stopped to make room, least recently used first) and per socket (a socket holds the
-conversation it is on plus those its running requests use; switching releases the previous one).
+Live conversations are bounded: in total (``server.max_conversations`` actors; those with no
+request running are stopped to make room, least recently used first) and per socket (its running
+requests hold their conversations; the one a socket is on holds nothing between its requests, so
+sockets left open never keep a new conversation out).
 """
 
 from __future__ import annotations
@@ -166,15 +167,16 @@ async def expire_conversations(history: HistoryStore, owners: ConversationOwners
 
 
 async def retention_sweep(history: HistoryStore, owners: ConversationOwners,
-                          directory: SessionDirectory, retention: float) -> None:
+                          live: Callable[[], Collection[str]], retention: float) -> None:
     """Every tenth of ``retention`` seconds (at most hourly), :func:`expire_conversations`
-    what has not been written for ``retention`` seconds, sparing live conversations; until
-    cancelled. A locked or failing database is logged and tried again at the next pass."""
+    what has not been written for ``retention`` seconds, sparing the ``live()`` ones (in use,
+    or a socket is on them); until cancelled. A locked or failing database is logged and tried
+    again at the next pass."""
     interval = max(0.5, min(3600.0, retention / 10))
     while True:
         try:
             expired, forgotten = await expire_conversations(
-                history, owners, directory.live(), time.time() - retention)
+                history, owners, live(), time.time() - retention)
         except (sqlite3.Error, HistoryStoreClosed) as exc:
             logger.warning("history retention: %s", exc)
         else:
@@ -225,8 +227,8 @@ class SessionDirectory:
         """Conversations whose actor is stopping: :meth:`session` waits before starting it."""
 
     def live(self) -> set[str]:
-        """The conversations in use now (a socket is on it, or a request runs in it), and those
-        whose actor is starting."""
+        """The conversations in use now (a request runs in it), and those whose actor is
+        starting."""
         in_use = {conversation_id for conversation_id, entry in self._entries.items()
                   if entry.users}
         return in_use | set(self._starting)

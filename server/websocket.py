@@ -84,7 +84,7 @@ class ChatConnection:
         self._clock = clock or MonotonicClock()
         self._turns: dict[str, Turn] = {}
         self._clears: set[str] = set()  # request ids of clear_history frames not answered yet
-        self._held: dict[str, int] = {}  # conversation -> holds (current one, running requests)
+        self._held: dict[str, int] = {}  # conversation -> its running requests (turns, clears)
         self._recent: deque[float] = deque()
         self.conversation_id: str | None = None
         self._issued: str | None = None
@@ -261,11 +261,9 @@ class ChatConnection:
         conversation_id = await self._claim(request_id, frame.payload.conversation_id)
         if conversation_id is None:
             return
-        if conversation_id != self.conversation_id:  # switch: the previous one is released
-            previous, self.conversation_id = self.conversation_id, conversation_id
-            self._held[conversation_id] += 1
-            if previous is not None:
-                self._unhold(previous)
+        # The socket is on it from now on; only running requests hold a conversation's actor, so
+        # an idle socket (a tab left open) never keeps a new conversation out of a full server.
+        self.conversation_id = conversation_id
         await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
         turn = self._turns[request_id] = Turn()
         self._hub.turn_started()
@@ -305,7 +303,8 @@ class ChatConnection:
                 conversation_id = self.conversation_id or self._issued or self._owners.create(
                     self._owner
                 )
-            elif requested in self._held or self._owners.owned_by(requested, self._owner):
+            elif (requested == self.conversation_id or requested in self._held
+                  or self._owners.owned_by(requested, self._owner)):
                 conversation_id = requested
             else:
                 await self._reject(

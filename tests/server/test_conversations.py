@@ -124,24 +124,54 @@ async def test_a_socket_cannot_hold_more_conversations_than_its_cap(
 
 
 async def test_conversations_in_use_are_capped_in_total_and_idle_ones_make_room(
-    server: ServerChild,
+    server: ServerChild, simulator: SimulatorChild
 ) -> None:
     sockets = [await connect(server.ws_url, token=TOKEN) for _ in range(3)]
+    simulator.configure(faults={"first_byte_delay": 30.0})
     try:
-        for ws in sockets:  # three live conversations, each in use by its socket
-            assert (await chat(ws, "holding"))[-1]["status"] == "complete"
+        for n, ws in enumerate(sockets):  # three live conversations, each with a turn running
+            await send(ws, chat_frame("holding", request_id=f"slow{n}"))
+            assert (await receive(ws))["status"] == "processing"
         async with await connect(server.ws_url, token=TOKEN) as late:
             await send(late, chat_frame("a fourth", request_id="r4"))
             assert await receive(late) == _error(
                 "r4", "all 3 conversations are in use; try again later",
                 "too_many_conversations")
-            await sockets.pop().close()
-            for _ in range(100):  # until the server has seen that socket close
-                envelopes = await chat(late, "a fourth")
-                if envelopes[-1]["status"] == "complete":
-                    break
-                await anyio.sleep(0.05)
+            await send(sockets[0], {"action": "cancel", "request_id": "slow0"})
+            assert (await until_end(sockets[0], "slow0"))[-1]["chunk"]["error_type"] == (
+                "cancelled")
+            simulator.configure(faults={"first_byte_delay": 0.0})
+            # The cancelled turn's conversation is idle, its socket still on it: it makes room.
+            envelopes = await chat(late, "a fourth")
             assert envelopes[-1]["status"] == "complete"
+        assert server.health(TOKEN)["connections"]["conversations"] == 3
+    finally:
+        simulator.configure(faults={"first_byte_delay": 0.0})
+        for n, ws in enumerate(sockets[1:], start=1):
+            await send(ws, {"action": "cancel", "request_id": f"slow{n}"})
+            await until_end(ws, f"slow{n}")
+            await ws.close()
+        await sockets[0].close()
+
+
+async def test_sockets_left_open_on_their_conversations_never_keep_a_new_one_out(
+    server: ServerChild,
+) -> None:
+    sockets = [await connect(server.ws_url, token=TOKEN) for _ in range(3)]
+    try:
+        first = []
+        for ws in sockets:  # three conversations, their sockets left open (idle tabs)
+            envelopes = await chat(ws, "holding")
+            first.append(envelopes[-1]["chunk"]["conversation_id"])
+        async with await connect(server.ws_url, token=TOKEN) as late:
+            envelopes = await chat(late, "a fourth")
+            assert envelopes[-1]["status"] == "complete"
+            assert envelopes[-1]["chunk"]["conversation_id"] not in first
+        # Each idle socket's next turn is still on its own conversation (restarted if evicted).
+        for ws, conversation in zip(sockets, first, strict=True):
+            envelopes = await chat(ws, "back")
+            assert envelopes[-1]["status"] == "complete"
+            assert envelopes[-1]["chunk"]["conversation_id"] == conversation
         assert server.health(TOKEN)["connections"]["conversations"] == 3
     finally:
         for ws in sockets:

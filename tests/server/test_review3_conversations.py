@@ -23,12 +23,12 @@ from tests.server_harness import (
 
 
 @pytest.fixture
-def full_server(tmp_path: Path) -> Iterator[tuple[ServerChild, Path]]:
+def full_server(tmp_path: Path) -> Iterator[tuple[ServerChild, Path, SimulatorChild]]:
     simulator = SimulatorChild(directory=tmp_path)
     try:
         child = ServerChild(write_config(tmp_path, simulator_url=simulator.url, mcp_servers={},
                                          server={"max_conversations": 1}))
-        yield child, tmp_path / "history.sqlite3"
+        yield child, tmp_path / "history.sqlite3", simulator
         assert child.stop() == 0, child.output
     finally:
         simulator.stop()
@@ -41,11 +41,14 @@ def _issued(history_db: Path) -> list[str]:
 
 
 async def test_chats_refused_for_want_of_room_issue_one_id_per_socket_not_one_per_frame(
-    full_server: tuple[ServerChild, Path],
+    full_server: tuple[ServerChild, Path, SimulatorChild],
 ) -> None:
-    server, history_db = full_server
+    server, history_db, simulator = full_server
+    simulator.configure(faults={"first_byte_delay": 30.0})
     async with await connect(server.ws_url) as holder:
-        first = (await chat(holder, "holding the only slot"))[-1]["chunk"]["conversation_id"]
+        # A running turn holds the only slot (a socket merely on a conversation holds none).
+        await send(holder, chat_frame("holding the only slot", request_id="slow"))
+        first = (await receive(holder))["chunk"]["metadata"]["conversation_id"]
         async with await connect(server.ws_url) as late:
             for number in range(5):
                 await send(late, chat_frame("no room", request_id=f"r{number}"))
@@ -55,6 +58,7 @@ async def test_chats_refused_for_want_of_room_issue_one_id_per_socket_not_one_pe
                               "error_type": "too_many_conversations"},
                 }
             assert len(_issued(history_db)) == 2
+            simulator.configure(faults={"first_byte_delay": 0.0})
             await holder.close()
             for _ in range(100):  # until the server has seen the holder's socket close
                 envelopes = await chat(late, "room now")
