@@ -19,7 +19,7 @@ from typing import ClassVar, Protocol
 
 from actors.cluster import ClusterUnavailable, ConversationLeases, LeaseLost, LeaseTimeout
 
-from ._messages import HistoryWriteError
+from ._messages import HistoryWriteError, conversation_label
 
 __all__ = ["ConversationUnavailable", "SharedTurnLeases", "TurnLeases"]
 
@@ -93,7 +93,7 @@ class SharedTurnLeases:
         except (ClusterUnavailable, LeaseTimeout, LeaseLost) as exc:
             if in_body and not isinstance(exc, LeaseLost):
                 raise  # the turn's own error (the lease machinery raises LeaseLost only)
-            logger.warning("conversation %s: %s", conversation_id, exc)
+            logger.warning("conversation %s: %s", conversation_label(conversation_id), exc)
             raise ConversationUnavailable(_CLIENT_TEXT[type(exc)]) from exc
 
     def __repr__(self) -> str:

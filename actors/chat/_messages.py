@@ -24,6 +24,7 @@ __all__ = [
     "TurnEvent",
     "TurnReasoning",
     "TurnText",
+    "conversation_label",
 ]
 
 
@@ -173,3 +174,9 @@ class ChatSettings(Protocol):
     def max_tool_result_chars(self) -> int: ...
     @property
     def max_cost_per_turn(self) -> float | None: ...
+
+
+def conversation_label(conversation_id: str) -> str:
+    """How a log line names a conversation: the first 8 characters of its id. The whole id is
+    the capability to use the conversation (README), so it is never logged."""
+    return f"{conversation_id[:8]}..."

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import sqlite3
 import uuid
@@ -79,6 +80,7 @@ from ._messages import (
     TurnComplete,
     TurnReasoning,
     TurnText,
+    conversation_label,
 )
 from ._tool_steps import run_tool_calls
 from ._trimming import HistoryFit, trim_history
@@ -257,7 +259,7 @@ class SessionActor(Actor["SessionMessage"]):
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error(
                 "conversation %s: history write failed (%s: %s); the turn ends unsaved",
-                self.conversation_id, type(exc).__name__, exc,
+                conversation_label(self.conversation_id), type(exc).__name__, exc,
             )
             raise HistoryWriteError(
                 "the conversation could not be saved; this answer was not completed"
@@ -300,7 +302,7 @@ class SessionActor(Actor["SessionMessage"]):
             await anyio.to_thread.run_sync(self._history.clear, self.conversation_id)
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error("conversation %s: history clear failed (%s: %s)",
-                         self.conversation_id, type(exc).__name__, exc)
+                         conversation_label(self.conversation_id), type(exc).__name__, exc)
             raise HistoryWriteError("the conversation's history could not be cleared") from exc
         # Here, not in _clear_ended: a clear done must be forgotten in memory even if its asker
         # gives up now. The slot is held, so nothing else uses the history in memory meanwhile.
@@ -417,8 +419,9 @@ class SessionActor(Actor["SessionMessage"]):
 
 
 def session_actor_name(conversation_id: str) -> str:
-    """The actor name of a conversation: ``"session:<conversation_id>"``."""
-    return f"session:{conversation_id}"
+    """The actor name of a conversation: ``"session:"`` and a digest of its id. The id is the
+    capability to use the conversation, and actor names appear in logs and errors."""
+    return "session:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
 
 
 class SessionDeps(TypedDict):

@@ -11,6 +11,7 @@ once more, to drive the hop limit). ``slowly`` streams one word per 0.2 s; ``exp
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -37,9 +38,11 @@ from actors.chat import (
     TurnComplete,
     TurnReasoning,
     TurnText,
+    session_actor_name,
     session_child_spec,
     trim_history,
 )
+from actors.chat._messages import conversation_label
 from actors.llm import (
     ChatRequest,
     CostConfig,
@@ -422,7 +425,7 @@ async def test_history_is_persisted_and_reloaded_by_a_new_session_actor(tmp_path
         session = await b.session("c9")
         await turn(session, 'call add {"a": 2, "b": 3}')
         first = await session.ask(GetHistory(), timeout=5)
-        await b.system.stop_actor("session:c9", under="sessions")
+        await b.system.stop_actor(session_actor_name("c9"), under="sessions")
         again = await b.session("c9")
         assert await again.ask(GetHistory(), timeout=5) == first
         await turn(again, "and now?")
@@ -524,7 +527,7 @@ async def test_leaving_the_stream_cancels_the_turn_and_the_model_stream(tmp_path
         with anyio.fail_after(5):
             while b.model.cancelled == 0:
                 await anyio.sleep(0.01)
-        assert b.system.status()["session:c1"].in_flight == 0
+        assert b.system.status()[session_actor_name("c1")].in_flight == 0
         stored = await session.ask(GetHistory(), timeout=5)
         assert stored == [{"role": "user", "content": "tell me slowly a long story"}]
         assert text_of(await turn(session, "next")) == "Echo: next"
@@ -539,7 +542,7 @@ async def test_cancelling_during_tool_calls_stores_no_unanswered_call(tmp_path: 
                     if isinstance(event, ToolCallStarted):
                         break
         with anyio.fail_after(5):  # the tool call was cancelled with the turn
-            while b.system.status()["session:c1"].in_flight or b.system.status()[
+            while b.system.status()[session_actor_name("c1")].in_flight or b.system.status()[
                 "mcp:demo"
             ].in_flight:
                 await anyio.sleep(0.01)
@@ -592,7 +595,7 @@ async def test_stopping_the_actor_mid_turn_persists_the_completed_steps(tmp_path
         )
         session = await b.system.spawn(replace(spec, shutdown_timeout=0.3), under="sessions")
         text = 'call add {"a": 1, "b": 2} and answer slowly'
-        stop = functools.partial(b.system.stop_actor, "session:c1", under="sessions")
+        stop = functools.partial(b.system.stop_actor, session_actor_name("c1"), under="sessions")
         ended: list[BaseException] = []
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
@@ -660,9 +663,19 @@ async def test_a_failed_history_write_ends_the_turn_unsaved_and_logged(
     assert [m["role"] for m in stored] == ["user", "user", "assistant"]
     logged = [r.getMessage() for r in caplog.records if r.name == "actors.chat._session"]
     assert logged == [
-        "conversation c1: history write failed (IntegrityError: disk is full);"
+        "conversation c1...: history write failed (IntegrityError: disk is full);"
         " the turn ends unsaved"
     ]
+
+
+def test_logs_and_actor_names_never_hold_a_whole_conversation_id() -> None:
+    # The id is the capability to use the conversation: logs get its first 8 characters, the
+    # actor (whose name runtime logs and errors show) a digest.
+    conversation_id = "0123456789abcdef" * 2
+    assert conversation_label(conversation_id) == "01234567..."
+    name = session_actor_name(conversation_id)
+    assert name == "session:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
+    assert conversation_id not in name
 
 
 async def _turn_into(session: ActorRef, text: str, events: list[Any]) -> None:

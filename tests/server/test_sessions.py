@@ -8,6 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from actors.chat import session_actor_name
 from runtime import Actor, ActorSystem, ChildSpec, Restart, SupervisorSpec
 from runtime.testing import FakeClock
 from server.conversations import SessionDirectory, TooManyConversations
@@ -19,7 +20,7 @@ class _Echo(Actor):
 
 
 def _spec(conversation_id: str, new: bool = False) -> ChildSpec:
-    return ChildSpec(f"session:{conversation_id}", _Echo, restart=Restart.TEMPORARY)
+    return ChildSpec(session_actor_name(conversation_id), _Echo, restart=Restart.TEMPORARY)
 
 
 def _system() -> ActorSystem:
@@ -38,7 +39,7 @@ async def test_session_is_started_once_and_shared() -> None:
             for _ in range(5):
                 task_group.start_soon(get)
         assert len(set(refs)) == 1
-        assert refs[0].name == "session:c1"
+        assert refs[0].name == session_actor_name("c1")
         assert await refs[0].ask("ping", timeout=5) == "ping"
 
 
@@ -58,7 +59,7 @@ async def test_new_conversations_start_their_actors_at_once_and_one_conversation
             return message
 
     def spec(conversation_id: str, new: bool = False) -> ChildSpec:
-        return ChildSpec(f"session:{conversation_id}", _SlowStart, restart=Restart.TEMPORARY)
+        return ChildSpec(session_actor_name(conversation_id), _SlowStart, restart=Restart.TEMPORARY)
 
     async with _system() as system:
         directory = SessionDirectory(system, spec)
@@ -73,10 +74,11 @@ async def test_new_conversations_start_their_actors_at_once_and_one_conversation
                     task_group.start_soon(get, conversation_id)
                 try:
                     await anyio.wait_all_tasks_blocked()
-                    assert sorted(starts) == ["session:a", "session:b", "session:c"]
+                    assert sorted(starts) == sorted(session_actor_name(c) for c in "abc")
                 finally:
                     release.set()  # the starts are shielded: a failed check must still end them
-        assert refs == {"a": ["session:a"] * 3, "b": ["session:b"], "c": ["session:c"]}
+        assert refs == {"a": [session_actor_name("a")] * 3, "b": [session_actor_name("b")],
+                        "c": [session_actor_name("c")]}
 
 
 async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
@@ -92,8 +94,8 @@ async def test_idle_conversations_are_stopped_and_used_ones_kept() -> None:
         await clock.advance(1.0)
         assert await directory.sweep_once() == ["idle"]
         assert len(directory) == 1
-        assert "session:idle" not in system.status()
-        assert "session:kept" in system.status()
+        assert session_actor_name("idle") not in system.status()
+        assert session_actor_name("kept") in system.status()
         # The next turn of the stopped conversation starts a new actor.
         await directory.acquire("idle")
         assert await (await directory.session("idle")).ask("back", timeout=5) == "back"
@@ -115,8 +117,8 @@ async def test_a_full_directory_stops_the_least_recently_idle_or_refuses() -> No
         directory.release("a")
         await directory.acquire("c")  # b has been idle longest: it makes room
         assert len(directory) == 2
-        assert "session:b" not in system.status()
-        assert "session:a" in system.status()
+        assert session_actor_name("b") not in system.status()
+        assert session_actor_name("a") in system.status()
 
 
 async def test_the_sweep_runs_on_the_injected_clock() -> None:
@@ -129,9 +131,9 @@ async def test_the_sweep_runs_on_the_injected_clock() -> None:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(directory.sweep, 30.0)
             await clock.advance(30.0)
-            assert "session:idle" in system.status()  # idle 30 s of 60
+            assert session_actor_name("idle") in system.status()  # idle 30 s of 60
             await clock.advance(30.0)
-            assert "session:idle" not in system.status()
+            assert session_actor_name("idle") not in system.status()
             assert len(directory) == 0
             task_group.cancel_scope.cancel()
 
@@ -160,7 +162,7 @@ async def test_two_new_conversations_racing_for_one_idle_slot_let_exactly_one_in
         assert outcomes == {
             "first": "in", "second": "all 2 conversations are in use; try again later"}
         assert len(directory) == 2
-        assert "session:idle" not in system.status()
+        assert session_actor_name("idle") not in system.status()
         assert repr(directory) == "<SessionDirectory [2 live, 2 in use | max 2]>"
 
 
@@ -229,7 +231,7 @@ async def test_a_conversation_evicted_while_its_actor_starts_does_not_keep_that_
 
     def spec(conversation_id: str, new: bool = False) -> ChildSpec:
         factory = _SlowStart if conversation_id == "slow" else _Echo
-        return ChildSpec(f"session:{conversation_id}", factory, restart=Restart.TEMPORARY)
+        return ChildSpec(session_actor_name(conversation_id), factory, restart=Restart.TEMPORARY)
 
     clock = FakeClock()
     async with _system() as system:
@@ -252,5 +254,5 @@ async def test_a_conversation_evicted_while_its_actor_starts_does_not_keep_that_
                 release.set()
             await directory.session("other")
         assert len(directory) == 1
-        assert "session:slow" not in system.status()
-        assert "session:other" in system.status()
+        assert session_actor_name("slow") not in system.status()
+        assert session_actor_name("other") in system.status()
