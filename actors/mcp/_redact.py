@@ -2,7 +2,9 @@
 
 A server's stderr is written by code we do not control: it may print its own configuration (the
 ``env`` and ``headers`` we gave it) or a token it read elsewhere. Whatever text of a server can
-become client-visible passes through :func:`redact_server_text` first.
+become client-visible passes through :func:`redact_server_text` first. Its cost must not be the
+server's choice: the patterns take linear time (a name starts where a run of name characters
+does, at most 128 of them around the keyword) and text beyond 64 Ki characters is cut.
 """
 
 from __future__ import annotations
@@ -28,20 +30,35 @@ _KEY_SHAPED: Final = re.compile(
 )
 _NAMED_SECRET: Final = re.compile(
     r"""(?ix)
-    (\b[\w.\-]*(?:key|token|secret|passw(?:or)?d|credential|auth)[\w.\-]*["']?\s*[:=]\s*["']?)
+    ((?<![\w.\-])[\w.\-]{0,128}(?:key|token|secret|passw(?:or)?d|credential|auth)[\w.\-]{0,128}
+     ["']?\s*[:=]\s*["']?)
     ([^\s"',;|]{4,})
     """
 )
+#: Longer server text is cut (an error message of megabytes says nothing more to anyone).
+MAX_TEXT_CHARS: Final = 65536
 
 
 def redact_server_text(text: str, config: McpServerConfig) -> str:
     """``text`` with the entry's ``env`` and ``headers`` values and anything key-shaped masked.
 
     Values shorter than 4 characters are left alone (``1``, ``yes``: masking them would garble
-    the text and they are not credentials).
+    the text and they are not credentials). Text longer than :data:`MAX_TEXT_CHARS` is cut
+    (before the word the cut falls in) and ends in ``…[cut]``.
     """
     values = [*config.env.values(), *config.headers.values()]
     for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
         text = text.replace(value, REDACTED)
+    if len(text) > MAX_TEXT_CHARS:
+        text = _cut(text)
     text = _KEY_SHAPED.sub(REDACTED, text)
     return _NAMED_SECRET.sub(lambda match: match.group(1) + REDACTED, text)
+
+
+def _cut(text: str) -> str:
+    """The first :data:`MAX_TEXT_CHARS` of ``text`` without the word the cut falls in (the cut
+    could leave a secret too short for the patterns to recognise)."""
+    end = MAX_TEXT_CHARS
+    while end > 0 and not text[end - 1].isspace():
+        end -= 1
+    return text[:end] + "…[cut]"

@@ -14,6 +14,7 @@ Any call answers by ``MODE``:
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
 - ``line``: a text result of as many ``x`` as make its JSON line ``SIZE`` bytes long.
 - ``malformed``: a result whose ``content`` is not a list (breaks the protocol's schema).
+- ``error``: a JSON-RPC error whose message is ``a.`` repeated to ``SIZE`` characters.
 - otherwise: the text ``ok``.
 
 Any other method is answered with an empty result.
@@ -94,6 +95,10 @@ def main() -> None:
             })
         elif method == "tools/list":
             _answer(message["id"], {"tools": _tools(mode, size)})
+        elif method == "tools/call" and mode == "error":
+            sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": {
+                "code": -32603, "message": "a." * (size // 2)}}) + "\n")
+            sys.stdout.flush()
         elif method == "tools/call" and mode == "line":
             frame = len(_line(message["id"], _call_result("huge", 0)))
             _answer(message["id"], _call_result("huge", size - frame))

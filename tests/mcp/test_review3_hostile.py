@@ -23,6 +23,7 @@ from actors.mcp import (
     mcp_supervisor_spec,
 )
 from actors.mcp._errors import McpServerError
+from actors.mcp._redact import redact_server_text
 from actors.mcp._session import open_mcp_session
 from runtime import ActorSystem, SupervisorSpec
 
@@ -339,3 +340,31 @@ async def test_many_tools_of_one_name_are_named_in_linear_time() -> None:
         assert anyio.current_time() - started < 3
         assert list(offered.exposed) == ["get", "x", *(f"x_{n}" for n in range(2, 128))]
         assert offered.limits.omitted == tuple(f"x_{n}" for n in range(128, 10_001))
+
+
+async def test_a_long_error_message_is_redacted_in_linear_time() -> None:
+    # The secret-name pattern could start at every word boundary and scan the whole run of name
+    # characters from each: quadratic, on the event loop (20 KB of 'a.a.a.' took 26 s; a server
+    # may send megabytes).
+    async with mcp_system({"raw": raw_server("error", 20_000)}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        started = anyio.current_time()
+        _, result = await offered.call("get", "{}", 5)
+        assert result == ToolResult(
+            text="Tool 'get' was rejected by the server: " + "a." * 10_000,
+            structured=None,
+            is_error=True,
+        )
+        assert anyio.current_time() - started < 2
+
+
+def test_server_text_beyond_the_limit_is_cut_before_the_word_the_cut_falls_in() -> None:
+    config = McpServerConfig(command="x", env={"UPSTREAM_SECRET": "s3cr3t-entry-value"})
+    # The cut falls in the key: the word goes, not a piece too short to look like a key.
+    said = "s3cr3t-entry-value " + "word " * 13_100 + "sk-live-abcdef1234567890abcdefghijkl more"
+    assert redact_server_text(said, config) == "[REDACTED] " + "word " * 13_100 + "…[cut]"
+    assert redact_server_text("x" * 70_000, config) == "…[cut]"
+    assert redact_server_text("API_KEY=hunter2hunter2 x.db.password: 'abcd1234'", config) == (
+        "API_KEY=[REDACTED] x.db.password: '[REDACTED]'"
+    )
