@@ -109,7 +109,9 @@ class McpSession:
         except TimeoutError:
             raise McpToolTimeout(self.name, name, limit) from None
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:
+            # -32000 is also the code JSON-RPC servers commonly use for their own errors: over
+            # stdio, only an ended connection makes it ours.
+            if exc.code == CONNECTION_CLOSED and (self._stdio is None or self._stdio.ended):
                 raise McpServerError(self.name, self._died_reason()) from exc
             if exc.code == REQUEST_TIMEOUT:
                 raise McpToolTimeout(self.name, name, limit) from exc

@@ -52,6 +52,9 @@ class StdioTransport:
         self._garbage_seen = False
         self.fault: str | None = None
         """Why we closed the connection, when the server broke a limit (``None``: we did not)."""
+        self.ended = False
+        """The connection ended (set before the session hears of it): an error with the code
+        ``CONNECTION_CLOSED`` before then was sent by the server itself."""
 
     @asynccontextmanager
     async def streams(self) -> AsyncIterator[tuple[Any, Any]]:
@@ -77,7 +80,10 @@ class StdioTransport:
             assert process.stdout is not None
             try:
                 async with read_writer:  # its close is the session's end of stream
-                    await self._read_lines(process.stdout, read_writer)
+                    try:
+                        await self._read_lines(process.stdout, read_writer)
+                    finally:
+                        self.ended = True
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
                 pass  # our shutdown closed the pipe, or the server's end broke: end of stream
             finally:
@@ -92,6 +98,7 @@ class StdioTransport:
                         json = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                         await process.stdin.send((json + "\n").encode(params.encoding))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                self.ended = True
                 await read_writer.aclose()  # the session sees the connection end
             finally:
                 writer_done.set()

@@ -15,6 +15,8 @@ Any call answers by ``MODE``:
 - ``line``: a text result of as many ``x`` as make its JSON line ``SIZE`` bytes long.
 - ``malformed``: a result whose ``content`` is not a list (breaks the protocol's schema).
 - ``error``: a JSON-RPC error whose message is ``a.`` repeated to ``SIZE`` characters.
+- ``server-error``: a JSON-RPC error of code -32000 (JSON-RPC's "server error", which the SDK
+  also uses for a closed connection), message ``database unavailable``.
 - otherwise: the text ``ok``.
 
 Any other method is answered with an empty result.
@@ -95,6 +97,10 @@ def main() -> None:
             })
         elif method == "tools/list":
             _answer(message["id"], {"tools": _tools(mode, size)})
+        elif method == "tools/call" and mode == "server-error":
+            sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": {
+                "code": -32000, "message": "database unavailable"}}) + "\n")
+            sys.stdout.flush()
         elif method == "tools/call" and mode == "error":
             sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": {
                 "code": -32603, "message": "a." * (size // 2)}}) + "\n")

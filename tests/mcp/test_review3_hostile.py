@@ -368,3 +368,23 @@ def test_server_text_beyond_the_limit_is_cut_before_the_word_the_cut_falls_in() 
     assert redact_server_text("API_KEY=hunter2hunter2 x.db.password: 'abcd1234'", config) == (
         "API_KEY=[REDACTED] x.db.password: '[REDACTED]'"
     )
+
+
+async def test_a_server_error_of_code_32000_is_a_tool_error_not_a_dead_server() -> None:
+    # -32000 is JSON-RPC's first "server error" code, and the SDK's code for a closed
+    # connection: a server answering a call with it was taken for dead and restarted, every
+    # call in flight failing with it.
+    async with mcp_system({"raw": raw_server("server-error")}) as system:
+        await wait_ready(system, "raw")
+        pid = health(system, "raw").pid
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        for _ in range(2):
+            _, result = await offered.call("get", "{}", 5)
+            assert result == ToolResult(
+                text="Tool 'get' was rejected by the server: database unavailable",
+                structured=None,
+                is_error=True,
+            )
+        await anyio.sleep(0.6)  # past a liveness poll
+        after = health(system, "raw")
+        assert (after.state, after.pid, after.restarts) == ("ready", pid, 0)
