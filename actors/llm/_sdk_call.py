@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -124,16 +125,42 @@ def rejected_param(error: LLMBadRequestError, body: dict[str, Any]) -> str | Non
 
 async def post_completion(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
     """Send a non-streaming call; its body as plain data (raises the SDK's errors)."""
-    return await client.post("/chat/completions", body=body, cast_to=object)
+    try:
+        return await client.post("/chat/completions", body=body, cast_to=object)
+    except UnicodeEncodeError:  # raised building the request: nothing was sent
+        return await client.post("/chat/completions", body=utf8_safe(body), cast_to=object)
 
 
 async def open_stream(client: openai.AsyncOpenAI,
                       body: dict[str, Any]) -> openai.AsyncStream[object]:
     """Send a streaming call (with the usage chunk); its events as plain data."""
-    return await client.post(
-        "/chat/completions", body={**body, "stream": True,
-                                   "stream_options": {"include_usage": True}},
-        cast_to=object, stream=True, stream_cls=_STREAM_CLS)
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        return await client.post("/chat/completions", body=body, cast_to=object, stream=True,
+                                 stream_cls=_STREAM_CLS)
+    except UnicodeEncodeError:  # raised building the request: nothing was sent
+        return await client.post("/chat/completions", body=utf8_safe(body), cast_to=object,
+                                 stream=True, stream_cls=_STREAM_CLS)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_safe(value: Any) -> Any:
+    """``value`` with every lone surrogate in its text replaced by U+FFFD.
+
+    Python's ``json`` decodes a ``\\ud800`` escape that no low surrogate follows (a client's, a
+    tool's or a model's text split inside an escape) into a code point UTF-8 cannot carry, and
+    the SDK writes its bodies in UTF-8: such a body failed before it was sent, with a raw
+    ``UnicodeEncodeError``, and a history holding one failed every later turn. Only a body that
+    failed so is walked (the common one costs nothing)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {utf8_safe(key): utf8_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [utf8_safe(item) for item in value]
+    return value
 
 
 def check_json(response: LLMResponse, provider: str) -> None:

@@ -59,6 +59,7 @@ def validate_arguments(
             server=spec.server,
             tool=spec.name,
         )
+    _check_unicode(arguments, prefix, spec)
     import referencing.exceptions
 
     validator_class = jsonschema.validators.validator_for(spec.input_schema)
@@ -98,6 +99,21 @@ def validate_arguments(
         messages = [_describe_validation_error(e) for e in errors[:_MAX_VALIDATION_MESSAGES]]
         raise McpToolError(f"{prefix}: {'; '.join(messages)}.", server=spec.server, tool=spec.name)
     return arguments
+
+
+def _check_unicode(arguments: dict[str, Any], prefix: str, spec: ToolSpec) -> None:
+    """Refuse arguments holding a lone surrogate (a model's split ``\\u`` escape): UTF-8, which
+    the request to the server is written in, cannot carry one, and the failed write would end
+    the server's session, failing every call in flight on it."""
+    try:
+        json.dumps(arguments, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise McpToolError(
+            f"{prefix}: they hold text that is not valid Unicode (a lone surrogate,"
+            f" U+{ord(exc.object[exc.start]):04X}). Send the text without it.",
+            server=spec.server,
+            tool=spec.name,
+        ) from None
 
 
 class _OutOfTime(Exception):

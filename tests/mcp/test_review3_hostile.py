@@ -388,3 +388,25 @@ async def test_a_server_error_of_code_32000_is_a_tool_error_not_a_dead_server() 
         await anyio.sleep(0.6)  # past a liveness poll
         after = health(system, "raw")
         assert (after.state, after.pid, after.restarts) == ("ready", pid, 0)
+
+
+async def test_arguments_holding_a_lone_surrogate_fail_the_call_not_the_session() -> None:
+    # A model's split \u escape decodes to a lone surrogate: UTF-8 cannot carry it, and writing
+    # the request ended the session, failing every call in flight on that server (any
+    # conversation's) until it restarted.
+    demo = McpServerConfig(command=sys.executable, args=["-m", "server.demo_mcp_server"],
+                           cwd=str(ROOT), call_timeout=10)
+    async with mcp_system({"demo": demo}) as system:
+        await wait_ready(system, "demo")
+        pid = health(system, "demo").pid
+        offered = await ToolCatalog(system, ["demo"]).refresh()
+        with anyio.fail_after(10):
+            _, refused = await offered.call("echo", '{"text": "a\\ud800b"}', 5)
+            _, echoed = await offered.call("echo", '{"text": "ab"}', 5)
+        assert refused.is_error is True
+        assert refused.text == ("Invalid arguments for tool 'echo': they hold text that is not"
+                                " valid Unicode (a lone surrogate, U+D800). Send the text without"
+                                " it.")
+        assert (echoed.is_error, echoed.text) == (False, "ab")
+        after = health(system, "demo")
+        assert (after.state, after.pid, after.restarts) == ("ready", pid, 0)
