@@ -4,15 +4,13 @@ mid-stream error event) is not relayed to the client and the logs. A raw upstrea
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
 from actors.llm import LLMServerError, LLMStreamingError, ProviderConfig, TextDelta
+from tests.llm.raw_upstream import raw_upstream
 from tests.llm.test_provider import call, running
 
 pytestmark = pytest.mark.anyio
@@ -21,25 +19,6 @@ KEY = "sk-review3-0123456789abcdef"
 # The key straddles the 500th character: redacted before the cut, none of it is left.
 HUGE = "x" * 490 + KEY + "y" * 1_000_000
 
-
-@asynccontextmanager
-async def raw_upstream(reply: bytes) -> AsyncIterator[str]:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(reply)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def config(base_url: str) -> ProviderConfig:

@@ -5,15 +5,12 @@ on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import anyio
 import pytest
 
 from actors.llm import LLMRateLimitError, LLMServerError, ProviderConfig
 from actors.llm._error_mapping import parse_retry_after
+from tests.llm.raw_upstream import raw_upstream
 from tests.llm.test_provider import call, running
 
 pytestmark = pytest.mark.anyio
@@ -26,25 +23,6 @@ OVERFLOWING = ["Mon, 1 Jan 99999999999999999999999 00:00:00 GMT",
 def test_an_http_date_too_large_for_a_datetime_is_no_retry_after(value: str) -> None:
     assert parse_retry_after({"retry-after": value}, now=1.7e9) is None
 
-
-@asynccontextmanager
-async def raw_upstream(reply: bytes) -> AsyncIterator[str]:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(reply)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize(("status", "expected", "message"), [

@@ -5,10 +5,7 @@ A raw upstream of our own on 127.0.0.1 writes exactly the bytes each test gives 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -21,6 +18,7 @@ from actors.llm import (
     TextDelta,
 )
 from actors.llm._http_pool import Transport
+from tests.llm.raw_upstream import raw_upstream
 from tests.llm.test_provider import call, running
 
 pytestmark = pytest.mark.anyio
@@ -46,27 +44,6 @@ def json_reply(body: bytes) -> bytes:
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
-
-@asynccontextmanager
-async def raw_upstream(reply: bytes) -> AsyncIterator[str]:
-    """Serves ``reply`` verbatim to every request on 127.0.0.1; yields its base URL."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(reply)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def config(base_url: str) -> ProviderConfig:
