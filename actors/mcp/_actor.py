@@ -207,30 +207,39 @@ class McpServerActor(Actor["McpMessage"]):
                 task_group.cancel_scope.cancel()
 
             task_group.start_soon(_watch_process, self._name, session.pid, on_lost)
+            # At most max_concurrent_calls run; the others wait in the bounded call queue (past
+            # it a caller is told Overloaded at once), so a flood of turns never floods the server.
+            running = anyio.Semaphore(self._config.max_concurrent_calls)
             async for call in self._calls_receive:
-                task_group.start_soon(self._execute, session, call, on_lost)
+                await running.acquire()
+                task_group.start_soon(self._execute, session, call, on_lost, running)
         raise lost[0] if lost else McpSessionLost(self._name, "call queue closed")
 
     async def _execute(
-        self, session: McpSession, call: _PendingCall, on_lost: Callable[[McpSessionLost], None]
+        self, session: McpSession, call: _PendingCall, on_lost: Callable[[McpSessionLost], None],
+        running: anyio.Semaphore,
     ) -> None:
-        if call.abandoned:
-            call.discard()
-            return
-        outcome: ToolResult | McpError = McpServerError(
-            self._name, "session ended before the call finished"
-        )
         try:
-            with anyio.CancelScope() as call.scope:
-                try:
-                    outcome = await session.call_tool(call.tool, call.arguments, call.timeout)
-                except McpServerError as exc:
-                    outcome = self._redacted(exc)
-                    on_lost(McpSessionLost(self._name, exc.reason))
-                except McpToolError as exc:
-                    outcome = self._redacted(exc)
+            if call.abandoned:
+                call.discard()
+                return
+            outcome: ToolResult | McpError = McpServerError(
+                self._name, "session ended before the call finished"
+            )
+            try:
+                with anyio.CancelScope() as call.scope:
+                    try:
+                        outcome = await session.call_tool(call.tool, call.arguments,
+                                                          call.timeout)
+                    except McpServerError as exc:
+                        outcome = self._redacted(exc)
+                        on_lost(McpSessionLost(self._name, exc.reason))
+                    except McpToolError as exc:
+                        outcome = self._redacted(exc)
+            finally:
+                call.answer(outcome)
         finally:
-            call.answer(outcome)
+            running.release()
 
     def _session_ended(self, outcome: Outcome) -> None:
         if outcome.cancelled:

@@ -27,6 +27,10 @@ class McpServerConfig(BaseModel):
     enabled: bool = True
     call_timeout: float = Field(default=30.0, gt=0, description="seconds allowed per tool call")
     startup_timeout: float = Field(default=20.0, gt=0, description="seconds allowed to initialize")
+    max_concurrent_calls: int = Field(
+        default=16, ge=1,
+        description="tool calls this server runs at once; more wait in its queue",
+    )
     max_message_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
         description="the longest message a stdio server may write; a longer one ends its session",

@@ -17,6 +17,8 @@ Any call answers by ``MODE``:
 - ``error``: a JSON-RPC error whose message is ``a.`` repeated to ``SIZE`` characters.
 - ``server-error``: a JSON-RPC error of code -32000 (JSON-RPC's "server error", which the SDK
   also uses for a closed connection), message ``database unavailable``.
+- ``batches``: held, then answered every 0.3 s together with the others that came meanwhile,
+  each with the text ``in flight: N`` (N: how many were answered together).
 - otherwise: the text ``ok``.
 
 Any other method is answered with an empty result.
@@ -26,8 +28,11 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from typing import Any
 
+_write_lock = threading.Lock()
 BOMB = r"^(a|aa)+$"  # backtracks exponentially on 'aaaa...b'
 
 
@@ -36,8 +41,9 @@ def _line(request_id: Any, result: dict[str, Any]) -> str:
 
 
 def _answer(request_id: Any, result: dict[str, Any]) -> None:
-    sys.stdout.write(_line(request_id, result) + "\n")
-    sys.stdout.flush()
+    with _write_lock:
+        sys.stdout.write(_line(request_id, result) + "\n")
+        sys.stdout.flush()
 
 
 def _call_result(mode: str, size: int) -> dict[str, Any]:
@@ -81,9 +87,26 @@ def _tools(mode: str, size: int) -> list[dict[str, Any]]:
     return tools
 
 
+_held: list[Any] = []
+_lock = threading.Lock()
+
+
+def _answer_in_batches() -> None:
+    while True:
+        time.sleep(0.3)
+        with _lock:
+            batch = list(_held)
+            _held.clear()
+            for request_id in batch:
+                _answer(request_id, {"content": [{"type": "text",
+                                                  "text": f"in flight: {len(batch)}"}]})
+
+
 def main() -> None:
     mode = sys.argv[1]
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    if mode == "batches":
+        threading.Thread(target=_answer_in_batches, daemon=True).start()
     for line in sys.stdin:
         message = json.loads(line)
         if "id" not in message:
@@ -105,6 +128,9 @@ def main() -> None:
             sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": {
                 "code": -32603, "message": "a." * (size // 2)}}) + "\n")
             sys.stdout.flush()
+        elif method == "tools/call" and mode == "batches":
+            with _lock:
+                _held.append(message["id"])
         elif method == "tools/call" and mode == "line":
             frame = len(_line(message["id"], _call_result("huge", 0)))
             _answer(message["id"], _call_result("huge", size - frame))

@@ -410,3 +410,29 @@ async def test_arguments_holding_a_lone_surrogate_fail_the_call_not_the_session(
         assert (echoed.is_error, echoed.text) == (False, "ab")
         after = health(system, "demo")
         assert (after.state, after.pid, after.restarts) == ("ready", pid, 0)
+
+
+@pytest.mark.parametrize("limit", [2, 16])
+async def test_a_server_runs_at_most_max_concurrent_calls_at_once(limit: int) -> None:
+    # The raw server answers what it holds every 0.3 s, saying how many it answered together:
+    # never more than the limit reach it at once; the others wait in the actor's queue. (Five
+    # calls made together reach it together under a higher limit: what the low one stops.)
+    config = raw_server("batches").model_copy(update={"max_concurrent_calls": limit})
+    async with mcp_system({"raw": config}) as system:
+        await wait_ready(system, "raw")
+        offered = await ToolCatalog(system, ["raw"]).refresh()
+        texts: list[str] = []
+
+        async def call() -> None:
+            texts.append((await offered.call("get", "{}", 10))[1].text)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                for _ in range(5):
+                    task_group.start_soon(call)
+        counts = [int(text.removeprefix("in flight: ")) for text in texts]
+        assert len(counts) == 5
+        if limit == 2:
+            assert max(counts) <= 2
+        else:
+            assert max(counts) >= 3
