@@ -53,6 +53,12 @@ _UNDECODABLE = (UnicodeDecodeError, RecursionError)
 _TRANSLATED = (openai.OpenAIError, httpx2.HTTPError, json.JSONDecodeError, *_UNDECODABLE)
 
 
+def _aiohttp_error() -> type[BaseException] | None:
+    """aiohttp's base error, when the SDK's aiohttp transport is loaded (else ``None``)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return None if aiohttp is None else aiohttp.ClientError
+
+
 def _translated() -> tuple[type[BaseException], ...]:
     """The exceptions :func:`map_sdk_errors` translates (looked up only when one is raised).
 
@@ -60,8 +66,8 @@ def _translated() -> tuple[type[BaseException], ...]:
     connection, timeout and payload errors only, so a malformed status line, header or chunk
     size (``ClientResponseError``) comes through raw.
     """
-    aiohttp = sys.modules.get("aiohttp")
-    return _TRANSLATED if aiohttp is None else (*_TRANSLATED, aiohttp.ClientError)
+    aiohttp_error = _aiohttp_error()
+    return _TRANSLATED if aiohttp_error is None else (*_TRANSLATED, aiohttp_error)
 
 
 @contextmanager
@@ -158,8 +164,8 @@ def _aiohttp_reset(exc: BaseException) -> bool:
 def _from_aiohttp(exc: BaseException) -> bool:
     """Whether ``exc`` is one of aiohttp's errors that the SDK's transport let through raw (a
     response that is not valid HTTP: what httpx2 reports as a ``RemoteProtocolError``)."""
-    aiohttp = sys.modules.get("aiohttp")
-    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+    aiohttp_error = _aiohttp_error()
+    return aiohttp_error is not None and isinstance(exc, aiohttp_error)
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -136,7 +136,6 @@ class ProviderActor(Actor[ProviderCall]):
         self._http: httpx2.AsyncClient | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._connection_failures = 0
-        self._in_flight = 0
         self._permits: Counter[int] = Counter()  # breaker epoch -> calls in flight admitted in it
         self._secret_headers = tuple(
             value for value in config.extra_headers.values() if len(value) >= _MIN_SECRET_HEADER)
@@ -145,7 +144,7 @@ class ProviderActor(Actor[ProviderCall]):
         return (
             f"<ProviderActor {self.name!r} [{self.config.kind} {redact(self.config.base_url)}"
             f" over {self._transport} | "
-            f"{self._in_flight} in flight]>"
+            f"{self._permits.total()} in flight]>"
         )
 
     @property
@@ -176,7 +175,6 @@ class ProviderActor(Actor[ProviderCall]):
                 for _ in range(calls):
                     state.breaker.release(epoch)
         self._permits.clear()
-        self._in_flight = 0
         state.health.pool_in_use = 0
         await self._close_client()
 
@@ -276,9 +274,8 @@ class ProviderActor(Actor[ProviderCall]):
         else:
             work = site.complete
             args = (call, plan, tokens, progress)
-        self._in_flight += 1
         self._permits[epoch] += 1
-        state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
+        state.health.pool_in_use = min(self._permits.total(), self.config.max_connections)
         self.context.pipe(self._guarded, work, *args, reply_to=request,
                           then=lambda outcome: self._finished(call, progress, outcome, epoch))
 
@@ -339,11 +336,10 @@ class ProviderActor(Actor[ProviderCall]):
         state = self._state
         breaker = state.breaker
         assert breaker is not None
-        self._in_flight -= 1
         self._permits[epoch] -= 1
         if not self._permits[epoch]:
             del self._permits[epoch]
-        state.health.pool_in_use = min(self._in_flight, self.config.max_connections)
+        state.health.pool_in_use = min(self._permits.total(), self.config.max_connections)
         latency = time.perf_counter() - progress.started
         error = outcome.error
         response: LLMResponse | None = None

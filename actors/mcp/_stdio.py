@@ -67,7 +67,8 @@ class StdioTransport:
         process = await create_stdio_process(
             command=await get_executable_command(params.command),
             args=params.args,
-            env=get_default_environment() | (params.env or {}),
+            # _session's env is already the SDK's safe default plus the entry's own.
+            env=params.env if params.env is not None else get_default_environment(),
             errlog=self._errlog,
             cwd=params.cwd,
         )

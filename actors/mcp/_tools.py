@@ -105,10 +105,10 @@ class ToolCatalog:
             return self._snapshot()  # the same servers with the same tools: every turn's case
         self._ready = ready
         exposed = exposed_tool_names({server: list(tools) for server, tools in ready})
-        too_big = {name for name, spec in exposed.items()
-                   if _schema_chars(spec) > self._max_schema_chars}
-        refused = tuple(name for name in exposed if name in too_big)
-        names = [name for name in exposed if name not in too_big]
+        names: list[str] = []
+        refused: list[str] = []
+        for name, spec in exposed.items():
+            (refused if _schema_chars(spec) > self._max_schema_chars else names).append(name)
         kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
         cut: list[str] = []
         self._exposed = {}
@@ -122,7 +122,7 @@ class ToolCatalog:
             self._exposed[name] = spec
         self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
         limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut),
-                            schemas_refused=refused)
+                            schemas_refused=tuple(refused))
         if dataclasses.replace(limits, offered=0) != dataclasses.replace(
             self._limits, offered=0
         ) and (omitted or cut or refused):
