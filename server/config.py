@@ -138,6 +138,12 @@ class ChatConfig(BaseModel):
         default=None, gt=0, description="history budget; default: the model's context window"
     )
     max_history_messages: int = Field(default=200, ge=1)
+    max_history_bytes: int = Field(
+        default=512 * 1024, ge=1024,
+        description="memory a live conversation's history may hold (Python's size of its"
+        " messages: 1 to 4 bytes a character); the oldest messages are dropped past it (they"
+        " stay in history_db); live conversations x this bounds the server's history memory",
+    )
     max_stored_messages: int = Field(
         default=1000, ge=1,
         description="messages a conversation keeps in history_db; older ones are deleted",

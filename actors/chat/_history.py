@@ -48,7 +48,8 @@ class HistoryStoreClosed(RuntimeError):
 
 
 class HistoryStore:
-    """Persistent conversations: ``load``, ``append``, ``clear``, ``exists``, ``expire``.
+    """Persistent conversations: ``load``, ``append``, ``retract``, ``clear``, ``exists``,
+    ``expire``.
 
     Thread-safe (one connection behind a lock). ``path`` ``":memory:"`` keeps everything in
     memory; any other path has its parent directory created. ``max_stored_messages`` bounds what
@@ -128,6 +129,38 @@ class HistoryStore:
                 raise
             db.execute("COMMIT")
         return errors
+
+    def retract(self, conversation_id: str, messages: Sequence[Message]) -> bool:
+        """Delete ``messages`` if they are the conversation's newest, all or none; whether they
+        were. A conversation left with no message is forgotten, as if never written.
+
+        For a turn that takes back what it appended (its caller holds the conversation, so
+        nothing was appended after it); what ``max_stored_messages`` deleted for that append
+        stays deleted.
+        """
+        texts = [_encoded(message) for message in messages]
+        if not texts:
+            return True
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "SELECT seq, message FROM messages WHERE conversation_id = ?"
+                    " ORDER BY seq DESC LIMIT ?", (conversation_id, len(texts))).fetchall()
+                newest = [text for _, text in reversed(rows)]
+                found = newest == texts
+                if found:
+                    db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?",
+                               (conversation_id, rows[-1][0]))
+                    db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS"
+                               " (SELECT 1 FROM messages WHERE conversation_id = ?)",
+                               (conversation_id, conversation_id))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return found
 
     def clear(self, conversation_id: str) -> None:
         """Forget the conversation and its messages (nothing happens if it is unknown)."""

@@ -30,6 +30,15 @@ Rules a caller can rely on:
   running; an assistant ``tool_calls`` message is never stored without its results.
   The in-memory history takes a message only after its write succeeded; a failed write ends the
   turn with :class:`HistoryWriteError` (logged), never with a ``complete`` for an unsaved answer.
+- **A turn that fails before its model answered anything leaves the conversation as it was**:
+  refused (a cost or token limit, every provider rate-limited, unavailable or failing, no
+  lease...), it stores nothing (with leases the user message written at its start is taken back
+  under the lease), so the client may send it again and no later turn carries it unanswered, nor
+  pays for it. Once the model answered something (a delta, or tool calls), a failure keeps the
+  user message and the completed steps, as does a cancelled turn.
+- **Memory is bounded**: the history kept between turns is the newest whole units within
+  ``chat.max_history_messages`` and ``chat.max_history_bytes`` (each message measured once by
+  ``message_bytes``); older messages stay in the store (its own bound, ``max_stored_messages``).
 - **Tool results are capped** at ``chat.max_tool_result_chars``, with a note telling the model
   what was cut; the capped text is what the model sees and what is stored.
 - **Reasoning** streams as :class:`TurnReasoning` and is never stored as assistant content
@@ -83,7 +92,7 @@ from ._messages import (
     conversation_label,
 )
 from ._tool_steps import run_tool_calls
-from ._trimming import HistoryFit, trim_history
+from ._trimming import HistoryFit, message_bytes, trim_history
 
 __all__ = ["SessionActor", "SessionDeps", "session_actor_name", "session_child_spec"]
 
@@ -118,6 +127,8 @@ class _Turn:
     """The user message until it is written with the turn's first step (or as the turn ends)."""
     reloaded: tuple[Message, ...] | None = None
     """The history as re-read from the store under a new lease (another worker wrote it)."""
+    answered: bool = False
+    """The model has answered something: a delta, or a whole answer (text or tool calls)."""
 
 
 class SessionActor(Actor["SessionMessage"]):
@@ -169,6 +180,8 @@ class SessionActor(Actor["SessionMessage"]):
             budget = int(window * DEFAULT_BUDGET_SHARE)
         self._fit = HistoryFit(budget_tokens=budget, max_messages=chat.max_history_messages)
         self._messages: list[Message] = []
+        self._sizes: dict[int, tuple[Message, int]] = {}
+        """:func:`message_bytes` of the messages last kept, by ``id`` (see :meth:`_kept`)."""
         self._queue: deque[_Slot] = deque()
         self._active: _Slot | None = None
         self._unfinished: set[_Turn] = set()
@@ -182,8 +195,25 @@ class SessionActor(Actor["SessionMessage"]):
         self._messages = self._kept(stored)
 
     def _kept(self, messages: Sequence[Message]) -> list[Message]:
-        """The newest ``chat.max_history_messages`` of ``messages``, in whole units."""
-        return trim_history(messages, max_messages=self._chat.max_history_messages)
+        """The newest of ``messages`` within ``chat.max_history_messages`` and
+        ``chat.max_history_bytes``, in whole units.
+
+        Each message is measured once: its size is cached (by identity, holding the message)
+        for as long as a history kept here holds it, so a turn measures only its new messages.
+        """
+        cached = self._sizes
+        measured: dict[int, tuple[Message, int]] = {}
+
+        def size_of(message: Message) -> int:
+            hit = cached.get(id(message))
+            size = hit[1] if hit is not None and hit[0] is message else message_bytes(message)
+            measured[id(message)] = (message, size)
+            return size
+
+        kept = trim_history(messages, max_messages=self._chat.max_history_messages,
+                            max_bytes=self._chat.max_history_bytes, size_of=size_of)
+        self._sizes = {id(message): measured[id(message)] for message in kept}
+        return kept
 
     async def receive(self, message: SessionMessage) -> Any:
         match message:
@@ -321,15 +351,41 @@ class SessionActor(Actor["SessionMessage"]):
     async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
         user: Message = {"role": "user", "content": turn.message.text}
         if self._leases is not None:
-            await self._persist(turn, [user])
-            await self._tool_loop(turn, history_now, user)
-            return
-        turn.pending.append(user)
+            await self._persist(turn, [user])  # under the lease, which a turn may lose midway
+        else:
+            turn.pending.append(user)
         try:
             await self._tool_loop(turn, history_now, user)
+        except Exception as exc:
+            if not (turn.answered or _partial_answer(exc)):
+                await self._withdraw(turn)
+            raise
         finally:
             if turn.pending:
                 await self._persist_pending(turn)
+
+    async def _withdraw(self, turn: _Turn) -> None:
+        """A turn that failed before its model answered anything (refused: a cost or token
+        limit, every provider rate-limited or down...) leaves the conversation as it was: the
+        client may send the message again, and the next turn does not carry it unanswered."""
+        if turn.pending:
+            turn.pending.clear()
+            return
+        if not turn.completed:
+            return
+        # With leases the user message was written as the turn started (``completed`` holds
+        # it alone: nothing else is written before the model answers). The lease is still held:
+        # the turn ended with its own error, not by losing it.
+        try:
+            with anyio.CancelScope(shield=True):
+                withdrawn = await anyio.to_thread.run_sync(
+                    self._history.retract, self.conversation_id, turn.completed)
+        except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
+            logger.error("conversation %s: withdrawing a refused turn's message failed (%s: %s)",
+                         conversation_label(self.conversation_id), type(exc).__name__, exc)
+            return
+        if withdrawn:
+            turn.completed.clear()
 
     async def _tool_loop(
         self, turn: _Turn, history_now: Sequence[Message], user: Message
@@ -351,6 +407,7 @@ class SessionActor(Actor["SessionMessage"]):
         turn_id = uuid.uuid4().hex  # the ledger's key for chat.max_cost_per_turn
         while True:
             response = await self._ask_model(conversation, tools, turn, turn_id)
+            turn.answered = True
             answers.append(response)
             if not response.tool_calls:
                 await self._persist(turn, [response.message])
@@ -400,13 +457,16 @@ class SessionActor(Actor["SessionMessage"]):
             async for item in items:
                 if isinstance(item, TextDelta):
                     if item.text:
+                        turn.answered = True
                         await request.send(TurnText(item.text))
                 elif isinstance(item, ReasoningDelta):
                     if item.text:
+                        turn.answered = True
                         await request.send(TurnReasoning(item.text))
                 elif isinstance(item, StreamEnd):
                     response = item.response
         if response is None:
+            turn.answered = True  # deltas given to the caller's own sink may have reached it
             raise LLMStreamingError("the model's stream ended without a final answer")
         return response
 
@@ -416,6 +476,12 @@ class SessionActor(Actor["SessionMessage"]):
             f"<SessionActor {self.conversation_id!r} [{len(self._messages)} messages | "
             f"{running} | {len(self._queue)} queued]>"
         )
+
+
+def _partial_answer(error: Exception) -> bool:
+    """Whether ``error`` ended a stream after some of the answer reached the caller (the router
+    says so for deltas it gave the caller's own sink, which the session does not see)."""
+    return isinstance(error, LLMStreamingError) and bool(error.partial_text)
 
 
 def session_actor_name(conversation_id: str) -> str:

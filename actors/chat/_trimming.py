@@ -1,22 +1,23 @@
 """History trimming: the one function that decides which past messages a request carries.
 
-Both limits of a conversation go through :func:`trim_history`: the message count kept in memory
-(``chat.max_history_messages``) and the token budget of each request (``chat.context_budget_tokens``
-or a share of the model's context window).
+Every limit of a conversation goes through :func:`trim_history`: what is kept in memory (at most
+``chat.max_history_messages`` messages holding at most ``chat.max_history_bytes``, measured by
+:func:`message_bytes`) and the token budget of each request (``chat.context_budget_tokens`` or a
+share of the model's context window).
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import anyio.to_thread
 
 from actors.llm import count_message_tokens
 
-__all__ = ["HistoryFit", "trim_history"]
+__all__ = ["HistoryFit", "message_bytes", "trim_history"]
 
 Message = dict[str, Any]
 
@@ -54,30 +55,67 @@ def _exchanges(history: Sequence[Message]) -> list[list[Message]]:
     return units
 
 
+_getsizeof = sys.getsizeof
+
+
+def message_bytes(message: Message) -> int:
+    """The memory ``message`` holds: Python's size of the message and of every string, list and
+    dict in it, so a string costs 1, 2 or 4 bytes a character (by its widest character: one
+    emoji makes a long ASCII text take four times its length). Keys are not counted (they are
+    the same few shared strings in every message)."""
+    total = _getsizeof(message)
+    for value in message.values():
+        total += _getsizeof(value) if type(value) is str else _nested_bytes(value)
+    return total
+
+
+def _nested_bytes(value: Any) -> int:
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += _getsizeof(item)
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return total
+
+
 def trim_history(
     history: Sequence[Message],
     *,
     max_messages: int,
+    max_bytes: int | None = None,
+    size_of: Callable[[Message], int] = message_bytes,
     model: str = "",
     budget_tokens: int | None = None,
     reserved_tokens: int = 0,
 ) -> list[Message]:
     """The newest part of ``history`` that fits: whole units, oldest dropped first.
 
-    At most ``max_messages`` messages; with ``budget_tokens``, also only as many as keep their
-    token estimate (OpenAI's recipe for ``model``) plus ``reserved_tokens`` (the system prompt and
-    the new message) within it. An assistant message with tool calls is kept or dropped together
-    with its tool results. Counting tokens blocks: with a budget, call it in a worker thread for
-    long histories.
+    At most ``max_messages`` messages; with ``max_bytes``, also only as many as hold at most that
+    many bytes by ``size_of`` (:func:`message_bytes`; give a cached one for a long history); with
+    ``budget_tokens``, also only as many as keep their token estimate (OpenAI's recipe for
+    ``model``) plus ``reserved_tokens`` (the system prompt and the new message) within it. An
+    assistant message with tool calls is kept or dropped together with its tool results, so a
+    unit larger than ``max_bytes`` by itself is dropped whole. Counting tokens blocks: with a
+    budget, call it in a worker thread for long histories.
     """
     kept: list[list[Message]] = []
     count = 0
+    held = 0
     tokens = reserved_tokens
     # The per-request priming is counted once for the whole request, not per unit.
     priming = count_message_tokens([], model) if budget_tokens is not None else 0
     for unit in reversed(_exchanges(history)):
         if count + len(unit) > max_messages:
             break
+        if max_bytes is not None:
+            size = sum(size_of(message) for message in unit)
+            if held + size > max_bytes:
+                break
+            held += size
         if budget_tokens is not None:
             size = count_message_tokens(unit, model) - priming
             if tokens + size > budget_tokens:

@@ -414,7 +414,10 @@ async def test_model_error_ends_the_turn_with_the_typed_error(tmp_path: Path) ->
             await turn(session, "explode")
         assert text_of(await turn(session, "still there?")) == "Echo: still there?"
         stored = await session.ask(GetHistory(), timeout=5)
-    assert [m["content"] for m in stored] == ["explode", "still there?", "Echo: still there?"]
+    # Failed before the model answered anything: the conversation is as it was (review 4).
+    assert [m["content"] for m in stored] == ["still there?", "Echo: still there?"]
+    assert b.model.requests[-1].messages[1:] == (
+        {"role": "user", "content": "still there?"},)
 
 
 # ---------------------------------------------------------------- history
