@@ -78,7 +78,7 @@ from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
 from ._group_commit import GroupCommit
 from ._history import HistoryStore, HistoryStoreClosed
-from ._leases import TurnLeases
+from ._leases import ConversationUnavailable, TurnLeases
 from ._messages import (
     ChatSettings,
     ClearHistory,
@@ -182,6 +182,9 @@ class SessionActor(Actor["SessionMessage"]):
         self._messages: list[Message] = []
         self._sizes: dict[int, tuple[Message, int]] = {}
         """:func:`message_bytes` of the messages last kept, by ``id`` (see :meth:`_kept`)."""
+        self._bytes = 0
+        self._measured: list[Message] | None = None
+        """The list :meth:`_kept` returned last, and ``_bytes``, what its messages hold."""
         self._queue: deque[_Slot] = deque()
         self._active: _Slot | None = None
         self._unfinished: set[_Turn] = set()
@@ -194,25 +197,35 @@ class SessionActor(Actor["SessionMessage"]):
         )
         self._messages = self._kept(stored)
 
-    def _kept(self, messages: Sequence[Message]) -> list[Message]:
-        """The newest of ``messages`` within ``chat.max_history_messages`` and
-        ``chat.max_history_bytes``, in whole units.
+    def _kept(self, messages: Sequence[Message], added: Sequence[Message] = ()) -> list[Message]:
+        """The newest of ``messages`` and then ``added`` within ``chat.max_history_messages``
+        and ``chat.max_history_bytes``, in whole units.
 
         Each message is measured once: its size is cached (by identity, holding the message)
-        for as long as a history kept here holds it, so a turn measures only its new messages.
+        while a history kept here holds it. ``added`` (whole units) to the list this returned
+        last, within both bounds, is taken as it is, without a walk through the history.
         """
         cached = self._sizes
-        measured: dict[int, tuple[Message, int]] = {}
 
         def size_of(message: Message) -> int:
             hit = cached.get(id(message))
-            size = hit[1] if hit is not None and hit[0] is message else message_bytes(message)
-            measured[id(message)] = (message, size)
+            if hit is not None and hit[0] is message:
+                return hit[1]
+            size = message_bytes(message)
+            cached[id(message)] = (message, size)
             return size
 
-        kept = trim_history(messages, max_messages=self._chat.max_history_messages,
-                            max_bytes=self._chat.max_history_bytes, size_of=size_of)
-        self._sizes = {id(message): measured[id(message)] for message in kept}
+        chat = self._chat
+        combined = [*messages, *added]
+        if messages is self._measured and len(combined) <= chat.max_history_messages:
+            held = self._bytes + sum(map(size_of, added))
+            if held <= chat.max_history_bytes:
+                self._measured, self._bytes = combined, held
+                return combined
+        kept = trim_history(combined, max_messages=chat.max_history_messages,
+                            max_bytes=chat.max_history_bytes, size_of=size_of)
+        self._sizes = {id(message): cached[id(message)] for message in kept}
+        self._measured, self._bytes = kept, sum(size for _, size in self._sizes.values())
         return kept
 
     async def receive(self, message: SessionMessage) -> Any:
@@ -220,6 +233,7 @@ class SessionActor(Actor["SessionMessage"]):
             case RunTurn():
                 request = self.context.request
                 assert request is not None
+                self._check_room()
                 turn = _Turn(message, request)
                 self._unfinished.add(turn)
                 self._enqueue(turn.slot)
@@ -229,6 +243,7 @@ class SessionActor(Actor["SessionMessage"]):
                 )
                 return None
             case ClearHistory():
+                self._check_room()
                 slot = _Slot()
                 self._enqueue(slot)
                 self.context.pipe(
@@ -242,6 +257,15 @@ class SessionActor(Actor["SessionMessage"]):
                 assert_never(message)
 
     # -- the queue (actor loop only) ------------------------------------------------------------
+
+    def _check_room(self) -> None:
+        """Refuse a turn or a clear when ``chat.max_queued_turns`` already wait: each waits up to
+        its turn's deadline (minutes) holding its message, and any number of sockets may send to
+        one conversation."""
+        if len(self._queue) >= self._chat.max_queued_turns:
+            raise ConversationUnavailable(
+                f"the conversation is busy: {len(self._queue)} requests are waiting for it;"
+                " try again when they have ended")
 
     def _enqueue(self, slot: _Slot) -> None:
         self._queue.append(slot)
@@ -277,7 +301,7 @@ class SessionActor(Actor["SessionMessage"]):
         """Take the turn's written messages into the in-memory history (actor loop only)."""
         self._unfinished.discard(turn)
         base = self._messages if turn.reloaded is None else list(turn.reloaded)
-        self._messages = self._kept([*base, *turn.completed])
+        self._messages = self._kept(base, turn.completed)
         self._fit.added(turn.completed)
 
     async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
