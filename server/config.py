@@ -90,6 +90,11 @@ class ServerConfig(BaseModel):
     max_message_bytes: int = Field(default=65536, ge=1)
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
+    max_connections: int = Field(
+        default=2048, ge=1, description="chat sockets open at once (each holds a file"
+        " descriptor, its buffers and up to max_concurrent_turns turns); more are closed with"
+        " 1013, try again later"
+    )
     max_conversations: int = Field(
         default=1000, ge=1, description="live conversations in total; those with no request"
         " running make room, least recently used first"
@@ -143,6 +148,11 @@ class ChatConfig(BaseModel):
         description="memory a live conversation's history may hold (Python's size of its"
         " messages: 1 to 4 bytes a character); the oldest messages are dropped past it (they"
         " stay in history_db); live conversations x this bounds the server's history memory",
+    )
+    max_queued_turns: int = Field(
+        default=16, ge=1,
+        description="turns and clears that may wait for one conversation (from any sockets);"
+        " more are refused at once with error_type unavailable",
     )
     max_stored_messages: int = Field(
         default=1000, ge=1,

@@ -38,10 +38,11 @@ _CLIENT_TEXT: dict[type[Exception], str] = {
 
 
 class ConversationUnavailable(HistoryWriteError):
-    """The conversation cannot be held for this turn now: the shared state (Redis) did not
-    answer, its lease was not granted in time, or it was lost mid-turn. Nothing more of the turn
-    is written; the client may try again (``error_type`` ``unavailable`` on the wire, like the
-    :class:`HistoryWriteError` it specialises: the conversation cannot be written now)."""
+    """The conversation cannot be held for this turn now: too many requests wait for it, the
+    shared state (Redis) did not answer, its lease was not granted in time, or it was lost
+    mid-turn. Nothing more of the turn is written; the client may try again (``error_type``
+    ``unavailable`` on the wire, like the :class:`HistoryWriteError` it specialises: the
+    conversation cannot be written now)."""
 
     error_type: ClassVar[str] = "unavailable"
 
