@@ -78,10 +78,15 @@ class ConnectionLimits:
 
 
 class ChatHub:
-    """All open chat sockets: counts for /health and /metrics, and the graceful drain."""
+    """All open chat sockets: counts for /health and /metrics, the graceful drain, and the bound
+    on how many may be open at once (``max_connections``; ``None``: no bound)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int | None = None) -> None:
         self.connections: set[ChatConnection] = set()
+        self.max_connections = max_connections
+        self.admitted = 0
+        """Sockets admitted and not yet closed (counted before their handshake is answered)."""
+        self.connections_refused = 0
         self.draining = False
         self.turns_in_flight = 0
         self.clears_in_flight = 0
@@ -113,6 +118,19 @@ class ChatHub:
         """The conversations open sockets are on."""
         return {connection.conversation_id for connection in self.connections
                 if connection.conversation_id is not None}
+
+    def admit(self) -> bool:
+        """Count a socket about to be accepted; ``False`` (refused, counted) when
+        ``max_connections`` are open already. Every admitted socket calls :meth:`left`."""
+        if self.max_connections is not None and self.admitted >= self.max_connections:
+            self.connections_refused += 1
+            return False
+        self.admitted += 1
+        return True
+
+    def left(self) -> None:
+        """An admitted socket is closed."""
+        self.admitted -= 1
 
     def connection_opened(self, connection: ChatConnection) -> None:
         self.connections.add(connection)

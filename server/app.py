@@ -17,6 +17,8 @@ a token is refused before the app is built (``server.cli.check_bind``). Every ro
 an allowed ``Host`` and browsers may open a socket only from loopback pages or
 ``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence). Every HTTP response
 carries the page's security headers (a Content-Security-Policy among them: server/guard.py).
+At most ``server.max_connections`` chat sockets are open at once; another is closed with 1013
+(try again later) right after its handshake.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from server.guard import HostAllowlist, HostGuard, SecurityHeaders, origin_allow
 from server.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
     ChatConnection,
     ChatHub,
     ConnectionLimits,
@@ -97,6 +100,11 @@ class _ServerCollector(Collector):
             "mcp_backend_websockets", "Chat WebSocket connections accepted",
             value=hub.connections_total,
         )
+        yield CounterMetricFamily(
+            "mcp_backend_websockets_refused",
+            "Chat WebSocket connections refused: server.max_connections were open",
+            value=hub.connections_refused,
+        )
         yield GaugeMetricFamily(
             "mcp_backend_turns_in_flight", "Chat turns running", value=hub.turns_in_flight
         )
@@ -128,7 +136,7 @@ def create_app(
     ``serve --workers``) instead of starting one. ``clock``: the one clock of the actor system,
     session sweeps and per-connection rate limits (default: the real one).
     """
-    hub = ChatHub()
+    hub = ChatHub(max_connections=config.server.max_connections)
     limits = ConnectionLimits(
         max_message_bytes=config.server.max_message_bytes,
         max_messages_per_minute=config.server.max_messages_per_minute,
@@ -177,19 +185,26 @@ def create_app(
         if hub.draining:
             await _refuse(websocket, CLOSE_GOING_AWAY, "server shutting down")
             return
-        backend: Backend = websocket.app.state.backend
-        await websocket.accept()
-        connection = ChatConnection(
-            websocket,
-            hub=hub,
-            conversations=backend.conversations,
-            owners=backend.owners,
-            owner=owner_of_token(token),
-            limits=limits,
-            models=[entry["model"] for entry in backend.models],
-            clock=backend.runtime.system.clock,
-        )
-        await connection.run()
+        if not hub.admit():
+            await _refuse(websocket, CLOSE_TRY_AGAIN_LATER,
+                          f"more than {hub.max_connections} connections; try again later")
+            return
+        try:
+            backend: Backend = websocket.app.state.backend
+            await websocket.accept()
+            connection = ChatConnection(
+                websocket,
+                hub=hub,
+                conversations=backend.conversations,
+                owners=backend.owners,
+                owner=owner_of_token(token),
+                limits=limits,
+                models=[entry["model"] for entry in backend.models],
+                clock=backend.runtime.system.clock,
+            )
+            await connection.run()
+        finally:
+            hub.left()
 
     app = Starlette(
         routes=[

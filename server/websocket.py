@@ -30,6 +30,7 @@ from server._outbox import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
     Close,
     Outbox,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SERVICE_RESTART",
+    "CLOSE_TRY_AGAIN_LATER",
     "ChatConnection",
     "ChatHub",
     "ConnectionLimits",
