@@ -19,6 +19,7 @@ from actors.chat import (
     TurnComplete,
     TurnReasoning,
     TurnText,
+    conversation_label,
 )
 from actors.llm import LLMClientError
 from runtime import ActorCrashed, ActorError, ActorStopped, DeadlineExceeded, Overloaded
@@ -104,23 +105,27 @@ async def converse(
                         await send(protocol.text_chunk(request_id, "".join(texts)))
                     return _complete(request_id, conversation_id, event)
     except Exception as exc:
-        return failure(request_id, exc, f"turn {request_id} of conversation {conversation_id}")
+        return failure(request_id, exc, "turn", conversation_id)
     finally:
         ended = True
     return protocol.error(request_id, "the turn ended without an answer", "internal_error")
 
 
-def failure(request_id: str | None, exc: Exception, what: str) -> Envelope:
-    """The single ending of a turn or a clear (``what``, for the log) that failed with ``exc``.
+def failure(request_id: str | None, exc: Exception, what: str, conversation_id: str) -> Envelope:
+    """The single ending of a ``what`` (``"turn"``, ``"clear_history"``) of a conversation that
+    failed with ``exc``.
 
     An unexpected error lands here too: the client still gets its ending, and the bug is logged
-    with its traceback rather than lost.
+    with its traceback rather than lost; the log names the conversation by its label (its id is
+    the capability to use it) and shows the client's request id quoted (it may hold anything,
+    line breaks too).
     """
     if isinstance(exc, LLMClientError | ActorError):
         return protocol.error(request_id, describe(exc), error_type_of(exc))
     if isinstance(exc, HistoryWriteError):  # logged by the session
         return protocol.error(request_id, str(exc), exc.error_type)
-    logger.error("%s failed", what, exc_info=exc)
+    logger.error("%s %r of conversation %s failed", what, request_id,
+                 conversation_label(conversation_id), exc_info=exc)
     return protocol.error(request_id, "internal error", "internal_error")
 
 

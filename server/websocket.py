@@ -366,7 +366,7 @@ class ChatConnection:
                 async for _ in done:
                     pass  # no items: the stream ends once the history is cleared
         except Exception as exc:
-            return failure(request_id, exc, f"clear_history of conversation {conversation_id}")
+            return failure(request_id, exc, "clear_history", conversation_id)
         return protocol.history_cleared(request_id, conversation_id)
 
     @asynccontextmanager

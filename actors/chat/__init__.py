@@ -13,6 +13,7 @@ from ._messages import (
     TurnComplete,
     TurnReasoning,
     TurnText,
+    conversation_label,
 )
 from ._session import session_actor_name, session_child_spec
 from ._trimming import trim_history
@@ -34,6 +35,7 @@ __all__ = [
     "TurnLeases",
     "TurnReasoning",
     "TurnText",
+    "conversation_label",
     "session_actor_name",
     "session_child_spec",
     "trim_history",
