@@ -15,7 +15,8 @@ half; ``tests/mcp/test_sdk.py`` checks that against the installed SDK.
 ``negotiate_auto`` is the SDK's own connect-time version negotiation (what ``mcp.Client`` runs in
 its default ``mode="auto"``); it lives in a private module of the SDK (``mcp>=2.3,<3``). So do
 the stdio helpers :mod:`actors.mcp._stdio` reuses around its own line reader (spawning the
-process in its own group, the shutdown sequence).
+process in its own group, the shutdown sequence), and the streamable-HTTP transport class and
+context streams :mod:`actors.mcp._http` builds its transport from.
 """
 
 from __future__ import annotations
@@ -67,23 +68,30 @@ from mcp.client.stdio import (  # noqa: E402
 from mcp.client.stdio import _drain_stdout as drain_stdout  # noqa: E402
 from mcp.client.stdio import _get_executable_command as get_executable_command  # noqa: E402
 from mcp.client.stdio import _stop_server_process as stop_server_process  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.client.streamable_http import MCP_SESSION_ID, StreamableHTTPTransport  # noqa: E402
+from mcp.shared._context_streams import create_context_streams  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher  # noqa: E402
+from mcp.shared.jsonrpc_dispatcher import (  # noqa: E402
+    JSONRPCDispatcher,
+    cancelled_request_id_from_params,
+)
 from mcp.shared.message import SessionMessage  # noqa: E402
 
 __all__ = [
+    "MCP_SESSION_ID",
     "ClientSession",
     "JSONRPCDispatcher",
     "MCPError",
     "SessionMessage",
     "StdioServerParameters",
+    "StreamableHTTPTransport",
+    "cancelled_request_id_from_params",
+    "create_context_streams",
     "create_stdio_process",
     "drain_stdout",
     "get_default_environment",
     "get_executable_command",
     "negotiate_auto",
     "stop_server_process",
-    "streamable_http_client",
     "writer_flush_timeout",
 ]

@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
@@ -29,6 +29,8 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
 from ._errors import McpServerError, McpToolError, McpToolTimeout
+from ._http import STREAM_LOST, HttpTransport
+from ._intake import Intake
 from ._redact import redact_server_text
 from ._sdk import (
     ClientSession,
@@ -37,7 +39,6 @@ from ._sdk import (
     StdioServerParameters,
     get_default_environment,
     negotiate_auto,
-    streamable_http_client,
 )
 from ._stderr import StderrTail
 from ._stdio import StdioTransport
@@ -68,7 +69,8 @@ class McpSession:
         tools: list[ToolSpec],
         pid: int | None,
         stderr: StderrTail | None,
-        stdio: StdioTransport | None,
+        transport: StdioTransport | HttpTransport,
+        intake: Intake,
     ) -> None:
         self.name = name
         self.tools = tools
@@ -78,7 +80,8 @@ class McpSession:
         self._config = config
         self._client = client
         self._stderr = stderr
-        self._stdio = stdio
+        self._transport = transport
+        self._intake = intake
         self._closed = False
 
     @property
@@ -109,10 +112,14 @@ class McpSession:
         except TimeoutError:
             raise McpToolTimeout(self.name, name, limit) from None
         except MCPError as exc:
-            # -32000 is also the code JSON-RPC servers commonly use for their own errors: over
-            # stdio, only an ended connection makes it ours.
-            if exc.code == CONNECTION_CLOSED and (self._stdio is None or self._stdio.ended):
-                raise McpServerError(self.name, self._died_reason()) from exc
+            # -32000 is also the code JSON-RPC servers commonly use for their own errors: it is
+            # ours only once the connection ended, or made up by the HTTP transport for an
+            # answer that cannot come. A server that broke a limit ends the session whatever
+            # error its call got.
+            if self._transport.fault is not None or (exc.code == CONNECTION_CLOSED and (
+                self._intake.ended or exc.data is STREAM_LOST
+            )):
+                raise McpServerError(self.name, self._died_reason(exc)) from exc
             if exc.code == REQUEST_TIMEOUT:
                 raise McpToolTimeout(self.name, name, limit) from exc
             raise McpToolError(
@@ -139,9 +146,12 @@ class McpSession:
             ) from None
         return ToolResult.from_call_result(result)
 
-    def _died_reason(self) -> str:
-        if self._stdio is not None and self._stdio.fault is not None:
-            return self._stdio.fault  # we closed it
+    def _died_reason(self, error: MCPError) -> str:
+        if self._transport.fault is not None:
+            return self._transport.fault  # the server broke a limit, or forgot the session
+        if isinstance(self._transport, HttpTransport):
+            lost = error.message if error.data is STREAM_LOST else "connection closed"
+            return f"closed the connection ({lost})"
         tail = self._stderr.tail() if self._stderr is not None else ""
         reason = "closed the connection (the server process exited or was killed)"
         return f"{reason}; stderr tail: {tail}" if tail else reason
@@ -168,7 +178,8 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
         StderrTail(name, functools.partial(redact_server_text, config=config))
         if config.transport == "stdio" else None
     )
-    stdio = _stdio(name, config, stderr) if stderr is not None else None
+    intake = Intake(name)
+    transport = _transport(name, config, stderr, intake)
     started = False
     try:
         async with anyio.create_task_group() as tg:
@@ -180,10 +191,12 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 # the task groups the SDK opened during start-up).
                 deadline = anyio.current_time() + config.startup_timeout
                 with anyio.CancelScope(deadline=deadline) as life:
-                    async with _connect(config, stdio, stderr) as client:
+                    async with _connect(transport, stderr, intake) as client:
                         tools = await _list_tools(name, client)
                         pid = stderr.find_child_pid() if stderr is not None else None
-                        session = McpSession(name, config, client, tools, pid, stderr, stdio)
+                        session = McpSession(
+                            name, config, client, tools, pid, stderr, transport, intake
+                        )
                         started = True
                         life.deadline = math.inf
                         try:
@@ -200,8 +213,8 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 if started or not isinstance(failure, _STARTUP_FAILURES):
                     raise
                 await _drain(stderr)
-                if stdio is not None and stdio.fault is not None:
-                    raise McpServerError(name, stdio.fault) from failure
+                if transport.fault is not None:
+                    raise McpServerError(name, transport.fault) from failure
                 reason = _with_tail(_startup_failure(failure, config), stderr)
                 raise McpServerError(name, reason) from failure
             finally:
@@ -240,6 +253,8 @@ def _startup_failure(exc: BaseException, config: McpServerConfig) -> str:
         return f"could not start: command not found: {config.command!r}"
     if isinstance(exc, PermissionError):
         return f"could not start: permission denied running {config.command!r}"
+    if isinstance(exc, MCPError) and exc.data is STREAM_LOST:
+        return f"could not be reached during start-up: {exc.message}"
     if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
         return "exited during start-up"
     if isinstance(exc, MCPError):
@@ -273,18 +288,23 @@ async def _drain(stderr: StderrTail | None) -> None:
 
 @asynccontextmanager
 async def _connect(
-    config: McpServerConfig, stdio: StdioTransport | None, stderr: StderrTail | None
+    transport: StdioTransport | HttpTransport, stderr: StderrTail | None, intake: Intake
 ) -> AsyncIterator[ClientSession]:
     """An initialized session: what ``mcp.Client(transport)`` does on entering, but for
-    ``cache=None`` and no callbacks."""
-    async with _transport(config, stdio, stderr) as (read_stream, write_stream):
-        dispatcher = JSONRPCDispatcher(read_stream, write_stream)
+    ``cache=None`` and no callbacks; the streams go through ``intake``."""
+    async with _streams(transport, stderr) as (read_stream, write_stream):
+        dispatcher = JSONRPCDispatcher(intake.reader(read_stream), intake.writer(write_stream))
         async with ClientSession(dispatcher=dispatcher, client_info=_CLIENT_INFO) as session:
             await negotiate_auto(session)
             yield session
 
 
-def _stdio(name: str, config: McpServerConfig, stderr: StderrTail) -> StdioTransport:
+def _transport(
+    name: str, config: McpServerConfig, stderr: StderrTail | None, intake: Intake
+) -> StdioTransport | HttpTransport:
+    if stderr is None:
+        assert config.url is not None
+        return HttpTransport(name, config.url, config, intake)
     assert config.command is not None
     params = StdioServerParameters(
         command=config.command,
@@ -294,39 +314,24 @@ def _stdio(name: str, config: McpServerConfig, stderr: StderrTail) -> StdioTrans
         env={**get_default_environment(), **config.env},
         cwd=config.cwd,
     )
-    return StdioTransport(name, params, stderr.writer, config.max_message_bytes)
-
-
-def _transport(
-    config: McpServerConfig, stdio: StdioTransport | None, stderr: StderrTail | None
-) -> AbstractAsyncContextManager[Any]:
-    if stdio is not None:
-        assert stderr is not None
-        return _stdio_transport(stdio, stderr)
-    assert config.url is not None
-    return _http_transport(config.url, config)
+    return StdioTransport(name, params, stderr.writer, config.max_message_bytes, intake)
 
 
 @asynccontextmanager
-async def _stdio_transport(stdio: StdioTransport, stderr: StderrTail) -> AsyncIterator[Any]:
+async def _streams(
+    transport: StdioTransport | HttpTransport, stderr: StderrTail | None
+) -> AsyncIterator[Any]:
+    if stderr is None:
+        async with transport.streams() as streams:
+            yield streams
+        return
     try:
-        async with stdio.streams() as streams:
+        async with transport.streams() as streams:
             # Our copy of the pipe's write end must go, or the reader never sees end-of-file.
             stderr.close_writer()
             yield streams
     finally:
         stderr.close_writer()
-
-
-@asynccontextmanager
-async def _http_transport(url: str, config: McpServerConfig) -> AsyncIterator[Any]:
-    # The read timeout must outlast a tool call: results may arrive on a quiet SSE stream.
-    timeout = httpx2.Timeout(30.0, read=config.call_timeout + 30.0)
-    async with (
-        httpx2.AsyncClient(headers=config.headers, timeout=timeout) as http,
-        streamable_http_client(url, http_client=http) as streams,
-    ):
-        yield streams
 
 
 async def _list_tools(server: str, client: ClientSession) -> list[ToolSpec]:

@@ -8,7 +8,8 @@ in pieces, joins it once, and ends the connection when a message exceeds ``max_m
 the session then sees the connection close, as if the server had died, and
 :attr:`StdioTransport.fault` says why. A line that is not a JSON-RPC message is dropped, the
 first of a session logged without its text (the SDK logged each with a traceback quoting it: a
-server printing its token to stdout put it in our logs). Spawning and shutdown are the SDK's own
+server printing its token to stdout put it in our logs). What the session should not see is
+dropped here (:class:`~actors.mcp._intake.Intake`). Spawning and shutdown are the SDK's own
 (its private helpers, ``mcp>=2.3,<3``; see :mod:`actors.mcp._sdk`).
 """
 
@@ -23,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import mcp_types
 
+from ._intake import Intake
 from ._sdk import (
     SessionMessage,
     StdioServerParameters,
@@ -43,18 +45,17 @@ class StdioTransport:
     """One stdio server process and the streams the SDK's session reads and writes."""
 
     def __init__(
-        self, server: str, params: StdioServerParameters, errlog: TextIO, max_message_bytes: int
+        self, server: str, params: StdioServerParameters, errlog: TextIO, max_message_bytes: int,
+        intake: Intake,
     ) -> None:
         self._server = server
+        self._intake = intake
         self._params = params
         self._errlog = errlog
         self._max_message_bytes = max_message_bytes
         self._garbage_seen = False
         self.fault: str | None = None
         """Why we closed the connection, when the server broke a limit (``None``: we did not)."""
-        self.ended = False
-        """The connection ended (set before the session hears of it): an error with the code
-        ``CONNECTION_CLOSED`` before then was sent by the server itself."""
 
     @asynccontextmanager
     async def streams(self) -> AsyncIterator[tuple[Any, Any]]:
@@ -81,10 +82,7 @@ class StdioTransport:
             assert process.stdout is not None
             try:
                 async with read_writer:  # its close is the session's end of stream
-                    try:
-                        await self._read_lines(process.stdout, read_writer)
-                    finally:
-                        self.ended = True
+                    await self._read_lines(process.stdout, read_writer)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
                 pass  # our shutdown closed the pipe, or the server's end broke: end of stream
             finally:
@@ -99,7 +97,6 @@ class StdioTransport:
                         json = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                         await process.stdin.send((json + "\n").encode(params.encoding))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                self.ended = True
                 await read_writer.aclose()  # the session sees the connection end
             finally:
                 writer_done.set()
@@ -140,7 +137,8 @@ class StdioTransport:
                 except ValueError:
                     self._not_json_rpc(len(line))
                     continue
-                await read_writer.send(SessionMessage(message))
+                if self._intake.admit(message):
+                    await read_writer.send(SessionMessage(message))
             if start < len(chunk):
                 pieces.append(chunk[start:])
                 size += len(chunk) - start

@@ -19,6 +19,11 @@ Any call answers by ``MODE``:
   also uses for a closed connection), message ``database unavailable``.
 - ``batches``: held, then answered every 0.3 s together with the others that came meanwhile,
   each with the text ``in flight: N`` (N: how many were answered together).
+- ``notification-flood``: ``SIZE`` malformed notifications first (``notifications/message``
+  without its ``level``, its data holding a key-shaped secret), then ``ok``.
+- ``progress-flood``: ``SIZE`` well-formed progress notifications first, then ``ok``.
+- ``ping-flood``: ``ok``, then ``SIZE`` ping requests; it goes on reading its input.
+- ``deaf-ping-flood``: ``ok``, then ``SIZE`` ping requests, then it reads nothing more.
 - otherwise: the text ``ok``.
 
 Any other method is answered with an empty result.
@@ -102,6 +107,30 @@ def _answer_in_batches() -> None:
                                                   "text": f"in flight: {len(batch)}"}]})
 
 
+SECRET = "sk-live-notification0123456789"
+
+
+def _flood_notifications(mode: str, size: int) -> None:
+    if mode == "notification-flood":
+        params: dict[str, Any] = {"data": f"token={SECRET} " + "y" * 2000}
+        method = "notifications/message"
+    else:
+        params = {"progressToken": "nobody's", "progress": 1}
+        method = "notifications/progress"
+    line = json.dumps({"jsonrpc": "2.0", "method": method, "params": params}) + "\n"
+    with _write_lock:
+        for _ in range(size):
+            sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _flood_pings(size: int) -> None:
+    with _write_lock:
+        for n in range(size):
+            sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": f"p{n}", "method": "ping"}) + "\n")
+        sys.stdout.flush()
+
+
 def main() -> None:
     mode = sys.argv[1]
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -131,6 +160,14 @@ def main() -> None:
         elif method == "tools/call" and mode == "batches":
             with _lock:
                 _held.append(message["id"])
+        elif method == "tools/call" and mode in ("notification-flood", "progress-flood"):
+            _flood_notifications(mode, size)
+            _answer(message["id"], _call_result(mode, size))
+        elif method == "tools/call" and mode in ("ping-flood", "deaf-ping-flood"):
+            _answer(message["id"], _call_result(mode, size))
+            _flood_pings(size)
+            if mode == "deaf-ping-flood":
+                time.sleep(3600)
         elif method == "tools/call" and mode == "line":
             frame = len(_line(message["id"], _call_result("huge", 0)))
             _answer(message["id"], _call_result("huge", size - frame))

@@ -1,0 +1,328 @@
+"""The streamable-HTTP transport: the SDK's, with every answer bounded and nothing logged whole.
+
+What the SDK's transport (``mcp.client.streamable_http``) did with a hostile server, and what
+this one does instead:
+
+- **Size.** A JSON body was read whole (a 2 MB answer under a 1 MiB limit; 100 MB of gzip
+  zeros took 960 MB), an event stream was cut at 1 MiB per event whatever the configured limit,
+  and the cut read as a dead server. Here every response body the client reads is counted as it
+  arrives: a JSON body, or one server-sent event (its bytes before the empty line that ends it,
+  field names and line ends counted, :data:`EVENT_FRAMING_BYTES` allowed for them), may have
+  ``max_message_bytes``; one byte more ends the session with :attr:`HttpTransport.fault`, as
+  over stdio. A compressed body is refused (we ask for ``identity``): its size is not what
+  arrives.
+- **Errors of its own.** An answer the transport gives up on (its stream ended or broke, the
+  request failed) is marked :data:`STREAM_LOST`, so that a server's own error of code -32000
+  (JSON-RPC's "server error", which the SDK also uses for a closed connection) is a tool error.
+- **Logs.** An event or body that is not JSON-RPC was logged with a traceback quoting it; the
+  session id at INFO; each event of an unknown type with its name. Here the first of a session
+  is logged with its size only, the rest dropped without a word.
+- **Streams it never closed.** Under the 2025 protocol a call the caller gave up on kept its
+  response stream open (a server sending a comment now and then held it for ever, one more per
+  timed-out call), and a stream that ended after an event id was resumed with GETs paced by
+  the server's ``retry`` (``0``: a loop of thousands per second, after the call was over). Here
+  an abandoned call's stream is closed, and no stream is resumed. The GET stream for messages a
+  server sends unasked is not opened (a client may do without it): we read none of them.
+
+The SDK's transport class does the rest (sessions, protocol-version headers, same-origin
+redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_sdk.py``
+checks that they still exist).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import httpx2
+import mcp_types
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import ValidationError
+
+from ._config import McpServerConfig
+from ._intake import Intake
+from ._sdk import (
+    MCP_SESSION_ID,
+    SessionMessage,
+    StreamableHTTPTransport,
+    cancelled_request_id_from_params,
+    create_context_streams,
+)
+
+__all__ = ["EVENT_FRAMING_BYTES", "STREAM_LOST", "HttpTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: Bytes an event may have beyond ``max_message_bytes``: ``data: ``, an ``id`` and ``event``
+#: line, line ends.
+EVENT_FRAMING_BYTES: Final = 1024
+#: How long closing a session may wait for the server to acknowledge it (``DELETE``).
+_TERMINATE_SECONDS: Final = 2.0
+
+
+_EMPTY_LINE: Final = re.compile(rb"\n\n|\r\r|\n\r")
+
+
+class _Lost:
+    def __repr__(self) -> str:
+        return "STREAM_LOST"
+
+
+STREAM_LOST: Final = _Lost()
+"""The ``data`` of an error this transport made up for a request whose answer cannot come (no
+server can send it: it is not JSON)."""
+
+
+class _Refused(httpx2.StreamError):
+    """A response body broke a bound. A ``StreamError``: the SDK's transport contains those to
+    the one request (a ``TransportError`` out of some of its paths would end every one)."""
+
+
+class HttpTransport:
+    """One streamable-HTTP server and the streams the SDK's session reads and writes."""
+
+    def __init__(self, server: str, url: str, config: McpServerConfig, intake: Intake) -> None:
+        self._server = server
+        self._intake = intake
+        self._url = url
+        self._config = config
+        self._garbage_seen = False
+        self.fault: str | None = None
+        """Why the session cannot go on, when the server broke a limit or forgot the session
+        (``None``: it did not)."""
+
+    @asynccontextmanager
+    async def streams(self) -> AsyncIterator[tuple[Any, Any]]:
+        """Yield ``(read_stream, write_stream)`` for ``ClientSession``; what the SDK's
+        ``streamable_http_client`` does, with our :class:`_Transport` and no GET stream.
+
+        On exit the server is told the session ended (``DELETE``), waiting
+        :data:`_TERMINATE_SECONDS` at most.
+        """
+        config = self._config
+        # The read timeout must outlast a tool call: results may arrive on a quiet SSE stream.
+        timeout = httpx2.Timeout(30.0, read=config.call_timeout + 30.0)
+        headers = {**config.headers, "Accept-Encoding": "identity"}
+        transport = _Transport(self._url, self)
+        async with httpx2.AsyncClient(
+            headers=headers, timeout=timeout, event_hooks={"response": [self._bound]}
+        ) as http:
+            read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
+            write_stream, write_reader = create_context_streams[SessionMessage](0)
+            async with (
+                read_writer, read_stream, write_stream, write_reader,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(
+                    transport.post_writer, http, write_reader, read_writer, write_stream,
+                    _no_get_stream, tg,
+                )
+                try:
+                    yield read_stream, write_stream
+                finally:
+                    with anyio.move_on_after(_TERMINATE_SECONDS, shield=True):
+                        if transport.session_id:
+                            await transport.terminate_session(http)
+                    tg.cancel_scope.cancel()
+
+    async def _bound(self, response: httpx2.Response) -> None:
+        """Every response, as its headers arrive: its body bounded as it is read."""
+        if response.status_code == 404 and MCP_SESSION_ID in response.request.headers:
+            # The server no longer knows our session: the protocol says start a new one.
+            self._broke("no longer knows its session (HTTP 404 for the session id)")
+        content_type = response.headers.get("content-type", "").lower()
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        response.stream = _BoundedBody(
+            response.stream, self,
+            limit=self._config.max_message_bytes,
+            events=content_type.startswith("text/event-stream"),
+            encoding=None if encoding in ("", "identity") else encoding,
+        )
+
+    def _broke(self, fault: str) -> None:
+        if self.fault is None:
+            self.fault = fault
+
+    def _not_json_rpc(self, size: int) -> None:
+        if not self._garbage_seen:
+            self._garbage_seen = True
+            logger.warning(
+                "MCP server %r sent an answer that is not a JSON-RPC message (%d bytes, not"
+                " shown); this session's later ones are dropped without a word",
+                self._server, size,
+            )
+
+
+class _BoundedBody(httpx2.AsyncByteStream):
+    """A response body that fails (and ends the session) past its bound."""
+
+    def __init__(self, inner: Any, owner: HttpTransport, *, limit: int, events: bool,
+                 encoding: str | None) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._limit = limit + EVENT_FRAMING_BYTES if events else limit
+        self._events = events
+        self._encoding = encoding
+        self._size = 0  # of the body, or of the event being read
+        self._last = b""  # the previous chunk's last byte: an empty line may straddle chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            if self._encoding is not None and chunk:
+                self._owner._broke(
+                    f"sent a body compressed with {self._encoding[:40]!r} when asked for"
+                    " 'identity' (its size cannot be bounded as it arrives)"
+                )
+                raise _Refused("compressed body")
+            self._count(chunk)
+            if self._size > self._limit:
+                self._owner._broke(
+                    "sent a message longer than max_message_bytes"
+                    f" ({self._owner._config.max_message_bytes} bytes)"
+                )
+                raise _Refused("message too long")
+            yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        if not self._events:
+            self._size += len(chunk)
+            return
+        # An event ends at an empty line: two line ends in a row (CR, LF or CRLF each), which
+        # is exactly where "\n\n", "\r\r" or "\n\r" occurs. Split in C, not a Python loop
+        # over the lines; the first piece goes on with the event before, the last starts one.
+        before = self._last
+        pieces = _EMPTY_LINE.split(before + chunk)
+        self._last = chunk[-1:] or before
+        if len(pieces) == 1:
+            self._size += len(chunk)
+            return
+        # Past the limit, the size of the longest event read; else that of the one begun.
+        ended = self._size + len(pieces[0]) - len(before)
+        longest = max(ended, max(map(len, pieces[1:-1]), default=0))
+        self._size = longest if longest > self._limit else len(pieces[-1])
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _no_get_stream() -> None:
+    """Where the SDK would start the GET stream (messages the server sends unasked)."""
+
+
+class _Transport(StreamableHTTPTransport):
+    """The SDK's transport with the overrides the module docstring explains."""
+
+    def __init__(self, url: str, owner: HttpTransport) -> None:
+        # The SDK's own event bound, behind ours (which counts more of an event, so trips first).
+        super().__init__(
+            url, max_sse_event_size=owner._config.max_message_bytes + EVENT_FRAMING_BYTES
+        )
+        self._owner = owner
+
+    def _maybe_extract_session_id_from_response(self, response: httpx2.Response) -> None:
+        session_id = response.headers.get(MCP_SESSION_ID)
+        if session_id:
+            self.session_id = session_id  # not logged: it names our session to the server
+
+    async def _handle_post_request(self, ctx: Any) -> None:
+        try:
+            await super()._handle_post_request(ctx)
+        except (httpx2.HTTPError, _Refused) as exc:
+            # Out of this task the error would end the transport, and every call with it.
+            message = ctx.session_message.message
+            if isinstance(message, mcp_types.JSONRPCRequest):
+                await self._resolve_abandoned_request(
+                    ctx.read_stream_writer, message.id, f"HTTP request failed: {exc!r}"
+                )
+
+    async def _handle_json_response(
+        self, response: httpx2.Response, read_stream_writer: Any, *, request_id: Any
+    ) -> None:
+        try:
+            content = await response.aread()
+        except _Refused:
+            await self._resolve_abandoned_request(
+                read_stream_writer, request_id, self._owner.fault or "answer refused"
+            )
+            return
+        try:
+            message = mcp_types.jsonrpc_message_adapter.validate_json(content, by_name=False)
+        except ValidationError:
+            self._owner._not_json_rpc(len(content))
+            message = _error(request_id, PARSE_ERROR, "the answer is not a JSON-RPC message")
+        if not isinstance(message, mcp_types.JSONRPCResponse | JSONRPCError):
+            message = _error(request_id, INVALID_REQUEST, "the answer is not a JSON-RPC response")
+        # The body of this request's POST answers this request, whatever id it names (as the
+        # SDK reads an event stream): a server cannot answer another call through it.
+        message.id = request_id
+        await read_stream_writer.send(SessionMessage(message))
+
+    async def _handle_sse_event(
+        self, sse: httpx2.ServerSentEvent, read_stream_writer: Any,
+        original_request_id: Any = None, resumption_callback: Any = None,
+    ) -> bool:
+        if sse.event != "message" or not sse.data:
+            return False  # another type, or a priming event: nothing we read
+        try:
+            message = mcp_types.jsonrpc_message_adapter.validate_json(sse.data, by_name=False)
+        except ValidationError:
+            self._owner._not_json_rpc(len(sse.data))
+            return False
+        answer = isinstance(message, mcp_types.JSONRPCResponse | JSONRPCError)
+        if isinstance(message, mcp_types.JSONRPCResponse | JSONRPCError) and (
+            original_request_id is not None
+        ):
+            message.id = original_request_id  # as the SDK does: this POST's stream answers it
+        if self._owner._intake.admit(message):
+            await read_stream_writer.send(SessionMessage(message))
+        return answer
+
+    async def _handle_reconnection(
+        self, ctx: Any, last_event_id: str, retry_interval_ms: int | None = None,
+        attempt: int = 0,
+    ) -> None:
+        await self._resolve_abandoned_request(
+            ctx.read_stream_writer, ctx.session_message.message.id,
+            "the server ended its response stream without an answer",
+        )
+
+    async def _resolve_abandoned_request(
+        self, read_stream_writer: Any, request_id: Any, message: str, *,
+        code: int = CONNECTION_CLOSED,
+    ) -> None:
+        if code != CONNECTION_CLOSED:
+            await super()._resolve_abandoned_request(
+                read_stream_writer, request_id, message, code=code
+            )
+            return
+        error = SessionMessage(JSONRPCError(
+            jsonrpc="2.0", id=request_id,
+            error=ErrorData(code=CONNECTION_CLOSED, message=message, data=STREAM_LOST),
+        ))
+        # A closed stream: the session is closing, nobody waits for the answer.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await read_stream_writer.send(error)
+
+    def _consume_modern_cancellation(self, session_message: SessionMessage) -> bool:
+        consumed = super()._consume_modern_cancellation(session_message)
+        if not consumed:
+            # A 2025-era call's cancel goes out as a notification, and the SDK kept reading the
+            # call's response stream: close it too, we will not read the answer.
+            message = session_message.message
+            if (isinstance(message, mcp_types.JSONRPCNotification)
+                    and message.method == "notifications/cancelled"):
+                request_id = cancelled_request_id_from_params(message.params)
+                post = self._in_flight_posts.get(request_id) if request_id is not None else None
+                if post is not None:
+                    post.scope.cancel()
+        return consumed
+
+
+def _error(request_id: Any, code: int, message: str) -> JSONRPCError:
+    return JSONRPCError(jsonrpc="2.0", id=request_id,
+                        error=ErrorData(code=code, message=message))

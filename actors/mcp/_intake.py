@@ -1,0 +1,145 @@
+"""What a server sends, screened before the SDK's dispatcher reads it (either transport).
+
+The dispatcher reads everything a server writes and spawns a task per notification and per
+request, without bound: measured over stdio, 100,000 progress notifications took 14 s of the
+event loop (the SDK validated each against its schema, to hand it to a callback that does
+nothing), 100,000 ``ping`` requests grew the process to 1 GB of tasks waiting to answer, and
+each malformed notification was logged with a traceback quoting it (a secret in it included:
+1,000 of them made 2.3 MB of log). So each transport asks :meth:`Intake.admit` about every
+message it parsed, before handing it over:
+
+- **Notifications are dropped unread.** No handler of ours reads one (progress, log messages,
+  list changes: the catalog is the start-time listing), so nothing is lost; a handler added
+  later must let its notification through here.
+- **A server's requests are bounded:** at most :data:`MAX_SERVER_REQUESTS` unanswered at once
+  (``ping``, and the ``sampling`` / ``roots`` / ``elicitation`` requests we refuse); the others
+  are dropped unanswered, the first of a session logged.
+
+And the streams the dispatcher reads and writes (:meth:`Intake.reader`, :meth:`Intake.writer`)
+count our answers and note the end of the connection (:attr:`Intake.ended`) before the
+dispatcher hears of it, so an error of code ``CONNECTION_CLOSED`` that came before is known to
+be the server's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+import anyio
+import mcp_types
+
+from ._sdk import SessionMessage
+
+__all__ = ["MAX_SERVER_REQUESTS", "Intake"]
+
+logger = logging.getLogger(__name__)
+
+#: A server's requests we hold unanswered at most; the others are dropped.
+MAX_SERVER_REQUESTS: Final = 16
+
+_Stream = TypeVar("_Stream")
+
+
+class Intake:
+    """The screen between one session's transport and the SDK's dispatcher."""
+
+    def __init__(self, server: str) -> None:
+        self._server = server
+        self._unanswered = 0  # server requests let through, less our answers sent
+        self._refused_any = False
+        self.ended = False
+        """The transport's streams ended (either way): the connection is gone."""
+
+    def reader(self, stream: Any) -> _ScreenedReader:
+        """``stream`` (the transport's read stream), its end noted in :attr:`ended`."""
+        return _ScreenedReader(self, stream)
+
+    def writer(self, stream: Any) -> _AnswerCounter:
+        """``stream`` (the transport's write stream), our answers to the server counted."""
+        return _AnswerCounter(self, stream)
+
+    def admit(self, message: mcp_types.JSONRPCMessage) -> bool:
+        """Whether the dispatcher should see ``message``, which the server sent."""
+        if isinstance(message, mcp_types.JSONRPCNotification):
+            return False
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            if self._unanswered >= MAX_SERVER_REQUESTS:
+                self._refuse()
+                return False
+            self._unanswered += 1
+        return True
+
+    def _answered(self, item: SessionMessage) -> None:
+        if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            self._unanswered = max(0, self._unanswered - 1)
+
+    def _refuse(self) -> None:
+        if not self._refused_any:
+            self._refused_any = True
+            logger.warning(
+                "MCP server %r sent more than %d requests to answer at once; this session drops"
+                " the others unanswered without a word", self._server, MAX_SERVER_REQUESTS,
+            )
+
+    def __repr__(self) -> str:
+        state = "ended" if self.ended else "open"
+        return f"<Intake {self._server!r} [{self._unanswered} unanswered | {state}]>"
+
+
+class _Wrapper(Generic[_Stream]):
+    def __init__(self, intake: Intake, stream: _Stream) -> None:
+        self._intake = intake
+        self._stream = stream
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _ScreenedReader(_Wrapper[Any]):
+    """The read-stream protocol the dispatcher uses; its end is noted first."""
+
+    @property
+    def last_context(self) -> Any:
+        # The HTTP transport's streams carry each message's sending context (the dispatcher
+        # runs a handler in it).
+        return getattr(self._stream, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            item: SessionMessage | Exception = await self._stream.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._intake.ended = True
+            raise
+        return item
+
+    def __aiter__(self) -> _ScreenedReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
+class _AnswerCounter(_Wrapper[Any]):
+    """The write-stream protocol the dispatcher uses; an answer frees a server request's slot."""
+
+    async def send(self, item: SessionMessage) -> None:
+        try:
+            await self._stream.send(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._intake.ended = True
+            raise
+        self._intake._answered(item)
