@@ -169,7 +169,8 @@ class ChatHub:
         await self._until(lambda: not self.connections, CLOSE_GRACE)
 
     def __repr__(self) -> str:
+        bound = "" if self.max_connections is None else f" of {self.max_connections}"
         return (
-            f"<ChatHub [{len(self.connections)} sockets, {self.turns_in_flight} turns"
+            f"<ChatHub [{len(self.connections)} sockets{bound}, {self.turns_in_flight} turns"
             f"{' | draining' if self.draining else ''}]>"
         )

@@ -91,9 +91,9 @@ class ServerConfig(BaseModel):
     max_messages_per_minute: int = Field(default=120, ge=1)
     max_concurrent_turns: int = Field(default=4, ge=1)
     max_connections: int = Field(
-        default=2048, ge=1, description="chat sockets open at once (each holds a file"
-        " descriptor, its buffers and up to max_concurrent_turns turns); more are closed with"
-        " 1013, try again later"
+        default=2048, ge=1, description="chat sockets a worker process keeps open at once (each"
+        " holds a file descriptor, its buffers and up to max_concurrent_turns turns); more are"
+        " closed with 1013, try again later"
     )
     max_conversations: int = Field(
         default=1000, ge=1, description="live conversations in total; those with no request"

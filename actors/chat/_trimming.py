@@ -112,7 +112,7 @@ def trim_history(
         if count + len(unit) > max_messages:
             break
         if max_bytes is not None:
-            size = sum(size_of(message) for message in unit)
+            size = sum(map(size_of, unit))
             if held + size > max_bytes:
                 break
             held += size
