@@ -1,8 +1,9 @@
 """OpenAI's token counting recipe over an encoder, and the per-message count cache.
 
 Message counting follows OpenAI's published recipe ("How to count tokens with tiktoken"): 3 tokens
-per message, +1 when it has a ``name``, +3 to prime the reply. Tool definitions and tool-call
-arguments are an approximation of the same cookbook. Loading encoders is ``_tokens``' part.
+per message, +1 when it has a ``name``, +3 to prime the reply. Tool definitions (at every level of
+their schemas, see :func:`tools_tokens`) and tool-call arguments are an approximation of the same
+cookbook. Loading encoders is ``_tokens``' part.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 __all__ = [
     "COUNT_CACHE_ENTRIES",
     "IMAGE_TOKENS",
+    "MAX_SCHEMA_NODES",
     "REPLY_PRIMING_TOKENS",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",
@@ -123,6 +125,8 @@ class MessageCounts:
         self.encoder = encoder
         self._counts: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()  # counts run on the loop and in worker threads
+        # Per encoding flavour, the tool dicts counted last and their count (replaced whole).
+        self._last_tools: dict[bool, tuple[tuple[Mapping[str, Any], ...], int]] = {}
 
     def get(self, key: int) -> int | None:
         with self._lock:
@@ -152,7 +156,29 @@ class MessageCounts:
             total += count
         return total
 
+    def known_tools(self, tools: Sequence[Mapping[str, Any]], *, cl100k: bool) -> int | None:
+        """The count of ``tools`` if they are the very tool dicts counted last (else ``None``).
+
+        Every request of every turn offers the catalog's same tool dicts (shared, never
+        changed): this answers without reading them, where the content key costs a JSON dump of
+        them all (~5 ms for 400 KB). The dicts are kept, so their ids cannot be reused.
+        """
+        last = self._last_tools.get(cl100k)
+        if last is None or len(last[0]) != len(tools):
+            return None
+        if all(mine is theirs for mine, theirs in zip(last[0], tools, strict=True)):
+            return last[1]
+        return None
+
     def tools(self, tools: Sequence[Mapping[str, Any]], *, cl100k: bool) -> int:
+        known = self.known_tools(tools, cl100k=cl100k)
+        if known is not None:
+            return known
+        count = self._keyed_tools(tools, cl100k=cl100k)
+        self._last_tools[cl100k] = (tuple(tools), count)
+        return count
+
+    def _keyed_tools(self, tools: Sequence[Mapping[str, Any]], *, cl100k: bool) -> int:
         try:
             key = hash(("tools", cl100k, json.dumps(tools, sort_keys=True, default=str)))
         except (TypeError, ValueError):
@@ -164,14 +190,38 @@ class MessageCounts:
         return count
 
 
+#: A tool's schema nodes counted at most (a cycle, or a schema of millions of nodes, stops there).
+MAX_SCHEMA_NODES = 10_000
+
+# What names further schemas, by the way it holds them: a mapping of named schemas, a list of
+# schemas, one schema. Each is counted as the cookbook counts a property (a name, a type, a
+# description, an enum), then walked in turn.
+_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties",
+                            "dependentSchemas"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_ONE_SCHEMA = frozenset({"items", "additionalProperties", "not", "contains", "if", "then", "else",
+                         "propertyNames", "additionalItems", "unevaluatedItems",
+                         "unevaluatedProperties"})
+# Counted with the property they describe, or not sent to the model (annotations of the schema
+# itself, and ``required``, which marks a property optional or not).
+_NOT_COUNTED_AGAIN = frozenset({"type", "description", "enum", "required", "title", "$schema",
+                                "$id", "$comment"})
+
+
 def tools_tokens(encoder: Encoder, tools: Sequence[Mapping[str, Any]], *, cl100k: bool) -> int:
-    # OpenAI's cookbook approximation for function definitions: constants per function, per
-    # property and per enum item on top of the encoded names, types and descriptions.
-    func_init, prop_init, prop_key, enum_init, enum_item, func_end = (
-        (10, 3, 3, -3, 3, 12) if cl100k else (7, 3, 3, -3, 3, 12)
-    )
+    """Tokens of the ``tools`` of a request: OpenAI's cookbook recipe, applied at every level.
+
+    The cookbook counts a function (constants, its name and description) and each top-level
+    property (constants, ``name:type:description``, enum items). Nested schemas are counted the
+    same way wherever a schema holds them (``properties`` of a property, ``items``, ``anyOf``
+    variants, ``$defs``, ...; a variant or ``items`` as a property without a name), and any
+    other keyword (``default``, ``format``, ``pattern``, ``$ref``, ...) as the tokens of
+    ``keyword:value`` (the value as compact JSON). Linear in the schemas' size, at most
+    :data:`MAX_SCHEMA_NODES` nodes a tool.
+    """
     if not tools:
         return 0
+    func_init = 10 if cl100k else 7
     total = 0
     for tool in tools:
         function = tool.get("function", tool)
@@ -179,19 +229,53 @@ def tools_tokens(encoder: Encoder, tools: Sequence[Mapping[str, Any]], *, cl100k
         name = str(function.get("name", ""))
         description = str(function.get("description", "")).rstrip(".")
         total += len(encoder.encode_ordinary(f"{name}:{description}"))
-        properties = (function.get("parameters") or {}).get("properties") or {}
-        if properties:
-            total += prop_init
-            for key, spec in properties.items():
-                total += prop_key
-                spec = spec if isinstance(spec, Mapping) else {}
-                prop_type = str(spec.get("type", ""))
-                prop_desc = str(spec.get("description", "")).rstrip(".")
-                enum = spec.get("enum")
-                if isinstance(enum, Sequence) and not isinstance(enum, str):
-                    total += enum_init
-                    for item in enum:
-                        total += enum_item
-                        total += len(encoder.encode_ordinary(str(item)))
-                total += len(encoder.encode_ordinary(f"{key}:{prop_type}:{prop_desc}"))
-    return total + func_end
+        total += _schema_tokens(encoder, function.get("parameters") or {})
+    return total + _FUNC_END
+
+
+# The cookbook's constants, the same for both encodings but ``func_init``.
+_PROP_INIT, _PROP_KEY, _ENUM_INIT, _ENUM_ITEM, _FUNC_END = 3, 3, -3, 3, 12
+
+
+def _schema_tokens(encoder: Encoder, schema: object) -> int:
+    total = 0
+    pending = [schema]
+    visited = 0
+    while pending and visited < MAX_SCHEMA_NODES:
+        node = pending.pop()
+        visited += 1
+        if not isinstance(node, Mapping):
+            continue
+        for keyword, value in node.items():
+            if keyword in _NAMED_SCHEMAS and isinstance(value, Mapping):
+                if value:
+                    total += _PROP_INIT
+                for key, spec in value.items():
+                    total += _property_tokens(encoder, str(key), spec)
+                    pending.append(spec)
+            elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+                for spec in value:
+                    total += _property_tokens(encoder, "", spec)
+                    pending.append(spec)
+            elif keyword in _ONE_SCHEMA:
+                if isinstance(value, Mapping):  # (``additionalProperties: false`` is not sent)
+                    total += _property_tokens(encoder, "", value)
+                    pending.append(value)
+            elif keyword not in _NOT_COUNTED_AGAIN:
+                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+                total += len(encoder.encode_ordinary(f"{keyword}:{text}"))
+    return total
+
+
+def _property_tokens(encoder: Encoder, key: str, spec: object) -> int:
+    spec = spec if isinstance(spec, Mapping) else {}
+    total = _PROP_KEY
+    prop_type = str(spec.get("type", ""))
+    prop_desc = str(spec.get("description", "")).rstrip(".")
+    enum = spec.get("enum")
+    if isinstance(enum, Sequence) and not isinstance(enum, str):
+        total += _ENUM_INIT
+        for item in enum:
+            total += _ENUM_ITEM
+            total += len(encoder.encode_ordinary(str(item)))
+    return total + len(encoder.encode_ordinary(f"{key}:{prop_type}:{prop_desc}"))

@@ -234,8 +234,9 @@ def _is_cl100k(model: str) -> bool:
 def count_tools_tokens(tools: Sequence[Mapping[str, Any]], model: str) -> int:
     """Approximate prompt tokens taken by the ``tools`` (function definitions) of a request.
 
-    Uses the constants of OpenAI's cookbook (per function, property and enum item); exact for
-    simple schemas, an estimate for nested ones (nested objects count only their top level).
+    Uses the constants of OpenAI's cookbook (per function, property and enum item), at every
+    level of the schemas (see :func:`~actors.llm._token_recipe.tools_tokens`): exact for simple
+    schemas, an estimate for nested ones.
     """
     return _counter(model).tools(tools, cl100k=_is_cl100k(model)) if tools else 0
 
@@ -275,11 +276,17 @@ async def acount_message_tokens(
 ) -> int:
     """Like :func:`count_message_tokens`, counted in a worker thread when the input is large.
 
-    Inputs over :data:`OFFLOAD_THRESHOLD_CHARS` characters (or the first load of an encoding,
-    which parses a few MB) run in a worker thread so the event loop is not blocked. Cancelling
+    Inputs over :data:`OFFLOAD_THRESHOLD_CHARS` characters, tools other than those counted last,
+    and the first load of an encoding (which parses a few MB) run in a worker thread so the
+    event loop is not blocked. Cancelling
     abandons the result; the thread itself finishes its (bounded) work.
     """
     loaded = encoding_name_for_model(model) in _encoders
-    if loaded and _size_in_chars(messages) <= OFFLOAD_THRESHOLD_CHARS:
+    # Tools are counted here only when they are the ones counted last (every turn's case): new
+    # ones may be hundreds of KB of schema, walked and tokenized.
+    tools_known = not tools or (
+        loaded and _counter(model).known_tools(tools, cl100k=_is_cl100k(model)) is not None
+    )
+    if loaded and tools_known and _size_in_chars(messages) <= OFFLOAD_THRESHOLD_CHARS:
         return count_message_tokens(messages, model, tools)
     return await anyio.to_thread.run_sync(count_message_tokens, messages, model, tools)
