@@ -33,7 +33,8 @@ class McpServerConfig(BaseModel):
     )
     max_message_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
-        description="the longest message a stdio server may write; a longer one ends its session",
+        description="the longest message a server may send (a stdio line, an HTTP body or"
+        " server-sent event); a longer one ends its session",
     )
 
     @model_validator(mode="after")

@@ -14,8 +14,10 @@ What the catalog bounds, because the model (or a server) controls it:
 - **Tools offered**: at most ``max_tools`` (OpenAI refuses a request with more than 128), in the
   configured server order, each description cut to ``max_description_chars``; a tool whose input
   schema has more than ``max_schema_chars`` characters of JSON is left out (it goes with every
-  request, and cannot be cut and stay valid). What was left out is logged once and shown by
-  :attr:`ToolCatalog.limits` (``/health``).
+  request, and cannot be cut and stay valid), and so is one whose schema would take the offered
+  schemas past ``max_offered_schema_chars`` together (128 tools of 16 KB each would put 2 MB of
+  schema in every request; a later, smaller one may still fit). What was left out is logged once
+  and shown by :attr:`ToolCatalog.limits` (``/health``).
 - **Arguments**: at most ``max_argument_bytes`` of JSON, validated in a worker thread; a schema's
   ``pattern`` is matched with a time limit (``validation_seconds``) and without the GIL, so a
   backtracking regex with a model-made argument fails that call instead of freezing every socket.
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: OpenAI refuses a request that offers more tools than this.
 MAX_TOOLS: Final = 128
+#: The offered tools' input schemas together, in characters of JSON (~64-90k tokens at most).
+MAX_OFFERED_SCHEMA_CHARS: Final = 262_144
 
 # Beyond the tool's own timeout, how long the ask may take (queueing, the actor's round trip):
 # the server's McpToolTimeout, which names the tool, should win over the ask's deadline.
@@ -75,6 +79,7 @@ class ToolCatalog:
         max_tools: int = MAX_TOOLS,
         max_description_chars: int = 1024,
         max_schema_chars: int = 16384,
+        max_offered_schema_chars: int = MAX_OFFERED_SCHEMA_CHARS,
         max_argument_bytes: int = 65536,
         validation_seconds: float = 1.0,
     ) -> None:
@@ -84,6 +89,7 @@ class ToolCatalog:
         self._max_tools = max_tools
         self._max_description_chars = max_description_chars
         self._max_schema_chars = max_schema_chars
+        self._max_offered_schema_chars = max_offered_schema_chars
         self._max_argument_bytes = max_argument_bytes
         self._validation_seconds = validation_seconds
         self._limits = ToolLimits(offered=0, omitted=(), descriptions_cut=())
@@ -105,11 +111,23 @@ class ToolCatalog:
             return self._snapshot()  # the same servers with the same tools: every turn's case
         self._ready = ready
         exposed = exposed_tool_names({server: list(tools) for server, tools in ready})
-        names: list[str] = []
+        kept: list[str] = []
         refused: list[str] = []
+        over_total: list[str] = []
+        omitted_list: list[str] = []
+        total = 0
         for name, spec in exposed.items():
-            (refused if _schema_chars(spec) > self._max_schema_chars else names).append(name)
-        kept, omitted = names[: self._max_tools], tuple(names[self._max_tools :])
+            size = _schema_chars(spec)
+            if size > self._max_schema_chars:
+                refused.append(name)
+            elif len(kept) >= self._max_tools:
+                omitted_list.append(name)
+            elif total + size > self._max_offered_schema_chars:
+                over_total.append(name)
+            else:
+                kept.append(name)
+                total += size
+        omitted = tuple(omitted_list)
         cut: list[str] = []
         self._exposed = {}
         for name in kept:
@@ -122,17 +140,19 @@ class ToolCatalog:
             self._exposed[name] = spec
         self._tools = [spec.to_openai_tool(name) for name, spec in self._exposed.items()]
         limits = ToolLimits(offered=len(kept), omitted=omitted, descriptions_cut=tuple(cut),
-                            schemas_refused=tuple(refused))
+                            schemas_refused=tuple(refused), schemas_over_total=tuple(over_total))
         if dataclasses.replace(limits, offered=0) != dataclasses.replace(
             self._limits, offered=0
-        ) and (omitted or cut or refused):
+        ) and (omitted or cut or refused or over_total):
             logger.warning(
                 "MCP tools: offering %d of %d (at most %d per request); left out: %s;"
-                " descriptions cut to %d characters: %s%s",
+                " descriptions cut to %d characters: %s%s%s",
                 len(kept), len(exposed), self._max_tools, ", ".join(omitted) or "none",
                 self._max_description_chars, ", ".join(cut) or "none",
                 f"; input schemas over {self._max_schema_chars} characters, left out:"
                 f" {', '.join(refused)}" if refused else "",
+                f"; past {self._max_offered_schema_chars} characters of schemas in all, left"
+                f" out: {', '.join(over_total)}" if over_total else "",
             )
         self._limits = limits
         return self._snapshot()
@@ -228,12 +248,14 @@ class ToolCatalog:
 class ToolLimits:
     """What the catalog offers the model: ``offered`` tools; ``omitted`` (exposed names) beyond
     the limit; ``descriptions_cut``: tools whose description was shortened; ``schemas_refused``:
-    tools left out because their input schema is too big."""
+    tools left out because their input schema is too big; ``schemas_over_total``: tools left out
+    because their schema did not fit in what the offered schemas may have together."""
 
     offered: int
     omitted: tuple[str, ...]
     descriptions_cut: tuple[str, ...]
     schemas_refused: tuple[str, ...] = ()
+    schemas_over_total: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``/health``."""
@@ -242,6 +264,7 @@ class ToolLimits:
             "omitted": list(self.omitted),
             "descriptions_cut": list(self.descriptions_cut),
             "schemas_refused": list(self.schemas_refused),
+            "schemas_over_total": list(self.schemas_over_total),
         }
 
 

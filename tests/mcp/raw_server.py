@@ -8,7 +8,9 @@ In mode ``dangling-ref`` the schema of ``get`` refers to a definition it lacks; 
 ``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``; in
 mode ``unique`` its property ``a`` is an array with ``uniqueItems``; in mode ``exponential``
 ``a`` is a nested array whose every level is checked twice (``anyOf`` of two ``$ref`` branches).
-In mode ``same-name`` it lists ``SIZE`` tools more, every one named ``x``.
+In mode ``same-name`` it lists ``SIZE`` tools more, every one named ``x``; in mode
+``many-schemas``, 200 tools more, ``s000`` ... ``s199``, each with an input schema of ``SIZE``
+characters of JSON.
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
@@ -89,7 +91,15 @@ def _tools(mode: str, size: int) -> list[dict[str, Any]]:
     ]
     if mode == "same-name":
         tools += [{"name": "x", "inputSchema": {"type": "object"}}] * size
+    if mode == "many-schemas":
+        frame = len(json.dumps(_sized_schema(""), separators=(",", ":")))
+        schema = _sized_schema("d" * (size - frame))
+        tools += [{"name": f"s{n:03d}", "inputSchema": schema} for n in range(200)]
     return tools
+
+
+def _sized_schema(description: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"a": {"type": "string", "description": description}}}
 
 
 _held: list[Any] = []
