@@ -75,6 +75,8 @@ class ConnectionLimits:
     """Conversations the socket's running requests use at once."""
     turn_timeout: float | None = None
     """Seconds a turn may take from its frame to its end (queueing included); then ``timeout``."""
+    max_turns_in_flight: int | None = None
+    """Turns of every socket of the process running or waiting at once (``None``: no bound)."""
 
 
 class ChatHub:

@@ -142,6 +142,7 @@ def create_app(
         max_messages_per_minute=config.server.max_messages_per_minute,
         max_concurrent_turns=config.server.max_concurrent_turns,
         max_conversations_per_socket=config.server.max_conversations_per_socket,
+        max_turns_in_flight=config.server.max_turns_in_flight,
         # Every hop may use the whole LLM budget and every tool round its timeout; beyond that
         # a turn is stuck, and the client gets a typed timeout instead of silence.
         turn_timeout=(config.chat.max_tool_hops + 1) * config.llm.request_timeout

@@ -95,6 +95,11 @@ class ServerConfig(BaseModel):
         " holds a file descriptor, its buffers and up to max_concurrent_turns turns); more are"
         " closed with 1013, try again later"
     )
+    max_turns_in_flight: int = Field(
+        default=2048, ge=1, description="turns a worker process runs or queues at once, over all"
+        " its sockets (each holds its message until it ends); more are refused at once with"
+        " error_type overloaded"
+    )
     max_conversations: int = Field(
         default=1000, ge=1, description="live conversations in total; those with no request"
         " running make room, least recently used first"

@@ -260,6 +260,12 @@ class ChatConnection:
                 "too_many_requests",
             )
             return
+        most = self._limits.max_turns_in_flight
+        if most is not None and self._hub.turns_in_flight >= most:
+            await self._reject(
+                request_id, f"the server is busy with {most} requests; try again shortly",
+                "overloaded")
+            return
         conversation_id = await self._claim(request_id, frame.payload.conversation_id)
         if conversation_id is None:
             return
