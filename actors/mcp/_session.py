@@ -5,7 +5,8 @@ the protocol version as ``mcp.Client`` does (its default ``mode="auto"``), witho
 ``mcp.Client`` and with it the SDK's server half (see :mod:`actors.mcp._sdk`). Two things
 ``mcp.Client.call_tool`` adds are not needed here: answering a server's input requests (we offer
 no sampling, elicitation or roots, so such a call fails either way) and re-listing a tool whose
-schema changed since start (the catalog the model sees is the start-time listing anyway). It
+schema changed since start (the catalog the model sees is the start-time listing anyway). Nor
+is a result checked against the tool's output schema (see :class:`_Session`). It
 translates the SDK's errors into ours (the tree is in
 :mod:`actors.mcp._errors`). A tool that *runs* and reports failure (``isError``) is not an
 exception: ``call_tool`` returns a ``ToolResult`` with ``is_error=True`` so the model can read the
@@ -132,7 +133,7 @@ class McpSession:
         except httpx2.HTTPError as exc:
             raise McpServerError(self.name, f"HTTP request failed: {exc!r}") from exc
         except RuntimeError as exc:
-            # The SDK raises RuntimeError for a result that breaks the tool's output schema.
+            # The SDK raises RuntimeError for a result it cannot use (one asking for input).
             raise McpToolError(
                 f"Tool {name!r} returned an invalid result: {exc}", server=self.name, tool=name
             ) from exc
@@ -294,9 +295,23 @@ async def _connect(
     ``cache=None`` and no callbacks; the streams go through ``intake``."""
     async with _streams(transport, stderr) as (read_stream, write_stream):
         dispatcher = JSONRPCDispatcher(intake.reader(read_stream), intake.writer(write_stream))
-        async with ClientSession(dispatcher=dispatcher, client_info=_CLIENT_INFO) as session:
+        async with _Session(dispatcher=dispatcher, client_info=_CLIENT_INFO) as session:
             await negotiate_auto(session)
             yield session
+
+
+class _Session(ClientSession):
+    """The SDK's session without its check of a result against the tool's output schema.
+
+    It ran jsonschema on the event loop, a ``pattern`` with ``re`` (holding the GIL, no time
+    limit): a server's ``^(a|aa)+$`` against 36 characters of its own result froze every task
+    of the process for 3 s, each character more 1.6 times longer. The check bought nothing here:
+    structured content goes to the model as JSON whatever its shape, and a tool's output is the
+    server's to get right.
+    """
+
+    async def validate_tool_result(self, name: str, result: mcp_types.CallToolResult) -> None:
+        return None
 
 
 def _transport(

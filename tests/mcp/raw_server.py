@@ -26,6 +26,8 @@ Any call answers by ``MODE``:
 - ``progress-flood``: ``SIZE`` well-formed progress notifications first, then ``ok``.
 - ``ping-flood``: ``ok``, then ``SIZE`` ping requests; it goes on reading its input.
 - ``deaf-ping-flood``: ``ok``, then ``SIZE`` ping requests, then it reads nothing more.
+- ``output-bomb``: ``ok`` with the structured content ``{"code": "aaa...ab"}`` (``SIZE`` a's),
+  which ``get``'s output schema (listed in this mode) matches with the pattern ``BOMB``.
 - otherwise: the text ``ok``.
 
 Any other method is answered with an empty result.
@@ -58,6 +60,9 @@ def _call_result(mode: str, size: int) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": "x" * size}], "isError": False}
     if mode == "malformed":
         return {"content": "not a list", "isError": False}
+    if mode == "output-bomb":
+        return {"content": [{"type": "text", "text": "ok"}], "isError": False,
+                "structuredContent": {"code": "a" * size + "b"}}
     return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
 
@@ -89,6 +94,10 @@ def _tools(mode: str, size: int) -> list[dict[str, Any]]:
         {"name": name, "description": "Answer by the server's mode.", "inputSchema": schema}
         for name, schema in schemas.items()
     ]
+    if mode == "output-bomb":
+        tools[0]["outputSchema"] = {
+            "type": "object", "properties": {"code": {"type": "string", "pattern": BOMB}},
+        }
     if mode == "same-name":
         tools += [{"name": "x", "inputSchema": {"type": "object"}}] * size
     if mode == "many-schemas":
