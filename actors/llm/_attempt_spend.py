@@ -33,7 +33,7 @@ from ._errors import (
     LLMTimeoutError,
 )
 from ._messages import Release, Reservation, Reserve, Settle, Usage
-from ._tokens import count_text_tokens
+from ._sdk_call import estimate_output_tokens
 
 __all__ = ["AttemptSpend", "billed_in_flight"]
 
@@ -109,8 +109,8 @@ class AttemptSpend:
             text = "".join(self.streamed)
             # The body capped the output at max_tokens: the upstream cannot have billed more, so
             # neither is charged (an estimate of garbage could otherwise charge past the limit).
-            completion = min(count_text_tokens(text, self._reserve.model) if text else 0,
-                             self._reserve.max_tokens)
+            completion = estimate_output_tokens(text, self._reserve.model,
+                                                self._reserve.max_tokens)
             if _answered(error):
                 completion = self._reserve.max_tokens
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,

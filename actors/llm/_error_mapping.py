@@ -35,6 +35,7 @@ from ._errors import (
     redact,
 )
 from ._limits import MAX_SERVER_PAUSE
+from ._response_bounds import ResponseRefused
 from ._wire_decode import malformed_error
 
 __all__ = ["error_from_sdk", "map_sdk_errors", "parse_retry_after"]
@@ -108,6 +109,9 @@ def error_from_sdk(
     where: dict[str, Any] = {"provider": provider, "model": model}
     if isinstance(exc, LLMClientError):
         return exc
+    refused = _refused(exc)
+    if refused is not None:
+        return _refused_error(refused, partial_text or "", where)
     if isinstance(exc, _UNDECODABLE):
         # An answer arrived (and was billed) that we cannot read, as a malformed chunk.
         return malformed_error(provider, model or "", exc, partial_text or "")
@@ -138,6 +142,28 @@ def error_from_sdk(
         # A plain APIError is what the SDK raises for an SSE data event carrying "error".
         return _streaming_error(exc, "", secrets, where)
     return LLMClientError(f"unexpected error from {provider}: {_describe(exc, secrets)}", **where)
+
+
+def _refused(exc: BaseException) -> ResponseRefused | None:
+    """The :class:`ResponseRefused` that ``exc`` is or wraps (the SDK wraps a failed read of its
+    own in ``APIConnectionError``), else ``None``."""
+    cause: BaseException | None = exc
+    for _ in range(3):
+        if cause is None or isinstance(cause, ResponseRefused):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
+def _refused_error(refused: ResponseRefused, partial_text: str,
+                   where: dict[str, Any]) -> LLMClientError:
+    """A body we stopped reading, like a malformed one: :class:`LLMStreamingError` (not
+    retryable) once text reached the caller, else :class:`LLMServerError` with the response's
+    status (a 2xx answer was billed and is charged; an error status bills nothing)."""
+    message = f"{where['provider']} sent {refused.reason}"
+    if partial_text:
+        return LLMStreamingError(message, partial_text=partial_text, retryable=False, **where)
+    return LLMServerError(message, status_code=refused.status_code, **where)
 
 
 def _aiohttp_reset(exc: BaseException) -> bool:

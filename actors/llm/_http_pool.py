@@ -23,6 +23,8 @@ import httpx2
 import openai
 from httpcore2._utils import is_socket_readable
 
+from ._response_bounds import IDENTITY
+
 __all__ = ["DEFAULT_TRANSPORT", "Transport", "aiohttp_available", "provider_http_client"]
 
 Transport = Literal["httpx2", "aiohttp"]
@@ -96,7 +98,8 @@ def provider_http_client(
     event_hooks: Mapping[str, Sequence[Any]] | None = None,
     transport: Transport = "httpx2",
 ) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` with these pool limits and timeouts (see the module docstring).
+    """An ``httpx2.AsyncClient`` with these pool limits and timeouts (see the module docstring),
+    asking for bodies uncompressed (:data:`~actors.llm._response_bounds.IDENTITY`).
 
     ``transport="aiohttp"`` is the SDK's ``DefaultAioHttpClient`` (an ``httpx2.AsyncClient`` whose
     transport is aiohttp, mapping aiohttp's errors to httpx2's; it takes the same limits and
@@ -105,9 +108,11 @@ def provider_http_client(
     hooks = {k: list(v) for k, v in (event_hooks or {}).items()}
     if transport == "aiohttp":
         aio: httpx2.AsyncClient = openai.DefaultAioHttpClient(
-            limits=limits, timeout=timeout, event_hooks=hooks, follow_redirects=False)
+            limits=limits, timeout=timeout, event_hooks=hooks, follow_redirects=False,
+            headers=IDENTITY)
         return aio
-    client = httpx2.AsyncClient(limits=limits, timeout=timeout, event_hooks=hooks)
+    client = httpx2.AsyncClient(limits=limits, timeout=timeout, event_hooks=hooks,
+                                headers=IDENTITY)
     pool = getattr(getattr(client, "_transport", None), "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if isinstance(backend, httpcore2.AsyncNetworkBackend):

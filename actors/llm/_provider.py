@@ -61,6 +61,7 @@ from ._provider_config import ProviderConfig
 from ._provider_kinds import rules_for
 from ._provider_reports import ProviderReports
 from ._provider_state import ProviderHealth, ProviderState
+from ._response_bounds import bound_response
 from ._sdk_call import (
     CallPlan,
     plan_call,
@@ -137,6 +138,8 @@ class ProviderActor(Actor[ProviderCall]):
         self._client: openai.AsyncOpenAI | None = None
         self._connection_failures = 0
         self._permits: Counter[int] = Counter()  # breaker epoch -> calls in flight admitted in it
+        # aiohttp can lose its own read timeout (see _response_bounds): bound the reads here too.
+        self._read_timeout = config.timeout if self._transport == "aiohttp" else None
         self._secret_headers = tuple(
             value for value in config.extra_headers.values() if len(value) >= _MIN_SECRET_HEADER)
 
@@ -199,7 +202,8 @@ class ProviderActor(Actor[ProviderCall]):
             ),
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
             # Every response (errors and streams included) tightens the limiter from its
-            # headers, in one place and without the SDK's raw-response wrapper per call.
+            # headers and has its body bounded, in one place and without the SDK's
+            # raw-response wrapper per call.
             event_hooks={"response": [self._on_response]},
             transport=self._transport,
         )
@@ -218,6 +222,7 @@ class ProviderActor(Actor[ProviderCall]):
         limiter = self._state.limiter
         if limiter is not None:
             limiter.update_from_headers(response.headers)
+        bound_response(response, self.config.max_response_bytes, self._read_timeout)
 
     async def _close_client(self) -> None:
         client, http = self._client, self._http
@@ -265,7 +270,7 @@ class ProviderActor(Actor[ProviderCall]):
         progress = Progress(started=time.perf_counter())
         assert self._client is not None
         site = CallSite(self.name, self._client, state, self._catalog, self._secrets(),
-                        self._plan)
+                        self._plan, self._read_timeout)
         work: Callable[..., Awaitable[Any]]
         if call.stream:
             assert request is not None

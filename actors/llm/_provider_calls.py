@@ -24,8 +24,10 @@ from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
+from ._response_bounds import BoundedBody, StallWatch
 from ._sdk_call import (
     CallPlan,
+    answered_model,
     check_json,
     logprobs_of,
     open_stream,
@@ -55,6 +57,9 @@ class CallSite:
     catalog: ModelCatalog
     secrets: Sequence[str]
     plan: Callable[[ProviderCall], CallPlan]
+    stall_timeout: float | None = None
+    """Seconds a stream may wait for its next bytes, watched here (the aiohttp transport: see
+    :mod:`._response_bounds`); ``None``: the transport's read timeout holds."""
 
     def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
         """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
@@ -114,7 +119,7 @@ class CallSite:
         progress.ttft = elapsed
         if body.reasoning:
             progress.ttfr = elapsed
-        model = body.model or call.model
+        model = answered_model(body.model, call.model)
         tool_calls = list(body.tool_calls)
         response = LLMResponse(
             content=body.content,
@@ -149,12 +154,15 @@ class CallSite:
         try:
             stream, plan = await self._send(call, plan, tokens,
                                             lambda body: open_stream(client, body))
+            body = stream.response.stream
+            watch = (StallWatch(body, self.stall_timeout) if self.stall_timeout is not None
+                     and isinstance(body, BoundedBody) else None)
             try:
                 failure = await read_stream(
                     stream, request, assembly, progress,
                     lambda: map_sdk_errors(provider, call.model, self.secrets,
                                            partial_text=lambda: assembly.text),
-                    provider, call.model, call.deltas, call.on_output)
+                    provider, call.model, call.deltas, call.on_output, watch)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await stream.close()
@@ -166,7 +174,7 @@ class CallSite:
         elapsed = time.perf_counter() - progress.started
         content = assembly.text
         tool_calls = assembly.tool_calls()
-        model = assembly.model or call.model
+        model = answered_model(assembly.model, call.model)
         response = LLMResponse(
             content=content,
             tool_calls=tool_calls,

@@ -150,6 +150,12 @@ class ProviderConfig(ClientSettings):
     top_logprobs: int | None = Field(
         default=None, ge=0, le=20, description="alternatives per token when enable_logprobs"
     )
+    max_response_bytes: int = Field(
+        default=32 * 2**20,
+        ge=1024,
+        description="bytes one answer, stream or error body may bring; past it the call ends"
+        " with a typed error (32 MiB: a 64k-token stream, one token per chunk, brings ~30 MB)",
+    )
     transport: Literal["httpx2", "aiohttp"] | None = Field(
         default=None,
         description="HTTP transport under the SDK: httpx2's pool or the SDK's aiohttp one"

@@ -33,7 +33,9 @@ from ._wire_decode import WireUsage
 
 __all__ = [
     "CallPlan",
+    "answered_model",
     "check_json",
+    "estimate_output_tokens",
     "logprobs_of",
     "open_stream",
     "plan_call",
@@ -49,6 +51,10 @@ _JSON_INSTRUCTION = {"role": "system", "content": "Answer in json: one JSON obje
 _STREAM_CLS = openai.AsyncStream[object]
 # More tokens than any answer has: a count past it is garbage (and would overflow a price).
 _MAX_COUNT = 2**53
+# Characters of an output counted exactly; a longer one is estimated from them (~15-140 ms).
+_EXACT_CHARS = 2**18
+# Longer than any model's name ("accounts/fireworks/models/llama-v3p1-405b-instruct": 50).
+_MAX_MODEL_NAME = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,31 @@ def logprobs_of(tokens: tuple[WireLogprob, ...], asked: bool) -> list[TokenLogpr
     return [TokenLogprob(token=t.token, logprob=t.logprob) for t in tokens]
 
 
+def answered_model(reported: str | None, asked: str) -> str:
+    """The model an answer names, or ``asked`` when it names none or one longer than
+    :data:`_MAX_MODEL_NAME` characters: the name becomes a metrics label (32 kept for ever),
+    and a hostile upstream's name may be megabytes."""
+    if reported and len(reported) <= _MAX_MODEL_NAME:
+        return reported
+    return asked
+
+
+def estimate_output_tokens(text: str, model: str, limit: int | None = None) -> int:
+    """Tokens of ``text``, a model's output, at most ``limit`` when given.
+
+    A text of more than :data:`_EXACT_CHARS` characters is estimated from its beginning, scaled
+    to its length: a hostile answer of tens of MiB took tiktoken seconds to a minute of the
+    event loop (4 MiB of one letter: 2.9 s).
+    """
+    if not text:
+        return 0
+    if len(text) <= _EXACT_CHARS:
+        count = count_text_tokens(text, model)
+    else:
+        count = -(-count_text_tokens(text[:_EXACT_CHARS], model) * len(text) // _EXACT_CHARS)
+    return count if limit is None else min(count, limit)
+
+
 def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | None,
                 content: str, tool_calls: list[ToolCall], model: str,
                 reasoning: str = "") -> Usage:
@@ -193,9 +224,10 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
 
     Reasoning tokens are part of ``completion_tokens`` (OpenAI and OpenRouter count them there),
     so they are priced as output once, not added. The estimate counts all the model produced:
-    its ``reasoning``, text and tool calls. A reported count that is not one (negative, or past
-    :data:`_MAX_COUNT`) is estimated likewise, and a reported cost that is not a finite amount
-    >= 0 is priced from the table: no NaN or negative reaches the caller, the ledger or metrics.
+    its ``reasoning``, text and tool calls (:func:`estimate_output_tokens`). A reported count
+    that is not one (negative, or past :data:`_MAX_COUNT`) is estimated likewise, and a
+    reported cost that is not a finite amount >= 0 is priced from the table: no NaN or negative
+    reaches the caller, the ledger or metrics.
     """
     reported_cost: float | None = None
     prompt = completion = None
@@ -209,9 +241,9 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
     if prompt is None:
         prompt = call.prompt_tokens
     if completion is None:
-        reasoning_tokens = count_text_tokens(reasoning, model) if reasoning else 0
+        reasoning_tokens = estimate_output_tokens(reasoning, model)
         text = content + "".join(c.name + c.arguments for c in tool_calls)
-        completion = reasoning_tokens + (count_text_tokens(text, model) if text else 0)
+        completion = reasoning_tokens + estimate_output_tokens(text, model)
     if reported_cost is None:
         reported_cost = catalog.cost_of(model, prompt, completion, cached)
         if reported_cost is None and model != call.model:

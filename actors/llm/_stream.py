@@ -21,8 +21,9 @@ import anyio.lowlevel
 
 from runtime import Request
 
-from ._errors import LLMClientError
+from ._errors import LLMClientError, LLMStreamingError
 from ._messages import DeltaSink, LLMResponse, ReasoningDelta, TextDelta
+from ._response_bounds import StallWatch
 from ._wire_decode import MalformedResponse, StreamAssembly, decode_chunk, malformed_error
 
 __all__ = ["Progress", "Relay", "read_stream"]
@@ -123,6 +124,7 @@ async def read_stream(
     model: str,
     deliver: DeltaSink | None = None,
     note: Callable[[str], None] | None = None,
+    watch: StallWatch | None = None,
 ) -> LLMClientError | None:
     """Read ``events`` into ``assembly``, relaying text and reasoning as they come.
 
@@ -131,6 +133,7 @@ async def read_stream(
     Returns the typed error that ended the stream (the text read before it has reached the
     caller), or ``None``. ``sdk_errors()`` wraps the iteration (the SDK's errors become ours).
     ``note`` is told each tool-call piece as it is read (what a failed attempt is charged for).
+    ``watch``: the stream ends with the typed error of a read timeout once it fires.
     """
     if deliver is not None:
         sink = deliver
@@ -138,14 +141,43 @@ async def read_stream(
         async def push(text: str, reasoning: bool = False) -> None:
             await sink(ReasoningDelta(text) if reasoning else TextDelta(text))
 
-        return await _read(events, assembly, progress, sdk_errors, provider, model, push, note)
+        return await _watched(events, assembly, progress, sdk_errors, provider, model, push,
+                              note, watch)
     relay = Relay(request)
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(relay.run)
-        failure = await _read(events, assembly, progress, sdk_errors, provider, model,
-                              relay.push, note)
+        failure = await _watched(events, assembly, progress, sdk_errors, provider, model,
+                                 relay.push, note, watch)
         relay.finish()
     return failure
+
+
+async def _watched(
+    events: AsyncIterator[object],
+    assembly: StreamAssembly,
+    progress: Progress,
+    sdk_errors: Callable[[], AbstractContextManager[None]],
+    provider: str,
+    model: str,
+    push: Callable[[str, bool], Awaitable[None]],
+    note: Callable[[str], None] | None,
+    watch: StallWatch | None,
+) -> LLMClientError | None:
+    """:func:`_read` under ``watch`` (one cancel scope per stream), when there is one."""
+    if watch is None:
+        return await _read(events, assembly, progress, sdk_errors, provider, model, push, note)
+    with anyio.CancelScope() as scope:
+        watch.start(scope)
+        try:
+            return await _read(events, assembly, progress, sdk_errors, provider, model, push,
+                               note)
+        finally:
+            watch.stop()
+    # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
+    text = assembly.text
+    return LLMStreamingError(
+        f"stream from {provider} failed: no bytes for {watch.timeout:g} s (read timeout)",
+        provider=provider, model=model, partial_text=text)
 
 
 async def _read(

@@ -1,10 +1,16 @@
 """A stream's chunks, decoded by :func:`~actors.llm._wire_decode.decode_chunk`, accumulated
-into the answer."""
+into the answer.
+
+Every piece is appended to a list and joined once: a hostile stream may send a tool call's name
+one character per chunk, or one chunk of a hundred thousand choices, and a string grown piece by
+piece may be copied at each piece (800,000 one-letter pieces of a name took 35 s of the event
+loop). An answer holds at most :data:`MAX_TOOL_CALLS` tool calls.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._messages import ToolCall
 
@@ -12,13 +18,29 @@ if TYPE_CHECKING:
     # Annotations only: _wire_decode imports StreamAssembly back from here.
     from ._wire_decode import Chunk, TokenLogprob, ToolCallDelta, WireUsage
 
-__all__ = ["StreamAssembly"]
+__all__ = ["MAX_TOOL_CALLS", "MalformedResponse", "StreamAssembly", "TooManyToolCalls"]
+
+MAX_TOOL_CALLS: Final = 256
+"""Tool calls one answer may hold (models make a few, in the tens at most; the chat runs 32 a
+step and answers each other one). More is a malformed answer: each call is kept, returned, and
+answered in the history."""
+
+
+class MalformedResponse(ValueError):
+    """A chunk or body whose shape is not a chat completion's (the message names the field)."""
+
+
+class TooManyToolCalls(MalformedResponse):
+    """An answer with more than :data:`MAX_TOOL_CALLS` tool calls."""
+
+    def __init__(self) -> None:
+        super().__init__(f"more than {MAX_TOOL_CALLS} tool calls")
 
 
 @dataclass
 class _ToolCallBuilder:
     id: str = ""
-    name: str = ""
+    name: list[str] = field(default_factory=list)
     arguments: list[str] = field(default_factory=list)
 
 
@@ -49,50 +71,56 @@ class StreamAssembly:
         """Take in one decoded chunk; returns the answer text it adds ("" if none).
 
         The reasoning it adds is :attr:`added_reasoning`, the tool-call names and argument
-        pieces :attr:`added_tool_text`, until the next call.
+        pieces :attr:`added_tool_text`, until the next call. Raises :class:`TooManyToolCalls`.
         """
         if chunk.usage is not None:
             self.usage = chunk.usage
         if chunk.model:
             self.model = chunk.model
-        added = ""
-        self.added_reasoning = ""
-        self.added_tool_text = ""
+        added: list[str] = []
+        reasoning_added: list[str] = []
+        tool_text: list[str] = []
         for choice in chunk.choices:
             delta = choice.delta
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
             if delta.tool_calls:
-                self._add_tool_deltas(delta.tool_calls)
+                self._add_tool_deltas(delta.tool_calls, tool_text)
             if delta.content:
                 self._text.append(delta.content)
-                added = delta.content if not added else added + delta.content
+                added.append(delta.content)
             reasoning = delta.reasoning_text
             if reasoning:
                 self._reasoning.append(reasoning)
-                self.added_reasoning += reasoning
+                reasoning_added.append(reasoning)
             if delta.refusal:
                 self._refusal.append(delta.refusal)
             if delta.reasoning_details:
                 self._reasoning_details.extend(delta.reasoning_details)
             if choice.logprobs is not None and choice.logprobs.content:
                 self._logprobs.extend(choice.logprobs.content)
-        return added
+        self.added_reasoning = "".join(reasoning_added)
+        self.added_tool_text = "".join(tool_text)
+        return "".join(added)
 
-    def _add_tool_deltas(self, pieces: list[ToolCallDelta]) -> None:
+    def _add_tool_deltas(self, pieces: list[ToolCallDelta], tool_text: list[str]) -> None:
         tools = self._tools
         for piece in pieces:
-            builder = tools.setdefault(piece.index, _ToolCallBuilder())
+            builder = tools.get(piece.index)
+            if builder is None:
+                if len(tools) == MAX_TOOL_CALLS:
+                    raise TooManyToolCalls()
+                builder = tools[piece.index] = _ToolCallBuilder()
             if piece.id:
                 builder.id = piece.id
             function = piece.function
             if function is not None:
                 if function.name:
-                    builder.name += function.name
-                    self.added_tool_text += function.name
+                    builder.name.append(function.name)
+                    tool_text.append(function.name)
                 if function.arguments:
                     builder.arguments.append(function.arguments)
-                    self.added_tool_text += function.arguments
+                    tool_text.append(function.arguments)
 
     @property
     def text(self) -> str:
@@ -121,5 +149,5 @@ class StreamAssembly:
 
     def tool_calls(self) -> list[ToolCall]:
         """The assembled tool calls, by index; empty arguments read as ``"{}"``."""
-        return [ToolCall(id=b.id, name=b.name, arguments="".join(b.arguments) or "{}")
+        return [ToolCall(id=b.id, name="".join(b.name), arguments="".join(b.arguments) or "{}")
                 for _, b in sorted(self._tools.items())]

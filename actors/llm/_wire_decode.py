@@ -33,7 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._errors import LLMClientError, LLMServerError, LLMStreamingError
 from ._messages import ToolCall
-from ._stream_assembly import StreamAssembly
+from ._stream_assembly import MAX_TOOL_CALLS, MalformedResponse, StreamAssembly, TooManyToolCalls
 
 _T = TypeVar("_T")
 # Strict (no "1" for 1, no true for 1), as json.loads gave it: dicts, lists, str, int, float.
@@ -52,10 +52,6 @@ __all__ = [
     "decode_completion",
     "malformed_error",
 ]
-
-
-class MalformedResponse(ValueError):
-    """A chunk or body whose shape is not a chat completion's (the message names the field)."""
 
 
 class FunctionDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -226,7 +222,8 @@ def malformed_error(provider: str, model: str, error: Exception,
     The latter has ``status_code`` 200: the upstream answered (and billed) what we cannot read,
     so the attempt is charged (see :mod:`~actors.llm._attempt_spend`).
     """
-    detail = f"{provider} sent a malformed response ({type(error).__name__})"
+    what = str(error) if isinstance(error, TooManyToolCalls) else type(error).__name__
+    detail = f"{provider} sent a malformed response ({what})"
     if partial_text:
         return LLMStreamingError(detail, provider=provider, model=model,
                                  partial_text=partial_text, retryable=False)
@@ -335,7 +332,8 @@ def decode_completion(data: Any) -> Completion:
     """What the provider reads from a non-streaming body (a JSON object as plain data).
 
     Only the first choice is read; no choice (or a null one) is an empty answer. Raises
-    :class:`MalformedResponse` when the shape is wrong.
+    :class:`MalformedResponse` when the shape is wrong (:class:`TooManyToolCalls` past
+    :data:`MAX_TOOL_CALLS`).
     """
     body = _mapping(data, "body")
     model = _str(body, "model", "body")
@@ -351,6 +349,8 @@ def decode_completion(data: Any) -> Completion:
     # No message reads as an empty one (the choice's finish_reason still counts).
     message = _obj(choice, "message", "choices[0]") or {}
     raw_calls = _list(message, "tool_calls", "message") or ()
+    if len(raw_calls) > MAX_TOOL_CALLS:
+        raise TooManyToolCalls()
     details = _list(message, "reasoning_details", "message")
     reasoning = _str(message, "reasoning", "message")
     logprobs = _optional(choice.get("logprobs"), Logprobs, "choices[0].logprobs")

@@ -1,0 +1,181 @@
+"""Bounds on what an upstream sends back: how many bytes, and (on aiohttp) how long it goes silent.
+
+**Size.** Every response body a provider reads (answers, streams, error bodies) is counted as
+its bytes arrive, before the SDK decodes them: :func:`bound_response`, run by the provider's
+response hook, refuses a declared ``Content-Length`` over ``max_response_bytes`` before a byte
+of the body is read, and wraps the body in a :class:`BoundedBody` that stops a chunked or
+close-delimited one when its count passes the bound. Without it a hostile upstream's 2 GB body,
+or a stream that never ends, was held in memory until the request's deadline. Compressed bodies
+are refused: requests ask for ``Accept-Encoding: identity`` (answers are small and arrive at the
+model's pace), and a few MiB of gzip inflate to GiB, past any count of the bytes received.
+The check is one counter addition per network read.
+
+**Silence.** httpx2 bounds each read by the read timeout. The SDK's aiohttp transport passes it
+as ``sock_read``, but aiohttp drops that timer when its parser fails inside a chunked body (a bad
+chunk size after a good chunk) and leaves the body's reader waiting for bytes that never come:
+the call hung until its deadline (aiohttp's bug, reproduced without us). On aiohttp a chunked
+body read whole (an answer, an error) bounds each read itself; a stream is watched by a
+:class:`StallWatch` (one timer per stream, not a cancel scope per read: a scope per read costs
+more than the rest of a delta's handling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx2
+
+__all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "bound_response"]
+
+IDENTITY = {"Accept-Encoding": "identity"}
+"""The request header that asks for bodies as they are (see the module docstring)."""
+
+# What httpx2 would inflate (its decoders); another coding is passed through as it is.
+_COMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+class ResponseRefused(httpx2.TransportError):
+    """A response body we stop reading: ``reason`` says why (no upstream text in it).
+
+    An httpx2 transport error, so that httpx2 and the SDK close the response (its connection is
+    not reused) and pass it on as a failed read; :mod:`._error_mapping` makes it a typed error.
+    """
+
+    def __init__(self, reason: str, status_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+def _too_large(limit: int, status_code: int) -> ResponseRefused:
+    return ResponseRefused(f"an answer larger than max_response_bytes ({limit} bytes)",
+                           status_code)
+
+
+class BoundedBody(httpx2.AsyncByteStream):
+    """A response body that raises :class:`ResponseRefused` once more than ``limit`` bytes came.
+
+    ``read_timeout``: each read is bounded by it (aiohttp, chunked bodies; see the module
+    docstring), unless a :class:`StallWatch` watches the body. :attr:`waiting_since` is when the
+    read in progress began (``None`` between reads): what the watch looks at.
+    """
+
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, status_code: int,
+                 read_timeout: float | None = None) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._status_code = status_code
+        self._read_timeout = read_timeout
+        self.received = 0
+        self.watched = False
+        self.waiting_since: float | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.watched:
+            chunks = self._watched()
+        elif self._read_timeout is not None:
+            chunks = self._timed(self._read_timeout)
+        else:
+            chunks = aiter(self._inner)
+        limit = self._limit
+        async for chunk in chunks:
+            self.received += len(chunk)
+            if self.received > limit:
+                raise _too_large(limit, self._status_code)
+            yield chunk
+
+    async def _watched(self) -> AsyncIterator[bytes]:
+        clock = time.monotonic
+        reads = aiter(self._inner)
+        while True:
+            self.waiting_since = clock()
+            try:
+                chunk = await anext(reads)
+            except StopAsyncIteration:
+                return
+            finally:
+                self.waiting_since = None
+            yield chunk
+
+    async def _timed(self, timeout: float) -> AsyncIterator[bytes]:
+        reads = aiter(self._inner)
+        while True:
+            with anyio.move_on_after(timeout) as scope:
+                try:
+                    chunk = await anext(reads)
+                except StopAsyncIteration:
+                    return
+            if scope.cancelled_caught:
+                raise httpx2.ReadTimeout(f"no bytes for {timeout:g} s (read timeout)")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def bound_response(response: httpx2.Response, limit: int,
+                   read_timeout: float | None = None) -> None:
+    """Refuse ``response`` now if it declares more than ``limit`` bytes or a compressed body;
+    else bound its body (a :class:`BoundedBody`). ``read_timeout``: bound each read of a chunked
+    body by it (the aiohttp transport). Raises :class:`ResponseRefused`."""
+    headers = response.headers
+    status = response.status_code
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            declared = 0  # the transport has refused a length that is not one
+        if declared > limit:
+            raise _too_large(limit, status)
+        read_timeout = None  # a body of known length has no chunk to get wrong
+    coding = headers.get("content-encoding")
+    if coding is not None:
+        codings = {part.strip().lower() for part in coding.split(",")}
+        if codings & _COMPRESSED:
+            raise ResponseRefused(
+                f"a compressed answer (Content-Encoding {', '.join(sorted(codings & _COMPRESSED))})"
+                " though it was asked for none", status)
+    body = response.stream
+    assert isinstance(body, httpx2.AsyncByteStream)  # an AsyncClient's (httpx2 checks it too)
+    response.stream = BoundedBody(body, limit, status, read_timeout)
+
+
+class StallWatch:
+    """Cancels ``scope`` once a watched :class:`BoundedBody` has waited ``timeout`` seconds for
+    its next bytes (asyncio only: it serves the aiohttp transport). :attr:`fired` says it did.
+
+    One timer per stream, moved only when it fires: a read costs a clock reading.
+    """
+
+    def __init__(self, body: BoundedBody, timeout: float) -> None:
+        body.watched = True
+        self._body = body
+        self.timeout = timeout
+        self.fired = False
+        self._scope: anyio.CancelScope | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        since = self._body.waiting_since
+        now = time.monotonic()
+        if since is not None and now - since >= self.timeout:
+            self.fired = True
+            self._timer = None
+            assert self._scope is not None
+            self._scope.cancel()
+            return
+        due = (since if since is not None else now) + self.timeout
+        self._timer = asyncio.get_running_loop().call_later(due - now, self._check)
