@@ -16,6 +16,7 @@ message and correct itself.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -193,7 +194,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                 deadline = anyio.current_time() + config.startup_timeout
                 with anyio.CancelScope(deadline=deadline) as life:
                     async with _connect(transport, stderr, intake) as client:
-                        tools = await _list_tools(name, client)
+                        tools = await _list_tools(name, client, config.max_message_bytes)
                         pid = stderr.find_child_pid() if stderr is not None else None
                         session = McpSession(
                             name, config, client, tools, pid, stderr, transport, intake
@@ -349,22 +350,32 @@ async def _streams(
         stderr.close_writer()
 
 
-async def _list_tools(server: str, client: ClientSession) -> list[ToolSpec]:
+async def _list_tools(server: str, client: ClientSession, budget: int) -> list[ToolSpec]:
+    """The server's tools, page after page, until the listing passes ``budget`` characters
+    (names, descriptions and input schemas as JSON) or :data:`_MAX_TOOL_PAGES` pages: each
+    page is bounded as a message, but 100 pages of 16 MiB were all kept (``/health`` holds
+    them)."""
     tools: list[ToolSpec] = []
     cursor: str | None = None
-    for _ in range(_MAX_TOOL_PAGES):
+    size = 0
+    for pages in range(1, _MAX_TOOL_PAGES + 1):
         page = await client.list_tools(params=mcp_types.PaginatedRequestParams(cursor=cursor))
-        tools.extend(
-            ToolSpec(
-                server=server,
-                name=tool.name,
-                description=tool.description or "",
-                input_schema=dict(tool.input_schema),
-            )
-            for tool in page.tools
-        )
+        for tool in page.tools:
+            spec = ToolSpec(server=server, name=tool.name, description=tool.description or "",
+                            input_schema=dict(tool.input_schema))
+            tools.append(spec)
+            size += len(spec.name) + len(spec.description) + len(
+                json.dumps(spec.input_schema, ensure_ascii=False, separators=(",", ":")))
         cursor = page.next_cursor
         if cursor is None:
             return tools
-    logger.warning("MCP server %r: tools/list still paginating after %d pages", server, len(tools))
+        if size > budget:
+            logger.warning(
+                "MCP server %r: tools/list stopped after %d pages: %d characters of tools listed"
+                " (at most %d, max_message_bytes); the rest are not offered",
+                server, pages, size, budget,
+            )
+            return tools
+    logger.warning("MCP server %r: tools/list still paginating after %d pages; the rest are not"
+                   " offered", server, _MAX_TOOL_PAGES)
     return tools

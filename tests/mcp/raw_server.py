@@ -8,6 +8,8 @@ In mode ``dangling-ref`` the schema of ``get`` refers to a definition it lacks; 
 ``pattern-keys`` it names its properties by ``patternProperties`` with the pattern ``BOMB``; in
 mode ``unique`` its property ``a`` is an array with ``uniqueItems``; in mode ``exponential``
 ``a`` is a nested array whose every level is checked twice (``anyOf`` of two ``$ref`` branches).
+In mode ``endless-pages`` every ``tools/list`` page lists one more tool, ``p<cursor>`` with a
+description of ``SIZE`` characters, and the cursor of the next page, for ever.
 In mode ``same-name`` it lists ``SIZE`` tools more, every one named ``x``; in mode
 ``many-schemas``, 200 tools more, ``s000`` ... ``s199``, each with an input schema of ``SIZE``
 characters of JSON.
@@ -166,6 +168,11 @@ def main() -> None:
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": "raw", "version": "1"},
             })
+        elif method == "tools/list" and mode == "endless-pages":
+            cursor = int((message.get("params") or {}).get("cursor") or 0)
+            _answer(message["id"], {"nextCursor": str(cursor + 1), "tools": [{
+                "name": f"p{cursor}", "description": "d" * size,
+                "inputSchema": {"type": "object"}}]})
         elif method == "tools/list":
             _answer(message["id"], {"tools": _tools(mode, size)})
         elif method == "tools/call" and mode == "server-error":

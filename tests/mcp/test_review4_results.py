@@ -1,6 +1,8 @@
-"""What a hostile stdio MCP server (``tests/mcp/raw_server.py``) returns from a call."""
+"""What a hostile stdio MCP server (``tests/mcp/raw_server.py``) returns: results, listings."""
 
 from __future__ import annotations
+
+import pytest
 
 from actors.mcp import ToolResult
 from actors.mcp._session import open_mcp_session
@@ -16,3 +18,18 @@ async def test_an_output_schema_pattern_never_blocks_the_loop() -> None:
     async with open_mcp_session("raw", raw_server("output-bomb", 38)) as session:
         result = await session.call_tool("get", {})
     assert result == ToolResult(text="ok", structured={"code": code}, is_error=False)
+
+
+async def test_a_listing_that_never_ends_is_kept_to_max_message_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each page is bounded as a message, but all 100 pages were kept: 100 x max_message_bytes of
+    # tools held for the session's life (and listed in /health).
+    config = raw_server("endless-pages", 20_000).model_copy(update={"max_message_bytes": 65_536})
+    async with open_mcp_session("raw", config) as session:
+        assert [spec.name for spec in session.tools] == ["p0", "p1", "p2", "p3"]
+    weight = len("p0") + 20_000 + len('{"type":"object"}')
+    assert [r.getMessage() for r in caplog.records if r.name == "actors.mcp._session"] == [
+        f"MCP server 'raw': tools/list stopped after 4 pages: {4 * weight} characters of tools"
+        " listed (at most 65536, max_message_bytes); the rest are not offered"
+    ]
