@@ -11,18 +11,38 @@ what its answers can buffer. The app's own sends already wait for the buffer to 
 Chosen over uvicorn's legacy ``websockets`` implementation (which stops reading a ping flood the
 same way) by measurement: the floor relay of ``benchmarks/streams.py`` costs 3-10% less CPU per
 delta on it (README, "Streams per process").
+
+A peer is also read only as fast as its budget allows (:data:`READ_BURST` bytes, then
+:data:`READ_PER_SECOND`), each frame counted as at least :data:`FRAME_COST` bytes: parsing a frame
+costs the same few microseconds however small it is, so a stream of tiny frames (a message cut
+into one-byte fragments, pings whose pongs the peer reads) took the whole loop: 2 MiB of one-byte
+fragments cost 1.08 s of CPU and held ``/health`` for 1 s. What is read beyond the budget waits,
+unparsed, with the socket not read, until the budget has refilled. A chat client never comes
+near it (120 frames of at most 64 KiB a minute, and pongs).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
 
-__all__ = ["WS_PROTOCOL", "FlowControlledWebSocket"]
+__all__ = ["FRAME_COST", "READ_BURST", "READ_PER_SECOND", "WS_PROTOCOL",
+           "FlowControlledWebSocket"]
+
+READ_BURST: Final = 4 * 2**20
+"""Bytes a peer may send at once."""
+READ_PER_SECOND: Final = 2**20
+"""Bytes a peer may send per second after its burst."""
+FRAME_COST: Final = 256
+"""What a frame counts for at least: at most 4096 frames a second are parsed for one peer."""
+_SLICE: Final = 4096
+"""Bytes parsed between two looks at the budget (at most ~680 frames of 6 bytes)."""
 
 #: What uvicorn's ``ws`` setting names: this module's protocol, by import path (uvicorn imports it
 #: when the server starts, in each worker).
@@ -30,9 +50,59 @@ WS_PROTOCOL = f"{__name__}:FlowControlledWebSocket"
 
 
 class FlowControlledWebSocket(WebSocketsSansIOProtocol):
-    """``websockets-sansio`` that stops reading a peer while its writes are backed up."""
+    """``websockets-sansio`` that stops reading a peer while its writes are backed up, or while
+    it is over its read budget (module docstring)."""
 
     _writes_backed_up = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._budget = float(READ_BURST)
+        self._counted_at = self.loop.time()
+        self._unparsed = b""
+        """Read while over the budget: parsed once the budget has refilled."""
+        self._refill: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        data = self._unparsed + data if self._unparsed else data
+        self._unparsed = b""
+        while data:
+            if self._over_budget():
+                self._unparsed = data
+                self.transport.pause_reading()
+                wait = -self._budget / READ_PER_SECOND
+                self._refill = self.loop.call_later(wait, self._refilled)
+                return
+            piece, data = data[:_SLICE], data[_SLICE:]
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+
+    def handle_events(self) -> None:
+        self._budget -= sum(max(FRAME_COST, len(event.data)) for event in self.conn.events
+                            if isinstance(event, Frame))
+        super().handle_events()
+
+    def _over_budget(self) -> bool:
+        now = self.loop.time()
+        self._budget = min(float(READ_BURST),
+                           self._budget + (now - self._counted_at) * READ_PER_SECOND)
+        self._counted_at = now
+        return self._budget < 0
+
+    def _refilled(self) -> None:
+        self._refill = None
+        if self.transport.is_closing():
+            return
+        self.data_received(b"")
+        if self._refill is None and not self.read_paused and not self._writes_backed_up:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -42,13 +112,13 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._writes_backed_up = False
-        if not self.read_paused:  # the app's queue of received messages has room
+        if not self.read_paused and self._refill is None:  # nor waiting for its read budget
             self.transport.resume_reading()
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.queue.get()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
-            if not self._writes_backed_up:
+            if not self._writes_backed_up and self._refill is None:
                 self.transport.resume_reading()
         return message
