@@ -33,40 +33,70 @@ _HEAD_TOO_LARGE = (
 )
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops parsing the request there."""
+
+
 class ReadTimeoutHttpProtocol(HttpToolsProtocol):
-    """``httptools`` as uvicorn runs it, closing a connection whose request is not read in time."""
+    """``httptools`` as uvicorn runs it, closing a connection whose request is not read in time
+    or whose head is over :data:`MAX_HEAD_BYTES`."""
 
     def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timeout = read_timeout
         self._read_deadline: asyncio.TimerHandle | None = None
-        self._head_bytes: int | None = 0
-        """Bytes read of the current request's head; ``None`` once the head is complete."""
+        # A head is measured twice, each never more than it is: the URL and headers the parser
+        # handed over, and the reads that fell wholly inside it (what httptools still holds of a
+        # header it has not finished). Pipelined requests in one read count once each.
+        self._heads = 0
+        self._head_open = False
+        self._handed = 0
+        self._spanned = 0
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_bytes is not None:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._head_too_large()
-                return
+        if self._refused:
+            return  # nothing more of this connection is parsed
+        head = self._heads if self._head_open else None
         super().data_received(data)
-
-    def on_headers_complete(self) -> None:
-        self._head_bytes = None
-        super().on_headers_complete()
+        if head is not None and self._head_open and self._heads == head:
+            self._spanned += len(data)
+            if self._spanned > MAX_HEAD_BYTES:
+                self._head_too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._heads += 1
+        self._head_open = True
+        self._handed = self._spanned = 0
         self._start_reading()  # a later request of the connection: from its first byte
+
+    def on_url(self, url: bytes) -> None:
+        self._handed_over(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._handed_over(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._read()
-        self._head_bytes = 0  # what follows is the next request's head
         super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a parser error 400; the error raised by _handed_over is ours.
+        if self._refused:
+            self._head_too_large()
+        else:
+            super().send_400_response(msg)
 
     def handle_websocket_upgrade(self) -> None:
         self._read()  # its handshake is read; the socket has its own pings and limits
@@ -75,6 +105,12 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._read()
         super().connection_lost(exc)
+
+    def _handed_over(self, size: int) -> None:
+        self._handed += size
+        if self._handed > MAX_HEAD_BYTES:
+            self._refused = True
+            raise _HeadTooLarge
 
     def _start_reading(self) -> None:
         if self._read_deadline is None:
@@ -86,7 +122,7 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
             self._read_deadline = None
 
     def _head_too_large(self) -> None:
-        # ``_head_bytes`` stays over the bound: anything read after is dropped unparsed.
+        self._refused = True
         self._read()
         if not self.transport.is_closing():
             self.transport.write(_HEAD_TOO_LARGE)

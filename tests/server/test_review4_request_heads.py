@@ -83,3 +83,19 @@ def test_a_connection_flooding_headers_is_cut_off_without_growing_the_server(
     assert sent < 32 * 2**20
     assert _rss_mib(server.pid) - before < 32
     assert http_get(server.url + "/health")[0] == 200
+
+
+def test_pipelined_requests_in_one_read_are_each_measured_alone(server: ServerChild) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    requests = 2000  # about 100 KB in one write: more than one head's bound, but 2000 heads
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * requests)
+        received = b""
+        for _ in range(10_000):
+            if received.count(b"HTTP/1.1 404 ") == requests:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert (received.count(b"HTTP/1.1 404 "), received.count(b" 431 ")) == (requests, 0)
