@@ -74,30 +74,28 @@ class BoundedBody(httpx2.AsyncByteStream):
         self.waiting_since: float | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.watched:
-            chunks = self._watched()
-        elif self._read_timeout is not None:
-            chunks = self._timed(self._read_timeout)
-        else:
-            chunks = aiter(self._inner)
         limit = self._limit
+        if self.watched:  # one generator, not two: this runs once per network read
+            reads = aiter(self._inner)
+            clock = time.monotonic
+            while True:
+                self.waiting_since = clock()
+                try:
+                    chunk = await anext(reads)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self.waiting_since = None
+                self.received += len(chunk)
+                if self.received > limit:
+                    raise _too_large(limit, self._status_code)
+                yield chunk
+        chunks = (aiter(self._inner) if self._read_timeout is None
+                  else self._timed(self._read_timeout))
         async for chunk in chunks:
             self.received += len(chunk)
             if self.received > limit:
                 raise _too_large(limit, self._status_code)
-            yield chunk
-
-    async def _watched(self) -> AsyncIterator[bytes]:
-        clock = time.monotonic
-        reads = aiter(self._inner)
-        while True:
-            self.waiting_since = clock()
-            try:
-                chunk = await anext(reads)
-            except StopAsyncIteration:
-                return
-            finally:
-                self.waiting_since = None
             yield chunk
 
     async def _timed(self, timeout: float) -> AsyncIterator[bytes]:
