@@ -14,6 +14,10 @@ message it parsed, before handing it over:
 - **A server's requests are bounded:** at most :data:`MAX_SERVER_REQUESTS` unanswered at once
   (``ping``, and the ``sampling`` / ``roots`` / ``elicitation`` requests we refuse); the others
   are dropped unanswered, the first of a session logged.
+- **A tool result's content blocks are bounded:** the first :data:`MAX_CONTENT_BLOCKS` are read,
+  the others replaced by a note (the SDK made a model of each on the event loop: 300,000 blocks
+  of one character, 12 MB, froze it for 6 s per call; the model reads a few thousand
+  characters of a result anyway).
 
 And the streams the dispatcher reads and writes (:meth:`Intake.reader`, :meth:`Intake.writer`)
 count our answers and note the end of the connection (:attr:`Intake.ended`) before the
@@ -32,12 +36,14 @@ import mcp_types
 
 from ._sdk import SessionMessage
 
-__all__ = ["MAX_SERVER_REQUESTS", "Intake"]
+__all__ = ["MAX_CONTENT_BLOCKS", "MAX_SERVER_REQUESTS", "Intake"]
 
 logger = logging.getLogger(__name__)
 
 #: A server's requests we hold unanswered at most; the others are dropped.
 MAX_SERVER_REQUESTS: Final = 16
+#: Content blocks of a tool result read at most; the others are replaced by a note.
+MAX_CONTENT_BLOCKS: Final = 1000
 
 _Stream = TypeVar("_Stream")
 
@@ -69,6 +75,13 @@ class Intake:
                 self._refuse()
                 return False
             self._unanswered += 1
+        elif isinstance(message, mcp_types.JSONRPCResponse):
+            # Only a tools/call result has "content" among the answers to what we ask.
+            content = message.result.get("content")
+            if isinstance(content, list) and len(content) > MAX_CONTENT_BLOCKS:
+                note = f"[{len(content) - MAX_CONTENT_BLOCKS} more content blocks, not read]"
+                message.result["content"] = [*content[:MAX_CONTENT_BLOCKS],
+                                             {"type": "text", "text": note}]
         return True
 
     def _answered(self, item: SessionMessage) -> None:

@@ -28,6 +28,7 @@ Any call answers by ``MODE``:
 - ``progress-flood``: ``SIZE`` well-formed progress notifications first, then ``ok``.
 - ``ping-flood``: ``ok``, then ``SIZE`` ping requests; it goes on reading its input.
 - ``deaf-ping-flood``: ``ok``, then ``SIZE`` ping requests, then it reads nothing more.
+- ``blocks``: ``SIZE`` text blocks, ``0``, ``1``, ...
 - ``output-bomb``: ``ok`` with the structured content ``{"code": "aaa...ab"}`` (``SIZE`` a's),
   which ``get``'s output schema (listed in this mode) matches with the pattern ``BOMB``.
 - otherwise: the text ``ok``.
@@ -62,6 +63,8 @@ def _call_result(mode: str, size: int) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": "x" * size}], "isError": False}
     if mode == "malformed":
         return {"content": "not a list", "isError": False}
+    if mode == "blocks":
+        return {"content": [{"type": "text", "text": str(n)} for n in range(size)]}
     if mode == "output-bomb":
         return {"content": [{"type": "text", "text": "ok"}], "isError": False,
                 "structuredContent": {"code": "a" * size + "b"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.mcp import ToolResult
+from actors.mcp._intake import MAX_CONTENT_BLOCKS
 from actors.mcp._session import open_mcp_session
 from tests.mcp.test_review3_hostile import raw_server
 
@@ -33,3 +34,13 @@ async def test_a_listing_that_never_ends_is_kept_to_max_message_bytes(
         f"MCP server 'raw': tools/list stopped after 4 pages: {4 * weight} characters of tools"
         " listed (at most 65536, max_message_bytes); the rest are not offered"
     ]
+
+
+async def test_a_result_of_too_many_content_blocks_is_read_to_the_bound() -> None:
+    # 300,000 blocks of one character (12 MB, under max_message_bytes): the SDK made a model of
+    # each on the event loop, 6 s of it frozen per call.
+    async with open_mcp_session("raw", raw_server("blocks", 300_000)) as session:
+        result = await session.call_tool("get", {})
+    kept = [str(n) for n in range(MAX_CONTENT_BLOCKS)]
+    note = f"[{300_000 - MAX_CONTENT_BLOCKS} more content blocks, not read]"
+    assert result == ToolResult(text="\n".join([*kept, note]), structured=None, is_error=False)
