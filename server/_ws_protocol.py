@@ -13,12 +13,13 @@ same way) by measurement: the floor relay of ``benchmarks/streams.py`` costs 3-1
 delta on it (README, "Streams per process").
 
 A peer is also read only as fast as its budget allows (:data:`READ_BURST` bytes, then
-:data:`READ_PER_SECOND`), each frame counted as at least :data:`FRAME_COST` bytes: parsing a frame
-costs the same few microseconds however small it is, so a stream of tiny frames (a message cut
-into one-byte fragments, pings whose pongs the peer reads) took the whole loop: 2 MiB of one-byte
-fragments cost 1.08 s of CPU and held ``/health`` for 1 s. What is read beyond the budget waits,
+:data:`READ_PER_SECOND`), each frame counted as at least :data:`FRAME_COST` bytes and each whole
+message :data:`MESSAGE_COST` more: parsing a frame costs the same few microseconds however small
+it is, and the app's reading of a message tens, so streams of tiny frames or messages took the
+whole loop (2 MiB of one-byte fragments: 1.08 s of CPU, ``/health`` held 1 s; 20,000 one-byte
+text messages from a peer reading its refusals: 0.98 s). What is read beyond the budget waits,
 unparsed, with the socket not read, until the budget has refilled. A chat client never comes
-near it (120 frames of at most 64 KiB a minute, and pongs).
+near it (120 messages of at most 64 KiB a minute, and pongs).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame
+from websockets.frames import Frame, Opcode
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
 
-__all__ = ["FRAME_COST", "READ_BURST", "READ_PER_SECOND", "WS_PROTOCOL",
+__all__ = ["FRAME_COST", "MESSAGE_COST", "READ_BURST", "READ_PER_SECOND", "WS_PROTOCOL",
            "FlowControlledWebSocket"]
 
 READ_BURST: Final = 4 * 2**20
@@ -41,6 +42,10 @@ READ_PER_SECOND: Final = 2**20
 """Bytes a peer may send per second after its burst."""
 FRAME_COST: Final = 256
 """What a frame counts for at least: at most 4096 frames a second are parsed for one peer."""
+MESSAGE_COST: Final = 16 * 1024
+"""What a whole message counts for besides its frames: the app reads and answers each one
+(~50 us for a one-byte text, refused or not), so at most 64 a second reach it from one peer."""
+_DATA: Final = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 _SLICE: Final = 4096
 """Bytes parsed between two looks at the budget (at most ~680 frames of 6 bytes)."""
 
@@ -79,8 +84,10 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
                 return
 
     def handle_events(self) -> None:
-        self._budget -= sum(max(FRAME_COST, len(event.data)) for event in self.conn.events
-                            if isinstance(event, Frame))
+        self._budget -= sum(
+            max(FRAME_COST, len(event.data))
+            + (MESSAGE_COST if event.fin and event.opcode in _DATA else 0)
+            for event in self.conn.events if isinstance(event, Frame))
         super().handle_events()
 
     def _over_budget(self) -> bool:

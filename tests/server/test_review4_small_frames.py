@@ -1,4 +1,4 @@
-"""Review 4: a stream of tiny WebSocket frames.
+"""Review 4: a stream of tiny WebSocket frames, or of tiny messages.
 
 Parsing a frame costs the same few microseconds however small it is: a client that cut its
 messages into one-byte fragments (7 bytes on the wire each) made the server parse ~150,000 frames
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,44 @@ def test_a_flood_of_one_byte_fragments_costs_the_server_little_cpu(server: Serve
             assert http_get(server.url + "/health")[0] == 200
         spent = _cpu_seconds(server.pid) - before
     assert spent < 0.5, f"the server spent {spent:.2f} s of CPU on the fragments"
+
+
+def test_a_flood_of_tiny_messages_from_a_peer_reading_its_refusals_costs_little_cpu(
+    server: ServerChild,
+) -> None:
+    # Each message is read and refused by the app (invalid JSON, then over the rate limit):
+    # ~50 us each. A peer that reads the refusals is not slowed by its writes backing up.
+    port = int(server.url.rsplit(":", 1)[1])
+    status, sock = handshake(port, host="127.0.0.1", token=TOKEN)
+    assert status == 101
+    done = threading.Event()
+
+    def read_refusals() -> None:
+        sock.settimeout(0.5)
+        while not done.is_set():
+            try:
+                if not sock.recv(1 << 20):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    reader = threading.Thread(target=read_refusals, daemon=True)
+    reader.start()
+    flood = memoryview(_fragment(0x1, b"x", fin=True) * 20_000)
+    before = _cpu_seconds(server.pid)
+    with sock:
+        sock.setblocking(False)
+        while flood:
+            try:
+                flood = flood[sock.send(flood):]
+            except BlockingIOError:
+                break
+        for _ in range(20):
+            assert http_get(server.url + "/health")[0] == 200
+        time.sleep(2.0)  # a window for the server's CPU: unbudgeted, it read all in ~1 s of it
+        spent = _cpu_seconds(server.pid) - before
+        done.set()
+        reader.join(5)
+    assert spent < 0.5, f"the server spent {spent:.2f} s of CPU on the messages"
