@@ -222,7 +222,7 @@ class ProviderActor(Actor[ProviderCall]):
         limiter = self._state.limiter
         if limiter is not None:
             limiter.update_from_headers(response.headers)
-        bound_response(response, self.config.max_response_bytes, self._read_timeout)
+        bound_response(response, self.config.max_response_bytes)
 
     async def _close_client(self) -> None:
         client, http = self._client, self._http

@@ -21,7 +21,7 @@ from runtime import Request, RequestKind
 
 from ._catalog import ModelCatalog
 from ._error_mapping import map_sdk_errors
-from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError
+from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
 from ._response_bounds import BoundedBody, StallWatch
@@ -58,8 +58,9 @@ class CallSite:
     secrets: Sequence[str]
     plan: Callable[[ProviderCall], CallPlan]
     stall_timeout: float | None = None
-    """Seconds a stream may wait for its next bytes, watched here (the aiohttp transport: see
-    :mod:`._response_bounds`); ``None``: the transport's read timeout holds."""
+    """Seconds a request may wait for its response (an answer: read whole) and a stream for its
+    next bytes, bounded here (the aiohttp transport: see :mod:`._response_bounds`); ``None``:
+    the transport's read timeout holds."""
 
     def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
         """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
@@ -95,7 +96,7 @@ class CallSite:
             try:
                 async with limiter.admit(tokens) as permit:
                     with map_sdk_errors(self.provider, call.model, self.secrets):
-                        answer = await send(plan.body)
+                        answer = await self._bounded(send(plan.body), call.model)
                     permit.sent()
                 return answer, plan
             except LLMBadRequestError as exc:
@@ -103,6 +104,15 @@ class CallSite:
                     raise
                 plan = self._learn(call, exc, plan)
         raise AssertionError("unreachable")
+
+    async def _bounded(self, sending: Awaitable[Any], model: str) -> Any:
+        """``sending`` awaited, within :attr:`stall_timeout` when there is one."""
+        if self.stall_timeout is None:
+            return await sending
+        with anyio.move_on_after(self.stall_timeout):
+            return await sending
+        raise LLMTimeoutError(f"request to {self.provider} timed out", provider=self.provider,
+                              model=model)
 
     async def complete(self, call: ProviderCall, plan: CallPlan, tokens: int,
                        progress: Progress) -> LLMResponse:

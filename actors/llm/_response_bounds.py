@@ -12,11 +12,12 @@ The check is one counter addition per network read.
 
 **Silence.** httpx2 bounds each read by the read timeout. The SDK's aiohttp transport passes it
 as ``sock_read``, but aiohttp drops that timer when its parser fails inside a chunked body (a bad
-chunk size after a good chunk) and leaves the body's reader waiting for bytes that never come:
-the call hung until its deadline (aiohttp's bug, reproduced without us). On aiohttp a chunked
-body read whole (an answer, an error) bounds each read itself; a stream is watched by a
-:class:`StallWatch` (one timer per stream, not a cancel scope per read: a scope per read costs
-more than the rest of a delta's handling).
+chunk size after a good chunk: the body's reader waits for bytes that never come) and after an
+interim ``1xx`` response (the final one is awaited with no timer): the call hung until its
+deadline (aiohttp's bugs, reproduced without us). On aiohttp the provider bounds the request up
+to its response (an answer: read whole) by its ``timeout`` (``CallSite``), and a stream's body
+by a :class:`StallWatch`: one timer per stream, not a cancel scope per read, which costs more
+than the rest of a delta's handling.
 """
 
 from __future__ import annotations
@@ -58,17 +59,14 @@ def _too_large(limit: int, status_code: int) -> ResponseRefused:
 class BoundedBody(httpx2.AsyncByteStream):
     """A response body that raises :class:`ResponseRefused` once more than ``limit`` bytes came.
 
-    ``read_timeout``: each read is bounded by it (aiohttp, chunked bodies; see the module
-    docstring), unless a :class:`StallWatch` watches the body. :attr:`waiting_since` is when the
-    read in progress began (``None`` between reads): what the watch looks at.
+    :attr:`waiting_since` is when the read in progress began (``None`` between reads), kept while
+    a :class:`StallWatch` watches the body.
     """
 
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, status_code: int,
-                 read_timeout: float | None = None) -> None:
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, status_code: int) -> None:
         self._inner = inner
         self._limit = limit
         self._status_code = status_code
-        self._read_timeout = read_timeout
         self.received = 0
         self.watched = False
         self.waiting_since: float | None = None
@@ -90,35 +88,19 @@ class BoundedBody(httpx2.AsyncByteStream):
                 if self.received > limit:
                     raise _too_large(limit, self._status_code)
                 yield chunk
-        chunks = (aiter(self._inner) if self._read_timeout is None
-                  else self._timed(self._read_timeout))
-        async for chunk in chunks:
+        async for chunk in self._inner:
             self.received += len(chunk)
             if self.received > limit:
                 raise _too_large(limit, self._status_code)
-            yield chunk
-
-    async def _timed(self, timeout: float) -> AsyncIterator[bytes]:
-        reads = aiter(self._inner)
-        while True:
-            with anyio.move_on_after(timeout) as scope:
-                try:
-                    chunk = await anext(reads)
-                except StopAsyncIteration:
-                    return
-            if scope.cancelled_caught:
-                raise httpx2.ReadTimeout(f"no bytes for {timeout:g} s (read timeout)")
             yield chunk
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-def bound_response(response: httpx2.Response, limit: int,
-                   read_timeout: float | None = None) -> None:
+def bound_response(response: httpx2.Response, limit: int) -> None:
     """Refuse ``response`` now if it declares more than ``limit`` bytes or a compressed body;
-    else bound its body (a :class:`BoundedBody`). ``read_timeout``: bound each read of a chunked
-    body by it (the aiohttp transport). Raises :class:`ResponseRefused`."""
+    else bound its body (a :class:`BoundedBody`). Raises :class:`ResponseRefused`."""
     headers = response.headers
     status = response.status_code
     length = headers.get("content-length")
@@ -129,7 +111,6 @@ def bound_response(response: httpx2.Response, limit: int,
             declared = 0  # the transport has refused a length that is not one
         if declared > limit:
             raise _too_large(limit, status)
-        read_timeout = None  # a body of known length has no chunk to get wrong
     coding = headers.get("content-encoding")
     if coding is not None:
         codings = {part.strip().lower() for part in coding.split(",")}
@@ -139,7 +120,7 @@ def bound_response(response: httpx2.Response, limit: int,
                 " though it was asked for none", status)
     body = response.stream
     assert isinstance(body, httpx2.AsyncByteStream)  # an AsyncClient's (httpx2 checks it too)
-    response.stream = BoundedBody(body, limit, status, read_timeout)
+    response.stream = BoundedBody(body, limit, status)
 
 
 class StallWatch:

@@ -1,9 +1,9 @@
 """On the aiohttp transport, a chunked body that breaks after a good chunk (a bad chunk size, the
-connection held open) no longer hangs until the request's deadline: aiohttp drops its own read
-timer when its parser fails there, so the provider bounds the reads itself, by the provider's
-``timeout`` (the read timeout httpx2 applies to every read). A stream ends with the typed
-read-timeout error carrying the text it delivered, an answer with ``LLMTimeoutError``. A slow
-consumer is not a silent upstream.
+connection held open), or an interim ``100 Continue`` followed by silence, no longer hangs until
+the request's deadline: aiohttp drops its own read timer in both cases, so the provider bounds
+the wait itself, by the provider's ``timeout`` (the read timeout httpx2 applies to every read).
+A stream ends with the typed read-timeout error carrying the text it delivered, an answer with
+``LLMTimeoutError``. A slow consumer is not a silent upstream.
 
 A scripted upstream of our own on 127.0.0.1 (``tests/llm/raw_upstream.py``) writes the bytes.
 """
@@ -125,3 +125,26 @@ async def test_a_consumer_slower_than_the_read_timeout_is_not_a_silent_upstream(
         response: LLMResponse = await ref.ask(message, timeout=DEADLINE)
     assert response.content == "".join(words)
     assert "".join(delivered) == response.content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["ask", "stream"])
+async def test_an_interim_response_then_silence_ends_at_the_read_timeout(stream: bool) -> None:
+    # aiohttp drops its read timer after a 1xx response and awaits the final one with none.
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await anyio.sleep(DEADLINE + 10)
+
+    async with scripted_upstream(answer) as upstream, running(
+            config(upstream.base_url), transport="aiohttp") as (_, ref):
+        started = time.monotonic()
+        with pytest.raises(LLMTimeoutError) as caught:
+            if stream:
+                async with ref.ask_stream(call(stream=True), timeout=DEADLINE) as items:
+                    async for _ in items:
+                        pass
+            else:
+                await ref.ask(call(), timeout=DEADLINE)
+        elapsed = time.monotonic() - started
+    assert caught.value.message == "request to sim timed out"
+    assert elapsed < DEADLINE / 2
