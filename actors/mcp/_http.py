@@ -260,6 +260,7 @@ class _Transport(StreamableHTTPTransport):
         # The body of this request's POST answers this request, whatever id it names (as the
         # SDK reads an event stream): a server cannot answer another call through it.
         message.id = request_id
+        self._owner._intake.admit(message)  # an answer: always admitted, its content bounded
         await read_stream_writer.send(SessionMessage(message))
 
     async def _handle_sse_event(

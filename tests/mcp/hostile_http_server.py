@@ -26,6 +26,8 @@ server would; a notification with 202; the GET stream with 405; ``DELETE`` with 
   that resumes it (``Last-Event-ID``) is answered the same way (``server.gets`` counts them).
 - ``garbage``: a JSON body that is not JSON-RPC (``token=`` and a key-shaped secret).
 - ``forget``: HTTP 404 (the server no longer knows the session it gave at ``initialize``).
+- ``blocks``: a JSON body of ``size`` text blocks, ``0``, ``1``, ...; ``blocks-sse``: the same
+  in an event stream.
 - otherwise: the text ``ok``.
 """
 
@@ -238,6 +240,13 @@ async def _call(server: HostileHttpServer, stream: anyio.abc.ByteStream, request
         await stream.send(_head("200 OK", "application/json", len(body)) + body)
     elif mode == "forget":
         await stream.send(_head("404 Not Found", None, 0))
+    elif mode in ("blocks", "blocks-sse"):
+        answer = {"jsonrpc": "2.0", "id": request_id, "result": {
+            "content": [{"type": "text", "text": str(n)} for n in range(size)]}}
+        if mode == "blocks":
+            await _json(stream, answer)
+        else:
+            await stream.send(sse + _event(answer))
     elif mode == "cut":
         await stream.send(sse + b": nothing more\n\n")
     else:
