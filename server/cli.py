@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from pydantic import ValidationError
 from actors.llm import LedgerUnavailable, check_ledger, describe_validation_error, redact
 from runtime.gc_tuning import collector_paused, tune_gc
 from server._http_protocol import http_protocol
+from server._logging import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
 from server._ws_protocol import WS_PROTOCOL
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
@@ -140,7 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command is None:
         parser.print_help()
         return 2
-    _configure_logging(getattr(options, "log_level", "info"))
+    log_format = getattr(options, "log_format", None)
+    if log_format is not None:
+        os.environ[LOG_FORMAT_ENV] = log_format  # worker processes inherit it
+    try:
+        configure_logging(getattr(options, "log_level", "info"))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if options.command == "check-config":
         return _check_config(options.path)
     return _serve(options)
@@ -164,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    serve.add_argument("--log-format", choices=LOG_FORMATS,
+                       help=f"text (default) or json: one JSON object a line (also:"
+                       f" {LOG_FORMAT_ENV})")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="worker processes on one port (overrides server.workers; more than"
                        " 1 needs cluster.redis_url)")
@@ -363,45 +373,3 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         "lifespan": "on",
         "server_header": False,
     }
-
-
-_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)
-
-
-class _NoQueryStrings(logging.Filter):
-    """Drops the query string of every request target uvicorn logs (access log, socket lines).
-
-    A token may travel as ``?token=``, or as ``?%74oken=`` (which the app decodes to the same
-    name): no pattern over the raw text would catch every spelling, so queries are not logged.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
-            record.args = tuple(
-                arg.split("?", 1)[0] + "?[query omitted]"
-                if isinstance(arg, str) and arg.startswith("/") and "?" in arg
-                else arg
-                for arg in record.args
-            )
-        return True
-
-
-class _RedactingFormatter(logging.Formatter):
-    """Scrubs key-shaped text and ``?token=`` values from every line (access logs included)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return _QUERY_TOKEN.sub(r"\1[REDACTED]", redact(super().format(record)))
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
-    handler.addFilter(_NoQueryStrings())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # One INFO line per upstream HTTP request drowns everything else; errors still show.
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -277,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    from server._logging import configure_logging
     from server.app import create_app
-    from server.cli import _configure_logging, _GracefulServer, _load, uvicorn_settings
+    from server.cli import _GracefulServer, _load, uvicorn_settings
 
-    _configure_logging(options.log_level)
+    configure_logging(options.log_level)
     config = worker_config(_load(options.config, options.host, options.port), options.worker)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     app = create_app(config, simulator_url=options.simulator_url)
