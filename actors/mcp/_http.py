@@ -25,8 +25,9 @@ this one does instead:
   server sends unasked is not opened (a client may do without it): we read none of them.
 
 The SDK's transport class does the rest (sessions, protocol-version headers, same-origin
-redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_sdk.py``
-checks that they still exist).
+redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_review4_http.py``
+checks that they still exist with the same parameters, and a test of each one's behaviour fails
+without it).
 """
 
 from __future__ import annotations

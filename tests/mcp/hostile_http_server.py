@@ -26,6 +26,7 @@ server would; a notification with 202; the GET stream with 405; ``DELETE`` with 
   that resumes it (``Last-Event-ID``) is answered the same way (``server.gets`` counts them).
 - ``garbage``: a JSON body that is not JSON-RPC (``token=`` and a key-shaped secret).
 - ``forget``: HTTP 404 (the server no longer knows the session it gave at ``initialize``).
+- ``json-cut``: a JSON body that ends (the connection closed) before its Content-Length.
 - ``blocks``: a JSON body of ``size`` text blocks, ``0``, ``1``, ...; ``blocks-sse``: the same
   in an event stream.
 - otherwise: the text ``ok``.
@@ -240,6 +241,8 @@ async def _call(server: HostileHttpServer, stream: anyio.abc.ByteStream, request
         await stream.send(_head("200 OK", "application/json", len(body)) + body)
     elif mode == "forget":
         await stream.send(_head("404 Not Found", None, 0))
+    elif mode == "json-cut":
+        await stream.send(_head("200 OK", "application/json", 1000) + b'{"jsonrpc": "2.0"')
     elif mode in ("blocks", "blocks-sse"):
         answer = {"jsonrpc": "2.0", "id": request_id, "result": {
             "content": [{"type": "text", "text": str(n)} for n in range(size)]}}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import anyio
@@ -204,7 +205,9 @@ async def test_an_answer_that_is_not_json_rpc_is_a_tool_error_logged_once_withou
 
 
 def test_every_sdk_method_the_http_transport_overrides_still_exists() -> None:
-    # They are private to the SDK (mcp>=2.3,<3): a rename would silently bypass a bound.
+    # They are private to the SDK (mcp>=2.3,<3): a rename would silently bypass a bound, a
+    # changed signature fail at run time. (That the SDK still calls each one is shown by the
+    # test of its behaviour: each fails with its override removed.)
     overridden = {name for name in vars(_Transport) if name.startswith("_")
                   and not name.startswith("__")}
     assert overridden == {
@@ -213,3 +216,12 @@ def test_every_sdk_method_the_http_transport_overrides_still_exists() -> None:
         "_resolve_abandoned_request", "_consume_modern_cancellation",
     }
     assert overridden <= set(vars(StreamableHTTPTransport))
+
+    def parameters(method: object) -> list[tuple[str, str, bool]]:
+        return [(p.name, p.kind.name, p.default is p.empty)
+                for p in inspect.signature(method).parameters.values()]  # type: ignore[arg-type]
+
+    for name in sorted(overridden):
+        ours, theirs = getattr(_Transport, name), getattr(StreamableHTTPTransport, name)
+        assert (name, parameters(ours)) == (name, parameters(theirs))
+        assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs)
