@@ -20,9 +20,13 @@ this one does instead:
 - **Streams it never closed.** Under the 2025 protocol a call the caller gave up on kept its
   response stream open (a server sending a comment now and then held it for ever, one more per
   timed-out call), and a stream that ended after an event id was resumed with GETs paced by
-  the server's ``retry`` (``0``: a loop of thousands per second, after the call was over). Here
-  an abandoned call's stream is closed, and no stream is resumed. The GET stream for messages a
-  server sends unasked is not opened (a client may do without it): we read none of them.
+  the server's ``retry`` (``0``: a loop of thousands per second, after the call was over), each
+  one a frame more of recursion holding its ended response open. Here an abandoned call's
+  stream is closed, and a stream is resumed (the protocol's polling: a server may end a long
+  call's stream and expect a GET naming the last event id) in a loop, waiting at least
+  :data:`RESUME_FLOOR_SECONDS` before each GET, for as long as its call runs. The GET stream
+  for messages a server sends unasked is not opened (a client may do without it): we read none
+  of them.
 
 The SDK's transport class does the rest (sessions, protocol-version headers, same-origin
 redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_review4_http.py``
@@ -48,6 +52,8 @@ from pydantic import ValidationError
 from ._config import McpServerConfig
 from ._intake import Intake
 from ._sdk import (
+    DEFAULT_RECONNECTION_DELAY_MS,
+    LAST_EVENT_ID,
     MCP_SESSION_ID,
     SessionMessage,
     StreamableHTTPTransport,
@@ -55,13 +61,15 @@ from ._sdk import (
     create_context_streams,
 )
 
-__all__ = ["EVENT_FRAMING_BYTES", "STREAM_LOST", "HttpTransport"]
+__all__ = ["EVENT_FRAMING_BYTES", "RESUME_FLOOR_SECONDS", "STREAM_LOST", "HttpTransport"]
 
 logger = logging.getLogger(__name__)
 
 #: Bytes an event may have beyond ``max_message_bytes``: ``data: ``, an ``id`` and ``event``
 #: line, line ends.
 EVENT_FRAMING_BYTES: Final = 1024
+#: A call's response stream is resumed at most this often, whatever the server's ``retry``.
+RESUME_FLOOR_SECONDS: Final = 0.5
 #: How long closing a session may wait for the server to acknowledge it (``DELETE``).
 _TERMINATE_SECONDS: Final = 2.0
 
@@ -288,10 +296,33 @@ class _Transport(StreamableHTTPTransport):
         self, ctx: Any, last_event_id: str, retry_interval_ms: int | None = None,
         attempt: int = 0,
     ) -> None:
-        await self._resolve_abandoned_request(
-            ctx.read_stream_writer, ctx.session_message.message.id,
-            "the server ended its response stream without an answer",
-        )
+        # Inside this call's POST task and abort scope: a call given up ends its resumes too.
+        # A failed GET ends the call as any failed request does (in _handle_post_request).
+        request_id = ctx.session_message.message.id
+        retry = DEFAULT_RECONNECTION_DELAY_MS if retry_interval_ms is None else retry_interval_ms
+        while True:
+            await anyio.sleep(max(retry / 1000, RESUME_FLOOR_SECONDS))
+            headers = {**self._prepare_headers(), "accept": "text/event-stream",
+                       LAST_EVENT_ID: last_event_id}
+            async with ctx.client.stream(
+                "GET", self.url, headers=headers, follow_redirects=False
+            ) as response:
+                content_type = response.headers.get("content-type", "").lower()
+                if response.status_code != 200 or not content_type.startswith(
+                    "text/event-stream"
+                ):
+                    await self._resolve_abandoned_request(
+                        ctx.read_stream_writer, request_id,
+                        "the server ended its response stream without an answer and refused to"
+                        f" resume it (HTTP {response.status_code})",
+                    )
+                    return
+                events = httpx2.EventSource(response, max_event_size=self.max_sse_event_size)
+                async for sse in events:
+                    last_event_id = sse.id or last_event_id
+                    retry = retry if sse.retry is None else sse.retry
+                    if await self._handle_sse_event(sse, ctx.read_stream_writer, request_id):
+                        return
 
     async def _resolve_abandoned_request(
         self, read_stream_writer: Any, request_id: Any, message: str, *,

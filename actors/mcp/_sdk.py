@@ -68,7 +68,12 @@ from mcp.client.stdio import (  # noqa: E402
 from mcp.client.stdio import _drain_stdout as drain_stdout  # noqa: E402
 from mcp.client.stdio import _get_executable_command as get_executable_command  # noqa: E402
 from mcp.client.stdio import _stop_server_process as stop_server_process  # noqa: E402
-from mcp.client.streamable_http import MCP_SESSION_ID, StreamableHTTPTransport  # noqa: E402
+from mcp.client.streamable_http import (  # noqa: E402
+    DEFAULT_RECONNECTION_DELAY_MS,
+    LAST_EVENT_ID,
+    MCP_SESSION_ID,
+    StreamableHTTPTransport,
+)
 from mcp.shared._context_streams import create_context_streams  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 from mcp.shared.jsonrpc_dispatcher import (  # noqa: E402
@@ -78,6 +83,8 @@ from mcp.shared.jsonrpc_dispatcher import (  # noqa: E402
 from mcp.shared.message import SessionMessage  # noqa: E402
 
 __all__ = [
+    "DEFAULT_RECONNECTION_DELAY_MS",
+    "LAST_EVENT_ID",
     "MCP_SESSION_ID",
     "ClientSession",
     "JSONRPCDispatcher",

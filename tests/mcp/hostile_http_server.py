@@ -26,6 +26,11 @@ server would; a notification with 202; the GET stream with 405; ``DELETE`` with 
   that resumes it (``Last-Event-ID``) is answered the same way (``server.gets`` counts them).
 - ``garbage``: a JSON body that is not JSON-RPC (``token=`` and a key-shaped secret).
 - ``forget``: HTTP 404 (the server no longer knows the session it gave at ``initialize``).
+- ``poll``: the call's event stream ends after an event with an id (``c1``) and ``retry: 100``,
+  as a server does that polls (it closes a long call's stream, the client resumes it with a GET
+  naming the last event id); the first GET is answered the same way (``g1``), the second with
+  the answer ``ok``. ``server.resumed_from`` lists the ``Last-Event-ID`` of each GET. Mode
+  ``poll-refused``: the same stream, and every GET answered 405.
 - ``json-cut``: a JSON body that ends (the connection closed) before its Content-Length.
 - ``blocks``: a JSON body of ``size`` text blocks, ``0``, ``1``, ...; ``blocks-sse``: the same
   in an event stream.
@@ -57,6 +62,8 @@ class HostileHttpServer:
     text_sent: int = 0  # characters of the last result text of modes json and sse
     open_streams: int = 0
     methods: list[str] = field(default_factory=list)
+    resumed_from: list[str] = field(default_factory=list)
+    last_call_id: Any = None
 
 
 @asynccontextmanager
@@ -76,28 +83,29 @@ async def serve(mode: str, size: int = 0) -> AsyncIterator[HostileHttpServer]:
 async def _connection(server: HostileHttpServer, stream: anyio.abc.ByteStream) -> None:
     async with stream:
         try:
-            method, body = await _read_request(stream)
+            method, headers, body = await _read_request(stream)
+            if "last-event-id" in headers:
+                server.resumed_from.append(headers["last-event-id"])
             await _answer(server, stream, method, body)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream,
                 ConnectionError):
             return
 
 
-async def _read_request(stream: anyio.abc.ByteStream) -> tuple[str, bytes]:
-    # What a test needs of HTTP/1.1: the method, and a body of Content-Length bytes.
+async def _read_request(stream: anyio.abc.ByteStream) -> tuple[str, dict[str, str], bytes]:
+    # What a test needs of HTTP/1.1: the method, the headers (names in lower case), and a body
+    # of Content-Length bytes.
     data = b""
     while b"\r\n\r\n" not in data:
         data += await stream.receive()
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", 0))
     while len(body) < length:
         body += await stream.receive()
-    return lines[0].split(" ")[0], body
+    return lines[0].split(" ")[0], headers, body
 
 
 def _head(status: str, content_type: str | None, length: int | None,
@@ -131,6 +139,14 @@ async def _answer(server: HostileHttpServer, stream: anyio.abc.ByteStream, metho
     if method == "GET" and server.mode == "resume-loop":
         server.gets += 1
         await stream.send(_head("200 OK", "text/event-stream", None) + _PRIMING)
+        return
+    if method == "GET" and server.mode == "poll":
+        server.gets += 1
+        if server.gets == 1:
+            await stream.send(_head("200 OK", "text/event-stream", None) + _POLL_AGAIN)
+        else:
+            answer = _event(_result(server.last_call_id, "ok"))
+            await stream.send(_head("200 OK", "text/event-stream", None) + answer)
         return
     if method == "GET":
         await stream.send(_head("405 Method Not Allowed", None, 0))
@@ -172,6 +188,8 @@ async def _endless(stream: anyio.abc.ByteStream, head: bytes, start: bytes) -> N
 
 
 _PRIMING = b"id: e1\nretry: 0\ndata: \n\n"
+_POLL = b"id: c1\nretry: 100\ndata: \n\n"
+_POLL_AGAIN = b"id: g1\nretry: 100\ndata: \n\n"
 
 
 def _event(message: dict[str, Any]) -> bytes:
@@ -236,6 +254,9 @@ async def _call(server: HostileHttpServer, stream: anyio.abc.ByteStream, request
             server.open_streams -= 1
     elif mode == "resume-loop":
         await stream.send(sse + _PRIMING)
+    elif mode in ("poll", "poll-refused"):
+        server.last_call_id = request_id
+        await stream.send(sse + _POLL)
     elif mode == "garbage":
         body = f"token={SECRET}".encode()
         await stream.send(_head("200 OK", "application/json", len(body)) + body)
