@@ -24,7 +24,7 @@ from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
-from ._response_bounds import BoundedBody, StallWatch
+from ._response_bounds import BoundedBody, StallWatch, responded
 from ._sdk_call import (
     CallPlan,
     answered_model,
@@ -36,7 +36,7 @@ from ._sdk_call import (
     rejected_param,
 )
 from ._stream import Progress, read_stream
-from ._wire_decode import StreamAssembly, decode_completion
+from ._wire_decode import StreamAssembly, decode_completion, malformed_error
 
 __all__ = ["CallSite"]
 
@@ -95,8 +95,12 @@ class CallSite:
         for attempt in range(_MAX_REFUSED + 1):
             try:
                 async with limiter.admit(tokens) as permit:
+                    responded.set(False)
                     with map_sdk_errors(self.provider, call.model, self.secrets):
-                        answer = await self._bounded(send(plan.body), call.model)
+                        try:
+                            answer = await self._bounded(send(plan.body), call.model)
+                        except ValueError as exc:  # the SDK's JSON, writing or reading
+                            raise self._unwritten_or_unread(exc, call.model) from exc
                     permit.sent()
                 return answer, plan
             except LLMBadRequestError as exc:
@@ -104,6 +108,16 @@ class CallSite:
                     raise
                 plan = self._learn(call, exc, plan)
         raise AssertionError("unreachable")
+
+    def _unwritten_or_unread(self, error: ValueError, model: str) -> LLMClientError:
+        """A ``ValueError`` out of the SDK call: a body JSON cannot write (a NaN or infinite
+        number: refused, nothing was sent), or an answer Python cannot read (a number of more
+        than 4300 digits: malformed). Either escaped untyped before."""
+        if responded.get():
+            return malformed_error(self.provider, model, error)
+        return LLMBadRequestError(
+            f"the request to {self.provider} cannot be written as JSON ({type(error).__name__}:"
+            " a number that is not finite?)", provider=self.provider, model=model)
 
     async def _bounded(self, sending: Awaitable[Any], model: str) -> Any:
         """``sending`` awaited, within :attr:`stall_timeout` when there is one."""

@@ -25,14 +25,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import anyio
 import httpx2
 
-__all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "bound_response"]
+__all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "bound_response",
+           "responded"]
 
 IDENTITY = {"Accept-Encoding": "identity"}
 """The request header that asks for bodies as they are (see the module docstring)."""
+
+responded: ContextVar[bool] = ContextVar("responded", default=False)
+"""Set by :func:`bound_response` in the task whose request got a response (its headers): what
+tells a request that could not be written from an answer that could not be read."""
 
 # What httpx2 would inflate (its decoders); another coding is passed through as it is.
 _COMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
@@ -101,6 +107,7 @@ class BoundedBody(httpx2.AsyncByteStream):
 def bound_response(response: httpx2.Response, limit: int) -> None:
     """Refuse ``response`` now if it declares more than ``limit`` bytes or a compressed body;
     else bound its body (a :class:`BoundedBody`). Raises :class:`ResponseRefused`."""
+    responded.set(True)
     headers = response.headers
     status = response.status_code
     length = headers.get("content-length")

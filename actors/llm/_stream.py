@@ -24,7 +24,7 @@ from runtime import Request
 from ._errors import LLMClientError, LLMStreamingError
 from ._messages import DeltaSink, LLMResponse, ReasoningDelta, TextDelta
 from ._response_bounds import StallWatch
-from ._wire_decode import MalformedResponse, StreamAssembly, decode_chunk, malformed_error
+from ._wire_decode import StreamAssembly, decode_chunk, malformed_error
 
 __all__ = ["Progress", "Relay", "read_stream"]
 
@@ -212,6 +212,6 @@ async def _read(
                     note(assembly.added_tool_text)
     except LLMClientError as exc:
         return exc
-    except MalformedResponse as exc:
+    except ValueError as exc:  # ours (MalformedResponse), or the SDK's JSON (4301 digits)
         return malformed_error(provider, model, exc, assembly.text)
     return None

@@ -4,7 +4,8 @@ time; an answer of more than 256 tool calls is malformed (streamed or not); a hu
 allocates nothing; a huge output without usage is estimated from its beginning, not tokenized
 whole on the event loop; a model name of megabytes is not taken from the answer; an endless stream
 is charged its prompt and what it streamed, at most its output limit, and what it delivered stays
-delivered.
+delivered; a number of 5001 digits is a malformed answer and a NaN parameter a bad request, not a
+raw ``ValueError``.
 
 A scripted upstream of our own on 127.0.0.1 (``tests/llm/raw_upstream.py``); the real ledger.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import anyio
 import pytest
 
 from actors.llm import (
+    LLMBadRequestError,
     LLMConfig,
     LLMResponse,
     LLMServerError,
@@ -230,3 +233,61 @@ async def test_a_model_name_of_megabytes_is_not_taken_from_the_answer(stream: bo
             config(upstream.base_url)) as (_, ref):
         response = await _streamed(ref) if stream else await ref.ask(call(), timeout=10)
     assert (response.content, response.model) == ("hi", MODEL)
+
+
+HUGE_INT = b"1" + b"0" * 5000  # Python reads at most 4300 digits into an int
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+@pytest.mark.parametrize("stream", [False, True], ids=["ask", "stream"])
+async def test_a_number_of_5001_digits_is_a_malformed_answer_not_a_raw_value_error(
+        stream: bool, transport: Any) -> None:
+    text = event({"content": "hi"})
+    late = b'data: {"created": ' + HUGE_INT + b', "choices": []}\n\n'
+    body = json.dumps(completion({"content": "hi"})).encode().replace(
+        b'"created": 1', b'"created": ' + HUGE_INT)
+    answer = sse_answer(text + late) if stream else _raw_json(body)
+    async with scripted_upstream(answer) as upstream, running(
+            config(upstream.base_url), transport=transport) as (_, ref):
+        delivered: list[Any] = []
+        with pytest.raises(LLMStreamingError if stream else LLMServerError) as caught:
+            if stream:
+                async with ref.ask_stream(call(stream=True), timeout=10) as items:
+                    async for item in items:
+                        delivered.append(item)
+            else:
+                await ref.ask(call(), timeout=10)
+    error = caught.value
+    assert error.message == "sim sent a malformed response (ValueError)"
+    if stream:
+        assert delivered == [TextDelta("hi")]
+        assert (error.partial_text, error.retryable) == ("hi", False)
+    else:
+        assert (error.status_code, error.retryable) == (200, True)
+
+
+def _raw_json(data: bytes) -> Any:
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close"
+                     b"\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        await writer.drain()
+
+    return answer
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["ask", "stream"])
+async def test_a_parameter_json_cannot_write_is_a_bad_request_and_nothing_is_sent(
+        stream: bool) -> None:
+    async with scripted_upstream(json_answer(completion({"content": "hi"}))) as upstream, \
+            running(config(upstream.base_url)) as (_, ref):
+        with pytest.raises(LLMBadRequestError) as caught:
+            if stream:
+                async with ref.ask_stream(call(stream=True, top_p=math.inf), timeout=10) as s:
+                    async for _ in s:
+                        pass
+            else:
+                await ref.ask(call(top_p=math.nan), timeout=10)
+        assert upstream.heads == []
+    assert caught.value.message == (
+        "the request to sim cannot be written as JSON (ValueError: a number that is not"
+        " finite?)")
