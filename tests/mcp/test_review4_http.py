@@ -209,3 +209,8 @@ def test_every_sdk_method_the_http_transport_overrides_still_exists() -> None:
         ours, theirs = getattr(_Transport, name), getattr(StreamableHTTPTransport, name)
         assert (name, parameters(ours)) == (name, parameters(theirs))
         assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs)
+    # And the private parts of it the overrides use.
+    assert parameters(StreamableHTTPTransport._prepare_headers) == [
+        ("self", "POSITIONAL_OR_KEYWORD", True)
+    ]
+    assert isinstance(StreamableHTTPTransport("http://127.0.0.1/")._in_flight_posts, dict)
