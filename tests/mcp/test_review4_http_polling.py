@@ -36,8 +36,9 @@ async def test_a_stream_resumed_for_ever_is_paced_and_ends_with_its_call() -> No
     ) as session:
         with pytest.raises(McpToolTimeout):
             await session.call_tool("get", {}, timeout=2 * RESUME_FLOOR_SECONDS + 0.1)
+        await anyio.sleep(RESUME_FLOOR_SECONDS)  # a GET sent before the call ended: counted
         gets = server.gets
-        assert gets <= 2
+        assert gets <= 2  # sent at 0.5 s and 1 s at the earliest (fewer on a loaded machine)
         await anyio.sleep(2 * RESUME_FLOOR_SECONDS)
         assert server.gets == gets
 
