@@ -38,7 +38,7 @@ from ._limits import MAX_SERVER_PAUSE
 from ._response_bounds import ResponseRefused
 from ._wire_decode import malformed_error
 
-__all__ = ["error_from_sdk", "map_sdk_errors", "parse_retry_after"]
+__all__ = ["error_from_sdk", "error_in_answer", "map_sdk_errors", "parse_retry_after"]
 
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _TOKEN_LIMIT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
@@ -142,6 +142,26 @@ def error_from_sdk(
         # A plain APIError is what the SDK raises for an SSE data event carrying "error".
         return _streaming_error(exc, "", secrets, where)
     return LLMClientError(f"unexpected error from {provider}: {_describe(exc, secrets)}", **where)
+
+
+def error_in_answer(error: object, provider: str, model: str | None,
+                    secrets: Sequence[str] = ()) -> LLMClientError:
+    """The typed error for a 2xx body that holds an ``error`` and no choice, read as a status of
+    its ``code``: :class:`LLMRateLimitError` for 429, else :class:`LLMServerError` (retryable;
+    an error status bills nothing). Its message is redacted and cut like a status error's."""
+    fields = error if isinstance(error, Mapping) else {}
+    message = fields.get("message") if fields else error
+    text = redact(message if isinstance(message, str) and message else "no message",
+                  secrets)[:_MAX_UPSTREAM_MESSAGE]
+    code = fields.get("code")
+    status = code if type(code) is int else int(code) if (
+        isinstance(code, str) and code.isdigit() and len(code) == 3) else None
+    where: dict[str, Any] = {"provider": provider, "model": model}
+    if status == 429:
+        return LLMRateLimitError(f"rate limited by {provider}: {text}", status_code=429, **where)
+    status = status if status is not None and 400 <= status <= 599 else None
+    return LLMServerError(f"{provider} answered with an error: {text}", status_code=status,
+                          **where)
 
 
 def _refused(exc: BaseException) -> ResponseRefused | None:

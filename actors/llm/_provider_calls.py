@@ -20,7 +20,7 @@ import openai
 from runtime import Request, RequestKind
 
 from ._catalog import ModelCatalog
-from ._error_mapping import map_sdk_errors
+from ._error_mapping import error_in_answer, map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
@@ -139,6 +139,10 @@ class CallSite:
             self._note_failure(exc, progress)
             raise
         body = decode_completion(data)
+        if body.error is not None:
+            error = error_in_answer(body.error, self.provider, call.model, self.secrets)
+            self._note_failure(error, progress)
+            raise error
         elapsed = time.perf_counter() - progress.started
         progress.ttft = elapsed
         if body.reasoning:

@@ -201,6 +201,8 @@ class Completion:
     """A non-streaming body: its first choice's message, usage and model.
 
     ``tool_calls`` keeps only ``type == "function"`` calls; empty ``arguments`` read as ``"{}"``.
+    ``error`` is the body's ``error`` when it has no choice: an error answered with a 2xx status
+    (OpenRouter does so when the model's own provider failed), not an empty answer.
     """
 
     model: str | None = None
@@ -212,6 +214,7 @@ class Completion:
     finish_reason: str | None = None
     usage: WireUsage | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    error: Any = None
 
 
 def malformed_error(provider: str, model: str, error: Exception,
@@ -340,7 +343,7 @@ def decode_completion(data: Any) -> Completion:
     usage = _decode_usage(body.get("usage"))
     choices = body.get("choices")
     if not choices:
-        return Completion(model=model, usage=usage)
+        return Completion(model=model, usage=usage, error=body.get("error") or None)
     if not isinstance(choices, list):
         raise MalformedResponse("body.choices is not a list")
     if choices[0] is None:

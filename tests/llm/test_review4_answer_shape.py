@@ -5,7 +5,7 @@ allocates nothing; a huge output without usage is estimated from its beginning, 
 whole on the event loop; a model name of megabytes is not taken from the answer; an endless stream
 is charged its prompt and what it streamed, at most its output limit, and what it delivered stays
 delivered; a number of 5001 digits is a malformed answer and a NaN parameter a bad request, not a
-raw ``ValueError``.
+raw ``ValueError``; an error answered with status 200 is an error, not an empty answer.
 
 A scripted upstream of our own on 127.0.0.1 (``tests/llm/raw_upstream.py``); the real ledger.
 """
@@ -25,6 +25,7 @@ import pytest
 from actors.llm import (
     LLMBadRequestError,
     LLMConfig,
+    LLMRateLimitError,
     LLMResponse,
     LLMServerError,
     LLMStreamingError,
@@ -291,3 +292,26 @@ async def test_a_parameter_json_cannot_write_is_a_bad_request_and_nothing_is_sen
     assert caught.value.message == (
         "the request to sim cannot be written as JSON (ValueError: a number that is not"
         " finite?)")
+
+
+@pytest.mark.parametrize(("error", "kind", "message", "status"), [
+    ({"message": "Provider returned error", "code": 502}, LLMServerError,
+     "sim answered with an error: Provider returned error", 502),
+    ({"message": "slow down", "code": "429"}, LLMRateLimitError,
+     "rate limited by sim: slow down", 429),
+    ({"message": "key sk-abcdefghijklmnop leaked " + "x" * 2000, "code": 10**20},
+     LLMServerError, "sim answered with an error: key [REDACTED] leaked " + "x" * 478, None),
+    ("overloaded", LLMServerError, "sim answered with an error: overloaded", None),
+], ids=["502", "429", "secret-and-long", "text"])
+async def test_an_error_answered_with_status_200_is_an_error_not_an_empty_answer(
+        error: Any, kind: type[Exception], message: str, status: int | None) -> None:
+    # OpenRouter answers so when the model's own provider failed: it was served as an empty
+    # answer, charged, and the router never fell back.
+    body = {"error": error, "user_id": "u"}
+    async with scripted_upstream(json_answer(body)) as upstream, running(
+            config(upstream.base_url)) as (_, ref):
+        with pytest.raises(kind) as caught:
+            await ref.ask(call(), timeout=10)
+    assert type(caught.value) is kind
+    assert (caught.value.message, caught.value.status_code, caught.value.retryable) == (
+        message, status, True)
