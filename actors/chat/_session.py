@@ -203,7 +203,9 @@ class SessionActor(Actor["SessionMessage"]):
 
         Each message is measured once: its size is cached (by identity, holding the message)
         while a history kept here holds it. ``added`` (whole units) to the list this returned
-        last, within both bounds, is taken as it is, without a walk through the history.
+        last is not walked through with the history: its oldest units are dropped until both
+        bounds hold, which keeps what :func:`trim_history` keeps (the longest suffix of whole
+        units within them), for the few messages a turn adds and drops.
         """
         cached = self._sizes
 
@@ -217,11 +219,23 @@ class SessionActor(Actor["SessionMessage"]):
 
         chat = self._chat
         combined = [*messages, *added]
-        if messages is self._measured and len(combined) <= chat.max_history_messages:
+        if messages is self._measured:
             held = self._bytes + sum(map(size_of, added))
-            if held <= chat.max_history_bytes:
-                self._measured, self._bytes = combined, held
-                return combined
+            end = len(combined)
+            start = 0
+            while start < end and (end - start > chat.max_history_messages
+                                   or held > chat.max_history_bytes):
+                # The oldest unit: a message and the tool results that answer it.
+                held -= size_of(combined[start])
+                cached.pop(id(combined[start]), None)
+                start += 1
+                while start < end and combined[start].get("role") == "tool":
+                    held -= size_of(combined[start])
+                    cached.pop(id(combined[start]), None)
+                    start += 1
+            kept = combined[start:] if start else combined
+            self._measured, self._bytes = kept, held
+            return kept
         kept = trim_history(combined, max_messages=chat.max_history_messages,
                             max_bytes=chat.max_history_bytes, size_of=size_of)
         self._sizes = {id(message): cached[id(message)] for message in kept}
