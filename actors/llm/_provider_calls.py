@@ -8,6 +8,7 @@ actor reads the outcome (and :class:`~actors.llm._stream.Progress`) back in its 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ from ._sdk_call import (
     rejected_param,
 )
 from ._stream import Progress, read_stream
-from ._wire_decode import StreamAssembly, decode_completion, malformed_error
+from ._wire_decode import MalformedResponse, StreamAssembly, decode_completion, malformed_error
 
 __all__ = ["CallSite"]
 
@@ -119,6 +120,23 @@ class CallSite:
             f"the request to {self.provider} cannot be written as JSON ({type(error).__name__}:"
             " a number that is not finite?)", provider=self.provider, model=model)
 
+    async def _json_for_a_stream(self, stream: openai.AsyncStream[object],
+                                 model: str) -> LLMClientError:
+        """The error for a stream answered with a JSON body (read as SSE, it was an empty
+        answer): the error it holds (a gateway's ``{"error": ...}`` with status 200), else a
+        malformed answer."""
+        try:
+            with map_sdk_errors(self.provider, model, self.secrets):
+                data = json.loads(await self._bounded(stream.response.aread(), model))
+        except ValueError as exc:
+            return malformed_error(self.provider, model, exc)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await stream.close()
+        if isinstance(data, dict) and data.get("error") and not data.get("choices"):
+            return error_in_answer(data["error"], self.provider, model, self.secrets)
+        return malformed_error(self.provider, model, MalformedResponse("a JSON body"))
+
     async def _bounded(self, sending: Awaitable[Any], model: str) -> Any:
         """``sending`` awaited, within :attr:`stall_timeout` when there is one."""
         if self.stall_timeout is None:
@@ -182,6 +200,8 @@ class CallSite:
         try:
             stream, plan = await self._send(call, plan, tokens,
                                             lambda body: open_stream(client, body))
+            if stream.response.headers.get("content-type", "").startswith("application/json"):
+                raise await self._json_for_a_stream(stream, call.model)
             body = stream.response.stream
             watch = (StallWatch(body, self.stall_timeout) if self.stall_timeout is not None
                      and isinstance(body, BoundedBody) else None)

@@ -5,7 +5,8 @@ allocates nothing; a huge output without usage is estimated from its beginning, 
 whole on the event loop; a model name of megabytes is not taken from the answer; an endless stream
 is charged its prompt and what it streamed, at most its output limit, and what it delivered stays
 delivered; a number of 5001 digits is a malformed answer and a NaN parameter a bad request, not a
-raw ``ValueError``; an error answered with status 200 is an error, not an empty answer.
+raw ``ValueError``; an error answered with status 200, or a stream answered with a JSON body, is
+an error, not an empty answer.
 
 A scripted upstream of our own on 127.0.0.1 (``tests/llm/raw_upstream.py``); the real ledger.
 """
@@ -315,3 +316,23 @@ async def test_an_error_answered_with_status_200_is_an_error_not_an_empty_answer
     assert type(caught.value) is kind
     assert (caught.value.message, caught.value.status_code, caught.value.retryable) == (
         message, status, True)
+
+
+@pytest.mark.parametrize(("body", "kind", "message"), [
+    ({"error": {"message": "Provider returned error", "code": 502}}, LLMServerError,
+     "sim answered with an error: Provider returned error"),
+    (completion({"content": "hi"}), LLMServerError,
+     "sim sent a malformed response (MalformedResponse)"),
+], ids=["error", "answer"])
+async def test_a_stream_answered_with_a_json_body_is_an_error_not_an_empty_answer(
+        body: dict[str, Any], kind: type[Exception], message: str) -> None:
+    # Read as SSE, a JSON body held no event: the stream ended as an empty answer.
+    async with scripted_upstream(json_answer(body)) as upstream, running(
+            config(upstream.base_url)) as (_, ref):
+        items: list[Any] = []
+        with pytest.raises(kind) as caught:
+            async with ref.ask_stream(call(stream=True), timeout=10) as stream:
+                async for item in stream:
+                    items.append(item)
+    assert items == []
+    assert (caught.value.message, caught.value.retryable) == (message, True)
