@@ -7,6 +7,10 @@
   const TOKEN_KEY = "mcp-backend.token";  // sessionStorage: a secret should not outlive the tab
   const MAX_RECONNECT_DELAY_MS = 10000;
   const AUTH_CLOSE_CODES = new Set([1008, 4001, 4003, 4401, 4403]);
+  // A full server (server.max_connections) accepts a socket and closes it at once with this,
+  // having read nothing from it: what was sent on it goes again on the next socket, and the page
+  // waits longer before each try (every tab of a restarted server reconnects at once).
+  const TRY_AGAIN_LATER = 1013;
 
   const $ = (id) => document.getElementById(id);
   const input = $("input"), sendButton = $("send"), stopButton = $("stop");
@@ -18,6 +22,7 @@
   let reconnectDelay = 500;
   let reconnectTimer = null;
   const outbox = [];           // frames written while the socket was not open
+  let unanswered = [];         // frames sent on the current socket before it sent anything
   let current = null;          // the request in flight: {id, msg, body, toolCalls, segment}
 
   const storage = {
@@ -131,12 +136,17 @@
     ws.addEventListener("open", () => {
       if (ws !== socket) return;
       opened = true;
-      reconnectDelay = 500;
       setConnection("open", "connected");
-      while (outbox.length && ws.readyState === WebSocket.OPEN) ws.send(outbox.shift());
+      unanswered = [];
+      while (outbox.length && ws.readyState === WebSocket.OPEN) {
+        const text = outbox.shift();
+        ws.send(text);
+        unanswered.push(text);
+      }
     });
     ws.addEventListener("message", (event) => {
       if (ws !== socket) return;
+      unanswered = [];  // the server has read this socket: it was not refused
       let envelope;
       try { envelope = JSON.parse(event.data); } catch { return; }
       handleEnvelope(envelope);
@@ -144,21 +154,28 @@
     ws.addEventListener("close", (event) => {
       if (ws !== socket) return;
       setConnection("closed", "disconnected");
-      if (current) failCurrent("The connection was lost before the answer completed.");
+      const refused = event.code === TRY_AGAIN_LATER;
+      if (refused) outbox.unshift(...unanswered);
+      unanswered = [];
+      if (current && !refused) failCurrent("The connection was lost before the answer completed.");
       if (AUTH_CLOSE_CODES.has(event.code) || (!opened && event.code === 1006 && needsToken)) {
         askForToken(storage.get(sessionStorage, TOKEN_KEY)
           ? "The server rejected the access token." : "This server requires an access token.");
         return;  // wait for the user: retrying with the same credentials would only fail again
       }
-      reconnectTimer = setTimeout(connect, reconnectDelay);
+      if (opened && !refused) reconnectDelay = 500;
+      // Up to half again as long: tabs refused together do not all come back together.
+      reconnectTimer = setTimeout(connect, reconnectDelay * (1 + Math.random() / 2));
       reconnectDelay = Math.min(reconnectDelay * 2, MAX_RECONNECT_DELAY_MS);
     });
   }
 
   function send(frame) {
     const text = JSON.stringify(frame);
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(text);
-    else outbox.push(text);
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(text);
+      unanswered.push(text);
+    } else outbox.push(text);
   }
 
   // ---------------------------------------------------------------- auth and health
