@@ -71,15 +71,15 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         data = self._unparsed + data if self._unparsed else data
         self._unparsed = b""
-        while data:
+        # By offset: cutting the rest off after each slice copied it (a 256 KiB read, ~8 MiB).
+        for start in range(0, len(data), _SLICE):
             if self._over_budget():
-                self._unparsed = data
+                self._unparsed = data[start:]
                 self.transport.pause_reading()
                 wait = -self._budget / READ_PER_SECOND
                 self._refill = self.loop.call_later(wait, self._refilled)
                 return
-            piece, data = data[:_SLICE], data[_SLICE:]
-            super().data_received(piece)
+            super().data_received(data[start:start + _SLICE] if len(data) > _SLICE else data)
             if self.transport.is_closing():
                 return
 
