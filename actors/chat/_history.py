@@ -10,11 +10,12 @@ appends of many conversations to :meth:`HistoryStore.append_batch` as one transa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -109,25 +110,18 @@ class HistoryStore:
             texts if isinstance(texts, Exception) else None for texts in encoded
         ]
         now = time.time()
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for index, texts in enumerate(encoded):
-                    if isinstance(texts, Exception):
-                        continue
-                    conversation_id = appends[index][0]
-                    db.execute("SAVEPOINT one_append")
-                    try:
-                        _insert(db, conversation_id, texts, now, self._keep)
-                    except sqlite3.Error as exc:
-                        db.execute("ROLLBACK TO one_append")
-                        errors[index] = exc
-                    db.execute("RELEASE one_append")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._transaction() as db:
+            for index, texts in enumerate(encoded):
+                if isinstance(texts, Exception):
+                    continue
+                conversation_id = appends[index][0]
+                db.execute("SAVEPOINT one_append")
+                try:
+                    _insert(db, conversation_id, texts, now, self._keep)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO one_append")
+                    errors[index] = exc
+                db.execute("RELEASE one_append")
         return errors
 
     def retract(self, conversation_id: str, messages: Sequence[Message]) -> bool:
@@ -141,57 +135,35 @@ class HistoryStore:
         texts = [_encoded(message) for message in messages]
         if not texts:
             return True
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(
-                    "SELECT seq, message FROM messages WHERE conversation_id = ?"
-                    " ORDER BY seq DESC LIMIT ?", (conversation_id, len(texts))).fetchall()
-                newest = [text for _, text in reversed(rows)]
-                found = newest == texts
-                if found:
-                    db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?",
-                               (conversation_id, rows[-1][0]))
-                    db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS"
-                               " (SELECT 1 FROM messages WHERE conversation_id = ?)",
-                               (conversation_id, conversation_id))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT seq, message FROM messages WHERE conversation_id = ?"
+                " ORDER BY seq DESC LIMIT ?", (conversation_id, len(texts))).fetchall()
+            found = [text for _, text in reversed(rows)] == texts
+            if found:
+                db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?",
+                           (conversation_id, rows[-1][0]))
+                db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS"
+                           " (SELECT 1 FROM messages WHERE conversation_id = ?)",
+                           (conversation_id, conversation_id))
         return found
 
     def clear(self, conversation_id: str) -> None:
         """Forget the conversation and its messages (nothing happens if it is unknown)."""
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
-                db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     def expire(self, before: float, keep: Collection[str] = ()) -> list[str]:
         """Delete up to :data:`EXPIRE_BATCH` conversations last written before ``before`` (epoch
         seconds), with their messages, except those in ``keep``; returns their ids, oldest
         first. One short transaction: call again while it returns a full batch."""
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(
-                    "SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at"
-                    " LIMIT ?", (before, EXPIRE_BATCH + len(keep))).fetchall()
-                ids = [row[0] for row in rows if row[0] not in keep][:EXPIRE_BATCH]
-                db.executemany("DELETE FROM conversations WHERE id = ?", [(i,) for i in ids])
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at"
+                " LIMIT ?", (before, EXPIRE_BATCH + len(keep))).fetchall()
+            ids = [row[0] for row in rows if row[0] not in keep][:EXPIRE_BATCH]
+            db.executemany("DELETE FROM conversations WHERE id = ?", [(i,) for i in ids])
         return ids
 
     def exists(self, conversation_id: str) -> bool:
@@ -221,6 +193,20 @@ class HistoryStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection in one write transaction, under the lock: committed when the block
+        ends, rolled back if it raises (anything, cancellation too)."""
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
