@@ -180,11 +180,11 @@ class SessionActor(Actor["SessionMessage"]):
             budget = int(window * DEFAULT_BUDGET_SHARE)
         self._fit = HistoryFit(budget_tokens=budget, max_messages=chat.max_history_messages)
         self._messages: list[Message] = []
-        self._sizes: dict[int, tuple[Message, int]] = {}
-        """:func:`message_bytes` of the messages last kept, by ``id`` (see :meth:`_kept`)."""
-        self._bytes = 0
         self._measured: list[Message] | None = None
-        """The list :meth:`_kept` returned last, and ``_bytes``, what its messages hold."""
+        """The list :meth:`_kept` returned last; ``_sizes``, :func:`message_bytes` of each of its
+        messages, and ``_bytes``, their sum."""
+        self._sizes: list[int] = []
+        self._bytes = 0
         self._queue: deque[_Slot] = deque()
         self._active: _Slot | None = None
         self._unfinished: set[_Turn] = set()
@@ -201,46 +201,41 @@ class SessionActor(Actor["SessionMessage"]):
         """The newest of ``messages`` and then ``added`` within ``chat.max_history_messages``
         and ``chat.max_history_bytes``, in whole units.
 
-        Each message is measured once: its size is cached (by identity, holding the message)
-        while a history kept here holds it. ``added`` (whole units) to the list this returned
-        last is not walked through with the history: its oldest units are dropped until both
+        ``added`` (whole units) to the list this returned last is not walked through with the
+        history: each new message is measured once, and the oldest units are dropped until both
         bounds hold, which keeps what :func:`trim_history` keeps (the longest suffix of whole
-        units within them), for the few messages a turn adds and drops.
+        units within them) for the few messages a turn adds and drops.
         """
-        cached = self._sizes
-
-        def size_of(message: Message) -> int:
-            hit = cached.get(id(message))
-            if hit is not None and hit[0] is message:
-                return hit[1]
-            size = message_bytes(message)
-            cached[id(message)] = (message, size)
-            return size
-
         chat = self._chat
         combined = [*messages, *added]
-        if messages is self._measured:
-            held = self._bytes + sum(map(size_of, added))
-            end = len(combined)
-            start = 0
-            while start < end and (end - start > chat.max_history_messages
-                                   or held > chat.max_history_bytes):
-                # The oldest unit: a message and the tool results that answer it.
-                held -= size_of(combined[start])
-                cached.pop(id(combined[start]), None)
-                start += 1
-                while start < end and combined[start].get("role") == "tool":
-                    held -= size_of(combined[start])
-                    cached.pop(id(combined[start]), None)
-                    start += 1
-            kept = combined[start:] if start else combined
-            self._measured, self._bytes = kept, held
+        if messages is not self._measured:  # read from the store: whole units to be found
+            measured: dict[int, int] = {}
+
+            def size_of(message: Message) -> int:
+                size = measured[id(message)] = message_bytes(message)
+                return size
+
+            kept = trim_history(combined, max_messages=chat.max_history_messages,
+                                max_bytes=chat.max_history_bytes, size_of=size_of)
+            self._measured, self._sizes = kept, [measured[id(message)] for message in kept]
+            self._bytes = sum(self._sizes)
             return kept
-        kept = trim_history(combined, max_messages=chat.max_history_messages,
-                            max_bytes=chat.max_history_bytes, size_of=size_of)
-        self._sizes = {id(message): cached[id(message)] for message in kept}
-        self._measured, self._bytes = kept, sum(size for _, size in self._sizes.values())
-        return kept
+        sizes = [*self._sizes, *map(message_bytes, added)]
+        held = self._bytes + sum(sizes[len(messages):])
+        end = len(combined)
+        start = 0
+        while start < end and (end - start > chat.max_history_messages
+                               or held > chat.max_history_bytes):
+            # The oldest unit: a message and the tool results that answer it.
+            held -= sizes[start]
+            start += 1
+            while start < end and combined[start].get("role") == "tool":
+                held -= sizes[start]
+                start += 1
+        if start:
+            combined, sizes = combined[start:], sizes[start:]
+        self._measured, self._sizes, self._bytes = combined, sizes, held
+        return combined
 
     async def receive(self, message: SessionMessage) -> Any:
         match message:
