@@ -369,7 +369,8 @@ class SessionActor(Actor["SessionMessage"]):
             raise HistoryWriteError("the conversation's history could not be cleared") from exc
         # Here, not in _clear_ended: a clear done must be forgotten in memory even if its asker
         # gives up now. The slot is held, so nothing else uses the history in memory meanwhile.
-        self._messages = []
+        # Through _kept: the list it measured last (the cleared messages) goes with it.
+        self._messages = self._kept(())
 
     async def _run_turn(self, turn: _Turn) -> None:
         async with self._held(turn.slot) as stale:
