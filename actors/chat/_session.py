@@ -66,6 +66,7 @@ import anyio.to_thread
 
 from actors.llm import (
     ChatRequest,
+    DeltaSink,
     LLMResponse,
     LLMStreamingError,
     ModelCatalog,
@@ -390,8 +391,8 @@ class SessionActor(Actor["SessionMessage"]):
             turn.pending.append(user)
         try:
             await self._tool_loop(turn, history_now, user)
-        except Exception as exc:
-            if not (turn.answered or _partial_answer(exc)):
+        except Exception:
+            if not turn.answered:
                 await self._withdraw(turn)
             raise
         finally:
@@ -439,8 +440,9 @@ class SessionActor(Actor["SessionMessage"]):
         answers: list[LLMResponse] = []
         hops = 0
         turn_id = uuid.uuid4().hex  # the ledger's key for chat.max_cost_per_turn
+        deltas = _answering(turn)
         while True:
-            response = await self._ask_model(conversation, tools, turn, turn_id)
+            response = await self._ask_model(conversation, tools, turn, turn_id, deltas)
             turn.answered = True
             answers.append(response)
             if not response.tool_calls:
@@ -470,7 +472,8 @@ class SessionActor(Actor["SessionMessage"]):
             conversation.extend(step)
 
     async def _ask_model(
-        self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str
+        self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str,
+        deltas: DeltaSink | None,
     ) -> LLMResponse:
         request = turn.request
         # Not ``ChatRequest.of``, which copies every message through JSON (the whole history,
@@ -484,7 +487,7 @@ class SessionActor(Actor["SessionMessage"]):
             reasoning_effort=turn.message.reasoning_effort,
             turn_id=turn_id,
             turn_cost_limit=self._chat.max_cost_per_turn,
-            deltas=turn.message.deltas,
+            deltas=deltas,
         )
         response: LLMResponse | None = None
         async with self._router.ask_stream(chat_request) as items:
@@ -500,7 +503,6 @@ class SessionActor(Actor["SessionMessage"]):
                 elif isinstance(item, StreamEnd):
                     response = item.response
         if response is None:
-            turn.answered = True  # deltas given to the caller's own sink may have reached it
             raise LLMStreamingError("the model's stream ended without a final answer")
         return response
 
@@ -512,10 +514,19 @@ class SessionActor(Actor["SessionMessage"]):
         )
 
 
-def _partial_answer(error: Exception) -> bool:
-    """Whether ``error`` ended a stream after some of the answer reached the caller (the router
-    says so for deltas it gave the caller's own sink, which the session does not see)."""
-    return isinstance(error, LLMStreamingError) and bool(error.partial_text)
+def _answering(turn: _Turn) -> DeltaSink | None:
+    """The caller's own delta sink, marking ``turn`` answered as a delta passes: the router
+    gives that sink deltas the session never sees, and a turn that failed after some reached
+    the client keeps its user message whatever the error."""
+    sink = turn.message.deltas
+    if sink is None:
+        return None
+
+    async def deliver(delta: TextDelta | ReasoningDelta) -> None:
+        turn.answered = True
+        await sink(delta)
+
+    return deliver
 
 
 def session_actor_name(conversation_id: str) -> str:
