@@ -176,6 +176,9 @@ class _HalfAnswer(Actor[ChatRequest]):
     caller's own sink, as the router does, which then says so in the error's ``partial_text``)
     then an :class:`LLMStreamingError`."""
 
+    def error(self) -> Exception:
+        return LLMStreamingError("the stream broke", partial_text="Half", provider="double")
+
     def __init__(self) -> None:
         self.requests: list[ChatRequest] = []
 
@@ -187,15 +190,24 @@ class _HalfAnswer(Actor[ChatRequest]):
             await message.deltas(TextDelta("Half"))
         else:
             await request.send(TextDelta("Half"))
-        raise LLMStreamingError("the stream broke", partial_text="Half", provider="double")
+        raise self.error()
 
 
-@pytest.mark.parametrize("via_sink", [False, True])
+class _HalfAnswerThenAnotherError(_HalfAnswer):
+    """``Half`` reached the caller, then the router failed with an error that carries no
+    partial text (say, recording what the call cost)."""
+
+    def error(self) -> Exception:
+        return LLMServerError("recording the call failed", provider="double")
+
+
+@pytest.mark.parametrize(("router", "via_sink"), [
+    (_HalfAnswer, False), (_HalfAnswer, True), (_HalfAnswerThenAnotherError, True)])
 async def test_a_failure_after_part_of_the_answer_keeps_the_user_message(
-    tmp_path: Path, via_sink: bool,
+    tmp_path: Path, router: type[_HalfAnswer], via_sink: bool,
 ) -> None:
     root = SupervisorSpec("root", [
-        ChildSpec("router", _HalfAnswer, crash_on=()),
+        ChildSpec("router", router, crash_on=()),
         SupervisorSpec("sessions", [], max_restarts=100, max_seconds=1.0),
     ])
     delivered: list[str] = []
@@ -209,7 +221,7 @@ async def test_a_failure_after_part_of_the_answer_keeps_the_user_message(
                 "c1", router=system.ref("router"), tools=ToolCatalog(system, []),
                 history=history, chat=ChatConfig()), under="sessions")
             events: list[Any] = []
-            with anyio.fail_after(10), pytest.raises(LLMStreamingError):
+            with anyio.fail_after(10), pytest.raises((LLMStreamingError, LLMServerError)):
                 message = RunTurn("tell me", "r1", deltas=sink if via_sink else None)
                 async with session.ask_stream(message) as items:
                     async for event in items:
