@@ -24,9 +24,12 @@ from runtime import Request
 from ._errors import LLMClientError, LLMStreamingError
 from ._messages import DeltaSink, LLMResponse, ReasoningDelta, TextDelta
 from ._response_bounds import StallWatch
+from ._stream_assembly import NoEvent
 from ._wire_decode import StreamAssembly, decode_chunk, malformed_error
 
 __all__ = ["Progress", "Relay", "read_stream"]
+
+_NO_EVENT = object()
 
 
 @dataclass
@@ -192,6 +195,8 @@ async def _read(
 ) -> LLMClientError | None:
     started = progress.started
     add = assembly.add
+    # The loop's last item stays in ``data``: whether the stream held an event costs no delta.
+    data: object = _NO_EVENT
     try:
         with sdk_errors():
             async for data in events:
@@ -214,4 +219,6 @@ async def _read(
         return exc
     except ValueError as exc:  # ours (MalformedResponse), or the SDK's JSON (4301 digits)
         return malformed_error(provider, model, exc, assembly.text)
+    if data is _NO_EVENT:
+        return malformed_error(provider, model, NoEvent())
     return None

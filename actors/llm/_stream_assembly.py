@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     # Annotations only: _wire_decode imports StreamAssembly back from here.
     from ._wire_decode import Chunk, TokenLogprob, ToolCallDelta, WireUsage
 
-__all__ = ["MAX_TOOL_CALLS", "MalformedResponse", "StreamAssembly", "TooManyToolCalls"]
+__all__ = ["MAX_TOOL_CALLS", "MalformedResponse", "NoEvent", "StreamAssembly", "TooManyToolCalls"]
 
 MAX_TOOL_CALLS: Final = 256
 """Tool calls one answer may hold (models make a few, in the tens at most; the chat runs 32 a
@@ -35,6 +35,14 @@ class TooManyToolCalls(MalformedResponse):
 
     def __init__(self) -> None:
         super().__init__(f"more than {MAX_TOOL_CALLS} tool calls")
+
+
+class NoEvent(MalformedResponse):
+    """A stream that ended without a single data event: not SSE (a proxy's page, a text), or
+    only comments. Read as SSE it was an empty successful answer."""
+
+    def __init__(self) -> None:
+        super().__init__("a stream that holds no event")
 
 
 @dataclass

@@ -33,7 +33,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._errors import LLMClientError, LLMServerError, LLMStreamingError
 from ._messages import ToolCall
-from ._stream_assembly import MAX_TOOL_CALLS, MalformedResponse, StreamAssembly, TooManyToolCalls
+from ._stream_assembly import (
+    MAX_TOOL_CALLS,
+    MalformedResponse,
+    NoEvent,
+    StreamAssembly,
+    TooManyToolCalls,
+)
 
 _T = TypeVar("_T")
 # Strict (no "1" for 1, no true for 1), as json.loads gave it: dicts, lists, str, int, float.
@@ -225,7 +231,8 @@ def malformed_error(provider: str, model: str, error: Exception,
     The latter has ``status_code`` 200: the upstream answered (and billed) what we cannot read,
     so the attempt is charged (see :mod:`~actors.llm._attempt_spend`).
     """
-    what = str(error) if isinstance(error, TooManyToolCalls) else type(error).__name__
+    # Our own words for these; another error's text may hold the upstream's.
+    what = str(error) if isinstance(error, TooManyToolCalls | NoEvent) else type(error).__name__
     detail = f"{provider} sent a malformed response ({what})"
     if partial_text:
         return LLMStreamingError(detail, provider=provider, model=model,

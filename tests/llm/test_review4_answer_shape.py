@@ -336,3 +336,34 @@ async def test_a_stream_answered_with_a_json_body_is_an_error_not_an_empty_answe
                     items.append(item)
     assert items == []
     assert (caught.value.message, caught.value.retryable) == (message, True)
+
+
+def typed_answer(content_type: str, data: bytes) -> Any:
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close"
+                     b"\r\nContent-Length: %d\r\n\r\n" % (content_type.encode(), len(data))
+                     + data)
+        await writer.drain()
+
+    return answer
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+@pytest.mark.parametrize(("content_type", "data"), [
+    ("text/html", b"<html><body>502 Bad Gateway</body></html>"),
+    ("text/plain", b"upstream unavailable"),
+    ("text/event-stream", b": OPENROUTER PROCESSING\n\ndata: [DONE]\n\n"),
+], ids=["html", "text", "comments-only"])
+async def test_a_stream_that_holds_no_event_is_a_malformed_answer_not_an_empty_one(
+        transport: str, content_type: str, data: bytes) -> None:
+    # f14cbc2 caught a JSON body only: a proxy's page ended as an empty successful answer.
+    async with scripted_upstream(typed_answer(content_type, data)) as upstream, running(
+            config(upstream.base_url), transport=transport) as (_, ref):
+        items: list[Any] = []
+        with pytest.raises(LLMServerError) as caught:
+            async with ref.ask_stream(call(stream=True), timeout=10) as stream:
+                async for item in stream:
+                    items.append(item)
+    assert items == []
+    assert (caught.value.message, caught.value.status_code, caught.value.retryable) == (
+        "sim sent a malformed response (a stream that holds no event)", 200, True)
