@@ -92,6 +92,11 @@ def map_sdk_errors(
     except _translated() as exc:
         text = partial_text() if partial_text is not None else None
         raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
+    except RuntimeError as exc:
+        if not _closed_by_aiohttp(exc):
+            raise
+        text = partial_text() if partial_text is not None else None
+        raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
 
 
 def error_from_sdk(
@@ -211,7 +216,18 @@ def _from_aiohttp(exc: BaseException) -> bool:
     """Whether ``exc`` is one of aiohttp's errors that the SDK's transport let through raw (a
     response that is not valid HTTP: what httpx2 reports as a ``RemoteProtocolError``)."""
     aiohttp_error = _aiohttp_error()
-    return aiohttp_error is not None and isinstance(exc, aiohttp_error)
+    return (aiohttp_error is not None and isinstance(exc, aiohttp_error)) or (
+        isinstance(exc, RuntimeError) and _closed_by_aiohttp(exc))
+
+
+def _closed_by_aiohttp(exc: RuntimeError) -> bool:
+    """Whether aiohttp's body reader raised ``exc``: a read of a connection aiohttp closed (its
+    parser failed on a chunk that came while no read waited) is a bare ``RuntimeError`` there,
+    told by where it was raised (its message is not ours to match)."""
+    last = exc.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    return last is not None and last.tb_frame.f_globals.get("__name__") == "aiohttp.streams"
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -11,6 +11,7 @@ A scripted upstream of our own on 127.0.0.1 (``tests/llm/raw_upstream.py``) writ
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from actors.llm import (
     ProviderConfig,
     TextDelta,
 )
+from actors.llm._response_bounds import StallWatch
 from tests.llm.raw_upstream import scripted_upstream
 from tests.llm.test_provider import call, running
 
@@ -148,3 +150,91 @@ async def test_an_interim_response_then_silence_ends_at_the_read_timeout(stream:
         elapsed = time.monotonic() - started
     assert caught.value.message == "request to sim timed out"
     assert elapsed < DEADLINE / 2
+
+
+async def test_a_chunk_broken_while_the_consumer_is_busy_is_a_typed_error_with_its_text() -> None:
+    # The bad chunk size comes while no read waits: aiohttp closes the connection, and the next
+    # read raised a bare RuntimeError ('Connection closed.') through the provider.
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        await broken_after(writer, head("text/event-stream")
+                           + framed(b"data: " + chunk("hello") + b"\n\n"))
+
+    delivered: list[str] = []
+
+    async def slow_sink(item: object) -> None:
+        assert isinstance(item, TextDelta)
+        delivered.append(item.text)
+        await anyio.sleep(TIMEOUT * 1.5)  # the bad chunk (0.2 s) comes meanwhile
+
+    async with scripted_upstream(answer) as upstream, running(
+            config(upstream.base_url), transport="aiohttp") as (_, ref):
+        message = ProviderCall(ChatRequest.of([{"role": "user", "content": "hi"}]),
+                               "gpt-4o-mini", 10, stream=True, deltas=slow_sink)
+        with pytest.raises(LLMStreamingError) as caught:
+            await ref.ask(message, timeout=DEADLINE)
+    assert delivered == ["hello"]
+    error = caught.value
+    assert error.message == "stream from sim failed: Connection closed."
+    assert (error.partial_text, error.retryable) == ("hello", False)
+
+
+async def test_the_watch_goes_on_after_finding_the_stream_idle_with_its_consumer() -> None:
+    # The first check (1 s) finds no read waiting (the consumer holds "hello" for 1.5 s); the
+    # bad chunk comes once the reader waits again, and only the watch ends that wait.
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(head("text/event-stream") + framed(b"data: " + chunk("hello") + b"\n\n"))
+        await writer.drain()
+        for _ in range(7):  # comments, never silent for the read timeout, until 2.1 s
+            await anyio.sleep(TIMEOUT * 0.3)
+            writer.write(framed(b": ping\n\n"))
+            await writer.drain()
+        writer.write(b"zz\r\nabc\r\n")
+        await writer.drain()
+        await anyio.sleep(DEADLINE + 10)
+
+    async def slow_sink(item: object) -> None:
+        await anyio.sleep(TIMEOUT * 1.5)
+
+    async with scripted_upstream(answer) as upstream, running(
+            config(upstream.base_url), transport="aiohttp") as (_, ref):
+        message = ProviderCall(ChatRequest.of([{"role": "user", "content": "hi"}]),
+                               "gpt-4o-mini", 10, stream=True, deltas=slow_sink)
+        started = time.monotonic()
+        with pytest.raises(LLMStreamingError) as caught:
+            await ref.ask(message, timeout=DEADLINE)
+        elapsed = time.monotonic() - started
+    assert (caught.value.partial_text, caught.value.retryable) == ("hello", False)
+    assert elapsed < DEADLINE / 2  # a hang lasts until the deadline
+
+
+def watches() -> int:
+    gc.collect()
+    return sum(1 for thing in gc.get_objects() if type(thing) is StallWatch)
+
+
+@pytest.mark.parametrize("leave_early", [False, True], ids=["read-whole", "left-early"])
+async def test_a_stream_that_ended_leaves_no_watch_behind(leave_early: bool) -> None:
+    # A watch's timer left running rearms itself for ever, holding the stream's body.
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(head("text/event-stream") + framed(b"data: " + chunk("hello") + b"\n\n"))
+        await writer.drain()
+        if leave_early:
+            await anyio.sleep(DEADLINE + 10)
+        writer.write(framed(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with scripted_upstream(answer) as upstream, running(
+            config(upstream.base_url), transport="aiohttp") as (_, ref):
+        assert watches() == 0
+        async with ref.ask_stream(call(stream=True), timeout=DEADLINE) as stream:
+            async for item in stream:
+                if leave_early:
+                    assert item == TextDelta("hello")
+                    break
+        left = watches()
+        for _ in range(100):  # the call's task ends shortly after its caller left
+            if not left:
+                break
+            await anyio.sleep(0.05)
+            left = watches()
+        assert left == 0
