@@ -144,43 +144,36 @@ async def read_stream(
         async def push(text: str, reasoning: bool = False) -> None:
             await sink(ReasoningDelta(text) if reasoning else TextDelta(text))
 
-        return await _watched(events, assembly, progress, sdk_errors, provider, model, push,
-                              note, watch)
+        return await _watched(
+            _read(events, assembly, progress, sdk_errors, provider, model, push, note), watch,
+            assembly, provider, model)
     relay = Relay(request)
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(relay.run)
-        failure = await _watched(events, assembly, progress, sdk_errors, provider, model,
-                                 relay.push, note, watch)
+        failure = await _watched(
+            _read(events, assembly, progress, sdk_errors, provider, model, relay.push, note),
+            watch, assembly, provider, model)
         relay.finish()
     return failure
 
 
-async def _watched(
-    events: AsyncIterator[object],
-    assembly: StreamAssembly,
-    progress: Progress,
-    sdk_errors: Callable[[], AbstractContextManager[None]],
-    provider: str,
-    model: str,
-    push: Callable[[str, bool], Awaitable[None]],
-    note: Callable[[str], None] | None,
-    watch: StallWatch | None,
-) -> LLMClientError | None:
-    """:func:`_read` under ``watch`` (one cancel scope per stream), when there is one."""
+async def _watched(reading: Awaitable[LLMClientError | None], watch: StallWatch | None,
+                   assembly: StreamAssembly, provider: str,
+                   model: str) -> LLMClientError | None:
+    """``reading`` (:func:`_read`) awaited under ``watch`` (one cancel scope per stream), when
+    there is one."""
     if watch is None:
-        return await _read(events, assembly, progress, sdk_errors, provider, model, push, note)
+        return await reading
     with anyio.CancelScope() as scope:
         watch.start(scope)
         try:
-            return await _read(events, assembly, progress, sdk_errors, provider, model, push,
-                               note)
+            return await reading
         finally:
             watch.stop()
     # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
-    text = assembly.text
     return LLMStreamingError(
         f"stream from {provider} failed: no bytes for {watch.timeout:g} s (read timeout)",
-        provider=provider, model=model, partial_text=text)
+        provider=provider, model=model, partial_text=assembly.text)
 
 
 async def _read(
