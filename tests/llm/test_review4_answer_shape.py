@@ -367,3 +367,12 @@ async def test_a_stream_that_holds_no_event_is_a_malformed_answer_not_an_empty_o
     assert items == []
     assert (caught.value.message, caught.value.status_code, caught.value.retryable) == (
         "sim sent a malformed response (a stream that holds no event)", 200, True)
+
+
+async def test_an_answer_with_a_choice_and_an_error_key_is_served_as_an_answer() -> None:
+    # Only a body with no choice is an error: a gateway may add an "error" beside an answer.
+    body = {**completion({"content": "hi"}), "error": {"message": "a fallback was used"}}
+    async with scripted_upstream(json_answer(body)) as upstream, running(
+            config(upstream.base_url)) as (_, ref):
+        response: LLMResponse = await ref.ask(call(), timeout=10)
+    assert (response.content, response.finish_reason) == ("hi", "stop")
