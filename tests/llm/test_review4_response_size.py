@@ -141,14 +141,16 @@ async def test_an_endless_body_is_cut_at_the_bound(transport: Transport, chunked
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("stream", [False, True], ids=["ask", "stream"])
 async def test_an_error_status_with_an_endless_body_is_cut_and_not_billed(
-        transport: Transport) -> None:
+        transport: Transport, stream: bool) -> None:
     async def answer(n: int, writer: asyncio.StreamWriter) -> None:
         writer.write(head(500, "application/json", "Transfer-Encoding: chunked"))
         await endless(writer, b'{"error": "' + b"x" * 1000 + b'", ', chunked=True)
 
     async with scripted_upstream(then_good(answer)) as upstream:
-        _, error, after = await failure(upstream.base_url, transport, stream=False)
+        items, error, after = await failure(upstream.base_url, transport, stream=stream)
+    assert items == []
     assert type(error) is LLMServerError
     assert (error.message, error.status_code) == (BOUND, 500)
     assert after.content == "fine"
