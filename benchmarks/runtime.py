@@ -23,7 +23,10 @@ is started, so both paths get it): what a server that tunes its collector at sta
 Without it, CPython's defaults, where the collector's passes cost the streamed runtime ~400 us per
 request here (see that module).
 
-Run: ``.venv/bin/python -m benchmarks.runtime [--gc-tuned]``
+``--uvloop``: both paths on uvloop, the loop ``mcp-backend serve`` runs the runtime on (uvicorn's
+standard extras); without it, asyncio's own loop.
+
+Run: ``.venv/bin/python -m benchmarks.runtime [--gc-tuned] [--uvloop]``
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def _config(base_url: str, db: Path) -> LLMConfig:
     })
 
 
-async def main(gc_tuned: bool = False) -> None:
+async def main(gc_tuned: bool = False, loop: str = "asyncio") -> None:
     rows: list[list[object]] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +177,7 @@ async def main(gc_tuned: bool = False) -> None:
     print(f"simulator subprocess; per cell {WARMUP:g}s warm-up per path, then {ROUNDS} rounds "
           f"of {DURATION:g}s per path in rotated order, medians; "
           f"runtime recorded {summary['total_requests']} requests; garbage collector: "
-          f"{'tuned (runtime.gc_tuning)' if gc_tuned else 'CPython defaults'}")
+          f"{'tuned (runtime.gc_tuning)' if gc_tuned else 'CPython defaults'}; event loop: {loop}")
     print(table(["mode", "concurrency", "path", "req/s", "p50 ms", "p99 ms", "CPU us/req",
                  "vs SDK", "vs SDK by CPU", "rounds' ratios"], rows))
     by_cpu = [float(str(row[8])) for row in rows if row[2] == "runtime"]
@@ -183,4 +186,6 @@ async def main(gc_tuned: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, "--gc-tuned" in sys.argv[1:])
+    _uvloop = "--uvloop" in sys.argv[1:]
+    anyio.run(main, "--gc-tuned" in sys.argv[1:], "uvloop" if _uvloop else "asyncio",
+              backend_options={"use_uvloop": _uvloop})
