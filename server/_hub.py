@@ -97,8 +97,24 @@ class ChatHub:
         self.connections_total = 0
         self._changed = anyio.Event()
 
-    def turn_started(self) -> None:
+    def take_turn(self, most: int | None) -> bool:
+        """Count a turn about to start; ``False`` (nothing counted) when ``most`` run already.
+
+        Checked and counted in one step, with no await between: a turn that counted before it
+        started (its conversation claimed, its ``processing`` envelope sent, each an await) let
+        every socket whose frame came in the same pass of the loop through the bound. Whoever
+        took the slot gives it back exactly once: :meth:`turn_ended` if the turn ran,
+        :meth:`turn_not_started` if it was refused or cancelled before it ran.
+        """
+        if most is not None and self.turns_in_flight >= most:
+            return False
         self.turns_in_flight += 1
+        return True
+
+    def turn_not_started(self) -> None:
+        """Give back a slot taken by :meth:`take_turn` for a turn that never ran."""
+        self.turns_in_flight -= 1
+        self._changed.set()
 
     def turn_ended(self, outcome: str) -> None:
         self.turns_in_flight -= 1

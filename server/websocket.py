@@ -261,22 +261,28 @@ class ChatConnection:
             )
             return
         most = self._limits.max_turns_in_flight
-        if most is not None and self._hub.turns_in_flight >= most:
+        if not self._hub.take_turn(most):
             await self._reject(
                 request_id, f"the server is busy with {most} requests; try again shortly",
                 "overloaded")
             return
-        conversation_id = await self._claim(request_id, frame.payload.conversation_id)
-        if conversation_id is None:
-            return
-        # The socket is on it from now on; only running requests hold a conversation's actor, so
-        # an idle socket (a tab left open) never keeps a new conversation out of a full server.
-        self.conversation_id = conversation_id
-        await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
-        turn = self._turns[request_id] = Turn()
-        self._hub.turn_started()
-        assert self._task_group is not None
-        self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
+        started = False
+        try:
+            conversation_id = await self._claim(request_id, frame.payload.conversation_id)
+            if conversation_id is None:
+                return
+            # The socket is on it from now on; only running requests hold a conversation's
+            # actor, so an idle socket (a tab left open) never keeps a new conversation out of a
+            # full server.
+            self.conversation_id = conversation_id
+            await self._send(protocol.processing(request_id, frame.payload.text, conversation_id))
+            turn = self._turns[request_id] = Turn()
+            assert self._task_group is not None
+            self._task_group.start_soon(self._run_turn, frame, conversation_id, turn)
+            started = True  # from here _run_turn gives the slot back
+        finally:
+            if not started:  # refused, failed or cancelled (the socket closed) before it ran
+                self._hub.turn_not_started()
 
     async def _start_clear(self, frame: ClearHistoryFrame) -> None:
         request_id = frame.request_id
