@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -83,6 +83,27 @@ class HistoryStore:
                     (conversation_id, max(0, limit)),
                 ).fetchall()
         return [json.loads(row[0]) for row in rows]
+
+    def load_newest(
+        self,
+        conversation_id: str,
+        limit: int,
+        select: Callable[[Iterator[Message]], list[Message]],
+    ) -> list[Message]:
+        """What ``select`` keeps of the conversation's newest ``limit`` messages, given to it
+        newest first and read (and decoded) one at a time as it asks for them.
+
+        For a reader that stops early (:func:`~actors.chat._trimming.newest_units`): rows it
+        does not reach are never read into memory. ``select`` runs under the store's lock.
+        """
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT message FROM messages WHERE conversation_id = ? ORDER BY seq DESC"
+                " LIMIT ?", (conversation_id, max(0, limit)))
+            try:
+                return select(json.loads(row[0]) for row in rows)
+            finally:
+                rows.close()
 
     def append(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` to the conversation (created if new), all or none."""

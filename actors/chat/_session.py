@@ -38,7 +38,11 @@ Rules a caller can rely on:
   user message and the completed steps, as does a cancelled turn.
 - **Memory is bounded**: the history kept between turns is the newest whole units within
   ``chat.max_history_messages`` and ``chat.max_history_bytes`` (each message measured once by
-  ``message_bytes``); older messages stay in the store (its own bound, ``max_stored_messages``).
+  ``message_bytes``); older messages stay in the store (its own bound, ``max_stored_messages``),
+  and a new actor reads it back newest first, no further than those bounds. Inside a turn, its
+  tool steps hold at most ``chat.max_history_bytes`` too: past it the oldest steps' results are
+  replaced by a note, in what the model is sent and what is kept (the store keeps them whole);
+  the newest step is always whole (``TurnSteps``).
 - **Tool results are capped** at ``chat.max_tool_result_chars``, with a note telling the model
   what was cut; the capped text is what the model sees and what is stored.
 - **Reasoning** streams as :class:`TurnReasoning` and is never stored as assistant content
@@ -93,7 +97,7 @@ from ._messages import (
     conversation_label,
 )
 from ._tool_steps import run_tool_calls
-from ._trimming import HistoryFit, message_bytes, trim_history
+from ._trimming import HistoryFit, TurnSteps, message_bytes, newest_units, trim_history
 
 __all__ = ["SessionActor", "SessionDeps", "session_actor_name", "session_child_spec"]
 
@@ -193,10 +197,17 @@ class SessionActor(Actor["SessionMessage"]):
     async def on_start(self) -> None:
         if self._new:
             return
-        stored = await anyio.to_thread.run_sync(
-            self._history.load, self.conversation_id, self._chat.max_history_messages
-        )
-        self._messages = self._kept(stored)
+        self._messages = self._kept(await self._read_stored())
+
+    async def _read_stored(self) -> list[Message]:
+        """The newest whole units of the stored history within ``chat.max_history_messages``
+        and ``chat.max_history_bytes``, read newest first: rows past the bound are never read
+        (before, up to max_history_messages rows of any size were read whole, then trimmed)."""
+        chat = self._chat
+        select = functools.partial(newest_units, max_messages=chat.max_history_messages,
+                                   max_bytes=chat.max_history_bytes)
+        return await anyio.to_thread.run_sync(
+            self._history.load_newest, self.conversation_id, chat.max_history_messages, select)
 
     def _kept(self, messages: Sequence[Message], added: Sequence[Message] = ()) -> list[Message]:
         """The newest of ``messages`` and then ``added`` within ``chat.max_history_messages``
@@ -377,9 +388,7 @@ class SessionActor(Actor["SessionMessage"]):
         async with self._held(turn.slot) as stale:
             history = turn.slot.history
             if stale:  # another worker's turn or clear came in between: read the store again
-                stored = await anyio.to_thread.run_sync(
-                    self._history.load, self.conversation_id, self._chat.max_history_messages)
-                history = turn.reloaded = tuple(self._kept(stored))
+                history = turn.reloaded = tuple(self._kept(await self._read_stored()))
                 self._fit.forget()
             await self._turn(turn, history)
 
@@ -441,6 +450,7 @@ class SessionActor(Actor["SessionMessage"]):
         hops = 0
         turn_id = uuid.uuid4().hex  # the ledger's key for chat.max_cost_per_turn
         deltas = _answering(turn)
+        steps = TurnSteps(chat.max_history_bytes)
         while True:
             response = await self._ask_model(conversation, tools, turn, turn_id, deltas)
             turn.answered = True
@@ -470,6 +480,8 @@ class SessionActor(Actor["SessionMessage"]):
             step = [response.message, *results]
             await self._persist(turn, step)  # a whole step: never a call without its result
             conversation.extend(step)
+            # Both lists end with the turn's steps (``completed`` after the user message).
+            steps.add(step, (conversation, turn.completed))
 
     async def _ask_model(
         self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str,

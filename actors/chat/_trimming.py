@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import anyio.to_thread
 
 from actors.llm import count_message_tokens
 
-__all__ = ["HistoryFit", "message_bytes", "trim_history"]
+__all__ = ["HistoryFit", "TurnSteps", "message_bytes", "newest_units", "trim_history"]
 
 Message = dict[str, Any]
 
@@ -124,6 +125,108 @@ def trim_history(
         kept.append(unit)
         count += len(unit)
     return [message for unit in reversed(kept) for message in unit]
+
+
+def newest_units(
+    newest_first: Iterable[Message],
+    *,
+    max_messages: int,
+    max_bytes: int,
+    size_of: Callable[[Message], int] = message_bytes,
+) -> list[Message]:
+    """What :func:`trim_history` keeps of a history within ``max_messages`` and ``max_bytes``,
+    read from its newest message back, and only as far as that needs (oldest first).
+
+    ``newest_first`` is consumed lazily (a store's rows, decoded one at a time): the walk stops
+    at the first whole unit that does not fit, and tool results waiting for their call are
+    held only while they fit (past that only their ids are kept, to tell an incomplete step,
+    which is skipped, from a whole one, which ends the walk). So what it holds is at most
+    ``max_bytes`` and the one message it is measuring.
+    """
+    kept: list[Message] = []  # newest first
+    count = held = 0
+    results: list[Message] = []  # tool results after the unit being read, newest first
+    result_ids: set[Any] = set()
+    results_size = 0
+    for message in newest_first:
+        if message.get("role") == "tool":
+            result_ids.add(message.get("tool_call_id"))
+            if held + results_size <= max_bytes:  # past it the unit cannot fit: hold no more
+                size = size_of(message)
+                results_size += size
+                results.append(message)
+            continue
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if calls:
+            if not result_ids >= {call.get("id") for call in calls}:
+                unit: list[Message] = []  # a step missing a result: skipped, as trim_history
+            else:
+                unit = [*results, message]
+                size = results_size
+        else:
+            unit = [message]  # a result before it was an orphan: skipped, as trim_history
+            size = 0
+        results, result_ids, results_size = [], set(), 0
+        if not unit:
+            continue
+        if count + len(unit) > max_messages:
+            break
+        size += size_of(message)
+        if held + size > max_bytes:
+            break
+        held += size
+        count += len(unit)
+        kept.extend(unit)
+    kept.reverse()
+    return kept
+
+
+class TurnSteps:
+    """The messages a running turn's tool steps add, held within ``max_bytes`` (by
+    :func:`message_bytes`): past it, the oldest steps' results give way to a short note.
+
+    The calls stay (every call keeps a result message, so the request stays valid) and the
+    newest step is always whole: the model asked for those results to go on, and each is cut at
+    ``chat.max_tool_result_chars`` already. A turn then holds at most ``max_bytes`` of steps,
+    plus its newest step and its older steps' call messages (each one model answer). The store
+    keeps every result whole; the notes are what the model sees for the rest of the turn and
+    what the conversation keeps in memory.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._messages: list[Message] = []
+        self._sizes: list[int] = []
+        self._whole: deque[int] = deque()  # older steps' results not dropped yet, oldest first
+
+    def add(self, step: Sequence[Message], tails: Sequence[list[Message]]) -> None:
+        """Count ``step`` (the call message, then its results), then drop the oldest results
+        while the steps hold more than ``max_bytes``, replacing each in every list of
+        ``tails``: lists that end with every step's messages (``step`` appended already)."""
+        count = len(self._messages)
+        for message in step:
+            size = message_bytes(message)
+            self._messages.append(message)
+            self._sizes.append(size)
+            self.held += size
+        steps = len(self._messages)
+        while self.held > self.max_bytes and self._whole:
+            index = self._whole.popleft()
+            dropped = self._messages[index]
+            note = {"role": "tool", "tool_call_id": dropped.get("tool_call_id"), "content": (
+                f"[This result ({len(str(dropped.get('content')))} characters) was dropped from"
+                f" the conversation: this turn's tool steps may hold {self.max_bytes} bytes."
+                " Call the tool again if you still need it.]")}
+            size = message_bytes(note)
+            if size >= self._sizes[index]:
+                continue  # a result shorter than its note stays
+            self._messages[index] = note
+            self.held += size - self._sizes[index]
+            self._sizes[index] = size
+            for tail in tails:
+                tail[len(tail) - steps + index] = note
+        self._whole.extend(range(count + 1, steps))
 
 
 class HistoryFit:

@@ -1,0 +1,187 @@
+"""Review 5: the bytes a conversation holds as its actor starts, and inside a running turn.
+
+Before, a new session actor read the newest ``max_history_messages`` (200) stored rows whole,
+whatever their size, and only then trimmed them to ``chat.max_history_bytes``: 200 rows of 1 MiB
+peaked at 400 MiB traced (each row's text and its decoded message), to keep 4 small messages.
+And the messages a turn's tool steps added were bounded only by the model's context window and
+the hop limit: every step's results (up to 32 of ``max_tool_result_chars``) stayed in the turn,
+and in every later request of it, until the turn ended.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from actors.chat import HistoryStore, TurnComplete, trim_history
+from actors.chat._trimming import message_bytes, newest_units
+from tests.chat.test_session import backend, of_type, turn
+
+MiB = 1 << 20
+
+
+def _contents(messages: Any) -> list[str]:
+    return [str(m["content"]).split(" ")[0] for m in messages]
+
+
+# -- (a) a session's start reads the store newest first, within the byte bound ------------------
+
+
+async def test_a_new_session_reads_stored_rows_newest_first_only_within_max_history_bytes(
+    tmp_path: Path,
+) -> None:
+    big = "x" * MiB
+    async with backend(tmp_path, servers={}) as b:
+        b.history.append("c1", [{"role": "user" if n % 2 == 0 else "assistant",
+                                 "content": f"old{n} {big}"} for n in range(196)])
+        b.history.append("c1", [{"role": "user", "content": "u1 hello"},
+                                {"role": "assistant", "content": "a1 hi"},
+                                {"role": "user", "content": "u2 again"},
+                                {"role": "assistant", "content": "a2 yes"}])
+        del big
+        tracemalloc.start()
+        try:
+            session = await b.session()  # max_history_bytes 512 KiB, max_history_messages 200
+            await turn(session, "next")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert _contents(b.model.requests[-1].messages[1:]) == ["u1", "a1", "u2", "a2", "next"]
+    # One 1 MiB row read (its text and its decoded message) and the walk stops: before, 200 rows
+    # of text and 200 decoded messages (measured: 400 MiB).
+    assert peak < 3 * MiB, peak
+
+
+def _stored_history() -> list[dict[str, Any]]:
+    """Plain turns, whole tool steps, an orphan result (its call cut by max_stored_messages)
+    and a step missing a result (both skipped, as :func:`trim_history` skips them)."""
+
+    def call(call_id: str, text: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function",
+                "function": {"name": "echo", "arguments": json.dumps({"text": text})}}
+
+    def result(call_id: str, text: str) -> dict[str, Any]:
+        return {"role": "tool", "tool_call_id": call_id, "content": text}
+
+    return [
+        result("gone", "orphan " + "o" * 900),
+        {"role": "user", "content": "u1 " + "a" * 3000},
+        {"role": "assistant", "content": "", "tool_calls": [call("c1", "p"), call("c2", "q")]},
+        result("c1", "r1 " + "b" * 2000),
+        result("c2", "r2 " + "c" * 1000),
+        {"role": "assistant", "content": "a1 done"},
+        {"role": "user", "content": "u2 " + "\U0001F600" * 700},
+        {"role": "assistant", "content": "", "tool_calls": [call("c3", "s"), call("c4", "t")]},
+        result("c3", "r3 only one of two"),
+        {"role": "assistant", "content": "a2 " + "d" * 1200},
+        {"role": "user", "content": "u3"},
+        {"role": "assistant", "content": "", "tool_calls": [call("c5", "u")]},
+        result("c5", "r5 " + "e" * 4000),
+        {"role": "assistant", "content": "a3"},
+    ]
+
+
+def test_reading_newest_first_keeps_exactly_what_trimming_the_whole_rows_kept(
+    tmp_path: Path,
+) -> None:
+    history = _stored_history()
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        store.append("c", history)
+        for max_messages in (1, 3, 5, 200):
+            for max_bytes in range(0, 30_000, 250):
+                def select(newest: Any, m: int = max_messages, b: int = max_bytes) -> Any:
+                    return newest_units(newest, max_messages=m, max_bytes=b)
+
+                read = store.load_newest("c", max_messages, select)
+                whole = trim_history(store.load("c", max_messages), max_messages=max_messages,
+                                     max_bytes=max_bytes)
+                assert read == whole, (max_messages, max_bytes)
+                assert sum(map(message_bytes, read)) <= max_bytes
+                assert not read or read[0]["role"] != "tool"
+
+
+def test_the_walk_stops_at_the_first_unit_over_the_bound_without_holding_its_results() -> None:
+    history = _stored_history()
+    seen: list[str] = []
+
+    def newest_first() -> Any:
+        for message in reversed(history):
+            seen.append(str(message["content"])[:2])
+            yield message
+
+    # a3, the c5 step and u3 fit; a2 (1,200 characters) does not: the walk ends there, and
+    # nothing older is read.
+    bound = sum(map(message_bytes, history[-5:])) - 1
+    kept = newest_units(newest_first(), max_messages=200, max_bytes=bound)
+    assert _contents(kept) == ["u3", "", "r5", "a3"]
+    assert seen == ["a3", "r5", "", "u3", "a2"]
+    # The c5 step is over the bound: the walk ends at its call, a3 alone kept.
+    seen.clear()
+    kept = newest_units(newest_first(), max_messages=200,
+                        max_bytes=message_bytes(history[-1]) + 100)
+    assert _contents(kept) == ["a3"]
+    assert seen == ["a3", "r5", ""]
+
+
+# -- (b) a running turn's own tool steps ---------------------------------------------------------
+
+_LONG = "b" * 6000
+_ASK = f'call echo {{"text": "{_LONG}"}} again'
+"""A call of 6,000 characters, and again after every result (until ``max_tool_hops``)."""
+
+
+def _step_bytes(messages: Any) -> int:
+    """The bytes of a request's tool steps (after the system prompt and the user message)."""
+    return sum(message_bytes(m) for m in messages[2:])
+
+
+async def test_a_turns_older_tool_results_give_way_to_a_note_past_max_history_bytes(
+    tmp_path: Path,
+) -> None:
+    async with backend(tmp_path) as b:
+        session = await b.session(max_history_bytes=36_000, max_tool_hops=4)
+        events = await turn(session, _ASK)
+        assert of_type(events, TurnComplete)[0].finish_reason == "max_tool_hops"
+        requests = [list(r.messages) for r in b.model.requests]
+        assert len(requests) == 5
+        call, result = requests[1][2], requests[1][3]
+        assert (message_bytes(call), message_bytes(result)) == (6940, 6341)
+
+        def shape(messages: list[dict[str, Any]]) -> list[str]:
+            return ["call" if m["role"] == "assistant" else
+                    "result" if m["content"] == f"Tool result: {_LONG}" or
+                    m["content"] == _LONG else "note" for m in messages[2:]]
+
+        # A step holds 13,281 bytes and a note 494. Two steps fit; a third (39,843) does not:
+        # the oldest result goes (33,996); a fourth (47,277): the next two go (41,430, 35,583).
+        assert [shape(r) for r in requests] == [
+            [],
+            ["call", "result"],
+            ["call", "result", "call", "result"],
+            ["call", "note", "call", "result", "call", "result"],
+            ["call", "note", "call", "note", "call", "note", "call", "result"],
+        ]
+        assert [_step_bytes(r) for r in requests] == [0, 13281, 26562, 33996, 35583]
+        note = requests[3][3]
+        assert message_bytes(note) == 494
+        assert note == {"role": "tool", "tool_call_id": "call_1", "content": (
+            "[This result (6000 characters) was dropped from the conversation: this turn's"
+            " tool steps may hold 36000 bytes. Call the tool again if you still need it.]")}
+        # The store keeps every result whole.
+        stored = b.history.load("c1")
+        assert [m["content"] for m in stored if m["role"] == "tool"] == [_LONG] * 4
+
+
+async def test_the_newest_step_is_sent_whole_even_alone_over_the_bound(tmp_path: Path) -> None:
+    # One step of two 6,000-character results holds more than the bound: the model must see
+    # the results it asked for (each already cut at max_tool_result_chars); nothing older is
+    # left to drop.
+    two = f'call echo {{"text": "{_LONG}"}} and call echo {{"text": "{_LONG}"}}'
+    async with backend(tmp_path) as b:
+        session = await b.session(max_history_bytes=10_000)
+        events = await turn(session, two)
+        assert of_type(events, TurnComplete)[0].finish_reason == "stop"
+        last = list(b.model.requests[-1].messages)
+    assert [m["content"] for m in last[3:]] == [_LONG, _LONG]
