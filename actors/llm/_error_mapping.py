@@ -4,6 +4,11 @@ Everything that talks to a provider wraps its SDK calls (and the iteration of a 
 :func:`map_sdk_errors`; nothing else catches SDK exceptions. Upstream messages are copied through
 :func:`~actors.llm._errors.redact`, and the SDK exception stays reachable as ``__cause__`` for logs
 (it is not pickled, and its request carries the Authorization header, so it never travels).
+
+An upstream's error is read in one place (:func:`_typed`), whether it came as an error status or
+inside a 2xx answer (a body with no choice, the JSON body answered to a stream request, a stream's
+error event before any output): by its status or numeric ``code``, then its string ``code`` and
+``type``. A 3xx is never followed: it names where the provider's base_url points.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import email.utils
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +50,18 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _TOKEN_LIMIT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _REFUSAL_CODES = frozenset({"content_filter", "content_policy_violation", "moderation"})
 _MODEL_CODES = frozenset({"model_not_found"})
+_AUTH_CODES = frozenset({"invalid_api_key", "authentication_error"})
+_RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
+# The status a string code stands for when an error names no number (in a 200 body, or in a
+# stream's error event): the one OpenAI answers it with.
+_CODE_STATUS = {
+    **dict.fromkeys(_AUTH_CODES, 401),
+    **dict.fromkeys(_QUOTA_CODES | _RATE_LIMIT_CODES, 429),
+    **dict.fromkeys(_TOKEN_LIMIT_CODES | _REFUSAL_CODES, 400),
+    **dict.fromkeys(_MODEL_CODES, 404),
+}
+# Where a 3xx points, in our errors: enough for an operator to fix base_url.
+_MAX_LOCATION = 200
 # An upstream's own words in our errors: enough to say what went wrong (a hostile upstream's
 # megabyte of "message" is not relayed to the client and the logs).
 _MAX_UPSTREAM_MESSAGE = 500
@@ -78,20 +96,26 @@ def map_sdk_errors(
     secrets: Sequence[str] = (),
     *,
     partial_text: Callable[[], str] | None = None,
+    produced: Callable[[], bool] | None = None,
 ) -> Iterator[None]:
     """Translate SDK and transport exceptions raised inside the block into :class:`LLMClientError`.
 
     Pass ``partial_text`` (a callable returning the text delivered so far) around the iteration
-    of a stream: failures there become :class:`LLMStreamingError` carrying that text. Errors that
-    are already ours, cancellation and unrelated exceptions pass through unchanged. Keep only the
-    SDK call (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError`,
-    :class:`UnicodeDecodeError` or :class:`RecursionError` there is taken for upstream garbage.
+    of a stream: failures there become :class:`LLMStreamingError` carrying that text, except an
+    error event before any output, typed as the error status its code names. ``produced`` says
+    whether any output (text, reasoning, a tool call's piece) came (default: whether there is
+    text). Errors that are already ours, cancellation and unrelated exceptions pass through
+    unchanged. Keep only the SDK call (or the stream's iteration) inside the block: a
+    :class:`json.JSONDecodeError`, :class:`UnicodeDecodeError` or :class:`RecursionError` there
+    is taken for upstream garbage.
     """
     try:
         yield
     except _translated() as exc:
         text = partial_text() if partial_text is not None else None
-        raise error_from_sdk(exc, provider, model, secrets, partial_text=text) from exc
+        came = produced() if produced is not None else None
+        raise error_from_sdk(exc, provider, model, secrets, partial_text=text,
+                             produced=came) from exc
     except RuntimeError as exc:
         if not _closed_by_aiohttp(exc):
             raise
@@ -106,8 +130,11 @@ def error_from_sdk(
     secrets: Sequence[str] = (),
     *,
     partial_text: str | None = None,
+    produced: bool | None = None,
 ) -> LLMClientError:
-    """Return the typed error for an openai or httpx2 exception (``partial_text`` set: mid-stream).
+    """Return the typed error for an openai or httpx2 exception (``partial_text`` set: mid-stream;
+    ``produced``: whether the stream gave any output yet, default whether ``partial_text`` is
+    not empty).
 
     An exception we do not recognise becomes a non-retryable :class:`LLMClientError`.
     """
@@ -125,7 +152,8 @@ def error_from_sdk(
     if isinstance(exc, openai.LengthFinishReasonError):
         return LLMTokenLimitError(f"{provider} stopped the answer at max_tokens", **where)
     if partial_text is not None and not isinstance(exc, openai.APIStatusError):
-        return _streaming_error(exc, partial_text, secrets, where)
+        came = bool(partial_text) if produced is None else produced
+        return _streaming_error(exc, partial_text, came, secrets, where)
     if isinstance(exc, openai.APIStatusError):
         return _from_status(exc, secrets, where)
     if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
@@ -145,28 +173,40 @@ def error_from_sdk(
         )
     if isinstance(exc, openai.APIError):
         # A plain APIError is what the SDK raises for an SSE data event carrying "error".
-        return _streaming_error(exc, "", secrets, where)
+        return _streaming_error(exc, "", False, secrets, where)
     return LLMClientError(f"unexpected error from {provider}: {_describe(exc, secrets)}", **where)
 
 
 def error_in_answer(error: object, provider: str, model: str | None,
                     secrets: Sequence[str] = ()) -> LLMClientError:
-    """The typed error for a 2xx body that holds an ``error`` and no choice, read as a status of
-    its ``code``: :class:`LLMRateLimitError` for 429, else :class:`LLMServerError` (retryable;
-    an error status bills nothing). Its message is redacted and cut like a status error's."""
+    """The typed error for a 2xx body that holds an ``error`` and no choice: typed as the error
+    status its ``code`` names (a number, or a string code or ``type`` such as
+    ``insufficient_quota``); with no code we know, a retryable :class:`LLMServerError`. Its
+    message is redacted and cut like a status error's; like an error status, it bills nothing."""
     fields = error if isinstance(error, Mapping) else {}
     message = fields.get("message") if fields else error
     text = redact(message if isinstance(message, str) and message else "no message",
                   secrets)[:_MAX_UPSTREAM_MESSAGE]
+    return _in_body(fields, text, {"provider": provider, "model": model})
+
+
+def _in_body(fields: Mapping[str, Any], message: str, where: dict[str, Any]) -> LLMClientError:
+    """An error an upstream answered inside a 2xx response (a body, a stream's event)."""
     code = fields.get("code")
-    status = code if type(code) is int else int(code) if (
-        isinstance(code, str) and code.isdigit() and len(code) == 3) else None
-    where: dict[str, Any] = {"provider": provider, "model": model}
-    if status == 429:
-        return LLMRateLimitError(f"rate limited by {provider}: {text}", status_code=429, **where)
-    status = status if status is not None and 400 <= status <= 599 else None
-    return LLMServerError(f"{provider} answered with an error: {text}", status_code=status,
-                          **where)
+    return _typed(_status_of(code), code, fields.get("type"), message, where, body=fields,
+                  failed="answered with an error")
+
+
+def _status_of(code: object) -> int | None:
+    """The error status a numeric code names (an int, or a string of three digits), else
+    ``None``."""
+    if isinstance(code, str) and len(code) == 3 and code.isdigit():
+        code = int(code)
+    return code if type(code) is int and 400 <= code <= 599 else None
+
+
+def _word(code: object) -> str:
+    return code.lower() if isinstance(code, str) else ""
 
 
 def _refused(exc: BaseException) -> ResponseRefused | None:
@@ -266,17 +306,42 @@ def _parse_retry_after(headers: Mapping[str, str], now: float | None) -> float |
 def _from_status(
     exc: openai.APIStatusError, secrets: Sequence[str], where: dict[str, Any]
 ) -> LLMClientError:
-    status = exc.status_code
-    code = (exc.code or "").lower()
-    err_type = (exc.type or "").lower() if isinstance(exc.type, str) else ""
-    message = _upstream_message(exc, secrets)
+    if 300 <= exc.status_code < 400:
+        return _redirected(exc.response, secrets, where)
+    return _typed(exc.status_code, exc.code, exc.type, _upstream_message(exc, secrets), where,
+                  body=exc.body, headers=exc.response.headers)
+
+
+def _typed(
+    status: int | None,
+    code: object,
+    err_type: object,
+    message: str,
+    where: dict[str, Any],
+    *,
+    body: object = None,
+    headers: Mapping[str, str] | None = None,
+    failed: str = "failed",
+) -> LLMClientError:
+    """The one reading of an upstream's error, wherever it came (a status, or a 2xx body).
+
+    By ``status``, then by the string ``code`` and ``type``; with no status, the one a string
+    code stands for (:data:`_CODE_STATUS`); none at all: a retryable :class:`LLMServerError`.
+    ``message`` is the upstream's (redacted and cut); ``headers`` give a ``Retry-After``;
+    ``failed`` words a server error.
+    """
+    words = tuple(word for word in (_word(code), _word(err_type)) if word)
+    if status is None:
+        status = next((_CODE_STATUS[word] for word in words if word in _CODE_STATUS), None)
     where = {**where, "status_code": status}
     provider = where["provider"]
+    retry_after = parse_retry_after(headers) if headers is not None else None
 
+    if status is None:
+        return LLMServerError(f"{provider} {failed}: {message}", **where)
     if status == 429:
-        if code in _QUOTA_CODES or err_type in _QUOTA_CODES:
+        if _QUOTA_CODES.intersection(words):
             return LLMQuotaExceededError(f"{provider} quota exhausted: {message}", **where)
-        retry_after = parse_retry_after(exc.response.headers)
         return LLMRateLimitError(
             f"rate limited by {provider}: {message}", retry_after=retry_after, **where
         )
@@ -285,9 +350,9 @@ def _from_status(
     if status == 401:
         return LLMAuthError(f"{provider} rejected the API key: {message}", **where)
     if status == 403:
-        if _is_refusal(exc, code, err_type):
+        if _is_refusal(body, words):
             return ContentRefused(f"{provider} refused the content: {message}", **where)
-        if code in _MODEL_CODES:
+        if _MODEL_CODES.intersection(words):
             # OpenAI's "Project ... does not have access to model ...": one model, not the key
             # (an auth error would crash the provider and refuse the key for every model).
             return LLMModelNotFoundError(
@@ -299,11 +364,11 @@ def _from_status(
             f"model {where['model']!r} not found at {provider}: {message}", **where
         )
     if status in (400, 413, 422):
-        if code in _TOKEN_LIMIT_CODES:
+        if _TOKEN_LIMIT_CODES.intersection(words):
             return LLMTokenLimitError(f"context window exceeded: {message}", **where)
-        if code in _REFUSAL_CODES:
+        if _REFUSAL_CODES.intersection(words):
             return ContentRefused(f"{provider} refused the content: {message}", **where)
-        if code in _MODEL_CODES:
+        if _MODEL_CODES.intersection(words):
             return LLMModelNotFoundError(
                 f"model {where['model']!r} not found at {provider}: {message}", **where
             )
@@ -311,19 +376,49 @@ def _from_status(
     if status == 408:
         return LLMTimeoutError(f"{provider} timed out: {message}", **where)
     if status >= 500:
-        retry_after = parse_retry_after(exc.response.headers)
         suffix = f" (retry after {retry_after:g} s)" if retry_after is not None else ""
-        return LLMServerError(f"{provider} failed: {message}{suffix}", **where)
+        return LLMServerError(f"{provider} {failed}: {message}{suffix}", **where)
     if 400 <= status < 500:
         return LLMBadRequestError(f"{provider} rejected the request: {message}", **where)
     return LLMClientError(f"unexpected HTTP {status} from {provider}: {message}", **where)
 
 
-def _is_refusal(exc: openai.APIStatusError, code: str, err_type: str) -> bool:
+def _redirected(response: httpx2.Response, secrets: Sequence[str],
+                where: dict[str, Any]) -> LLMBadRequestError:
+    """A 3xx, never followed (our key and prompts go to base_url, nowhere else): a bad request
+    (the config's, not retryable) naming where base_url points. Like an error status, it bills
+    nothing."""
+    status = response.status_code
+    provider = where["provider"]
+    target = _location(response, secrets)
+    if target is None:
+        message = (f"{provider}'s base_url answered HTTP {status} with no usable Location (not "
+                   "followed): check base_url")
+    else:
+        message = (f"{provider}'s base_url redirects (HTTP {status}) to {target}: set base_url "
+                   "to the target")
+    return LLMBadRequestError(message, **{**where, "status_code": status})
+
+
+def _location(response: httpx2.Response, secrets: Sequence[str]) -> str | None:
+    """A 3xx's ``Location`` (resolved against the request's URL) as scheme://host/path: no user
+    info, query or fragment (where a key would be), redacted, cut at :data:`_MAX_LOCATION`."""
+    location = response.headers.get("location", "").strip()
+    if not location:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(urllib.parse.urljoin(str(response.request.url), location))
+    except ValueError:  # an IPv6 host without its "]"
+        return None
+    target = redact(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}", secrets)
+    # Percent-encoded: a header's control characters and bytes never reach a log as such.
+    return urllib.parse.quote(target, safe="/:[]%~!$&'()*+,;=")[:_MAX_LOCATION]
+
+
+def _is_refusal(body: object, words: tuple[str, ...]) -> bool:
     # OpenRouter's moderation 403 carries `metadata.reasons` / `flagged_input`; OpenAI uses codes.
-    if code in _REFUSAL_CODES or err_type in _REFUSAL_CODES:
+    if _REFUSAL_CODES.intersection(words):
         return True
-    body = exc.body
     if isinstance(body, Mapping):
         metadata = body.get("metadata")
         if isinstance(metadata, Mapping) and ("reasons" in metadata or "flagged_input" in metadata):
@@ -332,18 +427,24 @@ def _is_refusal(exc: openai.APIStatusError, code: str, err_type: str) -> bool:
 
 
 def _streaming_error(
-    exc: BaseException, partial_text: str, secrets: Sequence[str], where: dict[str, Any]
-) -> LLMStreamingError:
+    exc: BaseException, partial_text: str, produced: bool, secrets: Sequence[str],
+    where: dict[str, Any]
+) -> LLMClientError:
+    """A stream's failure: an error event before any output is typed as the error status its code
+    names (nothing reached the caller: it is a refusal like any other); anything else is an
+    :class:`LLMStreamingError` with the text delivered so far and the event's numeric code."""
+    body = getattr(exc, "body", None)
+    if not produced and type(exc) is openai.APIError:
+        return _in_body(body if isinstance(body, Mapping) else {}, _describe(exc, secrets), where)
     status: int | None = None
     retryable = not partial_text
-    body = getattr(exc, "body", None)
     if isinstance(body, Mapping):
         raw = body.get("code")
-        if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
-            status = int(raw)
+        status = _status_of(raw)
+        if status is not None:
             # An error event with a client-side code would be repeated by any retry.
             retryable = retryable and (status == 429 or status >= 500)
-        elif isinstance(raw, str) and raw.lower() in _TOKEN_LIMIT_CODES | _REFUSAL_CODES:
+        elif _word(raw) in _TOKEN_LIMIT_CODES | _REFUSAL_CODES:
             retryable = False
     return LLMStreamingError(
         f"stream from {where['provider']} failed: {_describe(exc, secrets)}",

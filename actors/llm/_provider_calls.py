@@ -208,8 +208,9 @@ class CallSite:
             try:
                 failure = await read_stream(
                     stream, request, assembly, progress,
-                    lambda: map_sdk_errors(provider, call.model, self.secrets,
-                                           partial_text=lambda: assembly.text),
+                    lambda: map_sdk_errors(
+                        provider, call.model, self.secrets, partial_text=lambda: assembly.text,
+                        produced=lambda: progress.ttft is not None or progress.ttfr is not None),
                     provider, call.model, call.deltas, call.on_output, watch)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):

@@ -299,21 +299,22 @@ async def test_mid_stream_error_event_is_streaming_error_with_partial_text() -> 
     )
 
 
-async def test_error_event_before_first_chunk_is_retryable() -> None:
+async def test_error_event_before_first_chunk_is_typed_by_its_code_and_retryable() -> None:
+    # Before any output an error event is typed as its code's status (tests/llm/
+    # test_review5_upstream_errors.py): a 503 is a server error, retryable.
     event = {"error": {"code": 503, "message": "No endpoints"}}
     error, _ = await stream(
         sse([b": OPENROUTER PROCESSING\n\n", f"data: {json.dumps(event)}\n\n".encode()])
     )
-    assert type(error) is LLMStreamingError
-    assert error.partial_text == ""
-    assert error.retryable is True
+    assert type(error) is LLMServerError
+    assert (error.status_code, error.retryable) == (503, True)
 
 
 async def test_error_event_with_client_code_is_not_retryable_even_before_first_chunk() -> None:
     event = {"error": {"code": 400, "message": "bad"}}
     error, _ = await stream(sse([f"data: {json.dumps(event)}\n\n".encode()]))
-    assert type(error) is LLMStreamingError
-    assert error.retryable is False
+    assert type(error) is LLMBadRequestError
+    assert (error.status_code, error.retryable) == (400, False)
 
 
 @pytest.mark.parametrize(
@@ -384,10 +385,12 @@ def _status_error(status: int) -> openai.APIStatusError:
     return openai.APIStatusError("odd", response=response, body={"message": "odd"})
 
 
-def test_unknown_non_error_status_is_a_generic_error() -> None:
+def test_a_3xx_is_a_bad_request_not_followed() -> None:
+    # It was a bare LLMClientError, charged its prompt (tests/llm/test_review5_upstream_errors.py).
     error = error_from_sdk(_status_error(304), "openai", None)
-    assert type(error) is LLMClientError
-    assert str(error) == "unexpected HTTP 304 from openai: odd (openai)"
+    assert type(error) is LLMBadRequestError
+    assert str(error) == ("openai's base_url answered HTTP 304 with no usable Location (not"
+                          " followed): check base_url (openai)")
 
 
 def test_408_is_a_timeout() -> None:

@@ -31,7 +31,13 @@ from openai.types.chat import (
 from openai.types.chat import chat_completion_chunk as chunk_types
 
 from actors.llm._error_mapping import map_sdk_errors
-from actors.llm._errors import LLMClientError, LLMServerError, LLMStreamingError
+from actors.llm._errors import (
+    LLMBadRequestError,
+    LLMClientError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMStreamingError,
+)
 from actors.llm._messages import ToolCall
 from actors.llm._wire_decode import (
     Choice,
@@ -509,8 +515,9 @@ STREAMS: dict[str, bytes] = {
 
 EXPECTED_ERRORS: dict[str, tuple[type[LLMClientError], str, bool]] = {
     "openrouter_error_after_text": (LLMStreamingError, "partial", False),
-    "openrouter_error_before_text": (LLMStreamingError, "", True),
-    "openrouter_error_client_code": (LLMStreamingError, "", False),
+    # Before any output an error event is typed as its code's status (test_review5_*).
+    "openrouter_error_before_text": (LLMRateLimitError, "", True),
+    "openrouter_error_client_code": (LLMBadRequestError, "", False),
     "garbage_json": (LLMStreamingError, "x", False),
     "garbage_json_first": (LLMStreamingError, "", True),
     "choices_not_list": (LLMStreamingError, "x", False),
