@@ -11,13 +11,15 @@ the connection; a slower connection is closed. A WebSocket's deadline ends with 
 Nor does httptools bound a request's head (its line and headers): uvicorn keeps every header it
 is given, and the URL grows by concatenation. One connection sending headers as fast as loopback
 carries them grew the server by 200 MiB in 0.3 s, before any authentication. Here a head larger
-than :data:`MAX_HEAD_BYTES` is answered 431 and the connection closed.
+than :data:`MAX_HEAD_BYTES` is answered 431 and the connection closed, logged as one line
+(``server.http``) with the client's address and nothing of the head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -33,6 +35,14 @@ _HEAD_TOO_LARGE = (
 )
 
 
+logger = logging.getLogger("server.http")
+
+_UNHEARD = logging.getLogger("server.http.refused")
+"""What uvicorn logs to about a connection whose head was refused: its parser error
+("Invalid HTTP request received.") is ours (:class:`_HeadTooLarge`), logged as a 431."""
+_UNHEARD.disabled = True
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops parsing the request there."""
 
@@ -40,6 +50,8 @@ class _HeadTooLarge(Exception):
 class ReadTimeoutHttpProtocol(HttpToolsProtocol):
     """``httptools`` as uvicorn runs it, closing a connection whose request is not read in time
     or whose head is over :data:`MAX_HEAD_BYTES`."""
+
+    _refused = False
 
     def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,6 +65,17 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         self._handed = 0
         self._spanned = 0
         self._refused = False
+
+    # uvicorn logs a parser error before it calls send_400_response, and a head refused in a
+    # parser callback is one (httptools stops only on an exception): its logger is silenced
+    # once the head is refused, and _head_too_large says what happened.
+    @property
+    def logger(self) -> logging.Logger:
+        return _UNHEARD if self._refused else self._logger
+
+    @logger.setter
+    def logger(self, value: logging.Logger) -> None:
+        self._logger = value
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -127,6 +150,9 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_HEAD_TOO_LARGE)
             self.transport.close()
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "an unknown client"
+            logger.warning("a request head over %d bytes from %s: answered 431 and the connection"
+                           " closed", MAX_HEAD_BYTES, client)
 
     def _too_slow(self) -> None:
         self._read_deadline = None

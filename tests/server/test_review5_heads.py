@@ -1,0 +1,71 @@
+"""Review 5: a request head over the bound is logged as what it is.
+
+Before, a head refused from inside the parser (its URL or headers handed over past 64 KiB) was
+logged by uvicorn as ``WARNING uvicorn.error: Invalid HTTP request received.``, as if the client
+had sent a malformed request, and a head refused between parser callbacks was not logged at all.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server._http_protocol import MAX_HEAD_BYTES
+from tests.server_harness import ServerChild, write_config
+
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain;"
+                  b" charset=utf-8\r\ncontent-length: 23\r\nconnection: close\r\n\r\n"
+                  b"request head too large\n")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerChild]:
+    child = ServerChild(write_config(tmp_path, simulator_url="http://127.0.0.1:9",
+                                     mcp_servers={}))
+    yield child
+    assert child.stop() == 0, child.output
+
+
+def _reply(server: ServerChild, head: bytes) -> bytes:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received
+
+
+def _refusals(server: ServerChild, count: int) -> list[str]:
+    """The server's log lines about refused heads, once ``count`` of them were logged (5 s)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        lines = [line for line in server.lines if "431" in line or "Invalid HTTP" in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("where", ["one header", "many headers", "the url"])
+def test_a_head_over_the_bound_is_logged_once_as_a_431_without_its_contents(
+    server: ServerChild, where: str,
+) -> None:
+    if where == "one header":  # refused between parser callbacks (the reads inside it)
+        head = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Secret: "
+                + b"s" * (MAX_HEAD_BYTES + 4096) + b"\r\n\r\n")
+    elif where == "many headers":  # refused in a parser callback
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+            b"X-Secret-%d: %s\r\n" % (i, b"s" * 1000) for i in range(70)) + b"\r\n"
+    else:
+        head = b"GET /" + b"s" * (MAX_HEAD_BYTES + 4096) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _reply(server, head) == HEAD_TOO_LARGE
+    lines = _refusals(server, 1)
+    assert len(lines) == 1, lines
+    assert re.search(rf"WARNING server\.http: a request head over {MAX_HEAD_BYTES} bytes from"
+                     r" 127\.0\.0\.1:\d+: answered 431 and the connection closed$", lines[0]), lines
+    assert "sss" not in server.output and "Secret" not in server.output
