@@ -27,6 +27,22 @@ this one does instead:
   :data:`RESUME_FLOOR_SECONDS` before each GET, for as long as its call runs. The GET stream
   for messages a server sends unasked is not opened (a client may do without it): we read none
   of them.
+- **How long a call waits.** The read timeout was ``call_timeout + 30 s`` for every request,
+  whatever the call's own timeout (a chat passes ``chat.tool_timeout`` with each call): a tool
+  silent for longer (a JSON answer sends nothing until it is done) failed as a lost connection
+  and the server was restarted. Here a call made inside :func:`call_wait` (``McpSession``'s
+  ``call_tool`` makes each one there) reads with a timeout of its own wait plus
+  :data:`READ_MARGIN_SECONDS`, set on each of its requests (the POST, a resuming GET) as it is
+  sent: the caller's deadline, not the transport's, ends a silent call. Requests outside one
+  (start-up: ``initialize``, ``tools/list``, under ``startup_timeout``) keep
+  ``call_timeout + 30 s``.
+- **Replies and notifications.** The SDK POSTs each of our replies to a server's request, and
+  each notification, inline in its one writer loop: a server that never answered those POSTs
+  held every later message, tool calls included, for the read timeout per reply. Here each is
+  POSTed in a task of its own, given up after :data:`ONE_WAY_SECONDS`, at most
+  :data:`MAX_ONE_WAY_POSTS` at once (the others are dropped, the first of a session logged);
+  only ``notifications/initialized`` stays inline (the server must have it before our next
+  request), bounded the same.
 
 The SDK's transport class does the rest (sessions, protocol-version headers, same-origin
 redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_review4_http.py``
@@ -39,13 +55,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
 import anyio
 import httpx2
 import mcp_types
+from anyio.abc import TaskGroup
 from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
 from pydantic import ValidationError
 
@@ -61,7 +79,16 @@ from ._sdk import (
     create_context_streams,
 )
 
-__all__ = ["EVENT_FRAMING_BYTES", "RESUME_FLOOR_SECONDS", "STREAM_LOST", "HttpTransport"]
+__all__ = [
+    "EVENT_FRAMING_BYTES",
+    "MAX_ONE_WAY_POSTS",
+    "ONE_WAY_SECONDS",
+    "READ_MARGIN_SECONDS",
+    "RESUME_FLOOR_SECONDS",
+    "STREAM_LOST",
+    "HttpTransport",
+    "call_wait",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +99,26 @@ EVENT_FRAMING_BYTES: Final = 1024
 RESUME_FLOOR_SECONDS: Final = 0.5
 #: How long closing a session may wait for the server to acknowledge it (``DELETE``).
 _TERMINATE_SECONDS: Final = 2.0
+#: A request's read timeout beyond its call's wait (and beyond ``call_timeout`` at start-up).
+READ_MARGIN_SECONDS: Final = 30.0
+#: How long the POST of one reply or notification may take (a server answers it ``202`` at once).
+ONE_WAY_SECONDS: Final = 5.0
+#: Replies and notifications being POSTed at most; the others are dropped. As many as a
+#: server's requests we hold unanswered (``MAX_SERVER_REQUESTS``).
+MAX_ONE_WAY_POSTS: Final = 16
+
+_call_wait: ContextVar[float | None] = ContextVar("mcp_http_call_wait", default=None)
+
+
+@contextmanager
+def call_wait(seconds: float) -> Iterator[None]:
+    """Inside: a call that waits ``seconds`` for its answer; its HTTP requests read for up to
+    ``seconds`` + :data:`READ_MARGIN_SECONDS` (the SDK sends them in the caller's context)."""
+    token = _call_wait.set(seconds)
+    try:
+        yield
+    finally:
+        _call_wait.reset(token)
 
 
 _EMPTY_LINE: Final = re.compile(rb"\n\n|\r\r|\n\r")
@@ -101,6 +148,9 @@ class HttpTransport:
         self._url = url
         self._config = config
         self._garbage_seen = False
+        self._tasks: TaskGroup | None = None  # the streams': one-way POSTs run there
+        self._one_way = 0  # one-way POSTs running
+        self._dropped_any = False
         self.fault: str | None = None
         """Why the session cannot go on, when the server broke a limit or forgot the session
         (``None``: it did not)."""
@@ -114,12 +164,13 @@ class HttpTransport:
         :data:`_TERMINATE_SECONDS` at most.
         """
         config = self._config
-        # The read timeout must outlast a tool call: results may arrive on a quiet SSE stream.
-        timeout = httpx2.Timeout(30.0, read=config.call_timeout + 30.0)
+        # Outside a call (start-up); a call's requests read for its own wait (_time).
+        timeout = httpx2.Timeout(30.0, read=config.call_timeout + READ_MARGIN_SECONDS)
         headers = {**config.headers, "Accept-Encoding": "identity"}
         transport = _Transport(self._url, self)
         async with httpx2.AsyncClient(
-            headers=headers, timeout=timeout, event_hooks={"response": [self._bound]}
+            headers=headers, timeout=timeout,
+            event_hooks={"request": [self._time], "response": [self._bound]},
         ) as http:
             read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
             write_stream, write_reader = create_context_streams[SessionMessage](0)
@@ -127,6 +178,7 @@ class HttpTransport:
                 read_writer, read_stream, write_stream, write_reader,
                 anyio.create_task_group() as tg,
             ):
+                self._tasks = tg
                 tg.start_soon(
                     transport.post_writer, http, write_reader, read_writer, write_stream,
                     _no_get_stream, tg,
@@ -137,7 +189,39 @@ class HttpTransport:
                     with anyio.move_on_after(_TERMINATE_SECONDS, shield=True):
                         if transport.session_id:
                             await transport.terminate_session(http)
+                    self._tasks = None  # the one-way POSTs still held end here
                     tg.cancel_scope.cancel()
+
+    async def _time(self, request: httpx2.Request) -> None:
+        """Every request, as it is sent: inside a call, its read timeout is the call's."""
+        wait = _call_wait.get()
+        if wait is not None:
+            timeouts = request.extensions.get("timeout", {})
+            request.extensions["timeout"] = {**timeouts, "read": wait + READ_MARGIN_SECONDS}
+
+    def post_later(self, post: Callable[[Any], Awaitable[None]], ctx: Any) -> None:
+        """``post(ctx)`` (a reply or notification) in a task of its own, given up after
+        :data:`ONE_WAY_SECONDS`; dropped while :data:`MAX_ONE_WAY_POSTS` are running."""
+        if self._tasks is None:
+            return  # not open
+        if self._one_way >= MAX_ONE_WAY_POSTS:
+            if not self._dropped_any:
+                self._dropped_any = True
+                logger.warning(
+                    "MCP server %r holds %d of our replies and notifications unanswered; this"
+                    " session drops the others while it does, without a word",
+                    self._server, MAX_ONE_WAY_POSTS,
+                )
+            return
+        self._one_way += 1
+        self._tasks.start_soon(self._post_one_way, post, ctx)
+
+    async def _post_one_way(self, post: Callable[[Any], Awaitable[None]], ctx: Any) -> None:
+        try:
+            with anyio.move_on_after(ONE_WAY_SECONDS):
+                await post(ctx)
+        finally:
+            self._one_way -= 1
 
     async def _bound(self, response: httpx2.Response) -> None:
         """Every response, as its headers arrive: its body bounded as it is read."""
@@ -239,6 +323,20 @@ class _Transport(StreamableHTTPTransport):
             self.session_id = session_id  # not logged: it names our session to the server
 
     async def _handle_post_request(self, ctx: Any) -> None:
+        # The SDK awaits a request's POST in a task of its own, any other message's in its one
+        # writer loop, which sends nothing else meanwhile.
+        message = ctx.session_message.message
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            await self.post(ctx)
+        elif (isinstance(message, mcp_types.JSONRPCNotification)
+              and message.method == "notifications/initialized"):
+            with anyio.move_on_after(ONE_WAY_SECONDS):
+                await self.post(ctx)
+        else:
+            self._owner.post_later(self.post, ctx)
+
+    async def post(self, ctx: Any) -> None:
+        """POST one message as the SDK does; a failure ends its request only."""
         try:
             await super()._handle_post_request(ctx)
         except (httpx2.HTTPError, _Refused) as exc:

@@ -31,7 +31,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from ._config import McpServerConfig
 from ._errors import McpServerError, McpToolError, McpToolTimeout
-from ._http import STREAM_LOST, HttpTransport
+from ._http import STREAM_LOST, HttpTransport, call_wait
 from ._intake import Intake
 from ._redact import redact_server_text
 from ._sdk import (
@@ -109,7 +109,8 @@ class McpSession:
             raise McpServerError(self.name, "session is closed")
         limit = self._config.call_timeout if timeout is None else timeout
         try:
-            with anyio.fail_after(limit):
+            # Over HTTP each request of the call reads for as long as the call waits.
+            with anyio.fail_after(limit), call_wait(limit):
                 result = await self._client.call_tool(name, arguments)
         except TimeoutError:
             raise McpToolTimeout(self.name, name, limit) from None
