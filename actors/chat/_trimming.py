@@ -195,7 +195,7 @@ class TurnSteps:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.held = 0
+        self._held = 0
         self._messages: list[Message] = []
         self._sizes: list[int] = []
         self._whole: deque[int] = deque()  # older steps' results not dropped yet, oldest first
@@ -209,9 +209,9 @@ class TurnSteps:
             size = message_bytes(message)
             self._messages.append(message)
             self._sizes.append(size)
-            self.held += size
+            self._held += size
         steps = len(self._messages)
-        while self.held > self.max_bytes and self._whole:
+        while self._held > self.max_bytes and self._whole:
             index = self._whole.popleft()
             dropped = self._messages[index]
             note = {"role": "tool", "tool_call_id": dropped.get("tool_call_id"), "content": (
@@ -222,7 +222,7 @@ class TurnSteps:
             if size >= self._sizes[index]:
                 continue  # a result shorter than its note stays
             self._messages[index] = note
-            self.held += size - self._sizes[index]
+            self._held += size - self._sizes[index]
             self._sizes[index] = size
             for tail in tails:
                 tail[len(tail) - steps + index] = note
