@@ -185,3 +185,56 @@ async def test_the_newest_step_is_sent_whole_even_alone_over_the_bound(tmp_path:
         assert of_type(events, TurnComplete)[0].finish_reason == "stop"
         last = list(b.model.requests[-1].messages)
     assert [m["content"] for m in last[3:]] == [_LONG, _LONG]
+
+
+def test_a_steps_results_past_the_bound_are_read_one_at_a_time_not_held(tmp_path: Path) -> None:
+    # A step of 24 results of 1 MiB under two small messages: the walk reads every result (it
+    # must reach the call to know the step is whole) but holds only those within the bound, so
+    # what it holds is one result, the message before and the row it is decoding (measured:
+    # 4.0 MiB), not the step (25 MiB when every result was held).
+    big = "r" * MiB
+    calls = [{"id": f"c{n}", "type": "function",
+              "function": {"name": "echo", "arguments": "{}"}} for n in range(24)]
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        store.append("c", [{"role": "user", "content": "u1"},
+                           {"role": "assistant", "content": "", "tool_calls": calls},
+                           *({"role": "tool", "tool_call_id": f"c{n}", "content": big}
+                             for n in range(24)),
+                           {"role": "assistant", "content": "a1"},
+                           {"role": "user", "content": "u2"},
+                           {"role": "assistant", "content": "a2"}])
+        del big
+
+        def select(newest: Any) -> Any:
+            return newest_units(newest, max_messages=200, max_bytes=512 * 1024)
+
+        tracemalloc.start()
+        try:
+            read = store.load_newest("c", 200, select)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert _contents(read) == ["a1", "u2", "a2"]
+    assert peak < 6 * MiB, peak
+
+
+async def test_the_next_turn_carries_the_notes_its_conversation_kept(tmp_path: Path) -> None:
+    # The notes replace the results in what the conversation keeps too (the store keeps them
+    # whole): the next turn's history is what the model saw at the turn's end, trimmed to
+    # max_history_bytes, not the dropped results coming back.
+    async with backend(tmp_path) as b:
+        session = await b.session(max_history_bytes=36_000, max_tool_hops=4)
+        await turn(session, _ASK)
+        await turn(session, "thanks", request_id="r2")
+        last = list(b.model.requests[-1].messages)
+
+    def label(message: dict[str, Any]) -> str:
+        if message["role"] == "assistant":
+            return "call" if message.get("tool_calls") else "answer"
+        if message["role"] == "tool":
+            return "result" if _LONG in message["content"] else "note"
+        return str(message["role"])
+
+    assert [label(m) for m in last] == [
+        "system", "call", "note", "call", "note", "call", "result", "answer", "user"]
+    assert sum(message_bytes(m) for m in last[1:-1]) <= 36_000

@@ -69,3 +69,46 @@ def test_a_head_over_the_bound_is_logged_once_as_a_431_without_its_contents(
     assert re.search(rf"WARNING server\.http: a request head over {MAX_HEAD_BYTES} bytes from"
                      r" 127\.0\.0\.1:\d+: answered 431 and the connection closed$", lines[0]), lines
     assert "sss" not in server.output and "Secret" not in server.output
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response read from a keep-alive connection (its head and content-length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)):
+        chunk = sock.recv(4096)
+        assert chunk, received
+        body += chunk
+    return head
+
+
+def test_uvicorns_own_warnings_stay_for_other_connections_and_kept_alive_ones(
+    server: ServerChild,
+) -> None:
+    # uvicorn's logger is set aside only on the connection whose head was refused: a malformed
+    # request on another connection, and one after a normal request on a kept-alive connection,
+    # are still answered 400 and logged by uvicorn.
+    head = b"GET /" + b"s" * (MAX_HEAD_BYTES + 4096) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _reply(server, head) == HEAD_TOO_LARGE
+    assert _reply(server, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ")
+    lines = _refusals(server, 3)
+    assert len(lines) == 3, lines
+    assert re.search(r"WARNING server\.http: a request head over \d+ bytes from 127\.0\.0\.1:\d+:"
+                     r" answered 431 and the connection closed$", lines[0]), lines
+    assert all(line.endswith("WARNING uvicorn.error: Invalid HTTP request received.")
+               for line in lines[1:]), lines
