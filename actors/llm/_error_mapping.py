@@ -103,11 +103,11 @@ def map_sdk_errors(
     Pass ``partial_text`` (a callable returning the text delivered so far) around the iteration
     of a stream: failures there become :class:`LLMStreamingError` carrying that text, except an
     error event before any output, typed as the error status its code names. ``produced`` says
-    whether any output (text, reasoning, a tool call's piece) came (default: whether there is
-    text). Errors that are already ours, cancellation and unrelated exceptions pass through
-    unchanged. Keep only the SDK call (or the stream's iteration) inside the block: a
-    :class:`json.JSONDecodeError`, :class:`UnicodeDecodeError` or :class:`RecursionError` there
-    is taken for upstream garbage.
+    whether any output came (anything the upstream bills: text, reasoning, a tool call's piece,
+    a refusal, a usage report...; default: whether there is text). Errors that are already
+    ours, cancellation and unrelated exceptions pass through unchanged. Keep only the SDK call
+    (or the stream's iteration) inside the block: a :class:`json.JSONDecodeError`,
+    :class:`UnicodeDecodeError` or :class:`RecursionError` there is taken for upstream garbage.
     """
     try:
         yield
@@ -198,9 +198,11 @@ def _in_body(fields: Mapping[str, Any], message: str, where: dict[str, Any]) -> 
 
 
 def _status_of(code: object) -> int | None:
-    """The error status a numeric code names (an int, or a string of three digits), else
+    """The error status a numeric code names (an int, or a string of three ASCII digits), else
     ``None``."""
-    if isinstance(code, str) and len(code) == 3 and code.isdigit():
+    # ASCII: str.isdigit() also takes "²²²" (which int() refuses: a ValueError escaped untyped)
+    # and other scripts' digits (which int() reads: "٤٠١" was a 401).
+    if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
         code = int(code)
     return code if type(code) is int and 400 <= code <= 599 else None
 

@@ -48,6 +48,18 @@ logger = logging.getLogger("actors.llm._provider")
 _MAX_REFUSED = 3
 
 
+def _produced(assembly: StreamAssembly, progress: Progress) -> bool:
+    """Whether a stream gave any output yet: an error event after it is a stream's failure,
+    charged its prompt (the upstream worked, and billed), not an error status charged nothing.
+
+    Output is anything the upstream bills, delivered to the caller or not: text, reasoning or a
+    tool call's piece (timed in ``progress``), a refusal, reasoning details (encrypted reasoning
+    comes only there), log probabilities, or a usage report.
+    """
+    return (progress.ttft is not None or progress.ttfr is not None or assembly.usage is not None
+            or bool(assembly.refusal or assembly.reasoning_details or assembly.logprobs))
+
+
 @dataclass(frozen=True, slots=True)
 class CallSite:
     """What a call's child task needs of its provider (see the module docstring)."""
@@ -210,7 +222,7 @@ class CallSite:
                     stream, request, assembly, progress,
                     lambda: map_sdk_errors(
                         provider, call.model, self.secrets, partial_text=lambda: assembly.text,
-                        produced=lambda: progress.ttft is not None or progress.ttfr is not None),
+                        produced=lambda: _produced(assembly, progress)),
                     provider, call.model, call.deltas, call.on_output, watch)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):

@@ -35,10 +35,12 @@ from actors.llm import (
     LLMStreamingError,
     LLMTokenLimitError,
     build_catalog,
+    count_message_tokens,
     open_runtime,
 )
 from actors.llm._http_pool import Transport
 from actors.llm._provider import _AuthRejected
+from actors.llm._tokens import count_text_tokens
 from tests.llm.raw_upstream import Answer, scripted_upstream
 from tests.llm.test_attempt_spend import HELLO, settled
 from tests.llm.test_provider import TRANSPORTS, call, restarted, running
@@ -80,10 +82,16 @@ CASES: list[tuple[Any, type[LLMClientError], int | None, str, bool]] = [
      "sim answered with an error: Provider returned error", True),
     ({"code": "something_new", "message": "odd"}, LLMServerError, None,
      "sim answered with an error: odd", True),
+    # Three characters str.isdigit() takes for digits, int() does not read (it raised
+    # ValueError: an untyped error out of the provider, or a malformed answer in a stream).
+    ({"code": "\u00b2\u00b2\u00b2", "message": "odd"}, LLMServerError, None,
+     "sim answered with an error: odd", True),
+    ({"code": "\u0664\u0660\u0661", "message": "odd"}, LLMServerError, None,
+     "sim answered with an error: odd", True),
 ]
 IDS = ["401", "invalid_api_key", "402", "insufficient_quota", "context_length_exceeded",
        "400-string", "404", "403-moderation", "429", "rate_limit_exceeded", "502", "no-code",
-       "unknown-code"]
+       "unknown-code", "superscript-digits", "arabic-indic-digits"]
 
 
 def status_answer(status: int, body: dict[str, Any]) -> Answer:
@@ -332,11 +340,16 @@ async def test_a_redirect_is_a_bad_request_naming_its_target_and_charges_nothing
     (302, "https://user:pw@example.com/" + "a" * 400,
      "sim's base_url redirects (HTTP 302) to " + ("https://example.com/" + "a" * 400)[:200]
      + ": set base_url to the target"),
+    # A key in a path segment is redacted; control characters and non-ASCII are escaped.
+    (302, "https://h.example/sk-secret0123456789abcdef/\x1b[31m\u202e",
+     "sim's base_url redirects (HTTP 302) to https://h.example/[REDACTED]/%1B[31m%E2%80%AE:"
+     " set base_url to the target"),
     (307, None, "sim's base_url answered HTTP 307 with no usable Location (not followed):"
      " check base_url"),
     (301, "http://[::1/x", "sim's base_url answered HTTP 301 with no usable Location (not"
      " followed): check base_url"),
-], ids=["relative", "user-info-and-long", "no-location", "unreadable-location"])
+], ids=["relative", "user-info-and-long", "key-in-path-and-controls", "no-location",
+        "unreadable-location"])
 async def test_a_redirects_target_is_resolved_and_cut(status: int, location: str | None,
                                                       message: str) -> None:
     async with scripted_upstream(redirect_answer(status, location)) as upstream, running(
@@ -349,6 +362,24 @@ async def test_a_redirects_target_is_resolved_and_cut(status: int, location: str
                                                                 status)
     assert "pw" not in str(caught.value)
     assert len(upstream.heads) == 1
+
+
+async def test_a_redirect_to_a_path_holding_our_key_does_not_show_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Our key, not shaped like one (no "sk-"): only the provider's secrets can redact it.
+    key = "k3y-0123456789abcdefXYZ"
+    monkeypatch.setenv("REVIEW5_TEST_KEY", key)
+    async with scripted_upstream(redirect_answer(
+            302, f"https://h.example/{key}/chat?k={key}")) as upstream:
+        provider = config(upstream.base_url).model_copy(
+            update={"requires_api_key": True, "api_key_env": "REVIEW5_TEST_KEY"})
+        async with running(provider) as (_, ref):
+            with pytest.raises(LLMClientError) as caught:
+                await ref.ask(call(), timeout=10)
+    assert type(caught.value) is LLMBadRequestError
+    assert caught.value.message == ("sim's base_url redirects (HTTP 302) to https://h.example/"
+                                    "[REDACTED]/chat: set base_url to the target")
+    assert key not in str(caught.value) + repr(caught.value)
 
 
 @pytest.mark.parametrize("way", ["answer", "stream-json", "stream-event"])
@@ -374,3 +405,50 @@ async def test_an_error_in_a_200_body_charges_nothing(
         snapshot = await settled(rt)
     assert type(caught.value) is kind
     assert (snapshot.settled, snapshot.reserved) == (0.0, 0.0)
+
+
+# -- what counts as output before an error event (review of the change above) ----------------
+
+
+def delta_chunk(delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None, **extra}]}
+
+
+@pytest.mark.parametrize(("before", "streamed"), [
+    (delta_chunk({"reasoning": "Let me think"}), "Let me think"),
+    (delta_chunk({"refusal": "I can't help with that"}), ""),
+    (delta_chunk({"reasoning_details": [{"type": "reasoning.encrypted", "data": "gAAAA"}]}),
+     ""),
+    (delta_chunk({"content": ""}, logprobs={"content": [
+        {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]}), ""),
+    ({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [],
+      "usage": {"prompt_tokens": 9, "completion_tokens": 40, "total_tokens": 49}}, ""),
+], ids=["reasoning", "refusal", "reasoning-details", "logprobs", "usage"])
+async def test_an_error_event_after_output_that_is_not_text_is_charged_its_prompt(
+        before: dict[str, Any], streamed: str, tmp_path: Path) -> None:
+    # Output that is not text (reasoning; and, not streamed to the caller, a refusal, encrypted
+    # reasoning, log probabilities, a usage report) says the upstream worked, and billed: its
+    # error is a stream's failure, charged its prompt and what streamed. The change took all but
+    # reasoning for "no output" and released them ($0).
+    answer = sse_answer(before, {"error": {"code": 402, "message": "Insufficient credits"}})
+    async with scripted_upstream(answer) as upstream, one_provider(
+            upstream.base_url, tmp_path, "aiohttp") as rt:
+        with anyio.fail_after(10), pytest.raises(LLMClientError) as caught:
+            async with rt.stream(HELLO) as items:
+                async for _ in items:
+                    pass
+        snapshot = await settled(rt)
+        prompt = build_catalog(rt.config).cost_of(
+            MODEL, count_message_tokens(HELLO, MODEL),
+            count_text_tokens(streamed, MODEL) if streamed else 0)
+    failed = "stream from sim failed: Insufficient credits"
+    # What reached the caller cannot fall back: the router says so, around the provider's error.
+    expected = (f"the stream from sim failed after the first chunk: {failed} (sim:{MODEL})",
+                None, streamed) if streamed else (failed, 402, "")
+    assert type(caught.value) is LLMStreamingError
+    assert (caught.value.message, caught.value.status_code, caught.value.partial_text
+            ) == expected
+    assert prompt is not None and prompt > 0
+    assert snapshot.settled == pytest.approx(prompt, rel=1e-12)
+    assert snapshot.reserved == 0.0
