@@ -6,7 +6,9 @@ Releasing such a reservation would let repeated cancels spend past ``daily_cost_
 ledger showing $0. So an attempt that was sent and then failed in flight (cancelled, timed out,
 connection lost, stream broken) is settled at its prompt cost plus everything it streamed (text,
 reasoning, tool-call pieces), priced by the ledger; only what never left (refused by our limiter or
-breaker, or answered by an upstream error status, which bills nothing) is released.
+breaker, or answered by an upstream error status, which bills nothing) is released. An error the
+upstream answered inside a 2xx response (a body holding ``error``, a stream's error event) came
+after it took the request: charged its prompt, as the upstream may bill it.
 A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
 that failed after, and erring that way keeps the limit.
 
@@ -51,6 +53,8 @@ def billed_in_flight(error: BaseException | None) -> bool:
     if error is None or isinstance(error, (LLMTimeoutError, LLMConnectionError,
                                            LLMStreamingError)) or _answered(error):
         return True
+    if isinstance(error, LLMClientError) and error.accepted:
+        return True  # an error the upstream answered inside a 2xx response, after taking it
     # The bare base class is what an answer we could not read becomes: it was produced (billed).
     return type(error) is LLMClientError or not isinstance(error, LLMClientError)
 

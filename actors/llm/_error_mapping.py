@@ -182,7 +182,8 @@ def error_in_answer(error: object, provider: str, model: str | None,
     """The typed error for a 2xx body that holds an ``error`` and no choice: typed as the error
     status its ``code`` names (a number, or a string code or ``type`` such as
     ``insufficient_quota``); with no code we know, a retryable :class:`LLMServerError`. Its
-    message is redacted and cut like a status error's; like an error status, it bills nothing."""
+    message is redacted and cut like a status error's. Unlike an error status, it is charged its
+    prompt (``accepted``: the upstream took the request before it failed)."""
     fields = error if isinstance(error, Mapping) else {}
     message = fields.get("message") if fields else error
     text = redact(message if isinstance(message, str) and message else "no message",
@@ -191,10 +192,11 @@ def error_in_answer(error: object, provider: str, model: str | None,
 
 
 def _in_body(fields: Mapping[str, Any], message: str, where: dict[str, Any]) -> LLMClientError:
-    """An error an upstream answered inside a 2xx response (a body, a stream's event)."""
+    """An error an upstream answered inside a 2xx response (a body, a stream's event): typed as
+    its status would be, and ``accepted`` (the upstream took the request: charged its prompt)."""
     code = fields.get("code")
-    return _typed(_status_of(code), code, fields.get("type"), message, where, body=fields,
-                  failed="answered with an error")
+    return _typed(_status_of(code), code, fields.get("type"), message,
+                  {**where, "accepted": True}, body=fields, failed="answered with an error")
 
 
 def _status_of(code: object) -> int | None:

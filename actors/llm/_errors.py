@@ -123,12 +123,16 @@ class LLMClientError(Exception):
     ``error_type`` is its name on the wire (the module docstring lists them); ``retryable`` says
     whether the same request may succeed if sent again; ``provider_specific`` whether the cause
     is tied to this provider (so another provider may succeed even when ``retryable`` is false);
-    ``retry_after`` how many seconds to wait before trying this provider again, when known.
+    ``retry_after`` how many seconds to wait before trying this provider again, when known;
+    ``accepted`` whether the upstream took the request and answered this error inside a 2xx
+    response (a body, a stream's error event): such a request may have been billed its prompt
+    (OpenRouter documents it for errors after processing began), so its attempt is charged it.
     """
 
     error_type: ClassVar[str] = "client"
     retryable: bool = False
     provider_specific: bool = False
+    accepted: bool = False
 
     def __init__(
         self,
@@ -140,6 +144,7 @@ class LLMClientError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
         provider_specific: bool | None = None,
+        accepted: bool = False,
     ) -> None:
         # Key-shaped text is scrubbed even from messages built by our own code.
         message = redact(message)
@@ -153,6 +158,8 @@ class LLMClientError(Exception):
             self.retryable = retryable
         if provider_specific is not None:
             self.provider_specific = provider_specific
+        if accepted:
+            self.accepted = True
 
     def _extra(self) -> dict[str, Any]:
         """Subclass-specific keyword arguments, for pickling and repr."""
@@ -169,6 +176,8 @@ class LLMClientError(Exception):
             kwargs["retryable"] = self.retryable
         if self.provider_specific is not type(self).provider_specific:
             kwargs["provider_specific"] = self.provider_specific
+        if self.accepted:
+            kwargs["accepted"] = True
         kwargs.update(self._extra())
         return kwargs
 

@@ -375,7 +375,8 @@ class ProviderActor(Actor[ProviderCall]):
             state.health.restarting = True
             logger.warning("%s rejected its API key: restarting to re-read it", self.name)
             raise _AuthRejected(error.message, provider=self.name, model=call.model,
-                                status_code=error.status_code) from error
+                                status_code=error.status_code,
+                                accepted=error.accepted) from error
         if error is not None:
             raise error
         return response  # an ask's answer (a stream's was its StreamEnd)

@@ -49,8 +49,9 @@ _MAX_REFUSED = 3
 
 
 def _produced(assembly: StreamAssembly, progress: Progress) -> bool:
-    """Whether a stream gave any output yet: an error event after it is a stream's failure,
-    charged its prompt (the upstream worked, and billed), not an error status charged nothing.
+    """Whether a stream gave any output yet: an error event after it is a stream's failure
+    (charged its prompt and what streamed, not retried), before it an error typed as its status
+    would be (charged its prompt: ``accepted``).
 
     Output is anything the upstream bills, delivered to the caller or not: text, reasoning or a
     tool call's piece (timed in ``progress``), a refusal, reasoning details (encrypted reasoning

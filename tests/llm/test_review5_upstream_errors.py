@@ -243,7 +243,8 @@ async def two_providers(primary: str, backup: str, tmp_path: Path) -> AsyncItera
 async def routed(answer: Answer, tmp_path: Path) -> tuple[Any, ...]:
     """What the router made of the primary's ``answer`` (the backup answers well): the answer's
     provider and attempts' error types, or the error's type; the backup's requests; the spend
-    (in backup answers: 5 prompt tokens, 1 completion token) and what stays reserved."""
+    (in backup answers: 5 prompt tokens, 1 completion token; the primary's prompt alone is
+    :func:`prompt_in_answers` of them) and what stays reserved."""
     async with scripted_upstream(answer) as primary, scripted_upstream(
             json_answer(GOOD)) as backup, two_providers(
             primary.base_url, backup.base_url, tmp_path) as rt:
@@ -260,6 +261,17 @@ async def routed(answer: Answer, tmp_path: Path) -> tuple[Any, ...]:
                 snapshot.reserved)
 
 
+def prompt_in_answers() -> float:
+    """The cost of HELLO's prompt alone, in backup answers (:func:`routed`'s unit)."""
+    catalog = build_catalog(LLMConfig.model_validate({"providers": {"p": {
+        "kind": "openai-compatible", "base_url": "http://127.0.0.1:9", "model": MODEL,
+        "requires_api_key": False}}}))
+    prompt = catalog.cost_of(MODEL, count_message_tokens(HELLO, MODEL), 0)
+    answer = catalog.cost_of(MODEL, 5, 1)
+    assert prompt is not None and answer is not None and prompt > 0
+    return prompt / answer
+
+
 @pytest.mark.parametrize(("status", "error", "expected"), [
     (402, {"code": 402, "message": "Insufficient credits"},
      ("backup", ["LLMQuotaExceededError", None], 1)),
@@ -274,9 +286,12 @@ async def test_the_router_does_with_an_error_in_a_200_body_what_it_does_with_its
     # next provider (which would refuse it too) and a 402 was reported as a server failure.
     real = await routed(status_answer(status, {"error": error}), tmp_path / "real")
     in_body = await routed(json_answer({"error": error}), tmp_path / "body")
-    assert real == in_body
-    # An error status bills nothing: only the backup's answer is charged.
-    assert in_body == (*expected, float(expected[-1]), 0.0)
+    # The same outcome. An error status bills nothing: only the backup's answer is charged. An
+    # error in a 200 body came after the upstream took the request: its prompt is charged too.
+    assert real == (*expected, float(expected[-1]), 0.0)
+    assert in_body[:-2] == real[:-2]
+    assert in_body[-2] == pytest.approx(expected[-1] + prompt_in_answers(), rel=1e-6)
+    assert in_body[-1] == 0.0
 
 
 # -- redirects -------------------------------------------------------------------------------
@@ -387,10 +402,10 @@ async def test_a_redirect_to_a_path_holding_our_key_does_not_show_it(
     ({"code": 402, "message": "Insufficient credits"}, LLMQuotaExceededError),
     ({"message": "Provider returned error"}, LLMServerError),
 ], ids=["402", "no-code"])
-async def test_an_error_in_a_200_body_charges_nothing(
+async def test_an_error_in_a_200_body_is_charged_its_prompt(
         way: str, error: dict[str, Any], kind: type[LLMClientError], tmp_path: Path) -> None:
-    # As an error status: the upstream said it produced nothing. Before, the error event (before
-    # any output) was a stream's failure, charged its prompt.
+    # Unlike an error status: the upstream took the request before it failed, and may bill its
+    # prompt (OpenRouter says so of errors after processing began). A limit must count it.
     answer = (sse_answer(": OPENROUTER PROCESSING\n\n", {"error": error})
               if way == "stream-event" else json_answer({"error": error}))
     async with scripted_upstream(answer) as upstream, one_provider(
@@ -403,8 +418,12 @@ async def test_an_error_in_a_200_body_charges_nothing(
                     async for _ in items:
                         pass
         snapshot = await settled(rt)
+        prompt = build_catalog(rt.config).cost_of(MODEL, count_message_tokens(HELLO, MODEL), 0)
     assert type(caught.value) is kind
-    assert (snapshot.settled, snapshot.reserved) == (0.0, 0.0)
+    assert caught.value.accepted is True
+    assert prompt is not None and prompt > 0
+    assert snapshot.settled == pytest.approx(prompt, rel=1e-12)
+    assert snapshot.reserved == 0.0
 
 
 # -- what counts as output before an error event (review of the change above) ----------------
