@@ -11,6 +11,7 @@ process's own "listening on" line, so there is no race for a "free" port. Every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -59,6 +60,9 @@ class _Child:
             text=True,
             env=dict(env) if env is not None else None,
             cwd=cwd or ROOT,
+            # Its own process group: what it starts (a simulator, MCP servers) goes with it when
+            # it is killed (see kill).
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -104,14 +108,19 @@ class _Child:
         return self.process.returncode
 
     def kill(self) -> None:
+        """Kill the child and every process it started: a child killed without its own children
+        leaves them holding its output pipe open, and the reader (and a close) waiting for ever."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._release()
 
     def _release(self) -> None:
         self._reader.join(5)
-        if self.process.stdout is not None:
+        # A reader still reading holds the pipe's lock: closing it would wait as long.
+        if self.process.stdout is not None and not self._reader.is_alive():
             self.process.stdout.close()
 
 
