@@ -21,7 +21,7 @@ import openai
 from runtime import Request, RequestKind
 
 from ._catalog import ModelCatalog
-from ._error_mapping import error_in_answer, map_sdk_errors
+from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
@@ -37,6 +37,7 @@ from ._sdk_call import (
     rejected_param,
 )
 from ._stream import Progress, read_stream
+from ._upstream_errors import error_in_answer
 from ._wire_decode import MalformedResponse, StreamAssembly, decode_completion, malformed_error
 
 __all__ = ["CallSite"]

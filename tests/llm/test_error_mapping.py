@@ -27,7 +27,8 @@ from actors.llm import (
     LLMTimeoutError,
     LLMTokenLimitError,
 )
-from actors.llm._error_mapping import error_from_sdk, map_sdk_errors, parse_retry_after
+from actors.llm._error_mapping import error_from_sdk, map_sdk_errors
+from actors.llm._upstream_errors import parse_retry_after
 
 KEY = "sk-test-0123456789abcdefABCDEF"
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]

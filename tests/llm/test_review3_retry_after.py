@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from actors.llm import LLMRateLimitError, LLMServerError, ProviderConfig
-from actors.llm._error_mapping import parse_retry_after
+from actors.llm._upstream_errors import parse_retry_after
 from tests.llm.raw_upstream import raw_upstream
 from tests.llm.test_provider import call, running
 
