@@ -126,7 +126,8 @@ class LLMClientError(Exception):
     ``retry_after`` how many seconds to wait before trying this provider again, when known;
     ``accepted`` whether the upstream took the request and answered this error inside a 2xx
     response (a body, a stream's error event): such a request may have been billed its prompt
-    (OpenRouter documents it for errors after processing began), so its attempt is charged it.
+    (OpenRouter answers 200 only once the model has started processing the request), so its
+    attempt is charged it.
     """
 
     error_type: ClassVar[str] = "client"

@@ -405,7 +405,7 @@ async def test_a_redirect_to_a_path_holding_our_key_does_not_show_it(
 async def test_an_error_in_a_200_body_is_charged_its_prompt(
         way: str, error: dict[str, Any], kind: type[LLMClientError], tmp_path: Path) -> None:
     # Unlike an error status: the upstream took the request before it failed, and may bill its
-    # prompt (OpenRouter says so of errors after processing began). A limit must count it.
+    # prompt (OpenRouter answers 200 only once the model has started). A limit must count it.
     answer = (sse_answer(": OPENROUTER PROCESSING\n\n", {"error": error})
               if way == "stream-event" else json_answer({"error": error}))
     async with scripted_upstream(answer) as upstream, one_provider(
