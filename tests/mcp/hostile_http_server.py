@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,17 +67,24 @@ class HostileHttpServer:
 
 
 @asynccontextmanager
-async def serve(mode: str, size: int = 0) -> AsyncIterator[HostileHttpServer]:
-    server = HostileHttpServer(mode, size)
+async def listening(
+        handle: Callable[[anyio.abc.ByteStream], Awaitable[None]]) -> AsyncIterator[str]:
+    """Serve each connection on 127.0.0.1 with ``handle`` until the block ends; its MCP URL."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    server.url = f"http://127.0.0.1:{port}/mcp"
     async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, lambda stream: _connection(server, stream))
+        tg.start_soon(listener.serve, handle)
         try:
-            yield server
+            yield f"http://127.0.0.1:{port}/mcp"
         finally:
             tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serve(mode: str, size: int = 0) -> AsyncIterator[HostileHttpServer]:
+    server = HostileHttpServer(mode, size)
+    async with listening(lambda stream: _connection(server, stream)) as server.url:
+        yield server
 
 
 async def _connection(server: HostileHttpServer, stream: anyio.abc.ByteStream) -> None:

@@ -34,6 +34,7 @@ from tests.mcp.hostile_http_server import (
     _head,
     _read_request,
     _result,
+    listening,
     serve,
 )
 from tests.mcp.test_client import ROOT, free_port
@@ -107,15 +108,8 @@ class _ReplyHolder:
 @asynccontextmanager
 async def _hold_replies(pings: int) -> AsyncIterator[_ReplyHolder]:
     server = _ReplyHolder(pings)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    server.url = f"http://127.0.0.1:{port}/mcp"
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, lambda stream: _connection(server, stream))
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
+    async with listening(lambda stream: _connection(server, stream)) as server.url:
+        yield server
 
 
 async def _connection(server: _ReplyHolder, stream: anyio.abc.ByteStream) -> None:
