@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,10 @@ class ServerChild(_Child):
         super().__init__(command, env=server_env(env),
                          banner=re.compile(r"mcp-backend listening on (http://\S+)"))
         self.wait_banner()
-        port = self.url.rsplit(":", 1)[1]
+        self.port = int(self.url.rsplit(":", 1)[1])
         # Whatever address it bound, tests connect through loopback.
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/ws/chat"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/chat"
         if wait_healthy:
             self.wait_healthy()
 
@@ -167,6 +168,27 @@ class ServerChild(_Child):
         result: dict[str, Any] = http_json(self.url + "/health", headers=headers,
                                            accept_error=True)
         return result
+
+
+@contextlib.contextmanager
+def offline_server(directory: Path, **server: Any) -> Iterator[ServerChild]:
+    """A server with no upstream it can reach and no MCP server (``server``: its ``server:``
+    settings), for tests of the HTTP and WebSocket layers; stopped cleanly at the end."""
+    child = ServerChild(write_config(directory, simulator_url="http://127.0.0.1:9",
+                                     mcp_servers={}, server=server or None))
+    yield child
+    assert child.stop() == 0, child.output
+
+
+def raw_exchange(server: ServerChild, data: bytes) -> bytes:
+    """Send ``data`` on a new TCP connection to ``server``; everything it answers until it
+    closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -109,7 +109,7 @@ def rebinding_answers(port: int) -> dict[str, tuple[int, str]]:
 class HostileClients:
     def __init__(self, server: ServerChild) -> None:
         self.server = server
-        self.port = int(server.url.rsplit(":", 1)[1])
+        self.port = server.port
         self.good: list[str] = []
         self.churned: list[str] = []  # conversation ids, in order of creation
         self.churn_ends: list[str] = []

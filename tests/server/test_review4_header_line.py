@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_harness import ServerChild, http_get, write_config
+from tests.server_harness import ServerChild, http_get, offline_server
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerChild]:
-    child = ServerChild(write_config(tmp_path, simulator_url="http://127.0.0.1:9",
-                                     mcp_servers={}))
-    yield child
-    assert child.stop() == 0, child.output
+    with offline_server(tmp_path) as child:
+        yield child
 
 
 def test_a_header_line_that_never_ends_is_cut_off(server: ServerChild) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     sent = 0
     piece = b"a" * 16384
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -15,15 +15,13 @@ import anyio
 import pytest
 
 from server._ws_protocol import MESSAGE_COST, READ_BURST
-from tests.server_harness import ServerChild, connect, receive, write_config
+from tests.server_harness import ServerChild, connect, offline_server, receive
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerChild]:
-    child = ServerChild(write_config(tmp_path, simulator_url="http://127.0.0.1:9",
-                                     mcp_servers={}))
-    yield child
-    assert child.stop() == 0, child.output
+    with offline_server(tmp_path) as child:
+        yield child
 
 
 async def test_messages_beyond_the_read_budget_arrive_whole_once_and_in_order(

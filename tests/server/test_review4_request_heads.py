@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server._http_protocol import MAX_HEAD_BYTES
-from tests.server_harness import ServerChild, http_get, write_config
+from tests.server_harness import ServerChild, http_get, offline_server, raw_exchange
 
 HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain;"
                   b" charset=utf-8\r\ncontent-length: 23\r\nconnection: close\r\n\r\n"
@@ -22,11 +22,8 @@ HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerChild]:
-    directory = tmp_path_factory.mktemp("heads")
-    child = ServerChild(write_config(directory, simulator_url="http://127.0.0.1:9",
-                                     mcp_servers={}, server={"auth_token": "s3cret-token"}))
-    yield child
-    assert child.stop() == 0, child.output
+    with offline_server(tmp_path_factory.mktemp("heads"), auth_token="s3cret-token") as child:
+        yield child
 
 
 def _rss_mib(pid: int) -> float:
@@ -34,16 +31,6 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def _reply(server: ServerChild, head: bytes) -> bytes:
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        received = b""
-        while chunk := sock.recv(4096):
-            received += chunk
-    return received
 
 
 def _padding(size: int) -> bytes:
@@ -58,7 +45,7 @@ def test_a_request_head_over_the_bound_is_answered_431_and_closed(
                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") if path == "/ws/chat" else b""
     head = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + upgrade
             + _padding(MAX_HEAD_BYTES + 4096) + b"\r\n")
-    assert _reply(server, head) == HEAD_TOO_LARGE
+    assert raw_exchange(server, head) == HEAD_TOO_LARGE
 
 
 def test_a_head_within_the_bound_is_served(server: ServerChild) -> None:
@@ -70,7 +57,7 @@ def test_a_head_within_the_bound_is_served(server: ServerChild) -> None:
 def test_a_connection_flooding_headers_is_cut_off_without_growing_the_server(
     server: ServerChild,
 ) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     before = _rss_mib(server.pid)
     sent = 0
     line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
@@ -86,7 +73,7 @@ def test_a_connection_flooding_headers_is_cut_off_without_growing_the_server(
 
 
 def test_pipelined_requests_in_one_read_are_each_measured_alone(server: ServerChild) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     requests = 2000  # about 100 KB in one write: more than one head's bound, but 2000 heads
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * requests)

@@ -18,17 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.raw_websocket import handshake
-from tests.server_harness import ServerChild, http_get, write_config
+from tests.server_harness import ServerChild, http_get, offline_server
 
 TOKEN = "review4-token"
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerChild]:
-    child = ServerChild(write_config(tmp_path, simulator_url="http://127.0.0.1:9",
-                                     mcp_servers={}, server={"auth_token": TOKEN}))
-    yield child
-    assert child.stop() == 0, child.output
+    with offline_server(tmp_path, auth_token=TOKEN) as child:
+        yield child
 
 
 def _fragment(opcode: int, payload: bytes, *, fin: bool) -> bytes:
@@ -43,7 +41,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_a_flood_of_one_byte_fragments_costs_the_server_little_cpu(server: ServerChild) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     status, sock = handshake(port, host="127.0.0.1", token=TOKEN)
     assert status == 101
     fragments = 60_000  # one message of 60,000 bytes: under max_message_bytes (64 KiB)
@@ -70,7 +68,7 @@ def test_a_flood_of_tiny_messages_from_a_peer_reading_its_refusals_costs_little_
 ) -> None:
     # Each message is read and refused by the app (invalid JSON, then over the rate limit):
     # ~50 us each. A peer that reads the refusals is not slowed by its writes backing up.
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     status, sock = handshake(port, host="127.0.0.1", token=TOKEN)
     assert status == 101
     done = threading.Event()

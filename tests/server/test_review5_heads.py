@@ -16,29 +16,14 @@ from pathlib import Path
 import pytest
 
 from server._http_protocol import MAX_HEAD_BYTES
-from tests.server_harness import ServerChild, write_config
-
-HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain;"
-                  b" charset=utf-8\r\ncontent-length: 23\r\nconnection: close\r\n\r\n"
-                  b"request head too large\n")
+from tests.server.test_review4_request_heads import HEAD_TOO_LARGE
+from tests.server_harness import ServerChild, offline_server, raw_exchange
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerChild]:
-    child = ServerChild(write_config(tmp_path, simulator_url="http://127.0.0.1:9",
-                                     mcp_servers={}))
-    yield child
-    assert child.stop() == 0, child.output
-
-
-def _reply(server: ServerChild, head: bytes) -> bytes:
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        received = b""
-        while chunk := sock.recv(4096):
-            received += chunk
-    return received
+    with offline_server(tmp_path) as child:
+        yield child
 
 
 def _refusals(server: ServerChild, count: int) -> list[str]:
@@ -63,7 +48,7 @@ def test_a_head_over_the_bound_is_logged_once_as_a_431_without_its_contents(
             b"X-Secret-%d: %s\r\n" % (i, b"s" * 1000) for i in range(70)) + b"\r\n"
     else:
         head = b"GET /" + b"s" * (MAX_HEAD_BYTES + 4096) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    assert _reply(server, head) == HEAD_TOO_LARGE
+    assert raw_exchange(server, head) == HEAD_TOO_LARGE
     lines = _refusals(server, 1)
     assert len(lines) == 1, lines
     assert re.search(rf"WARNING server\.http: a request head over {MAX_HEAD_BYTES} bytes from"
@@ -95,9 +80,9 @@ def test_uvicorns_own_warnings_stay_for_other_connections_and_kept_alive_ones(
     # request on another connection, and one after a normal request on a kept-alive connection,
     # are still answered 400 and logged by uvicorn.
     head = b"GET /" + b"s" * (MAX_HEAD_BYTES + 4096) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    assert _reply(server, head) == HEAD_TOO_LARGE
-    assert _reply(server, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    port = int(server.url.rsplit(":", 1)[1])
+    assert raw_exchange(server, head) == HEAD_TOO_LARGE
+    assert raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    port = server.port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert _response(sock).startswith(b"HTTP/1.1 200 ")
