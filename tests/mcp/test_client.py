@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -297,17 +298,12 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def demo_http_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.demo_mcp_server", "--http", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@contextlib.contextmanager
+def http_server(command: list[str], port: int) -> Iterator[str]:
+    """``command``, an MCP server over streamable HTTP on ``port``: its URL once it listens."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}/mcp"
         for _ in range(200):
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.1):
@@ -316,10 +312,18 @@ def demo_http_url() -> Iterator[str]:
                 if process.poll() is not None:
                     pytest.fail("the demo HTTP server exited at start-up")
                 time.sleep(0.05)
-        yield url
+        yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def demo_http_url() -> Iterator[str]:
+    port = free_port()
+    with http_server([sys.executable, "-m", "server.demo_mcp_server", "--http", str(port)],
+                     port) as url:
+        yield url
 
 
 async def test_demo_server_over_streamable_http(demo_http_url: str) -> None:

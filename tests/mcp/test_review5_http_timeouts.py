@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +35,7 @@ from tests.mcp.hostile_http_server import (
     listening,
     serve,
 )
-from tests.mcp.test_client import ROOT, free_port
+from tests.mcp.test_client import free_port, http_server
 from tests.mcp.test_review3_hostile import health, mcp_system, wait_ready
 
 # ---------------------------------------------------------------- a long silent tool
@@ -51,21 +49,8 @@ def silent_demo_url() -> Iterator[str]:
     port = free_port()
     code = ("from server.demo_mcp_server import demo_server; demo_server.run("
             f"'streamable-http', host='127.0.0.1', port={port}, json_response=True)")
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                    break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail("the demo HTTP server exited at start-up")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with http_server([sys.executable, "-c", code], port) as url:
+        yield url
 
 
 async def test_a_tool_silent_past_call_timeout_plus_30_s_but_within_its_timeout_completes(
