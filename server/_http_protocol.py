@@ -12,13 +12,8 @@ Nor does httptools bound a request's head (its line and headers): uvicorn keeps 
 is given, and the URL grows by concatenation. One connection sending headers as fast as loopback
 carries them grew the server by 200 MiB in 0.3 s, before any authentication. Here a head larger
 than :data:`MAX_HEAD_BYTES` is answered 431 and the connection closed, logged as one line
-(``server.http``) with the client's address and nothing of the head.
-
-A socket closed with input it has not read is reset by the kernel, and the reset can reach the
-client before it has read the answer: a client still sending its oversized head lost the 431 to
-``ECONNRESET``. So the refused connection is closed the way nginx's ``lingering_close`` does it:
-the answer, then a half-close (FIN), then what the client still sends is read and discarded, for
-at most :data:`LINGER_SECONDS` and :data:`LINGER_BYTES`, before the socket is closed.
+(``server.http``) with the client's address and nothing of the head. The connection is closed
+lingering (:mod:`server._linger`), so that the 431 reaches a client still sending its head.
 """
 
 from __future__ import annotations
@@ -30,16 +25,12 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["LINGER_BYTES", "LINGER_SECONDS", "MAX_HEAD_BYTES", "ReadTimeoutHttpProtocol",
-           "http_protocol"]
+from server._linger import Lingering
+
+__all__ = ["MAX_HEAD_BYTES", "ReadTimeoutHttpProtocol", "http_protocol"]
 
 MAX_HEAD_BYTES = 64 * 1024
 """The most a request's line and headers may take (h11 allows 16 KiB, nginx 32 KiB by default)."""
-
-LINGER_SECONDS = 2.0
-"""How long a refused connection is read (and what it sends discarded) after its answer."""
-LINGER_BYTES = 1024 * 1024
-"""How much a refused connection may send after its answer before it is closed at once."""
 
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8"
@@ -77,8 +68,7 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         self._handed = 0
         self._spanned = 0
         self._refused = False
-        self._discarded = 0
-        self._linger: asyncio.TimerHandle | None = None
+        self._lingering: Lingering | None = None
 
     # uvicorn logs a parser error before it calls send_400_response, and a head refused in a
     # parser callback is one (httptools stops only on an exception): its logger is silenced
@@ -96,10 +86,9 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         self._start_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:  # nothing more of this connection is parsed (see _close_lingering)
-            self._discarded += len(data)
-            if self._discarded > LINGER_BYTES:
-                self.transport.close()
+        if self._refused:  # nothing more of this connection is parsed
+            if self._lingering is not None:
+                self._lingering.discard(data)
             return
         head = self._heads if self._head_open else None
         super().data_received(data)
@@ -144,8 +133,8 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._read()
-        if self._linger is not None:
-            self._linger.cancel()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def _handed_over(self, size: int) -> None:
@@ -168,20 +157,10 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         self._read()
         if not self.transport.is_closing():
             self.transport.write(_HEAD_TOO_LARGE)
-            self._close_lingering()
+            self._lingering = Lingering(self.transport, self.loop)
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "an unknown client"
             logger.warning("a request head over %d bytes from %s: answered 431 and the connection"
                            " closed", MAX_HEAD_BYTES, client)
-
-    def _close_lingering(self) -> None:
-        """Half-close after the answer; discard what still comes (:meth:`data_received`) until
-        the client closes, :data:`LINGER_BYTES` came or :data:`LINGER_SECONDS` passed."""
-        if not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self.transport.resume_reading()
-        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def _too_slow(self) -> None:
         self._read_deadline = None

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server._http_protocol import LINGER_BYTES, LINGER_SECONDS, MAX_HEAD_BYTES
+from server._http_protocol import MAX_HEAD_BYTES
+from server._linger import LINGER_BYTES, LINGER_SECONDS
 from tests.server.test_review4_request_heads import HEAD_TOO_LARGE
 from tests.server_harness import ServerChild, offline_server, raw_exchange
 
