@@ -17,6 +17,11 @@ output there, so the upstream cannot have billed more. An answer that arrived bu
 use was billed whole: one that is not the JSON asked for is charged its own usage (its error
 carries it); a malformed one (its error has a 2xx ``status_code``) does not say how much it
 produced and is charged its whole output limit, the bound it reserved.
+
+A stream that failed after the upstream reported its usage (a chunk with ``usage``) is charged
+that report, priced as a successful stream's would be (its reported cost, else the price table):
+the report is the upstream's own count of the attempt. It is carried on the error
+(``LLMClientError.usage``, :func:`reported_usage`).
 """
 
 from __future__ import annotations
@@ -27,17 +32,18 @@ import anyio
 
 from runtime import ActorRef
 
+from ._catalog import ModelCatalog
 from ._errors import (
     LLMClientError,
     LLMConnectionError,
-    LLMInvalidJSONError,
     LLMStreamingError,
     LLMTimeoutError,
 )
-from ._messages import Release, Reservation, Reserve, Settle, Usage
-from ._sdk_call import estimate_output_tokens
+from ._messages import ProviderCall, Release, Reservation, Reserve, Settle, ToolCall, Usage
+from ._sdk_call import estimate_output_tokens, price_usage
+from ._wire_decode import WireUsage
 
-__all__ = ["AttemptSpend", "billed_in_flight"]
+__all__ = ["AttemptSpend", "billed_in_flight", "reported_usage"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,37 @@ def _answered(error: BaseException | None) -> bool:
     """Whether ``error`` is about an answer that arrived (a 2xx status) but cannot be used."""
     status = error.status_code if isinstance(error, LLMClientError) else None
     return status is not None and 200 <= status < 300
+
+
+def reported_usage(catalog: ModelCatalog, call: ProviderCall, report: WireUsage, content: str,
+                   tool_calls: list[ToolCall], model: str, reasoning: str, limit: int) -> Usage:
+    """What a stream that failed after its usage ``report`` is charged (priced).
+
+    The report, priced as a successful stream's usage (:func:`price_usage`: its reported cost,
+    else the table), when it covers what the stream showed: a prompt count (more than 0) and at
+    least the completion tokens of what streamed (``content``, ``reasoning``, ``tool_calls``,
+    estimated and capped at the output ``limit`` as a failure without a report is). Else the
+    report is partial (a running count, or output came after it) or implausible, and each count
+    is the larger of the report's and ours, priced at the larger of the report's cost and the
+    table's price for them. Why the larger: a budget must count what may be billed, and what
+    streamed after a report may be billed on top of it; while a report that covers what we saw
+    is believed over our estimate even when lower (a cached prompt, another tokenizer, a cheaper
+    route), as a successful stream's is.
+    """
+    usage = price_usage(catalog, call, report, content, tool_calls, model, reasoning)
+    tools = "".join(c.name + c.arguments for c in tool_calls)
+    streamed = min(estimate_output_tokens(reasoning, model)
+                   + estimate_output_tokens(content + tools, model), limit)
+    if usage.prompt_tokens > 0 and usage.completion_tokens >= streamed:
+        return usage
+    prompt = max(usage.prompt_tokens, call.prompt_tokens)
+    completion = max(usage.completion_tokens, streamed)
+    larger = WireUsage(prompt_tokens=prompt, completion_tokens=completion)
+    table = price_usage(catalog, call, larger, "", [], model).total_cost
+    costs = [cost for cost in (usage.total_cost, table) if cost is not None]
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion, reasoning_tokens=usage.reasoning_tokens,
+                 total_cost=max(costs) if costs else None)
 
 
 class AttemptSpend:
@@ -96,15 +133,16 @@ class AttemptSpend:
     def fail(self, error: BaseException | None) -> None:
         """The attempt ended without an answer (``error``; ``None``: cancelled).
 
-        Charges the prompt plus what was streamed (an unusable answer: at least its output limit)
-        if it was sent and may have been billed, releases the reservation otherwise. Never
-        awaits, so it is safe while cancelled.
+        Charges the usage the upstream reported when ``error`` carries it, else the prompt plus
+        what was streamed (an unusable answer: at least its output limit) if it was sent and may
+        have been billed, releases the reservation otherwise. Never awaits, so it is safe while
+        cancelled.
         """
         reservation, self.reservation = self.reservation, None
         if reservation is None or self._ledger is None:
             return
-        if isinstance(error, LLMInvalidJSONError) and error.usage is not None:
-            # The answer arrived whole: charged as any answer, at its own usage and cost.
+        if isinstance(error, LLMClientError) and error.usage is not None:
+            # An answer that arrived whole, or a stream's report: charged at its usage and cost.
             usage = error.usage
             if self._ledger.try_tell(Settle(reservation.id, usage, usage.total_cost)):
                 return

@@ -44,7 +44,11 @@ class ClientSettings(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     max_tokens: int = Field(default=4096, gt=0)
-    timeout: float = Field(default=60.0, gt=0, description="seconds for a whole call")
+    timeout: float = Field(
+        default=60.0, gt=0,
+        description="seconds the upstream may stay silent: waiting for the response, then"
+        " between bytes of its body (a body arriving steadily may take longer); the request's"
+        " own timeout bounds the whole call")
     connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect")
     max_retries: int = Field(
         default=3,

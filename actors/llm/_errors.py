@@ -127,13 +127,15 @@ class LLMClientError(Exception):
     ``accepted`` whether the upstream took the request and answered this error inside a 2xx
     response (a body, a stream's error event): such a request may have been billed its prompt
     (OpenRouter answers 200 only once the model has started processing the request), so its
-    attempt is charged it.
+    attempt is charged it; ``usage`` what the upstream reported the attempt used (priced),
+    when it did before failing: its attempt is charged that (see :mod:`._attempt_spend`).
     """
 
     error_type: ClassVar[str] = "client"
     retryable: bool = False
     provider_specific: bool = False
     accepted: bool = False
+    usage: Usage | None = None
 
     def __init__(
         self,
@@ -146,6 +148,7 @@ class LLMClientError(Exception):
         retry_after: float | None = None,
         provider_specific: bool | None = None,
         accepted: bool = False,
+        usage: Usage | None = None,
     ) -> None:
         # Key-shaped text is scrubbed even from messages built by our own code.
         message = redact(message)
@@ -161,6 +164,8 @@ class LLMClientError(Exception):
             self.provider_specific = provider_specific
         if accepted:
             self.accepted = True
+        if usage is not None:
+            self.usage = usage
 
     def _extra(self) -> dict[str, Any]:
         """Subclass-specific keyword arguments, for pickling and repr."""
@@ -179,6 +184,8 @@ class LLMClientError(Exception):
             kwargs["provider_specific"] = self.provider_specific
         if self.accepted:
             kwargs["accepted"] = True
+        if self.usage is not None:
+            kwargs["usage"] = self.usage
         kwargs.update(self._extra())
         return kwargs
 
@@ -313,13 +320,6 @@ class LLMInvalidJSONError(LLMClientError):
 
     error_type = "invalid_json_response"
     provider_specific = True
-
-    def __init__(self, message: str, *, usage: Usage | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.usage = usage
-
-    def _extra(self) -> dict[str, Any]:
-        return {"usage": self.usage} if self.usage is not None else {}
 
 
 class ContentRefused(LLMClientError):

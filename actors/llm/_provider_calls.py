@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,13 @@ import openai
 
 from runtime import Request, RequestKind
 
+from ._attempt_spend import reported_usage
 from ._catalog import ModelCatalog
 from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
-from ._response_bounds import BoundedBody, StallWatch, responded
+from ._response_bounds import BoundedBody, StallWatch, responded, watching
 from ._sdk_call import (
     CallPlan,
     answered_model,
@@ -73,9 +75,9 @@ class CallSite:
     secrets: Sequence[str]
     plan: Callable[[ProviderCall], CallPlan]
     stall_timeout: float | None = None
-    """Seconds a request may wait for its response (an answer: read whole) and a stream for its
-    next bytes, bounded here (the aiohttp transport: see :mod:`._response_bounds`); ``None``:
-    the transport's read timeout holds."""
+    """Seconds a request may wait for its response and then for each next bytes of its body,
+    bounded here (the aiohttp transport: see :mod:`._response_bounds`); ``None``: the
+    transport's read timeout holds."""
 
     def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
         """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
@@ -141,7 +143,10 @@ class CallSite:
         malformed answer."""
         try:
             with map_sdk_errors(self.provider, model, self.secrets):
-                data = json.loads(await self._bounded(stream.response.aread(), model))
+                body = stream.response.stream
+                data = json.loads(await self._bounded(
+                    stream.response.aread(), model,
+                    body if isinstance(body, BoundedBody) else None))
         except ValueError as exc:
             return malformed_error(self.provider, model, exc)
         finally:
@@ -151,12 +156,25 @@ class CallSite:
             return error_in_answer(data["error"], self.provider, model, self.secrets)
         return malformed_error(self.provider, model, MalformedResponse("a JSON body"))
 
-    async def _bounded(self, sending: Awaitable[Any], model: str) -> Any:
-        """``sending`` awaited, within :attr:`stall_timeout` when there is one."""
+    async def _bounded(self, sending: Awaitable[Any], model: str,
+                       body: BoundedBody | None = None) -> Any:
+        """``sending`` awaited, each of its silences within :attr:`stall_timeout` when there is
+        one: the wait for the response, then each wait for the next bytes of its body (the
+        response hook hands the body to the watch), or of ``body`` when it is already here."""
         if self.stall_timeout is None:
             return await sending
-        with anyio.move_on_after(self.stall_timeout):
-            return await sending
+        watch = StallWatch(body, self.stall_timeout)
+        token = watching.set(weakref.ref(watch))
+        try:
+            with anyio.CancelScope() as scope:
+                watch.start(scope)
+                try:
+                    return await sending
+                finally:
+                    watch.stop()
+        finally:
+            watching.reset(token)
+        # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
         raise LLMTimeoutError(f"request to {self.provider} timed out", provider=self.provider,
                               model=model)
 
@@ -232,6 +250,11 @@ class CallSite:
             if failure is not None:
                 raise failure
         except LLMClientError as exc:
+            if assembly.usage is not None and exc.usage is None:
+                exc.usage = reported_usage(
+                    self.catalog, call, assembly.usage, assembly.text, assembly.tool_calls(),
+                    answered_model(assembly.model, call.model), assembly.reasoning,
+                    plan.max_tokens)
             self._note_failure(exc, progress)
             raise
         elapsed = time.perf_counter() - progress.started

@@ -14,16 +14,19 @@ The check is one counter addition per network read.
 as ``sock_read``, but aiohttp drops that timer when its parser fails inside a chunked body (a bad
 chunk size after a good chunk: the body's reader waits for bytes that never come) and after an
 interim ``1xx`` response (the final one is awaited with no timer): the call hung until its
-deadline (aiohttp's bugs, reproduced without us). On aiohttp the provider bounds the request up
-to its response (an answer: read whole) by its ``timeout`` (``CallSite``), and a stream's body
-by a :class:`StallWatch`: one timer per stream, not a cancel scope per read, which costs more
-than the rest of a delta's handling.
+deadline (aiohttp's bugs, reproduced without us). On aiohttp the provider bounds each silence
+by its ``timeout`` itself, as httpx2 does, with a :class:`StallWatch` (one timer per request,
+not a cancel scope per read, which costs more than the rest of a delta's handling): the wait
+for the response, then each wait for the body's next bytes (an answer's, given to the watch by
+:func:`bound_response` through :data:`watching`; a stream's). An answer trickled steadily over
+longer than the timeout completes, as on httpx2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
@@ -31,7 +34,7 @@ import anyio
 import httpx2
 
 __all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "bound_response",
-           "responded"]
+           "responded", "watching"]
 
 IDENTITY = {"Accept-Encoding": "identity"}
 """The request header that asks for bodies as they are (see the module docstring)."""
@@ -39,6 +42,12 @@ IDENTITY = {"Accept-Encoding": "identity"}
 responded: ContextVar[bool] = ContextVar("responded", default=False)
 """Set by :func:`bound_response` in the task whose request got a response (its headers): what
 tells a request that could not be written from an answer that could not be read."""
+
+watching: ContextVar[weakref.ref[StallWatch] | None] = ContextVar("watching", default=None)
+"""The :class:`StallWatch` of the request the task is sending, if any: :func:`bound_response`
+gives it the response's body, so that the body's silences are watched from its first read.
+A weak reference: the transport's own tasks and callbacks (aiohttp's) copy the context they were
+started in, and would keep the watch and its body alive as long as a pooled connection."""
 
 # What httpx2 would inflate (its decoders); another coding is passed through as it is.
 _COMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
@@ -127,26 +136,39 @@ def bound_response(response: httpx2.Response, limit: int) -> None:
                 " though it was asked for none", status)
     body = response.stream
     assert isinstance(body, httpx2.AsyncByteStream)  # an AsyncClient's (httpx2 checks it too)
-    response.stream = BoundedBody(body, limit, status)
+    bounded = response.stream = BoundedBody(body, limit, status)
+    watch = watching.get()
+    if watch is not None and (alive := watch()) is not None:
+        alive.attach(bounded)
 
 
 class StallWatch:
     """Cancels ``scope`` once a watched :class:`BoundedBody` has waited ``timeout`` seconds for
-    its next bytes (asyncio only: it serves the aiohttp transport). :attr:`fired` says it did.
+    its next bytes, or, before it has a body (``None``: waiting for the response), once
+    ``timeout`` seconds passed since :meth:`start` (asyncio only: it serves the aiohttp
+    transport). :attr:`fired` says it did.
 
-    One timer per stream, moved only when it fires: a read costs a clock reading.
+    One timer per request, moved only when it fires: a read costs a clock reading.
     """
 
-    def __init__(self, body: BoundedBody, timeout: float) -> None:
-        body.watched = True
-        self._body = body
+    def __init__(self, body: BoundedBody | None, timeout: float) -> None:
+        self._body: BoundedBody | None = None
         self.timeout = timeout
         self.fired = False
+        self._started = 0.0
         self._scope: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
+        if body is not None:
+            self.attach(body)
+
+    def attach(self, body: BoundedBody) -> None:
+        """Watch ``body`` from now on (the response came: its wait is over)."""
+        body.watched = True
+        self._body = body
 
     def start(self, scope: anyio.CancelScope) -> None:
         self._scope = scope
+        self._started = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
 
     def stop(self) -> None:
@@ -155,7 +177,8 @@ class StallWatch:
             self._timer = None
 
     def _check(self) -> None:
-        since = self._body.waiting_since
+        body = self._body
+        since = self._started if body is None else body.waiting_since
         now = time.monotonic()
         if since is not None and now - since >= self.timeout:
             self.fired = True

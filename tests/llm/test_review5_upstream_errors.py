@@ -458,9 +458,13 @@ async def test_an_error_event_after_output_that_is_not_text_is_charged_its_promp
                 async for _ in items:
                     pass
         snapshot = await settled(rt)
+        # A usage report is charged as reported (the sixth review: it was the prompt alone).
+        report = before.get("usage")
         prompt = build_catalog(rt.config).cost_of(
             MODEL, count_message_tokens(HELLO, MODEL),
-            count_text_tokens(streamed, MODEL) if streamed else 0)
+            count_text_tokens(streamed, MODEL) if streamed else 0) if report is None else (
+            build_catalog(rt.config).cost_of(MODEL, report["prompt_tokens"],
+                                             report["completion_tokens"]))
     failed = "stream from sim failed: Insufficient credits"
     # What reached the caller cannot fall back: the router says so, around the provider's error.
     expected = (f"the stream from sim failed after the first chunk: {failed} (sim:{MODEL})",
