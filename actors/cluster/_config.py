@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,19 +15,29 @@ RESERVATION_TTL = 600.0
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any user name and password replaced by ``***`` (host and path kept)."""
+    """``url`` with any user name and password replaced by ``***`` (host and path kept), the
+    value of a ``password`` query parameter too (redis-py reads one there)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
         return "<unparseable redis url>"
+    query = "&".join(_redact_parameter(item) for item in parts.query.split("&"))
     if parts.username is None and parts.password is None:
-        return url
+        if query == parts.query:
+            return url
+        head, _, rest = url.partition("?")  # urlunsplit would drop unix:// 's empty host
+        return f"{head}?{query}{rest[len(parts.query):]}"
     if ":" in host:
         host = f"[{host}]"
     netloc = f"***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_parameter(item: str) -> str:
+    name, equals, _ = item.partition("=")
+    return f"{name}=***" if equals and unquote(name).lower() == "password" else item
 
 
 class ClusterConfig(BaseModel):

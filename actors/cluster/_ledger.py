@@ -137,8 +137,13 @@ class SharedLedger:
                 key("ledger", "epoch")]
         keys = list(known)
         if turn_id is not None:
-            keys[4] = key("ledger", "turn", turn_id)
+            keys[4] = self._turn_key(turn_id)
         return keys
+
+    def _turn_key(self, turn_id: str) -> str:
+        if "|" in turn_id:  # a reservation's record ends "|<turn key>" (_ledger_scripts.forget)
+            raise ValueError("turn_id must not contain '|'")
+        return self._link.key("ledger", "turn", turn_id)
 
     async def reserve(self, request_id: str, amount: int, provider: str, day: str, *,
                       turn_id: str | None = None) -> ReserveResult:
@@ -247,13 +252,12 @@ class SharedLedger:
         Also re-declares the instance's open reservations that Redis does not know. Returns
         ``False`` when this instance had already seeded the day (nothing changed).
         """
-        key = self._link.key
         args: list[object] = [self.instance_id, seed.settled, self._res_ttl, self._day_ttl,
                               self._window, len(seed.by_provider)]
         for provider, total in seed.by_provider.items():
             args += [provider, total]
         for held in seed.open:
-            turn = key("ledger", "turn", held.turn_id) if held.turn_id is not None else ""
+            turn = self._turn_key(held.turn_id) if held.turn_id is not None else ""
             args += [held.request_id, held.amount, held.provider, turn]
         answer = await self._link.run(self._seed, "ledger seed", self._keys(day, None), args)
         return bool(answer)

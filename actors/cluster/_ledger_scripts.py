@@ -23,7 +23,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
 local function forget(id, record)
-  local amount, provider, turn_key = string.match(record, '^(%d+)|(.-)|(.*)$')
+  -- Greedy: a provider's name may hold '|' (any key of llm.providers); a turn key never does.
+  local amount, provider, turn_key = string.match(record, '^(%d+)|(.*)|([^|]*)$')
   local minus = '-' .. amount  -- the stored digits: exact, and never Lua's '-0'
   if amount ~= '0' then  -- Redis refuses '-0' as an integer
     redis.call('HINCRBY', reserved, 'total', minus)
