@@ -4,10 +4,11 @@ Every attempt reserves its worst case before the call (``Reserve``: prompt token
 price plus ``max_tokens`` at the output price) and settles to the actual cost after it (``Settle``)
 or releases the reservation (``Release``). The ledger refuses a reservation with
 :class:`LLMCostLimitError` when it would pass ``max_cost_per_request`` (the global one or the
-provider's own), or when settled + every open reservation + this one would pass a daily limit
-(``cost.daily_cost_limit``, or the provider's own ``daily_cost_limit``) or the turn's
-``max_cost_per_turn``. The bookkeeping itself is :class:`~actors.llm._ledger_book.LedgerBook`;
-loading and writing it, :class:`~actors.llm._ledger_persistence.LedgerPersistence`.
+provider's own) alone or with what the request's other attempts settled and hold, or when settled
++ every open reservation + this one would pass a daily limit (``cost.daily_cost_limit``, or the
+provider's own ``daily_cost_limit``) or the turn's ``max_cost_per_turn``. The bookkeeping itself
+is :class:`~actors.llm._ledger_book.LedgerBook`; loading and writing it,
+:class:`~actors.llm._ledger_persistence.LedgerPersistence`.
 
 Decisions, and why:
 
@@ -191,7 +192,7 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
                            if limit is not None), default=None)
         budget = Budget.of(self._config.daily_cost_limit,
                            provider.daily_cost_limit if provider else None,
-                           message.turn_cost_limit)
+                           message.turn_cost_limit, per_request)
         limited = per_request is not None or budget.daily is not None or (
             budget.provider_daily is not None) or budget.turn is not None
         worst = self._catalog.cost_of(message.model, message.prompt_tokens, message.max_tokens)
@@ -324,7 +325,8 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         if outcome.cancelled:
             return
         self._arm_sweep()
-        for rid, entry in self._book.sweep(self.context.clock.now(), self._ttl):
+        for rid, entry in self._book.sweep(self.context.clock.now(), self._ttl,
+                                           self._sweep_interval):
             logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
                            rid, entry.request_id, self._ttl)
 

@@ -7,7 +7,9 @@ held in one step), ``settle``, ``release`` and the day totals. A shared backend 
 processes) implements the same four operations with the same refusals.
 
 Budgets, all checked as *settled + reserved + this worst case*: the global day, each provider's
-own day, and a turn (a conversation turn's ``max_cost_per_turn``). Money is counted in integer
+own day, a turn (a conversation turn's ``max_cost_per_turn``) and a request
+(``max_cost_per_request`` over all of its attempts: a fallback after an attempt that was billed,
+a hedge beside the attempt in flight). Money is counted in integer
 nano-USD: reservations rounded up, charges to the nearest; running totals never drift, so the check
 at the limit is exact after millions of reserves and releases. One charge is at most
 :data:`MAX_CHARGE` (see :func:`charge_nanos`).
@@ -40,11 +42,23 @@ __all__ = [
 _NANO = 1_000_000_000
 #: Swept reservations remembered so that a late settle is still charged.
 _SWEPT_MEMORY = 10_000
+#: Relative error of a cost computed in a few float operations (each off by at most 2**-53).
+_FLOAT_ERROR = 1e-12
 
 
 def nanos_up(amount: float) -> int:
-    """``amount`` USD in nano-USD, rounded up (reservations never round in the caller's favour)."""
-    return math.ceil(amount * _NANO)
+    """``amount`` USD in nano-USD, rounded up (reservations never round in the caller's favour).
+
+    An amount within the float's own error of a whole nano-USD is that nano-USD: a price-table
+    cost computed in floats is off by a few units in the last place (HELLO's $0.00001935 is
+    1.9350000000000003e-05), and rounding that up reserved 1 nano-USD too many, so 40 requests of
+    exactly 1/40 of the day's limit did not fit.
+    """
+    exact = amount * _NANO
+    nearest = round(exact)
+    if abs(exact - nearest) <= abs(exact) * _FLOAT_ERROR:
+        return nearest
+    return math.ceil(exact)
 
 
 def nanos(amount: float) -> int:
@@ -83,13 +97,14 @@ class Budget:
     daily: int | None = None
     provider_daily: int | None = None
     turn: int | None = None
+    request: int | None = None
 
     @classmethod
     def of(cls, daily: float | None, provider_daily: float | None,
-           turn: float | None) -> Budget:
+           turn: float | None, request: float | None = None) -> Budget:
         """The budget of these USD limits."""
         return cls(*(None if limit is None else nanos(limit)
-                     for limit in (daily, provider_daily, turn)))
+                     for limit in (daily, provider_daily, turn, request)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +132,7 @@ class OpenReservation:
 
 @dataclass(slots=True)
 class TurnSpend:
-    """Settled and reserved money of one conversation turn."""
+    """Settled and reserved money of one conversation turn, or of one request's attempts."""
 
     settled: int = 0
     reserved: int = 0
@@ -162,6 +177,8 @@ class LedgerBook:
     """Settled today per provider."""
     reserved_by_provider: dict[str, int] = field(default_factory=dict)
     turns: dict[str, TurnSpend] = field(default_factory=dict)
+    requests: dict[str, TurnSpend] = field(default_factory=dict)
+    """Per request id, while it holds money or has just settled (forgotten once idle)."""
     open: dict[int, OpenReservation] = field(default_factory=dict)
     swept: dict[int, OpenReservation] = field(default_factory=dict)
     unwritten: list[Charge] = field(default_factory=list)
@@ -220,6 +237,14 @@ class LedgerBook:
                     f"settled ${usd(turn.settled):.6f} + reserved ${usd(turn.reserved):.6f} + "
                     f"worst case ${usd(amount):.6f} of {where}",
                     provider=entry.provider, model=entry.model)
+        if budget.request is not None:
+            spent = self.requests.get(entry.request_id, TurnSpend())
+            if spent.settled + spent.reserved + amount > budget.request:
+                raise LLMCostLimitError(
+                    f"max_cost_per_request ${usd(budget.request):.6f} would be passed: this "
+                    f"request settled ${usd(spent.settled):.6f} + reserved "
+                    f"${usd(spent.reserved):.6f} + worst case ${usd(amount):.6f} of {where}",
+                    provider=entry.provider, model=entry.model)
         reservation_id = self.next_id
         self.next_id += 1
         self.open[reservation_id] = entry
@@ -240,6 +265,9 @@ class LedgerBook:
             turn = self.turns.setdefault(entry.turn_id, TurnSpend())
             turn.settled += charge
             turn.touched = now
+        spent = self.requests.setdefault(entry.request_id, TurnSpend())
+        spent.settled += charge
+        spent.touched = now
         self.peak = max(self.peak, self.settled + self.reserved)
         return entry
 
@@ -270,8 +298,12 @@ class LedgerBook:
         self.by_provider = dict(by_provider)
         self.peak = settled + self.reserved
 
-    def sweep(self, now: float, ttl: float) -> list[tuple[int, OpenReservation]]:
-        """Expire the reservations older than ``ttl`` (returned) and forget idle turns."""
+    def sweep(self, now: float, ttl: float,
+              request_idle: float = 0.0) -> list[tuple[int, OpenReservation]]:
+        """Expire the reservations older than ``ttl`` (returned), forget idle turns, and requests
+        holding nothing for ``request_idle`` seconds (a request's next attempt reserves as soon
+        as the last one ends; one entry per request kept for the TTL would be ~200 bytes each x
+        every request of 10 minutes)."""
         stale = [rid for rid, entry in self.open.items() if now - entry.created >= ttl]
         expired = [(rid, self.expire(rid)) for rid in stale]
         while len(self.swept) > _SWEPT_MEMORY:
@@ -280,6 +312,10 @@ class LedgerBook:
                 if turn.reserved == 0 and turn.touched < now - ttl]
         for turn_id in idle:
             del self.turns[turn_id]
+        done = [request_id for request_id, spent in self.requests.items()
+                if spent.reserved == 0 and spent.touched < now - request_idle]
+        for request_id in done:
+            del self.requests[request_id]
         return expired
 
     def _hold(self, entry: OpenReservation, amount: int) -> None:
@@ -290,6 +326,9 @@ class LedgerBook:
             turn = self.turns.setdefault(entry.turn_id, TurnSpend())
             turn.reserved += amount
             turn.touched = max(turn.touched, entry.created)
+        spent = self.requests.setdefault(entry.request_id, TurnSpend())
+        spent.reserved += amount
+        spent.touched = max(spent.touched, entry.created)
         self.peak = max(self.peak, self.settled + self.reserved)
 
     def __repr__(self) -> str:
