@@ -120,6 +120,9 @@ class SharedProviderLimiter(ProviderRateLimiter):
         name = self.name or "provider"
         extra = _LEASE if self._lease > 0 else 0
         self.asked += 1
+        # A lease runs from when it was asked for, not from when its answer was read: a reply
+        # read late must not stretch it past a pause another worker set meanwhile.
+        asked_at = asyncio.get_running_loop().time()
         try:
             admission = await self.shared.acquire(tokens, timeout=self._admission_timeout,
                                                   clock=self._clock, extra=extra,
@@ -135,7 +138,7 @@ class SharedProviderLimiter(ProviderRateLimiter):
             raise LLMRateLimitError(
                 f"{name} is at its shared rate limit: the next slot is in {shown}",
                 provider=self.name, retry_after=wait if wait != math.inf else None)
-        self._fill(admission.extra, self._unit())
+        self._fill(admission.extra, self._unit(), asked_at)
         return admission.permit
 
     def _unit(self) -> int:
@@ -158,30 +161,34 @@ class SharedProviderLimiter(ProviderRateLimiter):
                 return permit
         return None
 
-    def _fill(self, permits: tuple[int, ...], size: int) -> None:
+    def _fill(self, permits: tuple[int, ...], size: int, asked_at: float) -> None:
+        """Pool ``permits``, leased from ``asked_at`` (the loop's time when they were asked)."""
         if not permits:
             return
         if self._closed:  # a refill that landed while the link closes
             self.shared.refund_soon(list(permits))
             return
-        now = asyncio.get_running_loop().time()
-        self._pool.extend((permit, size, now) for permit in permits)
-        if self._expiry is None:
-            self._expiry = asyncio.get_running_loop().call_later(self._lease, self._on_expiry)
+        self._pool.extend((permit, size, asked_at) for permit in permits)
+        self._expire()  # an answer read a lease late leases nothing
+        if self._expiry is None and self._pool:
+            self._expiry = asyncio.get_running_loop().call_at(asked_at + self._lease,
+                                                              self._on_expiry)
 
     def _expire(self) -> None:
         """Give back the permits older than the lease."""
         oldest = asyncio.get_running_loop().time() - self._lease
-        old = []
-        while self._pool and self._pool[0][2] <= oldest:
-            old.append(self._pool.popleft()[0])
+        # The whole pool (a few permits): a refill answered late may hold older leases.
+        old = [permit for permit, _, asked_at in self._pool if asked_at <= oldest]
+        if old:
+            self._pool = deque(entry for entry in self._pool if entry[2] > oldest)
         self.shared.refund_soon(old)
 
     def _on_expiry(self) -> None:
         self._expiry = None
         self._expire()
         if self._pool:
-            wait = self._pool[0][2] + self._lease - asyncio.get_running_loop().time()
+            wait = (min(entry[2] for entry in self._pool) + self._lease
+                    - asyncio.get_running_loop().time())
             self._expiry = asyncio.get_running_loop().call_later(max(wait, 0.0), self._on_expiry)
 
     def _drop_pool(self) -> None:
@@ -203,6 +210,7 @@ class SharedProviderLimiter(ProviderRateLimiter):
         """Lease permits for the pool; nothing when a lease would take more than its share."""
         size = self._unit()
         self.refills += 1
+        asked_at = asyncio.get_running_loop().time()
         try:
             admission = await self.shared.admit(size, extra=_LEASE - 1, extra_tokens=size,
                                                 share=_SHARE, lease_only=True)
@@ -214,7 +222,7 @@ class SharedProviderLimiter(ProviderRateLimiter):
         finally:
             self._refilling = False
         if admission.admitted and admission.permit is not None:
-            self._fill((admission.permit, *admission.extra), size)
+            self._fill((admission.permit, *admission.extra), size, asked_at)
 
     async def _after(self, permit: int, tokens: int, paused: float | None) -> None:
         """Stamp the permit in the background (the answer or the stream's first delta does
