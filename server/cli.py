@@ -32,7 +32,7 @@ from actors.llm import LedgerUnavailable, check_ledger, describe_validation_erro
 from runtime.gc_tuning import collector_paused, tune_gc
 from server._http_protocol import http_protocol
 from server._logging import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
-from server._ws_protocol import WS_PROTOCOL
+from server._ws_protocol import ws_protocol
 from server.config import AppConfig, ConfigError, load_config
 from server.simulated import wants_simulator
 
@@ -363,8 +363,9 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         "log_level": log_level,
         "ws_max_size": config.server.max_message_bytes,
         # websockets-sansio that stops reading a peer whose writes are backed up (a ping flood
-        # from a client that never reads its pongs): server/_ws_protocol.py.
-        "ws": WS_PROTOCOL,
+        # from a client that never reads its pongs), or that it or the process is over its read
+        # budget: server/_ws_protocol.py.
+        "ws": ws_protocol(config.server.max_read_bytes_per_second),
         # httptools with a deadline for reading each request (slowloris): server/_http_protocol.py.
         "http": http_protocol(config.server.request_read_timeout),
         # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.

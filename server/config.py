@@ -50,6 +50,7 @@ from server._config_file import (
     resolve_paths,
     yaml_problem,
 )
+from server._ws_protocol import PROCESS_READ_PER_SECOND
 
 __all__ = [
     "AppConfig",
@@ -89,6 +90,12 @@ class ServerConfig(BaseModel):
     )
     max_message_bytes: int = Field(default=65536, ge=1)
     max_messages_per_minute: int = Field(default=120, ge=1)
+    max_read_bytes_per_second: int = Field(
+        default=PROCESS_READ_PER_SECOND, ge=65536, description="what a worker process reads"
+        " from all its chat sockets together, each frame counted as at least 256 bytes and each"
+        " message 16 KiB more (at most one second's worth at once); past it sockets are read in"
+        " turn, the one given least first, and none is closed for it"
+    )
     max_concurrent_turns: int = Field(default=4, ge=1)
     max_connections: int = Field(
         default=2048, ge=1, description="chat sockets a worker process keeps open at once (each"
