@@ -5,7 +5,6 @@ from ._history import EXPIRE_BATCH, HistoryStore, HistoryStoreClosed
 from ._leases import ConversationUnavailable, SharedTurnLeases, TurnLeases
 from ._messages import (
     ClearHistory,
-    GetHistory,
     HistoryWriteError,
     RunTurn,
     ToolCallFinished,
@@ -22,7 +21,6 @@ __all__ = [
     "EXPIRE_BATCH",
     "ClearHistory",
     "ConversationUnavailable",
-    "GetHistory",
     "GroupCommit",
     "HistoryStore",
     "HistoryStoreClosed",

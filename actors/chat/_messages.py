@@ -1,5 +1,5 @@
-"""What a session is asked (:class:`RunTurn`, :class:`ClearHistory`, :class:`GetHistory`) and
-what a turn streams back (:data:`TurnEvent`); the session's behaviour is in ``_session``."""
+"""What a session is asked (:class:`RunTurn`, :class:`ClearHistory`) and what a turn streams
+back (:data:`TurnEvent`); the session's behaviour is in ``_session``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from runtime import Ask, AskStream
 __all__ = [
     "ChatSettings",
     "ClearHistory",
-    "GetHistory",
     "HistoryWriteError",
     "RunTurn",
     "SessionMessage",
@@ -48,11 +47,6 @@ class RunTurn(AskStream["TurnEvent"]):
 @dataclass(frozen=True)
 class ClearHistory(Ask[None]):
     """Forget the conversation (after the turns queued before it); answers ``None``."""
-
-
-@dataclass(frozen=True)
-class GetHistory(Ask["list[dict[str, Any]]"]):
-    """Answers the stored messages of the conversation (``list[dict]``, oldest first)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +147,7 @@ class TurnComplete:
 TurnEvent = TurnText | TurnReasoning | ToolCallStarted | ToolCallFinished | TurnComplete
 """What ``ask_stream(RunTurn(...))`` yields: deltas and tool events, then one TurnComplete."""
 
-SessionMessage = RunTurn | ClearHistory | GetHistory
+SessionMessage = RunTurn | ClearHistory
 """What a session handles (each declares its answer)."""
 
 

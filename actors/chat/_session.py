@@ -87,7 +87,6 @@ from ._leases import ConversationUnavailable, TurnLeases
 from ._messages import (
     ChatSettings,
     ClearHistory,
-    GetHistory,
     HistoryWriteError,
     RunTurn,
     SessionMessage,
@@ -272,8 +271,6 @@ class SessionActor(Actor["SessionMessage"]):
                     then=functools.partial(self._clear_ended, slot),
                 )
                 return None
-            case GetHistory():
-                return await anyio.to_thread.run_sync(self._history.load, self.conversation_id)
             case _:
                 assert_never(message)
 

@@ -29,7 +29,6 @@ import pytest
 
 from actors.chat import (
     ClearHistory,
-    GetHistory,
     HistoryStore,
     HistoryWriteError,
     RunTurn,
@@ -378,7 +377,7 @@ async def test_tool_loop_stops_at_max_tool_hops_with_a_clear_message(tmp_path: P
     async with backend(tmp_path) as b:
         session = await b.session(max_tool_hops=2)
         events = await turn(session, 'call echo {"text": "x"} again')
-        stored = await session.ask(GetHistory(), timeout=5)
+        stored = b.history.load("c1")
     assert len(of_type(events, ToolCallFinished)) == 2
     assert len(b.model.requests) == 3
     assert text_of(events) == (
@@ -413,7 +412,7 @@ async def test_model_error_ends_the_turn_with_the_typed_error(tmp_path: Path) ->
         with pytest.raises(LLMServerError, match=r"^upstream is on fire \(scripted\)$"):
             await turn(session, "explode")
         assert text_of(await turn(session, "still there?")) == "Echo: still there?"
-        stored = await session.ask(GetHistory(), timeout=5)
+        stored = b.history.load("c1")
     # Failed before the model answered anything: the conversation is as it was (review 4).
     assert [m["content"] for m in stored] == ["still there?", "Echo: still there?"]
     assert b.model.requests[-1].messages[1:] == (
@@ -427,10 +426,10 @@ async def test_history_is_persisted_and_reloaded_by_a_new_session_actor(tmp_path
     async with backend(tmp_path) as b:
         session = await b.session("c9")
         await turn(session, 'call add {"a": 2, "b": 3}')
-        first = await session.ask(GetHistory(), timeout=5)
+        first = b.history.load("c9")
         await b.system.stop_actor(session_actor_name("c9"), under="sessions")
         again = await b.session("c9")
-        assert await again.ask(GetHistory(), timeout=5) == first
+        assert b.history.load("c9") == first
         await turn(again, "and now?")
         assert b.history.load("c9")[-1] == {"role": "assistant", "content": "Echo: and now?"}
     assert [m["role"] for m in first] == ["user", "assistant", "tool", "assistant"]
@@ -463,7 +462,7 @@ async def test_clear_history_forgets_the_conversation(tmp_path: Path) -> None:
         session = await b.session()
         await turn(session, "remember me")
         assert await session.ask(ClearHistory(), timeout=5) is None
-        assert await session.ask(GetHistory(), timeout=5) == []
+        assert b.history.load("c1") == []
         assert not b.history.exists("c1")
         await turn(session, "who?")
     assert b.model.requests[-1].messages[1:] == ({"role": "user", "content": "who?"},)
@@ -480,7 +479,7 @@ async def test_context_budget_trims_the_oldest_messages_keeping_tool_pairs(
         await turn(session, "x" * 40)
         await turn(session, f'call echo {{"text": "{output}"}}')
         await turn(session, "last question")
-        stored = await session.ask(GetHistory(), timeout=5)
+        stored = b.history.load("c1")
     assert len(stored) == 8  # the store keeps everything; only the request is trimmed
     assert b.model.requests[-1].messages == (
         {"role": "system", "content": "Be brief."},
@@ -531,7 +530,7 @@ async def test_leaving_the_stream_cancels_the_turn_and_the_model_stream(tmp_path
             while b.model.cancelled == 0:
                 await anyio.sleep(0.01)
         assert b.system.status()[session_actor_name("c1")].in_flight == 0
-        stored = await session.ask(GetHistory(), timeout=5)
+        stored = b.history.load("c1")
         assert stored == [{"role": "user", "content": "tell me slowly a long story"}]
         assert text_of(await turn(session, "next")) == "Echo: next"
 
@@ -549,7 +548,7 @@ async def test_cancelling_during_tool_calls_stores_no_unanswered_call(tmp_path: 
                 "mcp:demo"
             ].in_flight:
                 await anyio.sleep(0.01)
-        stored = await session.ask(GetHistory(), timeout=5)
+        stored = b.history.load("c1")
     assert stored == [{"role": "user", "content": 'call sleep {"seconds": 30}'}]
 
 
