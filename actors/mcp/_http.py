@@ -43,6 +43,11 @@ this one does instead:
   :data:`MAX_ONE_WAY_POSTS` at once (the others are dropped, the first of a session logged);
   only ``notifications/initialized`` stays inline (the server must have it before our next
   request), bounded the same.
+- **Connections.** The client kept httpx's default pool of 100: with ``max_concurrent_calls``
+  110, the 10 calls past the 100th waited for a connection, and failed once that wait passed
+  their timeout. Here the pool holds (and keeps alive) one connection per call that may run,
+  one per one-way POST, and :data:`SPARE_CONNECTIONS` for the session's own requests
+  (:func:`connection_limits`).
 
 The SDK's transport class does the rest (sessions, protocol-version headers, same-origin
 redirects); the methods overridden are private (``mcp>=2.3,<3``; ``tests/mcp/test_review4_http.py``
@@ -85,9 +90,11 @@ __all__ = [
     "ONE_WAY_SECONDS",
     "READ_MARGIN_SECONDS",
     "RESUME_FLOOR_SECONDS",
+    "SPARE_CONNECTIONS",
     "STREAM_LOST",
     "HttpTransport",
     "call_wait",
+    "connection_limits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +113,9 @@ ONE_WAY_SECONDS: Final = 5.0
 #: Replies and notifications being POSTed at most; the others are dropped. As many as a
 #: server's requests we hold unanswered (``MAX_SERVER_REQUESTS``).
 MAX_ONE_WAY_POSTS: Final = 16
+#: Connections beyond the calls and the one-way POSTs: the session's ``DELETE`` at the end while
+#: calls are still being given up, a resuming GET opened while its call's POST is closing.
+SPARE_CONNECTIONS: Final = 4
 
 _call_wait: ContextVar[float | None] = ContextVar("mcp_http_call_wait", default=None)
 
@@ -119,6 +129,14 @@ def call_wait(seconds: float) -> Iterator[None]:
         yield
     finally:
         _call_wait.reset(token)
+
+
+def connection_limits(config: McpServerConfig) -> httpx2.Limits:
+    """The pool of one server's client: a connection for each call that may run at once
+    (``max_concurrent_calls``: each holds its answer's stream), each one-way POST and
+    :data:`SPARE_CONNECTIONS`, all kept alive (the next calls reuse them)."""
+    connections = config.max_concurrent_calls + MAX_ONE_WAY_POSTS + SPARE_CONNECTIONS
+    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
 _EMPTY_LINE: Final = re.compile(rb"\n\n|\r\r|\n\r")
@@ -169,7 +187,7 @@ class HttpTransport:
         headers = {**config.headers, "Accept-Encoding": "identity"}
         transport = _Transport(self._url, self)
         async with httpx2.AsyncClient(
-            headers=headers, timeout=timeout,
+            headers=headers, timeout=timeout, limits=connection_limits(config),
             event_hooks={"request": [self._time], "response": [self._bound]},
         ) as http:
             read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
