@@ -170,7 +170,7 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
             case Settle():
                 return self._settle(message)
             case Release():
-                self._book.release(message.reservation_id)
+                self._book.release(message.reservation_id, self.context.clock.now())
                 return None
             case GetSpend():
                 return self._snapshot()

@@ -271,10 +271,10 @@ class LedgerBook:
         self.peak = max(self.peak, self.settled + self.reserved)
         return entry
 
-    def release(self, reservation_id: int) -> None:
+    def release(self, reservation_id: int, now: float | None = None) -> None:
         entry = self.open.pop(reservation_id, None)
         if entry is not None:
-            self._hold(entry, -entry.amount)
+            self._hold(entry, -entry.amount, now)
         else:
             self.swept.pop(reservation_id, None)
 
@@ -318,17 +318,21 @@ class LedgerBook:
             del self.requests[request_id]
         return expired
 
-    def _hold(self, entry: OpenReservation, amount: int) -> None:
+    def _hold(self, entry: OpenReservation, amount: int, now: float | None = None) -> None:
+        # A turn or request is idle from its last hold, release (``now``) or settle: counted from
+        # when a long attempt's reservation was made, a sweep right after its release would forget
+        # what the turn or request had already settled.
+        touched = entry.created if now is None else now
         self.reserved += amount
         provider = entry.provider
         self.reserved_by_provider[provider] = self.reserved_by_provider.get(provider, 0) + amount
         if entry.turn_id is not None:
             turn = self.turns.setdefault(entry.turn_id, TurnSpend())
             turn.reserved += amount
-            turn.touched = max(turn.touched, entry.created)
+            turn.touched = max(turn.touched, touched)
         spent = self.requests.setdefault(entry.request_id, TurnSpend())
         spent.reserved += amount
-        spent.touched = max(spent.touched, entry.created)
+        spent.touched = max(spent.touched, touched)
         self.peak = max(self.peak, self.settled + self.reserved)
 
     def __repr__(self) -> str:

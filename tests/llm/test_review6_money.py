@@ -335,6 +335,28 @@ async def test_a_hedge_that_would_pass_max_cost_per_request_is_not_sent(tmp_path
     assert answer.usage.total_cost is not None
     assert round(spent, 12) == round(answer.usage.total_cost, 12)
 
+
+async def test_a_request_is_remembered_for_a_sweep_interval_after_its_last_release(
+        tmp_path: Path) -> None:
+    # An attempt of 25 s released (an error status) right before a sweep: the request's settled
+    # first attempt still counts for its next one. Before: idleness was counted from when the
+    # released reservation was made, the sweep forgot the request, and a next worst case of the
+    # whole max_cost_per_request was granted on top of the $0.001 already settled.
+    clock = FakeClock()
+    cost = ledger_config(tmp_path, max_cost_per_request=LEDGER_WORST)
+    async with ledger_system(cost, clock=clock, sweep_interval=10.0) as system:
+        ledger = system.ref("ledger")
+        first: Reservation = await ledger.ask(ledger_reserve("r1"), timeout=5)
+        assert await ledger.ask(Settle(first.id, Usage(), 0.001), timeout=5) == 0.001
+        second: Reservation = await ledger.ask(ledger_reserve("r1", max_tokens=500), timeout=5)
+        await clock.advance(10.0)
+        await clock.advance(10.0)
+        await clock.advance(5.0)
+        await ledger.ask(Release(second.id), timeout=5)
+        await clock.advance(5.0)  # the sweep at 30 s
+        with pytest.raises(LLMCostLimitError, match=r"this request settled \$0\.001000 \+ "):
+            await ledger.ask(ledger_reserve("r1"), timeout=5)
+
 # -- OpenRouter's reported cost ------------------------------------------------------------------
 
 #: OpenRouter's documentation ("Usage Accounting"): ``cost`` is "the total amount charged to your
