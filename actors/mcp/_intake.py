@@ -14,6 +14,10 @@ message it parsed, before handing it over:
 - **A server's requests are bounded:** at most :data:`MAX_SERVER_REQUESTS` unanswered at once
   (``ping``, and the ``sampling`` / ``roots`` / ``elicitation`` requests we refuse); the others
   are dropped unanswered, the first of a session logged.
+- **A tool listing is bounded:** the first :data:`MAX_LISTED_TOOLS` tools of a page are read, the
+  others and any further page dropped (300,000 tools in one 16 MiB listing were all validated
+  by the SDK and kept, 309 MB, with 3.2 MB of their names in every ``/health``; the catalog
+  offers 128 tools at most, in all).
 - **A tool result's content blocks are bounded:** the first :data:`MAX_CONTENT_BLOCKS` are read,
   the others replaced by a note (the SDK made a model of each on the event loop: 300,000 blocks
   of one character, 12 MB, froze it for 6 s per call; the model reads a few thousand
@@ -36,7 +40,7 @@ import mcp_types
 
 from ._sdk import SessionMessage
 
-__all__ = ["MAX_CONTENT_BLOCKS", "MAX_SERVER_REQUESTS", "Intake"]
+__all__ = ["MAX_CONTENT_BLOCKS", "MAX_LISTED_TOOLS", "MAX_SERVER_REQUESTS", "Intake"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 MAX_SERVER_REQUESTS: Final = 16
 #: Content blocks of a tool result read at most; the others are replaced by a note.
 MAX_CONTENT_BLOCKS: Final = 1000
+#: Tools of a server read at most (over all its pages); the others are dropped unread.
+MAX_LISTED_TOOLS: Final = 16_384
 
 _Stream = TypeVar("_Stream")
 
@@ -82,7 +88,19 @@ class Intake:
                 note = f"[{len(content) - MAX_CONTENT_BLOCKS} more content blocks, not read]"
                 message.result["content"] = [*content[:MAX_CONTENT_BLOCKS],
                                              {"type": "text", "text": note}]
+            # And only a tools/list result has "tools".
+            tools = message.result.get("tools")
+            if isinstance(tools, list) and len(tools) > MAX_LISTED_TOOLS:
+                self._cut_listing(message.result, len(tools))
         return True
+
+    def _cut_listing(self, result: dict[str, Any], listed: int) -> None:
+        result["tools"] = result["tools"][:MAX_LISTED_TOOLS]
+        result.pop("nextCursor", None)
+        logger.warning(
+            "MCP server %r listed %d tools; the first %d are read, the rest and any further page"
+            " are not", self._server, listed, MAX_LISTED_TOOLS,
+        )
 
     def _answered(self, item: SessionMessage) -> None:
         if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):

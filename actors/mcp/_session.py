@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp_types
 import pydantic
@@ -32,7 +33,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from ._config import McpServerConfig
 from ._errors import McpServerError, McpToolError, McpToolTimeout
 from ._http import STREAM_LOST, HttpTransport, call_wait
-from ._intake import Intake
+from ._intake import MAX_LISTED_TOOLS, Intake
 from ._redact import redact_server_text
 from ._sdk import (
     ClientSession,
@@ -73,6 +74,7 @@ class McpSession:
         stderr: StderrTail | None,
         transport: StdioTransport | HttpTransport,
         intake: Intake,
+        background: anyio.abc.TaskGroup,
     ) -> None:
         self.name = name
         self.tools = tools
@@ -84,6 +86,7 @@ class McpSession:
         self._stderr = stderr
         self._transport = transport
         self._intake = intake
+        self._background = background
         self._closed = False
 
     @property
@@ -109,9 +112,8 @@ class McpSession:
             raise McpServerError(self.name, "session is closed")
         limit = self._config.call_timeout if timeout is None else timeout
         try:
-            # Over HTTP each request of the call reads for as long as the call waits.
-            with anyio.fail_after(limit), call_wait(limit):
-                result = await self._client.call_tool(name, arguments)
+            with anyio.fail_after(limit):
+                result = await self._detached_call(name, arguments, limit)
         except TimeoutError:
             raise McpToolTimeout(self.name, name, limit) from None
         except MCPError as exc:
@@ -130,6 +132,8 @@ class McpSession:
                 server=self.name,
                 tool=name,
             ) from exc
+        except anyio.EndOfStream:
+            raise McpServerError(self.name, "session is closed") from None
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise McpServerError(self.name, f"connection failed: {exc!r}") from exc
         except httpx2.HTTPError as exc:
@@ -148,6 +152,42 @@ class McpSession:
                 tool=name,
             ) from None
         return ToolResult.from_call_result(result)
+
+    async def _detached_call(
+        self, name: str, arguments: dict[str, Any], limit: float
+    ) -> mcp_types.CallToolResult:
+        """The SDK's call, run in a task of the session: its outcome, or its error raised here.
+
+        A caller that stops waiting (its timeout, its cancellation) cancels the call and returns
+        at once. The SDK then writes a courtesy cancel to the server, shielded, for up to 5 s: a
+        server that reads nothing more held every call given up 5 s past its timeout.
+        """
+        outcomes, outcome = anyio.create_memory_object_stream[
+            tuple[mcp_types.CallToolResult | None, Exception | None]](1)
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with outcomes, scope:
+                try:
+                    # Over HTTP each request of the call reads for as long as the call waits.
+                    with call_wait(limit):
+                        result = await self._client.call_tool(name, arguments)
+                except Exception as exc:  # raised in the caller, which translates it
+                    outcomes.send_nowait((None, exc))
+                else:
+                    outcomes.send_nowait((result, None))
+
+        self._background.start_soon(run)
+        with outcome:
+            try:
+                result, error = await outcome.receive()  # EndOfStream: the session closed
+            except BaseException:
+                scope.cancel()
+                raise
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
 
     def _died_reason(self, error: MCPError) -> str:
         if self._transport.fault is not None:
@@ -198,7 +238,7 @@ async def open_mcp_session(name: str, config: McpServerConfig) -> AsyncIterator[
                         tools = await _list_tools(name, client, config.max_message_bytes)
                         pid = stderr.find_child_pid() if stderr is not None else None
                         session = McpSession(
-                            name, config, client, tools, pid, stderr, transport, intake
+                            name, config, client, tools, pid, stderr, transport, intake, tg
                         )
                         started = True
                         life.deadline = math.inf
@@ -353,7 +393,8 @@ async def _streams(
 
 async def _list_tools(server: str, client: ClientSession, budget: int) -> list[ToolSpec]:
     """The server's tools, page after page, until the listing passes ``budget`` characters
-    (names, descriptions and input schemas as JSON) or :data:`_MAX_TOOL_PAGES` pages: each
+    (names, descriptions and input schemas as JSON), :data:`MAX_LISTED_TOOLS` tools or
+    :data:`_MAX_TOOL_PAGES` pages: each
     page is bounded as a message, but 100 pages of 16 MiB were all kept (``/health`` holds
     them)."""
     tools: list[ToolSpec] = []
@@ -370,6 +411,11 @@ async def _list_tools(server: str, client: ClientSession, budget: int) -> list[T
         cursor = page.next_cursor
         if cursor is None:
             return tools
+        if len(tools) >= MAX_LISTED_TOOLS:
+            logger.warning("MCP server %r: tools/list stopped after %d pages: %d tools listed (at"
+                           " most %d); the rest are not offered", server, pages, len(tools),
+                           MAX_LISTED_TOOLS)
+            return tools[:MAX_LISTED_TOOLS]
         if size > budget:
             logger.warning(
                 "MCP server %r: tools/list stopped after %d pages: %d characters of tools listed"

@@ -1,10 +1,16 @@
 """A stdio MCP server's stderr, through a pipe: logged at DEBUG (redacted), its last bytes kept
-for errors."""
+for errors.
+
+Control characters are shown escaped (``\\x1b``): the tail reaches the log (the supervisor's line
+for a lost session), where a terminal obeyed a server's escape sequences (erase a line, move
+up, write a forged one), as did the DEBUG lines; bidirectional overrides likewise.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Final, TextIO
@@ -16,6 +22,12 @@ __all__ = ["StderrTail"]
 logger = logging.getLogger(__name__)
 
 _STDERR_TAIL_BYTES: Final = 2000
+# C0 (but tab) and C1 controls, DEL, and the bidirectional embeddings, overrides and isolates.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 class StderrTail:
@@ -67,7 +79,8 @@ class StderrTail:
     def _record(self, data: bytes) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             for line in data.decode(errors="replace").splitlines():
-                logger.debug("MCP server %r stderr: %s", self._server, self._redact(line))
+                logger.debug("MCP server %r stderr: %s", self._server,
+                             _escaped(self._redact(line)))
         self._tail.append(data)
         self._tail_size += len(data)
         while self._tail_size - len(self._tail[0]) >= _STDERR_TAIL_BYTES:
@@ -76,7 +89,7 @@ class StderrTail:
     def tail(self) -> str:
         """The last lines the server wrote to stderr, joined with `` | ``."""
         text = b"".join(self._tail)[-_STDERR_TAIL_BYTES:].decode(errors="replace")
-        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+        return _escaped(" | ".join(line.strip() for line in text.splitlines() if line.strip()))
 
     def find_child_pid(self) -> int | None:
         """The pid of our child process whose stderr is this pipe (Linux ``/proc``), if any.
