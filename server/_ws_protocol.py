@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, Final
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
+from server._linger import Lingering
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
 
@@ -196,8 +198,12 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
         self._process = read_budget if read_budget is not None else _default_budget()
         self.read_tag = 0.0
         """What this socket has been given, in the process budget's fair order."""
+        self._lingering: Lingering | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # refused: nothing more is parsed
+            self._lingering.discard(data)
+            return
         data = self._unparsed + data if self._unparsed else data
         self._unparsed = b""
         # By offset: cutting the rest off after each slice copied it (a 256 KiB read, ~8 MiB).
@@ -214,6 +220,9 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
                 return
             super().data_received(
                 data[start:start + SLICE_BYTES] if len(data) > SLICE_BYTES else data)
+            if self._lingering is not None:
+                self._lingering.discard(data[start + SLICE_BYTES:])
+                return
             if self.transport.is_closing():
                 return
 
@@ -248,7 +257,23 @@ class FlowControlledWebSocket(WebSocketsSansIOProtocol):
         if not self._budget_waiting() and not self.read_paused and not self._writes_backed_up:
             self.transport.resume_reading()
 
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, but closing lingering (:mod:`server._linger`): the close frame (1009 for a
+        message over ``max_message_bytes``, 1007, 1002) reaches a peer still sending."""
+        assert self.conn.close_sent is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": self.conn.close_sent.code,
+                               "reason": self.conn.close_sent.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._unparsed = b""
+        self._lingering = Lingering(self.transport, self.loop)
+        # uvicorn's own close timer: the app ending then leaves the socket to it (and a
+        # shutdown or the connection's loss cancels it).
+        self.close_timer = self._lingering.timer
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
         if self._refill is not None:
             self._refill.cancel()
             self._refill = None

@@ -30,13 +30,16 @@ def handshake(port: int, *, host: str, token: str, origin: str | None = None,
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (payload shorter than 64 KiB)."""
+    """One masked client frame."""
     mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(
+        (mask * (len(payload) // 4 + 1))[:len(payload)], "big")).to_bytes(len(payload), "big")
     if len(payload) < 126:
         head = struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))
-    else:
+    elif len(payload) < 2**16:
         head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, len(payload))
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, len(payload))
     return head + mask + masked
 
 
