@@ -17,18 +17,22 @@ _OPENAI_NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 def exposed_tool_names(tools_by_server: Mapping[str, list[ToolSpec]]) -> dict[str, ToolSpec]:
     """The names the model sees for every tool, mapped to the tool (in server then listing order).
 
-    The rule: a tool name offered by exactly one server keeps its name; a name offered by several
-    servers becomes ``<server>__<tool>`` on every one of them. Names are then made valid for
-    OpenAI (``^[a-zA-Z0-9_-]{1,64}$``: other characters become ``_``, the result is cut to 64
-    characters). If two tools still end up with the same name (after sanitizing, a server
-    listing a name twice, or a tool named like a prefixed one), the later one gets ``_2``,
-    ``_3``, ...: prefixed names first, then the others, each in server then listing order.
+    The rule: names are made valid for OpenAI (``^[a-zA-Z0-9_-]{1,64}$``: other characters
+    become ``_``, the result is cut to 64 characters); a valid name offered by exactly one server
+    is the tool's; one offered by several servers (``get.weather`` and ``get_weather`` are one)
+    becomes ``<server>__<tool>`` on every one of them, made valid the same way. If two tools
+    still end up with the same name (a server listing a name twice, or a tool named like a
+    prefixed one), the later one gets ``_2``, ``_3``, ...: prefixed names first, then the
+    others, each in server then listing order.
     """
+    # Counted as the model would see them: else a server listed first could offer
+    # ``get.weather`` and take the name another server's ``get_weather`` is offered under.
     servers_per_name = Counter(
-        name for tools in tools_by_server.values() for name in {spec.name for spec in tools}
+        name for tools in tools_by_server.values()
+        for name in {_sanitize(spec.name) for spec in tools}
     )
     listed = [(server, spec) for server, tools in tools_by_server.items() for spec in tools]
-    clashes = [servers_per_name[spec.name] > 1 for _, spec in listed]
+    clashes = [servers_per_name[_sanitize(spec.name)] > 1 for _, spec in listed]
     # Prefixed names are given out first: otherwise a server listed earlier could offer a tool
     # literally named ``github__create_issue`` and take the name the rule gives GitHub's tool.
     order = [i for i in range(len(listed)) if clashes[i]]

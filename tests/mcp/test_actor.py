@@ -326,9 +326,9 @@ async def test_catalog_reports_a_dead_server_as_an_error_result() -> None:
 
 @pytest.mark.anyio
 async def test_a_turn_runs_the_tool_it_was_offered_after_another_turn_renamed_it() -> None:
-    # notes' "read.file" and shell's "read_file" are both exposed as read_file: notes, listed
-    # first, keeps it and shell's becomes read_file_2, until a refresh while notes restarts
-    # gives read_file to shell. A turn offered the first names must still call notes' tool.
+    # notes' "read.file" and shell's "read_file" are both read_file once made valid: a clash,
+    # so each is offered prefixed, until a refresh while notes restarts gives read_file to
+    # shell. A turn offered the first names must still call notes' tool, and shell's.
     servers = {"notes": hostile("--pid-tool", "read.file"),
                "shell": hostile("--pid-tool", "read_file")}
     async with mcp_system(servers) as system:
@@ -338,24 +338,25 @@ async def test_a_turn_runs_the_tool_it_was_offered_after_another_turn_renamed_it
         catalog = ToolCatalog(system, ["notes", "shell"])
         offered = await catalog.refresh()  # turn X offers its model these names
         assert {name: (spec.server, spec.name) for name, spec in offered.exposed.items()
-                if name.startswith("read_file")} == {
-            "read_file": ("notes", "read.file"), "read_file_2": ("shell", "read_file")}
+                if "read_file" in name} == {
+            "notes__read_file": ("notes", "read.file"), "shell__read_file": ("shell", "read_file")}
         os.kill(notes.pid, signal.SIGKILL)
         await wait_state(system, "notes", "restarting")
         later = await catalog.refresh()  # another conversation's turn, while notes restarts
         assert {name: (spec.server, spec.name) for name, spec in later.exposed.items()
-                if name.startswith("read_file")} == {"read_file": ("shell", "read_file")}
-        spec, result = await offered.call("read_file", "{}", timeout=10)  # X's model calls
+                if "read_file" in name} == {"read_file": ("shell", "read_file")}
+        spec, result = await offered.call("notes__read_file", "{}", timeout=10)  # X's model
         restarted = health(system, "notes").pid
         assert spec is not None and (spec.server, spec.name) == ("notes", "read.file")
         assert result == ToolResult(
             text=str(restarted), structured={"result": restarted}, is_error=False
         )
         assert restarted not in (notes.pid, shell.pid)
-        _, result = await later.call("read_file", "{}", timeout=10)
-        assert result == ToolResult(
-            text=str(shell.pid), structured={"result": shell.pid}, is_error=False
-        )
+        for turn, name in ((offered, "shell__read_file"), (later, "read_file")):
+            _, result = await turn.call(name, "{}", timeout=10)
+            assert result == ToolResult(
+                text=str(shell.pid), structured={"result": shell.pid}, is_error=False
+            )
 
 
 @pytest.mark.skipif(not TIME_SERVER.exists(), reason="mcp-server-time is not installed")

@@ -105,10 +105,6 @@ def _spec(server: str, name: str) -> ToolSpec:
     return ToolSpec(server=server, name=name, description=f"{server}'s {name}", input_schema={})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fix (clashes counted by the name made valid, in actors/mcp/_tool_names.py) changes the"
-    " names tests/mcp/test_actor.py::test_a_turn_runs_the_tool_it_was_offered_after_another_turn"
-    "_renamed_it sets up its rename with, a file outside this review's; see its report"))
 def test_a_name_that_becomes_another_servers_tool_name_once_made_valid_is_a_clash() -> None:
     # ``get.weather`` is offered as ``get_weather``: a server listed first took the name of
     # another server's ``get_weather``, which became ``get_weather_2``.
