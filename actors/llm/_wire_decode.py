@@ -127,7 +127,10 @@ class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
     """``usage`` as reported; ``cost`` and ``cost_details`` are OpenRouter's.
 
     ``cost`` is kept as sent: :attr:`reported_cost` is it when it is a number (a cost that is not
-    a number is no reported cost, as when the provider reports none).
+    a number is no reported cost, as when the provider reports none), plus
+    ``cost_details.upstream_inference_cost`` for a BYOK request (the provider bills that to the
+    user's own key; ``cost`` is OpenRouter's fee): when ``is_byok`` says so, or, if it says
+    nothing, when the upstream cost is the larger (without BYOK, ``cost`` holds the upstream's).
     """
 
     prompt_tokens: int | None = None
@@ -137,6 +140,7 @@ class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens_details: CompletionTokensDetails | None = None
     cost: Any = None
     cost_details: dict[str, Any] | None = None
+    is_byok: Any = None
 
     @property
     def cached_tokens(self) -> int | None:
@@ -150,10 +154,22 @@ class WireUsage(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def reported_cost(self) -> float | None:
-        cost = self.cost
-        if isinstance(cost, int | float) and not isinstance(cost, bool):
-            return float(cost)
-        return None
+        cost = _number(self.cost)
+        if cost is None:
+            return None
+        details = self.cost_details
+        upstream = _number(details.get("upstream_inference_cost")) if details else None
+        if upstream is not None and upstream > 0 and (
+                self.is_byok is True or (self.is_byok is None and upstream > cost)):
+            return cost + upstream
+        return cost
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number (a bool is not one)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 class Delta(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from actors.llm import (
@@ -27,6 +28,7 @@ from actors.llm import (
 from actors.llm._ledger import LedgerBook
 from actors.llm._ledger_book import nanos_up
 from actors.llm._messages import Release, Reservation, Settle, Usage
+from actors.llm._wire_decode import WireUsage
 from runtime.testing import FakeClock
 from tests.llm.raw_upstream import scripted_upstream
 from tests.llm.test_ledger import WORST as LEDGER_WORST
@@ -367,10 +369,6 @@ BYOK_FEE = 0.0000005
 BYOK_UPSTREAM = 0.00001
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OpenRouter's BYOK upstream_inference_cost is not counted: the ledger charges the fee in "
-    "usage.cost alone; the fix is in actors/llm/_wire_decode.py (WireUsage.reported_cost: cost "
-    "plus cost_details.upstream_inference_cost when both are numbers >= 0)"))
 async def test_a_byok_answer_is_charged_its_upstream_inference_cost_too(tmp_path: Path) -> None:
     # Before: charged $0.0000005 (OpenRouter's fee) for an answer that cost $0.0000105.
     answer = completion({"content": "x"})
@@ -389,3 +387,19 @@ async def test_a_byok_answer_is_charged_its_upstream_inference_cost_too(tmp_path
             spent = await settled(rt)
     assert round(spent, 12) == round(BYOK_FEE + BYOK_UPSTREAM, 12)
     assert response.usage.total_cost == pytest.approx(BYOK_FEE + BYOK_UPSTREAM, abs=1e-12)
+
+
+@pytest.mark.parametrize(("usage", "cost"), [
+    ({"cost": 0.5, "cost_details": {"upstream_inference_cost": 10.0}}, 10.5),  # BYOK, unsaid
+    ({"cost": 0.5, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.25}}, 0.75),
+    ({"cost": 0.5, "is_byok": False, "cost_details": {"upstream_inference_cost": 10.0}}, 0.5),
+    ({"cost": 2.0, "cost_details": {"upstream_inference_cost": 2.0}}, 2.0),  # no BYOK: passed on
+    ({"cost": 0.5, "cost_details": {"upstream_inference_cost": "10"}}, 0.5),
+    ({"cost": 0.5, "cost_details": {"upstream_inference_cost": -1.0}}, 0.5),
+    ({"cost": 0.5, "cost_details": {"upstream_inference_cost": None}}, 0.5),
+    ({"cost": True, "cost_details": {"upstream_inference_cost": 10.0}}, None),
+    ({"cost_details": {"upstream_inference_cost": 10.0}}, None),
+])
+def test_the_reported_cost_adds_a_byok_upstream_cost_only(usage: dict[str, Any],
+                                                          cost: float | None) -> None:
+    assert msgspec.json.decode(json.dumps(usage), type=WireUsage).reported_cost == cost

@@ -140,6 +140,7 @@ def _ref_usage(usage: Any) -> WireUsage | None:
         if completion is not None else None,
         cost=extra.get("cost"),
         cost_details=_dict(extra.get("cost_details")),
+        is_byok=extra.get("is_byok"),
     )
 
 
@@ -553,7 +554,7 @@ async def test_openrouter_stream_extracts_reasoning_cost_and_text(
     assert run.result["usage"] == WireUsage(
         prompt_tokens=12, completion_tokens=3, total_tokens=15,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
-        cost=0.00042, cost_details={"upstream_inference_cost": 0.0004})
+        cost=0.00042, cost_details={"upstream_inference_cost": 0.0004}, is_byok=False)
     assert run.result["usage"].reported_cost == 0.00042
     assert run.result["finish_reason"] == "stop"
 
@@ -685,7 +686,10 @@ _choice = _object({"delta": _delta}, {"index": st.integers(0, 1), "finish_reason
 _counts = st.integers(0, 50)
 _usage = _object({}, {"prompt_tokens": _counts, "completion_tokens": _counts,
                       "total_tokens": _counts, "cost": st.floats(0, 1),
-                      "cost_details": st.dictionaries(_text, st.floats(0, 1), max_size=1),
+                      "cost_details": st.dictionaries(
+                          st.sampled_from(["upstream_inference_cost", "x"]) | _text,
+                          st.floats(0, 1), max_size=1),
+                      "is_byok": st.booleans(),
                       "prompt_tokens_details": _object({}, {"cached_tokens": _counts}),
                       "completion_tokens_details": _object({}, {"reasoning_tokens": _counts})})
 _chunk_data = _object({"choices": st.lists(_choice, max_size=2)},
