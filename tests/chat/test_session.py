@@ -296,10 +296,10 @@ async def test_tool_call_runs_and_its_result_goes_back_to_the_model(tmp_path: Pa
 async def test_a_turn_calls_the_tool_it_offered_even_after_another_turn_renamed_it(
     tmp_path: Path,
 ) -> None:
-    # notes' "read.file" and shell's "read_file" are both offered as read_file: notes, listed
-    # first, keeps it (shell's is read_file_2). While this turn's model thinks, notes restarts
-    # and another conversation's refresh gives read_file to shell; the model then calls
-    # read_file, meaning notes' tool. The call must reach notes, never shell.
+    # notes' "read.file" and shell's "read_file" are both read_file once made valid: offered as
+    # notes__read_file and shell__read_file. While this turn's model thinks, notes restarts and
+    # another conversation's refresh offers shell's alone, as read_file; the model then calls
+    # notes__read_file, the name this turn offered. The call must reach notes, never shell.
     hostile = functools.partial(McpServerConfig, command=sys.executable, cwd=str(ROOT),
                                 call_timeout=10)
     servers = {"notes": hostile(args=["-m", "tests.mcp.hostile_server", "--pid-tool",
@@ -318,12 +318,12 @@ async def test_a_turn_calls_the_tool_it_offered_even_after_another_turn_renamed_
                 while _health(b.system, "notes").state == "ready":
                     await anyio.sleep(0.01)
             later = await b.tools.refresh()
-            assert (later.exposed["read_file"].server, "read_file_2" in later.exposed) == (
+            assert (later.exposed["read_file"].server, "notes__read_file" in later.exposed) == (
                 "shell", False)
 
         b.model.meanwhile = notes_restart_and_another_turn_refreshes
         session = await b.session()
-        events = await turn(session, "call read_file")
+        events = await turn(session, "call notes__read_file")
         finished = of_type(events, ToolCallFinished)
         assert [(f.server, f.tool) for f in finished] == [("notes", "read.file")]
         assert finished[0].result_preview != str(shell)
