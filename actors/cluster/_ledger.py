@@ -188,12 +188,17 @@ class SharedLedger:
         """
         if actual < 0:
             raise ValueError("actual must not be negative")
-        answer = await self._link.run(
-            self._settle, "ledger settle", self._keys(day, turn_id),
-            [request_id, actual, provider, self._res_ttl, self._day_ttl,
-             "0" if turn_id is None else "1"])
-        status, reserved = int(answer[0]), int(answer[1])
-        return SettleResult(status > 0, status == 2, reserved)
+        keys = self._keys(day, turn_id)
+        args = [request_id, actual, provider, self._res_ttl, self._day_ttl,
+                "0" if turn_id is None else "1", self.instance_id]
+        for _ in range(4):
+            answer = await self._link.run(self._settle, "ledger settle", keys, args)
+            status, reserved = int(answer[0]), int(answer[1])
+            if status == -2:  # Redis lost the day: the journal goes first (see SETTLE)
+                await self.seed_day_total(day, await self._journal(day))
+                continue
+            return SettleResult(status > 0, status == 2, reserved)
+        raise ClusterUnavailable("ledger settle", "Redis lost its data again while re-seeding")
 
     async def allow(self, allowance_id: str, provider: str, day: str, *, charge: int, out: int,
                     carry: int, want: int, min_free: int, call: int,

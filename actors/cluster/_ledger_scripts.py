@@ -140,14 +140,17 @@ end
 return {1, amount}
 """
 
-#: ARGV: request, actual, provider, res_ttl_ms, day_ttl_ms, has_turn (0/1).
+#: ARGV: request, actual, provider, res_ttl_ms, day_ttl_ms, has_turn (0/1), instance.
 #: Returns {1, reserved amount} settled, {2, 0} charged without a reservation (expired, lost),
-#: {0, 0} already ended (nothing charged).
+#: {0, 0} already ended (nothing charged), {-2, 0} this instance has not seeded the day: after
+#: Redis lost its data, the instance's journal (which holds this charge unless the instance is
+#: still telling Redis of it) must come back first, else the charge counts twice.
 SETTLE = _PRELUDE + """
 local id, actual, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local res_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 sweep(res_ttl)
 if redis.call('ZSCORE', ended, id) then return {0, 0} end
+if not redis.call('HGET', day, 'seed:' .. ARGV[7]) then return {-2, 0} end
 local record = redis.call('HGET', resv, id)
 local status, amount = 2, 0
 if record then

@@ -131,6 +131,18 @@ class SharedLedgerActor(LedgerActor):
     def _day_seed(self, day: str) -> DaySeed:
         book = self._book
         by_provider = dict(book.by_provider) if book.day == day else {}
+        # What Redis is still to be told (a settle shared behind its answer or retried, an
+        # allowance's charges for its next resize) is not seeded: it reaches Redis on its own
+        # (a settle of a reservation Redis lost counts as a late charge), and seeded too it
+        # counted twice.
+        unsent = [(pending.provider, pending.charge)
+                  for pending in (*self._sharing.values(), *self._unshared) if pending.day == day]
+        if book.day == day:
+            unsent += [(provider, allowance.unshared)
+                       for provider, allowance in self._allowances.items()]
+        for provider, charge in unsent:
+            if provider in by_provider:
+                by_provider[provider] = max(0, by_provider[provider] - charge)
         held = [SharedReservation(self._key(rid), entry.amount, entry.provider)
                 for rid, entry in book.open.items() if rid in self._granted]
         held += [SharedReservation(allowance.key, allowance.held, provider)

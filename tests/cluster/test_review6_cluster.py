@@ -68,10 +68,6 @@ async def test_a_query_password_reaches_redis_and_never_a_repr_an_error_or_a_log
             assert SECRET not in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "actors/llm/_shared_ledger.py: a settle still waiting to be shared is in the journal's "
-    "settled spend the seed adds after Redis restarted empty, and its retry is then charged "
-    "again as a late settle (see the review's report for the fix)"))
 async def test_a_settle_redis_missed_is_counted_once_after_redis_restarted_empty(
     tmp_path: Path, redis_server: RedisServer, cluster_config: ClusterConfig,
 ) -> None:
