@@ -138,8 +138,13 @@ class SharedLedgerActor(LedgerActor):
         unsent = [(pending.provider, pending.charge)
                   for pending in (*self._sharing.values(), *self._unshared) if pending.day == day]
         if book.day == day:
-            unsent += [(provider, allowance.unshared)
-                       for provider, allowance in self._allowances.items()]
+            for provider, allowance in self._allowances.items():
+                # Charged by its next resize: the one in flight, or else the next (unsure
+                # charges too: Redis lost the record of the calls that ran).
+                unsent.append((provider, allowance.unshared + sum(
+                    charge for _, charge in allowance.unsure)))
+                if allowance.resizing is not None:
+                    unsent.append((provider, allowance.resizing.charge))
         for provider, charge in unsent:
             if provider in by_provider:
                 by_provider[provider] = max(0, by_provider[provider] - charge)
