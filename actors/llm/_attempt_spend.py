@@ -12,6 +12,12 @@ after it took the request: charged its prompt, as the upstream may bill it.
 A connection that failed before sending is charged its prompt too: we cannot tell it apart from one
 that failed after, and erring that way keeps the limit.
 
+A non-streaming attempt that left and then ended without an answer (cancelled: a hedge's loser,
+a caller gone; timed out; its connection lost) is charged its whole output limit: the upstream
+does not stop a non-streaming request when its client goes (OpenRouter's documentation: such
+requests are not cancelled and are "billed for the complete response"), and nothing tells how
+much of it was generated. A stream is stopped by closing it, so it is charged what streamed.
+
 What streamed is counted up to the output limit (``Reserve.max_tokens``): the body capped the
 output there, so the upstream cannot have billed more. An answer that arrived but that we cannot
 use was billed whole: one that is not the JSON asked for is charged its own usage (its error
@@ -30,7 +36,7 @@ import logging
 
 import anyio
 
-from runtime import ActorRef
+from runtime import ActorRef, DeadlineExceeded
 
 from ._catalog import ModelCatalog
 from ._errors import (
@@ -71,6 +77,13 @@ def _answered(error: BaseException | None) -> bool:
     return status is not None and 200 <= status < 300
 
 
+def _unanswered(error: BaseException | None) -> bool:
+    """Whether an attempt in flight ended with no answer from the upstream (``None``:
+    cancelled), which may still be generating it."""
+    return error is None or isinstance(error, (LLMTimeoutError, LLMConnectionError,
+                                               DeadlineExceeded))
+
+
 def reported_usage(catalog: ModelCatalog, call: ProviderCall, report: WireUsage, content: str,
                    tool_calls: list[ToolCall], model: str, reasoning: str, limit: int) -> Usage:
     """What a stream that failed after its usage ``report`` is charged (priced).
@@ -108,9 +121,10 @@ class AttemptSpend:
     ``streamed`` collects every piece of output that came back (text, reasoning, tool calls).
     """
 
-    def __init__(self, ledger: ActorRef | None, reserve: Reserve) -> None:
+    def __init__(self, ledger: ActorRef | None, reserve: Reserve, *, stream: bool = False) -> None:
         self._ledger = ledger
         self._reserve = reserve
+        self._stream = stream
         self.reservation: Reservation | None = None
         self.sent = False
         self.streamed: list[str] = []
@@ -153,7 +167,7 @@ class AttemptSpend:
             # neither is charged (an estimate of garbage could otherwise charge past the limit).
             completion = estimate_output_tokens(text, self._reserve.model,
                                                 self._reserve.max_tokens)
-            if _answered(error):
+            if _answered(error) or (not self._stream and _unanswered(error)):
                 completion = self._reserve.max_tokens
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
                           total_tokens=prompt + completion)

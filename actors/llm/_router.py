@@ -269,7 +269,8 @@ class RouterActor(Actor[ChatRequest]):
         spend = AttemptSpend(
             self._ledger if tracked else None,
             Reserve(chat.request_id, provider, reserved, reserved_prompt, max_tokens,
-                    turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit))
+                    turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit),
+            stream=caller is not None)
         await spend.reserve(deadline)
         # A stream's deltas go from the provider's reading task straight to the caller's sink,
         # or else into the caller's stream: no relay task in the provider, no hop here.

@@ -51,11 +51,6 @@ ONE_PROVIDER_MAX_TOKENS = 10
 # only works for streaming requests with supported providers. For non-streaming requests or
 # unsupported providers, the model will continue processing and you will be billed for the
 # complete response." The complete response is at most the body's output limit.
-_NON_STREAM_BILLED_WHOLE = (
-    "a non-streaming attempt cancelled after it was sent is charged its prompt only, but the "
-    "upstream finishes it and bills it whole (up to its output limit): the fix is in "
-    "actors/llm/_attempt_spend.py (another helper's file): AttemptSpend.fail(None) of an attempt "
-    "that was sent and is not a stream settles prompt + Reserve.max_tokens")
 
 
 def worst_case(max_tokens: int = SIM_MAX_TOKENS) -> float:
@@ -69,7 +64,6 @@ def worst_case(max_tokens: int = SIM_MAX_TOKENS) -> float:
 # -- hedging and cancellation: what a non-streaming attempt left in flight is billed ------------
 
 
-@pytest.mark.xfail(strict=True, reason=_NON_STREAM_BILLED_WHOLE)
 async def test_a_hedges_cancelled_primary_is_charged_what_the_upstream_bills_it(
         tmp_path: Path) -> None:
     # Hedges are asks (never streams): the loser is a non-streaming request, cancelled after it
@@ -95,7 +89,6 @@ async def test_a_hedges_cancelled_primary_is_charged_what_the_upstream_bills_it(
     assert round(spent, 12) == round(worst_case() + answer.usage.total_cost, 12)
 
 
-@pytest.mark.xfail(strict=True, reason=_NON_STREAM_BILLED_WHOLE)
 async def test_a_non_streaming_ask_cancelled_in_flight_is_charged_its_output_limit(
         tmp_path: Path) -> None:
     # The caller goes away (a closed socket, a cancel) while the upstream works on a

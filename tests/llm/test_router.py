@@ -67,9 +67,11 @@ async def two_providers(tmp_path: Path, clock: Clock | None = None, **overrides:
 
 
 def prompt_cost(rt: LLMRuntime, messages: list[dict[str, Any]], model: str,
-                streamed: str = "") -> float:
-    """What the ledger charges an attempt that sent ``messages`` and streamed ``streamed``."""
-    completion = count_text_tokens(streamed, model) if streamed else 0
+                streamed: str = "", completion: int | None = None) -> float:
+    """What the ledger charges an attempt that sent ``messages`` and streamed ``streamed``
+    (or, given, ``completion`` output tokens)."""
+    if completion is None:
+        completion = count_text_tokens(streamed, model) if streamed else 0
     cost = build_catalog(rt.config).cost_of(model, count_message_tokens(messages, model),
                                             completion)
     assert cost is not None
@@ -292,8 +294,10 @@ async def test_a_slow_primary_is_hedged_after_the_delay_on_the_clock(tmp_path: P
         assert answer.provider == "backup"
         assert [(a.provider, a.hedge) for a in answer.attempts] == [("backup", True)]
         assert rt.metrics_summary()["hedges"] == 1
-        # The cancelled primary left for the upstream: it pays its prompt, the hedge its answer.
-        expected = prompt_cost(rt, HELLO, "gpt-4o-mini") + (answer.usage.total_cost or 0.0)
+        # The cancelled primary left for the upstream, which finishes a non-streaming request:
+        # it pays its whole output limit (64), the hedge its answer.
+        expected = (prompt_cost(rt, HELLO, "gpt-4o-mini", completion=64)
+                    + (answer.usage.total_cost or 0.0))
         assert await settled(rt) - before == pytest.approx(expected, abs=1e-9)
 
 

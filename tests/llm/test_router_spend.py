@@ -59,13 +59,14 @@ async def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_prompt(
         assert (await backup.stats())["total_requests"] == 0
 
 
-async def test_a_call_timed_out_in_flight_is_charged_its_prompt(tmp_path: Path) -> None:
+async def test_a_call_timed_out_in_flight_is_charged_its_output_limit(tmp_path: Path) -> None:
+    # A non-streaming request is not stopped upstream when its client gives up: billed whole.
     async with two_providers(tmp_path) as (rt, primary, backup):
         await primary.configure(faults={"latency": 30})
         with pytest.raises(LLMTimeoutError, match=r"^the request's 1s budget ran out before "):
             await rt.chat(HELLO, timeout=1, provider="primary")
-        assert await settled(rt) == pytest.approx(prompt_cost(rt, HELLO, "gpt-4o-mini"),
-                                                  abs=1e-9)
+        assert await settled(rt) == pytest.approx(
+            prompt_cost(rt, HELLO, "gpt-4o-mini", completion=64), abs=1e-9)
         assert (await backup.stats())["total_requests"] == 0
 
 
