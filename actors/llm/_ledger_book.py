@@ -230,21 +230,11 @@ class LedgerBook:
                     f"${usd(reserved):.6f} + worst case ${usd(amount):.6f} of {where}",
                     provider=entry.provider, model=entry.model)
         if entry.turn_id is not None and budget.turn is not None:
-            turn = self.turns.get(entry.turn_id, TurnSpend())
-            if turn.settled + turn.reserved + amount > budget.turn:
-                raise LLMCostLimitError(
-                    f"max_cost_per_turn ${usd(budget.turn):.6f} would be passed: this turn "
-                    f"settled ${usd(turn.settled):.6f} + reserved ${usd(turn.reserved):.6f} + "
-                    f"worst case ${usd(amount):.6f} of {where}",
-                    provider=entry.provider, model=entry.model)
+            _check_share(self.turns.get(entry.turn_id), amount, budget.turn,
+                         "max_cost_per_turn", "turn", where, entry)
         if budget.request is not None:
-            spent = self.requests.get(entry.request_id, TurnSpend())
-            if spent.settled + spent.reserved + amount > budget.request:
-                raise LLMCostLimitError(
-                    f"max_cost_per_request ${usd(budget.request):.6f} would be passed: this "
-                    f"request settled ${usd(spent.settled):.6f} + reserved "
-                    f"${usd(spent.reserved):.6f} + worst case ${usd(amount):.6f} of {where}",
-                    provider=entry.provider, model=entry.model)
+            _check_share(self.requests.get(entry.request_id), amount, budget.request,
+                         "max_cost_per_request", "request", where, entry)
         reservation_id = self.next_id
         self.next_id += 1
         self.open[reservation_id] = entry
@@ -352,3 +342,14 @@ def write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.E
     except sqlite3.Error as exc:
         return 0, exc
     return len(batch), None
+
+
+def _check_share(spent: TurnSpend | None, amount: int, limit: int, setting: str, whose: str,
+                 where: str, entry: OpenReservation) -> None:
+    """Refuse ``amount`` more for a turn or a request that ``spent`` so far past ``limit``."""
+    settled, reserved = (spent.settled, spent.reserved) if spent is not None else (0, 0)
+    if settled + reserved + amount > limit:
+        raise LLMCostLimitError(
+            f"{setting} ${usd(limit):.6f} would be passed: this {whose} settled "
+            f"${usd(settled):.6f} + reserved ${usd(reserved):.6f} + worst case "
+            f"${usd(amount):.6f} of {where}", provider=entry.provider, model=entry.model)

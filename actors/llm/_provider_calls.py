@@ -27,7 +27,7 @@ from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
 from ._messages import LLMResponse, ProviderCall, StreamEnd
 from ._provider_state import ProviderState
-from ._response_bounds import BoundedBody, StallWatch, responded, watching
+from ._response_bounds import BoundedBody, Stalled, StallWatch, responded, watching
 from ._sdk_call import (
     CallPlan,
     answered_model,
@@ -166,17 +166,12 @@ class CallSite:
         watch = StallWatch(body, self.stall_timeout)
         token = watching.set(weakref.ref(watch))
         try:
-            with anyio.CancelScope() as scope:
-                watch.start(scope)
-                try:
-                    return await sending
-                finally:
-                    watch.stop()
+            return await watch.bound(sending)
+        except Stalled:
+            raise LLMTimeoutError(f"request to {self.provider} timed out",
+                                  provider=self.provider, model=model) from None
         finally:
             watching.reset(token)
-        # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
-        raise LLMTimeoutError(f"request to {self.provider} timed out", provider=self.provider,
-                              model=model)
 
     async def complete(self, call: ProviderCall, plan: CallPlan, tokens: int,
                        progress: Progress) -> LLMResponse:

@@ -27,14 +27,17 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextvars import ContextVar
+from typing import TypeVar
 
 import anyio
 import httpx2
 
-__all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "bound_response",
-           "responded", "watching"]
+__all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "Stalled",
+           "bound_response", "responded", "watching"]
+
+T = TypeVar("T")
 
 IDENTITY = {"Accept-Encoding": "identity"}
 """The request header that asks for bodies as they are (see the module docstring)."""
@@ -142,6 +145,10 @@ def bound_response(response: httpx2.Response, limit: int) -> None:
         alive.attach(bounded)
 
 
+class Stalled(Exception):
+    """What :meth:`StallWatch.bound` raises once its watch fired."""
+
+
 class StallWatch:
     """Cancels ``scope`` once a watched :class:`BoundedBody` has waited ``timeout`` seconds for
     its next bytes, or, before it has a body (``None``: waiting for the response), once
@@ -165,6 +172,18 @@ class StallWatch:
         """Watch ``body`` from now on (the response came: its wait is over)."""
         body.watched = True
         self._body = body
+
+    async def bound(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` awaited under this watch (one cancel scope); raises :class:`Stalled`
+        once the watch fired."""
+        with anyio.CancelScope() as scope:
+            self.start(scope)
+            try:
+                return await awaitable
+            finally:
+                self.stop()
+        # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
+        raise Stalled
 
     def start(self, scope: anyio.CancelScope) -> None:
         self._scope = scope

@@ -23,7 +23,7 @@ from runtime import Request
 
 from ._errors import LLMClientError, LLMStreamingError
 from ._messages import DeltaSink, LLMResponse, ReasoningDelta, TextDelta
-from ._response_bounds import StallWatch
+from ._response_bounds import Stalled, StallWatch
 from ._stream_assembly import NoEvent
 from ._wire_decode import StreamAssembly, decode_chunk, malformed_error
 
@@ -164,16 +164,12 @@ async def _watched(reading: Awaitable[LLMClientError | None], watch: StallWatch 
     there is one."""
     if watch is None:
         return await reading
-    with anyio.CancelScope() as scope:
-        watch.start(scope)
-        try:
-            return await reading
-        finally:
-            watch.stop()
-    # Only the watch cancels this scope (a cancel from outside is re-raised by its own scope).
-    return LLMStreamingError(
-        f"stream from {provider} failed: no bytes for {watch.timeout:g} s (read timeout)",
-        provider=provider, model=model, partial_text=assembly.text)
+    try:
+        return await watch.bound(reading)
+    except Stalled:
+        return LLMStreamingError(
+            f"stream from {provider} failed: no bytes for {watch.timeout:g} s (read timeout)",
+            provider=provider, model=model, partial_text=assembly.text)
 
 
 async def _read(

@@ -20,7 +20,6 @@ import pytest
 from actors.llm import (
     LLMConfig,
     LLMCostLimitError,
-    LLMResponse,
     build_catalog,
     count_message_tokens,
     open_runtime,
@@ -37,7 +36,14 @@ from tests.llm.test_ledger import ledger_system
 from tests.llm.test_ledger import reserve as ledger_reserve
 from tests.llm.test_review4_answer_shape import completion, json_answer
 from tests.llm.test_review5_upstream_errors import one_provider
-from tests.llm.test_router import HELLO, collect, hedging_runtime, settled, two_providers, warm_up
+from tests.llm.test_router import (
+    HELLO,
+    hedging_runtime,
+    one_in_flight,
+    settled,
+    two_providers,
+    warm_up,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -74,13 +80,7 @@ async def test_a_hedges_cancelled_primary_is_charged_what_the_upstream_bills_it(
         await warm_up(rt)
         before = await settled(rt)
         await primary.configure(faults={"latency": 60})
-        answers: list[LLMResponse] = []
-        async with anyio.create_task_group() as group:
-            sleepers = clock.sleepers
-            group.start_soon(collect, rt, answers)
-            with anyio.fail_after(10):  # the request is in flight, its hedge timer armed
-                while clock.sleepers == sleepers:
-                    await anyio.sleep(0.01)
+        async with one_in_flight(rt, clock) as answers:
             await clock.advance(2.0)
         [answer] = answers
         assert [(a.provider, a.hedge) for a in answer.attempts] == [("backup", True)]
@@ -314,13 +314,7 @@ async def test_a_hedge_that_would_pass_max_cost_per_request_is_not_sent(tmp_path
         await warm_up(rt)
         before = await settled(rt)
         await primary.configure(faults={"latency": 1.0})
-        answers: list[LLMResponse] = []
-        async with anyio.create_task_group() as group:
-            sleepers = clock.sleepers
-            group.start_soon(collect, rt, answers)
-            with anyio.fail_after(10):  # the request is in flight, its hedge timer armed
-                while clock.sleepers == sleepers:
-                    await anyio.sleep(0.01)
+        async with one_in_flight(rt, clock) as answers:
             await clock.advance(2.0)
         [answer] = answers
         spent = await settled(rt) - before

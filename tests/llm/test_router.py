@@ -280,13 +280,7 @@ async def test_a_slow_primary_is_hedged_after_the_delay_on_the_clock(tmp_path: P
         await warm_up(rt)
         before = await settled(rt)
         await primary.configure(faults={"latency": 60})
-        answers: list[LLMResponse] = []
-        async with anyio.create_task_group() as group:
-            sleepers = clock.sleepers
-            group.start_soon(lambda: collect(rt, answers))
-            with anyio.fail_after(10):  # the request is in flight, its hedge timer armed
-                while clock.sleepers == sleepers:
-                    await anyio.sleep(0.01)
+        async with one_in_flight(rt, clock) as answers:
             await clock.advance(1.9)
             assert (await backup.stats())["total_requests"] == 0
             await clock.advance(0.1)
@@ -313,3 +307,17 @@ async def test_a_primary_answering_within_the_delay_sends_no_hedge(tmp_path: Pat
 
 async def collect(rt: LLMRuntime, answers: list[LLMResponse]) -> None:
     answers.append(await rt.chat(HELLO))
+
+
+@asynccontextmanager
+async def one_in_flight(rt: LLMRuntime, clock: FakeClock) -> AsyncIterator[list[LLMResponse]]:
+    """One request started: in the block it is in flight, its hedge timer armed on ``clock``;
+    once the block has ended, the list holds its answer."""
+    answers: list[LLMResponse] = []
+    async with anyio.create_task_group() as group:
+        sleepers = clock.sleepers
+        group.start_soon(collect, rt, answers)
+        with anyio.fail_after(10):
+            while clock.sleepers == sleepers:
+                await anyio.sleep(0.01)
+        yield answers

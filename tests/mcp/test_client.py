@@ -318,14 +318,6 @@ def http_server(command: list[str], port: int) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-@pytest.fixture
-def demo_http_url() -> Iterator[str]:
-    port = free_port()
-    with http_server([sys.executable, "-m", "server.demo_mcp_server", "--http", str(port)],
-                     port) as url:
-        yield url
-
-
 async def test_demo_server_over_streamable_http(demo_http_url: str) -> None:
     config = McpServerConfig(url=demo_http_url, headers={"X-Test": "1"})
     async with open_mcp_session("web", config) as session:

@@ -9,31 +9,19 @@ waited for a connection, and a call that waited past its timeout failed.
 from __future__ import annotations
 
 import inspect
-import sys
 import time
-from collections.abc import Iterator
 
 import anyio
 import httpx2
-import pytest
 
 from actors.mcp import McpServerConfig
 from actors.mcp._http import MAX_ONE_WAY_POSTS, SPARE_CONNECTIONS, connection_limits
 from actors.mcp._session import open_mcp_session
-from tests.mcp.test_client import free_port, http_server
 
 CALLS = 110
 SLEEP = 2.0
 """Each call's tool sleeps this long: a call that waited for another's connection took twice."""
 CALL_TIMEOUT = 3.5
-
-
-@pytest.fixture
-def demo_http_url() -> Iterator[str]:
-    port = free_port()
-    with http_server([sys.executable, "-m", "server.demo_mcp_server", "--http", str(port)],
-                     port) as url:
-        yield url
 
 
 def test_the_pool_holds_every_call_the_one_way_posts_and_the_sessions_own_requests() -> None:
