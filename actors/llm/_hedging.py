@@ -66,7 +66,6 @@ async def race(
     hedge: Callable[[], Awaitable[T]],
     delay: float,
     clock: Clock,
-    on_hedge: Callable[[], None],
 ) -> T:
     """Run ``primary``; if it has not finished after ``delay`` (on ``clock``), run ``hedge`` too.
 
@@ -90,7 +89,6 @@ async def race(
     async def run_hedge(scope: anyio.CancelScope) -> None:
         await clock.sleep(delay)
         hedge_sent.set()
-        on_hedge()
         try:
             winner.append(await hedge())
         except LLMClientError as exc:

@@ -24,6 +24,7 @@ comes from the runtime's clock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -217,13 +218,16 @@ class RouterActor(Actor[ChatRequest]):
         trace: _Trace,
         caller: Request | None = None,
         delivered: list[object] | None = None,
-        hedge: bool = False,
+        hedge: Callable[[], None] | None = None,
     ) -> LLMResponse:
+        """One attempt; ``hedge``: it is a hedge, told once its money is reserved (one refused
+        by a cost limit is no hedge sent)."""
         provider, model = candidate.provider, candidate.model
         clock = self.context.clock
         started = clock.now()
         try:
-            response = await self._call(chat, candidate, deadline, trace, caller, delivered)
+            response = await self._call(chat, candidate, deadline, trace, caller, delivered,
+                                        hedge)
         except (LLMClientError, ActorError) as caught:
             error = as_llm_error(caught, provider=provider, model=model)
             if isinstance(error, LLMTimeoutError) and not isinstance(caught, LLMClientError):
@@ -232,7 +236,8 @@ class RouterActor(Actor[ChatRequest]):
                     f"{self._timeout(chat):g}s budget", provider=provider, model=model)
             trace.attempts.append(Attempt(
                 provider=provider, model=model, error_type=type(error).__name__,
-                error=str(error)[:300], duration_ms=(clock.now() - started) * 1000, hedge=hedge))
+                error=str(error)[:300], duration_ms=(clock.now() - started) * 1000,
+                hedge=hedge is not None))
             if error.retry_after:
                 trace.rate_limited.append((provider, error.retry_after))
             if error is caught:
@@ -241,7 +246,7 @@ class RouterActor(Actor[ChatRequest]):
         elapsed = clock.now() - started
         trace.latencies.append((provider, elapsed))
         trace.attempts.append(Attempt(provider=provider, model=model,
-                                      duration_ms=elapsed * 1000, hedge=hedge))
+                                      duration_ms=elapsed * 1000, hedge=hedge is not None))
         return response.model_copy(update={"attempts": list(trace.attempts),
                                            "request_id": chat.request_id})
 
@@ -253,6 +258,7 @@ class RouterActor(Actor[ChatRequest]):
         trace: _Trace,
         caller: Request | None,
         delivered: list[object] | None,
+        reserved_hook: Callable[[], None] | None = None,
     ) -> LLMResponse:
         """One attempt on one candidate, with its money: reserve, call, settle or charge."""
         provider, model = candidate.provider, candidate.model
@@ -272,6 +278,8 @@ class RouterActor(Actor[ChatRequest]):
                     turn_id=chat.turn_id, turn_cost_limit=chat.turn_cost_limit),
             stream=caller is not None)
         await spend.reserve(deadline)
+        if reserved_hook is not None:
+            reserved_hook()
         # A stream's deltas go from the provider's reading task straight to the caller's sink,
         # or else into the caller's stream: no relay task in the provider, no hop here.
         sink = None if caller is None else chat.deltas or caller.send
@@ -327,8 +335,8 @@ class RouterActor(Actor[ChatRequest]):
 
         return await race(
             lambda: self._attempt(chat, primary, deadline, trace),
-            lambda: self._attempt(chat, second, deadline, trace, hedge=True),
-            delay, self.context.clock, hedge_sent)
+            lambda: self._attempt(chat, second, deadline, trace, hedge=hedge_sent),
+            delay, self.context.clock)
 
     # -- helpers -------------------------------------------------------------------------------
 

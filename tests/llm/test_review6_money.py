@@ -319,6 +319,8 @@ async def test_a_hedge_that_would_pass_max_cost_per_request_is_not_sent(tmp_path
         [answer] = answers
         spent = await settled(rt) - before
         assert (await backup.stats())["total_requests"] == 0
+        # Nothing was sent: no hedge counted (it took from hedging's max_share too).
+        assert rt.metrics_summary()["hedges"] == 0
     assert [(a.provider, a.hedge, a.error_type) for a in answer.attempts] == [
         ("backup", True, "LLMCostLimitError"), ("primary", False, None)]
     assert answer.usage.total_cost is not None
