@@ -206,7 +206,7 @@ class McpServerActor(Actor["McpMessage"]):
                     health._down("restarting", error.reason)
                 task_group.cancel_scope.cancel()
 
-            task_group.start_soon(_watch_process, self._name, session.pid, on_lost)
+            task_group.start_soon(_watch_process, self._name, session, on_lost)
             # At most max_concurrent_calls run; the others wait in the bounded call queue (past
             # it a caller is told Overloaded at once), so a flood of turns never floods the server.
             running = anyio.Semaphore(self._config.max_concurrent_calls)
@@ -286,8 +286,11 @@ class McpServerActor(Actor["McpMessage"]):
 
 
 async def _watch_process(
-    server: str, pid: int | None, on_lost: Callable[[McpSessionLost], None]
+    server: str, session: McpSession, on_lost: Callable[[McpSessionLost], None]
 ) -> None:
+    """Report the session lost once its stdio server's process exits, or its output ends while
+    it runs on (it stayed ``ready`` until a call failed on it)."""
+    pid = session.pid
     if pid is None:
         return  # streamable HTTP: a lost connection surfaces on the next call
     while True:
@@ -295,6 +298,9 @@ async def _watch_process(
         await anyio.sleep(_LIVENESS_INTERVAL)
         if not _process_alive(pid):
             on_lost(McpSessionLost(server, f"process {pid} exited"))
+            return
+        if session.connection_ended:
+            on_lost(McpSessionLost(server, f"process {pid} closed its output"))
             return
 
 

@@ -94,6 +94,12 @@ class McpSession:
         """True once the ``open_mcp_session`` block has exited."""
         return self._closed
 
+    @property
+    def connection_ended(self) -> bool:
+        """True once the transport's streams ended: over stdio, the server closed its output
+        (exited, or runs on without it); nothing more can be read from it."""
+        return self._intake.ended
+
     def __repr__(self) -> str:
         where = f"stdio pid={self.pid}" if self._config.transport == "stdio" else "http"
         state = "closed" if self._closed else "open"

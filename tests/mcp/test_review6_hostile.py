@@ -3,7 +3,8 @@
 Each server is the small raw JSON-RPC script :data:`SERVER` (``python -c``), in a mode: ``deaf``
 stops reading its input at the first tool call; ``tools N`` lists ``N`` tools ``t0``, ``t1``,
 ...; ``pages N`` lists ``N`` tools a page, for ever; ``stderr-exit TEXT`` writes ``TEXT`` to
-stderr and exits before it reads anything.
+stderr and exits before it reads anything; ``mute`` closes its output once it listed its tools
+and keeps running.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from actors.mcp._errors import McpServerError, McpToolTimeout
 from actors.mcp._intake import MAX_LISTED_TOOLS
 from actors.mcp._session import open_mcp_session
 from actors.mcp._tool_names import exposed_tool_names
+from tests.mcp.test_actor import mcp_system, wait_state
 
 SERVER = r'''
-import json, sys, time
+import json, os, sys, time
 mode, arg = sys.argv[1], sys.argv[2]
 if mode == "stderr-exit":
     sys.stderr.write(arg)
@@ -50,6 +52,8 @@ for line in sys.stdin:
         out(message["id"], {"tools": tools(cursor, int(arg)), "nextCursor": str(cursor + int(arg))})
     elif method == "tools/list":
         out(message["id"], {"tools": tools(0, 1)})
+        if mode == "mute":  # its output closed, the process alive and reading
+            os.close(1)
     elif method == "tools/call" and mode == "deaf":
         time.sleep(3600)
     else:
@@ -139,3 +143,14 @@ async def test_control_characters_of_a_servers_stderr_are_escaped(
     assert [r.getMessage() for r in caplog.records if r.name == "actors.mcp._stderr"] == [
         "MCP server 'ansi' stderr: \\x1b[2K\\x1b[1Aforged\\x07 line\\u202e"
     ]
+
+
+async def test_a_server_that_closes_its_output_but_runs_on_is_restarted_without_a_call() -> None:
+    # Before: it stayed "ready" in /health until a call failed on it ("the server process
+    # exited", though it had not); only then was it restarted.
+    async with mcp_system({"mute": server("mute")}) as system:
+        first = await wait_state(system, "mute", "ready")
+        lost = await wait_state(system, "mute", "restarting", within=5.0)
+        assert lost.error is not None and "closed its output" in lost.error
+        again = await wait_state(system, "mute", "ready")
+        assert again.pid is not None and again.pid != first.pid
