@@ -131,7 +131,7 @@ class OpenReservation:
 
 
 @dataclass(slots=True)
-class TurnSpend:
+class HeldSpend:
     """Settled and reserved money of one conversation turn, or of one request's attempts."""
 
     settled: int = 0
@@ -176,8 +176,8 @@ class LedgerBook:
     by_provider: dict[str, int] = field(default_factory=dict)
     """Settled today per provider."""
     reserved_by_provider: dict[str, int] = field(default_factory=dict)
-    turns: dict[str, TurnSpend] = field(default_factory=dict)
-    requests: dict[str, TurnSpend] = field(default_factory=dict)
+    turns: dict[str, HeldSpend] = field(default_factory=dict)
+    requests: dict[str, HeldSpend] = field(default_factory=dict)
     """Per request id, while it holds money or has just settled (forgotten once idle)."""
     open: dict[int, OpenReservation] = field(default_factory=dict)
     swept: dict[int, OpenReservation] = field(default_factory=dict)
@@ -252,10 +252,10 @@ class LedgerBook:
         self.settled += charge
         self.by_provider[entry.provider] = self.by_provider.get(entry.provider, 0) + charge
         if entry.turn_id is not None:
-            turn = self.turns.setdefault(entry.turn_id, TurnSpend())
+            turn = self.turns.setdefault(entry.turn_id, HeldSpend())
             turn.settled += charge
             turn.touched = now
-        spent = self.requests.setdefault(entry.request_id, TurnSpend())
+        spent = self.requests.setdefault(entry.request_id, HeldSpend())
         spent.settled += charge
         spent.touched = now
         self.peak = max(self.peak, self.settled + self.reserved)
@@ -317,10 +317,10 @@ class LedgerBook:
         provider = entry.provider
         self.reserved_by_provider[provider] = self.reserved_by_provider.get(provider, 0) + amount
         if entry.turn_id is not None:
-            turn = self.turns.setdefault(entry.turn_id, TurnSpend())
+            turn = self.turns.setdefault(entry.turn_id, HeldSpend())
             turn.reserved += amount
             turn.touched = max(turn.touched, touched)
-        spent = self.requests.setdefault(entry.request_id, TurnSpend())
+        spent = self.requests.setdefault(entry.request_id, HeldSpend())
         spent.reserved += amount
         spent.touched = max(spent.touched, touched)
         self.peak = max(self.peak, self.settled + self.reserved)
@@ -344,7 +344,7 @@ def write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.E
     return len(batch), None
 
 
-def _check_share(spent: TurnSpend | None, amount: int, limit: int, setting: str, whose: str,
+def _check_share(spent: HeldSpend | None, amount: int, limit: int, setting: str, whose: str,
                  where: str, entry: OpenReservation) -> None:
     """Refuse ``amount`` more for a turn or a request that ``spent`` so far past ``limit``."""
     settled, reserved = (spent.settled, spent.reserved) if spent is not None else (0, 0)
