@@ -6,10 +6,17 @@ writer taking everything queued at once). Cheaper than an anyio memory object st
 paths: an item that fits, or one already queued, costs no checkpoint and no new ``Event`` (the
 stream's ``receive`` yields to the loop on every item); a task waits on an event only when it has
 to. Not thread-safe: the event loop's only. Runs on asyncio and trio.
+
+On asyncio the consumer waits on one ``asyncio.Event`` of its queue, cleared before each wait:
+``anyio.Event()`` looks the backend up and builds a new event (and binds it to the loop) every
+time, ~10 us a wait against ~1 for the reused one. anyio cancels a task on asyncio by cancelling
+the task, so the wait is cancelled the same way (anyio's own asyncio ``Event.wait`` awaits the same
+call). Producers waiting for room, a slow path, wait on an ``anyio.Event`` each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import deque
 from typing import Generic, TypeVar
@@ -32,7 +39,7 @@ class Queue(Generic[T]):
     consumer takes an item; the order they then put in is the loop's.
     """
 
-    __slots__ = ("_data", "_space", "broken", "capacity", "closed", "items", "open")
+    __slots__ = ("_data", "_reused", "_space", "broken", "capacity", "closed", "items", "open")
 
     def __init__(self, capacity: int = sys.maxsize) -> None:
         self.items: deque[T] = deque()
@@ -42,7 +49,8 @@ class Queue(Generic[T]):
         """False once closed or broken."""
         self.closed = False
         self.broken = False
-        self._data: anyio.Event | None = None  # the consumer waits on it
+        self._data: asyncio.Event | anyio.Event | None = None  # the consumer waits on it
+        self._reused: asyncio.Event | None = None  # on asyncio, the consumer's one event
         self._space: anyio.Event | None = None  # producers wait on it while the queue is full
 
     @property
@@ -129,7 +137,7 @@ class Queue(Generic[T]):
         while not items:
             if not self.open:
                 return self.get_nowait()  # raises
-            self._data = event = anyio.Event()
+            self._data = event = self._consumer_event()
             await event.wait()
         item = items.popleft()
         if self._space is not None:
@@ -146,8 +154,21 @@ class Queue(Generic[T]):
     async def wait(self) -> None:
         """Wait until an item is put, the queue ends or :meth:`wake` is called (whether or not
         something is already queued: for a consumer that also waits for something else)."""
-        self._data = event = anyio.Event()
+        self._data = event = self._consumer_event()
         await event.wait()
+
+    def _consumer_event(self) -> asyncio.Event | anyio.Event:
+        """A cleared event for the consumer to wait on (see the module docstring)."""
+        event = self._reused
+        if event is not None:
+            event.clear()
+            return event
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            return anyio.Event()
+        event = self._reused = asyncio.Event()
+        return event
 
     def wake(self) -> None:
         """Wake the consumer if it waits."""
