@@ -14,6 +14,15 @@ carries them grew the server by 200 MiB in 0.3 s, before any authentication. Her
 than :data:`MAX_HEAD_BYTES` is answered 431 and the connection closed, logged as one line
 (``server.http``) with the client's address and nothing of the head. The connection is closed
 lingering (:mod:`server._linger`), so that the 431 reaches a client still sending its head.
+
+And a worker holds at most ``max_open_connections`` connections (HTTP, kept alive, WebSocket):
+a flood of idle sockets held one descriptor each until its read deadline, and a few thousand
+used up the process's descriptors (the worker's own upstream, MCP and database connections
+then failed too). Past the bound, the connection that has waited longest for its request is
+closed to make room: a real client sends its request at once, so it is a flood's own socket,
+and a new client is served through a flood. When no connection is waiting for its request
+(all are chat sockets or requests being answered), the new one is answered 503 and closed at
+once. A refusal is logged at most every :data:`_LOG_EVERY` seconds, with the count.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -37,6 +47,13 @@ _HEAD_TOO_LARGE = (
     b"\r\ncontent-length: 23\r\nconnection: close\r\n\r\nrequest head too large\n"
 )
 
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 12\r\nretry-after: 1\r\nconnection: close\r\n\r\nserver busy\n"
+)
+_LOG_EVERY = 10.0
+"""Seconds between two log lines about connections shed or refused (a flood is one event)."""
 
 logger = logging.getLogger("server.http")
 
@@ -56,9 +73,10 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
 
     _refused = False
 
-    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_timeout: float, max_open: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timeout = read_timeout
+        self._max_open = max_open
         self._read_deadline: asyncio.TimerHandle | None = None
         # A head is measured twice, each never more than it is: the URL and headers the parser
         # handed over, and the reads that fell wholly inside it (what httptools still holds of a
@@ -83,6 +101,11 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvicorn's set of this server's open connections (a WebSocket's protocol takes its
+        # connection's place in it), this one included.
+        if len(self.connections) > self._max_open and not _WAITING.shed_oldest():
+            self._busy()
+            return
         self._start_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -146,11 +169,27 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
     def _start_reading(self) -> None:
         if self._read_deadline is None:
             self._read_deadline = self.loop.call_later(self._read_timeout, self._too_slow)
+            _WAITING.add(self)
 
     def _read(self) -> None:
         if self._read_deadline is not None:
             self._read_deadline.cancel()
             self._read_deadline = None
+            _WAITING.discard(self)
+
+    def _busy(self) -> None:
+        """Refuse this new connection: 503, closed (its reads are ignored)."""
+        self._refused = True
+        self.transport.write(_BUSY)
+        self.transport.close()
+        _WAITING.note("refused (503) new connections", self._max_open)
+
+    def _shed(self) -> None:
+        """Close this connection, which has waited longest for its request, to make room."""
+        self._read()
+        self._refused = True
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _head_too_large(self) -> None:
         self._refused = True
@@ -168,6 +207,46 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def http_protocol(read_timeout: float) -> functools.partial[ReadTimeoutHttpProtocol]:
-    """What uvicorn's ``http`` setting takes: the protocol with this ``read_timeout``."""
-    return functools.partial(ReadTimeoutHttpProtocol, read_timeout=read_timeout)
+class _Waiting:
+    """The process's connections waiting for a request, oldest first (a dict keeps the order
+    of insertion: adding, removing and finding the oldest are O(1))."""
+
+    def __init__(self) -> None:
+        self._protocols: dict[ReadTimeoutHttpProtocol, None] = {}
+        self._counts: dict[str, int] = {}
+        self._logged = -_LOG_EVERY
+
+    def add(self, protocol: ReadTimeoutHttpProtocol) -> None:
+        self._protocols[protocol] = None
+
+    def discard(self, protocol: ReadTimeoutHttpProtocol) -> None:
+        self._protocols.pop(protocol, None)
+
+    def shed_oldest(self) -> bool:
+        """Close the connection waiting longest for its request; ``False`` if none waits."""
+        if not self._protocols:
+            return False
+        oldest = next(iter(self._protocols))
+        oldest._shed()
+        self.note("closed connections waiting for their request", oldest._max_open)
+        return True
+
+    def note(self, what: str, bound: int) -> None:
+        self._counts[what] = self._counts.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self._logged >= _LOG_EVERY:
+            self._logged = now
+            counts = ", ".join(f"{what} {count}" for what, count in self._counts.items())
+            self._counts.clear()
+            logger.warning("over max_open_connections (%d) for this worker: %s", bound, counts)
+
+
+_WAITING = _Waiting()
+
+
+def http_protocol(read_timeout: float,
+                  max_open: int) -> functools.partial[ReadTimeoutHttpProtocol]:
+    """What uvicorn's ``http`` setting takes: the protocol with this ``read_timeout``, holding at
+    most ``max_open`` connections of the process (see the module docstring)."""
+    return functools.partial(ReadTimeoutHttpProtocol, read_timeout=read_timeout,
+                             max_open=max_open)

@@ -366,8 +366,10 @@ def uvicorn_settings(config: AppConfig, log_level: str) -> dict[str, Any]:
         # from a client that never reads its pongs), or that it or the process is over its read
         # budget: server/_ws_protocol.py.
         "ws": ws_protocol(config.server.max_read_bytes_per_second),
-        # httptools with a deadline for reading each request (slowloris): server/_http_protocol.py.
-        "http": http_protocol(config.server.request_read_timeout),
+        # httptools with a deadline for reading each request (slowloris) and a bound on open
+        # connections (a connection flood): server/_http_protocol.py.
+        "http": http_protocol(config.server.request_read_timeout,
+                              config.server.max_open_connections),
         # Envelopes are small deltas: deflating each one costs more CPU than it saves bytes.
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_timeout),

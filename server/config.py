@@ -33,6 +33,8 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -102,6 +104,12 @@ class ServerConfig(BaseModel):
         " holds a file descriptor, its buffers and up to max_concurrent_turns turns); more are"
         " closed with 1013, try again later"
     )
+    max_open_connections: int = Field(
+        default=4096, ge=2, description="TCP connections a worker process holds open at once"
+        " (requests, kept-alive ones, chat sockets); past it the one waiting longest for its"
+        " request is closed, or, with none waiting, the new one is answered 503; must be more"
+        " than max_connections"
+    )
     max_turns_in_flight: int = Field(
         default=2048, ge=1, description="turns a worker process runs or queues at once, over all"
         " its sockets (each holds its message until it ends); more are refused at once with"
@@ -125,6 +133,15 @@ class ServerConfig(BaseModel):
         default=1, ge=1, le=64,
         description="worker processes serving host:port (more than 1 needs cluster.redis_url)",
     )
+
+    @field_validator("max_open_connections")
+    @classmethod
+    def _room_for_the_chat_sockets(cls, value: int, info: ValidationInfo) -> int:
+        chats = info.data.get("max_connections")
+        if chats is not None and value <= chats:
+            raise ValueError(f"must be more than max_connections ({chats}): the chat sockets"
+                             " and room for the requests besides them")
+        return value
 
     def read_auth_token(self) -> SecretStr | None:
         """The token clients must present: ``auth_token``, else ``auth_token_env`` read now.

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
+from openai._streaming import ServerSentEvent, SSEDecoder
 
 from ._catalog import ModelCatalog, ModelParams
 from ._errors import LLMBadRequestError, LLMInvalidJSONError
@@ -29,7 +31,7 @@ from ._provider_config import ProviderConfig
 from ._provider_kinds import ProviderKindRules
 from ._tokens import count_text_tokens
 from ._wire_decode import TokenLogprob as WireLogprob
-from ._wire_decode import WireUsage
+from ._wire_decode import TooManyContainers, WireUsage, container_bound
 
 __all__ = [
     "CallPlan",
@@ -130,23 +132,59 @@ def rejected_param(error: LLMBadRequestError, body: dict[str, Any]) -> str | Non
 
 
 async def post_completion(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
-    """Send a non-streaming call; its body as plain data (raises the SDK's errors)."""
+    """Send a non-streaming call; its body as plain data (raises the SDK's errors, and
+    :class:`TooManyContainers` past :func:`container_bound`, before parsing it).
+
+    The SDK's own reading of a 2xx body (``cast_to=object``), with the count first: JSON when
+    the content type says so, else the text."""
     try:
-        return await client.post("/chat/completions", body=body, cast_to=object)
+        response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
     except UnicodeEncodeError:  # raised building the request: nothing was sent
-        return await client.post("/chat/completions", body=utf8_safe(body), cast_to=object)
+        response = await client.post("/chat/completions", body=utf8_safe(body),
+                                     cast_to=httpx2.Response)
+    if not response.headers.get("content-type", "*").split(";")[0].endswith("json"):
+        return response.text
+    content = response.content
+    bound = container_bound(body)
+    if content.count(b"{") + content.count(b"[") > bound:
+        raise TooManyContainers(bound)
+    return response.json()
+
+
+class _BoundedDecoder(SSEDecoder):
+    """The SDK's SSE decoder, refusing an event past ``bound`` objects and arrays before the
+    SDK parses it (two ``str.count`` per event: ~0.1 us for a delta)."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self._bound = bound
+
+    def _decode_lines(self, lines: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+        decode = self.decode
+        bound = self._bound
+        for raw_line in lines:
+            sse = decode(raw_line.decode("utf-8"))
+            if sse:
+                data = sse.data
+                if data.count("{") + data.count("[") > bound:
+                    raise TooManyContainers(bound)
+                yield sse
 
 
 async def open_stream(client: openai.AsyncOpenAI,
                       body: dict[str, Any]) -> openai.AsyncStream[object]:
-    """Send a streaming call (with the usage chunk); its events as plain data."""
+    """Send a streaming call (with the usage chunk); its events as plain data, each refused
+    with :class:`TooManyContainers` past :func:`container_bound`."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     try:
-        return await client.post("/chat/completions", body=body, cast_to=object, stream=True,
-                                 stream_cls=_STREAM_CLS)
+        stream = await client.post("/chat/completions", body=body, cast_to=object, stream=True,
+                                   stream_cls=_STREAM_CLS)
     except UnicodeEncodeError:  # raised building the request: nothing was sent
-        return await client.post("/chat/completions", body=utf8_safe(body), cast_to=object,
-                                 stream=True, stream_cls=_STREAM_CLS)
+        stream = await client.post("/chat/completions", body=utf8_safe(body), cast_to=object,
+                                   stream=True, stream_cls=_STREAM_CLS)
+    # Not iterated yet: its events are decoded from the first read on.
+    stream._decoder = _BoundedDecoder(container_bound(body))
+    return stream
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

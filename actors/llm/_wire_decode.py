@@ -52,12 +52,43 @@ __all__ = [
     "MalformedResponse",
     "StreamAssembly",
     "TokenLogprob",
+    "TooManyContainers",
     "ToolCallDelta",
     "WireUsage",
+    "container_bound",
     "decode_chunk",
     "decode_completion",
     "malformed_error",
 ]
+
+#: Objects and arrays (``{`` and ``[``, strings' own included) any event or body may hold, plus
+#: :func:`container_bound`'s share per output token: past it, the upstream's JSON is refused
+#: unparsed (one 32 MiB event of ``[{},{},...]`` held the event loop for seconds).
+BASE_CONTAINERS = 65_536
+#: Brackets one output token may bring in text (a token is a few characters, each one at most).
+CONTAINERS_PER_TOKEN = 8
+
+
+def container_bound(body: Mapping[str, Any]) -> int:
+    """How many ``{`` and ``[`` one event or body of the answer to ``body`` may hold: more than
+    its whole output limit could bring (its text, all brackets; its log probabilities, an object
+    per token and per top alternative), so that no real answer reaches it. A count of two
+    ``bytes.count`` calls, done before any JSON is parsed."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    per_token = CONTAINERS_PER_TOKEN
+    if body.get("logprobs") is True:
+        top = body.get("top_logprobs")
+        per_token += 4 + 2 * (top if isinstance(top, int) else 0)
+    choices = body.get("n")
+    return BASE_CONTAINERS + int(limit) * per_token * (choices if isinstance(choices, int)
+                                                      and choices > 1 else 1)
+
+
+class TooManyContainers(MalformedResponse):
+    """An event or body holding more objects and arrays than :func:`container_bound`."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(f"more than {bound} JSON objects and arrays in one event or body")
 
 
 class FunctionDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,7 +279,8 @@ def malformed_error(provider: str, model: str, error: Exception,
     so the attempt is charged (see :mod:`~actors.llm._attempt_spend`).
     """
     # Our own words for these; another error's text may hold the upstream's.
-    what = str(error) if isinstance(error, TooManyToolCalls | NoEvent) else type(error).__name__
+    what = (str(error) if isinstance(error, TooManyToolCalls | NoEvent | TooManyContainers)
+            else type(error).__name__)
     detail = f"{provider} sent a malformed response ({what})"
     if partial_text:
         return LLMStreamingError(detail, provider=provider, model=model,
