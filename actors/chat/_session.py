@@ -41,8 +41,10 @@ Rules a caller can rely on:
   ``message_bytes``); older messages stay in the store (its own bound, ``max_stored_messages``),
   and a new actor reads it back newest first, no further than those bounds. Inside a turn, its
   tool steps hold at most ``chat.max_history_bytes`` too: past it the oldest steps' results are
-  replaced by a note, in what the model is sent and what is kept (the store keeps them whole);
-  the newest step is always whole (``TurnSteps``).
+  replaced by a note in what the model is sent for the rest of the turn; the newest step is
+  always whole (``TurnSteps``). The notes end with the turn: the history it leaves is what the
+  store holds (whole results) within the bounds, so the next turn sends the same messages
+  whether the conversation stayed live or was read back (a restart, another worker).
 - **Tool results are capped** at ``chat.max_tool_result_chars``, with a note telling the model
   what was cut; the capped text is what the model sees and what is stored.
 - **Reasoning** streams as :class:`TurnReasoning` and is never stored as assistant content
@@ -61,11 +63,12 @@ import logging
 import sqlite3
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, TypedDict, Unpack, assert_never
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from actors.llm import (
@@ -126,7 +129,12 @@ class _Turn:
     request: Request
     slot: _Slot = field(default_factory=_Slot)
     completed: list[Message] = field(default_factory=list)
-    """Messages already written to the store, appended a whole step at a time after the write."""
+    """Messages already written to the store, appended a whole step at a time after the write,
+    as written (whole results, never the notes the model was sent instead); only the newest that
+    the history's bounds may still keep (``cut``: older ones were written and left out)."""
+    cut: bool = False
+    """Older messages of the turn were left out of ``completed``: the history before the turn
+    lies past the bounds too."""
     pending: list[Message] = field(default_factory=list)
     """The user message until it is written with the turn's first step (or as the turn ends)."""
     reloaded: tuple[Message, ...] | None = None
@@ -203,8 +211,11 @@ class SessionActor(Actor["SessionMessage"]):
         and ``chat.max_history_bytes``, read newest first: rows past the bound are never read
         (before, up to max_history_messages rows of any size were read whole, then trimmed)."""
         chat = self._chat
-        select = functools.partial(newest_units, max_messages=chat.max_history_messages,
-                                   max_bytes=chat.max_history_bytes)
+        def select(newest_first: Iterator[Message]) -> list[Message]:
+            return newest_units(map(_sendable, newest_first),
+                                max_messages=chat.max_history_messages,
+                                max_bytes=chat.max_history_bytes)
+
         return await anyio.to_thread.run_sync(
             self._history.load_newest, self.conversation_id, chat.max_history_messages, select)
 
@@ -319,6 +330,8 @@ class SessionActor(Actor["SessionMessage"]):
         """Take the turn's written messages into the in-memory history (actor loop only)."""
         self._unfinished.discard(turn)
         base = self._messages if turn.reloaded is None else list(turn.reloaded)
+        if turn.cut:
+            base = []
         self._messages = self._kept(base, turn.completed)
         self._fit.added(turn.completed)
 
@@ -327,7 +340,12 @@ class SessionActor(Actor["SessionMessage"]):
         only then do they count as done."""
         messages = [*turn.pending, *messages]
         try:
-            await self._appends.append(self.conversation_id, messages)
+            # Shielded to the end of the bookkeeping: the append is written even if the turn
+            # is cancelled meanwhile (``GroupCommit``), so it must be noted as written before
+            # the cancellation lands (before, the user message was written again as the turn
+            # ended, and the written step stayed out of the live conversation).
+            with anyio.CancelScope(shield=True):
+                await self._appends.append(self.conversation_id, messages)
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error(
                 "conversation %s: history write failed (%s: %s); the turn ends unsaved",
@@ -338,6 +356,20 @@ class SessionActor(Actor["SessionMessage"]):
             ) from exc
         turn.pending.clear()
         turn.completed.extend(messages)
+        if turn.answered:  # before, ``completed`` is the user message a refusal takes back
+            self._bound(turn)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    def _bound(self, turn: _Turn) -> None:
+        """Leave out of ``turn.completed`` the oldest units no history can keep any more: once
+        the newer ones pass ``chat.max_history_messages`` or ``chat.max_history_bytes`` they
+        stay past them (the turn only adds), so the turn holds its steps whole within the
+        bounds, as the store holds them, not every result it ran."""
+        chat = self._chat
+        kept = trim_history(turn.completed, max_messages=chat.max_history_messages,
+                            max_bytes=chat.max_history_bytes)
+        if len(kept) < len(turn.completed):
+            turn.completed, turn.cut = kept, True
 
     async def _persist_pending(self, turn: _Turn) -> None:
         """As a turn ends early: write its user message if nothing of the turn was written."""
@@ -453,7 +485,7 @@ class SessionActor(Actor["SessionMessage"]):
             turn.answered = True
             answers.append(response)
             if not response.tool_calls:
-                await self._persist(turn, [response.message])
+                await self._persist(turn, [_sendable(response.message)])
                 finish = response.finish_reason or "stop"
                 await request.send(TurnComplete.of(answers, hops, finish))
                 return
@@ -477,8 +509,10 @@ class SessionActor(Actor["SessionMessage"]):
             step = [response.message, *results]
             await self._persist(turn, step)  # a whole step: never a call without its result
             conversation.extend(step)
-            # Both lists end with the turn's steps (``completed`` after the user message).
-            steps.add(step, (conversation, turn.completed))
+            # Only what this turn's model is sent: the conversation kept after the turn is
+            # what the store holds (whole results, within the history's bounds), the same live
+            # as read back after a restart or on another worker.
+            steps.add(step, (conversation,))
 
     async def _ask_model(
         self, conversation: list[Message], tools: list[Message], turn: _Turn, turn_id: str,
@@ -521,6 +555,17 @@ class SessionActor(Actor["SessionMessage"]):
             f"<SessionActor {self.conversation_id!r} [{len(self._messages)} messages | "
             f"{running} | {len(self._queue)} queued]>"
         )
+
+
+def _sendable(message: Message) -> Message:
+    """``message``, or, for an assistant answer without text or tool calls (a reasoning model
+    whose output limit its reasoning spent, a content filter), the same with ``""`` as its
+    content: OpenAI refuses a null ``content`` but beside ``tool_calls``, and the answer goes
+    back to the upstream in every later turn. Also for rows stored before this held."""
+    if (message.get("role") == "assistant" and message.get("content") is None
+            and not message.get("tool_calls")):
+        return {**message, "content": ""}
+    return message
 
 
 def _answering(turn: _Turn) -> DeltaSink | None:

@@ -189,8 +189,8 @@ class TurnSteps:
     newest step is always whole: the model asked for those results to go on, and each is cut at
     ``chat.max_tool_result_chars`` already. A turn then holds at most ``max_bytes`` of steps,
     plus its newest step and its older steps' call messages (each one model answer). The store
-    keeps every result whole; the notes are what the model sees for the rest of the turn and
-    what the conversation keeps in memory.
+    keeps every result whole; the notes are what the model sees for the rest of the turn only
+    (the conversation the turn leaves holds what the store holds, as a restart reads it back).
     """
 
     def __init__(self, max_bytes: int) -> None:

@@ -219,9 +219,9 @@ def test_a_steps_results_past_the_bound_are_read_one_at_a_time_not_held(tmp_path
 
 
 async def test_the_next_turn_carries_the_notes_its_conversation_kept(tmp_path: Path) -> None:
-    # The notes replace the results in what the conversation keeps too (the store keeps them
-    # whole): the next turn's history is what the model saw at the turn's end, trimmed to
-    # max_history_bytes, not the dropped results coming back.
+    # Review 7 turned this around: the notes end with their turn, and the next turn's history
+    # is what the store holds (whole results) trimmed to max_history_bytes, as a restart reads
+    # it back (tests/chat/test_review7_resume.py); never more than the bound.
     async with backend(tmp_path) as b:
         session = await b.session(max_history_bytes=36_000, max_tool_hops=4)
         await turn(session, _ASK)
@@ -236,5 +236,5 @@ async def test_the_next_turn_carries_the_notes_its_conversation_kept(tmp_path: P
         return str(message["role"])
 
     assert [label(m) for m in last] == [
-        "system", "call", "note", "call", "note", "call", "result", "answer", "user"]
+        "system", "call", "result", "call", "result", "answer", "user"]
     assert sum(message_bytes(m) for m in last[1:-1]) <= 36_000
