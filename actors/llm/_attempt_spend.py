@@ -16,7 +16,10 @@ A non-streaming attempt that left and then ended without an answer (cancelled: a
 a caller gone; timed out; its connection lost) is charged its whole output limit: the upstream
 does not stop a non-streaming request when its client goes (OpenRouter's documentation: such
 requests are not cancelled and are "billed for the complete response"), and nothing tells how
-much of it was generated. A stream is stopped by closing it, so it is charged what streamed.
+much of it was generated. A stream is stopped by closing it, so it is charged what streamed;
+unless its upstream bills the whole answer anyway (the provider's ``stream_cancel_stops_billing``;
+on OpenRouter, the provider that answered: see :mod:`._provider_kinds`): then, cancelled or out of
+time, it is charged its whole output limit too (:class:`StreamBill`'s ``whole``).
 
 What streamed is counted up to the output limit (``Reserve.max_tokens``): the body capped the
 output there, so the upstream cannot have billed more. An answer that arrived but that we cannot
@@ -26,8 +29,10 @@ produced and is charged its whole output limit, the bound it reserved.
 
 A stream that failed after the upstream reported its usage (a chunk with ``usage``) is charged
 that report, priced as a successful stream's would be (its reported cost, else the price table):
-the report is the upstream's own count of the attempt. It is carried on the error
-(``LLMClientError.usage``, :func:`reported_usage`).
+the report is the upstream's own count of the attempt, whatever ended the attempt after it. It
+is carried on the error (``LLMClientError.usage``, :func:`reported_usage`), or, for a stream
+cancelled or past the router's deadline (no error of the provider's), read from the
+:class:`StreamBill` the provider fills in as it reads.
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ from ._errors import (
     LLMStreamingError,
     LLMTimeoutError,
 )
-from ._messages import ProviderCall, Release, Reservation, Reserve, Settle, ToolCall, Usage
+from ._messages import (
+    ProviderCall,
+    Release,
+    Reservation,
+    Reserve,
+    Settle,
+    StreamBill,
+    ToolCall,
+    Usage,
+)
 from ._sdk_call import estimate_output_tokens, price_usage
 from ._wire_decode import WireUsage
 
@@ -128,6 +142,8 @@ class AttemptSpend:
         self.reservation: Reservation | None = None
         self.sent = False
         self.streamed: list[str] = []
+        self.bill = StreamBill() if stream else None
+        """What the stream's provider learns of the upstream's bill (give it the call)."""
 
     async def reserve(self, deadline: float) -> None:
         if self._ledger is not None:
@@ -147,19 +163,22 @@ class AttemptSpend:
     def fail(self, error: BaseException | None) -> None:
         """The attempt ended without an answer (``error``; ``None``: cancelled).
 
-        Charges the usage the upstream reported when ``error`` carries it, else the prompt plus
-        what was streamed (an unusable answer: at least its output limit) if it was sent and may
-        have been billed, releases the reservation otherwise. Never awaits, so it is safe while
+        Charges the usage the upstream reported when ``error`` carries it or a stream read it
+        (:attr:`bill`), else the prompt plus what was streamed (an unusable answer, or one that
+        was left unanswered and runs on upstream: its output limit) if it was sent and may have
+        been billed, releases the reservation otherwise. Never awaits, so it is safe while
         cancelled.
         """
         reservation, self.reservation = self.reservation, None
         if reservation is None or self._ledger is None:
             return
-        if isinstance(error, LLMClientError) and error.usage is not None:
+        report = error.usage if isinstance(error, LLMClientError) else None
+        if report is None and self.bill is not None:
+            report = self.bill.report()  # a stream cancelled or out of time after its report
+        message: Settle | Release
+        if report is not None:
             # An answer that arrived whole, or a stream's report: charged at its usage and cost.
-            usage = error.usage
-            if self._ledger.try_tell(Settle(reservation.id, usage, usage.total_cost)):
-                return
+            message = Settle(reservation.id, report, report.total_cost)
         elif self.sent and (self.streamed or billed_in_flight(error)):
             prompt = self._reserve.prompt_tokens
             text = "".join(self.streamed)
@@ -167,13 +186,14 @@ class AttemptSpend:
             # neither is charged (an estimate of garbage could otherwise charge past the limit).
             completion = estimate_output_tokens(text, self._reserve.model,
                                                 self._reserve.max_tokens)
-            if _answered(error) or (not self._stream and _unanswered(error)):
+            whole = not self._stream or (self.bill is not None and self.bill.whole)
+            if _answered(error) or (whole and _unanswered(error)):
                 completion = self._reserve.max_tokens
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
                           total_tokens=prompt + completion)
-            if self._ledger.try_tell(Settle(reservation.id, usage)):
-                return
-        elif self._ledger.try_tell(Release(reservation.id)):
-            return
-        logger.error("ledger mailbox full: reservation %s of %s awaits its expiry",
-                     reservation.id, self._reserve.request_id)
+            message = Settle(reservation.id, usage)
+        else:
+            message = Release(reservation.id)
+        if not self._ledger.try_tell(message):
+            logger.error("ledger mailbox full: reservation %s of %s awaits its expiry (then "
+                         "charged what it holds)", reservation.id, self._reserve.request_id)

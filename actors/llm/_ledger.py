@@ -39,9 +39,14 @@ Decisions, and why:
   still counted (and written once it is back), and every few seconds of its clock the ledger
   reopens the file (recreating the schema). Crashing instead would restart into the same failure
   until the supervisor gave up on the whole runtime.
-- **Lost settles cannot block the budget.** Reservations older than ``reservation_ttl`` are swept
-  on a timer (the cell's clock). A late ``Settle`` of a swept reservation is still charged; like an
-  overage it is outside invariant 2, hence a TTL (10 min) far longer than any request's deadline.
+- **A lost settle is charged what its reservation held.** A settle the ledger never takes (the
+  attempt's 5 s bound, a restart, a full mailbox) would otherwise leave the attempt's money
+  uncounted though the upstream may have billed it. Reservations older than
+  ``reservation_ttl`` (10 min, far longer than any request's deadline) are swept on a timer (the
+  cell's clock) and charged their amount (the worst case the attempt reserved) on the day of the
+  sweep: in the day's totals, the journal, ``LedgerBook.expired`` and ``expired_charged``, and a
+  warning. A late ``Settle`` of a swept reservation adds only what it cost beyond that amount;
+  like an overage, that excess is outside invariant 2.
 - **Days** are ``day_key(now(), config.day_timezone)``; a charge belongs to the day it is settled
   on; open reservations carry into the new day.
 - ``track_costs: false`` keeps the accounting and the limits in memory only (no database).
@@ -229,27 +234,37 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         if entry is None:
             logger.debug("ledger: settle of unknown reservation %s ignored", message.reservation_id)
             return None
-        charge = charge_nanos(self._actual_cost(entry, message))
-        if charge == MAX_CHARGE:
+        cost = charge_nanos(self._actual_cost(entry, message))
+        if cost == MAX_CHARGE:
             logger.warning("ledger: %s on %s cost the cap $%.2f or more (reported: %r): "
                            "charged the cap", entry.request_id, entry.model, usd(MAX_CHARGE),
                            message.cost)
+        # An expired reservation was charged what it held: a late settle adds only what it
+        # cost beyond that (a lower cost is not given back: the charge is journaled already).
+        charge = max(cost - entry.amount, 0) if late else cost
         book.settle(message.reservation_id, charge, self.context.clock.now())
-        if self._path is not None:
-            book.unwritten.append(
-                Charge(book.day, usd(charge), entry.provider, entry.model, entry.request_id))
-            self._write_charges()
+        if charge or not late:
+            self._journal(entry, charge)
         if late:
-            logger.warning("ledger: late settle of expired reservation %s (%s): charged $%.6f",
-                           message.reservation_id, entry.request_id, usd(charge))
-        if charge > entry.amount:
+            logger.warning("ledger: late settle of expired reservation %s (%s) that cost $%.6f: "
+                           "charged $%.6f more", message.reservation_id, entry.request_id,
+                           usd(cost), usd(charge))
+        if cost > entry.amount:
             book.overages += 1
             logger.warning(
                 "ledger: %s on %s cost $%.6f, more than its reservation of $%.6f",
-                entry.request_id, entry.model, usd(charge), usd(entry.amount),
+                entry.request_id, entry.model, usd(cost), usd(entry.amount),
             )
         self._check_warning()
         return usd(charge)
+
+    def _journal(self, entry: OpenReservation, charge: int) -> None:
+        """Write ``charge`` of ``entry`` behind (the book counts it already)."""
+        if self._path is not None:
+            book = self._book
+            book.unwritten.append(
+                Charge(book.day, usd(charge), entry.provider, entry.model, entry.request_id))
+            self._write_charges()
 
     def _actual_cost(self, entry: OpenReservation, message: Settle) -> float:
         reported = message.cost
@@ -325,10 +340,15 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         if outcome.cancelled:
             return
         self._arm_sweep()
-        for rid, entry in self._book.sweep(self.context.clock.now(), self._ttl,
-                                           self._sweep_interval):
-            logger.warning("ledger: reservation %s of %s expired after %.0f s unsettled",
-                           rid, entry.request_id, self._ttl)
+        self._roll_day()  # an expiry is charged to the day it is swept on
+        expired = self._book.sweep(self.context.clock.now(), self._ttl, self._sweep_interval)
+        for rid, entry in expired:
+            self._journal(entry, entry.amount)
+            logger.warning("ledger: reservation %s of %s (%s:%s) expired after %.0f s unsettled: "
+                           "charged what it held, $%.8f", rid, entry.request_id, entry.provider,
+                           entry.model, self._ttl, usd(entry.amount))
+        if expired:
+            self._check_warning()
 
     def __repr__(self) -> str:
         return f"<LedgerActor {self._book!r}>"

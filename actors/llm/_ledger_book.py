@@ -192,7 +192,9 @@ class LedgerBook:
     unpriced: int = 0
     """Reservations and settles of a model without a price (only possible without limits)."""
     expired: int = 0
-    """Reservations swept after their TTL."""
+    """Reservations swept after their TTL (each charged what it held)."""
+    expired_charged: int = 0
+    """What the expired reservations were charged, nano-USD (since the process started)."""
     down: str | None = None
     """Why the database cannot be used (reservations are refused meanwhile); ``None`` when up."""
 
@@ -207,6 +209,10 @@ class LedgerBook:
     @property
     def peak_usd(self) -> float:
         return usd(self.peak)
+
+    @property
+    def expired_charged_usd(self) -> float:
+        return usd(self.expired_charged)
 
     # -- Bookkeeping ----------------------------------------------------------------------------
 
@@ -249,6 +255,10 @@ class LedgerBook:
             entry = self.swept.pop(reservation_id, None)
             if entry is None:
                 return None
+        self._charge(entry, charge, now)
+        return entry
+
+    def _charge(self, entry: OpenReservation, charge: int, now: float) -> None:
         self.settled += charge
         self.by_provider[entry.provider] = self.by_provider.get(entry.provider, 0) + charge
         if entry.turn_id is not None:
@@ -259,7 +269,6 @@ class LedgerBook:
         spent.settled += charge
         spent.touched = now
         self.peak = max(self.peak, self.settled + self.reserved)
-        return entry
 
     def release(self, reservation_id: int, now: float | None = None) -> None:
         entry = self.open.pop(reservation_id, None)
@@ -273,12 +282,16 @@ class LedgerBook:
 
     # -- housekeeping ---------------------------------------------------------------------------
 
-    def expire(self, reservation_id: int) -> OpenReservation:
-        """Stop holding an open reservation; a late settle still finds it in ``swept``."""
+    def expire(self, reservation_id: int, now: float) -> OpenReservation:
+        """Charge an open reservation what it held (its settle never came: the upstream may have
+        billed its worst case); a late settle still finds it in ``swept``, already charged
+        ``entry.amount``."""
         entry = self.open.pop(reservation_id)
         self._hold(entry, -entry.amount)
+        self._charge(entry, entry.amount, now)
         self.swept[reservation_id] = entry
         self.expired += 1
+        self.expired_charged += entry.amount
         return entry
 
     def new_day(self, day: str, settled: int, by_provider: dict[str, int]) -> None:
@@ -290,12 +303,12 @@ class LedgerBook:
 
     def sweep(self, now: float, ttl: float,
               request_idle: float = 0.0) -> list[tuple[int, OpenReservation]]:
-        """Expire the reservations older than ``ttl`` (returned), forget idle turns, and requests
-        holding nothing for ``request_idle`` seconds (a request's next attempt reserves as soon
-        as the last one ends; one entry per request kept for the TTL would be ~200 bytes each x
-        every request of 10 minutes)."""
+        """Expire (charge) the reservations older than ``ttl`` (returned), forget idle turns, and
+        requests holding nothing for ``request_idle`` seconds (a request's next attempt reserves
+        as soon as the last one ends; one entry per request kept for the TTL would be ~200 bytes
+        each x every request of 10 minutes)."""
         stale = [rid for rid, entry in self.open.items() if now - entry.created >= ttl]
-        expired = [(rid, self.expire(rid)) for rid in stale]
+        expired = [(rid, self.expire(rid, now)) for rid in stale]
         while len(self.swept) > _SWEPT_MEMORY:
             del self.swept[next(iter(self.swept))]
         idle = [turn_id for turn_id, turn in self.turns.items()

@@ -44,6 +44,7 @@ __all__ = [
     "Reserve",
     "Settle",
     "SpendSnapshot",
+    "StreamBill",
     "StreamEnd",
     "TextDelta",
     "TokenLogprob",
@@ -229,6 +230,22 @@ def json_copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _no_report() -> Usage | None:
+    return None
+
+
+@dataclass(slots=True)
+class StreamBill:
+    """What a stream's provider learns, as it reads, about what the upstream will bill: the
+    router charges a stream that ends without its answer by it (written by the provider's
+    reading task, read by the router when the attempt ends; one event loop, no lock)."""
+
+    report: Callable[[], Usage | None] = _no_report
+    """The upstream's usage report so far, priced; ``None`` while none came."""
+    whole: bool = False
+    """Closing the stream does not stop the upstream: it bills the whole answer."""
+
+
 @dataclass(frozen=True)
 class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     """What the router asks of one provider actor: one attempt with one model.
@@ -252,6 +269,9 @@ class ProviderCall(Ask["LLMResponse"], AskStream["ProviderStreamItem"]):
     on_output: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     """Told each piece of a stream's output that is not a delta (a tool call's name and
     arguments) as it is read: the router charges a failed or cancelled attempt for it."""
+    bill: StreamBill | None = field(default=None, compare=False, repr=False)
+    """Where a stream's provider notes the upstream's usage report and whether closing the
+    stream stops its billing: the router charges a failed or cancelled stream by it."""
 
 
 @dataclass(frozen=True, slots=True)

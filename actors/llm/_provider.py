@@ -133,6 +133,7 @@ class ProviderActor(Actor[ProviderCall]):
         self._catalog = catalog or ModelCatalog(config.context_windows, config.prices,
                                                 params=config.model_params)
         self._kind = rules_for(config.kind)
+        self._cancel_stops_billing = self._kind.cancel_stops_billing(config)
         self._key: str = _PLACEHOLDER_KEY
         self._http: httpx2.AsyncClient | None = None
         self._client: openai.AsyncOpenAI | None = None
@@ -270,7 +271,8 @@ class ProviderActor(Actor[ProviderCall]):
         progress = Progress(started=time.perf_counter())
         assert self._client is not None
         site = CallSite(self.name, self._client, state, self._catalog, self._secrets(),
-                        self._plan, self._read_timeout)
+                        self._plan, self._read_timeout, self._cancel_stops_billing,
+                        self._kind.answerer_stops_billing)
         work: Callable[..., Awaitable[Any]]
         if call.stream:
             assert request is not None

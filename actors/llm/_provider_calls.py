@@ -25,7 +25,7 @@ from ._attempt_spend import reported_usage
 from ._catalog import ModelCatalog
 from ._error_mapping import map_sdk_errors
 from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
-from ._messages import LLMResponse, ProviderCall, StreamEnd
+from ._messages import LLMResponse, ProviderCall, StreamEnd, Usage
 from ._provider_state import ProviderState
 from ._response_bounds import BoundedBody, Stalled, StallWatch, responded, watching
 from ._sdk_call import (
@@ -49,6 +49,10 @@ logger = logging.getLogger("actors.llm._provider")
 # Parameters one call may drop after "Unsupported parameter/value" answers (a reasoning model
 # behind a stale override refuses max_tokens, then temperature, ...).
 _MAX_REFUSED = 3
+
+
+def _stops(event: object) -> bool:
+    return True
 
 
 def _produced(assembly: StreamAssembly, progress: Progress) -> bool:
@@ -78,6 +82,10 @@ class CallSite:
     """Seconds a request may wait for its response and then for each next bytes of its body,
     bounded here (the aiohttp transport: see :mod:`._response_bounds`); ``None``: the
     transport's read timeout holds."""
+    cancel_stops_billing: bool | None = True
+    """Whether closing a stream stops the upstream's billing; ``None``: ``answerer_stops_billing``
+    decides from the stream's first event (see :mod:`._provider_kinds`)."""
+    answerer_stops_billing: Callable[[object], bool] = _stops
 
     def _note_failure(self, error: LLMClientError, progress: Progress) -> None:
         """A 429's ``Retry-After`` pauses the limiter (its headers were read by the hook)."""
@@ -213,6 +221,34 @@ class CallSite:
             check_json(response, self.provider)
         return response
 
+    def _report(self, call: ProviderCall, assembly: StreamAssembly, limit: int) -> Usage | None:
+        """What a stream that ends now without its answer is charged by the upstream's usage
+        report (:func:`reported_usage`), or ``None`` while no report came."""
+        if assembly.usage is None:
+            return None
+        return reported_usage(self.catalog, call, assembly.usage, assembly.text,
+                              assembly.tool_calls(), answered_model(assembly.model, call.model),
+                              assembly.reasoning, limit)
+
+    def _bill(self, call: ProviderCall, assembly: StreamAssembly,
+              limit: int) -> Callable[[object], None] | None:
+        """Fill in the call's :class:`StreamBill` (the report as it comes; whether closing the
+        stream stops the billing); the hook its first event is given to, when that decides."""
+        bill = call.bill
+        if bill is None:
+            return None
+        bill.report = lambda: self._report(call, assembly, limit)
+        stops = self.cancel_stops_billing
+        bill.whole = not stops  # undecided (None): whole until the first event says otherwise
+        if stops is not None:
+            return None
+        answerer_stops_billing = self.answerer_stops_billing
+
+        def first(event: object) -> None:
+            bill.whole = not answerer_stops_billing(event)
+
+        return first
+
     async def stream(self, call: ProviderCall, plan: CallPlan, tokens: int,
                      progress: Progress, request: Request) -> LLMResponse:
         """One streaming call: deltas to ``call.deltas`` (else to ``request``'s stream) as they
@@ -224,6 +260,7 @@ class CallSite:
         client = self.client
         provider = self.provider
         assembly = StreamAssembly()
+        first = self._bill(call, assembly, plan.max_tokens)
         try:
             stream, plan = await self._send(call, plan, tokens,
                                             lambda body: open_stream(client, body))
@@ -238,18 +275,15 @@ class CallSite:
                     lambda: map_sdk_errors(
                         provider, call.model, self.secrets, partial_text=lambda: assembly.text,
                         produced=lambda: _produced(assembly, progress)),
-                    provider, call.model, call.deltas, call.on_output, watch)
+                    provider, call.model, call.deltas, call.on_output, watch, first)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await stream.close()
             if failure is not None:
                 raise failure
         except LLMClientError as exc:
-            if assembly.usage is not None and exc.usage is None:
-                exc.usage = reported_usage(
-                    self.catalog, call, assembly.usage, assembly.text, assembly.tool_calls(),
-                    answered_model(assembly.model, call.model), assembly.reasoning,
-                    plan.max_tokens)
+            if exc.usage is None:
+                exc.usage = self._report(call, assembly, plan.max_tokens)
             self._note_failure(exc, progress)
             raise
         elapsed = time.perf_counter() - progress.started

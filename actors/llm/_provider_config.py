@@ -156,6 +156,14 @@ class ProviderConfig(ClientSettings):
         description="bytes one answer, stream or error body may bring; past it the call ends"
         " with a typed error (32 MiB: a 64k-token stream, one token per chunk, brings ~30 MB)",
     )
+    stream_cancel_stops_billing: bool | None = Field(
+        default=None,
+        description="whether closing a stream early stops the upstream's billing; false: a"
+        " stream closed early (cancelled, the request's deadline) is charged its whole output"
+        " limit, as the upstream runs on and bills the complete answer. Unset: true, except for"
+        " kind openrouter, where the provider that answered decides (the stream's `provider`"
+        " field against OpenRouter's documented list of providers that stop)",
+    )
     transport: Literal["httpx2", "aiohttp"] | None = Field(
         default=None,
         description="HTTP transport under the SDK: httpx2's pool or the SDK's aiohttp one"

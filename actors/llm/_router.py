@@ -286,7 +286,7 @@ class RouterActor(Actor[ChatRequest]):
         call = ProviderCall(chat, model, prompt_tokens, stream=caller is not None,
                             fallback_models=candidate.fallback_models,
                             deltas=None if sink is None else _tracked(sink, spend, delivered),
-                            on_output=spend.streamed.append)
+                            on_output=spend.streamed.append, bill=spend.bill)
         ref = self._providers[provider]
         failure: BaseException | None = None
         try:

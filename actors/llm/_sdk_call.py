@@ -44,6 +44,7 @@ __all__ = [
     "post_completion",
     "price_usage",
     "rejected_param",
+    "table_cost",
 ]
 
 _GENERATION_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
@@ -258,7 +259,8 @@ def estimate_output_tokens(text: str, model: str, limit: int | None = None) -> i
 def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | None,
                 content: str, tool_calls: list[ToolCall], model: str,
                 reasoning: str = "") -> Usage:
-    """Usage as reported (estimated when absent), priced: OpenRouter's cost, else the table.
+    """Usage as reported (estimated when absent), priced: OpenRouter's cost, else the table
+    (:func:`table_cost`: the dearer of the asked model's and the answered ``model``'s prices).
 
     Reasoning tokens are part of ``completion_tokens`` (OpenAI and OpenRouter count them there),
     so they are priced as output once, not added. The estimate counts all the model produced:
@@ -283,12 +285,25 @@ def price_usage(catalog: ModelCatalog, call: ProviderCall, usage: WireUsage | No
         text = content + "".join(c.name + c.arguments for c in tool_calls)
         completion = reasoning_tokens + estimate_output_tokens(text, model)
     if reported_cost is None:
-        reported_cost = catalog.cost_of(model, prompt, completion, cached)
-        if reported_cost is None and model != call.model:
-            reported_cost = catalog.cost_of(call.model, prompt, completion, cached)
+        reported_cost = table_cost(catalog, call.model, model, prompt, completion, cached)
     return Usage(prompt_tokens=prompt, completion_tokens=completion,
                  total_tokens=prompt + completion, cached_tokens=cached,
                  reasoning_tokens=reasoning_tokens, total_cost=reported_cost)
+
+
+def table_cost(catalog: ModelCatalog, asked: str, answered: str, prompt: int, completion: int,
+               cached: int = 0) -> float | None:
+    """The price table's cost of these counts: at the dearer of the ``asked`` model's and the
+    ``answered`` one's prices when both are known, else at the one known (``None``: neither).
+
+    Why the dearer: the answer's model name is the upstream's word, and a confused or hostile
+    upstream naming a cheaper model would be undercharged; a dearer one is believed (the
+    upstream may really have answered with it, and billed it).
+    """
+    costs = [cost for cost in (catalog.cost_of(answered, prompt, completion, cached),
+                               catalog.cost_of(asked, prompt, completion, cached)
+                               if asked != answered else None) if cost is not None]
+    return max(costs) if costs else None
 
 
 def _count(value: int) -> int | None:

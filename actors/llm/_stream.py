@@ -128,6 +128,7 @@ async def read_stream(
     deliver: DeltaSink | None = None,
     note: Callable[[str], None] | None = None,
     watch: StallWatch | None = None,
+    first: Callable[[object], None] | None = None,
 ) -> LLMClientError | None:
     """Read ``events`` into ``assembly``, relaying text and reasoning as they come.
 
@@ -137,6 +138,7 @@ async def read_stream(
     caller), or ``None``. ``sdk_errors()`` wraps the iteration (the SDK's errors become ours).
     ``note`` is told each tool-call piece as it is read (what a failed attempt is charged for).
     ``watch``: the stream ends with the typed error of a read timeout once it fires.
+    ``first`` is given the first event as plain data, before it is decoded (who answered).
     """
     if deliver is not None:
         sink = deliver
@@ -145,13 +147,14 @@ async def read_stream(
             await sink(ReasoningDelta(text) if reasoning else TextDelta(text))
 
         return await _watched(
-            _read(events, assembly, progress, sdk_errors, provider, model, push, note), watch,
-            assembly, provider, model)
+            _read(events, assembly, progress, sdk_errors, provider, model, push, note, first),
+            watch, assembly, provider, model)
     relay = Relay(request)
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(relay.run)
         failure = await _watched(
-            _read(events, assembly, progress, sdk_errors, provider, model, relay.push, note),
+            _read(events, assembly, progress, sdk_errors, provider, model, relay.push, note,
+                  first),
             watch, assembly, provider, model)
         relay.finish()
     return failure
@@ -181,6 +184,7 @@ async def _read(
     model: str,
     push: Callable[[str, bool], Awaitable[None]],
     note: Callable[[str], None] | None,
+    first: Callable[[object], None] | None = None,
 ) -> LLMClientError | None:
     started = progress.started
     add = assembly.add
@@ -189,6 +193,9 @@ async def _read(
     try:
         with sdk_errors():
             async for data in events:
+                if first is not None:
+                    first(data)
+                    first = None
                 chunk = decode_chunk(data)
                 text = add(chunk)
                 reasoning = assembly.added_reasoning

@@ -382,11 +382,11 @@ async def test_the_day_follows_the_configured_time_zone(tmp_path: Path) -> None:
         assert (await spend(system.ref("ledger"))).day == "2026-11-24"
 
 
-async def test_unsettled_reservations_expire_after_the_ttl_and_a_late_settle_is_charged(
+async def test_unsettled_reservations_expire_after_the_ttl_charged_what_they_held(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
-    cost = config(tmp_path, daily_cost_limit=0.005)
+    cost = config(tmp_path, daily_cost_limit=0.007)
     async with ledger_system(cost, clock=clock, reservation_ttl=60.0,
                              sweep_interval=10.0) as system:
         ledger = system.ref("ledger")
@@ -395,15 +395,16 @@ async def test_unsettled_reservations_expire_after_the_ttl_and_a_late_settle_is_
             await clock.advance(10.0)
         assert (await spend(ledger)).open_reservations == 1  # 50 s old: kept
         await clock.advance(10.0)
-        assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.0, 0.0, 0, 0.005, None)
+        # Its settle never came: charged its worst case (the upstream may have billed it).
+        assert await spend(ledger) == SpendSnapshot("2026-11-25", WORST, 0.0, 0, 0.007, None)
         book: LedgerBook = system.durable("ledger")
-        assert book.expired == 1
+        assert (book.expired, book.expired_charged_usd) == (1, WORST)
 
-        # The budget is free again, and the late settle of the expired one is still charged.
+        # A late settle adds only what it cost beyond what the expiry charged.
         fresh: Reservation = await ledger.ask(reserve("fresh"), timeout=5)
-        assert await ledger.ask(Settle(lost.id, Usage(), 0.001), timeout=5) == 0.001
+        assert await ledger.ask(Settle(lost.id, Usage(), 0.001), timeout=5) == 0.0
         assert await ledger.ask(Settle(lost.id, Usage(), 0.001), timeout=5) is None
-        assert await spend(ledger) == SpendSnapshot("2026-11-25", 0.001, WORST, 1, 0.005, None)
+        assert await spend(ledger) == SpendSnapshot("2026-11-25", WORST, WORST, 1, 0.007, None)
         assert fresh.id != lost.id
 
 
