@@ -9,8 +9,9 @@ this one does instead:
   arrives: a JSON body, or one server-sent event (its bytes before the empty line that ends it,
   field names and line ends counted, :data:`EVENT_FRAMING_BYTES` allowed for them), may have
   ``max_message_bytes``; one byte more ends the session with :attr:`HttpTransport.fault`, as
-  over stdio. A compressed body is refused (we ask for ``identity``): its size is not what
-  arrives.
+  over stdio. So does a message of more JSON values than
+  :data:`~actors.mcp._intake.MAX_MESSAGE_VALUES`, counted before it is parsed. A compressed
+  body is refused (we ask for ``identity``): its size is not what arrives.
 - **Errors of its own.** An answer the transport gives up on (its stream ended or broke, the
   request failed) is marked :data:`STREAM_LOST`, so that a server's own error of code -32000
   (JSON-RPC's "server error", which the SDK also uses for a closed connection) is a tool error.
@@ -73,7 +74,7 @@ from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, PARSE_ERROR, ErrorData
 from pydantic import ValidationError
 
 from ._config import McpServerConfig
-from ._intake import Intake
+from ._intake import VALUES_FAULT, Intake, too_many_values
 from ._sdk import (
     DEFAULT_RECONNECTION_DELAY_MS,
     LAST_EVENT_ID,
@@ -375,6 +376,12 @@ class _Transport(StreamableHTTPTransport):
                 read_stream_writer, request_id, self._owner.fault or "answer refused"
             )
             return
+        if too_many_values(content):
+            self._owner._broke(f"sent {VALUES_FAULT}")
+            await self._resolve_abandoned_request(
+                read_stream_writer, request_id, self._owner.fault or VALUES_FAULT
+            )
+            return
         try:
             message = mcp_types.jsonrpc_message_adapter.validate_json(content, by_name=False)
         except ValidationError:
@@ -394,6 +401,13 @@ class _Transport(StreamableHTTPTransport):
     ) -> bool:
         if sse.event != "message" or not sse.data:
             return False  # another type, or a priming event: nothing we read
+        if too_many_values(sse.data):
+            self._owner._broke(f"sent {VALUES_FAULT}")
+            if original_request_id is not None:
+                await self._resolve_abandoned_request(
+                    read_stream_writer, original_request_id, self._owner.fault or VALUES_FAULT
+                )
+            return True  # nothing more of this stream is read
         try:
             message = mcp_types.jsonrpc_message_adapter.validate_json(sse.data, by_name=False)
         except ValidationError:

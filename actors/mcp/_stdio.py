@@ -4,7 +4,8 @@ The SDK's reader keeps the unfinished line in a string and re-joins it with ever
 (``(buffer + chunk).split("\\n")``): a server's message of ``n`` bytes costs the event loop
 ``O(n²)`` copying (a 16 MB tool result took 4.4 s of CPU, 64 MB over a minute) and its memory
 is unbounded (a server writing without a newline grows it forever). This reader collects a line
-in pieces, joins it once, and ends the connection when a message exceeds ``max_message_bytes``:
+in pieces, joins it once, and ends the connection when a message exceeds ``max_message_bytes``
+(or holds more values than :data:`~actors.mcp._intake.MAX_MESSAGE_VALUES`, counted unparsed):
 the session then sees the connection close, as if the server had died, and
 :attr:`StdioTransport.fault` says why. A line that is not a JSON-RPC message is dropped, the
 first of a session logged without its text (the SDK logged each with a traceback quoting it: a
@@ -24,7 +25,7 @@ import anyio
 import anyio.lowlevel
 import mcp_types
 
-from ._intake import Intake
+from ._intake import VALUES_FAULT, Intake, too_many_values
 from ._sdk import (
     SessionMessage,
     StdioServerParameters,
@@ -131,6 +132,9 @@ class StdioTransport:
                 pieces, size, start = [], 0, end + 1
                 if len(line) > limit:
                     self._over_limit()
+                    return
+                if too_many_values(line):
+                    self.fault = f"wrote {VALUES_FAULT}"
                     return
                 try:
                     message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)

@@ -16,6 +16,7 @@ characters of JSON.
 Any call answers by ``MODE``:
 
 - ``huge``: a text result of ``SIZE`` characters (one JSON line of that size and more).
+- ``punctuation``: a text result of ``SIZE`` characters, ``,{[`` repeated.
 - ``line``: a text result of as many ``x`` as make its JSON line ``SIZE`` bytes long.
 - ``malformed``: a result whose ``content`` is not a list (breaks the protocol's schema).
 - ``error``: a JSON-RPC error whose message is ``a.`` repeated to ``SIZE`` characters.
@@ -61,6 +62,9 @@ def _answer(request_id: Any, result: dict[str, Any]) -> None:
 def _call_result(mode: str, size: int) -> dict[str, Any]:
     if mode == "huge":
         return {"content": [{"type": "text", "text": "x" * size}], "isError": False}
+    if mode == "punctuation":
+        text = (",{[" * (size // 3 + 1))[:size]
+        return {"content": [{"type": "text", "text": text}], "isError": False}
     if mode == "malformed":
         return {"content": "not a list", "isError": False}
     if mode == "blocks":
