@@ -9,7 +9,6 @@ full of commas and brackets inside strings is not counted and is read.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import anyio
