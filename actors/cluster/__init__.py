@@ -33,8 +33,11 @@ caller fails closed:
 
 * **budgets fail closed**: no reservation without Redis; the request ends with the typed
   ``unavailable`` error. Spending money we cannot count would break invariant 2. A worker may
-  still grant from its money allowance (:meth:`SharedLedger.allow`: counted in Redis) while it
-  was renewed within ``reservation_ttl / 2``; once empty, it fails closed.
+  still grant from its money allowance (:meth:`SharedLedger.allow`: counted in Redis) until a
+  tenth of ``reservation_ttl`` before Redis can expire it, counted from when its last renewal
+  Redis ran was *sent*; once empty or past that, it fails closed. A reservation or allowance
+  Redis expires unsettled (its settle or renewal never came) is charged what it held, never
+  given back: a request drawn from it may still run and be billed.
 * **rate limits fail closed**: no admission without Redis. A "conservative local share"
   (``limit / N``) needs N, the number of live instances, which only Redis knows; a guessed N
   overshoots when instances were added, and refusing costs little since the budget (which a

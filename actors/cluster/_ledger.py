@@ -76,7 +76,8 @@ class ReserveResult:
 @dataclass(frozen=True, slots=True)
 class SettleResult:
     """``charged``: the actual cost was added to the day; ``late``: no open reservation was found
-    (expired or lost), yet the money was spent so it is charged; ``reserved``: what was held."""
+    (expired or lost), yet the money was spent so it is charged (one that expired was charged
+    ``reserved`` then: only what the cost passes it by is added); ``reserved``: what was held."""
 
     charged: bool
     late: bool
@@ -92,7 +93,10 @@ class SharedLedger:
     A reservation is refused when it would pass ``max_cost_per_request``, the day's limit
     (settled on ``day`` + every open reservation + this one), the provider's daily limit, or the
     turn's limit. Reservations expire after ``reservation_ttl`` (a dead instance does not hold
-    money forever); a later settle is still charged. Day totals live ``day_ttl``.
+    money forever) and are then charged what they held: the settle that never came may have been
+    billed; a later settle adds what its cost passes that charge by (within ``2 x
+    reservation_ttl`` of the expiry; after it, the whole cost on top), a later release leaves it.
+    Day totals live ``day_ttl``.
 
     Day totals are seeded from each instance's durable journal: the first reserve of an instance
     on a day (and the first after Redis lost its data) calls ``journal(day)`` and adds what it
@@ -134,7 +138,7 @@ class SharedLedger:
             known = self._day_keys[day] = [
                 key("ledger", "open"), key("ledger", "resv"), key("ledger", "reserved"),
                 key("ledger", "day", day), key("ledger", "noturn"), key("ledger", "ended"),
-                key("ledger", "epoch")]
+                key("ledger", "epoch"), key("ledger", "lapsed")]
         keys = list(known)
         if turn_id is not None:
             keys[4] = self._turn_key(turn_id)
@@ -197,7 +201,7 @@ class SharedLedger:
             if status == -2:  # Redis lost the day: the journal goes first (see SETTLE)
                 await self.seed_day_total(day, await self._journal(day))
                 continue
-            return SettleResult(status > 0, status == 2, reserved)
+            return SettleResult(status > 0, status >= 2, reserved)
         raise ClusterUnavailable("ledger settle", "Redis lost its data again while re-seeding")
 
     async def allow(self, allowance_id: str, provider: str, day: str, *, charge: int, out: int,
@@ -217,9 +221,11 @@ class SharedLedger:
         of one allowance (increasing): a call that Redis runs after a later one changes nothing and
         answers ``(-1, 0)`` (a call written on a connection that broke may still run). ``unsure``:
         ``(call, charge)`` of earlier calls whose answer was lost: each charge is added unless that
-        call ran (so a charge is counted exactly once). Returns ``None`` while Redis gathers the
-        journals after losing its data (nothing changed). Raises :class:`ClusterUnavailable` when
-        Redis does not answer (the script may or may not have run).
+        call ran (so a charge is counted exactly once). An allowance that expired (not renewed for
+        ``reservation_ttl``) was charged its whole hold; the next call takes that charge back (its
+        ``charge`` and ``out`` say what the worker spent and holds). Returns ``None`` while Redis
+        gathers the journals after losing its data (nothing changed). Raises
+        :class:`ClusterUnavailable` when Redis does not answer (the script may or may not have run).
         """
         if min(charge, out, carry, want, min_free) < 0 or share < 1:
             raise ValueError("allowance amounts must not be negative")
@@ -232,7 +238,7 @@ class SharedLedger:
                               self._window if shared else -1, share, call]
         for earlier in unsure:
             args += earlier
-        keys = [*self._keys(day, None), self._link.key("ledger", "alw", allowance_id)]
+        keys = [*self._keys(day, None), self._link.key("ledger", "alw", allowance_id)]  # KEYS[9]
         for _ in range(4):
             answer = await self._link.run(self._allow, "ledger allowance", keys, args)
             status = int(answer[0])
@@ -244,11 +250,13 @@ class SharedLedger:
             return (int(answer[1]), int(answer[2])) if status == 1 else (-1, 0)
         raise ClusterUnavailable("ledger allowance", "Redis lost its data again while re-seeding")
 
-    async def release(self, request_id: str) -> bool:
-        """End the reservation without a charge; ``True`` if one was open. Idempotent."""
+    async def release(self, request_id: str, day: str | None = None) -> bool:
+        """End the reservation without a charge; ``True`` if one was open. Idempotent. One that
+        had expired stays charged. With ``day``, what else expired is charged to it (swept)."""
         answer = await self._link.run(self._release, "ledger release",
-                                      self._keys("-", None),
-                                      [request_id, self._res_ttl, self._day_ttl])
+                                      self._keys(day or "-", None),
+                                      [request_id, self._res_ttl, self._day_ttl,
+                                       "0" if day is None else "1"])
         return bool(answer)
 
     async def seed_day_total(self, day: str, seed: DaySeed) -> bool:

@@ -7,9 +7,19 @@ totals of open reservations: ``total``, ``p:<provider>``; and the TTL bookkeepin
 ``settled``, ``p:<provider>``, and one ``seed:<instance>`` marker per instance that added its
 journal), ``turn`` (``settled``, ``reserved`` of one turn), ``ended`` (request -> ms: settled or
 released, so a repeated settle never charges twice), ``epoch`` (``born`` and ``open_at``: when Redis
-first held this ledger, and from when it grants money: see :data:`RESERVE`). A worker's
-allowance (:data:`ALLOW`) is one open reservation like any other (``resv``, ``open``, counted in
-``reserved``): it expires with its TTL when its worker stops renewing it.
+first held this ledger, and from when it grants money: see :data:`RESERVE`), ``lapsed``
+(request -> ``day key|amount|provider|turn key``: reservations that expired unsettled). A
+worker's allowance (:data:`ALLOW`) is one open reservation like any other (``resv``, ``open``,
+counted in ``reserved``): it expires with its TTL when its worker stops renewing it.
+
+**A reservation that expires unsettled is charged what it held** (to the day of the call that
+finds it expired): its settle never came (a timeout, a restart, a full mailbox, a worker cut off
+or dead) but the upstream may have billed it, so the money is not given back to the day, as the
+local ledger charges it. It is marked ended (a repeated reserve, a release and a seed leave it
+alone) and remembered in ``lapsed`` for ``2 x reservation_ttl`` (trimmed with ``ended``): a late
+settle adds what its cost passes the charge by (less is not given back, as in the local ledger),
+and an allowance's next resize (its worker was only cut off) takes its charge back, the worker
+pushing what it spent and holding what is out.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ __all__ = ["ALLOW", "RELEASE", "RESERVE", "SEED", "SETTLE"]
 
 _PRELUDE = """
 local open, resv, reserved, day, turn, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local epoch = KEYS[7]
+local epoch, lapsed = KEYS[7], KEYS[8]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
@@ -34,16 +44,69 @@ local function forget(id, record)
   amount = tonumber(amount)
   redis.call('HDEL', resv, id)
   redis.call('ZREM', open, id)
-  return amount, provider
+  return amount, provider, turn_key
 end
-local function sweep(res_ttl, lazy)
-  -- Reservations of an instance that died stop holding money after their TTL.
+local function charge_day(day_key, provider, turn_key, digits, day_ttl)
+  -- The keys may be new (a day's first call) or gone (a late settle): each keeps a TTL.
+  redis.call('HINCRBY', day_key, 'settled', digits)
+  redis.call('HINCRBY', day_key, 'p:' .. provider, digits)
+  redis.call('PEXPIRE', day_key, day_ttl)
+  if turn_key ~= '' then
+    redis.call('HINCRBY', turn_key, 'settled', digits)
+    redis.call('PEXPIRE', turn_key, day_ttl)
+  end
+end
+local function lapse(id, record, day_ttl)
+  -- Expired unsettled: charged what it held (the upstream may have billed it), not given back.
+  local amount, provider, turn_key = forget(id, record)
+  if amount > 0 then
+    charge_day(day, provider, turn_key, string.format('%d', amount), day_ttl)
+  end
+  redis.call('HSET', lapsed, id, day .. '|' .. record)
+  redis.call('ZADD', ended, now, id)
+end
+local function unlapse(id, day_ttl, actual)
+  -- What lapsed is known after all: a settle's `actual` cost beyond the charge is added (less is
+  -- not given back, as the local ledger journaled it); nil (its allowance's worker is back and
+  -- accounts for itself): the charge is taken back. Returns the amount it held.
+  local gone = redis.call('HGET', lapsed, id)
+  if not gone then return nil end
+  local day_key, amount, provider, turn_key = string.match(gone, '^([^|]*)|(%d+)|(.*)|([^|]*)$')
+  local delta = -tonumber(amount)
+  if actual ~= nil then delta = math.max(actual + delta, 0) end
+  if delta ~= 0 then
+    charge_day(day_key, provider, turn_key, string.format('%d', delta), day_ttl)
+  end
+  redis.call('HDEL', lapsed, id)
+  return tonumber(amount)
+end
+local function sweep(res_ttl, day_ttl, lazy)
+  -- Reservations of an instance that died (or whose settle never came) stop holding money
+  -- after their TTL: charged to the day.
+  local lapses = 0
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', open, '-inf', now)) do
     local record = redis.call('HGET', resv, id)
-    if record then forget(id, record) else redis.call('ZREM', open, id) end
+    if record then
+      lapse(id, record, day_ttl)
+      lapses = lapses + 1
+    else
+      redis.call('ZREM', open, id)
+    end
   end
-  -- The ended marks only stop a repeated settle: trimmed with the TTL refresh (keep).
-  if not lazy then redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - 2 * res_ttl) end
+  if lapses > 0 then  -- a lazy call refreshes no TTL (keep): these keys may be new
+    for _, key in ipairs({lapsed, ended}) do redis.call('PEXPIRE', key, 2 * res_ttl + 60000) end
+  end
+  -- The ended marks only stop a repeated settle: trimmed with the TTL refresh (keep), and the
+  -- lapsed records with them.
+  if not lazy then
+    local before = now - 2 * res_ttl
+    if redis.call('HLEN', lapsed) > 0 then
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', ended, '-inf', before)) do
+        redis.call('HDEL', lapsed, id)
+      end
+    end
+    redis.call('ZREMRANGEBYSCORE', ended, '-inf', before)
+  end
 end
 local function gathering(window, day_ttl)
   -- No epoch: first use, or Redis lost its data. Every instance offers its journal within
@@ -63,7 +126,9 @@ end
 local function keep(res_ttl, day_ttl)
   local at = string.format('%d', now + 2 * res_ttl + 60000)
   redis.call('HSET', reserved, 'kept_until', string.format('%d', now + 60000), 'expires_at', at)
-  for _, key in ipairs({open, resv, reserved, ended}) do redis.call('PEXPIREAT', key, at) end
+  for _, key in ipairs({open, resv, reserved, ended, lapsed}) do
+    redis.call('PEXPIREAT', key, at)
+  end
   redis.call('PEXPIRE', day, day_ttl)
   redis.call('PEXPIRE', epoch, day_ttl)
   if turn ~= day then redis.call('PEXPIRE', turn, day_ttl) end
@@ -90,7 +155,7 @@ end
 -- The bookkeeping first: a sweep may change the totals, so they are read after it.
 local kept = numbers(reserved, 'kept_until', 'expires_at')
 local lazy = now < kept[1]
-sweep(res_ttl, lazy)
+sweep(res_ttl, day_ttl, lazy)
 local held = redis.call('HGET', resv, id)
 if held then return {1, tonumber(string.match(held, '^(%d+)'))} end
 if redis.call('ZSCORE', ended, id) then return {-1} end
@@ -141,15 +206,23 @@ return {1, amount}
 """
 
 #: ARGV: request, actual, provider, res_ttl_ms, day_ttl_ms, has_turn (0/1), instance.
-#: Returns {1, reserved amount} settled, {2, 0} charged without a reservation (expired, lost),
+#: Returns {1, reserved amount} settled, {2, 0} charged without a reservation (lost with Redis's
+#: data, or expired so long ago that its record is gone), {3, reserved amount} expired unsettled
+#: and charged that amount: what ``actual`` passes it by is added (less is not given back),
 #: {0, 0} already ended (nothing charged), {-2, 0} this instance has not seeded the day: after
 #: Redis lost its data, the instance's journal (which holds this charge unless the instance is
 #: still telling Redis of it) must come back first, else the charge counts twice.
 SETTLE = _PRELUDE + """
 local id, actual, provider = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local res_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-sweep(res_ttl)
-if redis.call('ZSCORE', ended, id) then return {0, 0} end
+sweep(res_ttl, day_ttl)
+if redis.call('ZSCORE', ended, id) then
+  -- Expired unsettled, charged what it held: what the cost passes that by is added, once.
+  local held = unlapse(id, day_ttl, actual)
+  if held == nil then return {0, 0} end
+  keep(res_ttl, day_ttl)
+  return {3, held}
+end
 if not redis.call('HGET', day, 'seed:' .. ARGV[7]) then return {-2, 0} end
 local record = redis.call('HGET', resv, id)
 local status, amount = 2, 0
@@ -165,10 +238,12 @@ keep(res_ttl, day_ttl)
 return {status, amount}
 """
 
-#: ARGV: request, res_ttl_ms, day_ttl_ms. Returns 1 if an open reservation was released.
+#: ARGV: request, res_ttl_ms, day_ttl_ms, sweep (1: KEYS[4] is the caller's day, what expired is
+#: charged to it; 0: no day known, no sweep). Returns 1 if an open reservation was released (one
+#: that expired unsettled stays charged).
 RELEASE = _PRELUDE + """
 local id, res_ttl = ARGV[1], tonumber(ARGV[2])
-sweep(res_ttl)
+if ARGV[4] == '1' then sweep(res_ttl, tonumber(ARGV[3])) end
 if redis.call('ZSCORE', ended, id) then return 0 end
 local record = redis.call('HGET', resv, id)
 if record then forget(id, record) end
@@ -215,7 +290,10 @@ return 1
 #: from until this answer: kept), want (the free part wished), min_free (a smaller free part is
 #: none), daily, provider_daily (-1: none), res_ttl_ms, day_ttl_ms, instance, gathering window ms
 #: (-1: none), share divisor, call number, then (call, charge) pairs: the charges of earlier calls
-#: whose answer was lost (charged now unless that call ran). KEYS[8]: the allowance's last call
+#: whose answer was lost (charged now unless that call ran). An allowance that expired (its
+#: worker was cut off longer than its TTL) was charged its whole hold: its worker's next call
+#: takes that charge back (it pushes what it spent and keeps what is out). KEYS[9]: the
+#: allowance's last call
 #: number: a call older than the last one that ran (written on a connection that broke, run late)
 #: changes nothing and answers {0, 0}. The new hold is ``out + max(carry, free)``, where ``free`` is
 #: ``want`` while it is at most ``1 / share`` of ``room - out`` (``room``: the limits' room without
@@ -230,23 +308,27 @@ local want, min_free = tonumber(ARGV[6]), tonumber(ARGV[7])
 local daily, provider_daily = tonumber(ARGV[8]), tonumber(ARGV[9])
 local res_ttl, day_ttl, divisor = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[14])
 local pfield = 'p:' .. provider
-sweep(res_ttl)
+sweep(res_ttl, day_ttl)
 local window = tonumber(ARGV[13])
 if window >= 0 then
   local wait = gathering(window, day_ttl)
   if wait > 0 then return {-3, wait} end
 end
 if not redis.call('HGET', day, 'seed:' .. ARGV[12]) then return {-2} end
-local last = tonumber(redis.call('GET', KEYS[8]) or '0')
+local last = tonumber(redis.call('GET', KEYS[9]) or '0')
 if tonumber(ARGV[15]) <= last then return {0, 0} end
-redis.call('SET', KEYS[8], ARGV[15], 'PX', 2 * res_ttl + 60000)
+redis.call('SET', KEYS[9], ARGV[15], 'PX', 2 * res_ttl + 60000)
 -- Charges of earlier calls whose answer was lost: each is charged by the first call to run
 -- after it that finds it did not run (a call older than the last one never runs later).
 for i = 16, #ARGV, 2 do
   if tonumber(ARGV[i]) > last then charge = charge + tonumber(ARGV[i + 1]) end
 end
 local record = redis.call('HGET', resv, id)
-if record then forget(id, record) end
+if record then
+  forget(id, record)
+elseif unlapse(id, day_ttl) then
+  redis.call('ZREM', ended, id)
+end
 if charge > 0 then
   local digits = string.format('%d', charge)
   redis.call('HINCRBY', day, 'settled', digits)

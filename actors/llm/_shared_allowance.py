@@ -13,6 +13,15 @@ resize is in flight, only its ``carry`` (the free part it keeps, whatever Redis 
 drawn from. A resize that failed may have run: the worker then assumes the smaller hold ``out +
 carry``, and its charges are counted exactly once (the next resize carries them; Redis adds them
 unless that call ran).
+
+Expiry: Redis holds the allowance at least ``reservation_ttl`` from when the last resize it ran
+was *sent* (it ran no earlier). The worker draws from it only until :data:`LIFETIME` of that
+(the renewal sent, answered, on the monotonic clock: :attr:`Allowance.renewed`), a tenth of the
+TTL before Redis can expire it. A request drawn before then may run on: the allowance is renewed
+every ``journal_interval`` while anything is drawn from it, and if the renewals fail until Redis
+expires it, Redis charges its whole hold to the day (it is never given back to other workers);
+the worker's next resize that Redis runs takes that charge back, pushing what it really spent and
+holding what is still out.
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ import anyio
 
 from actors.cluster import ClusterUnavailable, SharedLedger
 
-__all__ = ["Allowance", "Resize", "give_back"]
+__all__ = ["LIFETIME", "Allowance", "Resize", "give_back"]
 
+#: Of ``reservation_ttl``, how long after a renewal was sent the worker may draw from it: the
+#: tenth left is the margin for the two hosts' clock rates and a busy event loop (as a lease's).
+LIFETIME = 0.9
 #: The free part wished, in reservations of the largest recent size.
 _WANT = 8
 #: Lost resizes remembered one by one (more are merged).
@@ -43,6 +55,8 @@ class Resize:
     min_free: int
     idle: bool
     unsure: list[tuple[int, int]]
+    #: The local monotonic clock before the call was written (Redis ran it no earlier).
+    sent: float
 
     async def run(self, shared: SharedLedger, key: str, provider: str,
                   day: str) -> tuple[int, int] | None:
@@ -60,7 +74,8 @@ class Allowance:
     held: int = 0
     #: Charges settled locally, not yet pushed.
     unshared: int = 0
-    #: The local clock when Redis last answered a resize (draws stop ``fresh`` after it).
+    #: The local monotonic clock when the last resize Redis answered was sent: Redis holds the
+    #: allowance ``reservation_ttl`` from then at least (draws stop :data:`LIFETIME` of it after).
     renewed: float = float("-inf")
     #: The resize in flight: while there is one, only ``budget`` may be drawn.
     resizing: Resize | None = None
@@ -122,19 +137,20 @@ class Allowance:
         """Below half of the free part wished: time to resize (grow)."""
         return not self.syncing and self.free() < self.want // 2
 
-    def start(self, *, idle: bool) -> Resize:
-        """The next resize: it pushes the charges and keeps what is drawn plus (unless ``idle``:
-        the free part goes back) the free part, which alone may be drawn until its answer."""
+    def start(self, *, idle: bool, now: float) -> Resize:
+        """The next resize, sent at ``now``: it pushes the charges and keeps what is drawn plus
+        (unless ``idle``: the free part goes back) the free part, which alone may be drawn until
+        its answer."""
         carry = 0 if idle else self.free()
         charge, self.unshared = self.unshared, 0
         self.calls += 1
         resize = Resize(self.calls, charge, self.out, carry, 0 if idle else self.want,
-                        0 if idle else self.largest, idle, list(self.unsure))
+                        0 if idle else self.largest, idle, list(self.unsure), now)
         self.resizing, self.budget = resize, carry
         return resize
 
-    def finish(self, resize: Resize, answered: bool, granted: tuple[int, int] | None,
-               now: float) -> bool | None:
+    def finish(self, resize: Resize, answered: bool,
+               granted: tuple[int, int] | None) -> bool | None:
         """``resize`` ended: ``answered`` with ``granted`` (``None``: Redis was gathering the
         journals, nothing ran), or not (it may have run). Returns the resize to run next:
         ``True`` an idle one (the room shrank: give back the free part kept), ``False`` one
@@ -144,7 +160,7 @@ class Allowance:
         if granted is not None and granted[0] >= 0:
             self.unsure.clear()
             self.held, free = granted
-            self.renewed = now
+            self.renewed = max(self.renewed, resize.sent)  # not from the answer: it may be late
             if not resize.idle:  # asked to grow: none until the next tick
                 self.starved = free == 0
             if free < resize.carry:
@@ -167,13 +183,13 @@ async def give_back(shared: SharedLedger, day: str, provider: str, allowance: Al
     """Push ``allowance``'s charges and give its free part back (a stop: no resize in flight);
     ``True`` unless Redis should be asked again (a lost answer's charge then rides, exactly
     once, with the next try)."""
-    resize = allowance.start(idle=True)
+    resize = allowance.start(idle=True, now=now)
     try:
         granted = await resize.run(shared, allowance.key, provider, day)
     except anyio.ClosedResourceError:
         return True  # the link is closed: nothing more can be pushed
     except ClusterUnavailable:
-        allowance.finish(resize, False, None, now)
+        allowance.finish(resize, False, None)
         return False
-    allowance.finish(resize, True, granted, now)
+    allowance.finish(resize, True, granted)
     return granted is not None

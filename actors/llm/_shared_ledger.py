@@ -12,7 +12,10 @@ then the shared one: from this worker's money allowance for the provider when it
 Redis already holds for this worker: answered at once, no call; see :mod:`._shared_allowance`),
 else in Redis, in a child task (so a slow Redis never stalls settles), and the local hold is
 released when Redis refuses or is unavailable. A settle of a reservation drawn from the allowance
-is pushed with the allowance's next resize. A settle answers at once from the local book and
+is pushed with the allowance's next resize. A reservation that expires unsettled is charged what
+it held, in Redis (:mod:`actors.cluster._ledger_scripts`) as in the local ledger: one drawn from
+the allowance is pushed as a charge when the local ledger expires it, and a late settle of any
+adds what it cost beyond that. A settle answers at once from the local book and
 is shared behind; a shared settle that fails is retried every second until Redis answers (until
 then its reservation stays held in Redis, so the shared total never undercounts).
 
@@ -54,7 +57,7 @@ from ._ledger_book import OpenReservation, nanos, usd
 from ._ledger_lock import LedgerUnavailable
 from ._messages import Release, Reservation, Reserve, Settle
 from ._provider_config import ProviderConfig
-from ._shared_allowance import Allowance, Resize, give_back
+from ._shared_allowance import LIFETIME, Allowance, Resize, give_back
 
 __all__ = ["SharedLedgerActor", "shared_limits"]
 
@@ -69,6 +72,9 @@ _RETRY_INTERVAL = 1.0
 _STOP_PUSH = 3.0
 _STOP_ATTEMPTS = 8
 _STOP_RETRY = 0.1
+#: Reservations drawn from an allowance that the local ledger expired, remembered for a late
+#: settle (as many as the local ledger remembers swept ones).
+_LAPSED_MEMORY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +106,7 @@ class SharedLedgerActor(LedgerActor):
                  instance_id: str, providers: Mapping[str, ProviderConfig] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(config, catalog, providers=providers, **kwargs)
-        self._shared = SharedLedger(link, instance_id, self._journal,
+        self._shared = SharedLedger(link, instance_id, self._day_journal,
                                     shared_limits(config, providers or {}))
         # Seconds between two offers of this worker's journal to the shared day (a no-op unless
         # Redis lost the day).
@@ -116,15 +122,18 @@ class SharedLedgerActor(LedgerActor):
         # Releases and settles piped but not yet written to Redis (see _reserve_shared).
         self._unwritten = 0
         self._frees_written: anyio.Event | None = None  # set when the last of them is written
-        # This worker's allowance per provider (see _shared_allowance): drawn from while Redis
-        # renewed it within half a reservation's TTL, so every draw is counted for at least that.
+        # This worker's allowance per provider (see _shared_allowance): drawn from until
+        # LIFETIME of the TTL after the last renewal Redis ran was sent, a tenth before Redis can
+        # expire it (and an expired one is charged, so what was drawn stays counted).
         self._allowances: dict[str, Allowance] = {}
-        self._fresh = link.config.reservation_ttl / 2 if link.config.allowances else -1.0
+        self._fresh = link.config.reservation_ttl * LIFETIME if link.config.allowances else -1.0
+        # Drawn reservations the local ledger expired (charged to their allowance): id -> amount.
+        self._lapsed: dict[int, int] = {}
 
     def _key(self, reservation_id: int) -> str:
         return f"{self._nonce}:{reservation_id}"
 
-    async def _journal(self, day: str) -> DaySeed:
+    async def _day_journal(self, day: str) -> DaySeed:
         """What this worker's journal says about ``day`` (Redis asks after losing its data)."""
         return self._day_seed(day)
 
@@ -171,7 +180,7 @@ class SharedLedgerActor(LedgerActor):
                       or allowance.syncing]
         for _, allowance in allowances:
             if allowance.resizing is not None:  # cancelled with the instance: it may have run
-                allowance.finish(allowance.resizing, False, None, 0.0)
+                allowance.finish(allowance.resizing, False, None)
         with anyio.move_on_after(_STOP_PUSH):
             for _ in range(_STOP_ATTEMPTS):
                 settles = [item for item in settles if not await self._settle_now(item)]
@@ -241,25 +250,39 @@ class SharedLedgerActor(LedgerActor):
         if isinstance(message, Settle):
             book = self._book
             held: OpenReservation | None = book.open.get(message.reservation_id)
+            late = held is None
             if held is None:
                 held = book.swept.get(message.reservation_id)
+            # Late (expired, charged what it held): ``charged`` is what it cost beyond that.
             charged = await super().receive(message)
             self._granted.discard(message.reservation_id)
             allowance = None if held is None else self._drawn(message.reservation_id,
                                                               held.provider)
+            if self._lapsed.pop(message.reservation_id, None) is not None and held is not None:
+                # Its amount was charged to its allowance at its expiry: what it cost beyond is
+                # pushed now (as the local ledger charges it).
+                allowance = self._allowances.get(held.provider)
+                if allowance is not None and charged:
+                    allowance.unshared += nanos(charged)
+                    self._resize(held.provider, allowance)
+                return charged
             if allowance is not None and held is not None:
                 if charged is not None:  # pushed with the next resize, at once if none runs
                     allowance.unshared += nanos(charged)
                     self._resize(held.provider, allowance)
                 return charged
             if held is not None and charged is not None:
+                # Redis charges a late one's whole cost (its reservation may still be open there:
+                # it expires later) or, expired there too, what it cost beyond its amount.
+                cost = nanos(charged) + (held.amount if late else 0)
                 self._share_settle(_PendingSettle(self._key(message.reservation_id),
-                                                  nanos(charged), held.provider, book.day))
+                                                  cost, held.provider, book.day))
             return charged
         if isinstance(message, Release):
             entry = self._book.open.get(message.reservation_id)
             await super().receive(message)
             self._granted.discard(message.reservation_id)
+            self._lapsed.pop(message.reservation_id, None)  # expired: it stays charged
             if entry is None or self._drawn(message.reservation_id, entry.provider) is None:
                 self._share_release(message.reservation_id)
             return None
@@ -321,7 +344,8 @@ class SharedLedgerActor(LedgerActor):
         self.context.pipe(self._free, *args, reply_to=None, then=then)
 
     def _share_release(self, reservation_id: int) -> None:
-        self._pipe_free(self._shared.release, self._key(reservation_id), then=_ignore)
+        self._pipe_free(self._shared.release, self._key(reservation_id), self._book.day,
+                        then=_ignore)
 
     def _share_settle(self, pending: _PendingSettle) -> None:
         self._sharing[pending.key] = pending
@@ -361,7 +385,7 @@ class SharedLedgerActor(LedgerActor):
         until the answer)."""
         if allowance.syncing:
             return  # _resized runs another when charges are waiting
-        resize = allowance.start(idle=idle)
+        resize = allowance.start(idle=idle, now=self.context.clock.now())
         self.context.pipe(resize.run, self._shared, allowance.key, provider, self._book.day,
                           reply_to=None,
                           then=lambda outcome: self._resized(provider, allowance, resize, outcome))
@@ -369,8 +393,7 @@ class SharedLedgerActor(LedgerActor):
     def _resized(self, provider: str, allowance: Allowance, resize: Resize,
                  outcome: Outcome) -> None:
         answered = outcome.error is None and not outcome.cancelled
-        after = allowance.finish(resize, answered, outcome.value if answered else None,
-                                 self.context.clock.now())
+        after = allowance.finish(resize, answered, outcome.value if answered else None)
         if after is not None:
             self._resize(provider, allowance, idle=after)
         if outcome.error is not None and not isinstance(outcome.error, ClusterUnavailable):
@@ -378,11 +401,16 @@ class SharedLedgerActor(LedgerActor):
 
     def _tick_allowances(self) -> None:
         """Renew every allowance (its TTL), push its charges; an idle one gives back its free
-        part. Drawn reservations the local ledger expired no longer hold the allowance."""
+        part. Drawn reservations the local ledger expired unsettled are charged what they held
+        (as the local ledger and Redis charge an expired reservation: it may have been billed)."""
         open_ids = self._book.open
         for provider, allowance in self._allowances.items():
             for rid in [rid for rid in allowance.drawn if rid not in open_ids]:
-                del allowance.drawn[rid]
+                amount = allowance.drawn.pop(rid)
+                allowance.unshared += amount
+                self._lapsed[rid] = amount
+            while len(self._lapsed) > _LAPSED_MEMORY:
+                del self._lapsed[next(iter(self._lapsed))]
             if allowance.held > 0 or allowance.unshared > 0 or allowance.unsure \
                     or allowance.regrow:
                 self._resize(provider, allowance, idle=not (allowance.drew or allowance.regrow))
