@@ -9,6 +9,7 @@ share of the model's context window).
 from __future__ import annotations
 
 import functools
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -61,13 +62,18 @@ _getsizeof = sys.getsizeof
 
 def message_bytes(message: Message) -> int:
     """The memory ``message`` holds: Python's size of the message and of every string, list and
-    dict in it, so a string costs 1, 2 or 4 bytes a character (by its widest character: one
-    emoji makes a long ASCII text take four times its length). Keys are not counted (they are
-    the same few shared strings in every message)."""
+    dict in it (a list by its items, not its spare capacity: the same message measures the same
+    built live or decoded from the store), so a string costs 1, 2 or 4 bytes a character (by
+    its widest character: one emoji makes a long ASCII text take four times its length). Keys
+    are not counted (they are the same few shared strings in every message)."""
     total = _getsizeof(message)
     for value in message.values():
         total += _getsizeof(value) if type(value) is str else _nested_bytes(value)
     return total
+
+
+_LIST_BYTES: Final = sys.getsizeof([])
+_POINTER_BYTES: Final = struct.calcsize("P")
 
 
 def _nested_bytes(value: Any) -> int:
@@ -75,7 +81,13 @@ def _nested_bytes(value: Any) -> int:
     stack = [value]
     while stack:
         item = stack.pop()
-        total += _getsizeof(item)
+        if type(item) is list:
+            # Its items, not its spare capacity: a list built by appends holds more slots than
+            # the same list decoded from the store, and the live history and the one read back
+            # must measure the same (else one keeps a unit at the bound the other drops).
+            total += _LIST_BYTES + _POINTER_BYTES * len(item)
+        else:
+            total += _getsizeof(item)
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list | tuple):

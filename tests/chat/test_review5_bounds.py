@@ -147,15 +147,15 @@ async def test_a_turns_older_tool_results_give_way_to_a_note_past_max_history_by
         requests = [list(r.messages) for r in b.model.requests]
         assert len(requests) == 5
         call, result = requests[1][2], requests[1][3]
-        assert (message_bytes(call), message_bytes(result)) == (6940, 6341)
+        assert (message_bytes(call), message_bytes(result)) == (6916, 6341)
 
         def shape(messages: list[dict[str, Any]]) -> list[str]:
             return ["call" if m["role"] == "assistant" else
                     "result" if m["content"] == f"Tool result: {_LONG}" or
                     m["content"] == _LONG else "note" for m in messages[2:]]
 
-        # A step holds 13,281 bytes and a note 494. Two steps fit; a third (39,843) does not:
-        # the oldest result goes (33,996); a fourth (47,277): the next two go (41,430, 35,583).
+        # A step holds 13,257 bytes and a note 494. Two steps fit; a third (39,771) does not:
+        # the oldest result goes (33,924); a fourth (47,181): the next two go (41,334, 35,487).
         assert [shape(r) for r in requests] == [
             [],
             ["call", "result"],
@@ -163,7 +163,7 @@ async def test_a_turns_older_tool_results_give_way_to_a_note_past_max_history_by
             ["call", "note", "call", "result", "call", "result"],
             ["call", "note", "call", "note", "call", "note", "call", "result"],
         ]
-        assert [_step_bytes(r) for r in requests] == [0, 13281, 26562, 33996, 35583]
+        assert [_step_bytes(r) for r in requests] == [0, 13257, 26514, 33924, 35487]
         note = requests[3][3]
         assert message_bytes(note) == 494
         assert note == {"role": "tool", "tool_call_id": "call_1", "content": (

@@ -10,6 +10,7 @@ same bound) after a restart.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,31 @@ async def test_the_next_turn_sends_the_same_messages_live_and_after_a_restart(
     assert [_label(m) for m in live] == [
         "system", "call", "result", "call", "result", "answer", "user"]
     assert sum(message_bytes(m) for m in live[1:-1]) <= 36_000
+
+
+async def test_a_history_at_its_byte_bound_is_kept_alike_live_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # An answer with reasoning_details: its list, built live by copying, measured 16 bytes less
+    # than the same list decoded from the store (a list's spare capacity was counted). With the
+    # bound between the two, the live conversation kept the first user message and the one
+    # read back did not.
+    text = "think " + "x" * 2000
+    user = {"role": "user", "content": text}
+    answer = {"role": "assistant", "content": f"Echo: {text}",
+              "reasoning_details": [{"type": "reasoning.text", "text": "Let me think."}]}
+    stored_bytes = sum(message_bytes(json.loads(json.dumps(m))) for m in (user, answer))
+    settings: dict[str, Any] = {"max_history_bytes": stored_bytes - 8}
+    restarted = tmp_path / "restarted"
+    async with backend(tmp_path, servers={}) as b:
+        session = await b.session(**settings)
+        await turn(session, text)
+        _copy_database(tmp_path / "history.sqlite3", restarted)
+        await turn(session, "next", request_id="r2")
+        live = list(b.model.requests[-1].messages)
+    async with backend(restarted, servers={}) as b:
+        assert b.history.load("c1") == [user, answer]
+        await turn(await b.session(**settings), "next", request_id="r2")
+        resumed = list(b.model.requests[-1].messages)
+    assert live == resumed
+    assert live[1:] == [answer, {"role": "user", "content": "next"}]
