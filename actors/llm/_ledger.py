@@ -29,7 +29,11 @@ Decisions, and why:
 - **Open reservations are durable state** (kept by the cell across restarts): a crashed ledger
   keeps counting the money its callers may still spend. The settled totals are reloaded on every
   start from SQLite plus the charges not yet written, so a new process continues the day. One
-  process per file: :class:`~actors.llm._ledger_lock.LedgerLock` refuses a second one.
+  process per file: :class:`~actors.llm._ledger_lock.LedgerLock` refuses a second one. Open
+  reservations are also remembered in SQLite (table ``holds``, written behind with the charges;
+  one settled before its batch is never written): a new process charges the ones the last process
+  never settled what they held (their attempts were in flight when it ended: the upstream may have
+  billed them), counted with the expired ones. A crash loses what the last batch had not written.
 - **A settle counts at once and is written behind, in batches, off the loop** (one shielded
   worker-thread write at a time drains ``LedgerBook.unwritten``; 500 concurrent settles measured
   12,300/s against 8,400/s writing inline). A graceful stop writes what is left.
@@ -128,6 +132,7 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         self._path = ledger_path(config)
         self._store: LedgerStore | None = None
         self._writing = False
+        self._holds_taken = True
         self._book = LedgerBook()
         self._day_span: tuple[datetime | None, datetime, str] = (None, _EPOCH, "")
         self._daily_limit = (
@@ -140,6 +145,9 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         durable = self.context.durable
         if isinstance(durable, LedgerBook):
             self._book = durable
+        # A book that never had a day is a new process's: what the last one held is charged.
+        self._holds_taken = bool(self._book.day) or self._path is None
+        self._book.holds_journaled = self._path is not None
         self._book.day = self._today()
         self._open_store()
         self._arm_sweep()
@@ -148,10 +156,13 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         # Any write in flight has finished (it is shielded); a graceful stop persists the rest.
         if self._store is None:
             return
+        book = self._book
+        holds, book.holds = book.holds, {}
         try:
-            written, error = write_batch(self._store, list(self._book.unwritten))
-            del self._book.unwritten[:written]
+            written, error = write_batch(self._store, list(book.unwritten), holds)
+            del book.unwritten[:written]
             if error is not None:
+                book.holds_unwritten(holds)
                 raise error
         finally:
             self._store.close()
@@ -224,6 +235,7 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         entry = OpenReservation(message.request_id, message.provider, message.model,
                                 nanos_up(worst), self.context.clock.now(), message.turn_id)
         reservation_id = book.reserve(entry, budget)
+        self._write_charges()  # remembered (behind, batched), so a crash cannot forget it
         return Reservation(reservation_id, message.request_id, message.provider, message.model,
                            usd(entry.amount))
 

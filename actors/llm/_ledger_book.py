@@ -197,6 +197,13 @@ class LedgerBook:
     """What the expired reservations were charged, nano-USD (since the process started)."""
     down: str | None = None
     """Why the database cannot be used (reservations are refused meanwhile); ``None`` when up."""
+    holds_journaled: bool = False
+    """Whether open reservations are remembered in the database (charged at the next process's
+    start if never settled): ``holds`` is kept then."""
+    holds: dict[int, OpenReservation | None] = field(default_factory=dict)
+    """Open reservations not yet remembered in the database (an entry), and remembered ones
+    that ended since (``None``: to forget). One that ends before it is written is never
+    written: most settle within a batch."""
 
     @property
     def settled_usd(self) -> float:
@@ -245,12 +252,15 @@ class LedgerBook:
         self.next_id += 1
         self.open[reservation_id] = entry
         self._hold(entry, amount)
+        if self.holds_journaled:
+            self.holds[reservation_id] = entry
         return reservation_id
 
     def settle(self, reservation_id: int, charge: int, now: float) -> OpenReservation | None:
         entry = self.open.pop(reservation_id, None)
         if entry is not None:
             self._hold(entry, -entry.amount)
+            self._unhold(reservation_id)
         else:
             entry = self.swept.pop(reservation_id, None)
             if entry is None:
@@ -274,6 +284,7 @@ class LedgerBook:
         entry = self.open.pop(reservation_id, None)
         if entry is not None:
             self._hold(entry, -entry.amount, now)
+            self._unhold(reservation_id)
         else:
             self.swept.pop(reservation_id, None)
 
@@ -288,11 +299,26 @@ class LedgerBook:
         ``entry.amount``."""
         entry = self.open.pop(reservation_id)
         self._hold(entry, -entry.amount)
+        self._unhold(reservation_id)
         self._charge(entry, entry.amount, now)
         self.swept[reservation_id] = entry
         self.expired += 1
         self.expired_charged += entry.amount
         return entry
+
+    def _unhold(self, reservation_id: int) -> None:
+        if not self.holds_journaled:
+            return
+        if self.holds.pop(reservation_id, None) is None:  # written already (or being written)
+            self.holds[reservation_id] = None
+
+    def holds_unwritten(self, ops: dict[int, OpenReservation | None]) -> None:
+        """Take back ``ops`` (taken from ``holds``) that a failed write did not store."""
+        for reservation_id, op in ops.items():
+            if reservation_id not in self.holds:
+                self.holds[reservation_id] = op
+            elif op is not None and self.holds[reservation_id] is None:
+                del self.holds[reservation_id]  # never stored, and ended since
 
     def new_day(self, day: str, settled: int, by_provider: dict[str, int]) -> None:
         """Start ``day`` from its persisted totals; open reservations carry over."""
@@ -346,12 +372,20 @@ class LedgerBook:
         )
 
 
-def write_batch(store: LedgerStore, batch: list[Charge]) -> tuple[int, sqlite3.Error | None]:
-    """Write ``batch`` in one transaction; return how many were written (all or none) and the
-    error that stopped it. One commit per batch, not per charge: a commit costs ~60 us of CPU
-    here, the rows a few each."""
+def write_batch(store: LedgerStore, batch: list[Charge],
+                holds: dict[int, OpenReservation | None] | None = None,
+                ) -> tuple[int, sqlite3.Error | None]:
+    """Write ``batch`` and the ``holds`` changes (see :attr:`LedgerBook.holds`) in one
+    transaction; return how many charges were written (all or none) and the error that stopped
+    it. One commit per batch, not per charge: a commit costs ~60 us of CPU here, the rows a few
+    each."""
+    ops = holds or {}
     try:
-        store.add_charges([(c.day, c.cost, c.provider, c.model, c.request_id) for c in batch])
+        store.add_charges(
+            [(c.day, c.cost, c.provider, c.model, c.request_id) for c in batch],
+            holds=[(rid, e.provider, e.model, usd(e.amount), e.request_id)
+                   for rid, e in ops.items() if e is not None],
+            released=[rid for rid, e in ops.items() if e is None])
     except sqlite3.Error as exc:
         return 0, exc
     return len(batch), None

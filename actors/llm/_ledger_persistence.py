@@ -16,7 +16,7 @@ import anyio.to_thread
 
 from runtime import ActorContext, Outcome
 
-from ._ledger_book import Charge, LedgerBook, nanos, write_batch
+from ._ledger_book import Charge, LedgerBook, OpenReservation, nanos, write_batch
 from ._ledger_store import LedgerStore
 
 __all__ = ["LedgerPersistence"]
@@ -37,6 +37,8 @@ class LedgerPersistence:
     _store: LedgerStore | None
     _writing: bool
     _book: LedgerBook
+    _holds_taken: bool
+    """Whether the previous process's remembered reservations were charged (or none can be)."""
 
     def _load(self, day: str) -> None:
         """Start ``day`` from the database's totals plus the charges not yet written."""
@@ -57,6 +59,8 @@ class LedgerPersistence:
             return  # in memory only: the durable book is the whole truth
         try:
             self._store = LedgerStore(self._path)
+            if not self._holds_taken:
+                self._take_holds(self._store)
             self._load(book.day)
         except (sqlite3.Error, OSError) as exc:
             self._go_down(exc)
@@ -66,6 +70,19 @@ class LedgerPersistence:
         book.down = None
         self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
         self._write_charges()  # what a crashed instance (or a down spell) could not write
+
+    def _take_holds(self, store: LedgerStore) -> None:
+        """Charge what the reservations a previous process never settled held (it ended with
+        their attempts in flight: the upstream may have billed them), before any new one is
+        remembered under the same id."""
+        book = self._book
+        for provider, model, amount, request_id in store.take_holds(book.day):
+            book.expired += 1
+            book.expired_charged += nanos(amount)
+            logger.warning("ledger: a reservation of %s (%s:%s) was open when the last process "
+                           "ended: charged what it held, $%.8f", request_id, provider, model,
+                           amount)
+        self._holds_taken = True
 
     def _go_down(self, error: Exception) -> None:
         """Close the database, refuse reservations, and try to reopen it after a while."""
@@ -85,22 +102,26 @@ class LedgerPersistence:
 
     def _write_charges(self) -> None:
         """Start writing the unwritten charges in a worker thread, unless a write is running."""
-        if self._writing or self._store is None or not self._book.unwritten:
+        book = self._book
+        if self._writing or self._store is None or not (book.unwritten or book.holds):
             return
         self._writing = True
+        holds, book.holds = book.holds, {}
         # The write serves every settle so far, not the message being handled: it must neither
         # answer that request nor be cancelled when its caller gives up.
-        self.context.pipe(self._write, self._store, list(self._book.unwritten), reply_to=None,
+        self.context.pipe(self._write, self._store, list(book.unwritten), holds, reply_to=None,
                           then=self._written)
 
-    async def _write(self, store: LedgerStore, batch: list[Charge]) -> None:
+    async def _write(self, store: LedgerStore, batch: list[Charge],
+                     holds: dict[int, OpenReservation | None]) -> None:
         # Shielded: once handed to the thread, a batch is written even if the instance is ending,
         # and the written prefix is removed here, right after the thread returns (no await in
         # between), so nothing is written twice by on_stop or the next instance.
         with anyio.CancelScope(shield=True):
-            written, error = await anyio.to_thread.run_sync(write_batch, store, batch)
+            written, error = await anyio.to_thread.run_sync(write_batch, store, batch, holds)
         del self._book.unwritten[:written]
         if error is not None:
+            self._book.holds_unwritten(holds)
             raise error
 
     def _written(self, outcome: Outcome) -> None:

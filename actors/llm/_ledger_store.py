@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS day_totals (
     day TEXT PRIMARY KEY,
     total REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holds (
+    id INTEGER PRIMARY KEY,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    amount REAL NOT NULL,
+    request_id TEXT NOT NULL
+);
 """
 
 
@@ -138,13 +145,17 @@ class LedgerStore:
                 raise
             conn.execute("COMMIT")
 
-    def add_charges(self, charges: Sequence[tuple[str, float, str, str, str]]) -> None:
+    def add_charges(self, charges: Sequence[tuple[str, float, str, str, str]], *,
+                    holds: Sequence[tuple[int, str, str, float, str]] = (),
+                    released: Sequence[int] = ()) -> None:
         """Record several charges ``(day, cost, provider, model, request_id)`` in one transaction.
 
         The same rows and day totals as :meth:`add_charge` once per charge (each total is added
         to charge by charge, in order, so the sums are the same floats), but one commit for all:
-        either every charge is stored or none. Raises ``ValueError`` (before writing anything)
-        for a negative or non-finite cost.
+        either every charge is stored or none. ``holds`` (``(id, provider, model, amount,
+        request_id)``) are open reservations to remember, ``released`` the ids of remembered
+        ones that ended, in the same transaction (see :meth:`take_holds`). Raises
+        ``ValueError`` (before writing anything) for a negative or non-finite cost.
         """
         for charge in charges:
             cost = charge[1]
@@ -166,10 +177,44 @@ class LedgerStore:
                     " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
                     [(charge[0], charge[1]) for charge in charges],
                 )
+                if released:
+                    conn.executemany("DELETE FROM holds WHERE id = ?", [(i,) for i in released])
+                if holds:
+                    conn.executemany("INSERT OR REPLACE INTO holds (id, provider, model, amount,"
+                                     " request_id) VALUES (?, ?, ?, ?, ?)", holds)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def take_holds(self, day: str) -> list[tuple[str, str, float, str]]:
+        """Charge every remembered open reservation what it holds on ``day`` and forget it, in
+        one transaction; return them (``(provider, model, amount, request_id)``).
+
+        For a ledger starting in a new process: the reservations still remembered are those
+        of a process that ended before settling them (one process per file).
+        """
+        stamp = time.time()
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = [(str(p), str(m), float(a), str(r)) for p, m, a, r in conn.execute(
+                    "SELECT provider, model, amount, request_id FROM holds ORDER BY id")]
+                conn.executemany(
+                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(day, stamp, p, m, a, r) for p, m, a, r in rows])
+                conn.executemany(
+                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                    [(day, a) for _, _, a, _ in rows])
+                conn.execute("DELETE FROM holds")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return rows
 
     def day_total(self, day: str) -> float:
         """Return the USD settled on ``day`` so far (``0.0`` for a day without charges)."""

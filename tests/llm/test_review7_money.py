@@ -1,6 +1,7 @@
 """The seventh review's money: what the ledger charges when it never hears how an attempt ended.
 
-- A reservation that expires unsettled is charged what it held (the upstream may have billed it).
+- A reservation that expires unsettled is charged what it held (the upstream may have billed it);
+  so is one still open when the process ended, at the next process's start.
 - A stream that ends after the upstream's usage report (cancelled, or the router's deadline) is
   charged the report, not our estimate.
 - A stream closed early on a provider that bills the whole answer anyway (a setting per provider;
@@ -270,3 +271,46 @@ async def test_an_answer_without_a_cost_is_priced_at_the_dearer_of_asked_and_ans
     assert response.model == answered
     assert response.usage.total_cost == pytest.approx(cost, rel=1e-12)
     assert (snapshot.settled, snapshot.reserved) == (cost, 0.0)
+
+
+# -- 1b. a reservation open when the process ended ------------------------------------------------
+
+
+def holds(path: Path) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT provider, model, amount, request_id FROM holds").fetchall()
+
+
+async def test_a_reservation_open_when_the_process_ended_is_charged_at_the_next_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: the open reservations lived in memory only; a new process started the day from
+    # the settled charges, and the money of the attempts in flight was never counted.
+    db = tmp_path / "ledger.sqlite3"
+    config = LLMConfig.model_validate(values("http://127.0.0.1:9/v1", tmp_path))
+    caplog.set_level(logging.WARNING, logger="actors.llm._ledger")
+    async with open_runtime(config) as rt:
+        settled_one: Reservation = await rt.ledger.ask(
+            Reserve("done", "sim", MODEL, PROMPT, MAX_TOKENS), timeout=5)
+        await rt.ledger.ask(Reserve("in-flight", "sim", MODEL, PROMPT, MAX_TOKENS), timeout=5)
+        assert await rt.ledger.ask(Settle(settled_one.id, Usage(), 0.000001), timeout=5) == 1e-06
+        with anyio.fail_after(5):
+            while holds(db) != [("sim", MODEL, 7.35e-06, "in-flight")]:
+                await anyio.sleep(0.02)
+        assert (await rt.spend()).settled == 1e-06
+    # The process ends with "in-flight" unsettled (a crash, or a stop before its settle came).
+    assert holds(db) == [("sim", MODEL, 7.35e-06, "in-flight")]
+    async with open_runtime(config) as rt:
+        snapshot = await rt.spend()
+        assert snapshot.settled == pytest.approx(8.35e-06, abs=1e-15)
+        assert snapshot.reserved == 0.0
+        book: LedgerBook = rt.system.durable("ledger")
+        assert (book.expired, book.expired_charged_usd) == (1, 7.35e-06)
+    assert holds(db) == []
+    async with open_runtime(config) as rt:  # charged once
+        assert (await rt.spend()).settled == pytest.approx(8.35e-06, abs=1e-15)
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT cost, request_id FROM charges ORDER BY id").fetchall()
+    assert rows == [(1e-06, "done"), (7.35e-06, "in-flight")]
+    lines = [r.getMessage() for r in caplog.records if "last process" in r.getMessage()]
+    assert lines == [f"ledger: a reservation of in-flight (sim:{MODEL}) was open when the last "
+                     "process ended: charged what it held, $0.00000735"]
