@@ -55,14 +55,18 @@ class HistoryStore:
     Thread-safe (one connection behind a lock). ``path`` ``":memory:"`` keeps everything in
     memory; any other path has its parent directory created. ``max_stored_messages`` bounds what
     a conversation keeps: an append deletes what falls before its newest ``max_stored_messages``
-    (``None``: everything is kept). Close it (or use it as a context manager) when done.
+    (``None``: everything is kept). A write waits up to ``busy_timeout`` seconds for another
+    connection's lock (a backup), then fails with SQLITE_BUSY. Close it (or use it as a context
+    manager) when done.
     """
 
-    def __init__(self, path: str | Path, max_stored_messages: int | None = None) -> None:
+    def __init__(self, path: str | Path, max_stored_messages: int | None = None, *,
+                 busy_timeout: float = 10.0) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         self._keep = max_stored_messages
-        self._db: sqlite3.Connection | None = open_sqlite(self.path, _SCHEMA)
+        self._db: sqlite3.Connection | None = open_sqlite(self.path, _SCHEMA,
+                                                          timeout=busy_timeout)
 
     def load(self, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The messages of a conversation, oldest first (only the newest ``limit`` if given).
@@ -119,7 +123,9 @@ class HistoryStore:
 
         Each append is still all or none on its own (a savepoint each): one that fails leaves
         the others written. An error of the whole transaction (the store closed, the database
-        locked past its timeout, a failed commit) raises and writes none.
+        locked past its timeout, a failed commit) raises and writes none; so does a full disk
+        when SQLite answers it by rolling the whole transaction back (then the appends before
+        the failing one are gone too: the error says why, not the savepoint it took away).
         """
         encoded: list[list[str] | Exception] = []
         for _, messages in appends:
@@ -140,6 +146,8 @@ class HistoryStore:
                 try:
                     _insert(db, conversation_id, texts, now, self._keep)
                 except sqlite3.Error as exc:
+                    if not db.in_transaction:  # SQLite rolled back all (SQLITE_FULL, IOERR...)
+                        raise
                     db.execute("ROLLBACK TO one_append")
                     errors[index] = exc
                 db.execute("RELEASE one_append")
@@ -218,16 +226,21 @@ class HistoryStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The connection in one write transaction, under the lock: committed when the block
-        ends, rolled back if it raises (anything, cancellation too)."""
+        ends, rolled back if it or the COMMIT raises (anything, cancellation too).
+
+        A failed COMMIT may leave the transaction open (SQLITE_BUSY) or already rolled back
+        (SQLITE_FULL, SQLITE_IOERR): it is ended either way, so the connection holds no write
+        lock and the next call can begin; the error raised is the one that failed it.
+        """
         with self._lock:
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
-            db.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -247,6 +260,13 @@ class HistoryStore:
 
     def __repr__(self) -> str:
         return f"<HistoryStore {self.path!r} [{'closed' if self._db is None else 'open'}]>"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if SQLite has not ended it already (a statement that failed
+    with SQLITE_FULL may roll the whole transaction back)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _encoded(message: Message) -> str:

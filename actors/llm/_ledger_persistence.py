@@ -39,6 +39,9 @@ class LedgerPersistence:
     _book: LedgerBook
     _holds_taken: bool
     """Whether the previous process's remembered reservations were charged (or none can be)."""
+    busy_timeout: float = 10.0
+    """Seconds a write waits for another connection's lock on the database (a backup) before
+    it fails with SQLITE_BUSY (and the ledger runs down)."""
 
     def _load(self, day: str) -> None:
         """Start ``day`` from the database's totals plus the charges not yet written."""
@@ -58,18 +61,26 @@ class LedgerPersistence:
         if self._path is None:
             return  # in memory only: the durable book is the whole truth
         try:
-            self._store = LedgerStore(self._path)
+            self._store = LedgerStore(self._path, busy_timeout=self.busy_timeout)
             if not self._holds_taken:
                 self._take_holds(self._store)
             self._load(book.day)
         except (sqlite3.Error, OSError) as exc:
             self._go_down(exc)
             return
-        if book.down is not None:
-            logger.warning("ledger: database %r is usable again", str(self._path))
-        book.down = None
         self._book.peak = max(self._book.peak, self._book.settled + self._book.reserved)
-        self._write_charges()  # what a crashed instance (or a down spell) could not write
+        if not (book.unwritten or book.holds):
+            self._up()
+        # What a crashed instance (or a down spell) could not write. After a down spell the
+        # ledger stays down until it is written: the file opens and reads while a backup's lock
+        # or a full disk still fails every write.
+        self._write_charges()
+
+    def _up(self) -> None:
+        """The database can be written again: take reservations again."""
+        if self._book.down is not None:
+            logger.warning("ledger: database %r is usable again", str(self._path))
+        self._book.down = None
 
     def _take_holds(self, store: LedgerStore) -> None:
         """Charge what the reservations a previous process never settled held (it ended with
@@ -131,4 +142,5 @@ class LedgerPersistence:
         elif outcome.error is not None:
             raise outcome.error
         else:
+            self._up()
             self._write_charges()

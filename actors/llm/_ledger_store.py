@@ -89,11 +89,13 @@ class LedgerStore:
     its totals. Use as a context manager or call ``close()``. Thread-safe: calls are serialized.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         self._path = str(path)
         self._lock = threading.Lock()
-        # A charge and its day total are one transaction (BEGIN IMMEDIATE ... COMMIT).
-        self._conn: sqlite3.Connection | None = open_sqlite(self._path, _SCHEMA)
+        # A charge and its day total are one transaction (BEGIN IMMEDIATE ... COMMIT); a write
+        # waits up to ``busy_timeout`` seconds for another connection's lock (a backup).
+        self._conn: sqlite3.Connection | None = open_sqlite(self._path, _SCHEMA,
+                                                            timeout=busy_timeout)
 
     @property
     def path(self) -> str:
