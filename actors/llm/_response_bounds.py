@@ -10,6 +10,14 @@ are refused: requests ask for ``Accept-Encoding: identity`` (answers are small a
 model's pace), and a few MiB of gzip inflate to GiB, past any count of the bytes received.
 The check is one counter addition per network read.
 
+**Values.** A body parsed whole (an error status's: the SDK parses it to build its status error;
+a JSON one: an answer, or a stream answered with JSON) is also counted by its JSON values as it
+arrives (``,``, ``{`` and ``[``: three ``bytes.count`` a read) against the call's bound, which
+:mod:`._sdk_call` sets in :data:`values_allowed` (see :func:`~._wire_decode.value_bound`):
+past it the body is refused with :class:`TooManyValuesRefused` before it is parsed (20 MB of
+``[1,1,...]`` held the event loop 1-2 s in ``json.loads``). An event stream is counted event by
+event, by the SSE decoder, not here: a whole stream holds more values than one event may.
+
 **Silence.** httpx2 bounds each read by the read timeout. The SDK's aiohttp transport passes it
 as ``sock_read``, but aiohttp drops that timer when its parser fails inside a chunked body (a bad
 chunk size after a good chunk: the body's reader waits for bytes that never come) and after an
@@ -34,8 +42,10 @@ from typing import TypeVar
 import anyio
 import httpx2
 
+from ._wire_decode import TooManyValues
+
 __all__ = ["IDENTITY", "BoundedBody", "ResponseRefused", "StallWatch", "Stalled",
-           "bound_response", "responded", "watching"]
+           "TooManyValuesRefused", "bound_response", "responded", "values_allowed", "watching"]
 
 T = TypeVar("T")
 
@@ -51,6 +61,10 @@ watching: ContextVar[weakref.ref[StallWatch] | None] = ContextVar("watching", de
 gives it the response's body, so that the body's silences are watched from its first read.
 A weak reference: the transport's own tasks and callbacks (aiohttp's) copy the context they were
 started in, and would keep the watch and its body alive as long as a pooled connection."""
+
+values_allowed: ContextVar[int | None] = ContextVar("values_allowed", default=None)
+"""The JSON values a body parsed whole may hold, set by the task sending the call (``None``: not
+counted): :func:`bound_response` gives it to the response's :class:`BoundedBody`."""
 
 # What httpx2 would inflate (its decoders); another coding is passed through as it is.
 _COMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
@@ -69,6 +83,17 @@ class ResponseRefused(httpx2.TransportError):
         self.status_code = status_code
 
 
+class TooManyValuesRefused(ResponseRefused):
+    """A body refused past :data:`values_allowed` JSON values: its reason is the malformed
+    answer's (:func:`~._wire_decode.malformed_error`); ``response`` (headers and status only,
+    its body unread) is what an error status's typed error is built from."""
+
+    def __init__(self, bound: int, status_code: int, response: httpx2.Response | None) -> None:
+        super().__init__(f"a malformed response ({TooManyValues(bound)})", status_code)
+        self.bound = bound
+        self.response = response
+
+
 def _too_large(limit: int, status_code: int) -> ResponseRefused:
     return ResponseRefused(f"an answer larger than max_response_bytes ({limit} bytes)",
                            status_code)
@@ -78,19 +103,27 @@ class BoundedBody(httpx2.AsyncByteStream):
     """A response body that raises :class:`ResponseRefused` once more than ``limit`` bytes came.
 
     :attr:`waiting_since` is when the read in progress began (``None`` between reads), kept while
-    a :class:`StallWatch` watches the body.
+    a :class:`StallWatch` watches the body. With ``values``, also :class:`TooManyValuesRefused`
+    once its bytes held more than ``values`` commas and brackets (``response``: the response it
+    is the body of, for that error).
     """
 
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, status_code: int) -> None:
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, status_code: int,
+                 values: int | None = None, response: httpx2.Response | None = None) -> None:
         self._inner = inner
         self._limit = limit
         self._status_code = status_code
+        self._values = values
+        # Weak: the response holds its body (this), which must not hold it back.
+        self._response = None if response is None else weakref.ref(response)
+        self.counted = 0
         self.received = 0
         self.watched = False
         self.waiting_since: float | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         limit = self._limit
+        counting = self._values is not None
         if self.watched:  # one generator, not two: this runs once per network read
             reads = aiter(self._inner)
             clock = time.monotonic
@@ -105,12 +138,24 @@ class BoundedBody(httpx2.AsyncByteStream):
                 self.received += len(chunk)
                 if self.received > limit:
                     raise _too_large(limit, self._status_code)
+                if counting:
+                    self._count(chunk)
                 yield chunk
         async for chunk in self._inner:
             self.received += len(chunk)
             if self.received > limit:
                 raise _too_large(limit, self._status_code)
+            if counting:
+                self._count(chunk)
             yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        self.counted += chunk.count(b",") + chunk.count(b"{") + chunk.count(b"[")
+        values = self._values
+        assert values is not None
+        if self.counted > values:
+            raise TooManyValuesRefused(values, self._status_code,
+                                       None if self._response is None else self._response())
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -118,7 +163,8 @@ class BoundedBody(httpx2.AsyncByteStream):
 
 def bound_response(response: httpx2.Response, limit: int) -> None:
     """Refuse ``response`` now if it declares more than ``limit`` bytes or a compressed body;
-    else bound its body (a :class:`BoundedBody`). Raises :class:`ResponseRefused`."""
+    else bound its body (a :class:`BoundedBody`): by :data:`values_allowed` too when it is
+    parsed whole (an error status, or JSON). Raises :class:`ResponseRefused`."""
     responded.set(True)
     headers = response.headers
     status = response.status_code
@@ -139,7 +185,11 @@ def bound_response(response: httpx2.Response, limit: int) -> None:
                 " though it was asked for none", status)
     body = response.stream
     assert isinstance(body, httpx2.AsyncByteStream)  # an AsyncClient's (httpx2 checks it too)
-    bounded = response.stream = BoundedBody(body, limit, status)
+    values = values_allowed.get()
+    if values is not None and 200 <= status < 300 and (
+            "json" not in headers.get("content-type", "").lower()):
+        values = None  # an event stream (its events are counted), or text that is not parsed
+    bounded = response.stream = BoundedBody(body, limit, status, values, response)
     watch = watching.get()
     if watch is not None and (alive := watch()) is not None:
         alive.attach(bounded)

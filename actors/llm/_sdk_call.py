@@ -29,9 +29,10 @@ from ._errors import LLMBadRequestError, LLMInvalidJSONError
 from ._messages import LLMResponse, ProviderCall, TokenLogprob, ToolCall, Usage
 from ._provider_config import ProviderConfig
 from ._provider_kinds import ProviderKindRules
+from ._response_bounds import TooManyValuesRefused, values_allowed
 from ._tokens import count_text_tokens
 from ._wire_decode import TokenLogprob as WireLogprob
-from ._wire_decode import TooManyContainers, WireUsage, container_bound
+from ._wire_decode import TooManyValues, WireUsage, value_bound
 
 __all__ = [
     "CallPlan",
@@ -134,27 +135,20 @@ def rejected_param(error: LLMBadRequestError, body: dict[str, Any]) -> str | Non
 
 async def post_completion(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
     """Send a non-streaming call; its body as plain data (raises the SDK's errors, and
-    :class:`TooManyContainers` past :func:`container_bound`, before parsing it).
+    :class:`TooManyValues` past :func:`value_bound`, counted before it is parsed).
 
-    The SDK's own reading of a 2xx body (``cast_to=object``), with the count first: JSON when
-    the content type says so, else the text."""
-    try:
-        response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-    except UnicodeEncodeError:  # raised building the request: nothing was sent
-        response = await client.post("/chat/completions", body=utf8_safe(body),
-                                     cast_to=httpx2.Response)
+    The SDK's own reading of a 2xx body (``cast_to=object``): JSON when the content type says
+    so (counted by the response's :class:`~._response_bounds.BoundedBody`), else the text."""
+    response = await _post(client, body, cast_to=httpx2.Response)
     if not response.headers.get("content-type", "*").split(";")[0].endswith("json"):
         return response.text
-    content = response.content
-    bound = container_bound(body)
-    if content.count(b"{") + content.count(b"[") > bound:
-        raise TooManyContainers(bound)
     return response.json()
 
 
 class _BoundedDecoder(SSEDecoder):
-    """The SDK's SSE decoder, refusing an event past ``bound`` objects and arrays before the
-    SDK parses it (two ``str.count`` per event: ~0.1 us for a delta)."""
+    """The SDK's SSE decoder, refusing an event past ``bound`` JSON values before the SDK parses
+    it: counted (three ``str.count``) only in an event longer than ``bound`` characters (a value
+    is at least one), so that a delta costs one ``len``."""
 
     def __init__(self, bound: int) -> None:
         super().__init__()
@@ -167,25 +161,50 @@ class _BoundedDecoder(SSEDecoder):
             sse = decode(raw_line.decode("utf-8"))
             if sse:
                 data = sse.data
-                if data.count("{") + data.count("[") > bound:
-                    raise TooManyContainers(bound)
+                if len(data) > bound and (
+                        data.count(",") + data.count("{") + data.count("[") > bound):
+                    raise TooManyValues(bound)
                 yield sse
 
 
 async def open_stream(client: openai.AsyncOpenAI,
                       body: dict[str, Any]) -> openai.AsyncStream[object]:
     """Send a streaming call (with the usage chunk); its events as plain data, each refused
-    with :class:`TooManyContainers` past :func:`container_bound`."""
+    with :class:`TooManyValues` past :func:`value_bound`."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    try:
-        stream = await client.post("/chat/completions", body=body, cast_to=object, stream=True,
-                                   stream_cls=_STREAM_CLS)
-    except UnicodeEncodeError:  # raised building the request: nothing was sent
-        stream = await client.post("/chat/completions", body=utf8_safe(body), cast_to=object,
-                                   stream=True, stream_cls=_STREAM_CLS)
+    stream: openai.AsyncStream[object] = await _post(client, body, cast_to=object, stream=True,
+                                                     stream_cls=_STREAM_CLS)
     # Not iterated yet: its events are decoded from the first read on.
-    stream._decoder = _BoundedDecoder(container_bound(body))
+    stream._decoder = _BoundedDecoder(value_bound(body))
     return stream
+
+
+async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], **options: Any) -> Any:
+    """``client.post`` of ``body``, whose answer's body, if parsed whole (an error's, or JSON),
+    is refused past :func:`value_bound` values as it arrives: for a 2xx one,
+    :class:`TooManyValues`; for an error status, the SDK's status error of that status without
+    the body (never parsed)."""
+    bound = value_bound(body)
+    token = values_allowed.set(bound)
+    try:
+        try:
+            return await client.post("/chat/completions", body=body, **options)
+        except UnicodeEncodeError:  # raised building the request: nothing was sent
+            return await client.post("/chat/completions", body=utf8_safe(body), **options)
+    except (openai.APIConnectionError, TooManyValuesRefused) as exc:
+        # The SDK wraps a failed read of a body it reads itself; an error body read for its
+        # status error fails raw.
+        refused = exc if isinstance(exc, TooManyValuesRefused) else exc.__cause__
+        if not isinstance(refused, TooManyValuesRefused):
+            raise
+        if 200 <= refused.status_code < 300:
+            raise TooManyValues(bound) from None
+        if refused.response is None:
+            raise  # typed by its status (see _error_mapping)
+        raise client._make_status_error(f"Error code: {refused.status_code}", body=None,
+                                        response=refused.response) from None
+    finally:
+        values_allowed.reset(token)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -52,43 +52,51 @@ __all__ = [
     "MalformedResponse",
     "StreamAssembly",
     "TokenLogprob",
-    "TooManyContainers",
+    "TooManyValues",
     "ToolCallDelta",
     "WireUsage",
-    "container_bound",
     "decode_chunk",
     "decode_completion",
     "malformed_error",
+    "value_bound",
 ]
 
-#: Objects and arrays (``{`` and ``[``, strings' own included) any event or body may hold, plus
-#: :func:`container_bound`'s share per output token: past it, the upstream's JSON is refused
-#: unparsed (one 32 MiB event of ``[{},{},...]`` held the event loop for seconds).
-BASE_CONTAINERS = 65_536
-#: Brackets one output token may bring in text (a token is a few characters, each one at most).
-CONTAINERS_PER_TOKEN = 8
+#: JSON values (counted as ``,``, ``{`` and ``[``, strings' own included) any event or body may
+#: hold, plus :func:`value_bound`'s share per output token: past it, the upstream's JSON is
+#: refused unparsed. Parsing builds an object per value, ~0.04-0.1 us each while holding the
+#: event loop: one 32 MiB event of ``[{},{},...]`` held it for seconds, 20 MB of ``[1,1,...]``
+#: (no bracket to count) 1-2 s.
+BASE_VALUES = 65_536
+#: Commas and brackets one output token may bring in text: 8 in one token at most (measured over
+#: the whole vocabularies: ``",,,,,,,,"`` is one token of cl100k_base, ``",,,,"`` of
+#: o200k_base; ``{`` and ``[`` 3 at most), twice (a reasoning text may come as ``reasoning`` and
+#: again in ``reasoning_details``).
+VALUES_PER_TOKEN = 16
+#: Values of one log probability (the token's own, or a top alternative): 7 of its structure, 8
+#: in its token's text, and its ``bytes``, a number per byte (127 commas: tokens run to 128).
+VALUES_PER_LOGPROB = 142
 
 
-def container_bound(body: Mapping[str, Any]) -> int:
-    """How many ``{`` and ``[`` one event or body of the answer to ``body`` may hold: more than
-    its whole output limit could bring (its text, all brackets; its log probabilities, an object
-    per token and per top alternative), so that no real answer reaches it. A count of two
-    ``bytes.count`` calls, done before any JSON is parsed."""
+def value_bound(body: Mapping[str, Any]) -> int:
+    """How many JSON values (commas and brackets) one event or body of the answer to ``body``
+    may hold: more than its whole output limit could bring (its text, all commas and brackets;
+    its log probabilities, for the token and each top alternative), so that no real answer
+    reaches it. Counted with three ``count`` calls, before any JSON is parsed."""
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    per_token = CONTAINERS_PER_TOKEN
+    per_token = VALUES_PER_TOKEN
     if body.get("logprobs") is True:
         top = body.get("top_logprobs")
-        per_token += 4 + 2 * (top if isinstance(top, int) else 0)
+        per_token += VALUES_PER_LOGPROB * (1 + (top if isinstance(top, int) else 0))
     choices = body.get("n")
-    return BASE_CONTAINERS + int(limit) * per_token * (choices if isinstance(choices, int)
-                                                      and choices > 1 else 1)
+    return BASE_VALUES + int(limit) * per_token * (choices if isinstance(choices, int)
+                                                  and choices > 1 else 1)
 
 
-class TooManyContainers(MalformedResponse):
-    """An event or body holding more objects and arrays than :func:`container_bound`."""
+class TooManyValues(MalformedResponse):
+    """An event or body holding more JSON values than :func:`value_bound`."""
 
     def __init__(self, bound: int) -> None:
-        super().__init__(f"more than {bound} JSON objects and arrays in one event or body")
+        super().__init__(f"more than {bound} JSON values in one event or body")
 
 
 class FunctionDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -279,7 +287,7 @@ def malformed_error(provider: str, model: str, error: Exception,
     so the attempt is charged (see :mod:`~actors.llm._attempt_spend`).
     """
     # Our own words for these; another error's text may hold the upstream's.
-    what = (str(error) if isinstance(error, TooManyToolCalls | NoEvent | TooManyContainers)
+    what = (str(error) if isinstance(error, TooManyToolCalls | NoEvent | TooManyValues)
             else type(error).__name__)
     detail = f"{provider} sent a malformed response ({what})"
     if partial_text:
