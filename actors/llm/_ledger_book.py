@@ -197,6 +197,10 @@ class LedgerBook:
     """What the expired reservations were charged, nano-USD (since the process started)."""
     down: str | None = None
     """Why the database cannot be used (reservations are refused meanwhile); ``None`` when up."""
+    read: bool = False
+    """Whether the database's day (with the last process's leftover holds charged) was read into
+    the book: a new process's book counts nothing of the file until then, so it is no journal
+    to offer the shared day (see ``SharedLedgerActor``)."""
     holds_journaled: bool = False
     """Whether open reservations are remembered in the database (charged at the next process's
     start if never settled): ``holds`` is kept then."""

@@ -22,6 +22,14 @@ every ``journal_interval`` while anything is drawn from it, and if the renewals 
 expires it, Redis charges its whole hold to the day (it is never given back to other workers);
 the worker's next resize that Redis runs takes that charge back, pushing what it really spent and
 holding what is still out.
+
+A worker that dies (killed, or its runtime stopped) never comes back to its allowance: a new
+process has new keys. Redis's charge of the whole hold stays: it holds what the dead worker spent
+and had not pushed and what its open requests drew (which the new process, from the journal's
+``holds``, charges what they held: the same money, counted once in Redis), and over-counts the
+free part it held then, at most :data:`_WANT` of its largest recent reservations per provider.
+A graceful stop gives the free part back first (only what is drawn stays held, then charged).
+Redis restarted empty: the new process's journal seeds all of it once (those holds included).
 """
 
 from __future__ import annotations

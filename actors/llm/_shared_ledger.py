@@ -134,8 +134,18 @@ class SharedLedgerActor(LedgerActor):
         return f"{self._nonce}:{reservation_id}"
 
     async def _day_journal(self, day: str) -> DaySeed:
-        """What this worker's journal says about ``day`` (Redis asks after losing its data)."""
+        """What this worker's journal says about ``day`` (Redis asks after losing its data).
+
+        Raises :class:`ClusterUnavailable` while the journal is unread (its database could not be
+        opened since the process started): seeded then, the empty book would mark the journal as
+        counted, and the day would never count what the file holds."""
+        if not self._book.read:
+            raise ClusterUnavailable("ledger seed", "this worker's journal is not read yet")
         return self._day_seed(day)
+
+    def _load(self, day: str) -> None:
+        super()._load(day)
+        self._book.read = True
 
     def _day_seed(self, day: str) -> DaySeed:
         book = self._book
@@ -165,6 +175,8 @@ class SharedLedgerActor(LedgerActor):
 
     async def on_start(self) -> None:
         await super().on_start()
+        if self._path is None:
+            self._book.read = True  # in memory only: the book is the whole journal
         self._arm_seed()
 
     async def on_stop(self) -> None:
@@ -430,6 +442,9 @@ class SharedLedgerActor(LedgerActor):
         day = self._book.day
         self._granted.intersection_update(self._book.open)  # forget the swept ones
         self._tick_allowances()
+        if not self._book.read:  # its database is down since the start: nothing to offer yet
+            self._arm_seed()
+            return
         # The seed is read here, in the actor's loop, so it is one consistent snapshot.
         self.context.pipe(self._shared.seed_day_total, day, self._day_seed(day), reply_to=None,
                           then=self._seeded)
