@@ -18,8 +18,11 @@ does not stop a non-streaming request when its client goes (OpenRouter's documen
 requests are not cancelled and are "billed for the complete response"), and nothing tells how
 much of it was generated. A stream is stopped by closing it, so it is charged what streamed;
 unless its upstream bills the whole answer anyway (the provider's ``stream_cancel_stops_billing``;
-on OpenRouter, the provider that answered: see :mod:`._provider_kinds`): then, cancelled or out of
-time, it is charged its whole output limit too (:class:`StreamBill`'s ``whole``).
+on OpenRouter, the provider that answered: see :mod:`._provider_kinds`): then, cancelled, out of
+time or cut off (our read timeout, its connection dropped: :func:`._stream.cut_off`, decided
+by the provider, which then leaves ``whole`` set), it is
+charged its whole output limit too (:class:`StreamBill`'s ``whole``); a stream the upstream
+ended with its own error event stopped there and is charged what streamed.
 
 What streamed is counted up to the output limit (``Reserve.max_tokens``): the body capped the
 output there, so the upstream cannot have billed more. An answer that arrived but that we cannot
@@ -187,7 +190,10 @@ class AttemptSpend:
             completion = estimate_output_tokens(text, self._reserve.model,
                                                 self._reserve.max_tokens)
             whole = not self._stream or (self.bill is not None and self.bill.whole)
-            if _answered(error) or (whole and _unanswered(error)):
+            # A stream's failure (LLMStreamingError) leaves ``whole`` set only when it was cut
+            # off on our side or on the way (the provider tells it by the error's origin).
+            if _answered(error) or (whole and (_unanswered(error)
+                                               or isinstance(error, LLMStreamingError))):
                 completion = self._reserve.max_tokens
             usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
                           total_tokens=prompt + completion)

@@ -24,7 +24,13 @@ from runtime import Request, RequestKind
 from ._attempt_spend import reported_usage
 from ._catalog import ModelCatalog
 from ._error_mapping import map_sdk_errors
-from ._errors import LLMBadRequestError, LLMClientError, LLMRateLimitError, LLMTimeoutError
+from ._errors import (
+    LLMBadRequestError,
+    LLMClientError,
+    LLMRateLimitError,
+    LLMStreamingError,
+    LLMTimeoutError,
+)
 from ._messages import LLMResponse, ProviderCall, StreamEnd, Usage
 from ._provider_state import ProviderState
 from ._response_bounds import BoundedBody, Stalled, StallWatch, responded, watching
@@ -38,7 +44,7 @@ from ._sdk_call import (
     price_usage,
     rejected_param,
 )
-from ._stream import Progress, read_stream
+from ._stream import Progress, cut_off, read_stream
 from ._upstream_errors import error_in_answer
 from ._wire_decode import MalformedResponse, StreamAssembly, decode_completion, malformed_error
 
@@ -284,6 +290,11 @@ class CallSite:
         except LLMClientError as exc:
             if exc.usage is None:
                 exc.usage = self._report(call, assembly, plan.max_tokens)
+            if call.bill is not None and isinstance(exc, LLMStreamingError) and not cut_off(exc):
+                # The upstream ended the stream itself (its error event, an answer we cannot
+                # read): it stopped there, billing what it made. Told here, where the error's
+                # origin (its exception chain) is still known.
+                call.bill.whole = False
             self._note_failure(exc, progress)
             raise
         elapsed = time.perf_counter() - progress.started

@@ -11,6 +11,7 @@ cancel scope, no task switch, no ``isinstance`` against a Protocol.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
+import httpx2
+import openai
 
 from runtime import Request
 
@@ -27,7 +30,7 @@ from ._response_bounds import Stalled, StallWatch
 from ._stream_assembly import NoEvent
 from ._wire_decode import StreamAssembly, decode_chunk, malformed_error
 
-__all__ = ["Progress", "Relay", "read_stream"]
+__all__ = ["Progress", "Relay", "cut_off", "read_stream"]
 
 _NO_EVENT = object()
 
@@ -169,10 +172,43 @@ async def _watched(reading: Awaitable[LLMClientError | None], watch: StallWatch 
         return await reading
     try:
         return await watch.bound(reading)
-    except Stalled:
-        return LLMStreamingError(
+    except Stalled as stalled:
+        error = LLMStreamingError(
             f"stream from {provider} failed: no bytes for {watch.timeout:g} s (read timeout)",
             provider=provider, model=model, partial_text=assembly.text)
+        error.__cause__ = stalled  # its origin: our side stopped reading (see cut_off)
+        return error
+
+
+def cut_off(error: BaseException | None) -> bool:
+    """Whether a stream that failed with ``error`` was cut on our side or on the way, not ended
+    by the upstream: our read timeout, or the transport's error (the connection dropped, reset
+    or timed out; a protocol error of a cut connection cannot be told from a garbled one and
+    counts as cut, the bound's side). The upstream may run on and bill its whole answer then.
+    Not cut: the upstream's own error event, an answer we cannot read, anything not a stream's.
+
+    Told by the error's origin (the exception chain :func:`map_sdk_errors` and
+    :func:`_watched` keep), never by its text.
+    """
+    if not isinstance(error, LLMStreamingError):
+        return False
+    cause = error.__cause__
+    for _ in range(4):  # ours, the SDK's, httpx2's, then aiohttp's
+        if cause is None:
+            return False
+        if _cut(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _cut(exc: BaseException) -> bool:
+    if isinstance(exc, Stalled | TimeoutError | openai.APIConnectionError
+                  | httpx2.TransportError):
+        return True  # APIConnectionError: not the plain APIError of an upstream's error event
+    aiohttp = sys.modules.get("aiohttp")  # loaded when its transport is in use
+    return aiohttp is not None and isinstance(
+        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
 
 
 async def _read(
