@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["RESERVATION_TTL", "ClusterConfig", "redact_url"]
 
@@ -100,6 +100,15 @@ class ClusterConfig(BaseModel):
             # Never echo the value: it may hold a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _in_flight_outlives_a_lease(self) -> ClusterConfig:
+        # A permit leased ahead may be used until its lease ends: it must count in flight that
+        # long at least, or the window frees its slot while it may still be sent.
+        if self.in_flight_ttl < self.permit_lease:
+            raise ValueError(f"cluster.in_flight_ttl ({self.in_flight_ttl:g} s) must be at "
+                             f"least cluster.permit_lease ({self.permit_lease:g} s)")
+        return self
 
     @property
     def enabled(self) -> bool:
