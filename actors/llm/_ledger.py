@@ -153,20 +153,37 @@ class LedgerActor(LedgerPersistence, Actor[LedgerMessage]):
         self._arm_sweep()
 
     async def on_stop(self) -> None:
-        # Any write in flight has finished (it is shielded); a graceful stop persists the rest.
-        if self._store is None:
-            return
+        # Any write in flight has finished (it is shielded); a graceful stop persists the rest,
+        # trying the database once more if it is down (a backup's lock may be gone by now).
         book = self._book
+        if self._store is None:
+            if self._path is None or not (book.unwritten or book.holds):
+                return
+            try:
+                self._store = LedgerStore(self._path, busy_timeout=self.busy_timeout)
+            except (sqlite3.Error, OSError) as exc:
+                self._lost_at_stop(exc)
+                return
         holds, book.holds = book.holds, {}
         try:
             written, error = write_batch(self._store, list(book.unwritten), holds)
             del book.unwritten[:written]
             if error is not None:
                 book.holds_unwritten(holds)
-                raise error
+                self._lost_at_stop(error)
         finally:
             self._store.close()
             self._store = None
+
+    def _lost_at_stop(self, error: BaseException) -> None:
+        book = self._book
+        opened = sum(1 for hold in book.holds.values() if hold is not None)
+        logger.error(
+            "ledger: stopping with database %r unusable (%s): %d charges ($%.6f) and %d open"
+            " reservations were not written; the next process's day lacks them",
+            str(self._path), error, len(book.unwritten),
+            sum(charge.cost for charge in book.unwritten), opened,
+        )
 
     def immediate_messages(self) -> tuple[type, ...]:
         # Every message is handled without awaiting: an idle ledger answers in the caller's task.
