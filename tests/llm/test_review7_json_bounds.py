@@ -11,9 +11,6 @@ limit could bring, so a real answer never reaches it.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Awaitable
-from typing import Any
 
 import anyio
 import pytest
@@ -30,32 +27,12 @@ from tests.llm.test_review3_upstream_garbage import (
     outcome,
     sse_reply,
 )
+from tests.loop_stall import longest_stall
 
 # max_tokens 10 (the config of test_review3_upstream_garbage): 65,536 + 10 x 16 values (commas
 # and brackets: test_review7_values).
 BOUND = 65_696
 FLOOD = b"[" + b",".join([b"{}"] * (16 * 1024 * 1024 // 3)) + b"]"  # 16 MiB, 5.6 M objects
-
-
-async def _longest_stall(work: Awaitable[Any]) -> tuple[Any, float]:
-    """``work``'s result and the longest the event loop was held meanwhile."""
-    longest = 0.0
-    result: Any = None
-
-    async def tick() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while True:
-            await anyio.sleep(0.005)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tick)
-        result = await work
-        tg.cancel_scope.cancel()
-    return result, longest
 
 
 def test_the_bound_is_more_than_the_output_limit_could_bring() -> None:
@@ -70,7 +47,7 @@ async def test_an_event_or_body_of_millions_of_objects_is_refused_without_holdin
         transport: Transport, stream: bool) -> None:
     reply = sse_reply(b"data: " + FLOOD + b"\n\n") if stream else json_reply(FLOOD)
     async with raw_upstream(reply) as base_url:
-        (items, error), stall = await _longest_stall(outcome(base_url, transport, stream))
+        (items, error), stall = await longest_stall(outcome(base_url, transport, stream))
     assert items == []
     assert type(error) is LLMServerError
     assert error.message == (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.llm._config import CostConfig
 from actors.llm._ledger import LedgerActor, LedgerBook
 from actors.llm._messages import Reservation, Settle, Usage
 from runtime.testing import FakeClock
@@ -33,14 +34,18 @@ async def _down_with_a_charge(path: str, actor: LedgerActor, book: LedgerBook,
     await until(lambda: book.down is not None and not actor._writing, "down")
 
 
+def _ledger(tmp_path: Path) -> tuple[CostConfig, str, LedgerActor]:
+    cost = config(tmp_path, daily_cost_limit=0.01)
+    assert cost.db_path is not None
+    actor = LedgerActor(cost, CATALOG, now=lambda: DAY)
+    actor.busy_timeout = 0.2  # a locked write fails in 0.2 s (10 s in production)
+    return cost, cost.db_path, actor
+
+
 async def test_a_stop_while_down_writes_what_it_can_once_the_lock_is_gone(
     tmp_path: Path,
 ) -> None:
-    cost = config(tmp_path, daily_cost_limit=0.01)
-    path = cost.db_path
-    assert path is not None
-    actor = LedgerActor(cost, CATALOG, now=lambda: DAY)
-    actor.busy_timeout = 0.2
+    cost, path, actor = _ledger(tmp_path)
     with closing(sqlite3.connect(path, isolation_level=None)) as backup:
         async with ledger_system(cost, clock=FakeClock(), actor=lambda: actor) as system:
             book: LedgerBook = system.durable("ledger")
@@ -55,11 +60,7 @@ async def test_a_stop_that_still_cannot_write_names_what_it_loses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="actors.llm._ledger")
-    cost = config(tmp_path, daily_cost_limit=0.01)
-    path = cost.db_path
-    assert path is not None
-    actor = LedgerActor(cost, CATALOG, now=lambda: DAY)
-    actor.busy_timeout = 0.2
+    cost, path, actor = _ledger(tmp_path)
     with closing(sqlite3.connect(path, isolation_level=None)) as backup:
         async with ledger_system(cost, clock=FakeClock(), actor=lambda: actor) as system:
             book: LedgerBook = system.durable("ledger")

@@ -14,8 +14,6 @@ A real upstream of our own on 127.0.0.1, on both transports.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -33,6 +31,7 @@ from tests.llm.test_review3_upstream_garbage import (
     outcome,
     sse_reply,
 )
+from tests.loop_stall import longest_stall
 
 pytestmark = pytest.mark.anyio
 
@@ -46,27 +45,6 @@ MALFORMED = (f"sim sent a malformed response (more than {BOUND} JSON values in o
 def _error_reply(body: bytes) -> bytes:
     return (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-
-
-async def _longest_stall(work: Awaitable[Any]) -> tuple[Any, float]:
-    """``work``'s result and the longest the event loop was held meanwhile."""
-    longest = 0.0
-    result: Any = None
-
-    async def tick() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while True:
-            await anyio.sleep(0.005)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tick)
-        result = await work
-        tg.cancel_scope.cancel()
-    return result, longest
 
 
 def test_the_bound_counts_every_value_the_output_limit_could_bring() -> None:
@@ -86,7 +64,7 @@ def test_the_bound_counts_every_value_the_output_limit_could_bring() -> None:
 async def test_an_error_body_of_millions_of_numbers_is_refused_without_holding_the_loop(
         transport: Transport, stream: bool) -> None:
     async with raw_upstream(_error_reply(NUMBERS)) as base_url:
-        (items, error), stall = await _longest_stall(outcome(base_url, transport, stream))
+        (items, error), stall = await longest_stall(outcome(base_url, transport, stream))
     assert items == []
     assert type(error) is LLMServerError
     # The status error of a 500, without the body's words.
@@ -102,7 +80,7 @@ async def test_an_answer_of_millions_of_numbers_is_refused_without_holding_the_l
     reply = sse_reply(b"data: " + NUMBERS + b"\n\n") if how == "stream event" else (
         json_reply(NUMBERS))
     async with raw_upstream(reply) as base_url:
-        (items, error), stall = await _longest_stall(outcome(base_url, transport, how != "ask"))
+        (items, error), stall = await longest_stall(outcome(base_url, transport, how != "ask"))
     assert items == []
     assert type(error) is LLMServerError
     assert error.message == MALFORMED

@@ -9,8 +9,6 @@ full of commas and brackets inside strings is not counted and is read.
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import pytest
 
@@ -18,35 +16,12 @@ from actors.mcp import McpServerConfig
 from actors.mcp._errors import McpServerError
 from actors.mcp._intake import MAX_MESSAGE_VALUES, too_many_values
 from actors.mcp._session import open_mcp_session
+from tests.loop_stall import longest_stall
 from tests.mcp.hostile_http_server import serve
 from tests.mcp.test_review3_hostile import raw_server
 from tests.mcp.test_review6_hostile import server as listing_server
 
 FAULT = f"a message of more than {MAX_MESSAGE_VALUES} JSON values"
-
-
-class _LoopWatch:
-    """The longest the event loop went without running a 5 ms ticker, while in the block."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-
-    async def _tick(self) -> None:
-        last = time.monotonic()
-        for _ in range(100_000):  # bounded: the block ends long before
-            await anyio.sleep(0.005)
-            now = time.monotonic()
-            self.longest = max(self.longest, now - last)
-            last = now
-
-
-async def _watched(work: object) -> _LoopWatch:
-    watch = _LoopWatch()
-    async with anyio.create_task_group() as group:
-        group.start_soon(watch._tick)
-        await work  # type: ignore[misc]
-        group.cancel_scope.cancel()
-    return watch
 
 
 async def test_a_stdio_listing_of_300000_tools_is_refused_unparsed() -> None:
@@ -57,9 +32,9 @@ async def test_a_stdio_listing_of_300000_tools_is_refused_unparsed() -> None:
         assert str(failure.value) == f"MCP server 'many' wrote {FAULT}"
 
     with anyio.fail_after(60):
-        watch = await _watched(open_it())
+        _, stall = await longest_stall(open_it())
     # Parsing it held the loop ~2 s; the count is ~0.07 s (a loaded machine: a margin).
-    assert watch.longest < 0.6, watch.longest
+    assert stall < 0.6, stall
 
 
 async def test_a_stdio_result_of_100000_blocks_ends_the_session() -> None:
