@@ -175,7 +175,7 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
         if self._read_deadline is not None:
             self._read_deadline.cancel()
             self._read_deadline = None
-            _WAITING.discard(self)
+        _WAITING.discard(self)
 
     def _busy(self) -> None:
         """Refuse this new connection: 503, closed (its reads are ignored)."""
@@ -202,7 +202,10 @@ class ReadTimeoutHttpProtocol(HttpToolsProtocol):
                            " closed", MAX_HEAD_BYTES, client)
 
     def _too_slow(self) -> None:
+        # No longer waiting: it stayed among those waiting for their request, and every later
+        # connection past the cap "shed" it, a no-op, and was let in.
         self._read_deadline = None
+        _WAITING.discard(self)
         if not self.transport.is_closing():
             self.transport.close()
 

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -93,3 +94,30 @@ def test_a_chat_socket_is_never_closed_to_make_room(server: ServerChild) -> None
         for ws in chats:
             assert ws.ping().wait(2)  # every chat socket still served
         assert len([s for s in extra if not _closed(s)]) <= CAP - len(chats)
+
+
+def test_sockets_closed_for_their_read_deadline_leave_no_room_taken(tmp_path: Path) -> None:
+    """A connection closed by ``request_read_timeout`` stayed among those waiting for their
+    request (only a request or the close of a connection still waiting took it out): the next
+    flood then "shed" those dead ones, a no-op each, and held that many sockets more than the
+    cap (and their protocols for the process's life)."""
+    with offline_server(tmp_path, max_open_connections=CAP, max_connections=8,
+                        request_read_timeout=1) as child:
+        slow = [socket.create_connection(("127.0.0.1", child.port), timeout=5)
+                for _ in range(CAP - 4)]
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not all(_closed(s) for s in slow):
+                time.sleep(0.1)
+            assert all(_closed(s) for s in slow)  # closed by their read deadline
+        finally:
+            for sock in slow:
+                sock.close()
+        flood = [socket.create_connection(("127.0.0.1", child.port), timeout=5)
+                 for _ in range(3 * CAP)]
+        try:
+            time.sleep(0.5)  # well within the new sockets' read deadline
+            assert len([s for s in flood if not _closed(s)]) <= CAP
+        finally:
+            for sock in flood:
+                sock.close()
