@@ -25,7 +25,7 @@ Run: ``.venv/bin/python -m benchmarks.provider [seconds]``
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -249,4 +249,7 @@ async def main(seconds: float = SECONDS) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, float(sys.argv[1]) if len(sys.argv) > 1 else SECONDS)
+    _parser = argparse.ArgumentParser(description="the provider actor against the bare SDK")
+    _parser.add_argument("seconds", nargs="?", type=float, default=SECONDS,
+                         help=f"seconds per cell (default {SECONDS})")
+    anyio.run(main, _parser.parse_args().seconds)

@@ -31,8 +31,8 @@ Run: ``.venv/bin/python -m benchmarks.runtime [--gc-tuned] [--uvloop]``
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -185,7 +185,16 @@ async def main(gc_tuned: bool = False, loop: str = "asyncio") -> None:
           f"by CPU per request: {min(by_cpu):.2f}")
 
 
+def _options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="the whole runtime against the bare SDK")
+    parser.add_argument("--gc-tuned", action="store_true",
+                        help="tune the collector as `mcp-backend serve` does (runtime.gc_tuning)")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run both paths on uvloop, the loop `serve` runs on")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    _uvloop = "--uvloop" in sys.argv[1:]
-    anyio.run(main, "--gc-tuned" in sys.argv[1:], "uvloop" if _uvloop else "asyncio",
-              backend_options={"use_uvloop": _uvloop})
+    _args = _options()
+    anyio.run(main, _args.gc_tuned, "uvloop" if _args.uvloop else "asyncio",
+              backend_options={"use_uvloop": _args.uvloop})
