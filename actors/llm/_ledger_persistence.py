@@ -54,11 +54,13 @@ class LedgerPersistence:
                 by_provider[charge.provider] = by_provider.get(charge.provider, 0) + nanos(
                     charge.cost)
         self._book.new_day(day, sum(by_provider.values()), by_provider)
+        self._book.read = True
 
     def _open_store(self) -> None:
         """Open the database and load the day; on failure run down and retry on the clock."""
         book = self._book
         if self._path is None:
+            book.read = True
             return  # in memory only: the durable book is the whole truth
         try:
             self._store = LedgerStore(self._path, busy_timeout=self.busy_timeout)

@@ -143,10 +143,6 @@ class SharedLedgerActor(LedgerActor):
             raise ClusterUnavailable("ledger seed", "this worker's journal is not read yet")
         return self._day_seed(day)
 
-    def _load(self, day: str) -> None:
-        super()._load(day)
-        self._book.read = True
-
     def _day_seed(self, day: str) -> DaySeed:
         book = self._book
         by_provider = dict(book.by_provider) if book.day == day else {}
@@ -175,8 +171,6 @@ class SharedLedgerActor(LedgerActor):
 
     async def on_start(self) -> None:
         await super().on_start()
-        if self._path is None:
-            self._book.read = True  # in memory only: the book is the whole journal
         self._arm_seed()
 
     async def on_stop(self) -> None:
