@@ -6,14 +6,17 @@ One connection per store, shared by threads behind the store's own lock
 mode lets readers read while one writer writes; ``synchronous=NORMAL`` keeps a commit to one
 ``write()`` of the log (a power loss may lose the last commits, never corrupts the file); a writer
 waits up to ``timeout`` seconds for another connection's lock; foreign keys are enforced.
+:func:`write_transaction` is how every store writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["open_sqlite"]
+__all__ = ["open_sqlite", "write_transaction"]
 
 
 def open_sqlite(path: str | Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
@@ -36,3 +39,24 @@ def open_sqlite(path: str | Path, schema: str, *, timeout: float = 10.0) -> sqli
         conn.close()
         raise
     return conn
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``conn`` in one write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
+    rolled back if the block or the COMMIT raises (anything, cancellation too); the error raised
+    is the one that failed it.
+
+    A failed COMMIT may leave the transaction open (SQLITE_BUSY: left so, the connection would
+    keep the write lock and every later ``BEGIN`` fail) or SQLite may have rolled it back
+    already (SQLITE_FULL, SQLITE_IOERR: a ``ROLLBACK`` would then fail with "no transaction is
+    active" and hide the real error); it is ended either way. The caller holds its store's lock.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

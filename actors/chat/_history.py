@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from runtime.sqlite import open_sqlite
+from runtime.sqlite import open_sqlite, write_transaction
 
 __all__ = ["EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed"]
 
@@ -232,15 +232,8 @@ class HistoryStore:
         (SQLITE_FULL, SQLITE_IOERR): it is ended either way, so the connection holds no write
         lock and the next call can begin; the error raised is the one that failed it.
         """
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(db)
-                raise
+        with self._lock, write_transaction(self._connection()) as db:
+            yield db
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -260,13 +253,6 @@ class HistoryStore:
 
     def __repr__(self) -> str:
         return f"<HistoryStore {self.path!r} [{'closed' if self._db is None else 'open'}]>"
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    """End the open transaction, if SQLite has not ended it already (a statement that failed
-    with SQLITE_FULL may roll the whole transaction back)."""
-    if db.in_transaction:
-        db.execute("ROLLBACK")
 
 
 def _encoded(message: Message) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from runtime.sqlite import open_sqlite
+from runtime.sqlite import open_sqlite, write_transaction
 
 __all__ = ["LedgerStore", "day_key", "day_span"]
 
@@ -128,24 +128,17 @@ class LedgerStore:
         if not math.isfinite(cost) or cost < 0:
             raise ValueError(f"a charge must be a finite, non-negative cost, got {cost!r}")
         stamp = time.time() if at is None else at
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (day, stamp, provider, model, cost, request_id),
-                )
-                conn.execute(
-                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
-                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
-                    (day, cost),
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, write_transaction(self._connection()) as conn:
+            conn.execute(
+                "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (day, stamp, provider, model, cost, request_id),
+            )
+            conn.execute(
+                "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                (day, cost),
+            )
 
     def add_charges(self, charges: Sequence[tuple[str, float, str, str, str]], *,
                     holds: Sequence[tuple[int, str, str, float, str]] = (),
@@ -164,30 +157,23 @@ class LedgerStore:
             if not math.isfinite(cost) or cost < 0:
                 raise ValueError(f"a charge must be a finite, non-negative cost, got {cost!r}")
         stamp = time.time()
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(day, stamp, provider, model, cost, request_id)
-                     for day, cost, provider, model, request_id in charges],
-                )
-                conn.executemany(
-                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
-                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
-                    [(charge[0], charge[1]) for charge in charges],
-                )
-                if released:
-                    conn.executemany("DELETE FROM holds WHERE id = ?", [(i,) for i in released])
-                if holds:
-                    conn.executemany("INSERT OR REPLACE INTO holds (id, provider, model, amount,"
-                                     " request_id) VALUES (?, ?, ?, ?, ?)", holds)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, write_transaction(self._connection()) as conn:
+            conn.executemany(
+                "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(day, stamp, provider, model, cost, request_id)
+                 for day, cost, provider, model, request_id in charges],
+            )
+            conn.executemany(
+                "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                [(charge[0], charge[1]) for charge in charges],
+            )
+            if released:
+                conn.executemany("DELETE FROM holds WHERE id = ?", [(i,) for i in released])
+            if holds:
+                conn.executemany("INSERT OR REPLACE INTO holds (id, provider, model, amount,"
+                                 " request_id) VALUES (?, ?, ?, ?, ?)", holds)
 
     def take_holds(self, day: str) -> list[tuple[str, str, float, str]]:
         """Charge every remembered open reservation what it holds on ``day`` and forget it, in
@@ -197,25 +183,18 @@ class LedgerStore:
         of a process that ended before settling them (one process per file).
         """
         stamp = time.time()
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = [(str(p), str(m), float(a), str(r)) for p, m, a, r in conn.execute(
-                    "SELECT provider, model, amount, request_id FROM holds ORDER BY id")]
-                conn.executemany(
-                    "INSERT INTO charges (day, at, provider, model, cost, request_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(day, stamp, p, m, a, r) for p, m, a, r in rows])
-                conn.executemany(
-                    "INSERT INTO day_totals (day, total) VALUES (?, ?)"
-                    " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
-                    [(day, a) for _, _, a, _ in rows])
-                conn.execute("DELETE FROM holds")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, write_transaction(self._connection()) as conn:
+            rows = [(str(p), str(m), float(a), str(r)) for p, m, a, r in conn.execute(
+                "SELECT provider, model, amount, request_id FROM holds ORDER BY id")]
+            conn.executemany(
+                "INSERT INTO charges (day, at, provider, model, cost, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(day, stamp, p, m, a, r) for p, m, a, r in rows])
+            conn.executemany(
+                "INSERT INTO day_totals (day, total) VALUES (?, ?)"
+                " ON CONFLICT (day) DO UPDATE SET total = total + excluded.total",
+                [(day, a) for _, _, a, _ in rows])
+            conn.execute("DELETE FROM holds")
         return rows
 
     def day_total(self, day: str) -> float:
