@@ -209,11 +209,17 @@ def _rebuild(cls: type[LLMClientError], message: str, kwargs: dict[str, Any]) ->
 
 
 class LLMRateLimitError(LLMClientError):
-    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here."""
+    """The provider throttled us (HTTP 429); wait ``retry_after`` seconds (when known) here.
+
+    ``retry_after`` may be given by position too, as the specification declares it.
+    """
 
     error_type = "rate_limit"
     retryable = True
     provider_specific = True
+
+    def __init__(self, message: str, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
 
 
 class LLMQuotaExceededError(LLMRateLimitError):

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime import Ask, AskStream
 
@@ -155,6 +155,23 @@ class LLMResponse(BaseModel):
     """The answer's tokens with log probabilities when they were asked for (``enable_logprobs``)."""
     time_to_first_reasoning_ms: float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _specification_form(cls, data: Any) -> Any:
+        # The specification builds a response from the assistant message (``message=``) and
+        # gives an unknown usage or time as None; without this, pydantic would drop the message
+        # silently and refuse the Nones.
+        if not isinstance(data, dict) or not (
+            "message" in data or data.get("usage", 0) is None
+            or data.get("response_time_ms", 0) is None
+        ):
+            return data
+        data = {key: value for key, value in data.items()
+                if value is not None or key not in ("usage", "response_time_ms")}
+        if "message" in data:
+            data.update(_message_fields(data.pop("message"), data))
+        return data
+
     @property
     def message(self) -> Message:
         """The assistant message in OpenAI's shape, ready to append to the history."""
@@ -164,6 +181,31 @@ class LLMResponse(BaseModel):
         if self.reasoning_details:
             message["reasoning_details"] = list(self.reasoning_details)
         return message
+
+
+def _message_fields(message: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an :class:`LLMResponse` that an assistant ``message`` (OpenAI's shape) sets.
+
+    Raises ``ValueError`` for anything else, or when ``given`` sets one of them too.
+    """
+    if not isinstance(message, dict):
+        raise ValueError(f"message must be a dict, not {type(message).__name__}")
+    if message.get("role", "assistant") != "assistant":
+        raise ValueError(f"message role must be 'assistant', not {message.get('role')!r}")
+    fields: dict[str, Any] = {"content": message.get("content") or ""}
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ValueError("message tool_calls must be a list")
+    fields["tool_calls"] = [
+        {"id": call.get("id"), **(call.get("function") or {})} if isinstance(call, dict) else call
+        for call in calls
+    ]
+    if message.get("reasoning_details"):
+        fields["reasoning_details"] = message["reasoning_details"]
+    both = sorted(name for name in fields if name in given)
+    if both:
+        raise ValueError(f"message and {', '.join(both)} given together")
+    return fields
 
 
 @dataclass(frozen=True)
