@@ -63,6 +63,7 @@ from ._provider_reports import ProviderReports
 from ._provider_state import ProviderHealth, ProviderState
 from ._response_bounds import bound_response
 from ._sdk_call import (
+    PLATFORM_HEADERS_OMITTED,
     CallPlan,
     plan_call,
 )
@@ -213,7 +214,7 @@ class ProviderActor(Actor[ProviderCall]):
             api_key=self._key,
             http_client=self._http,
             max_retries=0,
-            default_headers=self._kind.headers(config),
+            default_headers={**PLATFORM_HEADERS_OMITTED, **self._kind.headers(config)},
         )
         self._state.health.auth_rejected = (
             key is not None and _fingerprint(key) == self._state.rejected_key
