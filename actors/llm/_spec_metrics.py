@@ -9,6 +9,7 @@ by their provider actor already; ``record_request`` is for requests made elsewhe
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any, TypedDict
 
 from actors.metrics import MetricsStore, RequestFinished
@@ -98,6 +99,35 @@ class LLMMetrics:
             "by_model": {key: model["total_requests"]
                          for key, model in summary["by_model"].items()},
         }
+
+
+    # The specification's counters, read from the store: copies (``defaultdict``, as the
+    # specification's: a key never seen reads 0), keyed ``provider:model``.
+
+    @property
+    def request_count(self) -> defaultdict[str, int]:
+        """Requests per ``provider:model``."""
+        return defaultdict(int, {key: s["total_requests"] for key, s in self._by_model()})
+
+    @property
+    def token_usage(self) -> defaultdict[str, int]:
+        """Tokens per ``provider:model``."""
+        return defaultdict(int, {key: s["total_tokens"] for key, s in self._by_model()})
+
+    @property
+    def cost_tracking(self) -> defaultdict[str, float]:
+        """USD per ``provider:model`` (only those that cost something)."""
+        return defaultdict(float, {key: s["total_cost"] for key, s in self._by_model()
+                                   if s["total_cost"]})
+
+    @property
+    def error_count(self) -> defaultdict[str, int]:
+        """Errors per ``provider:model:error_type``."""
+        return defaultdict(int, {f"{key}:{error}": n for key, s in self._by_model()
+                                 for error, n in s["errors_by_type"].items()})
+
+    def _by_model(self) -> list[tuple[str, dict[str, Any]]]:
+        return list(self._store.summary()["by_model"].items())
 
 
 class CostInfo(TypedDict):
