@@ -18,24 +18,27 @@ Rules a caller can rely on:
   follows another worker's turn or clear reads the history again from the store.
 - **Tool problems never abort a turn**: unknown tools, invalid arguments, tool errors, timeouts
   and servers that are down reach the model as the tool's result (``actors.mcp.ToolCatalog``).
-- **What is persisted, and when**: every *completed* step (an assistant message that asked for
-  tools together with all its tool results) when its last tool ends, and the final assistant
-  message *before* :class:`TurnComplete` is sent, so that a crash (even SIGKILL) loses nothing
-  the client was told is done. The user message goes in the same transaction as the turn's first
-  step or answer (one write for a plain turn, not two; the appends of every conversation that
-  arrive while one is written are committed together: ``appends``); a turn cancelled or failed
-  before that writes it alone as it ends. With ``leases`` it is written when the turn starts,
-  under the lease (a turn that lost its lease writes nothing more). A turn cancelled or failed
-  midway keeps what was written and drops the partial answer being streamed and tool calls still
-  running; an assistant ``tool_calls`` message is never stored without its results.
+- **What is persisted, and when**: the user message as the turn starts, once it holds the
+  conversation (its slot, and with ``leases`` its lease) and before the model is called, so
+  that a killed process (SIGKILL, a crash) keeps what the user sent: the conversation read back
+  then ends with it unanswered, and the next turn adds its own (two user messages in a row,
+  which OpenAI-compatible APIs accept). Then every *completed* step (an assistant message that
+  asked for tools together with all its tool results) when its last tool ends, and the final
+  assistant message *before* :class:`TurnComplete` is sent, so that a crash loses nothing the
+  client was told is done. Each write is one transaction, committed with the appends of every
+  conversation that arrive while one is written (``appends``). A turn that lost its lease
+  writes nothing more. A turn cancelled or failed midway keeps what was written and drops the
+  partial answer being streamed and tool calls still running; an assistant ``tool_calls``
+  message is never stored without its results.
   The in-memory history takes a message only after its write succeeded; a failed write ends the
-  turn with :class:`HistoryWriteError` (logged), never with a ``complete`` for an unsaved answer.
+  turn with :class:`HistoryWriteError` (logged), never with a ``complete`` for an unsaved answer
+  (when the user message cannot be written, before the model is called).
 - **A turn that fails before its model answered anything leaves the conversation as it was**:
   refused (a cost or token limit, every provider rate-limited, unavailable or failing, no
-  lease...), it stores nothing (with leases the user message written at its start is taken back
-  under the lease), so the client may send it again and no later turn carries it unanswered, nor
-  pays for it. Once the model answered something (a delta, or tool calls), a failure keeps the
-  user message and the completed steps, as does a cancelled turn.
+  lease...), its user message is taken back from the store (under the lease), so the client,
+  told why, may send it again and no later turn carries it unanswered, nor pays for it. Once
+  the model answered something (a delta, or tool calls), a failure keeps the user message and
+  the completed steps, as does a cancelled or timed-out turn. Live and read back alike.
 - **Memory is bounded**: the history kept between turns is the newest whole units within
   ``chat.max_history_messages`` and ``chat.max_history_bytes`` (each message measured once by
   ``message_bytes``); older messages stay in the store (its own bound, ``max_stored_messages``),
@@ -135,8 +138,6 @@ class _Turn:
     cut: bool = False
     """Older messages of the turn were left out of ``completed``: the history before the turn
     lies past the bounds too."""
-    pending: list[Message] = field(default_factory=list)
-    """The user message until it is written with the turn's first step (or as the turn ends)."""
     reloaded: tuple[Message, ...] | None = None
     """The history as re-read from the store under a new lease (another worker wrote it)."""
     answered: bool = False
@@ -336,9 +337,8 @@ class SessionActor(Actor["SessionMessage"]):
         self._fit.added(turn.completed)
 
     async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
-        """Write the pending user message and ``messages`` (one whole step) in one transaction;
-        only then do they count as done."""
-        messages = [*turn.pending, *messages]
+        """Write ``messages`` (the user message, or one whole step) in one transaction; only
+        then do they count as done."""
         try:
             # Shielded to the end of the bookkeeping: the append is written even if the turn
             # is cancelled meanwhile (``GroupCommit``), so it must be noted as written before
@@ -354,7 +354,6 @@ class SessionActor(Actor["SessionMessage"]):
             raise HistoryWriteError(
                 "the conversation could not be saved; this answer was not completed"
             ) from exc
-        turn.pending.clear()
         turn.completed.extend(messages)
         if turn.answered:  # before, ``completed`` is the user message a refusal takes back
             self._bound(turn)
@@ -370,11 +369,6 @@ class SessionActor(Actor["SessionMessage"]):
                             max_bytes=chat.max_history_bytes)
         if len(kept) < len(turn.completed):
             turn.completed, turn.cut = kept, True
-
-    async def _persist_pending(self, turn: _Turn) -> None:
-        """As a turn ends early: write its user message if nothing of the turn was written."""
-        with anyio.CancelScope(shield=True), contextlib.suppress(HistoryWriteError):  # logged
-            await self._persist(turn, [])
 
     async def _clear_ended(self, slot: _Slot, outcome: Outcome) -> Any:
         self._release(slot)
@@ -423,32 +417,26 @@ class SessionActor(Actor["SessionMessage"]):
 
     async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
         user: Message = {"role": "user", "content": turn.message.text}
-        if self._leases is not None:
-            await self._persist(turn, [user])  # under the lease, which a turn may lose midway
-        else:
-            turn.pending.append(user)
+        # Before the model is called: a process killed from here on keeps the message (before,
+        # it went with the turn's first step, and a kill before that lost it). Under the lease,
+        # which a turn may lose midway.
+        await self._persist(turn, [user])
         try:
             await self._tool_loop(turn, history_now, user)
         except Exception:
             if not turn.answered:
                 await self._withdraw(turn)
             raise
-        finally:
-            if turn.pending:
-                await self._persist_pending(turn)
 
     async def _withdraw(self, turn: _Turn) -> None:
         """A turn that failed before its model answered anything (refused: a cost or token
         limit, every provider rate-limited or down...) leaves the conversation as it was: the
         client may send the message again, and the next turn does not carry it unanswered."""
-        if turn.pending:
-            turn.pending.clear()
-            return
         if not turn.completed:
             return
-        # With leases the user message was written as the turn started (``completed`` holds
-        # it alone: nothing else is written before the model answers). The lease is still held:
-        # the turn ended with its own error, not by losing it.
+        # ``completed`` holds the user message alone: nothing else is written before the model
+        # answers. With leases the lease is still held: the turn ended with its own error, not
+        # by losing it.
         try:
             with anyio.CancelScope(shield=True):
                 withdrawn = await anyio.to_thread.run_sync(

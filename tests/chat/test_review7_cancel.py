@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,17 @@ def _seen(messages: Any) -> list[str]:
     return [f"{m['role']}:{str(m.get('content'))[:14]}" for m in messages]
 
 
-async def _cancel_during_write(session: Any, db: Path, text: str,
+async def _cancel_during_write(b: Any, session: Any, db: Path, text: str,
                                last: Callable[[Any], bool]) -> None:
     """Run a turn until its ``last`` event before the write arrived, then leave it (the
-    socket closed) while the write waits for the lock, then free the lock."""
-    with _write_lock(db), anyio.fail_after(20):
+    socket closed) while the write waits for the lock, then free the lock. The lock is taken
+    as the model is first called: the user message, written before that, is not held up."""
+    with ExitStack() as lock, anyio.fail_after(20):
+        async def take_lock() -> None:
+            b.model.meanwhile = None
+            lock.enter_context(_write_lock(db))
+
+        b.model.meanwhile = take_lock
         async with session.ask_stream(RunTurn(text, "r1", {})) as items:
             async for event in items:
                 if last(event):
@@ -56,7 +62,7 @@ async def test_a_turn_cancelled_while_its_answer_is_written_is_stored_and_kept_o
 ) -> None:
     async with backend(tmp_path, servers={}) as b:
         session = await b.session()
-        await _cancel_during_write(session, tmp_path / "history.sqlite3", "hello",
+        await _cancel_during_write(b, session, tmp_path / "history.sqlite3", "hello",
                                    lambda e: isinstance(e, TurnText) and e.text == " hello")
         stored = b.history.load("c1")
         await turn(session, "next", request_id="r2")
@@ -70,7 +76,7 @@ async def test_a_turn_cancelled_while_its_tool_step_is_written_is_stored_and_kep
 ) -> None:
     async with backend(tmp_path) as b:
         session = await b.session()
-        await _cancel_during_write(session, tmp_path / "history.sqlite3",
+        await _cancel_during_write(b, session, tmp_path / "history.sqlite3",
                                    'call add {"a": 2, "b": 3}',
                                    lambda e: isinstance(e, ToolCallFinished))
         stored = b.history.load("c1")

@@ -1,5 +1,6 @@
 """Review 7: a real server SIGKILLed in the middle of a turn's tool call, then restarted on the
-same database: the history holds whole steps only, and the conversation goes on."""
+same database: the history holds whole steps only (and, since review 8, the killed turn's user
+message, written before its model was called), and the conversation goes on."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ async def test_a_server_killed_during_a_tool_call_keeps_whole_steps_and_goes_on(
         server = None
         assert _rows(tmp_path / "history.sqlite3", conversation_id) == [
             'user:call add {"a', "assistant:call", "tool:5.0", "assistant:Tool add ret",
-            "user:and now?", "assistant:Echo: and no"]
+            'user:call sleep {', "user:and now?", "assistant:Echo: and no"]
     finally:
         if server is not None:
             server.kill()

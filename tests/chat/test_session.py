@@ -617,9 +617,9 @@ async def test_stopping_the_actor_mid_turn_persists_the_completed_steps(tmp_path
 # ---------------------------------------------------------------- issue 10 and 13
 
 
-async def test_each_step_is_stored_with_the_user_message_as_it_happens_and_before_complete(
+async def test_the_user_message_is_stored_first_then_each_step_as_it_happens_before_complete(
         tmp_path: Path) -> None:
-    # The user message goes in the transaction of the turn's first step (one write, not two).
+    # The user message is written before the model is called (a killed process keeps it).
     async with backend(tmp_path) as b:
         session = await b.session()
         seen: list[tuple[str, list[str]]] = []
@@ -629,8 +629,8 @@ async def test_each_step_is_stored_with_the_user_message_as_it_happens_and_befor
                     roles = [m["role"] for m in b.history.load("c1")]
                     seen.append((type(event).__name__, roles))
     assert seen == [
-        ("ToolCallStarted", []),
-        ("ToolCallFinished", []),
+        ("ToolCallStarted", ["user"]),
+        ("ToolCallFinished", ["user"]),
         ("TurnText", ["user", "assistant", "tool"]),
         ("TurnText", ["user", "assistant", "tool"]),
         ("TurnText", ["user", "assistant", "tool"]),
