@@ -212,7 +212,12 @@ class ActorCell(CellTasks):
         context = instance.context
         crash_on = self.spec.crash_on
         burst = 0
+        item: Any = None
+        request: Request | None = None
         while True:
+            # The last message is not held while the loop waits for the next one (an abandoned
+            # ask's notice holds its whole request).
+            item = request = None
             if not mailbox.items:
                 burst = 0
                 self.parked = instance
@@ -252,7 +257,7 @@ class ActorCell(CellTasks):
                 if not self.in_flight:
                     return
                 continue
-            request: Request = item
+            request, item = item, None
             self._depth -= 1
             if request.done:
                 continue

@@ -288,19 +288,16 @@ class RouterActor(Actor[ChatRequest]):
                             deltas=None if sink is None else _tracked(sink, spend, delivered),
                             on_output=spend.streamed.append, bill=spend.bill)
         ref = self._providers[provider]
-        failure: BaseException | None = None
         try:
             spend.sent = True
             # A stream's deltas reach the caller through the sink: the provider answers the
             # ask with the assembled response.
             response: LLMResponse = await ref.ask(call, deadline=deadline)
         except BaseException as exc:
-            failure = exc
+            # No local keeps ``exc`` past this clause: its traceback holds this frame, and a
+            # cycle would keep the call's messages and answer until a full collection.
+            spend.fail(None if isinstance(exc, anyio.get_cancelled_exc_class()) else exc)
             raise
-        finally:
-            if failure is not None:
-                cancelled = isinstance(failure, anyio.get_cancelled_exc_class())
-                spend.fail(None if cancelled else failure)
         if not tracked:
             return response.model_copy(update={"usage": response.usage.model_copy(
                 update={"total_cost": None})})
