@@ -15,10 +15,11 @@
 
 ``create_llm_client`` gives an :class:`OpenAIClient` (``openai``, ``openai-compatible``) or an
 :class:`OpenRouterClient`; both are :class:`BaseLLMClient`. Underneath, :meth:`initialize` starts a
-private actor system: a MetricsActor and one :class:`~actors.llm._provider.ProviderActor` under a
-supervisor, so the client has the same pool, limits, breaker, error mapping and restarts as the
-service. Fallbacks across providers are the router's job (:mod:`actors.llm._runtime`); a provider's
-``fallback_models`` are used here only as OpenRouter's native ``models`` list, when configured.
+private actor system: a MetricsActor, a LedgerActor in memory, one
+:class:`~actors.llm._provider.ProviderActor` and a RouterActor over it, so the client has the same
+pool, limits, breaker, error mapping and restarts as the service, and honours the provider block's
+``fallback_models`` (``model`` and at most ``max_retries`` of them), ``max_cost_per_request``,
+``daily_cost_limit`` (the client's own day, in memory) and ``cost_warning_threshold``.
 Every error raised is an :class:`~actors.llm._errors.LLMClientError` subclass.
 """
 
@@ -32,21 +33,23 @@ from typing import Any, Self, TypedDict, get_args
 from pydantic import SecretStr, ValidationError
 
 from actors.metrics import metrics_child_spec
-from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
+from runtime import ActorRef, ActorSystem, Backoff, ChildSpec, SupervisorSpec
 
 from ._catalog import ModelCatalog
 from ._client_settings import LLMClientConfig
+from ._config import RESERVATION_TTL, CostConfig, LLMConfig
 from ._errors import LLMStreamingError, translate_actor_errors
+from ._ledger import ledger_child_spec
 from ._messages import (
     ChatRequest,
     LLMResponse,
-    ProviderCall,
     ReasoningDelta,
     StreamEnd,
     TextDelta,
 )
 from ._provider import provider_child_spec
 from ._provider_config import ProviderConfig, ProviderKind
+from ._router import RouterActor, provider_actor_name
 from ._spec_metrics import CostInfo, LLMMetrics, cost_info
 from ._tokens import acount_message_tokens
 from ._validation import describe_validation_error
@@ -150,6 +153,7 @@ class BaseLLMClient:
         self.config = config
         self._api_key = api_key
         self._catalog = ModelCatalog(config.context_windows, config.prices)
+        self._llm = self._llm_config()
         self._stack: AsyncExitStack | None = None
         self._ref: ActorRef | None = None
         self._metrics: LLMMetrics | None = None
@@ -165,12 +169,19 @@ class BaseLLMClient:
         root = SupervisorSpec(f"llm-client:{self.provider}", [metrics_child_spec()],
                               max_restarts=10, max_seconds=60.0,
                               backoff=Backoff(initial=0.1, maximum=5.0))
+        llm = self._llm
         async with AsyncExitStack() as stack:
             system = await stack.enter_async_context(ActorSystem(root))
             metrics = LLMMetrics.of(system)
-            self._ref = await system.spawn(provider_child_spec(
+            await system.spawn(ledger_child_spec(llm.cost, self._catalog, providers=llm.providers,
+                                                 reservation_ttl=RESERVATION_TTL))
+            await system.spawn(provider_child_spec(
                 self.provider, self.config, system.ref("metrics"), self._catalog,
-                api_key=self._api_key))
+                api_key=self._api_key, actor_name=provider_actor_name(self.provider)))
+            # Every error the router meets is an answer to its caller, never a reason to restart.
+            self._ref = await system.spawn(ChildSpec(
+                "router", lambda: RouterActor(llm, self._catalog), crash_on=(),
+                mailbox_size=self.config.mailbox_size))
             self._metrics = metrics
             self._stack = stack.pop_all()
 
@@ -218,7 +229,7 @@ class BaseLLMClient:
         ``model=`` picks another model. Raises ``LLMClientError`` subclasses, among them
         ``LLMTokenLimitError`` before any call when the prompt does not fit the context window.
         """
-        call = await self._call(messages, tools, kwargs, stream=False)
+        call = self._call(messages, tools, kwargs)
         with translate_actor_errors(provider=self.provider, model=call.model):
             response: LLMResponse = await self._started().ask(call, timeout=self._deadline())
         return response
@@ -266,21 +277,27 @@ class BaseLLMClient:
             )
         return self._ref
 
-    def _deadline(self) -> float:
-        return self.config.timeout + _DEADLINE_MARGIN
+    def _llm_config(self) -> LLMConfig:
+        # One provider; the ledger's day is this client's, in memory; no budget but the
+        # provider block's own. Each attempt may take ``timeout``: the request has room for all.
+        attempts = len(self.config.models[: 1 + self.config.max_retries])
+        return LLMConfig(
+            providers={self.provider: self.config}, active=self.provider,
+            fallback_order=[self.provider], cost=CostConfig(track_costs=False),
+            request_timeout=min(self.config.timeout * attempts + _DEADLINE_MARGIN,
+                                RESERVATION_TTL - _DEADLINE_MARGIN))
 
-    async def _call(self, messages: Sequence[Message], tools: Sequence[Message] | None,
-                    kwargs: dict[str, Any], *, stream: bool) -> ProviderCall:
+    def _deadline(self) -> float:
+        return self._llm.request_timeout + _DEADLINE_MARGIN
+
+    def _call(self, messages: Sequence[Message], tools: Sequence[Message] | None,
+              kwargs: dict[str, Any]) -> ChatRequest:
         params = dict(kwargs)
-        model = str(params.pop("model", None) or self.config.model)
+        model = params.pop("model", None)
         self.config.output_limit(params)  # refuses a bad limit with a typed error, before a call
-        prompt_tokens = await acount_message_tokens(list(messages), model,
-                                                    tools=list(tools) if tools else None)
-        chat = ChatRequest.of(list(messages), list(tools) if tools else None, model=model,
-                              provider=self.provider, params=params)
-        fallbacks = tuple(m for m in self.config.models if m != model)
-        return ProviderCall(chat, model, prompt_tokens, stream=stream,
-                            fallback_models=fallbacks if self.config.use_native_fallbacks else ())
+        return ChatRequest.of(list(messages), list(tools) if tools else None,
+                              model=str(model) if model else None, provider=self.provider,
+                              params=params)
 
 
 class OpenAIClient(BaseLLMClient):
@@ -348,7 +365,7 @@ class ResponseStream:
 
     async def _open(self) -> None:
         messages, tools, kwargs = self._args
-        call = await self._client._call(messages, tools, kwargs, stream=True)
+        call = self._client._call(messages, tools, kwargs)
         ref = self._client._started()
         async with AsyncExitStack() as stack:
             with translate_actor_errors(provider=self._client.provider, model=call.model):

@@ -46,6 +46,7 @@ from ._catalog import ModelCatalog
 from ._config import RESERVATION_TTL, LLMConfig
 from ._errors import (
     ContentRefused,
+    LLMAuthError,
     LLMBadRequestError,
     LLMClientError,
     LLMStreamingError,
@@ -356,9 +357,13 @@ class RouterActor(Actor[ChatRequest]):
         # The provider's own health (written only by it): skip an open breaker without asking.
         health = getattr(self.context.durable_of(actor), "health", None)
         if health is not None and not health.available():
-            raise ProviderUnavailable(
-                f"provider {provider!r} is unavailable (circuit breaker {health.breaker})",
-                provider=provider, retry_after=health.retry_after() or None)
+            if health.auth_rejected:
+                # What the provider itself answers once restarted, and the cause to report.
+                raise LLMAuthError(f"{provider} rejected this API key; waiting for a new one",
+                                   provider=provider)
+            why = "restarting" if health.restarting else f"circuit breaker {health.breaker}"
+            raise ProviderUnavailable(f"provider {provider!r} is unavailable ({why})",
+                                      provider=provider, retry_after=health.retry_after() or None)
 
     def _should_fall_back(self, error: LLMClientError) -> bool:
         if isinstance(error, ContentRefused):

@@ -24,7 +24,8 @@ async def test_stream_response_of_a_reasoning_model_yields_text_then_the_reasone
         async with create_llm_client("deepseek", config, api_key=KEY) as client:
             async with client.stream_response(HELLO) as stream:
                 items = [item async for item in stream]
-            assert items[:-1] == ["Echo: hello world"]
+            assert all(isinstance(item, str) for item in items[:-1])
+            assert "".join(str(item) for item in items[:-1]) == "Echo: hello world"
             response = items[-1]
             assert isinstance(response, LLMResponse)
             assert (response.content, response.reasoning) == ("Echo: hello world", REASONING)

@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from actors.llm._config import LLMConfig
+from actors.llm._runtime import open_runtime
 from actors.llm.client_api import (
+    LLMAuthError,
     LLMClientError,
     LLMCostLimitError,
     LLMModelNotFoundError,
@@ -94,13 +97,6 @@ MESSAGES = [{"role": "user", "content": "hello world"}]
 SIM_COST = (6 * 0.15 + 3 * 0.6) / 1e6
 
 
-# The client API runs one provider actor without the router and the ledger: these four keys of
-# the specification's provider block do nothing there (the service's router and ledger honour
-# them). A prototype of the client on the router passed these tests; see the review's report.
-CLIENT_WITHOUT_ROUTER = pytest.mark.xfail(
-    strict=True, reason="the client API has no router or ledger (review 8: not fixed)")
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[SimulatorProcess]:
     async with SimulatorProcess({"api_keys": [KEY], "flavor": "openrouter"}) as process:
@@ -113,7 +109,6 @@ def no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
 
 
-@CLIENT_WITHOUT_ROUTER
 async def test_the_clients_max_cost_per_request_refuses_before_any_call(
     sim: SimulatorProcess,
 ) -> None:
@@ -125,7 +120,6 @@ async def test_the_clients_max_cost_per_request_refuses_before_any_call(
     assert (await sim.stats())["total_requests"] == 0
 
 
-@CLIENT_WITHOUT_ROUTER
 async def test_the_clients_daily_cost_limit_stops_calls_once_spent(sim: SimulatorProcess) -> None:
     config = {"base_url": sim.base_url, "model": "openai/gpt-4o-mini", "max_tokens": 3,
               "daily_cost_limit": 2.5 * SIM_COST}  # room for two answers' worst case
@@ -138,7 +132,6 @@ async def test_the_clients_daily_cost_limit_stops_calls_once_spent(sim: Simulato
     assert (await sim.stats())["total_requests"] == 2
 
 
-@CLIENT_WITHOUT_ROUTER
 async def test_the_clients_cost_warning_threshold_flags_a_costlier_answer(
     sim: SimulatorProcess,
 ) -> None:
@@ -149,7 +142,6 @@ async def test_the_clients_cost_warning_threshold_flags_a_costlier_answer(
     assert response.cost_warning is True
 
 
-@CLIENT_WITHOUT_ROUTER
 async def test_the_clients_fallback_models_answer_when_the_model_is_missing(
     sim: SimulatorProcess,
 ) -> None:
@@ -173,4 +165,20 @@ async def test_the_clients_fallback_models_stay_unused_when_disabled(
     async with create_llm_client("openrouter", config, KEY) as client:
         with pytest.raises(LLMModelNotFoundError):
             await client.get_response(MESSAGES)
+    assert (await sim.stats())["total_requests"] == 1
+
+
+async def test_a_lone_provider_whose_key_was_rejected_answers_auth_errors_while_it_restarts(
+    sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The router skipped the restarting provider with "unavailable (circuit breaker closed)".
+    monkeypatch.setenv("REVIEW8_KEY", "sk-wrong-key-abcdefghijklmnop")
+    config = LLMConfig.model_validate({"providers": {"sim": {
+        "kind": "openai-compatible", "base_url": sim.base_url, "model": "gpt-4o-mini",
+        "api_key_env": "REVIEW8_KEY"}}, "cost": {"track_costs": False}})
+    async with open_runtime(config) as runtime:
+        with pytest.raises(LLMAuthError, match=r"^sim rejected the API key"):
+            await runtime.chat(MESSAGES)
+        with pytest.raises(LLMAuthError, match=r"^sim rejected this API key; waiting for a new"):
+            await runtime.chat(MESSAGES)
     assert (await sim.stats())["total_requests"] == 1
