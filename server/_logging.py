@@ -2,8 +2,8 @@
 
 ``MCP_BACKEND_LOG_FORMAT`` (``text``, the default, or ``json``; ``serve --log-format`` sets it)
 chooses the format, so worker processes, which inherit the environment, log like their parent.
-Every line, uvicorn's access log included, has key-shaped text and ``?token=`` values masked and
-request targets logged without their query string.
+Every line, uvicorn's access log included, has key-shaped text and ``?token=`` values masked,
+request targets logged without their query string, and its control characters escaped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from actors.llm import redact
 
@@ -23,10 +24,35 @@ LOG_FORMAT_ENV = "MCP_BACKEND_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)
+# Messages carry what outsiders said (an upstream's error message, a name, a client's field): a
+# line break in one would forge a log line, an ANSI escape or a bidi control would be obeyed by
+# the terminal tailing the log. C0 but tab, DEL, C1 and the bidi controls are written escaped; a
+# traceback keeps its own line breaks.
+_LINE_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_TEXT_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str, controls: re.Pattern[str]) -> str:
+    return controls.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 def _scrub(text: str) -> str:
     return _QUERY_TOKEN.sub(r"\1[REDACTED]", redact(text))
+
+
+class _EscapingFormatter(logging.Formatter):
+    """A formatter whose message is one line and whose tracebacks hold no control character
+    but their line breaks and tabs."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escaped(record.message, _LINE_CONTROLS)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _escaped(super().formatException(ei), _TEXT_CONTROLS)
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escaped(super().formatStack(stack_info), _TEXT_CONTROLS)
 
 
 class _NoQueryStrings(logging.Filter):
@@ -47,7 +73,7 @@ class _NoQueryStrings(logging.Filter):
         return True
 
 
-class _TextFormatter(logging.Formatter):
+class _TextFormatter(_EscapingFormatter):
     """``time level logger: message``, scrubbed (the traceback included)."""
 
     def __init__(self) -> None:
@@ -57,7 +83,7 @@ class _TextFormatter(logging.Formatter):
         return _scrub(super().format(record))
 
 
-class _JsonFormatter(logging.Formatter):
+class _JsonFormatter(_EscapingFormatter):
     """One JSON object a line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
     ``worker`` in a worker process, ``exception`` with its traceback; every text scrubbed."""
 
@@ -71,7 +97,7 @@ class _JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": _scrub(record.getMessage()),
+            "message": _scrub(_escaped(record.getMessage(), _LINE_CONTROLS)),
         }
         if self._worker is not None:
             entry["worker"] = self._worker

@@ -18,14 +18,16 @@ an allowed ``Host`` and browsers may open a socket only from loopback pages or
 ``server.allowed_origins`` (server/guard.py: the DNS-rebinding defence). Every HTTP response
 carries the page's security headers (a Content-Security-Policy among them: server/guard.py).
 At most ``server.max_connections`` chat sockets are open at once; another is closed with 1013
-(try again later) right after its handshake.
+(try again later) right after its handshake. A ``/metrics`` body is reused for a while after it
+was rendered (:class:`_MetricsBody`), so however often it is polled its renders take a small
+share of the event loop.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,36 @@ class _ServerCollector(Collector):
         )
 
 
+class _MetricsBody:
+    """The ``/metrics`` body, rendered again only once the last one is older than
+    :attr:`REUSE` times what rendering it took.
+
+    Rendering runs on the event loop and grows with the series: ~40 ms for the 32 model names an
+    upstream may choose (actors/metrics), and loopback callers need no token, so a few
+    connections polling in a loop held every chat turn for as long as they polled. Reused this
+    way, renders take at most ~1/REUSE of the loop, and a cheap body (~1 ms) is never more than
+    a few tens of milliseconds old. The times are the real ones (``perf_counter``): what is
+    bounded is CPU time, whatever clock the actors run on.
+    """
+
+    REUSE = 20.0
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._body = b""
+        self._fresh_until = float("-inf")
+
+    def get(self) -> bytes:
+        """The current body (rendered now, or reused)."""
+        started = time.perf_counter()
+        if started < self._fresh_until:
+            return self._body
+        self._body = self._render()
+        ended = time.perf_counter()
+        self._fresh_until = ended + (ended - started) * self.REUSE
+        return self._body
+
+
 def create_app(
     config: AppConfig, *, simulator_url: str | None = None, clock: Clock | None = None
 ) -> Starlette:
@@ -165,9 +197,8 @@ def create_app(
         if not _authorized(request, token):
             return Response("unauthorized\n", status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
-        backend: Backend = request.app.state.backend
-        text = backend.runtime.prometheus_text() + generate_latest(registry)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics_body.get(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(request: Request) -> Response:
         if not _authorized(request, token):
@@ -229,6 +260,12 @@ def create_app(
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServerCollector(hub, app))
     registry.register(ClusterCollector(app))
+
+    def render_metrics() -> bytes:
+        backend: Backend = app.state.backend
+        return backend.runtime.prometheus_text() + generate_latest(registry)
+
+    metrics_body = _MetricsBody(render_metrics)
     return app
 
 

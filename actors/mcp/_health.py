@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,9 +14,25 @@ from ._tool_types import ToolSpec
 if TYPE_CHECKING:
     from ._session import McpSession
 
-__all__ = ["McpServerHealth", "McpState", "McpStatus", "mcp_status"]
+__all__ = ["HEALTH_NAMES", "HEALTH_NAME_CHARS", "McpServerHealth", "McpState", "McpStatus",
+           "health_names", "mcp_status"]
 
 McpState = Literal["starting", "ready", "failed", "restarting"]
+
+HEALTH_NAMES = 128
+"""How many tool names one list of ``/health`` shows (the counts beside it say how many)."""
+HEALTH_NAME_CHARS = 128
+"""How many characters of a tool name ``/health`` shows (a server's own names may be longer)."""
+
+
+def health_names(names: Iterable[str]) -> list[str]:
+    """The first :data:`HEALTH_NAMES` of ``names``, each cut to :data:`HEALTH_NAME_CHARS`.
+
+    ``/health`` needs no token on loopback and is polled often: a server may list 16,384 tools
+    with names of any length, which made every poll megabytes.
+    """
+    return [name if len(name) <= HEALTH_NAME_CHARS else name[: HEALTH_NAME_CHARS - 1] + "…"
+            for name in itertools.islice(names, HEALTH_NAMES)]
 
 
 @dataclass(frozen=True)
@@ -31,11 +49,12 @@ class McpStatus:
     tool_names: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for ``/health`` (``tools`` there is the list of tool names)."""
+        """JSON-ready form for ``/health`` (``tools`` there lists tool names, bounded by
+        :func:`health_names`; ``tool_count`` counts them all)."""
         return {
             "state": self.state,
             "error": self.error,
-            "tools": list(self.tool_names),
+            "tools": health_names(self.tool_names),
             "tool_count": self.tools,
             "restarts": self.restarts,
             "pid": self.pid,

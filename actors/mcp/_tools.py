@@ -31,7 +31,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,7 +42,7 @@ from runtime import ActorError, ActorSystem
 
 from ._arguments import validate_arguments
 from ._errors import McpServerError, McpToolError
-from ._health import McpServerHealth
+from ._health import HEALTH_NAMES, McpServerHealth, health_names
 from ._messages import CallTool
 from ._supervision import mcp_actor_name
 from ._tool_names import exposed_tool_names
@@ -147,12 +147,12 @@ class ToolCatalog:
             logger.warning(
                 "MCP tools: offering %d of %d (at most %d per request); left out: %s;"
                 " descriptions cut to %d characters: %s%s%s",
-                len(kept), len(exposed), self._max_tools, ", ".join(omitted) or "none",
-                self._max_description_chars, ", ".join(cut) or "none",
+                len(kept), len(exposed), self._max_tools, _named(omitted),
+                self._max_description_chars, _named(cut),
                 f"; input schemas over {self._max_schema_chars} characters, left out:"
-                f" {', '.join(refused)}" if refused else "",
+                f" {_named(refused)}" if refused else "",
                 f"; past {self._max_offered_schema_chars} characters of schemas in all, left"
-                f" out: {', '.join(over_total)}" if over_total else "",
+                f" out: {_named(over_total)}" if over_total else "",
             )
         self._limits = limits
         return self._snapshot()
@@ -258,14 +258,25 @@ class ToolLimits:
     schemas_over_total: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for ``/health``."""
+        """JSON-ready form for ``/health``: each list bounded by :func:`health_names`, with
+        the count of the lists that may be longer."""
         return {
             "offered": self.offered,
-            "omitted": list(self.omitted),
-            "descriptions_cut": list(self.descriptions_cut),
-            "schemas_refused": list(self.schemas_refused),
-            "schemas_over_total": list(self.schemas_over_total),
+            "omitted": health_names(self.omitted),
+            "omitted_count": len(self.omitted),
+            "descriptions_cut": health_names(self.descriptions_cut),
+            "schemas_refused": health_names(self.schemas_refused),
+            "schemas_refused_count": len(self.schemas_refused),
+            "schemas_over_total": health_names(self.schemas_over_total),
+            "schemas_over_total_count": len(self.schemas_over_total),
         }
+
+
+def _named(names: Sequence[str]) -> str:
+    """``names`` for a log line: as many as ``/health`` shows, then how many in all (a server
+    may list 16,384 tools)."""
+    shown = ", ".join(health_names(names)) or "none"
+    return shown if len(names) <= HEALTH_NAMES else f"{shown}, ... ({len(names)} in all)"
 
 
 def _schema_chars(spec: ToolSpec) -> int:

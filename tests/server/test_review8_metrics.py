@@ -1,0 +1,106 @@
+"""Review 8: ``/metrics`` against a hostile upstream and an unauthenticated poll flood.
+
+An upstream may answer every request with a fresh ``model`` name: the label set stays bounded
+(32 names of its own, the rest ``other``), which makes the body ~350 kB, ~40 ms of the event
+loop per render. Polled in a loop by a few keep-alive connections (no token is needed on
+loopback), those renders held every chat turn for as long as the flood lasted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from actors.metrics._store import MAX_MODEL_LABELS, OTHER_MODEL
+from tests.chaos.upstream import GarbageUpstream, Reply, sse
+from tests.server.test_monitoring import Scrape
+from tests.server_harness import ServerChild, chat, connect, http_get, write_config
+
+FLOOD_CONNECTIONS = 8
+FLOOD_SECONDS = 3.0
+
+
+def _answer(model: str) -> Reply:
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
+        return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model,
+             "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1,
+                                      "total_tokens": 6}}
+    return Reply(content_type="text/event-stream", chunked_stream=True,
+                 body=sse([chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop"),
+                           usage]))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _poll(port: int, until: float) -> int:
+    """GET /metrics on one keep-alive connection as fast as answered until ``until``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    polls = 0
+    try:
+        while time.monotonic() < until:
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            assert head.startswith("http/1.1 200")
+            length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+            await reader.readexactly(length)
+            polls += 1
+    finally:
+        writer.close()
+    return polls
+
+
+@pytest.mark.anyio
+async def test_a_metrics_poll_flood_does_not_hold_chat_turns_up(tmp_path: Path) -> None:
+    async with GarbageUpstream() as upstream:
+        server = ServerChild(write_config(
+            tmp_path, simulator_url=upstream.base_url.removesuffix("/v1"), mcp_servers={}))
+        try:
+            async with await connect(server.ws_url) as ws:
+                sizes = []
+                for rounds in (40, 40):
+                    for _ in range(rounds):
+                        upstream.stream_reply = _answer(f"m-{uuid.uuid4().hex}")
+                        assert (await chat(ws, "hello"))[-1]["status"] == "complete"
+                    status, _, body = http_get(server.url + "/metrics")
+                    assert status == 200
+                    sizes.append(len(body))
+                # A fresh name in every answer: the labels, and so the body, stay bounded.
+                models = {labels["model"] for labels in
+                          Scrape(body).labels_of("mcp_backend_llm_requests_total")}
+                assert len(models) == MAX_MODEL_LABELS + 1
+                assert OTHER_MODEL in models
+                assert sizes[1] - sizes[0] < 200, sizes
+
+                cpu = _cpu_seconds(server.pid)
+                until = time.monotonic() + FLOOD_SECONDS
+                flood = [asyncio.ensure_future(_poll(server.port, until))
+                         for _ in range(FLOOD_CONNECTIONS)]
+                await asyncio.sleep(0.5)
+                turns = []
+                while time.monotonic() < until - 0.5:
+                    upstream.stream_reply = _answer("m-flood")
+                    started = time.monotonic()
+                    assert (await chat(ws, "hello"))[-1]["status"] == "complete"
+                    turns.append(time.monotonic() - started)
+                polls = sum(await asyncio.gather(*flood))
+                cpu = _cpu_seconds(server.pid) - cpu
+        finally:
+            assert server.stop() == 0, server.output
+    # Every poll is answered, and the renders are bounded to a small share of the loop: each
+    # poll costs the server a few milliseconds on average, not a render of ~40 ms.
+    assert polls >= 50, polls
+    assert cpu / polls < 0.010, (cpu, polls)
+    # Turns ran during the flood, none held for long.
+    assert len(turns) >= 3, turns
+    assert max(turns) < 1.0, turns
