@@ -137,11 +137,13 @@ class _MetricsBody:
     upstream may choose (actors/metrics), and loopback callers need no token, so a few
     connections polling in a loop held every chat turn for as long as they polled. Reused this
     way, renders take at most ~1/REUSE of the loop, and a cheap body (~1 ms) is never more than
-    a few tens of milliseconds old. The times are the real ones (``perf_counter``): what is
-    bounded is CPU time, whatever clock the actors run on.
+    a few tens of milliseconds old, and none more than :attr:`MAX_AGE`. What a render took is
+    this thread's CPU time (a process descheduled mid-render does not stretch the window); the
+    age is real time (``perf_counter``), whatever clock the actors run on.
     """
 
     REUSE = 20.0
+    MAX_AGE = 2.0
 
     def __init__(self, render: Callable[[], bytes]) -> None:
         self._render = render
@@ -150,12 +152,12 @@ class _MetricsBody:
 
     def get(self) -> bytes:
         """The current body (rendered now, or reused)."""
-        started = time.perf_counter()
-        if started < self._fresh_until:
+        if time.perf_counter() < self._fresh_until:
             return self._body
+        cpu = time.thread_time()
         self._body = self._render()
-        ended = time.perf_counter()
-        self._fresh_until = ended + (ended - started) * self.REUSE
+        cost = time.thread_time() - cpu
+        self._fresh_until = time.perf_counter() + min(cost * self.REUSE, self.MAX_AGE)
         return self._body
 
 
