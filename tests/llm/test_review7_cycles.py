@@ -30,8 +30,8 @@ from actors.llm._messages import ProviderCall
 from tests.llm.raw_upstream import raw_upstream, scripted_upstream
 from tests.llm.test_attempt_spend import HELLO
 from tests.llm.test_provider import TRANSPORTS
-from tests.llm.test_review4_aiohttp_stall import framed, head
 from tests.llm.test_review3_upstream_garbage import json_reply, sse_reply
+from tests.llm.test_review4_aiohttp_stall import framed, head
 from tests.llm.test_review7_money import chunk, values
 
 pytestmark = pytest.mark.anyio
