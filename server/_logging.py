@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.llm import redact
+from runtime.text import escape_controls
 
 __all__ = ["LOG_FORMATS", "LOG_FORMAT_ENV", "configure_logging"]
 
@@ -24,16 +25,8 @@ LOG_FORMAT_ENV = "MCP_BACKEND_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.IGNORECASE)
-# Messages carry what outsiders said (an upstream's error message, a name, a client's field): a
-# line break in one would forge a log line, an ANSI escape or a bidi control would be obeyed by
-# the terminal tailing the log. C0 but tab, DEL, C1 and the bidi controls are written escaped; a
-# traceback keeps its own line breaks.
-_LINE_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_TEXT_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(text: str, controls: re.Pattern[str]) -> str:
-    return controls.sub(lambda match: ascii(match.group())[1:-1], text)
+# Messages carry what outsiders said (an upstream's error message, a name, a client's field):
+# their control characters are escaped, a message's line breaks too; a traceback keeps its own.
 
 
 def _scrub(text: str) -> str:
@@ -45,14 +38,14 @@ class _EscapingFormatter(logging.Formatter):
     but their line breaks and tabs."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _escaped(record.message, _LINE_CONTROLS)
+        record.message = escape_controls(record.message, line_breaks=False)
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        return _escaped(super().formatException(ei), _TEXT_CONTROLS)
+        return escape_controls(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return _escaped(super().formatStack(stack_info), _TEXT_CONTROLS)
+        return escape_controls(super().formatStack(stack_info))
 
 
 class _NoQueryStrings(logging.Filter):
@@ -97,7 +90,7 @@ class _JsonFormatter(_EscapingFormatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": _scrub(_escaped(record.getMessage(), _LINE_CONTROLS)),
+            "message": _scrub(escape_controls(record.getMessage(), line_breaks=False)),
         }
         if self._worker is not None:
             entry["worker"] = self._worker

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Final, TextIO
 
 import anyio
 
+from runtime.text import escape_controls
+
 __all__ = ["StderrTail"]
 
 logger = logging.getLogger(__name__)
 
 _STDERR_TAIL_BYTES: Final = 2000
-# C0 (but tab) and C1 controls, DEL, and the bidirectional embeddings, overrides and isolates.
-_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(text: str) -> str:
-    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 class StderrTail:
@@ -80,7 +75,7 @@ class StderrTail:
         if logger.isEnabledFor(logging.DEBUG):
             for line in data.decode(errors="replace").splitlines():
                 logger.debug("MCP server %r stderr: %s", self._server,
-                             _escaped(self._redact(line)))
+                             escape_controls(self._redact(line)))
         self._tail.append(data)
         self._tail_size += len(data)
         while self._tail_size - len(self._tail[0]) >= _STDERR_TAIL_BYTES:
@@ -89,7 +84,8 @@ class StderrTail:
     def tail(self) -> str:
         """The last lines the server wrote to stderr, joined with `` | ``."""
         text = b"".join(self._tail)[-_STDERR_TAIL_BYTES:].decode(errors="replace")
-        return _escaped(" | ".join(line.strip() for line in text.splitlines() if line.strip()))
+        lines = (line.strip() for line in text.splitlines())
+        return escape_controls(" | ".join(line for line in lines if line))
 
     def find_child_pid(self) -> int | None:
         """The pid of our child process whose stderr is this pipe (Linux ``/proc``), if any.
