@@ -32,14 +32,12 @@ from typing import Any, Self, TypedDict, get_args
 
 from pydantic import SecretStr, ValidationError
 
-from actors.metrics import metrics_child_spec
-from runtime import ActorRef, ActorSystem, Backoff, ChildSpec, SupervisorSpec
+from runtime import ActorRef, ActorSystem, Backoff, SupervisorSpec
 
 from ._catalog import ModelCatalog
 from ._client_settings import LLMClientConfig
 from ._config import RESERVATION_TTL, CostConfig, LLMConfig
 from ._errors import LLMStreamingError, translate_actor_errors
-from ._ledger import ledger_child_spec
 from ._messages import (
     ChatRequest,
     LLMResponse,
@@ -47,9 +45,8 @@ from ._messages import (
     StreamEnd,
     TextDelta,
 )
-from ._provider import provider_child_spec
 from ._provider_config import ProviderConfig, ProviderKind
-from ._router import RouterActor, provider_actor_name
+from ._runtime import runtime_children
 from ._spec_metrics import CostInfo, LLMMetrics, cost_info
 from ._tokens import acount_message_tokens
 from ._validation import describe_validation_error
@@ -166,23 +163,15 @@ class BaseLLMClient:
         """Start the metrics and provider actors (a no-op if already started)."""
         if self._ref is not None:
             return
-        root = SupervisorSpec(f"llm-client:{self.provider}", [metrics_child_spec()],
+        keys = None if self._api_key is None else {self.provider: self._api_key}
+        root = SupervisorSpec(f"llm-client:{self.provider}",
+                              runtime_children(self._llm, self._catalog, api_keys=keys),
                               max_restarts=10, max_seconds=60.0,
                               backoff=Backoff(initial=0.1, maximum=5.0))
-        llm = self._llm
         async with AsyncExitStack() as stack:
             system = await stack.enter_async_context(ActorSystem(root))
-            metrics = LLMMetrics.of(system)
-            await system.spawn(ledger_child_spec(llm.cost, self._catalog, providers=llm.providers,
-                                                 reservation_ttl=RESERVATION_TTL))
-            await system.spawn(provider_child_spec(
-                self.provider, self.config, system.ref("metrics"), self._catalog,
-                api_key=self._api_key, actor_name=provider_actor_name(self.provider)))
-            # Every error the router meets is an answer to its caller, never a reason to restart.
-            self._ref = await system.spawn(ChildSpec(
-                "router", lambda: RouterActor(llm, self._catalog), crash_on=(),
-                mailbox_size=self.config.mailbox_size))
-            self._metrics = metrics
+            self._metrics = LLMMetrics.of(system)
+            self._ref = system.ref("router")
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:

@@ -23,9 +23,11 @@ The supervision tree::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+
+from pydantic import SecretStr
 
 from actors.metrics import MetricsStore, metrics_child_spec
 from runtime import (
@@ -193,12 +195,19 @@ class LLMRuntime:
 
 
 def runtime_children(
-    config: LLMConfig, catalog: ModelCatalog, shared: SharedState | None = None
+    config: LLMConfig,
+    catalog: ModelCatalog,
+    shared: SharedState | None = None,
+    *,
+    api_keys: Mapping[str, SecretStr] | None = None,
 ) -> list[ChildSpec | SupervisorSpec]:
     """The runtime's children; each actor finds its siblings by name when it starts.
 
     ``shared``: the providers' windows and the ledger's day totals are shared through Redis.
+    ``api_keys``: a provider's key given explicitly, in place of its configured environment
+    variable or key file (the specification's client API).
     """
+    keys = api_keys or {}
     ledger = ledger_child_spec(
         config.cost, catalog, providers=config.providers, reservation_ttl=RESERVATION_TTL,
         actor=None if shared is None else lambda: shared.ledger(
@@ -206,8 +215,8 @@ def runtime_children(
     )
     providers = [
         provider_child_spec(
-            name, provider_config, catalog=catalog, actor_name=provider_actor_name(name),
-            durable=(ProviderState if shared is None
+            name, provider_config, catalog=catalog, api_key=keys.get(name),
+            actor_name=provider_actor_name(name), durable=(ProviderState if shared is None
                      else shared.provider_state(name, provider_config)),
         )
         for name, provider_config in config.providers.items()
