@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._history import HistoryStore
+from ._history import HistoryStore, TurnStart
 
 __all__ = ["GroupCommit"]
 
@@ -31,11 +31,13 @@ Message = dict[str, Any]
 
 
 class _Append:
-    __slots__ = ("conversation_id", "done", "error", "messages", "woken")
+    __slots__ = ("conversation_id", "done", "error", "messages", "start", "woken")
 
-    def __init__(self, conversation_id: str, messages: Sequence[Message]) -> None:
+    def __init__(self, conversation_id: str, messages: Sequence[Message],
+                 start: TurnStart | None) -> None:
         self.conversation_id = conversation_id
         self.messages = messages
+        self.start = start
         self.woken = anyio.Event()
         """Set when the append is done, or when it heads the queue and must write the batch."""
         self.done = False
@@ -58,12 +60,14 @@ class GroupCommit:
         self._queue: list[_Append] = []
         self._writing = False
 
-    async def append(self, conversation_id: str, messages: Sequence[Message]) -> None:
-        """:meth:`HistoryStore.append`, batched with the appends waiting at the same time.
+    async def append(self, conversation_id: str, messages: Sequence[Message],
+                     start: TurnStart | None = None) -> None:
+        """:meth:`HistoryStore.append`, batched with the appends waiting at the same time; a
+        turn's first append gives its ``start`` (:class:`~actors.chat._history.TurnStart`).
 
         Raises what it would raise (``sqlite3.Error``, :class:`HistoryStoreClosed`, ...).
         """
-        item = _Append(conversation_id, messages)
+        item = _Append(conversation_id, messages, start)
         self._queue.append(item)
         with anyio.CancelScope(shield=True):
             if self._writing:
@@ -80,7 +84,8 @@ class GroupCommit:
         errors: Sequence[Exception | None] | None = None
         try:
             errors = await anyio.to_thread.run_sync(
-                self._store.append_batch, [(a.conversation_id, a.messages) for a in batch]
+                self._store.append_batch, [(a.conversation_id, a.messages) for a in batch],
+                [a.start for a in batch],
             )
         except Exception as exc:  # the whole transaction: none of the batch was written
             errors = [exc] * len(batch)

@@ -6,6 +6,11 @@ threads behind a lock: the SessionActor calls them through ``anyio.to_thread.run
 must not block the event loop, and they are quick enough (milliseconds) that a single connection
 is never the bottleneck. Appends go through :class:`~actors.chat.GroupCommit`, which hands the
 appends of many conversations to :meth:`HistoryStore.append_batch` as one transaction.
+
+The messages of turns that wait behind their conversation's running turn are kept apart
+(``queued_messages``), not in the history, whose order is the order turns run: a turn's start
+moves its own there (:class:`TurnStart`), and :meth:`HistoryStore.adopt_queued` those of turns a
+killed process never started.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from runtime.sqlite import open_sqlite, write_transaction
 
-__all__ = ["EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed"]
+__all__ = ["EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed", "TurnStart"]
 
 Message = dict[str, Any]
 
@@ -39,6 +45,12 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (conversation_id, seq)
 );
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at);
+CREATE TABLE IF NOT EXISTS queued_messages (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id  TEXT NOT NULL,
+    message          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queued_by_conversation ON queued_messages (conversation_id, id);
 """
 EXPIRE_BATCH = 500
 """Conversations deleted per transaction by :meth:`HistoryStore.expire` (short write locks)."""
@@ -48,9 +60,20 @@ class HistoryStoreClosed(RuntimeError):
     """The store was used after :meth:`HistoryStore.close`."""
 
 
+@dataclass(eq=False)
+class TurnStart:
+    """What a turn's first append does besides appending: it settles the turn's queued message
+    (``queued``, from :meth:`HistoryStore.queue`) in the same transaction, and keeps the rows
+    ``max_stored_messages`` trimmed for it (``trimmed``, ``(seq, text)``, filled by the write),
+    so that a refused turn's :meth:`HistoryStore.retract` can put them back."""
+
+    queued: int | None = None
+    trimmed: list[tuple[int, str]] = field(default_factory=list)
+
+
 class HistoryStore:
     """Persistent conversations: ``load``, ``append``, ``retract``, ``clear``, ``exists``,
-    ``expire``.
+    ``expire``; and the messages of turns that wait for their conversation (``queue``).
 
     Thread-safe (one connection behind a lock). ``path`` ``":memory:"`` keeps everything in
     memory; any other path has its parent directory created. ``max_stored_messages`` bounds what
@@ -115,14 +138,26 @@ class HistoryStore:
         if error is not None:
             raise error
 
+    def start_turn(self, conversation_id: str, message: Message,
+                   queued: int | None = None) -> TurnStart:
+        """:meth:`append` of a turn's first message, settling its queued message ``queued``;
+        what it did, for :meth:`retract` (:class:`TurnStart`)."""
+        start = TurnStart(queued)
+        error = self.append_batch([(conversation_id, [message])], [start])[0]
+        if error is not None:
+            raise error
+        return start
+
     def append_batch(
-        self, appends: Sequence[tuple[str, Sequence[Message]]]
+        self, appends: Sequence[tuple[str, Sequence[Message]]],
+        starts: Sequence[TurnStart | None] | None = None,
     ) -> list[Exception | None]:
         """Several :meth:`append` calls in one transaction (one commit for all): each one's error,
         or ``None`` when it was written.
 
         Each append is still all or none on its own (a savepoint each): one that fails leaves
-        the others written. An error of the whole transaction (the store closed, the database
+        the others written. ``starts`` (as many as ``appends``): the turn starts among them
+        (:class:`TurnStart`). An error of the whole transaction (the store closed, the database
         locked past its timeout, a failed commit) raises and writes none; so does a full disk
         when SQLite answers it by rolling the whole transaction back (then the appends before
         the failing one are gone too: the error says why, not the savepoint it took away).
@@ -142,24 +177,33 @@ class HistoryStore:
                 if isinstance(texts, Exception):
                     continue
                 conversation_id = appends[index][0]
+                start = starts[index] if starts is not None else None
+                trimmed: list[tuple[int, str]] | None = None if start is None else []
                 db.execute("SAVEPOINT one_append")
                 try:
-                    _insert(db, conversation_id, texts, now, self._keep)
+                    _insert(db, conversation_id, texts, now, self._keep, trimmed)
+                    if start is not None and start.queued is not None:
+                        db.execute("DELETE FROM queued_messages WHERE id = ?", (start.queued,))
                 except sqlite3.Error as exc:
                     if not db.in_transaction:  # SQLite rolled back all (SQLITE_FULL, IOERR...)
                         raise
                     db.execute("ROLLBACK TO one_append")
                     errors[index] = exc
+                else:
+                    if start is not None and trimmed is not None:
+                        start.trimmed = trimmed
                 db.execute("RELEASE one_append")
         return errors
 
-    def retract(self, conversation_id: str, messages: Sequence[Message]) -> bool:
-        """Delete ``messages`` if they are the conversation's newest, all or none; whether they
-        were. A conversation left with no message is forgotten, as if never written.
+    def retract(self, conversation_id: str, messages: Sequence[Message],
+                restore: Sequence[tuple[int, str]] = ()) -> bool:
+        """Delete ``messages`` if they are the conversation's newest, all or none, and put back
+        the rows ``restore`` (a :class:`TurnStart`'s ``trimmed``); whether they were. A
+        conversation left with no message is forgotten, as if never written.
 
         For a turn that takes back what it appended (its caller holds the conversation, so
-        nothing was appended after it); what ``max_stored_messages`` deleted for that append
-        stays deleted.
+        nothing was appended after it): with ``restore``, what ``max_stored_messages`` deleted
+        for that append is back too, and the conversation is as before the turn.
         """
         texts = [_encoded(message) for message in messages]
         if not texts:
@@ -172,13 +216,60 @@ class HistoryStore:
             if found:
                 db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?",
                            (conversation_id, rows[-1][0]))
+                db.executemany(
+                    "INSERT OR IGNORE INTO messages (conversation_id, seq, message)"
+                    " VALUES (?, ?, ?)", [(conversation_id, seq, text) for seq, text in restore])
                 db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS"
                            " (SELECT 1 FROM messages WHERE conversation_id = ?)",
                            (conversation_id, conversation_id))
         return found
 
+    def queue(self, conversation_id: str, message: Message) -> int:
+        """Write the message of a turn that waits for its conversation, apart from its history;
+        its id, for the turn's :class:`TurnStart` (which moves it into the history) or
+        :meth:`unqueue`. The conversation is created if new (so that it can expire)."""
+        text = _encoded(message)
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+                (conversation_id, now, now))
+            cursor = db.execute(
+                "INSERT INTO queued_messages (conversation_id, message) VALUES (?, ?)",
+                (conversation_id, text))
+        queued = cursor.lastrowid
+        assert queued is not None
+        return queued
+
+    def unqueue(self, queued: int) -> None:
+        """Delete the queued message ``queued`` (its turn ended before it started)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM queued_messages WHERE id = ?", (queued,))
+
+    def adopt_queued(self, conversation_id: str) -> int:
+        """Append the conversation's queued messages to its history, oldest first, and forget
+        them as queued; how many. For the messages of turns that never started (their process
+        was killed): call it only when no turn of the conversation may still be waiting."""
+        with self._lock:
+            found = self._connection().execute(
+                "SELECT 1 FROM queued_messages WHERE conversation_id = ? LIMIT 1",
+                (conversation_id,)).fetchone()
+        if found is None:
+            return 0
+        with self._transaction() as db:
+            texts = [row[0] for row in db.execute(
+                "SELECT message FROM queued_messages WHERE conversation_id = ? ORDER BY id",
+                (conversation_id,))]
+            if texts:
+                _insert(db, conversation_id, texts, time.time(), self._keep)
+                db.execute("DELETE FROM queued_messages WHERE conversation_id = ?",
+                           (conversation_id,))
+        return len(texts)
+
     def clear(self, conversation_id: str) -> None:
-        """Forget the conversation and its messages (nothing happens if it is unknown)."""
+        """Forget the conversation and its messages (nothing happens if it is unknown); queued
+        messages stay (their turns come after the clear)."""
         with self._transaction() as db:
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
@@ -193,6 +284,8 @@ class HistoryStore:
                 " LIMIT ?", (before, EXPIRE_BATCH + len(keep))).fetchall()
             ids = [row[0] for row in rows if row[0] not in keep][:EXPIRE_BATCH]
             db.executemany("DELETE FROM conversations WHERE id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM queued_messages WHERE conversation_id = ?",
+                           [(i,) for i in ids])
         return ids
 
     def exists(self, conversation_id: str) -> bool:
@@ -268,7 +361,8 @@ def _encoded(message: Message) -> str:
 
 
 def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now: float,
-            keep: int | None) -> None:
+            keep: int | None, trimmed: list[tuple[int, str]] | None = None) -> None:
+    """Append ``texts``; delete what falls before the newest ``keep`` (into ``trimmed``)."""
     db.execute(
         "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)"
         " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -284,5 +378,9 @@ def _insert(db: sqlite3.Connection, conversation_id: str, texts: list[str], now:
     )
     newest = last + len(texts)
     if keep is not None and newest >= keep:  # the messages the newest ``keep`` leave out
+        if trimmed is not None:
+            trimmed.extend(db.execute(
+                "SELECT seq, message FROM messages WHERE conversation_id = ? AND seq <= ?"
+                " ORDER BY seq", (conversation_id, newest - keep)))
         db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq <= ?",
                    (conversation_id, newest - keep))

@@ -22,7 +22,13 @@ Rules a caller can rely on:
   conversation (its slot, and with ``leases`` its lease) and before the model is called, so
   that a killed process (SIGKILL, a crash) keeps what the user sent: the conversation read back
   then ends with it unanswered, and the next turn adds its own (two user messages in a row,
-  which OpenAI-compatible APIs accept). Then every *completed* step (an assistant message that
+  which OpenAI-compatible APIs accept). A turn that waits behind another (without ``leases``)
+  has its message written when it is accepted, apart from the history (``queued_messages``:
+  the running turn's steps still go before it); its start moves it into the history in the
+  same transaction, so the stored order is the order turns run. A queued turn that ends before
+  it starts (cancelled) forgets it; killed, its message joins the history, after what the
+  killed process wrote and in the order the queued turns were sent, when the conversation's
+  actor next starts. Then every *completed* step (an assistant message that
   asked for tools together with all its tool results) when its last tool ends, and the final
   assistant message *before* :class:`TurnComplete` is sent, so that a crash loses nothing the
   client was told is done. Each write is one transaction, committed with the appends of every
@@ -35,7 +41,8 @@ Rules a caller can rely on:
   (when the user message cannot be written, before the model is called).
 - **A turn that fails before its model answered anything leaves the conversation as it was**:
   refused (a cost or token limit, every provider rate-limited, unavailable or failing, no
-  lease...), its user message is taken back from the store (under the lease), so the client,
+  lease...), its user message is taken back from the store (under the lease), with what
+  ``max_stored_messages`` trimmed for it put back (``TurnStart``), so the client,
   told why, may send it again and no later turn carries it unanswered, nor pays for it. Once
   the model answered something (a delta, or tool calls), a failure keeps the user message and
   the completed steps, as does a cancelled or timed-out turn. Live and read back alike.
@@ -88,7 +95,7 @@ from actors.mcp import ToolCatalog
 from runtime import Actor, ActorRef, ChildSpec, Outcome, Request, Restart
 
 from ._group_commit import GroupCommit
-from ._history import HistoryStore, HistoryStoreClosed
+from ._history import HistoryStore, HistoryStoreClosed, TurnStart
 from ._leases import ConversationUnavailable, TurnLeases
 from ._messages import (
     ChatSettings,
@@ -142,6 +149,10 @@ class _Turn:
     """The history as re-read from the store under a new lease (another worker wrote it)."""
     answered: bool = False
     """The model has answered something: a delta, or a whole answer (text or tool calls)."""
+    queued: int | None = None
+    """The store's id of the message written while the turn waited, until its start moves it."""
+    start: TurnStart | None = None
+    """What the turn's first write did (the rows the store's bound trimmed), for a take-back."""
 
 
 class SessionActor(Actor["SessionMessage"]):
@@ -205,20 +216,31 @@ class SessionActor(Actor["SessionMessage"]):
     async def on_start(self) -> None:
         if self._new:
             return
-        self._messages = self._kept(await self._read_stored())
+        # Alone on the store (no leases), no turn of this conversation waits before its actor
+        # starts: queued messages found are those of turns a killed process never started.
+        # They join the history, in the order they were sent, after what that process wrote.
+        self._messages = self._kept(await self._read_stored(adopt=self._leases is None))
 
-    async def _read_stored(self) -> list[Message]:
+    async def _read_stored(self, *, adopt: bool = False) -> list[Message]:
         """The newest whole units of the stored history within ``chat.max_history_messages``
         and ``chat.max_history_bytes``, read newest first: rows past the bound are never read
-        (before, up to max_history_messages rows of any size were read whole, then trimmed)."""
+        (before, up to max_history_messages rows of any size were read whole, then trimmed).
+        ``adopt``: the queued messages of turns that never started join the history first."""
         chat = self._chat
+        history = self._history
+        conversation_id = self.conversation_id
+
         def select(newest_first: Iterator[Message]) -> list[Message]:
             return newest_units(map(_sendable, newest_first),
                                 max_messages=chat.max_history_messages,
                                 max_bytes=chat.max_history_bytes)
 
-        return await anyio.to_thread.run_sync(
-            self._history.load_newest, self.conversation_id, chat.max_history_messages, select)
+        def read() -> list[Message]:
+            if adopt:
+                history.adopt_queued(conversation_id)
+            return history.load_newest(conversation_id, chat.max_history_messages, select)
+
+        return await anyio.to_thread.run_sync(read)
 
     def _kept(self, messages: Sequence[Message], added: Sequence[Message] = ()) -> list[Message]:
         """The newest of ``messages`` and then ``added`` within ``chat.max_history_messages``
@@ -336,16 +358,19 @@ class SessionActor(Actor["SessionMessage"]):
         self._messages = self._kept(base, turn.completed)
         self._fit.added(turn.completed)
 
-    async def _persist(self, turn: _Turn, messages: list[Message]) -> None:
+    async def _persist(self, turn: _Turn, messages: list[Message],
+                       start: TurnStart | None = None) -> None:
         """Write ``messages`` (the user message, or one whole step) in one transaction; only
-        then do they count as done."""
+        then do they count as done. ``start``: the turn's first write (its user message)."""
         try:
             # Shielded to the end of the bookkeeping: the append is written even if the turn
             # is cancelled meanwhile (``GroupCommit``), so it must be noted as written before
             # the cancellation lands (before, the user message was written again as the turn
             # ended, and the written step stayed out of the live conversation).
             with anyio.CancelScope(shield=True):
-                await self._appends.append(self.conversation_id, messages)
+                await self._appends.append(self.conversation_id, messages, start)
+                if start is not None:  # its queued message went into the history with it
+                    turn.start, turn.queued = start, None
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error(
                 "conversation %s: history write failed (%s: %s); the turn ends unsaved",
@@ -408,19 +433,57 @@ class SessionActor(Actor["SessionMessage"]):
         self._messages = self._kept(())
 
     async def _run_turn(self, turn: _Turn) -> None:
-        async with self._held(turn.slot) as stale:
-            history = turn.slot.history
-            if stale:  # another worker's turn or clear came in between: read the store again
-                history = turn.reloaded = tuple(self._kept(await self._read_stored()))
-                self._fit.forget()
-            await self._turn(turn, history)
+        try:
+            # With leases another worker's turn may still wait for the conversation, so no
+            # worker can tell a killed process's queued message from a waiting one: there,
+            # none is written (a killed worker loses its queued turns' messages).
+            if self._leases is None and not turn.slot.granted.is_set():
+                await self._write_queued(turn)
+            async with self._held(turn.slot) as stale:
+                history = turn.slot.history
+                if stale:  # another worker's turn or clear came in between: read it again
+                    history = turn.reloaded = tuple(self._kept(await self._read_stored()))
+                    self._fit.forget()
+                await self._turn(turn, history)
+        finally:
+            if turn.queued is not None:  # ended (cancelled, failed) before it started
+                await self._forget_queued(turn.queued)
+
+    async def _write_queued(self, turn: _Turn) -> None:
+        """Write the message of a turn that waits behind another, so that a killed process
+        keeps it (the client was told ``processing``); not into the history, where the
+        running turn's steps still go: its start moves it there, in the order turns run."""
+        user: Message = {"role": "user", "content": turn.message.text}
+        try:
+            with anyio.CancelScope(shield=True):  # written, then noted, as :meth:`_persist`
+                turn.queued = await anyio.to_thread.run_sync(
+                    self._history.queue, self.conversation_id, user)
+        except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
+            logger.error(
+                "conversation %s: queued message write failed (%s: %s); the turn ends unsaved",
+                conversation_label(self.conversation_id), type(exc).__name__, exc,
+            )
+            raise HistoryWriteError(
+                "the conversation could not be saved; this message was not accepted"
+            ) from exc
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _forget_queued(self, queued: int) -> None:
+        """Forget a queued message whose turn ended before it started (cancelled, refused for
+        its lease...): the turn never ran, as a refused one leaves nothing."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._history.unqueue, queued)
+        except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
+            logger.error("conversation %s: forgetting a queued message failed (%s: %s)",
+                         conversation_label(self.conversation_id), type(exc).__name__, exc)
 
     async def _turn(self, turn: _Turn, history_now: Sequence[Message]) -> None:
         user: Message = {"role": "user", "content": turn.message.text}
         # Before the model is called: a process killed from here on keeps the message (before,
         # it went with the turn's first step, and a kill before that lost it). Under the lease,
         # which a turn may lose midway.
-        await self._persist(turn, [user])
+        await self._persist(turn, [user], TurnStart(turn.queued))
         try:
             await self._tool_loop(turn, history_now, user)
         except Exception:
@@ -432,7 +495,7 @@ class SessionActor(Actor["SessionMessage"]):
         """A turn that failed before its model answered anything (refused: a cost or token
         limit, every provider rate-limited or down...) leaves the conversation as it was: the
         client may send the message again, and the next turn does not carry it unanswered."""
-        if not turn.completed:
+        if not turn.completed or turn.start is None:
             return
         # ``completed`` holds the user message alone: nothing else is written before the model
         # answers. With leases the lease is still held: the turn ended with its own error, not
@@ -440,7 +503,8 @@ class SessionActor(Actor["SessionMessage"]):
         try:
             with anyio.CancelScope(shield=True):
                 withdrawn = await anyio.to_thread.run_sync(
-                    self._history.retract, self.conversation_id, turn.completed)
+                    self._history.retract, self.conversation_id, turn.completed,
+                    turn.start.trimmed)
         except (sqlite3.Error, HistoryStoreClosed, OSError) as exc:
             logger.error("conversation %s: withdrawing a refused turn's message failed (%s: %s)",
                          conversation_label(self.conversation_id), type(exc).__name__, exc)

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from actors.chat import GroupCommit, HistoryStore
+from actors.chat._history import TurnStart
 
 pytestmark = pytest.mark.anyio
 
@@ -26,12 +27,13 @@ class _CountedStore(HistoryStore):
         self.batches: list[list[str]] = []
         self._failing = set(failing)
 
-    def append_batch(self, appends: Sequence[tuple[str, Sequence[dict[str, Any]]]]
+    def append_batch(self, appends: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+                     starts: Sequence[TurnStart | None] | None = None,
                      ) -> list[Exception | None]:
         self.batches.append([conversation_id for conversation_id, _ in appends])
         if len(self.batches) in self._failing:
             raise sqlite3.OperationalError("disk I/O error")
-        return super().append_batch(appends)
+        return super().append_batch(appends, starts)
 
 
 def _message(text: str) -> dict[str, Any]:
