@@ -26,6 +26,21 @@ logger = logging.getLogger(__name__)
 _GAUGE_INTERVAL: Final = 1.0
 
 
+def counted_model(call: ProviderCall, response: LLMResponse | None) -> str:
+    """The model a call is counted under: a model the call asked for, never one the upstream
+    made up.
+
+    The upstream's answered name only when the call sent it as one of OpenRouter's native
+    fallbacks (the upstream chose among models we named); otherwise the call's model, whatever
+    the answer says (a dated snapshot, or a fresh name on every answer, which would take every
+    metrics label kept for unconfigured models).
+    """
+    answered = response.model if response is not None else None
+    if answered and answered in call.fallback_models:
+        return answered
+    return call.model
+
+
 class ProviderReports:
     """Provider ``name``'s events; ``metrics`` may be set later (found when the actor starts)."""
 
@@ -49,7 +64,7 @@ class ProviderReports:
         )
         metrics.try_tell(RequestFinished(
             provider=self.name,
-            model=response.model if response is not None and response.model else call.model,
+            model=counted_model(call, response),
             latency_s=latency,
             ttft_s=progress.ttft,
             prompt_tokens=usage.prompt_tokens,

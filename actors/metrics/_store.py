@@ -29,7 +29,7 @@ from ._events import (
     RequestFinished,
 )
 from ._prometheus import BUILTIN_NAMES, metric_families
-from ._tallies import ModelStats, Tallies
+from ._tallies import ModelStats, Tallies, mean_of
 
 __all__ = ["MAX_MODEL_LABELS", "OTHER_MODEL", "MetricsStore"]
 
@@ -49,11 +49,11 @@ class MetricsStore(Collector):
     a ``prometheus_client`` collector, so an embedder may register it on its own registry.
     Not thread-safe: one writer (the MetricsActor).
 
-    The ``model`` label comes from upstream answers (a provider may answer with any name, such as
-    a dated snapshot of the requested model), so its values are bounded: the configured
-    ``models`` always keep their name, the first ``max_models`` other names seen get theirs, and
-    every later one is counted as :data:`OTHER_MODEL`. Series, summaries and memory thus stay
-    bounded whatever the upstream says.
+    The ``model`` label is the model a call asked for (a provider never counts a call under a
+    name its upstream made up), which a caller of the runtime may choose, so its values are
+    bounded: the configured ``models`` always keep their name, the first ``max_models`` other
+    names seen get theirs, and every later one is counted as :data:`OTHER_MODEL`. Series,
+    summaries and memory (a ring of 100 recent times per label) thus stay bounded.
     """
 
     def __init__(
@@ -152,6 +152,7 @@ class MetricsStore(Collector):
         stats.reasoning_tokens += event.reasoning_tokens
         stats.cost += event.cost
         stats.latency.record(event.latency_s)
+        stats.recent_latency.append(event.latency_s)
         self._tallies.latency.record(event.latency_s)
         if event.ttft_s is not None:
             stats.ttft.record(event.ttft_s)
@@ -177,7 +178,10 @@ class MetricsStore(Collector):
     def summary(self) -> dict[str, Any]:
         """A JSON-ready snapshot: totals, ``by_model`` (keyed ``provider:model``), global sections.
 
-        Times are in seconds; percentiles are ``None`` where nothing was observed.
+        Times are in seconds; percentiles are ``None`` where nothing was observed (they, and the
+        Prometheus histograms, count every request). ``avg_response_time`` is the
+        specification's: the mean of the last 100 times of every ``provider:model``, pooled (a
+        model's own, in ``by_model``, of its last 100).
         """
         requests = sum(s.requests for s in self._models.values())
         errors = sum(s.requests - s.successes for s in self._models.values())
@@ -193,7 +197,8 @@ class MetricsStore(Collector):
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_cost": sum(s.cost for s in self._models.values()),
-            "avg_response_time": self._tallies.latency.mean,
+            "avg_response_time": mean_of(
+                [t for s in self._models.values() for t in s.recent_latency]),
             "error_rate": errors / requests if requests else 0.0,
             "latency_p50": self._tallies.latency.percentile(50),
             "latency_p95": self._tallies.latency.percentile(95),

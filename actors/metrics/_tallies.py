@@ -4,14 +4,19 @@ read it."""
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._events import CostWarning
 from ._histogram import Histogram
 
-__all__ = ["FallbackKey", "ModelStats", "Tallies"]
+__all__ = ["RECENT_TIMES", "FallbackKey", "ModelStats", "Tallies", "mean_of"]
+
+RECENT_TIMES = 100
+"""How many of its latest response times a ``provider:model`` keeps for ``avg_response_time``
+(the specification's "last 100")."""
 
 FallbackKey = tuple[str, str, str, str, str]
 """``(from_provider, from_model, to_provider, to_model, reason)``."""
@@ -35,6 +40,8 @@ class ModelStats:
     latency: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
     ttfr: Histogram = field(default_factory=Histogram)
+    recent_latency: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_TIMES))
+    """The last :data:`RECENT_TIMES` latencies (a ring: appending drops the oldest)."""
     fallbacks: int = 0
     hedges: int = 0
     cost_warnings: int = 0
@@ -57,7 +64,7 @@ class ModelStats:
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "total_cost": self.cost,
-            "avg_response_time": self.latency.mean,
+            "avg_response_time": mean_of(self.recent_latency),
             "latency_p50": self.latency.percentile(50),
             "latency_p95": self.latency.percentile(95),
             "latency_p99": self.latency.percentile(99),
@@ -70,6 +77,11 @@ class ModelStats:
             "hedges": self.hedges,
             "cost_warnings": self.cost_warnings,
         }
+
+
+def mean_of(times: deque[float] | list[float]) -> float:
+    """The mean of ``times`` (``0.0`` when empty), summed exactly (``math.fsum``)."""
+    return math.fsum(times) / len(times) if times else 0.0
 
 
 @dataclass

@@ -3,8 +3,6 @@ public counters and its summary, as the specification's own code keeps them."""
 
 from __future__ import annotations
 
-import pytest
-
 from actors.llm.client_api import LLMMetrics
 
 
@@ -24,8 +22,6 @@ def test_llm_metrics_keeps_the_specifications_counters_per_provider_and_model() 
             metrics.cost_tracking["x:y"], metrics.error_count["x:y:E"]) == (0, 0, 0.0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="the MetricsStore averages every response time; keeping "
-                   "the last 100 per provider:model belongs to actors/metrics (review 8)")
 def test_avg_response_time_is_over_the_last_100_times_of_each_model() -> None:
     # ``Keep only recent response times (last 100)``; the average is over what is kept.
     metrics = LLMMetrics()
