@@ -41,10 +41,15 @@ async def _cancel_during_write(b: Any, session: Any, db: Path, text: str,
                                last: Callable[[Any], bool]) -> None:
     """Run a turn until its ``last`` event before the write arrived, then leave it (the
     socket closed) while the write waits for the lock, then free the lock. The lock is taken
-    as the model is first called: the user message, written before that, is not held up."""
+    as the model is first called, once the user message (written meanwhile) is stored: nothing
+    of the answer passes before it is."""
     with ExitStack() as lock, anyio.fail_after(20):
         async def take_lock() -> None:
             b.model.meanwhile = None
+            for _ in range(500):
+                if b.history.load("c1"):
+                    break
+                await anyio.sleep(0.01)
             lock.enter_context(_write_lock(db))
 
         b.model.meanwhile = take_lock
