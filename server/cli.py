@@ -44,6 +44,8 @@ __all__ = ["StartupRefused", "check_bind", "check_storage", "is_loopback", "main
 logger = logging.getLogger("server")
 
 DEFAULT_CONFIG = "config.yaml"
+#: Seconds the thread holding the GIL keeps it while another waits (CPython's default: 0.005).
+SWITCH_INTERVAL = 0.0005
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 
 
@@ -264,8 +266,14 @@ class _GracefulServer(uvicorn.Server):
             # What start-up loaded lives as long as the process: out of the collector's sight,
             # and the young generation's passes rarer (runtime/gc_tuning.py has the figures).
             tune_gc()
-            logger.info("garbage collector tuned: %d start-up objects frozen, young threshold %d",
-                        gc.get_freeze_count(), gc.get_threshold()[0])
+            # The loop's thread holds the GIL for CPython's 5 ms switch interval before a worker
+            # thread (a history or ledger write, a large token count) may run a step: at 200
+            # streams, a turn's history write waited ~1 ms x its GIL hand-offs x 5. A shorter
+            # interval costs nothing while no other thread asks (README, benchmarks).
+            sys.setswitchinterval(SWITCH_INTERVAL)
+            logger.info("garbage collector tuned: %d start-up objects frozen, young threshold %d;"
+                        " thread switch interval %g ms", gc.get_freeze_count(),
+                        gc.get_threshold()[0], sys.getswitchinterval() * 1000)
             for server in self.servers:
                 for bound in server.sockets:
                     host, port = bound.getsockname()[:2]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runtime.gc_tuning import YOUNG_THRESHOLD
+from server.cli import SWITCH_INTERVAL
 from tests.server_harness import ServerChild, server_env, write_config
 
 SECRET = "sk-test-abcdefghijklmnop0123"
@@ -157,8 +158,9 @@ def test_serve_tunes_the_garbage_collector_once_started(tmp_path: Path) -> None:
                                       simulator="always"))
     assert server.stop() == 0, server.output
     tuned = re.findall(r"garbage collector tuned: (\d+) start-up objects frozen, young threshold"
-                       r" (\d+)", server.output)
+                       r" (\d+); thread switch interval ([\d.]+) ms", server.output)
     assert len(tuned) == 1, server.output
-    frozen, threshold = map(int, tuned[0])
+    frozen, threshold = map(int, tuned[0][:2])
     assert frozen > 10_000  # the modules, classes and config of a started server
     assert threshold == YOUNG_THRESHOLD
+    assert float(tuned[0][2]) == SWITCH_INTERVAL * 1000 == 0.5
