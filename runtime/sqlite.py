@@ -16,7 +16,11 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["open_sqlite", "write_transaction"]
+__all__ = ["WriteLockBusy", "open_sqlite", "write_transaction"]
+
+
+class WriteLockBusy(Exception):
+    """A write that would not wait found the write lock taken (nothing was written)."""
 
 
 def open_sqlite(path: str | Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
@@ -42,17 +46,24 @@ def open_sqlite(path: str | Path, schema: str, *, timeout: float = 10.0) -> sqli
 
 
 @contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection, *,
+                      wait: bool = True) -> Iterator[sqlite3.Connection]:
     """``conn`` in one write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
     rolled back if the block or the COMMIT raises (anything, cancellation too); the error raised
     is the one that failed it.
+
+    ``wait`` False: when another connection holds the database's write lock, raises
+    :class:`WriteLockBusy` at once instead of waiting for it (the block does not run).
 
     A failed COMMIT may leave the transaction open (SQLITE_BUSY: left so, the connection would
     keep the write lock and every later ``BEGIN`` fail) or SQLite may have rolled it back
     already (SQLITE_FULL, SQLITE_IOERR: a ``ROLLBACK`` would then fail with "no transaction is
     active" and hide the real error); it is ended either way. The caller holds its store's lock.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if wait:
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        _begin_without_waiting(conn)
     try:
         yield conn
         conn.execute("COMMIT")
@@ -60,3 +71,16 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _begin_without_waiting(conn: sqlite3.Connection) -> None:
+    (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise WriteLockBusy("another connection holds the database's write lock") from exc
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")

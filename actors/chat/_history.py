@@ -5,7 +5,11 @@ transaction being written. Every method is one short transaction on one connecti
 threads behind a lock: the SessionActor calls them through ``anyio.to_thread.run_sync``, so they
 must not block the event loop, and they are quick enough (milliseconds) that a single connection
 is never the bottleneck. Appends go through :class:`~actors.chat.GroupCommit`, which hands the
-appends of many conversations to :meth:`HistoryStore.append_batch` as one transaction.
+appends of many conversations to :meth:`HistoryStore.append_batch` as one transaction, on the
+event loop itself when that cannot wait (``wait=False``): the one thing that could make a write
+wait or sync to disk on the loop, a checkpoint of the write-ahead log, runs only in writes that
+may wait (SQLite's own automatic checkpoint is off; the store checkpoints after a commit that
+brings the log's estimated size to ``CHECKPOINT_PAGES`` pages, SQLite's default).
 
 The messages of turns that wait behind their conversation's running turn are kept apart
 (``queued_messages``), not in the history, whose order is the order turns run: a turn's start
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,9 +31,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from runtime.sqlite import open_sqlite, write_transaction
+from runtime.sqlite import WriteLockBusy, open_sqlite, write_transaction
 
-__all__ = ["EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed", "TurnStart"]
+__all__ = ["CHECKPOINT_PAGES", "EXPIRE_BATCH", "HistoryStore", "HistoryStoreClosed", "TurnStart",
+           "WriteLockBusy"]
+
+logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
@@ -54,6 +62,11 @@ CREATE INDEX IF NOT EXISTS queued_by_conversation ON queued_messages (conversati
 """
 EXPIRE_BATCH = 500
 """Conversations deleted per transaction by :meth:`HistoryStore.expire` (short write locks)."""
+CHECKPOINT_PAGES = 1000
+"""The write-ahead log's estimated size, in pages, past which a write that may wait checkpoints
+it (SQLite's ``wal_autocheckpoint`` default)."""
+_PAGE = 4096
+_PAGES_PER_WRITE = 4  # a transaction's table, index and header pages, before its text's own
 
 
 class HistoryStoreClosed(RuntimeError):
@@ -90,6 +103,8 @@ class HistoryStore:
         self._keep = max_stored_messages
         self._db: sqlite3.Connection | None = open_sqlite(self.path, _SCHEMA,
                                                           timeout=busy_timeout)
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")  # see :meth:`_checkpoint_if_due`
+        self._log_pages = 0  # written since the last checkpoint, estimated
 
     def load(self, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The messages of a conversation, oldest first (only the newest ``limit`` if given).
@@ -150,7 +165,7 @@ class HistoryStore:
 
     def append_batch(
         self, appends: Sequence[tuple[str, Sequence[Message]]],
-        starts: Sequence[TurnStart | None] | None = None,
+        starts: Sequence[TurnStart | None] | None = None, *, wait: bool = True,
     ) -> list[Exception | None]:
         """Several :meth:`append` calls in one transaction (one commit for all): each one's error,
         or ``None`` when it was written.
@@ -161,6 +176,10 @@ class HistoryStore:
         locked past its timeout, a failed commit) raises and writes none; so does a full disk
         when SQLite answers it by rolling the whole transaction back (then the appends before
         the failing one are gone too: the error says why, not the savepoint it took away).
+
+        ``wait`` False, for the event loop: raises :class:`WriteLockBusy`, having written
+        nothing, rather than wait for the store's lock or the database's write lock, or
+        checkpoint the log; the caller then writes in a thread.
         """
         encoded: list[list[str] | Exception] = []
         for _, messages in appends:
@@ -172,7 +191,8 @@ class HistoryStore:
             texts if isinstance(texts, Exception) else None for texts in encoded
         ]
         now = time.time()
-        with self._transaction() as db:
+        size = sum(len(text) for texts in encoded if isinstance(texts, list) for text in texts)
+        with self._transaction(wait=wait, size=size) as db:
             for index, texts in enumerate(encoded):
                 if isinstance(texts, Exception):
                     continue
@@ -317,16 +337,45 @@ class HistoryStore:
                 self._db = None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, wait: bool = True, size: int = 0) -> Iterator[sqlite3.Connection]:
         """The connection in one write transaction, under the lock: committed when the block
-        ends, rolled back if it or the COMMIT raises (anything, cancellation too).
+        ends, rolled back if it or the COMMIT raises (anything, cancellation too); ``size``: the
+        bytes of text it writes.
 
         A failed COMMIT may leave the transaction open (SQLITE_BUSY) or already rolled back
         (SQLITE_FULL, SQLITE_IOERR): it is ended either way, so the connection holds no write
         lock and the next call can begin; the error raised is the one that failed it.
+
+        ``wait`` False: :class:`WriteLockBusy` at once where it would wait for a lock or
+        checkpoint (see :meth:`append_batch`).
         """
-        with self._lock, write_transaction(self._connection()) as db:
-            yield db
+        if not self._lock.acquire(blocking=wait):
+            raise WriteLockBusy(f"history store {self.path!r} is being written")
+        try:
+            if not wait and self._log_pages >= CHECKPOINT_PAGES:
+                raise WriteLockBusy(f"history store {self.path!r} is due for a checkpoint")
+            with write_transaction(self._connection(), wait=wait) as db:
+                yield db
+            self._log_pages += _PAGES_PER_WRITE + size // _PAGE
+            if wait:
+                self._checkpoint_if_due(db)
+        finally:
+            self._lock.release()
+
+    def _checkpoint_if_due(self, db: sqlite3.Connection) -> None:
+        """Copy the log into the database once it holds ``CHECKPOINT_PAGES`` (SQLite's own
+        automatic checkpoint, moved off the event loop): the log is then reused from its start,
+        so it stays bounded. A failure is logged and tried again at the next write; the write
+        before it stands."""
+        if self._log_pages < CHECKPOINT_PAGES:
+            return
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            logger.warning("history store: checkpointing the write-ahead log failed (%s: %s)",
+                           type(exc).__name__, exc)
+            return
+        self._log_pages = 0
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

@@ -1,10 +1,13 @@
-"""GroupCommit: the appends that arrive while a write is under way are committed together, each
-still all or none, every caller answered once, with its own result."""
+"""GroupCommit: an append that finds the store free is written on the event loop at once; the
+appends that arrive while a write is under way are committed together, each still all or none,
+every caller answered once, with its own result; the write-ahead log stays bounded."""
 
 from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,24 +16,33 @@ import anyio
 import pytest
 
 from actors.chat import GroupCommit, HistoryStore
-from actors.chat._history import TurnStart
+from actors.chat._history import CHECKPOINT_PAGES, TurnStart, WriteLockBusy
 
 pytestmark = pytest.mark.anyio
 
 
 class _CountedStore(HistoryStore):
-    """The real store; records the size of each batch it is given, and fails the batches
-    numbered in ``failing`` as a disk would (the whole transaction)."""
+    """The real store; records the conversations of each batch it writes on the event loop
+    (``inline``) and of each it is given to write in a thread (``batches``, where writes wait),
+    and fails the latter numbered in ``failing`` as a disk would (the whole transaction)."""
 
     def __init__(self, path: Path, failing: Sequence[int] = ()) -> None:
         super().__init__(path)
+        self.inline: list[list[str]] = []
         self.batches: list[list[str]] = []
+        self.threads: set[int] = set()
         self._failing = set(failing)
 
     def append_batch(self, appends: Sequence[tuple[str, Sequence[dict[str, Any]]]],
-                     starts: Sequence[TurnStart | None] | None = None,
+                     starts: Sequence[TurnStart | None] | None = None, *, wait: bool = True,
                      ) -> list[Exception | None]:
-        self.batches.append([conversation_id for conversation_id, _ in appends])
+        conversations = [conversation_id for conversation_id, _ in appends]
+        self.threads.add(threading.get_ident())
+        if not wait:
+            written = super().append_batch(appends, starts, wait=False)
+            self.inline.append(conversations)
+            return written
+        self.batches.append(conversations)
         if len(self.batches) in self._failing:
             raise sqlite3.OperationalError("disk I/O error")
         return super().append_batch(appends, starts)
@@ -99,13 +111,58 @@ async def test_appends_waiting_for_a_write_are_committed_together_in_arrival_ord
         assert store.load("c1") == [_message("first"), _message("then 1"), _message("then 3")]
 
 
-async def test_an_append_alone_is_written_at_once(tmp_path: Path) -> None:
+async def test_an_append_alone_is_written_at_once_on_the_event_loop(tmp_path: Path) -> None:
     with _CountedStore(tmp_path / "history.db") as store:
         commit = GroupCommit(store)
         await commit.append("c", [_message("a"), _message("b")])
         await commit.append("c", [_message("c")])
-        assert store.batches == [["c"], ["c"]]
+        assert (store.inline, store.batches) == ([["c"], ["c"]], [])
+        assert store.threads == {threading.get_ident()}
         assert [m["content"] for m in store.load("c")] == ["a", "b", "c"]
+
+
+async def test_a_write_on_the_event_loop_never_waits_for_a_lock(tmp_path: Path) -> None:
+    """Another connection's write lock, or a thread of this store holding the store's lock
+    (waiting for that one), makes a loop write give up at once, having written nothing; the
+    thread's own write still waits its busy timeout, as before."""
+    with HistoryStore(tmp_path / "history.db") as store:
+        lock = _WriteLock(tmp_path / "history.db")
+        started = time.monotonic()
+        with pytest.raises(WriteLockBusy, match=r"another connection holds"):
+            store.append_batch([("c", [_message("inline")])], wait=False)
+        waiting = threading.Thread(target=store.append, args=("c", [_message("threaded")]))
+        waiting.start()
+        try:
+            with anyio.fail_after(10):
+                while not store._lock.locked():  # the thread waits for the database's lock
+                    await anyio.sleep(0.005)
+            with pytest.raises(WriteLockBusy, match=r"is being written"):
+                store.append_batch([("c", [_message("inline")])], wait=False)
+            assert time.monotonic() - started < 1.0  # neither waited the 10 s busy timeout
+        finally:
+            lock.release()
+            waiting.join(10)
+        assert store.load("c") == [_message("threaded")]
+
+
+async def test_the_write_ahead_log_is_checkpointed_in_a_thread_and_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    """SQLite's own checkpoint would run on the event loop (fsync); the store's runs in the
+    write that may wait: every ``CHECKPOINT_PAGES`` estimated pages one append goes to a thread,
+    and the log is reused from its start instead of growing by every append."""
+    text = "x" * 8192  # 6 estimated pages an append: 4 + 8,2xx bytes // 4,096
+    appends = 1200
+    with _CountedStore(tmp_path / "history.db") as store:
+        commit = GroupCommit(store)
+        for index in range(appends):
+            await commit.append(f"c{index % 10}", [_message(text)])
+        cycle = -(-CHECKPOINT_PAGES // 6) + 1  # inline appends to reach the mark, and the one after
+        assert len(store.batches) == appends // cycle == 7
+        assert len(store.inline) == appends - 7
+        wal = (tmp_path / "history.db-wal").stat().st_size
+        assert wal < 5 * 2**20, wal  # without checkpoints: > 1,200 x 8 KiB = 9.4 MiB
+        assert len(store.load("c3")) == appends // 10
 
 
 async def test_one_bad_append_fails_alone_and_the_others_of_its_batch_are_written(
@@ -157,7 +214,7 @@ async def test_a_failed_transaction_fails_every_append_of_its_batch_and_the_next
         assert outcomes == {"lead": "written", "b": "disk I/O error", "c": "disk I/O error"}
         assert (store.load("b"), store.load("c")) == ([], [])
         await commit.append("d", [_message("d")])  # not stuck: the next append is written
-        assert store.batches == [["lead"], ["b", "c"], ["d"]]
+        assert (store.batches, store.inline) == ([["lead"], ["b", "c"]], [["d"]])
         assert store.load("d") == [_message("d")]
 
 

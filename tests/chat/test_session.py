@@ -628,15 +628,15 @@ async def test_the_user_message_is_stored_first_then_each_step_as_it_happens_bef
                 async for event in items:
                     roles = [m["role"] for m in b.history.load("c1")]
                     seen.append((type(event).__name__, roles))
-    assert seen == [
-        ("ToolCallStarted", ["user"]),
-        ("ToolCallFinished", ["user"]),
-        ("TurnText", ["user", "assistant", "tool"]),
-        ("TurnText", ["user", "assistant", "tool"]),
-        ("TurnText", ["user", "assistant", "tool"]),
-        ("TurnText", ["user", "assistant", "tool"]),
-        ("TurnComplete", ["user", "assistant", "tool", "assistant"]),
-    ]
+    step, answered = ["user", "assistant", "tool"], ["user", "assistant", "tool", "assistant"]
+    assert seen[:2] == [("ToolCallStarted", ["user"]), ("ToolCallFinished", ["user"])]
+    # The texts come after the step was stored; the answer may be stored (on the event loop, at
+    # once) while this reader is still behind the session by a few texts, never after complete.
+    texts = seen[2:-1]
+    assert [kind for kind, _ in texts] == ["TurnText"] * 4
+    assert [roles for _, roles in texts] == sorted((roles for _, roles in texts), key=len)
+    assert all(roles in (step, answered) for _, roles in texts), texts
+    assert seen[-1] == ("TurnComplete", answered)
 
 
 async def test_a_failed_history_write_ends_the_turn_unsaved_and_logged(
